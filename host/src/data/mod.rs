@@ -1,0 +1,3 @@
+//! Data: where training and evaluation text comes from.
+
+pub mod registry;

@@ -1,0 +1,182 @@
+//! The `triad` command line: parses arguments and calls the library. Nothing else lives here.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use triad::plugins::{Limits, Plugin, PluginSpec, Sandbox, build, load, records};
+
+#[derive(Parser)]
+#[command(name = "triad", version, about = "Declared, reproducible LLM training pipelines with sandboxed WASM plugins")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build, inspect and run plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Build plugin crates for wasm32-unknown-unknown and print where each .wasm is.
+    Build {
+        /// Plugin crate directories.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+    },
+    /// List the plugins bundled in this workspace's plugins/ folder: kind, version, sha256.
+    List,
+    /// Load a plugin (crate, module or component) in the sandbox and report what it is.
+    Check {
+        path: PathBuf,
+        /// The plugin's config as JSON.
+        #[arg(long, default_value = "{}")]
+        config: String,
+    },
+    /// Run a plugin on JSON Lines records and print its outputs: the plugin author's inner loop.
+    ///
+    /// Filters read {"text": ...}; rewards {"prompt", "response", "reference"?}; metrics
+    /// {"prediction", "references": [...]}; losses {"sequence_offsets", "features": {...}}.
+    Run {
+        /// Plugin crate directory, .wasm module or component.
+        plugin: PathBuf,
+        /// JSON Lines input ("-" for standard input).
+        #[arg(long)]
+        input: PathBuf,
+        /// The plugin's config as JSON.
+        #[arg(long, default_value = "{}")]
+        config: String,
+        /// Per-call deadline in milliseconds.
+        #[arg(long)]
+        deadline_ms: Option<u64>,
+        /// Memory cap per instance in MiB.
+        #[arg(long)]
+        memory_mib: Option<usize>,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TRIAD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Plugin(command) => plugin_command(command),
+    }
+}
+
+fn plugin_command(command: PluginCommand) -> Result<()> {
+    match command {
+        PluginCommand::Build { dirs } => {
+            let outputs = build::build_crates(&dirs).map_err(|p| anyhow::anyhow!("{p}"))?;
+            for (dir, wasm) in dirs.iter().zip(outputs) {
+                let size = std::fs::metadata(&wasm).map(|m| m.len()).unwrap_or(0);
+                println!("{}\t{}\t{} KB", dir.display(), wasm.display(), size / 1024);
+            }
+            Ok(())
+        }
+        PluginCommand::List => {
+            let workspace = find_workspace()?;
+            let dirs = load::bundled_plugin_dirs(&workspace)
+                .with_context(|| format!("reading {}", workspace.join("plugins").display()))?;
+            build::build_crates(&dirs).map_err(|p| anyhow::anyhow!("{p}"))?;
+            let sandbox = Sandbox::shared();
+            println!("| name | kind | version | stateful | sha256 | description |");
+            println!("|---|---|---|---|---|---|");
+            for dir in dirs {
+                let plugin = Plugin::load(&sandbox, &PluginSpec::at(&dir))?;
+                let info = plugin.info();
+                println!(
+                    "| {} | {} | {} | {} | {} | {} |",
+                    info.name, info.kind, info.version, info.stateful, plugin.sha256(), info.description
+                );
+            }
+            Ok(())
+        }
+        PluginCommand::Check { path, config } => {
+            let started = Instant::now();
+            let plugin = Plugin::load(&Sandbox::shared(), &PluginSpec::at(&path).with_config(config))?;
+            let info = plugin.info();
+            println!("name:        {}", info.name);
+            println!("kind:        {}", info.kind);
+            println!("version:     {}", info.version);
+            println!("stateful:    {}", info.stateful);
+            println!("description: {}", info.description);
+            println!("sha256:      {}", plugin.sha256());
+            if let Plugin::Loss(loss) = &plugin {
+                let names: Vec<_> = loss.features().iter().map(|f| records::feature_name(*f)).collect();
+                println!("features:    {}", names.join(", "));
+            }
+            println!("imports:     triad:plugin/host only (checked)");
+            println!("loaded in:   {:.0} ms (build, componentize, compile, instantiate, configure)", started.elapsed().as_secs_f64() * 1e3);
+            Ok(())
+        }
+        PluginCommand::Run { plugin, input, config, deadline_ms, memory_mib } => {
+            let mut limits = Limits::default();
+            if let Some(ms) = deadline_ms {
+                limits.deadline = std::time::Duration::from_millis(ms);
+            }
+            if let Some(mib) = memory_mib {
+                limits.memory_bytes = mib << 20;
+            }
+            let text = read_input(&input)?;
+            let spec = PluginSpec::at(&plugin).with_config(config).with_limits(limits);
+            let plugin = Plugin::load(&Sandbox::shared(), &spec)?;
+            let context = || format!("reading {}", input.display());
+            match plugin {
+                Plugin::Filter(filter) => {
+                    let samples = records::samples(&text).with_context(context)?;
+                    for decision in filter.filter(&samples)? {
+                        println!("{}", records::decision_json(&decision));
+                    }
+                }
+                Plugin::Reward(reward) => {
+                    let episodes = records::episodes(&text).with_context(context)?;
+                    for score in reward.score(&episodes)? {
+                        println!("{}", serde_json::json!({ "score": score }));
+                    }
+                }
+                Plugin::Metric(metric) => {
+                    let records = records::metric_records(&text).with_context(context)?;
+                    println!("{}", records::named_values_json(&metric.evaluate(&records)?));
+                }
+                Plugin::Loss(loss) => {
+                    for batch in records::loss_batches(&text).with_context(context)? {
+                        println!("{}", records::loss_output_json(&loss.compute(&batch)?));
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn read_input(path: &Path) -> Result<String> {
+    if path == Path::new("-") {
+        return std::io::read_to_string(std::io::stdin()).context("reading standard input");
+    }
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// The triad workspace: the nearest folder upwards from here with a `plugins/` folder and a
+/// workspace `Cargo.toml`.
+fn find_workspace() -> Result<PathBuf> {
+    let start = std::env::current_dir()?;
+    for dir in start.ancestors() {
+        let manifest = dir.join("Cargo.toml");
+        if dir.join("plugins").is_dir()
+            && std::fs::read_to_string(&manifest).is_ok_and(|text| text.contains("[workspace]"))
+        {
+            return Ok(dir.to_path_buf());
+        }
+    }
+    bail!("no triad workspace (a folder with Cargo.toml and plugins/) above {}", start.display())
+}

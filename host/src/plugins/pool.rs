@@ -1,0 +1,258 @@
+//! Instances of one plugin, one per worker thread, and the call path every kind shares:
+//! lazy instantiation, the per-call deadline, trap classification, re-instantiation after a
+//! trap, and splitting a batch across workers.
+//!
+//! A trap poisons only the instance that trapped: its `Store` is dropped and the next call
+//! instantiates a fresh one from the pre-linked `InstancePre` (tens of microseconds) and
+//! configures it again with the same config, so the other workers and later calls are unaffected.
+
+use std::sync::{Mutex, MutexGuard};
+use std::thread;
+
+use wasmtime::Store;
+use wasmtime::component::{Component, HasSelf, Linker};
+
+use super::bindings::{self, GuestError, PluginInfo, PluginKind};
+use super::error::{PluginError, Problem};
+use super::sandbox::{Limits, Sandbox, StoreState};
+
+/// The generated bindings of one world, seen through what the pool needs.
+pub(crate) trait World: Sized + Send + 'static {
+    /// The kind of plugin this world is.
+    const KIND: PluginKind;
+    /// The pre-linked, pre-type-checked form, cheap to instantiate many times.
+    type Pre: Send + Sync;
+
+    fn pre(linker: &Linker<StoreState>, component: &Component) -> wasmtime::Result<Self::Pre>;
+    fn instantiate(pre: &Self::Pre, store: &mut Store<StoreState>) -> wasmtime::Result<Self>;
+    fn call_info(&self, store: &mut Store<StoreState>) -> wasmtime::Result<PluginInfo>;
+    fn call_configure(
+        &self,
+        store: &mut Store<StoreState>,
+        config: &str,
+    ) -> wasmtime::Result<Result<(), GuestError>>;
+}
+
+macro_rules! impl_world {
+    ($world:ty, $pre:ty, $kind:expr) => {
+        impl World for $world {
+            const KIND: PluginKind = $kind;
+            type Pre = $pre;
+
+            fn pre(linker: &Linker<StoreState>, component: &Component) -> wasmtime::Result<$pre> {
+                <$pre>::new(linker.instantiate_pre(component)?)
+            }
+            fn instantiate(pre: &$pre, store: &mut Store<StoreState>) -> wasmtime::Result<Self> {
+                pre.instantiate(store)
+            }
+            fn call_info(&self, store: &mut Store<StoreState>) -> wasmtime::Result<PluginInfo> {
+                self.call_info(store)
+            }
+            fn call_configure(
+                &self,
+                store: &mut Store<StoreState>,
+                config: &str,
+            ) -> wasmtime::Result<Result<(), GuestError>> {
+                self.call_configure(store, config)
+            }
+        }
+    };
+}
+
+impl_world!(bindings::filter::DataFilter, bindings::filter::DataFilterPre<StoreState>, PluginKind::DataFilter);
+impl_world!(bindings::reward::Reward, bindings::reward::RewardPre<StoreState>, PluginKind::Reward);
+impl_world!(bindings::loss::Loss, bindings::loss::LossPre<StoreState>, PluginKind::Loss);
+impl_world!(bindings::metric::Metric, bindings::metric::MetricPre<StoreState>, PluginKind::Metric);
+
+/// A live instance: its store and its typed exports.
+pub(crate) struct Instance<W> {
+    pub store: Store<StoreState>,
+    pub world: W,
+}
+
+/// Every instance of one configured plugin.
+pub(crate) struct Pool<W: World> {
+    pub name: String,
+    pub info: PluginInfo,
+    pub sha256: String,
+    config: String,
+    pub limits: Limits,
+    sandbox: Sandbox,
+    pre: W::Pre,
+    workers: Vec<Mutex<Option<Instance<W>>>>,
+}
+
+impl<W: World> Pool<W> {
+    /// Link the component, check it against the world, read `info` and run `configure` once,
+    /// so that a bad config fails at load time rather than at the first batch.
+    pub fn new(
+        sandbox: &Sandbox,
+        name: &str,
+        sha256: String,
+        component: &Component,
+        config: &str,
+        limits: Limits,
+    ) -> Result<Self, PluginError> {
+        let mut linker = Linker::new(sandbox.engine());
+        bindings::filter::triad::plugin::host::add_to_linker::<StoreState, HasSelf<StoreState>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(|e| PluginError::new(name, Some(W::KIND), "load", Problem::Invalid(format!("{e:#}"))))?;
+        let pre = W::pre(&linker, component).map_err(|e| {
+            PluginError::new(name, Some(W::KIND), "load", Problem::Invalid(format!("{e:#}")))
+        })?;
+        // Stateful plugins keep state in one instance, so they get exactly one worker.
+        let placeholder = PluginInfo {
+            name: name.to_string(),
+            version: String::new(),
+            kind: W::KIND,
+            description: String::new(),
+            stateful: true,
+        };
+        let mut pool = Pool {
+            name: name.to_string(),
+            info: placeholder,
+            sha256,
+            config: config.to_string(),
+            limits,
+            sandbox: sandbox.clone(),
+            pre,
+            workers: vec![Mutex::new(None)],
+        };
+        pool.info = pool.with_instance(0, "info", |world: &W, store| world.call_info(store))?;
+        if pool.info.kind != W::KIND {
+            return Err(pool.error("info", Problem::WrongKind { expected: W::KIND, actual: pool.info.kind }));
+        }
+        if !pool.info.stateful {
+            let workers = thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            pool.workers.extend((1..workers).map(|_| Mutex::new(None)));
+        }
+        Ok(pool)
+    }
+
+    /// An error of this plugin in `call`.
+    pub fn error(&self, call: &'static str, problem: Problem) -> PluginError {
+        PluginError::new(&self.name, Some(W::KIND), call, problem)
+    }
+
+    /// A guest's own error, with its record index shifted to the caller's batch.
+    pub fn guest_error(&self, call: &'static str, error: GuestError, offset: usize) -> PluginError {
+        let err = self.error(call, Problem::Reported(error.message));
+        match error.record {
+            Some(record) => err.at_record(record as usize + offset),
+            None => err,
+        }
+    }
+
+    /// Run `body` on worker `worker`'s instance, creating and configuring it if needed, under
+    /// the call deadline. A trap discards the instance.
+    pub fn with_instance<R>(
+        &self,
+        worker: usize,
+        call: &'static str,
+        body: impl FnOnce(&W, &mut Store<StoreState>) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        let mut slot = lock(&self.workers[worker]);
+        if slot.is_none() {
+            *slot = Some(self.instantiate()?);
+        }
+        let Some(instance) = slot.as_mut() else { unreachable!("the slot was just filled") };
+        instance.store.data_mut().last_error = None;
+        instance.store.set_epoch_deadline(self.limits.deadline_ticks());
+        match body(&instance.world, &mut instance.store) {
+            Ok(result) => Ok(result),
+            Err(trap) => {
+                let last_error = instance.store.data_mut().last_error.take();
+                *slot = None;
+                Err(self.error(call, classify(&trap, last_error, &self.limits)))
+            }
+        }
+    }
+
+    fn instantiate(&self) -> Result<Instance<W>, PluginError> {
+        let mut store = Store::new(self.sandbox.engine(), StoreState::new(&self.name, &self.limits));
+        store.limiter(|state| &mut state.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(self.limits.deadline_ticks());
+        let world = W::instantiate(&self.pre, &mut store).map_err(|e| {
+            let last_error = store.data_mut().last_error.take();
+            self.error("instantiate", classify(&e, last_error, &self.limits))
+        })?;
+        store.set_epoch_deadline(self.limits.deadline_ticks());
+        let configured = world.call_configure(&mut store, &self.config).map_err(|e| {
+            let last_error = store.data_mut().last_error.take();
+            self.error("configure", classify(&e, last_error, &self.limits))
+        })?;
+        configured.map_err(|e| self.guest_error("configure", e, 0))?;
+        Ok(Instance { store, world })
+    }
+
+    /// Split `items` into calls of at most `max_records_per_call`, spread them over the workers
+    /// (all on worker 0, in order, for a stateful plugin), and return the per-chunk results in
+    /// the order of the chunks. `body` gets the chunk and its offset in `items`.
+    pub fn map_chunks<T: Sync, R: Send>(
+        &self,
+        items: &[T],
+        body: impl Fn(&Self, usize, &[T], usize) -> Result<R, PluginError> + Sync,
+    ) -> Result<Vec<R>, PluginError> {
+        let chunk_size = self.limits.max_records_per_call.max(1);
+        let chunks: Vec<(usize, &[T])> =
+            items.chunks(chunk_size).enumerate().map(|(i, c)| (i * chunk_size, c)).collect();
+        let workers = self.workers.len().min(chunks.len());
+        if workers <= 1 {
+            return chunks.iter().map(|&(offset, chunk)| body(self, 0, chunk, offset)).collect();
+        }
+        let mut results: Vec<Option<Result<R, PluginError>>> = (0..chunks.len()).map(|_| None).collect();
+        thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers)
+                .map(|worker| {
+                    let chunks = &chunks;
+                    let body = &body;
+                    scope.spawn(move || {
+                        chunks
+                            .iter()
+                            .enumerate()
+                            .skip(worker)
+                            .step_by(workers)
+                            .map(|(index, &(offset, chunk))| (index, body(self, worker, chunk, offset)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            for handle in handles {
+                // A worker thread only runs `body`, which reports failures as values.
+                let done = handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                for (index, result) in done {
+                    results[index] = Some(result);
+                }
+            }
+        });
+        results.into_iter().map(|r| r.expect("every chunk was assigned to a worker")).collect()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The slot is reset on every trap, so a poisoned lock holds nothing inconsistent.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Turn a wasmtime error into what the user needs to hear.
+fn classify(error: &wasmtime::Error, last_error: Option<String>, limits: &Limits) -> Problem {
+    use wasmtime::Trap;
+    let panic = last_error.filter(|line| line.starts_with("plugin panicked"));
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Problem::Deadline(limits.deadline),
+        Some(Trap::StackOverflow) => Problem::Stack,
+        _ if panic.is_some() => Problem::Panic(panic.unwrap_or_default()),
+        Some(trap) => Problem::Trap(trap.to_string()),
+        None => {
+            let text = format!("{error:#}");
+            if text.contains("forcing trap when growing memory") {
+                Problem::Memory { limit_mib: limits.memory_bytes >> 20 }
+            } else {
+                Problem::Trap(text)
+            }
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Shared by the integration tests: where the workspace is, and every plugin crate built once.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use triad::plugins::{Limits, Plugin, PluginSpec, Sandbox, build};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ has a parent").to_path_buf()
+}
+
+/// The `.wasm` of a bundled plugin (`plugins/<name>`) or hostile test plugin
+/// (`tests/hostile-plugins/<name>`). All of them are built in one cargo call, once per test binary.
+pub fn wasm(name: &str) -> PathBuf {
+    static BUILT: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let root = workspace();
+        let mut dirs = Vec::new();
+        for folder in ["plugins", "tests/hostile-plugins"] {
+            for entry in std::fs::read_dir(root.join(folder)).expect("plugin folder exists") {
+                let path = entry.expect("readable folder").path();
+                if path.join("Cargo.toml").is_file() {
+                    dirs.push(path);
+                }
+            }
+        }
+        let wasm = build::build_crates(&dirs).unwrap_or_else(|e| panic!("building plugins: {e}"));
+        dirs.iter()
+            .map(|d| d.file_name().expect("named").to_string_lossy().into_owned())
+            .zip(wasm)
+            .collect()
+    });
+    built.get(name).unwrap_or_else(|| panic!("no plugin crate named {name}")).clone()
+}
+
+/// Load a plugin by crate name with a JSON config and default limits.
+pub fn load(name: &str, config: &str) -> Plugin {
+    load_with(name, config, Limits::default())
+}
+
+/// Load a plugin by crate name with a JSON config and limits.
+pub fn load_with(name: &str, config: &str, limits: Limits) -> Plugin {
+    let spec = PluginSpec { name: name.into(), path: wasm(name), config: config.into(), limits };
+    Plugin::load(&Sandbox::shared(), &spec).unwrap_or_else(|e| panic!("loading {name}: {e}"))
+}
+
+/// The human-rated movie review snippets: (mean rating, text).
+pub fn movie_snippets() -> Vec<(f64, String)> {
+    let path = triad::data::registry::MOVIE_REVIEW_SNIPPETS.fetch().expect("fetching review snippets");
+    let bytes = std::fs::read(&path).expect("reading review snippets");
+    // The file is mostly UTF-8 with a few Latin-1 bytes.
+    let text = String::from_utf8_lossy(&bytes);
+    text.lines()
+        .filter_map(|line| {
+            let mut cols = line.splitn(3, '\t');
+            let (_id, mean, text) = (cols.next()?, cols.next()?, cols.next()?);
+            Some((mean.trim().parse().ok()?, text.trim().to_string()))
+        })
+        .collect()
+}

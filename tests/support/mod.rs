@@ -44,7 +44,7 @@ pub fn load(name: &str, config: &str) -> Plugin {
 
 /// Load a plugin by crate name with a JSON config and limits.
 pub fn load_with(name: &str, config: &str, limits: Limits) -> Plugin {
-    let spec = PluginSpec { name: name.into(), path: wasm(name), config: config.into(), limits };
+    let spec = PluginSpec { name: name.into(), path: wasm(name), config: config.into(), limits, workers: None };
     Plugin::load(&Sandbox::shared(), &spec).unwrap_or_else(|e| panic!("loading {name}: {e}"))
 }
 

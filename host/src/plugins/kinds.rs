@@ -221,9 +221,9 @@ fn check_size<W: super::pool::World>(pool: &Pool<W>, call: &'static str, bytes: 
         return Ok(());
     }
     let problem = Problem::InvalidOutput(format!(
-        "returned {:.1} MB of text, over the cap of {:.1} MB",
-        bytes as f64 / 1e6,
-        pool.limits.max_output_bytes as f64 / 1e6
+        "returned {:.1} MiB of text, over the cap of {:.1} MiB",
+        bytes as f64 / (1 << 20) as f64,
+        pool.limits.max_output_bytes as f64 / (1 << 20) as f64
     ));
     Err(pool.error(call, problem))
 }

@@ -40,19 +40,28 @@ pub struct PluginSpec {
     pub config: String,
     /// Limits for its instances and calls.
     pub limits: Limits,
+    /// Instances to spread batches over; `None` means one per core. Stateful plugins use one.
+    pub workers: Option<usize>,
 }
 
 impl PluginSpec {
-    /// A plugin at `path` with no config and default limits, named after its file.
+    /// A plugin at `path` with no config and default limits, named after its crate or file
+    /// (`lexicon_sentiment.wasm` is `lexicon-sentiment`, as cargo names the crate).
     pub fn at(path: impl AsRef<Path>) -> Self {
         let path = path.as_ref().to_path_buf();
-        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        PluginSpec { name, path, config: "{}".into(), limits: Limits::default() }
+        let name = path.file_stem().map(|s| s.to_string_lossy().replace('_', "-")).unwrap_or_default();
+        PluginSpec { name, path, config: "{}".into(), limits: Limits::default(), workers: None }
     }
 
     /// The same plugin with this config (JSON text).
     pub fn with_config(mut self, config: impl Into<String>) -> Self {
         self.config = config.into();
+        self
+    }
+
+    /// The same plugin spread over `workers` instances.
+    pub fn with_workers(mut self, workers: usize) -> Self {
+        self.workers = Some(workers.max(1));
         self
     }
 
@@ -90,18 +99,18 @@ impl Plugin {
                 ),
             )
         })?;
-        let (name, sha, component, config, limits) =
-            (&spec.name, compiled.sha256, &compiled.component, spec.config.as_str(), spec.limits);
+        let (name, sha, component) = (&spec.name, compiled.sha256, &compiled.component);
+        let settings = pool::Settings { config: &spec.config, limits: spec.limits, workers: spec.workers };
         Ok(match kind {
             PluginKind::DataFilter => {
-                Plugin::Filter(FilterPlugin { pool: Pool::new(sandbox, name, sha, component, config, limits)? })
+                Plugin::Filter(FilterPlugin { pool: Pool::new(sandbox, name, sha, component, &settings)? })
             }
             PluginKind::Reward => {
-                Plugin::Reward(RewardPlugin { pool: Pool::new(sandbox, name, sha, component, config, limits)? })
+                Plugin::Reward(RewardPlugin { pool: Pool::new(sandbox, name, sha, component, &settings)? })
             }
-            PluginKind::Loss => Plugin::Loss(LossPlugin::new(Pool::new(sandbox, name, sha, component, config, limits)?)?),
+            PluginKind::Loss => Plugin::Loss(LossPlugin::new(Pool::new(sandbox, name, sha, component, &settings)?)?),
             PluginKind::Metric => {
-                Plugin::Metric(MetricPlugin { pool: Pool::new(sandbox, name, sha, component, config, limits)? })
+                Plugin::Metric(MetricPlugin { pool: Pool::new(sandbox, name, sha, component, &settings)? })
             }
         })
     }

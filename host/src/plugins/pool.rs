@@ -64,6 +64,14 @@ impl_world!(bindings::reward::Reward, bindings::reward::RewardPre<StoreState>, P
 impl_world!(bindings::loss::Loss, bindings::loss::LossPre<StoreState>, PluginKind::Loss);
 impl_world!(bindings::metric::Metric, bindings::metric::MetricPre<StoreState>, PluginKind::Metric);
 
+/// How one plugin is to run: its config (JSON), limits and number of instances.
+pub(crate) struct Settings<'a> {
+    pub config: &'a str,
+    pub limits: Limits,
+    /// `None`: one instance per core.
+    pub workers: Option<usize>,
+}
+
 /// A live instance: its store and its typed exports.
 pub(crate) struct Instance<W> {
     pub store: Store<StoreState>,
@@ -90,8 +98,7 @@ impl<W: World> Pool<W> {
         name: &str,
         sha256: String,
         component: &Component,
-        config: &str,
-        limits: Limits,
+        settings: &Settings<'_>,
     ) -> Result<Self, PluginError> {
         let mut linker = Linker::new(sandbox.engine());
         bindings::filter::triad::plugin::host::add_to_linker::<StoreState, HasSelf<StoreState>>(
@@ -114,8 +121,8 @@ impl<W: World> Pool<W> {
             name: name.to_string(),
             info: placeholder,
             sha256,
-            config: config.to_string(),
-            limits,
+            config: settings.config.to_string(),
+            limits: settings.limits,
             sandbox: sandbox.clone(),
             pre,
             workers: vec![Mutex::new(None)],
@@ -125,7 +132,8 @@ impl<W: World> Pool<W> {
             return Err(pool.error("info", Problem::WrongKind { expected: W::KIND, actual: pool.info.kind }));
         }
         if !pool.info.stateful {
-            let workers = thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            let cores = || thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            let workers = settings.workers.unwrap_or_else(cores).max(1);
             pool.workers.extend((1..workers).map(|_| Mutex::new(None)));
         }
         Ok(pool)

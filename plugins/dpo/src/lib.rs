@@ -1,0 +1,478 @@
+//! Direct Preference Optimization (Rafailov et al. 2023), computed as TRL's `DPOTrainer` does, as a
+//! triad loss plugin.
+//!
+//! Sequences come in pairs: sequence `2i` is the chosen response of pair `i`, sequence `2i + 1`
+//! the rejected one. With `pi` the policy's and `ref` the frozen reference model's summed
+//! response log-probabilities:
+//!
+//! ```text
+//! h = (pi_chosen - pi_rejected) - (ref_chosen - ref_rejected)
+//! sigmoid: l = -(1 - label_smoothing) * log_sigmoid(beta * h) - label_smoothing * log_sigmoid(-beta * h)
+//! ipo:     l = (h - 1 / (2 * beta))^2
+//! loss = mean of l over pairs
+//! ```
+//!
+//! Config (JSON, every field optional):
+//! - `beta` (default 0.1): strength of the implicit KL penalty towards the reference, > 0.
+//! - `label_smoothing` (default 0): conservative DPO (Mitchell 2023), the assumed probability that
+//!   a preference label is flipped, in [0, 0.5). Only for `sigmoid`.
+//! - `loss_type` (default `"sigmoid"`): `"sigmoid"` (DPO) or `"ipo"` (Azar et al. 2023).
+//!
+//! Conventions shared with the host's native loss (its gradients must agree to 1e-5):
+//! - Features read: `sequence-logprob` and `sequence-ref-logprob`, one value per sequence; an odd
+//!   number of sequences is an error. The mean is over pairs; a batch without pairs has loss 0.
+//! - `log_sigmoid(z) = min(z, 0) - ln(1 + exp(-|z|))`, which neither overflows nor loses the tail.
+//! - Gradients: `dl/dh = beta * (-(1 - ls) * sigmoid(-beta h) + ls * sigmoid(beta h))` for
+//!   `sigmoid`, `2 * (h - 1 / (2 beta))` for `ipo`; then
+//!   `d loss / d sequence_logprob[2i] = dl_i/dh / P` and `d loss / d sequence_logprob[2i+1] =
+//!   -dl_i/dh / P` for P pairs.
+//! - IPO here uses the summed log-probabilities, as the IPO paper writes it. TRL's IPO averages
+//!   them over each response's tokens instead; to get that, the host would pass per-token means.
+//! - Everything is computed in f64; values cross the boundary as f32.
+//! - Metrics (TRL's `rewards/*`, means over pairs): `chosen_reward` = `beta * (pi_chosen -
+//!   ref_chosen)`, `rejected_reward` likewise, `reward_margin` = their difference,
+//!   `reward_accuracy` = fraction of pairs whose chosen reward is strictly larger.
+
+use triad_plugin_sdk::prelude::*;
+
+/// Which preference loss to apply to the log-ratio difference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LossType {
+    /// The DPO loss: `-log sigmoid(beta * h)`, optionally label-smoothed.
+    #[default]
+    Sigmoid,
+    /// The IPO loss: `(h - 1 / (2 beta))^2`.
+    Ipo,
+}
+
+/// The plugin: its config, filled from the experiment file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Dpo {
+    /// Inverse temperature of the implicit reward; larger stays closer to the reference.
+    pub beta: f64,
+    /// Assumed rate of flipped preference labels (conservative DPO).
+    pub label_smoothing: f64,
+    /// Sigmoid (DPO) or IPO.
+    pub loss_type: LossType,
+}
+
+impl Default for Dpo {
+    fn default() -> Self {
+        Dpo { beta: 0.1, label_smoothing: 0.0, loss_type: LossType::Sigmoid }
+    }
+}
+
+impl Plugin for Dpo {
+    fn init(&mut self) -> Result<(), String> {
+        if !(self.beta > 0.0 && self.beta.is_finite()) {
+            return Err(format!("beta must be finite and > 0, got {}", self.beta));
+        }
+        // At 0.5 the labels carry no information and the loss pushes the margin to 0.
+        if !(0.0..0.5).contains(&self.label_smoothing) {
+            return Err(format!("label_smoothing must be in [0, 0.5), got {}", self.label_smoothing));
+        }
+        if self.loss_type == LossType::Ipo && self.label_smoothing != 0.0 {
+            return Err("label_smoothing applies to the sigmoid loss only, not to ipo".into());
+        }
+        Ok(())
+    }
+}
+
+impl Loss for Dpo {
+    fn features(&self) -> Vec<Feature> {
+        vec![Feature::SequenceLogprob, Feature::SequenceRefLogprob]
+    }
+
+    fn compute(&mut self, batch: &LossBatch) -> Result<LossOutput, String> {
+        let (sequences, _) = batch_shape(batch)?;
+        let logprob = read(batch, Feature::SequenceLogprob, sequences, "sequence")?;
+        let ref_logprob = read(batch, Feature::SequenceRefLogprob, sequences, "sequence")?;
+        let out = dpo_loss(self, logprob, ref_logprob)?;
+        Ok(LossOutput {
+            value: out.value,
+            gradients: vec![FeatureValues::new(Feature::SequenceLogprob, out.d_sequence_logprob)],
+            metrics: out
+                .metrics
+                .into_iter()
+                .map(|(name, value)| NamedValue { name: name.to_string(), value })
+                .collect(),
+        })
+    }
+}
+
+export_loss!(Dpo);
+
+/// What [`dpo_loss`] returns, all in f64.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DpoOutput {
+    /// The mean loss over pairs.
+    pub value: f64,
+    /// d value / d sequence-logprob, one entry per sequence.
+    pub d_sequence_logprob: Vec<f64>,
+    /// `reward_accuracy`, `reward_margin`, `chosen_reward`, `rejected_reward`.
+    pub metrics: Vec<(&'static str, f64)>,
+}
+
+/// `ln(sigmoid(z))` without overflow for any finite z.
+pub fn log_sigmoid(z: f64) -> f64 {
+    z.min(0.0) - (-z.abs()).exp().ln_1p()
+}
+
+/// `1 / (1 + exp(-z))` without overflow for any finite z.
+pub fn sigmoid(z: f64) -> f64 {
+    if z >= 0.0 {
+        1.0 / (1.0 + (-z).exp())
+    } else {
+        let e = z.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// One pair's loss and its derivative with respect to the log-ratio difference `h`.
+pub fn pair_loss(config: &Dpo, h: f64) -> (f64, f64) {
+    match config.loss_type {
+        LossType::Sigmoid => {
+            let (beta, ls) = (config.beta, config.label_smoothing);
+            let z = beta * h;
+            let loss = -(1.0 - ls) * log_sigmoid(z) - ls * log_sigmoid(-z);
+            (loss, beta * (-(1.0 - ls) * sigmoid(-z) + ls * sigmoid(z)))
+        }
+        LossType::Ipo => {
+            let d = h - 1.0 / (2.0 * config.beta);
+            (d * d, 2.0 * d)
+        }
+    }
+}
+
+/// The DPO loss and its gradient from per-sequence arrays (chosen, rejected, chosen, ...).
+///
+/// This is the function the plugin runs, exposed so the host can call it natively in tests and
+/// benchmarks.
+pub fn dpo_loss(config: &Dpo, sequence_logprob: &[f32], sequence_ref_logprob: &[f32]) -> Result<DpoOutput, String> {
+    let n = sequence_logprob.len();
+    if sequence_ref_logprob.len() != n {
+        return Err(format!(
+            "sequence-ref-logprob has {} values, sequence-logprob has {n}",
+            sequence_ref_logprob.len()
+        ));
+    }
+    if !n.is_multiple_of(2) {
+        return Err(format!(
+            "DPO needs sequences in (chosen, rejected) pairs, got an odd number of sequences: {n}"
+        ));
+    }
+    let pairs = n / 2;
+    let denom = pairs.max(1) as f64;
+    let mut d_sequence_logprob = vec![0.0; n];
+    let (mut loss, mut accuracy, mut chosen_sum, mut rejected_sum) = (0.0, 0.0, 0.0, 0.0);
+    for i in 0..pairs {
+        let (c, r) = (2 * i, 2 * i + 1);
+        let (pi_c, pi_r) = (f64::from(sequence_logprob[c]), f64::from(sequence_logprob[r]));
+        let (ref_c, ref_r) = (f64::from(sequence_ref_logprob[c]), f64::from(sequence_ref_logprob[r]));
+        let h = (pi_c - pi_r) - (ref_c - ref_r);
+        let (l, dl_dh) = pair_loss(config, h);
+        loss += l;
+        d_sequence_logprob[c] = dl_dh / denom;
+        d_sequence_logprob[r] = -dl_dh / denom;
+
+        let chosen_reward = config.beta * (pi_c - ref_c);
+        let rejected_reward = config.beta * (pi_r - ref_r);
+        chosen_sum += chosen_reward;
+        rejected_sum += rejected_reward;
+        accuracy += f64::from(u8::from(chosen_reward > rejected_reward));
+    }
+    Ok(DpoOutput {
+        value: loss / denom,
+        d_sequence_logprob,
+        metrics: vec![
+            ("reward_accuracy", accuracy / denom),
+            ("reward_margin", (chosen_sum - rejected_sum) / denom),
+            ("chosen_reward", chosen_sum / denom),
+            ("rejected_reward", rejected_sum / denom),
+        ],
+    })
+}
+
+// ---- Reading the batch -------------------------------------------------------------------------
+
+/// The feature's name as the WIT contract spells it, for error messages.
+fn feature_name(feature: Feature) -> &'static str {
+    match feature {
+        Feature::Logprob => "logprob",
+        Feature::MeanLogprob => "mean-logprob",
+        Feature::Entropy => "entropy",
+        Feature::Value => "value",
+        Feature::RefLogprob => "ref-logprob",
+        Feature::OldLogprob => "old-logprob",
+        Feature::OldValue => "old-value",
+        Feature::Advantage => "advantage",
+        Feature::Return => "return",
+        Feature::Mask => "mask",
+        Feature::SequenceLogprob => "sequence-logprob",
+        Feature::SequenceRefLogprob => "sequence-ref-logprob",
+    }
+}
+
+/// Checks `sequence-offsets` and returns (number of sequences, number of tokens).
+fn batch_shape(batch: &LossBatch) -> Result<(usize, usize), String> {
+    let offsets = &batch.sequence_offsets;
+    let (Some(&first), Some(&last)) = (offsets.first(), offsets.last()) else {
+        return Err("sequence-offsets is empty: it needs one start per sequence plus the total".into());
+    };
+    if first != 0 {
+        return Err(format!("sequence-offsets must start at 0, starts at {first}"));
+    }
+    if let Some(i) = offsets.windows(2).position(|w| w[1] < w[0]) {
+        return Err(format!(
+            "sequence-offsets must be non-decreasing: entry {} is {}, entry {} is {}",
+            i,
+            offsets[i],
+            i + 1,
+            offsets[i + 1]
+        ));
+    }
+    Ok((offsets.len() - 1, last as usize))
+}
+
+/// A requested feature's values, checked for presence, length and finiteness.
+fn read<'a>(batch: &'a LossBatch, feature: Feature, len: usize, per: &str) -> Result<&'a [f32], String> {
+    let name = feature_name(feature);
+    let values = batch
+        .feature(feature)
+        .map_err(|_| format!("the host did not pass feature `{name}`"))?;
+    if values.len() != len {
+        return Err(format!("feature `{name}` has {} values, expected {len} (one per {per})", values.len()));
+    }
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(format!("feature `{name}` has a non-finite value {} at index {i}", values[i]));
+    }
+    Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use triad_plugin_sdk::configure;
+
+    /// xorshift64*: deterministic pseudo-random numbers without a dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn uniform(&mut self) -> f64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let bits = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11;
+            (bits as f64 + 0.5) / (1u64 << 53) as f64
+        }
+
+        fn gaussian(&mut self) -> f64 {
+            let (u, v) = (self.uniform(), self.uniform());
+            (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+        }
+    }
+
+    const VOCAB: usize = 4096;
+
+    fn log_softmax(logits: &[f64]) -> Vec<f64> {
+        let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = max + logits.iter().map(|l| (l - max).exp()).sum::<f64>().ln();
+        logits.iter().map(|l| l - lse).collect()
+    }
+
+    fn sample(rng: &mut Rng, log_probs: &[f64]) -> usize {
+        let u = rng.uniform();
+        let mut cumulative = 0.0;
+        for (v, lp) in log_probs.iter().enumerate() {
+            cumulative += lp.exp();
+            if u < cumulative {
+                return v;
+            }
+        }
+        log_probs.len() - 1
+    }
+
+    /// Summed response log-probabilities of `pairs` preference pairs, (policy, reference), as the
+    /// host would compute them: responses of 20 to 60 tokens sampled from the reference model over
+    /// a 4096-token vocabulary, and a policy whose logits have drifted from the reference's.
+    fn preference_pairs(seed: u64, pairs: usize) -> (Vec<u32>, Vec<f32>, Vec<f32>) {
+        let mut rng = Rng(seed);
+        let (mut offsets, mut policy, mut reference) = (vec![0u32], vec![], vec![]);
+        for _ in 0..2 * pairs {
+            let len = 20 + (rng.uniform() * 41.0) as usize;
+            let (mut pi, mut re) = (0.0, 0.0);
+            for _ in 0..len {
+                let scale = 1.0 + 2.0 * rng.uniform();
+                let mut ref_logits: Vec<f64> = (0..VOCAB).map(|_| scale * rng.gaussian()).collect();
+                if rng.uniform() < 0.5 {
+                    let favourite = (rng.uniform() * VOCAB as f64) as usize % VOCAB;
+                    ref_logits[favourite] += 4.0 + 8.0 * rng.uniform();
+                }
+                let policy_logits: Vec<f64> = ref_logits.iter().map(|l| l + 0.2 * rng.gaussian()).collect();
+                let (ref_lps, policy_lps) = (log_softmax(&ref_logits), log_softmax(&policy_logits));
+                let token = sample(&mut rng, &ref_lps);
+                pi += policy_lps[token];
+                re += ref_lps[token];
+            }
+            policy.push(pi as f32);
+            reference.push(re as f32);
+            offsets.push(offsets[offsets.len() - 1] + len as u32);
+        }
+        (offsets, policy, reference)
+    }
+
+    fn batch(offsets: &[u32], features: &[(Feature, &[f32])]) -> LossBatch {
+        LossBatch {
+            sequence_offsets: offsets.to_vec(),
+            features: features
+                .iter()
+                .map(|(f, v)| FeatureValues { feature: *f, values: v.to_vec() })
+                .collect(),
+        }
+    }
+
+    /// Central differences of `f` at the f32 inputs, using the actual f32-rounded step.
+    fn assert_gradient(x: &[f32], analytic: &[f64], f: impl Fn(&[f32]) -> f64) {
+        let h = 1e-3;
+        for i in 0..x.len() {
+            let (mut plus, mut minus) = (x.to_vec(), x.to_vec());
+            plus[i] = (f64::from(x[i]) + h) as f32;
+            minus[i] = (f64::from(x[i]) - h) as f32;
+            let fd = (f(&plus) - f(&minus)) / (f64::from(plus[i]) - f64::from(minus[i]));
+            assert!(
+                (analytic[i] - fd).abs() <= 1e-3 * fd.abs().max(1e-2),
+                "sequence {i}: analytic {} vs finite difference {fd}",
+                analytic[i]
+            );
+        }
+    }
+
+    fn metric(metrics: &[(&'static str, f64)], name: &str) -> f64 {
+        metrics.iter().find(|(n, _)| *n == name).map(|(_, v)| *v).unwrap_or_else(|| panic!("no metric {name}"))
+    }
+
+    #[test]
+    fn realistic_pairs_have_realistic_magnitudes() {
+        let (offsets, policy, reference) = preference_pairs(31, 8);
+        assert_eq!((offsets.len(), policy.len()), (17, 16));
+        for (i, (p, r)) in policy.iter().zip(&reference).enumerate() {
+            let tokens = (offsets[i + 1] - offsets[i]) as f32;
+            // A few nats per token, and the drifted policy stays within a few nats of the reference.
+            assert!((-10.0..-1.0).contains(&(r / tokens)), "sequence {i}: {r} over {tokens} tokens");
+            assert!((p - r).abs() < 0.5 * tokens, "sequence {i}: policy {p} reference {r}");
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let (_, policy, reference) = preference_pairs(32, 8);
+        for config in [
+            Dpo::default(),
+            Dpo { beta: 0.5, label_smoothing: 0.1, ..Dpo::default() },
+            Dpo { loss_type: LossType::Ipo, ..Dpo::default() },
+        ] {
+            let out = dpo_loss(&config, &policy, &reference).unwrap();
+            assert_gradient(&policy, &out.d_sequence_logprob, |p| dpo_loss(&config, p, &reference).unwrap().value);
+        }
+    }
+
+    #[test]
+    fn equal_margins_give_ln_2() {
+        // The policy moved both responses by the same 0.5 nats relative to the reference.
+        let policy = [-120.5f32, -98.25, -64.0, -201.75];
+        let reference = [-121.0f32, -98.75, -64.5, -202.25];
+        let mut dpo: Dpo = configure("").unwrap();
+        let out = dpo
+            .compute(&batch(&[0, 30, 55, 80, 130], &[(Feature::SequenceLogprob, &policy), (Feature::SequenceRefLogprob, &reference)]))
+            .unwrap();
+        assert!((out.value - std::f64::consts::LN_2).abs() < 1e-15);
+        // d/dh of -log sigmoid(beta h) at 0 is -beta/2, shared over 2 pairs.
+        assert_eq!(out.gradients[0].values, vec![-0.025, 0.025, -0.025, 0.025]);
+        let named = |name: &str| out.metrics.iter().find(|m| m.name == name).unwrap().value;
+        assert_eq!((named("reward_accuracy"), named("reward_margin")), (0.0, 0.0));
+        assert!((named("chosen_reward") - 0.05).abs() < 1e-15 && (named("rejected_reward") - 0.05).abs() < 1e-15);
+    }
+
+    #[test]
+    fn hand_checked_values() {
+        // h = 5 - (-5) = 10, beta = 0.1: z = 1.
+        let (policy, reference) = ([-95.0f32, -105.0], [-100.0f32, -100.0]);
+        let out = dpo_loss(&Dpo::default(), &policy, &reference).unwrap();
+        let expected = (1.0 + (-1.0f64).exp()).ln();
+        assert!((out.value - expected).abs() < 1e-15);
+        let sig = 1.0 / (1.0 + 1.0f64.exp()); // sigmoid(-1)
+        assert!((out.d_sequence_logprob[0] + 0.1 * sig).abs() < 1e-15);
+        assert!((out.d_sequence_logprob[1] - 0.1 * sig).abs() < 1e-15);
+        assert_eq!(metric(&out.metrics, "reward_accuracy"), 1.0);
+        assert!((metric(&out.metrics, "reward_margin") - 1.0).abs() < 1e-15);
+        assert!((metric(&out.metrics, "chosen_reward") - 0.5).abs() < 1e-15);
+        assert!((metric(&out.metrics, "rejected_reward") + 0.5).abs() < 1e-15);
+
+        // Conservative DPO mixes in the loss of the flipped label.
+        let conservative = Dpo { label_smoothing: 0.2, ..Dpo::default() };
+        let out = dpo_loss(&conservative, &policy, &reference).unwrap();
+        let expected = 0.8 * (1.0 + (-1.0f64).exp()).ln() + 0.2 * (1.0 + 1.0f64.exp()).ln();
+        assert!((out.value - expected).abs() < 1e-15);
+
+        // IPO regresses h onto 1 / (2 beta) = 5: (10 - 5)^2 = 25, d/dh = 10.
+        let ipo = Dpo { loss_type: LossType::Ipo, ..Dpo::default() };
+        let out = dpo_loss(&ipo, &policy, &reference).unwrap();
+        assert_eq!((out.value, out.d_sequence_logprob.clone()), (25.0, vec![10.0, -10.0]));
+    }
+
+    #[test]
+    fn extreme_margins_stay_finite() {
+        // h = +-10000, beta = 0.1: z = +-1000, where exp(1000) overflows a naive sigmoid.
+        let (policy, reference) = ([-5000.0f32, -15000.0, -15000.0, -5000.0], [-10000.0f32; 4]);
+        let out = dpo_loss(&Dpo::default(), &policy, &reference).unwrap();
+        // Pair 0 is solved (loss 0); pair 1 is wrong by z = 1000 (loss 1000); mean 500.
+        assert!((out.value - 500.0).abs() < 1e-9, "{}", out.value);
+        assert_eq!(out.d_sequence_logprob, vec![-0.0, 0.0, -0.05, 0.05]);
+        assert!(log_sigmoid(-1000.0) == -1000.0 && log_sigmoid(1000.0) == 0.0 && log_sigmoid(40.0) < 0.0);
+    }
+
+    #[test]
+    fn config_is_validated() {
+        let dpo: Dpo = configure("{}").unwrap();
+        assert_eq!((dpo.beta, dpo.label_smoothing, dpo.loss_type), (0.1, 0.0, LossType::Sigmoid));
+        assert_eq!(dpo.features(), vec![Feature::SequenceLogprob, Feature::SequenceRefLogprob]);
+        let ipo: Dpo = configure(r#"{"loss_type": "ipo", "beta": 0.5}"#).unwrap();
+        assert_eq!(ipo.loss_type, LossType::Ipo);
+        for (config, message) in [
+            (r#"{"beta": 0}"#, "beta must be finite and > 0"),
+            (r#"{"label_smoothing": 0.5}"#, "label_smoothing must be in [0, 0.5)"),
+            (r#"{"label_smoothing": -0.1}"#, "label_smoothing must be in [0, 0.5)"),
+            (r#"{"loss_type": "ipo", "label_smoothing": 0.1}"#, "sigmoid loss only"),
+            (r#"{"loss_type": "hinge"}"#, "unknown variant"),
+            (r#"{"temperature": 0.1}"#, "unknown field"),
+        ] {
+            let err = configure::<Dpo>(config).unwrap_err();
+            assert!(err.message.contains(message), "{config}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn malformed_batches_are_rejected_with_the_feature_named() {
+        let mut dpo: Dpo = configure("").unwrap();
+        let three = [-10.0f32, -12.0, -9.0];
+        let e = dpo
+            .compute(&batch(&[0, 5, 9, 14], &[(Feature::SequenceLogprob, &three), (Feature::SequenceRefLogprob, &three)]))
+            .unwrap_err();
+        assert!(e.contains("odd number of sequences: 3"), "{e}");
+        let e = dpo
+            .compute(&batch(&[0, 5, 9], &[(Feature::SequenceLogprob, &three[..2]), (Feature::SequenceRefLogprob, &three)]))
+            .unwrap_err();
+        assert!(e.contains("`sequence-ref-logprob` has 3 values, expected 2 (one per sequence)"), "{e}");
+        let e = dpo.compute(&batch(&[0, 5, 9], &[(Feature::SequenceLogprob, &three[..2])])).unwrap_err();
+        assert!(e.contains("did not pass feature `sequence-ref-logprob`"), "{e}");
+        let e = dpo
+            .compute(&batch(&[0, 5, 4], &[(Feature::SequenceLogprob, &three[..2]), (Feature::SequenceRefLogprob, &three[..2])]))
+            .unwrap_err();
+        assert!(e.contains("non-decreasing"), "{e}");
+        // No pairs at all: loss 0, nothing to learn.
+        let out = dpo.compute(&batch(&[0], &[(Feature::SequenceLogprob, &[]), (Feature::SequenceRefLogprob, &[])])).unwrap();
+        assert_eq!((out.value, out.gradients[0].values.len()), (0.0, 0));
+    }
+}

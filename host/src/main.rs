@@ -1,5 +1,6 @@
 //! The `triad` command line: parses arguments and calls the library. Nothing else lives here.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -67,6 +68,7 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match Cli::parse().command {
         Command::Plugin(command) => plugin_command(command),
@@ -87,16 +89,15 @@ fn plugin_command(command: PluginCommand) -> Result<()> {
             let workspace = find_workspace()?;
             let dirs = load::bundled_plugin_dirs(&workspace)
                 .with_context(|| format!("reading {}", workspace.join("plugins").display()))?;
-            build::build_crates(&dirs).map_err(|p| anyhow::anyhow!("{p}"))?;
+            let built = build::build_crates(&dirs).map_err(|p| anyhow::anyhow!("{p}"))?;
             let sandbox = Sandbox::shared();
             println!("| name | kind | version | stateful | sha256 | description |");
             println!("|---|---|---|---|---|---|");
-            for dir in dirs {
-                let plugin = Plugin::load(&sandbox, &PluginSpec::at(&dir))?;
-                let info = plugin.info();
+            for wasm in built {
+                let (info, sha256) = Plugin::inspect(&sandbox, &wasm)?;
                 println!(
                     "| {} | {} | {} | {} | {} | {} |",
-                    info.name, info.kind, info.version, info.stateful, plugin.sha256(), info.description
+                    info.name, info.kind, info.version, info.stateful, sha256, info.description
                 );
             }
             Ok(())

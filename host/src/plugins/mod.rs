@@ -72,6 +72,23 @@ impl PluginSpec {
     }
 }
 
+/// Compile a plugin and tell its kind from its exports.
+fn compile_and_classify(sandbox: &Sandbox, name: &str, path: &Path) -> Result<(load::CompiledPlugin, PluginKind), PluginError> {
+    let compiled = load::compile(sandbox, path).map_err(|mut e| {
+        e.plugin = name.to_string();
+        e
+    })?;
+    let kind = sandbox::kind_of(&compiled.component, sandbox.engine()).ok_or_else(|| {
+        let problem = Problem::Invalid(
+            "it exports none of `filter`, `score`, `compute` or `statistics`: \
+             build it with triad-plugin-sdk's export macros"
+                .into(),
+        );
+        PluginError::new(name, None, "load", problem)
+    })?;
+    Ok((compiled, kind))
+}
+
 /// A loaded, configured plugin of any kind.
 pub enum Plugin {
     Filter(FilterPlugin),
@@ -83,36 +100,43 @@ pub enum Plugin {
 impl Plugin {
     /// Build (for a crate), compile, instantiate and configure a plugin.
     pub fn load(sandbox: &Sandbox, spec: &PluginSpec) -> Result<Plugin, PluginError> {
-        let compiled = load::compile(sandbox, &spec.path).map_err(|mut e| {
-            e.plugin = spec.name.clone();
-            e
-        })?;
-        let kind = sandbox::kind_of(&compiled.component, sandbox.engine()).ok_or_else(|| {
-            PluginError::new(
-                &spec.name,
-                None,
-                "load",
-                Problem::Invalid(
-                    "it exports none of `filter`, `score`, `compute` or `statistics`: \
-                     build it with triad-plugin-sdk's export macros"
-                        .into(),
-                ),
-            )
-        })?;
+        let (compiled, kind) = compile_and_classify(sandbox, &spec.name, &spec.path)?;
         let (name, sha, component) = (&spec.name, compiled.sha256, &compiled.component);
         let settings = pool::Settings { config: &spec.config, limits: spec.limits, workers: spec.workers };
         Ok(match kind {
+            PluginKind::DataFilter => Plugin::Filter(FilterPlugin { pool: Pool::new(sandbox, name, sha, component, &settings)? }),
+            PluginKind::Reward => Plugin::Reward(RewardPlugin { pool: Pool::new(sandbox, name, sha, component, &settings)? }),
+            PluginKind::Loss => Plugin::Loss(LossPlugin::new(Pool::new(sandbox, name, sha, component, &settings)?)?),
+            PluginKind::Metric => Plugin::Metric(MetricPlugin { pool: Pool::new(sandbox, name, sha, component, &settings)? }),
+        })
+    }
+
+    /// What a plugin is (its `info` and sha256) without configuring it: plugins that require
+    /// config fields can still be listed.
+    pub fn inspect(sandbox: &Sandbox, path: &Path) -> Result<(PluginInfo, String), PluginError> {
+        let name = PluginSpec::at(path).name;
+        let (compiled, kind) = compile_and_classify(sandbox, &name, path)?;
+        let limits = Limits::default();
+        let component = &compiled.component;
+        let info = match kind {
             PluginKind::DataFilter => {
-                Plugin::Filter(FilterPlugin { pool: Pool::new(sandbox, name, sha, component, &settings)? })
+                let pre = pool::link::<bindings::filter::DataFilter>(sandbox, &name, component)?;
+                pool::read_info::<bindings::filter::DataFilter>(sandbox, &name, &pre, &limits)?
             }
             PluginKind::Reward => {
-                Plugin::Reward(RewardPlugin { pool: Pool::new(sandbox, name, sha, component, &settings)? })
+                let pre = pool::link::<bindings::reward::Reward>(sandbox, &name, component)?;
+                pool::read_info::<bindings::reward::Reward>(sandbox, &name, &pre, &limits)?
             }
-            PluginKind::Loss => Plugin::Loss(LossPlugin::new(Pool::new(sandbox, name, sha, component, &settings)?)?),
+            PluginKind::Loss => {
+                let pre = pool::link::<bindings::loss::Loss>(sandbox, &name, component)?;
+                pool::read_info::<bindings::loss::Loss>(sandbox, &name, &pre, &limits)?
+            }
             PluginKind::Metric => {
-                Plugin::Metric(MetricPlugin { pool: Pool::new(sandbox, name, sha, component, &settings)? })
+                let pre = pool::link::<bindings::metric::Metric>(sandbox, &name, component)?;
+                pool::read_info::<bindings::metric::Metric>(sandbox, &name, &pre, &limits)?
             }
-        })
+        };
+        Ok((info, compiled.sha256))
     }
 
     /// What the plugin reported about itself.

@@ -100,26 +100,10 @@ impl<W: World> Pool<W> {
         component: &Component,
         settings: &Settings<'_>,
     ) -> Result<Self, PluginError> {
-        let mut linker = Linker::new(sandbox.engine());
-        bindings::filter::triad::plugin::host::add_to_linker::<StoreState, HasSelf<StoreState>>(
-            &mut linker,
-            |state| state,
-        )
-        .map_err(|e| PluginError::new(name, Some(W::KIND), "load", Problem::Invalid(format!("{e:#}"))))?;
-        let pre = W::pre(&linker, component).map_err(|e| {
-            PluginError::new(name, Some(W::KIND), "load", Problem::Invalid(format!("{e:#}")))
-        })?;
-        // Stateful plugins keep state in one instance, so they get exactly one worker.
-        let placeholder = PluginInfo {
-            name: name.to_string(),
-            version: String::new(),
-            kind: W::KIND,
-            description: String::new(),
-            stateful: true,
-        };
+        let pre = link::<W>(sandbox, name, component)?;
         let mut pool = Pool {
             name: name.to_string(),
-            info: placeholder,
+            info: read_info::<W>(sandbox, name, &pre, &settings.limits)?,
             sha256,
             config: settings.config.to_string(),
             limits: settings.limits,
@@ -127,10 +111,9 @@ impl<W: World> Pool<W> {
             pre,
             workers: vec![Mutex::new(None)],
         };
-        pool.info = pool.with_instance(0, "info", |world: &W, store| world.call_info(store))?;
-        if pool.info.kind != W::KIND {
-            return Err(pool.error("info", Problem::WrongKind { expected: W::KIND, actual: pool.info.kind }));
-        }
+        // Configure one instance now, so that a bad config fails at load, not at the first batch.
+        pool.with_instance(0, "configure", |_, _| Ok(()))?;
+        // Stateful plugins keep their state in one instance, so they get exactly one worker.
         if !pool.info.stateful {
             let cores = || thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
             let workers = settings.workers.unwrap_or_else(cores).max(1);
@@ -179,14 +162,7 @@ impl<W: World> Pool<W> {
     }
 
     fn instantiate(&self) -> Result<Instance<W>, PluginError> {
-        let mut store = Store::new(self.sandbox.engine(), StoreState::new(&self.name, &self.limits));
-        store.limiter(|state| &mut state.limits);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(self.limits.deadline_ticks());
-        let world = W::instantiate(&self.pre, &mut store).map_err(|e| {
-            let last_error = store.data_mut().last_error.take();
-            self.error("instantiate", classify(&e, last_error, &self.limits))
-        })?;
+        let Instance { mut store, world } = new_instance::<W>(&self.sandbox, &self.name, &self.pre, &self.limits)?;
         store.set_epoch_deadline(self.limits.deadline_ticks());
         let configured = world.call_configure(&mut store, &self.config).map_err(|e| {
             let last_error = store.data_mut().last_error.take();
@@ -238,6 +214,54 @@ impl<W: World> Pool<W> {
         });
         results.into_iter().map(|r| r.expect("every chunk was assigned to a worker")).collect()
     }
+}
+
+/// A fresh, unconfigured instance with the limits applied.
+fn new_instance<W: World>(
+    sandbox: &Sandbox,
+    name: &str,
+    pre: &W::Pre,
+    limits: &Limits,
+) -> Result<Instance<W>, PluginError> {
+    let mut store = Store::new(sandbox.engine(), StoreState::new(name, limits));
+    store.limiter(|state| &mut state.limits);
+    store.epoch_deadline_trap();
+    store.set_epoch_deadline(limits.deadline_ticks());
+    let world = W::instantiate(pre, &mut store).map_err(|e| {
+        let last_error = store.data_mut().last_error.take();
+        PluginError::new(name, Some(W::KIND), "instantiate", classify(&e, last_error, limits))
+    })?;
+    Ok(Instance { store, world })
+}
+
+/// What the plugin says it is. `info` needs no configuration, so listing plugins never fails on
+/// a config they require.
+pub(crate) fn read_info<W: World>(
+    sandbox: &Sandbox,
+    name: &str,
+    pre: &W::Pre,
+    limits: &Limits,
+) -> Result<PluginInfo, PluginError> {
+    let Instance { mut store, world } = new_instance::<W>(sandbox, name, pre, limits)?;
+    store.set_epoch_deadline(limits.deadline_ticks());
+    let info = world.call_info(&mut store).map_err(|e| {
+        let last_error = store.data_mut().last_error.take();
+        PluginError::new(name, Some(W::KIND), "info", classify(&e, last_error, limits))
+    })?;
+    if info.kind != W::KIND {
+        let problem = Problem::WrongKind { expected: W::KIND, actual: info.kind };
+        return Err(PluginError::new(name, Some(W::KIND), "info", problem));
+    }
+    Ok(info)
+}
+
+/// Link a component against one world: type-checks its imports and exports.
+pub(crate) fn link<W: World>(sandbox: &Sandbox, name: &str, component: &Component) -> Result<W::Pre, PluginError> {
+    let invalid = |e: wasmtime::Error| PluginError::new(name, Some(W::KIND), "load", Problem::Invalid(format!("{e:#}")));
+    let mut linker = Linker::new(sandbox.engine());
+    bindings::filter::triad::plugin::host::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |state| state)
+        .map_err(invalid)?;
+    W::pre(&linker, component).map_err(invalid)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

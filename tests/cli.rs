@@ -1,0 +1,67 @@
+//! The `triad plugin` commands, end to end through the real binary.
+
+mod support;
+
+use std::process::{Command, Output};
+
+fn triad(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_triad"))
+        .args(args)
+        .current_dir(support::workspace())
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("running triad")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn plugin_run_scores_real_reviews_from_jsonl() {
+    let wasm = support::wasm("lexicon-sentiment");
+    let out = triad(&["plugin", "run", wasm.to_str().expect("utf-8 path"), "--input", "examples/review-episodes.jsonl"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let scores: Vec<f64> = text(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("JSON line")["score"].as_f64().expect("score"))
+        .collect();
+    assert_eq!(scores.len(), 5);
+    // "Campanella's competent direction and his excellent cast overcome the obstacles..." is praise.
+    assert!(scores[3] > 0.5, "{scores:?}");
+}
+
+#[test]
+fn plugin_run_names_the_malformed_input_line() {
+    let dir = std::env::temp_dir().join(format!("triad-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let input = dir.join("bad.jsonl");
+    std::fs::write(&input, "{\"text\": \"fine\"}\n{\"text\": 3}\n").expect("write input");
+    let wasm = support::wasm("length-filter");
+    let out = triad(&["plugin", "run", wasm.to_str().expect("utf-8"), "--input", input.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("bad.jsonl") && stderr.contains("line 2") && stderr.contains("`text` must be a string"), "{stderr}");
+}
+
+#[test]
+fn plugin_check_refuses_a_forbidden_import() {
+    let wasm = support::wasm("forbidden-import");
+    let out = triad(&["plugin", "check", wasm.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("wasi_snapshot_preview1::random_get"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn plugin_list_shows_every_bundled_plugin_with_kind_and_sha256() {
+    support::wasm("length-filter"); // build them all first, once
+    let out = triad(&["plugin", "list"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    for dir in triad::plugins::load::bundled_plugin_dirs(&support::workspace()).expect("plugins/") {
+        let name = dir.file_name().expect("named").to_string_lossy().into_owned();
+        let row = table.lines().find(|l| l.starts_with(&format!("| {name} |"))).unwrap_or_else(|| panic!("{name} missing:\n{table}"));
+        let sha = row.split('|').nth(5).expect("sha256 column").trim();
+        assert_eq!(sha.len(), 64, "{row}");
+    }
+}

@@ -5,7 +5,7 @@
 mod support;
 
 use serde_json::Value;
-use triad::plugins::{Episode, Limits, MetricRecord, NamedValue, Plugin, PluginSpec, Problem, Sandbox};
+use triad::plugins::{Decision, Episode, Limits, MetricRecord, NamedValue, Plugin, PluginSpec, Problem, Sample, Sandbox};
 
 fn fixture(plugin: &str) -> Value {
     let path = support::workspace().join("plugins").join(plugin).join("tests/fixture.json");
@@ -160,4 +160,65 @@ fn a_plugin_of_the_wrong_kind_is_refused_with_both_kinds() {
     };
     assert!(matches!(err.problem, Problem::WrongKind { .. }));
     assert!(err.to_string().contains("is a metric plugin, but a reward plugin is required"), "{err}");
+}
+
+fn samples(texts: &[String]) -> Vec<Sample> {
+    texts.iter().map(|t| Sample { text: t.clone(), fields: vec![] }).collect()
+}
+
+fn reasons(decisions: &[Decision]) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for decision in decisions {
+        let key = match decision {
+            Decision::Keep => "keep".to_string(),
+            Decision::Drop(reason) => reason.clone(),
+            Decision::Rewrite(_) => "rewrite".to_string(),
+        };
+        *counts.entry(key).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[test]
+fn dedup_remembers_earlier_batches_and_catches_near_duplicates() {
+    let texts: Vec<String> = support::movie_snippets().into_iter().map(|(_, t)| t).take(4000).collect();
+    let dedup = support::load_with("dedup-filter", "{}", small_calls()).into_filter().expect("a filter");
+    assert!(dedup.info().stateful, "dedup must run on one instance to see every batch");
+    let first = dedup.filter(&samples(&texts[..2000])).expect("first batch");
+    let kept_first = first.iter().filter(|d| matches!(d, Decision::Keep)).count();
+    assert!(kept_first > 1950, "real snippets are mostly distinct: kept {kept_first}");
+    // A second batch: 200 snippets seen before, 200 of them edited a little, 200 new ones.
+    let edited: Vec<String> = texts[..200].iter().map(|t| format!("{} indeed", t.replace(',', ""))).collect();
+    let second: Vec<String> = texts[..200].iter().chain(&edited).chain(&texts[2000..2200]).cloned().collect();
+    let decisions = dedup.filter(&samples(&second)).expect("second batch");
+    let counts = reasons(&decisions[..200]);
+    assert_eq!(counts.get("exact duplicate"), Some(&200), "{counts:?}");
+    let near = reasons(&decisions[200..400]);
+    let near_dropped = near.get("near duplicate").copied().unwrap_or(0) + near.get("exact duplicate").copied().unwrap_or(0);
+    // Very short snippets change a lot when edited; most are still caught.
+    assert!(near_dropped >= 150, "edited snippets caught: {near:?}");
+    let fresh = reasons(&decisions[400..]);
+    assert!(fresh.get("keep").copied().unwrap_or(0) >= 195, "new snippets kept: {fresh:?}");
+}
+
+#[test]
+fn length_and_quality_filters_give_the_same_decisions_on_one_instance_and_on_all_cores() {
+    let texts: Vec<String> = support::movie_snippets().into_iter().map(|(_, t)| t).take(3000).collect();
+    for (name, config) in [("length-filter", r#"{"min_chars": 40, "max_words": 30}"#), ("quality-filter", "{}")] {
+        let load = |workers| {
+            let spec = PluginSpec::at(support::wasm(name)).with_config(config).with_limits(small_calls()).with_workers(workers);
+            Plugin::load(&Sandbox::shared(), &spec).and_then(Plugin::into_filter).expect("a filter")
+        };
+        let serial = load(1).filter(&samples(&texts)).expect("serial");
+        let parallel = load(4).filter(&samples(&texts)).expect("parallel");
+        assert_eq!(serial, parallel, "{name}");
+        let counts = reasons(&serial);
+        assert!(counts.len() >= 2 && counts["keep"] > 1000, "{name}: {counts:?}");
+    }
+    // The length filter's decisions are what its rules say, record by record.
+    let filter = support::load("length-filter", r#"{"min_chars": 40, "max_words": 30}"#).into_filter().expect("a filter");
+    for (text, decision) in texts.iter().zip(filter.filter(&samples(&texts)).expect("filter")) {
+        let keep = text.chars().count() >= 40 && text.split_whitespace().count() <= 30;
+        assert_eq!(matches!(decision, Decision::Keep), keep, "{text:?}: {decision:?}");
+    }
 }

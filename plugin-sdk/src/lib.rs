@@ -103,12 +103,13 @@ pub mod bindings {
 pub mod __glue;
 pub mod log;
 mod loss_helpers;
+pub mod testing;
 
 pub use bindings::data_filter::triad::plugin::types::{
     Decision, Episode, Feature, FeatureValues, LossBatch, LossOutput, MetricRecord, NamedValue,
     PluginError, PluginInfo, PluginKind, Sample,
 };
-pub use loss_helpers::LossBatchExt;
+pub use loss_helpers::{feature_name, LossBatchExt};
 pub use serde::Deserialize;
 
 /// Everything a plugin usually needs, in one `use`.

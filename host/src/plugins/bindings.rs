@@ -8,6 +8,7 @@ pub mod filter {
     wasmtime::component::bindgen!({
         world: "data-filter",
         path: "../plugin-sdk/wit",
+        additional_derives: [PartialEq],
     });
 }
 

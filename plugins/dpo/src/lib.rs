@@ -86,19 +86,10 @@ impl Loss for Dpo {
     }
 
     fn compute(&mut self, batch: &LossBatch) -> Result<LossOutput, String> {
-        let (sequences, _) = batch_shape(batch)?;
-        let logprob = read(batch, Feature::SequenceLogprob, sequences, "sequence")?;
-        let ref_logprob = read(batch, Feature::SequenceRefLogprob, sequences, "sequence")?;
+        let logprob = batch.per_sequence(Feature::SequenceLogprob)?;
+        let ref_logprob = batch.per_sequence(Feature::SequenceRefLogprob)?;
         let out = dpo_loss(self, logprob, ref_logprob)?;
-        Ok(LossOutput {
-            value: out.value,
-            gradients: vec![FeatureValues::new(Feature::SequenceLogprob, out.d_sequence_logprob)],
-            metrics: out
-                .metrics
-                .into_iter()
-                .map(|(name, value)| NamedValue { name: name.to_string(), value })
-                .collect(),
-        })
+        Ok(LossOutput::new(out.value, vec![FeatureValues::new(Feature::SequenceLogprob, out.d_sequence_logprob)], out.metrics))
     }
 }
 
@@ -195,121 +186,23 @@ pub fn dpo_loss(config: &Dpo, sequence_logprob: &[f32], sequence_ref_logprob: &[
     })
 }
 
-// ---- Reading the batch -------------------------------------------------------------------------
-
-/// The feature's name as the WIT contract spells it, for error messages.
-fn feature_name(feature: Feature) -> &'static str {
-    match feature {
-        Feature::Logprob => "logprob",
-        Feature::MeanLogprob => "mean-logprob",
-        Feature::Entropy => "entropy",
-        Feature::Value => "value",
-        Feature::RefLogprob => "ref-logprob",
-        Feature::OldLogprob => "old-logprob",
-        Feature::OldValue => "old-value",
-        Feature::Advantage => "advantage",
-        Feature::Return => "return",
-        Feature::Mask => "mask",
-        Feature::SequenceLogprob => "sequence-logprob",
-        Feature::SequenceRefLogprob => "sequence-ref-logprob",
-    }
-}
-
-/// Checks `sequence-offsets` and returns (number of sequences, number of tokens).
-fn batch_shape(batch: &LossBatch) -> Result<(usize, usize), String> {
-    let offsets = &batch.sequence_offsets;
-    let (Some(&first), Some(&last)) = (offsets.first(), offsets.last()) else {
-        return Err("sequence-offsets is empty: it needs one start per sequence plus the total".into());
-    };
-    if first != 0 {
-        return Err(format!("sequence-offsets must start at 0, starts at {first}"));
-    }
-    if let Some(i) = offsets.windows(2).position(|w| w[1] < w[0]) {
-        return Err(format!(
-            "sequence-offsets must be non-decreasing: entry {} is {}, entry {} is {}",
-            i,
-            offsets[i],
-            i + 1,
-            offsets[i + 1]
-        ));
-    }
-    Ok((offsets.len() - 1, last as usize))
-}
-
-/// A requested feature's values, checked for presence, length and finiteness.
-fn read<'a>(batch: &'a LossBatch, feature: Feature, len: usize, per: &str) -> Result<&'a [f32], String> {
-    let name = feature_name(feature);
-    let values = batch
-        .feature(feature)
-        .map_err(|_| format!("the host did not pass feature `{name}`"))?;
-    if values.len() != len {
-        return Err(format!("feature `{name}` has {} values, expected {len} (one per {per})", values.len()));
-    }
-    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        return Err(format!("feature `{name}` has a non-finite value {} at index {i}", values[i]));
-    }
-    Ok(values)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use triad_plugin_sdk::configure;
-
-    /// xorshift64*: deterministic pseudo-random numbers without a dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn uniform(&mut self) -> f64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            let bits = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11;
-            (bits as f64 + 0.5) / (1u64 << 53) as f64
-        }
-
-        fn gaussian(&mut self) -> f64 {
-            let (u, v) = (self.uniform(), self.uniform());
-            (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-        }
-    }
-
-    const VOCAB: usize = 4096;
-
-    fn log_softmax(logits: &[f64]) -> Vec<f64> {
-        let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let lse = max + logits.iter().map(|l| (l - max).exp()).sum::<f64>().ln();
-        logits.iter().map(|l| l - lse).collect()
-    }
-
-    fn sample(rng: &mut Rng, log_probs: &[f64]) -> usize {
-        let u = rng.uniform();
-        let mut cumulative = 0.0;
-        for (v, lp) in log_probs.iter().enumerate() {
-            cumulative += lp.exp();
-            if u < cumulative {
-                return v;
-            }
-        }
-        log_probs.len() - 1
-    }
+    use triad_plugin_sdk::testing::{assert_gradient, lm_logits, log_softmax, loss_batch, metric, sample, Rng};
 
     /// Summed response log-probabilities of `pairs` preference pairs, (policy, reference), as the
     /// host would compute them: responses of 20 to 60 tokens sampled from the reference model over
     /// a 4096-token vocabulary, and a policy whose logits have drifted from the reference's.
     fn preference_pairs(seed: u64, pairs: usize) -> (Vec<u32>, Vec<f32>, Vec<f32>) {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let (mut offsets, mut policy, mut reference) = (vec![0u32], vec![], vec![]);
         for _ in 0..2 * pairs {
             let len = 20 + (rng.uniform() * 41.0) as usize;
             let (mut pi, mut re) = (0.0, 0.0);
             for _ in 0..len {
-                let scale = 1.0 + 2.0 * rng.uniform();
-                let mut ref_logits: Vec<f64> = (0..VOCAB).map(|_| scale * rng.gaussian()).collect();
-                if rng.uniform() < 0.5 {
-                    let favourite = (rng.uniform() * VOCAB as f64) as usize % VOCAB;
-                    ref_logits[favourite] += 4.0 + 8.0 * rng.uniform();
-                }
+                let ref_logits = lm_logits(&mut rng);
                 let policy_logits: Vec<f64> = ref_logits.iter().map(|l| l + 0.2 * rng.gaussian()).collect();
                 let (ref_lps, policy_lps) = (log_softmax(&ref_logits), log_softmax(&policy_logits));
                 let token = sample(&mut rng, &ref_lps);
@@ -321,36 +214,6 @@ mod tests {
             offsets.push(offsets[offsets.len() - 1] + len as u32);
         }
         (offsets, policy, reference)
-    }
-
-    fn batch(offsets: &[u32], features: &[(Feature, &[f32])]) -> LossBatch {
-        LossBatch {
-            sequence_offsets: offsets.to_vec(),
-            features: features
-                .iter()
-                .map(|(f, v)| FeatureValues { feature: *f, values: v.to_vec() })
-                .collect(),
-        }
-    }
-
-    /// Central differences of `f` at the f32 inputs, using the actual f32-rounded step.
-    fn assert_gradient(x: &[f32], analytic: &[f64], f: impl Fn(&[f32]) -> f64) {
-        let h = 1e-3;
-        for i in 0..x.len() {
-            let (mut plus, mut minus) = (x.to_vec(), x.to_vec());
-            plus[i] = (f64::from(x[i]) + h) as f32;
-            minus[i] = (f64::from(x[i]) - h) as f32;
-            let fd = (f(&plus) - f(&minus)) / (f64::from(plus[i]) - f64::from(minus[i]));
-            assert!(
-                (analytic[i] - fd).abs() <= 1e-3 * fd.abs().max(1e-2),
-                "sequence {i}: analytic {} vs finite difference {fd}",
-                analytic[i]
-            );
-        }
-    }
-
-    fn metric(metrics: &[(&'static str, f64)], name: &str) -> f64 {
-        metrics.iter().find(|(n, _)| *n == name).map(|(_, v)| *v).unwrap_or_else(|| panic!("no metric {name}"))
     }
 
     #[test]
@@ -385,7 +248,7 @@ mod tests {
         let reference = [-121.0f32, -98.75, -64.5, -202.25];
         let mut dpo: Dpo = configure("").unwrap();
         let out = dpo
-            .compute(&batch(&[0, 30, 55, 80, 130], &[(Feature::SequenceLogprob, &policy), (Feature::SequenceRefLogprob, &reference)]))
+            .compute(&loss_batch(&[0, 30, 55, 80, 130], &[(Feature::SequenceLogprob, &policy), (Feature::SequenceRefLogprob, &reference)]))
             .unwrap();
         assert!((out.value - std::f64::consts::LN_2).abs() < 1e-15);
         // d/dh of -log sigmoid(beta h) at 0 is -beta/2, shared over 2 pairs.
@@ -458,21 +321,21 @@ mod tests {
         let mut dpo: Dpo = configure("").unwrap();
         let three = [-10.0f32, -12.0, -9.0];
         let e = dpo
-            .compute(&batch(&[0, 5, 9, 14], &[(Feature::SequenceLogprob, &three), (Feature::SequenceRefLogprob, &three)]))
+            .compute(&loss_batch(&[0, 5, 9, 14], &[(Feature::SequenceLogprob, &three), (Feature::SequenceRefLogprob, &three)]))
             .unwrap_err();
         assert!(e.contains("odd number of sequences: 3"), "{e}");
         let e = dpo
-            .compute(&batch(&[0, 5, 9], &[(Feature::SequenceLogprob, &three[..2]), (Feature::SequenceRefLogprob, &three)]))
+            .compute(&loss_batch(&[0, 5, 9], &[(Feature::SequenceLogprob, &three[..2]), (Feature::SequenceRefLogprob, &three)]))
             .unwrap_err();
         assert!(e.contains("`sequence-ref-logprob` has 3 values, expected 2 (one per sequence)"), "{e}");
-        let e = dpo.compute(&batch(&[0, 5, 9], &[(Feature::SequenceLogprob, &three[..2])])).unwrap_err();
+        let e = dpo.compute(&loss_batch(&[0, 5, 9], &[(Feature::SequenceLogprob, &three[..2])])).unwrap_err();
         assert!(e.contains("did not pass feature `sequence-ref-logprob`"), "{e}");
         let e = dpo
-            .compute(&batch(&[0, 5, 4], &[(Feature::SequenceLogprob, &three[..2]), (Feature::SequenceRefLogprob, &three[..2])]))
+            .compute(&loss_batch(&[0, 5, 4], &[(Feature::SequenceLogprob, &three[..2]), (Feature::SequenceRefLogprob, &three[..2])]))
             .unwrap_err();
         assert!(e.contains("non-decreasing"), "{e}");
         // No pairs at all: loss 0, nothing to learn.
-        let out = dpo.compute(&batch(&[0], &[(Feature::SequenceLogprob, &[]), (Feature::SequenceRefLogprob, &[])])).unwrap();
+        let out = dpo.compute(&loss_batch(&[0], &[(Feature::SequenceLogprob, &[]), (Feature::SequenceRefLogprob, &[])])).unwrap();
         assert_eq!((out.value, out.gradients[0].values.len()), (0.0, 0));
     }
 }

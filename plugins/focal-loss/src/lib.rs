@@ -60,19 +60,10 @@ impl Loss for FocalLoss {
     }
 
     fn compute(&mut self, batch: &LossBatch) -> Result<LossOutput, String> {
-        let (_, tokens) = batch_shape(batch)?;
-        let logprob = read(batch, Feature::Logprob, tokens, "token")?;
-        let mask = read(batch, Feature::Mask, tokens, "token")?;
+        let logprob = batch.per_token(Feature::Logprob)?;
+        let mask = batch.per_token(Feature::Mask)?;
         let out = focal_loss(logprob, Some(mask), self.gamma)?;
-        Ok(LossOutput {
-            value: out.value,
-            gradients: vec![FeatureValues::new(Feature::Logprob, out.d_logprob)],
-            metrics: out
-                .metrics
-                .into_iter()
-                .map(|(name, value)| NamedValue { name: name.to_string(), value })
-                .collect(),
-        })
+        Ok(LossOutput::new(out.value, vec![FeatureValues::new(Feature::Logprob, out.d_logprob)], out.metrics))
     }
 }
 
@@ -137,160 +128,15 @@ pub fn focal_loss(logprob: &[f32], mask: Option<&[f32]>, gamma: f64) -> Result<F
     })
 }
 
-// ---- Reading the batch -------------------------------------------------------------------------
-
-/// The feature's name as the WIT contract spells it, for error messages.
-fn feature_name(feature: Feature) -> &'static str {
-    match feature {
-        Feature::Logprob => "logprob",
-        Feature::MeanLogprob => "mean-logprob",
-        Feature::Entropy => "entropy",
-        Feature::Value => "value",
-        Feature::RefLogprob => "ref-logprob",
-        Feature::OldLogprob => "old-logprob",
-        Feature::OldValue => "old-value",
-        Feature::Advantage => "advantage",
-        Feature::Return => "return",
-        Feature::Mask => "mask",
-        Feature::SequenceLogprob => "sequence-logprob",
-        Feature::SequenceRefLogprob => "sequence-ref-logprob",
-    }
-}
-
-/// Checks `sequence-offsets` and returns (number of sequences, number of tokens).
-fn batch_shape(batch: &LossBatch) -> Result<(usize, usize), String> {
-    let offsets = &batch.sequence_offsets;
-    let (Some(&first), Some(&last)) = (offsets.first(), offsets.last()) else {
-        return Err("sequence-offsets is empty: it needs one start per sequence plus the total".into());
-    };
-    if first != 0 {
-        return Err(format!("sequence-offsets must start at 0, starts at {first}"));
-    }
-    if let Some(i) = offsets.windows(2).position(|w| w[1] < w[0]) {
-        return Err(format!(
-            "sequence-offsets must be non-decreasing: entry {} is {}, entry {} is {}",
-            i,
-            offsets[i],
-            i + 1,
-            offsets[i + 1]
-        ));
-    }
-    Ok((offsets.len() - 1, last as usize))
-}
-
-/// A requested feature's values, checked for presence, length and finiteness.
-fn read<'a>(batch: &'a LossBatch, feature: Feature, len: usize, per: &str) -> Result<&'a [f32], String> {
-    let name = feature_name(feature);
-    let values = batch
-        .feature(feature)
-        .map_err(|_| format!("the host did not pass feature `{name}`"))?;
-    if values.len() != len {
-        return Err(format!("feature `{name}` has {} values, expected {len} (one per {per})", values.len()));
-    }
-    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        return Err(format!("feature `{name}` has a non-finite value {} at index {i}", values[i]));
-    }
-    Ok(values)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use triad_plugin_sdk::configure;
-
-    /// xorshift64*: deterministic pseudo-random numbers without a dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn uniform(&mut self) -> f64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            let bits = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11;
-            (bits as f64 + 0.5) / (1u64 << 53) as f64
-        }
-
-        fn gaussian(&mut self) -> f64 {
-            let (u, v) = (self.uniform(), self.uniform());
-            (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-        }
-    }
-
-    const VOCAB: usize = 4096;
-
-    /// One position of a plausible language model: Gaussian logits over the vocabulary, and at
-    /// half the positions one token the model is confident about.
-    fn log_softmax_position(rng: &mut Rng) -> Vec<f64> {
-        let scale = 1.0 + 2.0 * rng.uniform();
-        let mut logits: Vec<f64> = (0..VOCAB).map(|_| scale * rng.gaussian()).collect();
-        if rng.uniform() < 0.5 {
-            let favourite = (rng.uniform() * VOCAB as f64) as usize % VOCAB;
-            logits[favourite] += 4.0 + 8.0 * rng.uniform();
-        }
-        let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let lse = max + logits.iter().map(|l| (l - max).exp()).sum::<f64>().ln();
-        logits.iter().map(|l| l - lse).collect()
-    }
-
-    /// Samples the target token from the distribution, as text from the model would.
-    fn sample(rng: &mut Rng, log_probs: &[f64]) -> usize {
-        let u = rng.uniform();
-        let mut cumulative = 0.0;
-        for (v, lp) in log_probs.iter().enumerate() {
-            cumulative += lp.exp();
-            if u < cumulative {
-                return v;
-            }
-        }
-        log_probs.len() - 1
-    }
-
-    /// A batch of sequences with padding at their ends: (offsets, logprob, mean-logprob, mask).
-    fn realistic_batch(seed: u64, lengths: &[usize], padding: usize) -> (Vec<u32>, Vec<f32>, Vec<f32>, Vec<f32>) {
-        let mut rng = Rng(seed);
-        let (mut offsets, mut logprob, mut mean_logprob, mut mask) = (vec![0u32], vec![], vec![], vec![]);
-        for &len in lengths {
-            for t in 0..len {
-                let lps = log_softmax_position(&mut rng);
-                let target = sample(&mut rng, &lps);
-                logprob.push(lps[target] as f32);
-                mean_logprob.push((lps.iter().sum::<f64>() / VOCAB as f64) as f32);
-                mask.push(if t + padding < len { 1.0 } else { 0.0 });
-            }
-            offsets.push(logprob.len() as u32);
-        }
-        (offsets, logprob, mean_logprob, mask)
-    }
-
-    fn batch(offsets: &[u32], features: &[(Feature, &[f32])]) -> LossBatch {
-        LossBatch {
-            sequence_offsets: offsets.to_vec(),
-            features: features
-                .iter()
-                .map(|(f, v)| FeatureValues { feature: *f, values: v.to_vec() })
-                .collect(),
-        }
-    }
-
-    /// Central differences of `f` at the f32 inputs, using the actual f32-rounded step.
-    fn assert_gradient(x: &[f32], analytic: &[f64], f: impl Fn(&[f32]) -> f64) {
-        let h = 1e-3;
-        for i in 0..x.len() {
-            let (mut plus, mut minus) = (x.to_vec(), x.to_vec());
-            plus[i] = (f64::from(x[i]) + h) as f32;
-            minus[i] = (f64::from(x[i]) - h) as f32;
-            let fd = (f(&plus) - f(&minus)) / (f64::from(plus[i]) - f64::from(minus[i]));
-            assert!(
-                (analytic[i] - fd).abs() <= 1e-3 * fd.abs().max(1e-2),
-                "token {i}: analytic {} vs finite difference {fd}",
-                analytic[i]
-            );
-        }
-    }
+    use triad_plugin_sdk::testing::{assert_gradient, lm_batch, loss_batch, LmBatch};
 
     #[test]
     fn gradients_match_finite_differences() {
-        let (_, logprob, _, mask) = realistic_batch(11, &[40, 25, 35], 5);
+        let LmBatch { logprob, mask, .. } = lm_batch(11, &[40, 25, 35], 5);
         // The realistic batch spans confident and unlikely tokens, where the focal weight differs most.
         assert!(logprob.iter().any(|&l| l > -0.3) && logprob.iter().any(|&l| l < -8.0));
         for gamma in [0.0, 0.5, 1.0, 2.0, 5.0] {
@@ -338,12 +184,12 @@ mod tests {
 
     #[test]
     fn gamma_zero_is_cross_entropy_and_focusing_favours_hard_tokens() {
-        let (offsets, logprob, _, mask) = realistic_batch(12, &[30, 20], 4);
+        let LmBatch { offsets, logprob, mask, .. } = lm_batch(12, &[30, 20], 4);
         let counted: Vec<f64> = logprob.iter().zip(&mask).filter(|(_, m)| **m == 1.0).map(|(l, _)| f64::from(*l)).collect();
         let nll = -counted.iter().sum::<f64>() / counted.len() as f64;
 
         let mut ce: FocalLoss = configure(r#"{"gamma": 0}"#).unwrap();
-        let b = batch(&offsets, &[(Feature::Logprob, &logprob), (Feature::Mask, &mask)]);
+        let b = loss_batch(&offsets, &[(Feature::Logprob, &logprob), (Feature::Mask, &mask)]);
         let out = ce.compute(&b).unwrap();
         assert!((out.value - nll).abs() < 1e-12, "{} vs {nll}", out.value);
         for (g, m) in out.gradients[0].values.iter().zip(&mask) {
@@ -380,17 +226,17 @@ mod tests {
         let mut focal: FocalLoss = configure("").unwrap();
         let lp = [-1.0f32, -2.0, -3.0];
         let m = [1.0f32; 3];
-        let e = focal.compute(&batch(&[0, 3], &[(Feature::Logprob, &lp)])).unwrap_err();
+        let e = focal.compute(&loss_batch(&[0, 3], &[(Feature::Logprob, &lp)])).unwrap_err();
         assert!(e.contains("did not pass feature `mask`"), "{e}");
-        let e = focal.compute(&batch(&[0, 1, 4], &[(Feature::Logprob, &lp), (Feature::Mask, &m)])).unwrap_err();
+        let e = focal.compute(&loss_batch(&[0, 1, 4], &[(Feature::Logprob, &lp), (Feature::Mask, &m)])).unwrap_err();
         assert!(e.contains("`logprob` has 3 values, expected 4"), "{e}");
-        let e = focal.compute(&batch(&[1, 3], &[(Feature::Logprob, &lp), (Feature::Mask, &m)])).unwrap_err();
+        let e = focal.compute(&loss_batch(&[1, 3], &[(Feature::Logprob, &lp), (Feature::Mask, &m)])).unwrap_err();
         assert!(e.contains("must start at 0"), "{e}");
         let pos = [-1.0f32, 0.5, -3.0];
-        let e = focal.compute(&batch(&[0, 3], &[(Feature::Logprob, &pos), (Feature::Mask, &m)])).unwrap_err();
+        let e = focal.compute(&loss_batch(&[0, 3], &[(Feature::Logprob, &pos), (Feature::Mask, &m)])).unwrap_err();
         assert!(e.contains("logprob must be <= 0"), "{e}");
         let inf = [-1.0f32, f32::NEG_INFINITY, -3.0];
-        let e = focal.compute(&batch(&[0, 3], &[(Feature::Logprob, &inf), (Feature::Mask, &m)])).unwrap_err();
+        let e = focal.compute(&loss_batch(&[0, 3], &[(Feature::Logprob, &inf), (Feature::Mask, &m)])).unwrap_err();
         assert!(e.contains("`logprob` has a non-finite value"), "{e}");
     }
 }

@@ -64,29 +64,16 @@ impl Loss for LabelSmoothedCe {
     }
 
     fn compute(&mut self, batch: &LossBatch) -> Result<LossOutput, String> {
-        let (_, tokens) = batch_shape(batch)?;
-        let logprob = read(batch, Feature::Logprob, tokens, "token")?;
-        let mean_logprob = if self.epsilon > 0.0 {
-            Some(read(batch, Feature::MeanLogprob, tokens, "token")?)
-        } else {
-            None
-        };
-        let mask = read(batch, Feature::Mask, tokens, "token")?;
+        let logprob = batch.per_token(Feature::Logprob)?;
+        let mean_logprob = if self.epsilon > 0.0 { Some(batch.per_token(Feature::MeanLogprob)?) } else { None };
+        let mask = batch.per_token(Feature::Mask)?;
         let out = label_smoothed_ce(logprob, mean_logprob, Some(mask), self.epsilon)?;
 
         let mut gradients = vec![FeatureValues::new(Feature::Logprob, out.d_logprob)];
         if mean_logprob.is_some() {
             gradients.push(FeatureValues::new(Feature::MeanLogprob, out.d_mean_logprob));
         }
-        Ok(LossOutput {
-            value: out.value,
-            gradients,
-            metrics: out
-                .metrics
-                .into_iter()
-                .map(|(name, value)| NamedValue { name: name.to_string(), value })
-                .collect(),
-        })
+        Ok(LossOutput::new(out.value, gradients, out.metrics))
     }
 }
 
@@ -154,160 +141,15 @@ fn check_len(name: &str, values: Option<&[f32]>, n: usize) -> Result<(), String>
     }
 }
 
-// ---- Reading the batch -------------------------------------------------------------------------
-
-/// The feature's name as the WIT contract spells it, for error messages.
-fn feature_name(feature: Feature) -> &'static str {
-    match feature {
-        Feature::Logprob => "logprob",
-        Feature::MeanLogprob => "mean-logprob",
-        Feature::Entropy => "entropy",
-        Feature::Value => "value",
-        Feature::RefLogprob => "ref-logprob",
-        Feature::OldLogprob => "old-logprob",
-        Feature::OldValue => "old-value",
-        Feature::Advantage => "advantage",
-        Feature::Return => "return",
-        Feature::Mask => "mask",
-        Feature::SequenceLogprob => "sequence-logprob",
-        Feature::SequenceRefLogprob => "sequence-ref-logprob",
-    }
-}
-
-/// Checks `sequence-offsets` and returns (number of sequences, number of tokens).
-fn batch_shape(batch: &LossBatch) -> Result<(usize, usize), String> {
-    let offsets = &batch.sequence_offsets;
-    let (Some(&first), Some(&last)) = (offsets.first(), offsets.last()) else {
-        return Err("sequence-offsets is empty: it needs one start per sequence plus the total".into());
-    };
-    if first != 0 {
-        return Err(format!("sequence-offsets must start at 0, starts at {first}"));
-    }
-    if let Some(i) = offsets.windows(2).position(|w| w[1] < w[0]) {
-        return Err(format!(
-            "sequence-offsets must be non-decreasing: entry {} is {}, entry {} is {}",
-            i,
-            offsets[i],
-            i + 1,
-            offsets[i + 1]
-        ));
-    }
-    Ok((offsets.len() - 1, last as usize))
-}
-
-/// A requested feature's values, checked for presence, length and finiteness.
-fn read<'a>(batch: &'a LossBatch, feature: Feature, len: usize, per: &str) -> Result<&'a [f32], String> {
-    let name = feature_name(feature);
-    let values = batch
-        .feature(feature)
-        .map_err(|_| format!("the host did not pass feature `{name}`"))?;
-    if values.len() != len {
-        return Err(format!("feature `{name}` has {} values, expected {len} (one per {per})", values.len()));
-    }
-    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        return Err(format!("feature `{name}` has a non-finite value {} at index {i}", values[i]));
-    }
-    Ok(values)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use triad_plugin_sdk::configure;
-
-    /// xorshift64*: deterministic pseudo-random numbers without a dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn uniform(&mut self) -> f64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            let bits = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11;
-            (bits as f64 + 0.5) / (1u64 << 53) as f64
-        }
-
-        fn gaussian(&mut self) -> f64 {
-            let (u, v) = (self.uniform(), self.uniform());
-            (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-        }
-    }
-
-    const VOCAB: usize = 4096;
-
-    /// One position of a plausible language model: Gaussian logits over the vocabulary, and at
-    /// half the positions one token the model is confident about.
-    fn log_softmax_position(rng: &mut Rng) -> Vec<f64> {
-        let scale = 1.0 + 2.0 * rng.uniform();
-        let mut logits: Vec<f64> = (0..VOCAB).map(|_| scale * rng.gaussian()).collect();
-        if rng.uniform() < 0.5 {
-            let favourite = (rng.uniform() * VOCAB as f64) as usize % VOCAB;
-            logits[favourite] += 4.0 + 8.0 * rng.uniform();
-        }
-        let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let lse = max + logits.iter().map(|l| (l - max).exp()).sum::<f64>().ln();
-        logits.iter().map(|l| l - lse).collect()
-    }
-
-    /// Samples the target token from the distribution, as text from the model would.
-    fn sample(rng: &mut Rng, log_probs: &[f64]) -> usize {
-        let u = rng.uniform();
-        let mut cumulative = 0.0;
-        for (v, lp) in log_probs.iter().enumerate() {
-            cumulative += lp.exp();
-            if u < cumulative {
-                return v;
-            }
-        }
-        log_probs.len() - 1
-    }
-
-    /// A batch of sequences with padding at their ends: (offsets, logprob, mean-logprob, mask).
-    fn realistic_batch(seed: u64, lengths: &[usize], padding: usize) -> (Vec<u32>, Vec<f32>, Vec<f32>, Vec<f32>) {
-        let mut rng = Rng(seed);
-        let (mut offsets, mut logprob, mut mean_logprob, mut mask) = (vec![0u32], vec![], vec![], vec![]);
-        for &len in lengths {
-            for t in 0..len {
-                let lps = log_softmax_position(&mut rng);
-                let target = sample(&mut rng, &lps);
-                logprob.push(lps[target] as f32);
-                mean_logprob.push((lps.iter().sum::<f64>() / VOCAB as f64) as f32);
-                mask.push(if t + padding < len { 1.0 } else { 0.0 });
-            }
-            offsets.push(logprob.len() as u32);
-        }
-        (offsets, logprob, mean_logprob, mask)
-    }
-
-    fn batch(offsets: &[u32], features: &[(Feature, &[f32])]) -> LossBatch {
-        LossBatch {
-            sequence_offsets: offsets.to_vec(),
-            features: features
-                .iter()
-                .map(|(f, v)| FeatureValues { feature: *f, values: v.to_vec() })
-                .collect(),
-        }
-    }
-
-    /// Central differences of `f` at the f32 inputs, using the actual f32-rounded step.
-    fn assert_gradient(x: &[f32], analytic: &[f64], f: impl Fn(&[f32]) -> f64) {
-        let h = 1e-3;
-        for i in 0..x.len() {
-            let (mut plus, mut minus) = (x.to_vec(), x.to_vec());
-            plus[i] = (f64::from(x[i]) + h) as f32;
-            minus[i] = (f64::from(x[i]) - h) as f32;
-            let fd = (f(&plus) - f(&minus)) / (f64::from(plus[i]) - f64::from(minus[i]));
-            assert!(
-                (analytic[i] - fd).abs() <= 1e-3 * fd.abs().max(1e-2),
-                "token {i}: analytic {} vs finite difference {fd}",
-                analytic[i]
-            );
-        }
-    }
+    use triad_plugin_sdk::testing::{assert_gradient, lm_batch, lm_logits, log_softmax, loss_batch, sample, LmBatch, Rng, VOCAB};
 
     #[test]
     fn realistic_inputs_look_like_a_language_model() {
-        let (_, logprob, mean_logprob, _) = realistic_batch(7, &[40, 25, 35], 5);
+        let LmBatch { logprob, mean_logprob, .. } = lm_batch(7, &[40, 25, 35], 5);
         let mean = logprob.iter().map(|&l| f64::from(l)).sum::<f64>() / logprob.len() as f64;
         assert!((-10.0..-2.0).contains(&mean), "mean logprob {mean}");
         assert!(logprob.iter().any(|&l| l > -0.5) && logprob.iter().any(|&l| l < -8.0));
@@ -317,7 +159,7 @@ mod tests {
 
     #[test]
     fn gradients_match_finite_differences() {
-        let (_, logprob, mean_logprob, mask) = realistic_batch(1, &[40, 25, 35], 5);
+        let LmBatch { logprob, mean_logprob, mask, .. } = lm_batch(1, &[40, 25, 35], 5);
         for epsilon in [0.0, 0.1, 0.3] {
             let out = label_smoothed_ce(&logprob, Some(&mean_logprob), Some(&mask), epsilon).unwrap();
             assert_gradient(&logprob, &out.d_logprob, |lp| {
@@ -331,13 +173,13 @@ mod tests {
 
     #[test]
     fn epsilon_zero_is_token_mean_nll() {
-        let (offsets, logprob, _, mask) = realistic_batch(2, &[30, 20], 4);
+        let LmBatch { offsets, logprob, mask, .. } = lm_batch(2, &[30, 20], 4);
         let counted: Vec<f64> = logprob.iter().zip(&mask).filter(|(_, m)| **m == 1.0).map(|(l, _)| f64::from(*l)).collect();
         let nll = -counted.iter().sum::<f64>() / counted.len() as f64;
 
         let mut ce: LabelSmoothedCe = configure(r#"{"epsilon": 0.0}"#).unwrap();
         assert_eq!(ce.features(), vec![Feature::Logprob, Feature::Mask]);
-        let out = ce.compute(&batch(&offsets, &[(Feature::Logprob, &logprob), (Feature::Mask, &mask)])).unwrap();
+        let out = ce.compute(&loss_batch(&offsets, &[(Feature::Logprob, &logprob), (Feature::Mask, &mask)])).unwrap();
         assert!((out.value - nll).abs() < 1e-12, "{} vs {nll}", out.value);
         assert_eq!(out.gradients.len(), 1);
         let metric = |name: &str| out.metrics.iter().find(|m| m.name == name).unwrap().value;
@@ -354,11 +196,11 @@ mod tests {
     #[test]
     fn matches_cross_entropy_against_the_smoothed_distribution() {
         // Direct definition: target q = (1 - eps) one_hot + eps / V, loss = -sum_v q_v log p_v.
-        let mut rng = Rng(3);
+        let mut rng = Rng::new(3);
         let epsilon = 0.1;
         let (mut logprob, mut mean_logprob, mut expected) = (vec![], vec![], 0.0);
         for _ in 0..8 {
-            let lps = log_softmax_position(&mut rng);
+            let lps = log_softmax(&lm_logits(&mut rng));
             let target = sample(&mut rng, &lps);
             let q = |v: usize| epsilon / VOCAB as f64 + if v == target { 1.0 - epsilon } else { 0.0 };
             expected -= lps.iter().enumerate().map(|(v, lp)| q(v) * lp).sum::<f64>() / 8.0;
@@ -402,19 +244,19 @@ mod tests {
         let m = [1.0f32; 3];
         let err = |b: LossBatch, ce: &mut LabelSmoothedCe| ce.compute(&b).unwrap_err();
 
-        let e = err(batch(&[0, 3], &[(Feature::Logprob, &lp), (Feature::Mask, &m)]), &mut ce);
+        let e = err(loss_batch(&[0, 3], &[(Feature::Logprob, &lp), (Feature::Mask, &m)]), &mut ce);
         assert!(e.contains("`mean-logprob`"), "{e}");
-        let e = err(batch(&[0, 3], &[(Feature::Logprob, &lp), (Feature::MeanLogprob, &lp[..2]), (Feature::Mask, &m)]), &mut ce);
+        let e = err(loss_batch(&[0, 3], &[(Feature::Logprob, &lp), (Feature::MeanLogprob, &lp[..2]), (Feature::Mask, &m)]), &mut ce);
         assert!(e.contains("`mean-logprob` has 2 values, expected 3"), "{e}");
-        let e = err(batch(&[0, 2, 1], &[(Feature::Logprob, &lp), (Feature::MeanLogprob, &lp), (Feature::Mask, &m)]), &mut ce);
+        let e = err(loss_batch(&[0, 2, 1], &[(Feature::Logprob, &lp), (Feature::MeanLogprob, &lp), (Feature::Mask, &m)]), &mut ce);
         assert!(e.contains("non-decreasing"), "{e}");
-        let e = err(batch(&[], &[]), &mut ce);
+        let e = err(loss_batch(&[], &[]), &mut ce);
         assert!(e.contains("sequence-offsets is empty"), "{e}");
         let nan = [-1.0f32, f32::NAN, -3.0];
-        let e = err(batch(&[0, 3], &[(Feature::Logprob, &nan), (Feature::MeanLogprob, &lp), (Feature::Mask, &m)]), &mut ce);
+        let e = err(loss_batch(&[0, 3], &[(Feature::Logprob, &nan), (Feature::MeanLogprob, &lp), (Feature::Mask, &m)]), &mut ce);
         assert!(e.contains("`logprob` has a non-finite value NaN at index 1"), "{e}");
         let neg = [1.0f32, -1.0, 1.0];
-        let e = err(batch(&[0, 3], &[(Feature::Logprob, &lp), (Feature::MeanLogprob, &lp), (Feature::Mask, &neg)]), &mut ce);
+        let e = err(loss_batch(&[0, 3], &[(Feature::Logprob, &lp), (Feature::MeanLogprob, &lp), (Feature::Mask, &neg)]), &mut ce);
         assert!(e.contains("mask must be non-negative"), "{e}");
     }
 }

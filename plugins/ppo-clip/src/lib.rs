@@ -97,8 +97,7 @@ impl Loss for PpoClip {
     }
 
     fn compute(&mut self, batch: &LossBatch) -> Result<LossOutput, String> {
-        let (_, tokens) = batch_shape(batch)?;
-        let token = |feature| read(batch, feature, tokens, "token");
+        let token = |feature| batch.per_token(feature);
         let optional = |used: bool, feature| if used { token(feature).map(Some) } else { Ok(None) };
         let uses_value = self.vf_coef > 0.0;
         let inputs = PpoInputs {
@@ -120,15 +119,7 @@ impl Loss for PpoClip {
         if self.ent_coef > 0.0 {
             gradients.push(FeatureValues::new(Feature::Entropy, out.d_entropy));
         }
-        Ok(LossOutput {
-            value: out.value,
-            gradients,
-            metrics: out
-                .metrics
-                .into_iter()
-                .map(|(name, value)| NamedValue { name: name.to_string(), value })
-                .collect(),
-        })
+        Ok(LossOutput::new(out.value, gradients, out.metrics))
     }
 }
 
@@ -281,105 +272,11 @@ pub fn ppo_clip_loss(config: &PpoClip, inputs: &PpoInputs) -> Result<PpoOutput, 
     Ok(PpoOutput { value: total, d_logprob, d_value, d_entropy, metrics })
 }
 
-// ---- Reading the batch -------------------------------------------------------------------------
-
-/// The feature's name as the WIT contract spells it, for error messages.
-fn feature_name(feature: Feature) -> &'static str {
-    match feature {
-        Feature::Logprob => "logprob",
-        Feature::MeanLogprob => "mean-logprob",
-        Feature::Entropy => "entropy",
-        Feature::Value => "value",
-        Feature::RefLogprob => "ref-logprob",
-        Feature::OldLogprob => "old-logprob",
-        Feature::OldValue => "old-value",
-        Feature::Advantage => "advantage",
-        Feature::Return => "return",
-        Feature::Mask => "mask",
-        Feature::SequenceLogprob => "sequence-logprob",
-        Feature::SequenceRefLogprob => "sequence-ref-logprob",
-    }
-}
-
-/// Checks `sequence-offsets` and returns (number of sequences, number of tokens).
-fn batch_shape(batch: &LossBatch) -> Result<(usize, usize), String> {
-    let offsets = &batch.sequence_offsets;
-    let (Some(&first), Some(&last)) = (offsets.first(), offsets.last()) else {
-        return Err("sequence-offsets is empty: it needs one start per sequence plus the total".into());
-    };
-    if first != 0 {
-        return Err(format!("sequence-offsets must start at 0, starts at {first}"));
-    }
-    if let Some(i) = offsets.windows(2).position(|w| w[1] < w[0]) {
-        return Err(format!(
-            "sequence-offsets must be non-decreasing: entry {} is {}, entry {} is {}",
-            i,
-            offsets[i],
-            i + 1,
-            offsets[i + 1]
-        ));
-    }
-    Ok((offsets.len() - 1, last as usize))
-}
-
-/// A requested feature's values, checked for presence, length and finiteness.
-fn read<'a>(batch: &'a LossBatch, feature: Feature, len: usize, per: &str) -> Result<&'a [f32], String> {
-    let name = feature_name(feature);
-    let values = batch
-        .feature(feature)
-        .map_err(|_| format!("the host did not pass feature `{name}`"))?;
-    if values.len() != len {
-        return Err(format!("feature `{name}` has {} values, expected {len} (one per {per})", values.len()));
-    }
-    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        return Err(format!("feature `{name}` has a non-finite value {} at index {i}", values[i]));
-    }
-    Ok(values)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use triad_plugin_sdk::configure;
-
-    /// xorshift64*: deterministic pseudo-random numbers without a dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn uniform(&mut self) -> f64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            let bits = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11;
-            (bits as f64 + 0.5) / (1u64 << 53) as f64
-        }
-
-        fn gaussian(&mut self) -> f64 {
-            let (u, v) = (self.uniform(), self.uniform());
-            (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-        }
-    }
-
-    const VOCAB: usize = 4096;
-
-    fn log_softmax(logits: &[f64]) -> Vec<f64> {
-        let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let lse = max + logits.iter().map(|l| (l - max).exp()).sum::<f64>().ln();
-        logits.iter().map(|l| l - lse).collect()
-    }
-
-    /// Samples a token from the distribution, as the rollout policy would.
-    fn sample(rng: &mut Rng, log_probs: &[f64]) -> usize {
-        let u = rng.uniform();
-        let mut cumulative = 0.0;
-        for (v, lp) in log_probs.iter().enumerate() {
-            cumulative += lp.exp();
-            if u < cumulative {
-                return v;
-            }
-        }
-        log_probs.len() - 1
-    }
+    use triad_plugin_sdk::testing::{assert_gradient, lm_logits, log_softmax, loss_batch, metric, sample, Rng};
 
     /// The per-token arrays of a PPO minibatch.
     #[derive(Default)]
@@ -421,10 +318,8 @@ mod tests {
                 Feature::Entropy => &self.entropy,
                 _ => unreachable!("PPO reads no {f:?}"),
             };
-            LossBatch {
-                sequence_offsets: self.offsets.clone(),
-                features: features.iter().map(|f| FeatureValues { feature: *f, values: values(f).clone() }).collect(),
-            }
+            let features: Vec<(Feature, &[f32])> = features.iter().map(|f| (*f, values(f).as_slice())).collect();
+            loss_batch(&self.offsets, &features)
         }
     }
 
@@ -433,16 +328,11 @@ mod tests {
     /// within `margin` of a kink of the clipped objectives are nudged away from it, so that finite
     /// differences see a smooth function.
     fn rollout(seed: u64, lengths: &[usize], padding: usize, clip: f64, value_clip: f64, margin: f64) -> Rollout {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let mut r = Rollout { offsets: vec![0], ..Default::default() };
         for &len in lengths {
             for t in 0..len {
-                let scale = 1.0 + 2.0 * rng.uniform();
-                let mut old_logits: Vec<f64> = (0..VOCAB).map(|_| scale * rng.gaussian()).collect();
-                if rng.uniform() < 0.5 {
-                    let favourite = (rng.uniform() * VOCAB as f64) as usize % VOCAB;
-                    old_logits[favourite] += 4.0 + 8.0 * rng.uniform();
-                }
+                let old_logits = lm_logits(&mut rng);
                 let new_logits: Vec<f64> = old_logits.iter().map(|l| l + 0.15 * rng.gaussian()).collect();
                 let (old, new) = (log_softmax(&old_logits), log_softmax(&new_logits));
                 let token = sample(&mut rng, &old);
@@ -479,26 +369,6 @@ mod tests {
             r.offsets.push(r.logprob.len() as u32);
         }
         r
-    }
-
-    /// Central differences of `f` at the f32 inputs, using the actual f32-rounded step.
-    fn assert_gradient(x: &[f32], analytic: &[f64], f: impl Fn(&[f32]) -> f64) {
-        let h = 1e-3;
-        for i in 0..x.len() {
-            let (mut plus, mut minus) = (x.to_vec(), x.to_vec());
-            plus[i] = (f64::from(x[i]) + h) as f32;
-            minus[i] = (f64::from(x[i]) - h) as f32;
-            let fd = (f(&plus) - f(&minus)) / (f64::from(plus[i]) - f64::from(minus[i]));
-            assert!(
-                (analytic[i] - fd).abs() <= 1e-3 * fd.abs().max(1e-2),
-                "token {i}: analytic {} vs finite difference {fd}",
-                analytic[i]
-            );
-        }
-    }
-
-    fn metric(metrics: &[(&'static str, f64)], name: &str) -> f64 {
-        metrics.iter().find(|(n, _)| *n == name).map(|(_, v)| *v).unwrap_or_else(|| panic!("no metric {name}"))
     }
 
     #[test]

@@ -5,4 +5,9 @@
 //! functions, losses, metrics). This crate is the host; `main.rs` is only its command line.
 
 pub mod data;
+pub mod experiment;
+pub mod model;
 pub mod plugins;
+pub mod runs;
+pub mod stages;
+pub mod train;

@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use triad::experiment::load_experiment;
 use triad::plugins::{Limits, Plugin, PluginSpec, Sandbox, build, load, records};
+use triad::stages::{pipeline, run_experiment};
 
 #[derive(Parser)]
 #[command(name = "triad", version, about = "Declared, reproducible LLM training pipelines with sandboxed WASM plugins")]
@@ -17,6 +19,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run an experiment: every stage in order, skipping those already done, resuming one that
+    /// was interrupted.
+    Run {
+        /// The experiment file (RON).
+        experiment: PathBuf,
+        /// Where run folders go.
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
+    },
+    /// Check an experiment file without running it.
+    Validate {
+        experiment: PathBuf,
+    },
     /// Build, inspect and run plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -71,8 +86,36 @@ fn main() -> Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match Cli::parse().command {
+        Command::Run { experiment, runs } => run_command(&experiment, &runs),
+        Command::Validate { experiment } => {
+            let loaded = load_experiment(&experiment)?;
+            println!("{}: valid\n{}", experiment.display(), pipeline::describe(&loaded));
+            Ok(())
+        }
         Command::Plugin(command) => plugin_command(command),
     }
+}
+
+fn run_command(path: &Path, runs: &Path) -> Result<()> {
+    let experiment = load_experiment(path)?;
+    let outcomes = run_experiment(&experiment, path, runs)?;
+    println!("\n| stage | status | metric | value |\n|---|---|---|---|");
+    for outcome in &outcomes {
+        let status = if outcome.cached {
+            "cached".to_string()
+        } else if outcome.resumed_from > 0 {
+            format!("resumed at step {}", outcome.resumed_from)
+        } else {
+            "trained".to_string()
+        };
+        for (metric, value) in &outcome.metrics {
+            println!("| {} | {status} | {metric} | {value:.4} |", outcome.stage);
+        }
+    }
+    if let Some(last) = outcomes.last() {
+        println!("\noutputs: {}", last.dir.parent().unwrap_or(&last.dir).display());
+    }
+    Ok(())
 }
 
 fn plugin_command(command: PluginCommand) -> Result<()> {

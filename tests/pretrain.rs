@@ -104,3 +104,28 @@ fn an_unchanged_experiment_trains_nothing_the_second_time() {
     assert!(stdout.contains("| base | cached |"), "{stdout}");
     assert_eq!(final_metrics(&dir), first);
 }
+
+#[test]
+fn a_bpe_gpt_on_real_reviews_lowers_its_validation_perplexity() {
+    // experiments/reviews-bpe.ron, shortened for CI: 90 steps of 8 x 64 tokens, evaluated every 30.
+    let original = std::fs::read_to_string(support::workspace().join("experiments/reviews-bpe.ron")).expect("experiment");
+    let plugins = support::workspace().join("plugins");
+    let text = original
+        .replace("steps: 800", "steps: 90")
+        .replace("batch: 16", "batch: 8")
+        .replace("context: 128", "context: 64")
+        .replace("eval_every: 100", "eval_every: 30")
+        .replace("\"../plugins", &format!("\"{}", plugins.display()));
+    assert_ne!(text, original);
+    let dir = scratch("reviews");
+    std::fs::write(dir.join("experiment.ron"), text).expect("write experiment");
+    run_to_end(&dir);
+    let stage = dir.join("runs/reviews-bpe/seed7/base");
+    let rows = triad::runs::metrics::read_rows(&stage.join("metrics.jsonl")).expect("metrics");
+    let perplexity: Vec<f64> = rows.iter().filter(|r| r.metric == "eval/perplexity").map(|r| r.value).collect();
+    assert_eq!(perplexity.len(), 3, "{perplexity:?}");
+    assert!(perplexity.windows(2).all(|w| w[1] < w[0]), "validation perplexity must fall: {perplexity:?}");
+    assert!(perplexity[2] < 0.5 * 4096.0, "well below a uniform guess: {perplexity:?}");
+    let report = std::fs::read_to_string(stage.join("filter-report.md")).expect("filter report");
+    assert!(report.contains("length") && report.contains("dedup"), "{report}");
+}

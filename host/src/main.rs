@@ -35,6 +35,25 @@ enum Command {
     /// Build, inspect and run plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Benchmarks that print ratios against a reference measured in the same run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Training tokens/s and MFU on the reference workload, against PyTorch (bench/train_reference.py).
+    Train {
+        /// Python with torch installed (default: the venv bench/setup.sh makes in the cache).
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// Timed steps on each side (after 3 warm-up steps).
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// The machine's peak f32 GFLOP/s, for MFU.
+        #[arg(long, default_value_t = 200.0)]
+        peak_gflops: f64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -93,7 +112,26 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Plugin(command) => plugin_command(command),
+        Command::Bench(BenchCommand::Train { python, steps, peak_gflops }) => bench_train(python, steps, peak_gflops),
     }
+}
+
+fn bench_train(python: Option<PathBuf>, steps: usize, peak_gflops: f64) -> Result<()> {
+    use triad::train::bench::{BenchConfig, bench_pytorch, bench_triad};
+    let config = BenchConfig { steps, peak_gflops, ..BenchConfig::default() };
+    let workspace = find_workspace()?;
+    let python = python.unwrap_or_else(|| triad::data::registry::cache_dir().join("torch-venv/bin/python"));
+    println!("workload: GPT vocab {} context {} layers {} heads {} width {} batch {}, f32, AdamW; median of {steps} steps",
+        config.vocab, config.context, config.layers, config.heads, config.width, config.batch);
+    let ours = bench_triad(&config, &candle_core::Device::Cpu)?;
+    let reference = bench_pytorch(&config, &python, &workspace.join("bench/train_reference.py"))
+        .with_context(|| format!("the PyTorch side (run bench/setup.sh to create {})", python.display()))?;
+    println!("| implementation | tokens/s | MFU | peak RSS MiB |\n|---|---|---|---|");
+    for r in [&ours, &reference] {
+        println!("| {} | {:.0} | {:.1}% | {:.0} |", r.implementation, r.tokens_per_s, 100.0 * r.mfu, r.peak_rss_mib);
+    }
+    println!("\ntriad / PyTorch = {:.2}x tokens/s", ours.tokens_per_s / reference.tokens_per_s);
+    Ok(())
 }
 
 fn run_command(path: &Path, runs: &Path) -> Result<()> {

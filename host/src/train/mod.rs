@@ -7,6 +7,7 @@
 //! is a pure function of (seed, step), a resumed run needs only the weights, the optimizer
 //! moments and the step number to continue bit for bit.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod optimizer;
 pub mod schedule;

@@ -1,0 +1,141 @@
+//! `triad bench train`: training throughput on the reference workload, measured side by side
+//! with PyTorch running the identical model (`bench/train_reference.py`) in the same invocation.
+//!
+//! Workload: GPT-2 style, vocabulary 4096, context 256, 4 layers, 4 heads, width 256, batch 8,
+//! f32, AdamW with decoupled weight decay, clipping at 1.0. Each side times the whole step
+//! (forward, backward, optimizer) after a few warm-up steps and reports the median.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+
+use super::optimizer::{AdamW, AdamWConfig};
+use crate::model::{GptConfig, Model, ModelConfig, decays};
+use crate::stages::pretrain::lm_loss;
+
+/// The workload and how long to measure it.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub vocab: usize,
+    pub context: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub width: usize,
+    pub batch: usize,
+    pub warmup: usize,
+    pub steps: usize,
+    /// The machine's peak f32 throughput, for model FLOP utilisation.
+    pub peak_gflops: f64,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        BenchConfig { vocab: 4096, context: 256, layers: 4, heads: 4, width: 256, batch: 8, warmup: 3, steps: 10, peak_gflops: 200.0 }
+    }
+}
+
+/// One side's result.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct BenchResult {
+    #[serde(rename = "impl")]
+    pub implementation: String,
+    pub tokens_per_s: f64,
+    pub flops_per_token: f64,
+    pub mfu: f64,
+    pub peak_rss_mib: f64,
+}
+
+/// Model FLOPs per trained token: 6 per parameter (forward and backward matmuls, positions
+/// excluded) plus attention's 12 * layers * context * width (PaLM, appendix B).
+pub fn flops_per_token(config: &BenchConfig, parameters: usize) -> f64 {
+    let positions = config.context * config.width;
+    6.0 * (parameters - positions) as f64 + 12.0 * (config.layers * config.context * config.width) as f64
+}
+
+/// Time triad's training step on the workload.
+pub fn bench_triad(config: &BenchConfig, device: &Device) -> Result<BenchResult, BenchError> {
+    let model_config = ModelConfig::Gpt(GptConfig {
+        vocab_size: config.vocab,
+        context: config.context,
+        layers: config.layers,
+        heads: config.heads,
+        d_model: config.width,
+        dropout: 0.0,
+        bias: true,
+    });
+    let model = Model::new(&model_config, device, 0).map_err(|e| e.to_string())?;
+    let vars = model.vars();
+    let mut optimizer = AdamW::new(&vars, decays, AdamWConfig::default()).map_err(|e| e.to_string())?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let mut times = Vec::new();
+    for step in 0..config.warmup + config.steps {
+        let n = config.batch * config.context;
+        let tokens = |rng: &mut rand::rngs::StdRng| -> Vec<u32> { (0..n).map(|_| rng.random_range(0..config.vocab as u32)).collect() };
+        let inputs = Tensor::from_vec(tokens(&mut rng), (config.batch, config.context), device).map_err(|e| e.to_string())?;
+        let targets = Tensor::from_vec(tokens(&mut rng), (config.batch, config.context), device).map_err(|e| e.to_string())?;
+        let start = Instant::now();
+        let loss = lm_loss(&model, &inputs, &targets, true).map_err(|e| e.to_string())?;
+        let store = loss.backward().map_err(|e| e.to_string())?;
+        let grads: HashMap<String, Tensor> =
+            vars.iter().filter_map(|(name, var)| store.get(var.as_tensor()).map(|g| (name.clone(), g.clone()))).collect();
+        optimizer.step(&grads, 1e-3, Some(1.0)).map_err(|e| e.to_string())?;
+        device.synchronize().map_err(|e| e.to_string())?;
+        if step >= config.warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let tokens_per_s = (config.batch * config.context) as f64 / median;
+    let flops = flops_per_token(config, model.num_parameters());
+    Ok(BenchResult {
+        implementation: "triad (candle 0.11)".into(),
+        tokens_per_s,
+        flops_per_token: flops,
+        mfu: tokens_per_s * flops / (config.peak_gflops * 1e9),
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+/// Run `bench/train_reference.py` with `python` and read its JSON line.
+pub fn bench_pytorch(config: &BenchConfig, python: &Path, script: &Path) -> Result<BenchResult, BenchError> {
+    let output = Command::new(python)
+        .arg(script)
+        .args(["--vocab", &config.vocab.to_string(), "--context", &config.context.to_string()])
+        .args(["--layers", &config.layers.to_string(), "--heads", &config.heads.to_string()])
+        .args(["--width", &config.width.to_string(), "--batch", &config.batch.to_string()])
+        .args(["--steps", &config.steps.to_string(), "--warmup", &config.warmup.to_string()])
+        .args(["--threads", "2", "--peak-gflops", &config.peak_gflops.to_string()])
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+    if !output.status.success() {
+        return Err(format!("{} failed:\n{}", script.display(), String::from_utf8_lossy(&output.stderr)).into());
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    Ok(serde_json::from_str(line).map_err(|e| format!("unreadable output `{line}`: {e}"))?)
+}
+
+/// Peak resident memory of this process (Linux), MiB.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// A benchmark that could not run, with the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("benchmark: {0}")]
+pub struct BenchError(String);
+
+impl From<String> for BenchError {
+    fn from(message: String) -> Self {
+        BenchError(message)
+    }
+}

@@ -12,7 +12,6 @@ Usage: python train_reference.py --steps 20 --warmup 3 --peak-gflops 200
 import argparse
 import json
 import math
-import resource
 import statistics
 import time
 
@@ -55,6 +54,15 @@ class Gpt(nn.Module):
         for block in self.h:
             x = block(x)
         return self.ln_f(x) @ self.wte.weight.T
+
+
+def peak_rss_mib():
+    """VmHWM, not getrusage: ru_maxrss survives execve, so it would report the parent's peak."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def main():
@@ -101,7 +109,7 @@ def main():
         "tokens_per_s": tokens_per_s,
         "flops_per_token": flops_per_token,
         "mfu": tokens_per_s * flops_per_token / (a.peak_gflops * 1e9),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
         "loss": loss.item(),
     }))
 

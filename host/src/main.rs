@@ -10,6 +10,9 @@ use triad::experiment::load_experiment;
 use triad::plugins::{Limits, Plugin, PluginSpec, Sandbox, build, load, records};
 use triad::stages::{pipeline, run_experiment};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "triad", version, about = "Declared, reproducible LLM training pipelines with sandboxed WASM plugins")]
 struct Cli {
@@ -123,9 +126,10 @@ fn bench_train(python: Option<PathBuf>, steps: usize, peak_gflops: f64) -> Resul
     let python = python.unwrap_or_else(|| triad::data::registry::cache_dir().join("torch-venv/bin/python"));
     println!("workload: GPT vocab {} context {} layers {} heads {} width {} batch {}, f32, AdamW; median of {steps} steps",
         config.vocab, config.context, config.layers, config.heads, config.width, config.batch);
-    let ours = bench_triad(&config, &candle_core::Device::Cpu)?;
+    // PyTorch first: its process then starts from a small parent, not from ours at its peak.
     let reference = bench_pytorch(&config, &python, &workspace.join("bench/train_reference.py"))
         .with_context(|| format!("the PyTorch side (run bench/setup.sh to create {})", python.display()))?;
+    let ours = bench_triad(&config, &candle_core::Device::Cpu)?;
     println!("| implementation | tokens/s | MFU | peak RSS MiB |\n|---|---|---|---|");
     for r in [&ours, &reference] {
         println!("| {} | {:.0} | {:.1}% | {:.0} |", r.implementation, r.tokens_per_s, 100.0 * r.mfu, r.peak_rss_mib);

@@ -101,6 +101,7 @@ pub mod bindings {
 #[doc(hidden)]
 #[path = "glue.rs"]
 pub mod __glue;
+pub mod hash;
 pub mod log;
 mod loss_helpers;
 pub mod testing;

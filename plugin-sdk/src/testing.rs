@@ -1,5 +1,5 @@
 //! Helpers for native tests of plugins: a deterministic generator, realistic log-probabilities, a
-//! finite-difference gradient check.
+//! finite-difference gradient check, and real text ([`review_snippets`]).
 //!
 //! A loss is best tested on inputs that look like what a language model produces (a few
 //! confident tokens among many unlikely ones, a vocabulary mean far below the target), and its
@@ -17,7 +17,7 @@
 //! Everything here is plain Rust (no clock, no randomness from the OS), so it also compiles for
 //! wasm32; it is meant for `#[cfg(test)]` code and costs a plugin nothing when unused.
 
-use crate::{Feature, FeatureValues, LossBatch};
+use crate::{DataFilter, Decision, Feature, FeatureValues, LossBatch, Sample};
 
 /// Vocabulary size of the simulated language model: large enough that the vocabulary mean of
 /// log p and the tail of the distribution look like a real model's.
@@ -155,6 +155,65 @@ pub fn metric(metrics: &[(&str, f64)], name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no metric {name}"))
 }
 
+/// One real movie-review snippet, with how people and the reference VADER rated it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReviewSnippet {
+    /// Line number in `movieReviewSnippets_GroundTruth.txt`.
+    pub id: u32,
+    /// Mean of about 20 human ratings, on -4 (very negative) to +4 (very positive).
+    pub human_mean: f64,
+    /// The compound score of Python's vaderSentiment 3.3.2, unrounded, in [-1, 1].
+    pub vader_compound: f64,
+    /// The snippet: one or two sentences, 3 to 45 words.
+    pub text: &'static str,
+}
+
+/// 303 real movie-review snippets, every 35th line of `movieReviewSnippets_GroundTruth.txt`
+/// (Hutto & Gilbert 2014, from the vaderSentiment 3.3.2 source archive, MIT licence), with
+/// their human rating and VADER score.
+///
+/// Real text for plugin tests: punctuation, quotes, ellipses, accents and lengths as they come,
+/// not sentences written to pass. `plugin-sdk/testdata/review-snippets.tsv` was written by
+/// `plugins/lexicon-sentiment/tests/make_fixture.py` (its docstring has the commands); it is
+/// compiled into this crate, so tests read no files.
+pub fn review_snippets() -> Vec<ReviewSnippet> {
+    const SNIPPETS: &str = include_str!("../testdata/review-snippets.tsv");
+    SNIPPETS
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .map(|line| {
+            let cols: Vec<&str> = line.splitn(4, '\t').collect();
+            let [id, human_mean, vader_compound, text] = cols[..] else {
+                panic!("review-snippets.tsv: not 4 columns: {line:?}");
+            };
+            ReviewSnippet {
+                id: id.parse().expect("review-snippets.tsv: id"),
+                human_mean: human_mean.parse().expect("review-snippets.tsv: human mean"),
+                vader_compound: vader_compound.parse().expect("review-snippets.tsv: compound"),
+                text,
+            }
+        })
+        .collect()
+}
+
+/// The texts of [`review_snippets`], in file order.
+pub fn review_texts() -> Vec<&'static str> {
+    review_snippets().into_iter().map(|s| s.text).collect()
+}
+
+/// What a data filter decides for one text (a [`Sample`] without fields), as a string that an
+/// assertion can compare: `"keep"`, the drop reason, or `"rewrite: "` followed by the new text.
+/// Panics when the filter returns an error.
+pub fn decide<F: DataFilter>(filter: &mut F, text: &str) -> String {
+    let sample = Sample { text: text.into(), fields: vec![] };
+    match filter.filter(&sample) {
+        Ok(Decision::Keep) => "keep".into(),
+        Ok(Decision::Drop(reason)) => reason,
+        Ok(Decision::Rewrite(sample)) => format!("rewrite: {}", sample.text),
+        Err(e) => panic!("the filter failed on {text:?}: {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +245,48 @@ mod tests {
         assert_eq!(lm_batch(7, &[40, 25, 35], 5), b);
         let probabilities: f64 = log_softmax(&lm_logits(&mut Rng::new(1))).iter().map(|l| l.exp()).sum();
         assert!((probabilities - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn review_snippets_parse_completely() {
+        let snippets = review_snippets();
+        assert_eq!(snippets.len(), 303);
+        // Every 35th line: ids 1, 36, 71, ...
+        assert!(snippets.iter().enumerate().all(|(i, s)| s.id == 1 + 35 * i as u32));
+        let third = &snippets[2];
+        assert!(third.text.starts_with("This delicately observed story, deeply felt"));
+        assert_eq!((third.human_mean, third.vader_compound), (3.0625, 0.6248933269389457));
+        assert!(snippets.iter().all(|s| (-4.0..=4.0).contains(&s.human_mean)
+            && (-1.0..=1.0).contains(&s.vader_compound)
+            && !s.text.is_empty()));
+        assert_eq!(review_texts()[2], third.text);
+    }
+
+    /// Keeps lowercase text, rewrites the rest to lowercase, drops empty text.
+    #[derive(Default, serde::Deserialize)]
+    struct Lowercase;
+
+    impl crate::Plugin for Lowercase {}
+
+    impl DataFilter for Lowercase {
+        fn filter(&mut self, sample: &Sample) -> Result<Decision, String> {
+            let lower = sample.text.to_lowercase();
+            Ok(if lower.is_empty() {
+                Decision::Drop("empty".into())
+            } else if lower == sample.text {
+                Decision::Keep
+            } else {
+                Decision::Rewrite(Sample { text: lower, fields: vec![] })
+            })
+        }
+    }
+
+    #[test]
+    fn decide_names_every_decision() {
+        let mut f = Lowercase;
+        assert_eq!(decide(&mut f, "a small movie"), "keep");
+        assert_eq!(decide(&mut f, "A Small Movie"), "rewrite: a small movie");
+        assert_eq!(decide(&mut f, ""), "empty");
     }
 
     #[test]

@@ -34,9 +34,9 @@
 //! 128 MiB, 200,000 in 256 MiB; `num_perm: 32` fits 120,000 in 64 MiB. For bigger corpora raise
 //! the plugin's memory limit, lower `num_perm`, or set `near: false` (about 20 bytes a record).
 
-use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::Hasher;
 
+use triad_plugin_sdk::hash::{FastHashMap, FastHashSet, FnvHasher};
 use triad_plugin_sdk::prelude::*;
 
 /// The MinHash universal hash family works modulo this Mersenne prime, 2^61 - 1.
@@ -76,14 +76,14 @@ struct State {
     bands: usize,
     rows: usize,
     /// Hashes of the normalized texts kept.
-    exact: HashSet<u64, BuildFnv>,
+    exact: FastHashSet<u64>,
     /// Signatures of the texts kept, `num_perm` values each, back to back, cut to their low 16
     /// bits: two different values then agree by chance with probability 2^-16, which biases
     /// the Jaccard estimate by less than 0.0001 and halves the largest part of the memory.
     signatures: Vec<u16>,
     /// Bucket key (32 bits: a collision only adds a candidate) -> the latest index entry in
     /// it. Entry `doc * bands + band`.
-    buckets: HashMap<u32, u32, BuildFnv>,
+    buckets: FastHashMap<u32, u32>,
     /// For each index entry, the previous entry of the same bucket, or NONE.
     next: Vec<u32>,
     /// Records kept so far.
@@ -123,30 +123,6 @@ fn fmix64(mut h: u64) -> u64 {
     h ^ (h >> 33)
 }
 
-/// FNV-1a with a final mix; deterministic, unlike std's randomly seeded SipHash.
-#[derive(Default)]
-struct Fnv(u64);
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        fmix64(self.0)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut hash = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for &b in bytes {
-            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = hash;
-    }
-}
-
-type BuildFnv = BuildHasherDefault<Fnv>;
-
 /// (a * x + b) mod 2^61-1, for a, b, x < 2^61.
 fn universal_hash(a: u64, b: u64, x: u64) -> u64 {
     let product = u128::from(a) * u128::from(x) + u128::from(b);
@@ -162,7 +138,7 @@ fn universal_hash(a: u64, b: u64, x: u64) -> u64 {
 
 /// Hash of the text lowercased with whitespace runs collapsed, computed without building it.
 pub fn exact_hash(text: &str) -> u64 {
-    let mut hasher = Fnv::default();
+    let mut hasher = FnvHasher::default();
     let mut buf = [0u8; 4];
     for (i, word) in text.split_whitespace().enumerate() {
         if i > 0 {
@@ -172,7 +148,7 @@ pub fn exact_hash(text: &str) -> u64 {
             hasher.write(c.encode_utf8(&mut buf).as_bytes());
         }
     }
-    hasher.finish()
+    fmix64(hasher.finish())
 }
 
 /// The shingle hashes of `text`: every run of `size` consecutive words (lowercased runs of
@@ -182,12 +158,12 @@ pub fn shingles(text: &str, size: usize) -> Vec<u64> {
         .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
         .map(|word| {
-            let mut hasher = Fnv::default();
+            let mut hasher = FnvHasher::default();
             let mut buf = [0u8; 4];
             for c in word.chars().flat_map(char::to_lowercase) {
                 hasher.write(c.encode_utf8(&mut buf).as_bytes());
             }
-            hasher.finish()
+            fmix64(hasher.finish())
         })
         .collect();
     let size = size.max(1);
@@ -246,12 +222,12 @@ impl DedupFilter {
     }
 
     fn bucket_key(band: usize, values: &[u32]) -> u32 {
-        let mut hasher = Fnv::default();
+        let mut hasher = FnvHasher::default();
         hasher.write(&(band as u32).to_le_bytes());
         for v in values {
             hasher.write(&v.to_le_bytes());
         }
-        hasher.finish() as u32
+        fmix64(hasher.finish()) as u32
     }
 
     /// True when a kept text shares a band with `signature` and is similar enough.
@@ -393,14 +369,13 @@ export_data_filter!(DedupFilter);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
     use triad_plugin_sdk::configure;
+    use triad_plugin_sdk::testing::{decide, review_texts};
 
-    /// 303 real movie-review snippets (every 35th line of movieReviewSnippets_GroundTruth.txt
-    /// from vaderSentiment 3.3.2), shared with the lexicon-sentiment crate, which says how it
-    /// was made (plugins/lexicon-sentiment/tests/make_fixture.py). Columns: id, human mean,
-    /// VADER compound, text. No two are duplicates: over the whole 10,605-line file the only
-    /// pairs of texts with a 5-word-shingle Jaccard above 0.5 are the two exact copies below.
-    const SNIPPETS: &str = include_str!("../../lexicon-sentiment/tests/fixture.tsv");
+    // No two of the 303 real review snippets are duplicates: over the whole 10,605-line
+    // movieReviewSnippets_GroundTruth.txt they come from, the only pairs of texts with a
+    // 5-word-shingle Jaccard above 0.5 are the two exact copies below.
 
     /// The real duplicates of that file (ids 10324 and 10341, 10505 and 10559), and its most
     /// similar distinct pair (ids 3888 and 4165, shingle Jaccard 0.5).
@@ -410,28 +385,6 @@ mod tests {
         "A small movie with a big impact.",
         "A small movie with a big heart.",
     ];
-
-    fn snippets() -> Vec<&'static str> {
-        SNIPPETS
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.splitn(4, '\t').nth(3))
-            .collect()
-    }
-
-    fn decide(f: &mut DedupFilter, text: &str) -> String {
-        match f
-            .filter(&Sample {
-                text: text.into(),
-                fields: vec![],
-            })
-            .expect("filter")
-        {
-            Decision::Keep => "keep".into(),
-            Decision::Drop(reason) => reason,
-            Decision::Rewrite(_) => panic!("dedup never rewrites"),
-        }
-    }
 
     fn jaccard(a: &[u64], b: &[u64]) -> f64 {
         let a: HashSet<_> = a.iter().collect();
@@ -443,7 +396,7 @@ mod tests {
     fn keeps_distinct_real_snippets_and_drops_the_real_copies() {
         let mut f: DedupFilter = configure("{}").expect("defaults");
         const { assert!(<DedupFilter as DataFilter>::STATEFUL) };
-        let texts = snippets();
+        let texts = review_texts();
         assert_eq!(texts.len(), 303);
         for text in &texts {
             assert_eq!(decide(&mut f, text), "keep", "{text}");
@@ -463,7 +416,7 @@ mod tests {
     #[test]
     fn exact_matching_ignores_case_and_spacing_but_not_punctuation() {
         let mut f: DedupFilter = configure(r#"{"near": false}"#).expect("config");
-        let text = snippets()[0];
+        let text = review_texts()[0];
         assert_eq!(decide(&mut f, text), "keep");
         let shouted = format!("  {}\n", text.to_uppercase().replace(' ', " \t "));
         assert_eq!(decide(&mut f, &shouted), "exact duplicate");
@@ -473,7 +426,7 @@ mod tests {
 
     #[test]
     fn near_duplicates_of_real_snippets_are_dropped() {
-        let texts: Vec<&str> = snippets()
+        let texts: Vec<&str> = review_texts()
             .into_iter()
             .filter(|t| t.split_whitespace().count() >= 20)
             .collect();
@@ -509,7 +462,7 @@ mod tests {
         assert_eq!(decide(&mut f, SIMILAR[0]), "keep");
         assert_eq!(decide(&mut f, SIMILAR[1]), "keep");
         // Half of a long snippet is not a duplicate of it.
-        let long = snippets()
+        let long = review_texts()
             .into_iter()
             .max_by_key(|t| t.len())
             .expect("snippets");
@@ -533,7 +486,7 @@ mod tests {
         let f: DedupFilter = configure("{}").expect("defaults");
         let mut errors = Vec::new();
         let mut bias = 0.0;
-        for text in snippets() {
+        for text in review_texts() {
             let words: Vec<&str> = text.split_whitespace().collect();
             if words.len() < 16 {
                 continue;
@@ -566,13 +519,33 @@ mod tests {
     fn hashes_are_deterministic_across_instances() {
         let a: DedupFilter = configure("{}").expect("defaults");
         let b: DedupFilter = configure("{}").expect("defaults");
-        let text = snippets()[7];
+        let text = review_texts()[7];
         assert_eq!(a.signature(text), b.signature(text));
         assert_eq!(exact_hash(text), exact_hash(&text.to_lowercase()));
-        assert_ne!(exact_hash(text), exact_hash(snippets()[8]));
+        assert_ne!(exact_hash(text), exact_hash(review_texts()[8]));
         // Word order inside a shingle matters.
         assert_ne!(shingles("good not bad", 3), shingles("bad not good", 3));
         assert!(shingles("!!! ...", 5).is_empty());
+    }
+
+    #[test]
+    fn hashes_are_pinned() {
+        // Computed independently in Python (FNV-1a 64 over the lowercased UTF-8, MurmurHash3's
+        // fmix64, SplitMix64 from SEED): a change to any of them would show here first.
+        let text = "Effective but too tepid biopic";
+        assert_eq!(exact_hash(""), 0);
+        assert_eq!(exact_hash(text), 0x1b63_5fa2_7be0_1651);
+        assert_eq!(
+            shingles("good not bad", 2),
+            vec![0x94a0_89d0_9b2d_d871, 0xa717_1a29_7571_c265]
+        );
+        let f: DedupFilter = configure("{}").expect("defaults");
+        let signature = f.signature(text).expect("words");
+        assert_eq!(
+            signature[..4],
+            [36_846_481, 3_229_538_639, 3_350_782_001, 1_852_726_662]
+        );
+        assert_eq!(DedupFilter::bucket_key(3, &signature[12..16]), 0x08da_3b48);
     }
 
     #[test]

@@ -82,35 +82,7 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
     use triad_plugin_sdk::configure;
-
-    /// 303 real movie-review snippets (every 35th line of movieReviewSnippets_GroundTruth.txt
-    /// from vaderSentiment 3.3.2), shared with the lexicon-sentiment crate, which says how it
-    /// was made (plugins/lexicon-sentiment/tests/make_fixture.py). Columns: id, human mean,
-    /// VADER compound, text.
-    const SNIPPETS: &str = include_str!("../../lexicon-sentiment/tests/fixture.tsv");
-
-    fn snippets() -> Vec<&'static str> {
-        SNIPPETS
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.splitn(4, '\t').nth(3))
-            .collect()
-    }
-
-    fn sample(text: &str) -> Sample {
-        Sample {
-            text: text.into(),
-            fields: vec![],
-        }
-    }
-
-    fn reason(d: Decision) -> String {
-        match d {
-            Decision::Keep => "keep".into(),
-            Decision::Drop(reason) => reason,
-            Decision::Rewrite(_) => panic!("a length filter never rewrites"),
-        }
-    }
+    use triad_plugin_sdk::testing::{decide, review_texts};
 
     #[test]
     fn counts_on_real_snippets_match_an_independent_count() {
@@ -118,10 +90,8 @@ mod tests {
             configure(r#"{"min_chars": 40, "max_chars": 200, "min_words": 8, "max_words": 30}"#)
                 .expect("valid config");
         let mut counts = BTreeMap::new();
-        for text in snippets() {
-            *counts
-                .entry(reason(f.filter(&sample(text)).expect("filter")))
-                .or_insert(0) += 1;
+        for text in review_texts() {
+            *counts.entry(decide(&mut f, text)).or_insert(0) += 1;
         }
         // Counted independently with Python over the same 303 texts: len(text) for characters,
         // len(text.split()) for words, checked in the same order.
@@ -139,47 +109,25 @@ mod tests {
     fn counts_characters_not_bytes_and_bounds_are_inclusive() {
         let mut f: LengthFilter = configure(r#"{"min_chars": 4, "max_chars": 4}"#).expect("config");
         // 4 characters, 5 bytes.
-        assert_eq!(reason(f.filter(&sample("café")).expect("filter")), "keep");
+        assert_eq!(decide(&mut f, "café"), "keep");
         // 3 characters, 12 bytes.
-        assert_eq!(
-            reason(f.filter(&sample("😀😀😀")).expect("filter")),
-            "too short (min_chars 4)"
-        );
-        assert_eq!(
-            reason(f.filter(&sample("cafés")).expect("filter")),
-            "too long (max_chars 4)"
-        );
+        assert_eq!(decide(&mut f, "😀😀😀"), "too short (min_chars 4)");
+        assert_eq!(decide(&mut f, "cafés"), "too long (max_chars 4)");
     }
 
     #[test]
     fn words_are_split_on_any_whitespace() {
         let mut f: LengthFilter = configure(r#"{"min_words": 3, "max_words": 3}"#).expect("config");
-        assert_eq!(
-            reason(
-                f.filter(&sample("  Effective\tbut\n tepid  "))
-                    .expect("filter")
-            ),
-            "keep"
-        );
-        assert_eq!(
-            reason(f.filter(&sample("Effective but")).expect("filter")),
-            "too short (min_words 3)"
-        );
-        assert_eq!(
-            reason(f.filter(&sample("")).expect("filter")),
-            "too short (min_words 3)"
-        );
+        assert_eq!(decide(&mut f, "  Effective\tbut\n tepid  "), "keep");
+        assert_eq!(decide(&mut f, "Effective but"), "too short (min_words 3)");
+        assert_eq!(decide(&mut f, ""), "too short (min_words 3)");
     }
 
     #[test]
     fn empty_config_keeps_everything() {
         let mut f: LengthFilter = configure("").expect("no config");
-        assert!(
-            snippets()
-                .iter()
-                .all(|t| reason(f.filter(&sample(t)).expect("filter")) == "keep")
-        );
-        assert_eq!(reason(f.filter(&sample("")).expect("filter")), "keep");
+        assert!(review_texts().iter().all(|t| decide(&mut f, t) == "keep"));
+        assert_eq!(decide(&mut f, ""), "keep");
     }
 
     #[test]

@@ -55,34 +55,11 @@ export_reward!(LexiconSentiment);
 mod tests {
     use super::*;
     use triad_plugin_sdk::configure;
+    use triad_plugin_sdk::testing::review_snippets;
 
-    /// 303 real movie-review snippets: id, human mean rating (-4..+4), Python VADER compound,
-    /// text. Made by tests/make_fixture.py (see its docstring).
-    const FIXTURE: &str = include_str!("../tests/fixture.tsv");
-    /// One sentence per VADER rule with Python's compound; made by the same script.
+    /// One sentence per VADER rule with Python's compound; made by tests/make_fixture.py, which
+    /// also wrote the review snippets' human ratings and Python compounds.
     const RULES: &str = include_str!("../tests/rules.tsv");
-
-    struct Snippet {
-        human: f64,
-        python: f64,
-        text: String,
-    }
-
-    fn snippets() -> Vec<Snippet> {
-        FIXTURE
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|line| {
-                let cols: Vec<&str> = line.splitn(4, '\t').collect();
-                assert_eq!(cols.len(), 4, "bad fixture line {line:?}");
-                Snippet {
-                    human: cols[1].parse().expect("human mean"),
-                    python: cols[2].parse().expect("python compound"),
-                    text: cols[3].to_string(),
-                }
-            })
-            .collect()
-    }
 
     fn unescape(text: &str) -> String {
         let mut out = String::new();
@@ -130,11 +107,11 @@ mod tests {
 
     #[test]
     fn agrees_with_python_vader_on_movie_snippets() {
-        let snippets = snippets();
+        let snippets = review_snippets();
         assert_eq!(snippets.len(), 303);
         let diffs: Vec<f64> = snippets
             .iter()
-            .map(|s| (compound(&s.text) - s.python).abs())
+            .map(|s| (compound(s.text) - s.vader_compound).abs())
             .collect();
         let close = diffs.iter().filter(|&&d| d < 0.01).count();
         let exact = diffs.iter().filter(|&&d| d < 1e-12).count();
@@ -154,8 +131,8 @@ mod tests {
                 *d < 1e-12,
                 "{:?}: rust {} python {}",
                 s.text,
-                compound(&s.text),
-                s.python
+                compound(s.text),
+                s.vader_compound
             );
         }
     }
@@ -179,9 +156,9 @@ mod tests {
 
     #[test]
     fn compound_correlates_with_human_ratings() {
-        let snippets = snippets();
-        let ours: Vec<f64> = snippets.iter().map(|s| compound(&s.text)).collect();
-        let human: Vec<f64> = snippets.iter().map(|s| s.human).collect();
+        let snippets = review_snippets();
+        let ours: Vec<f64> = snippets.iter().map(|s| compound(s.text)).collect();
+        let human: Vec<f64> = snippets.iter().map(|s| s.human_mean).collect();
         let r = pearson(&ours, &human);
         eprintln!(
             "Pearson r(compound, human mean) over {} snippets: {r:.3}",
@@ -192,8 +169,8 @@ mod tests {
         let agree = snippets
             .iter()
             .zip(&ours)
-            .filter(|(s, _)| s.human.abs() >= 1.5)
-            .map(|(s, c)| (s.human > 0.0) == (*c > 0.0))
+            .filter(|(s, _)| s.human_mean.abs() >= 1.5)
+            .map(|(s, c)| (s.human_mean > 0.0) == (*c > 0.0))
             .collect::<Vec<_>>();
         let rate = agree.iter().filter(|&&a| a).count() as f64 / agree.len() as f64;
         eprintln!(

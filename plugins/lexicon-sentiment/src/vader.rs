@@ -15,9 +15,9 @@
 //! last bit).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::OnceLock;
+
+use triad_plugin_sdk::hash::FastHashMap;
 
 /// Token and mean human valence (-4..+4), two columns of `vader_lexicon.txt`; see data/make_data.py.
 const LEXICON: &str = include_str!("../data/vader_lexicon.tsv");
@@ -194,35 +194,10 @@ fn lowercase(word: &str) -> Cow<'_, str> {
     }
 }
 
-/// FNV-1a: the lexicon's keys are short, fixed strings, so a simple fast hash beats SipHash and
-/// needs no random seed (there is none in the sandbox).
-#[derive(Default)]
-struct Fnv(u64);
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut hash = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for &b in bytes {
-            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = hash;
-    }
-}
-
-type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
-
 /// The VADER analyzer: the lexicon and the emoji descriptions, parsed once.
 pub struct Vader {
-    lexicon: FastMap<&'static str, f64>,
-    emojis: FastMap<char, &'static str>,
+    lexicon: FastHashMap<&'static str, f64>,
+    emojis: FastHashMap<char, &'static str>,
     /// The smallest emoji code point, so that plain text skips the emoji lookup.
     first_emoji: char,
 }
@@ -244,14 +219,14 @@ impl Vader {
     /// Parse the compiled-in lexicons (about 8,700 lines; a millisecond or so).
     pub fn new() -> Self {
         // A later duplicate wins, as in Python's dict.
-        let lexicon: FastMap<&'static str, f64> = LEXICON
+        let lexicon: FastHashMap<&'static str, f64> = LEXICON
             .lines()
             .filter_map(|line| {
                 let (word, mean) = line.split_once('\t')?;
                 Some((word, mean.trim().parse().ok()?))
             })
             .collect();
-        let emojis: FastMap<char, &'static str> = EMOJIS
+        let emojis: FastHashMap<char, &'static str> = EMOJIS
             .lines()
             .filter_map(|line| {
                 let (emoji, description) = line.split_once('\t')?;

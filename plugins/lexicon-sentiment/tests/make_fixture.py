@@ -1,8 +1,9 @@
-"""Writes tests/fixture.tsv: 303 real movie-review snippets with their human rating and the
-compound score of the reference Python VADER (vaderSentiment 3.3.2); and tests/rules.tsv: the
-example sentences of vaderSentiment.py's own demo plus short sentences written here to exercise
-each rule (negation, boosters, caps, "but", "least", idioms, punctuation, emoji), with the same
-reference score.
+"""Writes plugin-sdk/testdata/review-snippets.tsv: 303 real movie-review snippets with their
+human rating and the compound score of the reference Python VADER (vaderSentiment 3.3.2), which
+the SDK serves to every plugin's tests as `triad_plugin_sdk::testing::review_snippets()`; and
+tests/rules.tsv (beside this script): the example sentences of vaderSentiment.py's own demo plus
+short sentences written here to exercise each rule (negation, boosters, caps, "but", "least",
+idioms, punctuation, emoji), with the same reference score. Run from plugins/lexicon-sentiment:
 
     python3 -m pip download --no-deps --no-binary :all: -d ~/.cache/triad/pip vadersentiment==3.3.2
     python3 -m venv ~/.cache/triad/venv
@@ -24,6 +25,7 @@ import vaderSentiment.vaderSentiment as vs
 
 STRIDE = 35
 HERE = os.path.dirname(os.path.abspath(__file__))
+SNIPPETS = os.path.join(HERE, "..", "..", "..", "plugin-sdk", "testdata", "review-snippets.tsv")
 
 
 def snippets(archive):
@@ -136,8 +138,8 @@ def main():
     analyzer = vs.SentimentIntensityAnalyzer()
     vs.round = lambda x, ndigits=None: x  # module globals shadow the builtin
     rows = list(snippets(sys.argv[1]))[::STRIDE]
-    with open(os.path.join(HERE, "fixture.tsv"), "w", encoding="utf-8", newline="\n") as out:
-        out.write("# made by tests/make_fixture.py from vaderSentiment 3.3.2 (every 35th movie snippet)\n")
+    with open(SNIPPETS, "w", encoding="utf-8", newline="\n") as out:
+        out.write("# made by plugins/lexicon-sentiment/tests/make_fixture.py from vaderSentiment 3.3.2 (every 35th movie snippet)\n")
         out.write("# id\thuman_mean\tpython_vader_compound\ttext\n")
         for snippet_id, mean, text in rows:
             compound = analyzer.polarity_scores(text)["compound"]

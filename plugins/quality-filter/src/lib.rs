@@ -53,9 +53,7 @@
 //! word length, 1 letters), 98.1% of 5,190 NYT editorial snippets, 94.6% of 3,708 Amazon review
 //! snippets and 92.7% of 4,200 tweets (77 for hashtags, 62 for tokens without letters).
 
-use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
-
+use triad_plugin_sdk::hash::{FastHashMap, FastHashSet};
 use triad_plugin_sdk::prelude::*;
 
 /// Gopher's stop words: a document should contain at least two of them.
@@ -140,30 +138,6 @@ impl Default for QualityFilter {
     }
 }
 
-/// FNV-1a: deterministic hashing for the n-gram tables (the sandbox has no random seed).
-#[derive(Default)]
-struct Fnv(u64);
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut hash = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for &b in bytes {
-            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = hash;
-    }
-}
-
-type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
-
 /// The text's words as ids (equal words, equal ids) with their lengths in characters.
 struct Words {
     ids: Vec<u32>,
@@ -173,7 +147,7 @@ struct Words {
 
 impl Words {
     fn new(words: &[String]) -> Self {
-        let mut vocabulary: FastMap<&str, u32> = FastMap::default();
+        let mut vocabulary: FastHashMap<&str, u32> = FastHashMap::default();
         let ids = words
             .iter()
             .map(|w| {
@@ -190,8 +164,8 @@ impl Words {
         }
     }
 
-    fn ngram_counts(&self, n: usize) -> FastMap<&[u32], usize> {
-        let mut counts: FastMap<&[u32], usize> = FastMap::default();
+    fn ngram_counts(&self, n: usize) -> FastHashMap<&[u32], usize> {
+        let mut counts: FastHashMap<&[u32], usize> = FastHashMap::default();
         for gram in self.ids.windows(n) {
             *counts.entry(gram).or_insert(0) += 1;
         }
@@ -247,7 +221,7 @@ fn duplicate_fractions(items: &[&str]) -> (f64, f64) {
     if items.is_empty() || total_chars == 0 {
         return (0.0, 0.0);
     }
-    let mut seen: HashSet<&str, BuildHasherDefault<Fnv>> = HashSet::default();
+    let mut seen: FastHashSet<&str> = FastHashSet::default();
     let (mut count, mut chars) = (0usize, 0usize);
     for item in items {
         if !seen.insert(item) {
@@ -529,41 +503,14 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
     use triad_plugin_sdk::configure;
-
-    /// 303 real movie-review snippets (every 35th line of movieReviewSnippets_GroundTruth.txt
-    /// from vaderSentiment 3.3.2), shared with the lexicon-sentiment crate, which says how it
-    /// was made (plugins/lexicon-sentiment/tests/make_fixture.py). Columns: id, human mean,
-    /// VADER compound, text.
-    const SNIPPETS: &str = include_str!("../../lexicon-sentiment/tests/fixture.tsv");
-
-    fn snippets() -> Vec<&'static str> {
-        SNIPPETS
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.splitn(4, '\t').nth(3))
-            .collect()
-    }
+    use triad_plugin_sdk::testing::{decide, review_texts};
 
     /// Real snippets with at least `words` words.
     fn long_snippets(words: usize) -> Vec<&'static str> {
-        snippets()
+        review_texts()
             .into_iter()
             .filter(|t| t.split_whitespace().count() >= words)
             .collect()
-    }
-
-    fn decide(f: &mut QualityFilter, text: &str) -> String {
-        match f
-            .filter(&Sample {
-                text: text.into(),
-                fields: vec![],
-            })
-            .expect("filter")
-        {
-            Decision::Keep => "keep".into(),
-            Decision::Drop(reason) => reason,
-            Decision::Rewrite(_) => panic!("the quality filter never rewrites"),
-        }
     }
 
     /// The rule name: the reason up to its colon.
@@ -579,7 +526,7 @@ mod tests {
     fn defaults_keep_real_review_snippets() {
         let mut f: QualityFilter = configure("{}").expect("defaults");
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-        for text in snippets() {
+        for text in review_texts() {
             *reasons.entry(decide(&mut f, text)).or_default() += 1;
         }
         eprintln!("quality filter on 303 real snippets: {reasons:#?}");
@@ -608,13 +555,13 @@ mod tests {
         // defaults differ (see the module doc).
         let mut paper: QualityFilter =
             configure(r#"{"min_words": 50, "min_stop_words": 2}"#).expect("config");
-        let kept = snippets()
+        let kept = review_texts()
             .into_iter()
             .filter(|t| decide(&mut paper, t) == "keep")
             .count();
         assert_eq!(kept, 0);
         let mut stop: QualityFilter = configure(r#"{"min_stop_words": 2}"#).expect("config");
-        let dropped = snippets()
+        let dropped = review_texts()
             .into_iter()
             .filter(|t| rule(&mut stop, t) == "min_stop_words")
             .count();
@@ -640,7 +587,7 @@ mod tests {
             configure(r#"{"min_words": null, "max_words": 5}"#).expect("config");
         assert_eq!(decide(&mut loose, "Terrific film."), "keep");
         assert_eq!(
-            decide(&mut loose, snippets()[0]),
+            decide(&mut loose, review_texts()[0]),
             "max_words: more than 5 words"
         );
     }

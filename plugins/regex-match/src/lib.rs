@@ -109,20 +109,7 @@ export_reward!(RegexMatch);
 mod tests {
     use super::*;
     use triad_plugin_sdk::configure;
-
-    /// 303 real movie-review snippets (every 35th line of movieReviewSnippets_GroundTruth.txt
-    /// from vaderSentiment 3.3.2), shared with the lexicon-sentiment crate, which says how it
-    /// was made (plugins/lexicon-sentiment/tests/make_fixture.py). Columns: id, human mean,
-    /// VADER compound, text.
-    const SNIPPETS: &str = include_str!("../../lexicon-sentiment/tests/fixture.tsv");
-
-    fn snippets() -> Vec<&'static str> {
-        SNIPPETS
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.splitn(4, '\t').nth(3))
-            .collect()
-    }
+    use triad_plugin_sdk::testing::review_texts;
 
     fn episode(prompt: &str, response: &str) -> Episode {
         Episode {
@@ -133,7 +120,7 @@ mod tests {
     }
 
     fn total(plugin: &mut RegexMatch, prompt: &str) -> f64 {
-        snippets()
+        review_texts()
             .iter()
             .map(|t| plugin.score(&episode(prompt, t)).expect("score"))
             .sum()

@@ -118,20 +118,9 @@ export_reward!(TargetLength);
 mod tests {
     use super::*;
     use triad_plugin_sdk::configure;
+    use triad_plugin_sdk::testing::review_texts;
 
-    /// 303 real movie-review snippets (every 35th line of movieReviewSnippets_GroundTruth.txt
-    /// from vaderSentiment 3.3.2), shared with the lexicon-sentiment crate, which says how it
-    /// was made (plugins/lexicon-sentiment/tests/make_fixture.py). Columns: id, human mean,
-    /// VADER compound, text. Their word counts run from 3 to 45, median 19; 12 have 18 words.
-    const SNIPPETS: &str = include_str!("../../lexicon-sentiment/tests/fixture.tsv");
-
-    fn snippets() -> Vec<&'static str> {
-        SNIPPETS
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.splitn(4, '\t').nth(3))
-            .collect()
-    }
+    // The 303 real review snippets have 3 to 45 words, median 19; 12 have 18 words.
 
     fn score(plugin: &mut TargetLength, response: &str) -> f64 {
         let episode = Episode {
@@ -145,7 +134,7 @@ mod tests {
     #[test]
     fn linear_penalty_on_real_snippets() {
         let mut plugin: TargetLength = configure(r#"{"target_words": 18}"#).expect("config");
-        let texts = snippets();
+        let texts = review_texts();
         let on_target = texts
             .iter()
             .filter(|t| score(&mut plugin, t) == 0.0)
@@ -176,7 +165,7 @@ mod tests {
             let mut plugin: TargetLength =
                 configure(&format!(r#"{{"target_chars": 100, "shape": "{shape}"}}"#))
                     .expect("config");
-            let mut scored: Vec<(f64, f64)> = snippets()
+            let mut scored: Vec<(f64, f64)> = review_texts()
                 .iter()
                 .map(|t| {
                     (

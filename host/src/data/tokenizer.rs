@@ -215,7 +215,9 @@ impl Tokenizer {
         let mut inner = tokenizers::Tokenizer::from_str(&json.to_string())
             .map_err(|e| TokenizerError::Spec(format!("building the character tokenizer: {e}")))?;
         if eos {
-            inner.add_special_tokens(&[AddedToken::from(EOS_TOKEN, true)]);
+            inner
+                .add_special_tokens([AddedToken::from(EOS_TOKEN, true)])
+                .map_err(|e| TokenizerError::Spec(format!("adding the end-of-text token: {e}")))?;
         }
         Ok(Tokenizer::from_inner(inner))
     }

@@ -513,7 +513,9 @@ fn build_tokenizer(meta: &Meta) -> Result<TokenizerBuild, GgufError> {
         .filter(|(_, t)| **t == TOKEN_TYPE_CONTROL || **t == TOKEN_TYPE_USER_DEFINED)
         .map(|(s, t)| AddedToken::from(s.clone(), *t == TOKEN_TYPE_CONTROL).normalized(false))
         .collect();
-    tokenizer.add_tokens(&added);
+    tokenizer
+        .add_tokens(added)
+        .map_err(|e| GgufError::Tokenizer { path: path.into(), message: format!("adding special tokens: {e}") })?;
 
     let special = SpecialTokens {
         bos: meta.token_id("tokenizer.ggml.bos_token_id", vocab_size)?,

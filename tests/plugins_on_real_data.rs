@@ -21,6 +21,19 @@ fn value_of(values: &[NamedValue], name: &str) -> f64 {
     values.iter().find(|v| v.name == name).unwrap_or_else(|| panic!("no metric {name} in {values:?}")).value
 }
 
+/// A metric fixture's pairs as records: the prediction under `prediction_key`, references `refs`.
+fn fixture_records(fixture: &Value, prediction_key: &str) -> Vec<MetricRecord> {
+    fixture["pairs"]
+        .as_array()
+        .expect("pairs")
+        .iter()
+        .map(|p| MetricRecord {
+            prediction: p[prediction_key].as_str().expect("prediction").into(),
+            references: strings(&p["refs"]),
+        })
+        .collect()
+}
+
 /// Small calls, so that a corpus is split into many chunks over several instances.
 fn small_calls() -> Limits {
     Limits { max_records_per_call: 7, ..Limits::default() }
@@ -66,14 +79,8 @@ fn one_instance_and_one_per_core_give_the_same_results() {
 #[test]
 fn bleu_through_the_host_equals_sacrebleu() {
     let fixture = fixture("bleu");
-    let records: Vec<MetricRecord> = fixture["pairs"]
-        .as_array()
-        .expect("pairs")
-        .iter()
-        .map(|p| MetricRecord { prediction: p["hyp"].as_str().expect("hyp").into(), references: strings(&p["refs"]) })
-        .collect();
-    let spec = PluginSpec::at(support::wasm("bleu")).with_limits(small_calls());
-    let bleu = Plugin::load(&Sandbox::shared(), &spec).and_then(Plugin::into_metric).expect("a metric");
+    let records = fixture_records(&fixture, "hyp");
+    let bleu = support::load_with("bleu", "{}", small_calls()).into_metric().expect("a metric");
     let mut checked = 0;
     for case in fixture["corpus"].as_array().expect("corpus cases") {
         if case["config"].as_object().is_some_and(|c| !c.is_empty()) {
@@ -92,14 +99,8 @@ fn bleu_through_the_host_equals_sacrebleu() {
 #[test]
 fn rouge_through_the_host_equals_rouge_score() {
     let fixture = fixture("rouge");
-    let records: Vec<MetricRecord> = fixture["pairs"]
-        .as_array()
-        .expect("pairs")
-        .iter()
-        .map(|p| MetricRecord { prediction: p["pred"].as_str().expect("pred").into(), references: strings(&p["refs"]) })
-        .collect();
-    let spec = PluginSpec::at(support::wasm("rouge")).with_limits(small_calls());
-    let rouge = Plugin::load(&Sandbox::shared(), &spec).and_then(Plugin::into_metric).expect("a metric");
+    let records = fixture_records(&fixture, "pred");
+    let rouge = support::load_with("rouge", "{}", small_calls()).into_metric().expect("a metric");
     let values = rouge.evaluate(&records).expect("ROUGE");
     for name in ["rouge1", "rouge2", "rougeL"] {
         let expected = fixture["mean_f"][name].as_f64().expect("mean F1");
@@ -129,12 +130,7 @@ fn distinct_n_is_stateful_and_runs_on_one_instance() {
 #[test]
 fn exact_match_through_the_host_counts_like_squad() {
     let fixture = fixture("exact-match");
-    let records: Vec<MetricRecord> = fixture["pairs"]
-        .as_array()
-        .expect("pairs")
-        .iter()
-        .map(|p| MetricRecord { prediction: p["pred"].as_str().expect("pred").into(), references: strings(&p["refs"]) })
-        .collect();
+    let records = fixture_records(&fixture, "pred");
     let metric = support::load_with("exact-match", "{}", small_calls()).into_metric().expect("a metric");
     let values = metric.evaluate(&records).expect("exact match");
     let expected = fixture["matches"]["default"].as_f64().expect("count") / records.len() as f64;

@@ -146,11 +146,12 @@ pub fn assert_gradient(x: &[f32], analytic: &[f64], f: impl Fn(&[f32]) -> f64) {
     }
 }
 
-/// The value of the metric `name` in a loss's `(name, value)` list; panics when it is missing.
-pub fn metric(metrics: &[(&str, f64)], name: &str) -> f64 {
+/// The value of the metric `name` in a `(name, value)` list (a loss's metrics, or what a
+/// metric's `finish` returns); panics when it is missing.
+pub fn metric<S: AsRef<str>>(metrics: &[(S, f64)], name: &str) -> f64 {
     metrics
         .iter()
-        .find(|(n, _)| *n == name)
+        .find(|(n, _)| n.as_ref() == name)
         .map(|(_, v)| *v)
         .unwrap_or_else(|| panic!("no metric {name}"))
 }

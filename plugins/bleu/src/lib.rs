@@ -437,13 +437,7 @@ mod tests {
         totals
     }
 
-    fn value(values: &[(String, f64)], name: &str) -> f64 {
-        values
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| *v)
-            .expect(name)
-    }
+    use triad_plugin_sdk::testing::metric as value;
 
     #[test]
     fn tokenizer_matches_sacrebleu_13a() {

@@ -126,13 +126,7 @@ mod tests {
         }
     }
 
-    fn value(values: &[(String, f64)], name: &str) -> f64 {
-        values
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| *v)
-            .expect(name)
-    }
+    use triad_plugin_sdk::testing::metric as value;
 
     #[test]
     fn matches_independent_computation_on_real_snippets() {

@@ -211,13 +211,7 @@ mod tests {
             .collect()
     }
 
-    fn value(values: &[(String, f64)], name: &str) -> f64 {
-        values
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| *v)
-            .expect(name)
-    }
+    use triad_plugin_sdk::testing::metric as value;
 
     #[test]
     fn tokenizer_matches_rouge_score() {

@@ -34,6 +34,9 @@ pub enum StageError {
     Data { stage: String, message: String },
     #[error("device: {0}")]
     Device(String),
+    /// A name the experiment uses but does not declare.
+    #[error("{0}")]
+    Undeclared(String),
 }
 
 /// One run of an experiment.
@@ -73,10 +76,11 @@ impl<'a> RunContext<'a> {
         if let Some(found) = self.sources.borrow().get(name) {
             return Ok(found.clone());
         }
-        let spec = self.experiment.data.get(name).ok_or_else(|| StageError::Config {
-            stage: String::new(),
-            message: format!("data source `{name}` is not declared in `data`"),
-        })?;
+        let spec = self
+            .experiment
+            .data
+            .get(name)
+            .ok_or_else(|| StageError::Undeclared(format!("data source `{name}` is not declared in `data`")))?;
         let loaded = Rc::new(spec.load(&self.base_dir).map_err(|source| StageError::Source { name: name.into(), source })?);
         tracing::info!(source = name, records = loaded.records.len(), sha256 = &loaded.sha256[..12], "data loaded");
         self.sources.borrow_mut().insert(name.to_string(), loaded.clone());
@@ -117,14 +121,14 @@ impl<'a> RunContext<'a> {
 
     /// A plugin declared in the experiment, loaded and configured.
     pub fn plugin(&self, name: &str) -> Result<Plugin, StageError> {
-        let decl = self.experiment.plugins.get(name).ok_or_else(|| StageError::Config {
-            stage: String::new(),
-            message: format!("plugin `{name}` is not declared in `plugins`"),
-        })?;
+        let decl = self
+            .experiment
+            .plugins
+            .get(name)
+            .ok_or_else(|| StageError::Undeclared(format!("plugin `{name}` is not declared in `plugins`")))?;
         let config = match &decl.config {
-            Some(value) => serde_json::to_string(value).map_err(|e| StageError::Config {
-                stage: String::new(),
-                message: format!("plugin `{name}`: its config cannot be passed as JSON: {e}"),
+            Some(value) => serde_json::to_string(value).map_err(|e| {
+                StageError::Undeclared(format!("plugin `{name}`: its config cannot be passed as JSON: {e}"))
             })?,
             None => "{}".to_string(),
         };

@@ -128,7 +128,7 @@ fn stage_key(ctx: &RunContext, stage: &Stage, previous: &str) -> Result<String, 
     Ok(hasher.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect())
 }
 
-/// Check that the experiment's stages name existing data and plugins; used by `validate`.
+/// The plan, one line per stage, as `triad validate` prints it.
 pub fn describe(experiment: &Experiment) -> String {
     let mut lines = vec![format!("experiment `{}` (seed {})", experiment.name, experiment.seed)];
     for (i, stage) in experiment.stages.iter().enumerate() {

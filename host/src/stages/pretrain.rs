@@ -16,7 +16,7 @@ use crate::data::filter::apply_filters;
 use crate::experiment::PretrainStage;
 use crate::model::Model;
 use crate::runs::atomic::write_atomically;
-use crate::train::{AdamWConfig, Objective, TrainConfig, TrainError, TrainSummary, train};
+use crate::train::{AdamWConfig, Objective, TrainConfig, TrainError, TrainSummary, lm_loss, train};
 
 /// Records per filter-plugin call.
 const FILTER_BATCH: usize = 512;
@@ -32,13 +32,6 @@ struct CausalLm<'m> {
     accumulation: usize,
     eval_batches: usize,
     device: &'m Device,
-}
-
-/// Mean next-token cross-entropy of `model` on (inputs, targets).
-pub fn lm_loss(model: &Model, inputs: &Tensor, targets: &Tensor, train: bool) -> Result<Tensor, candle_core::Error> {
-    let logits = model.forward(inputs, train).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-    let (b, t, v) = logits.dims3()?;
-    candle_nn::loss::cross_entropy(&logits.reshape((b * t, v))?, &targets.reshape(b * t)?)
 }
 
 impl Objective for CausalLm<'_> {

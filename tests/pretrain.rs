@@ -17,8 +17,8 @@ Experiment(
     tokenizer: Char(on: "shakespeare"),
     model: Gpt(layers: 2, heads: 2, d_model: 32, context: 32, dropout: 0.1),
     stages: [
-        Pretrain(name: "base", data: "shakespeare", steps: 60, batch: 8, lr: 3e-3, warmup: 5,
-                 eval_every: 20, eval_batches: 4, checkpoint_every: 10),
+        Pretrain(name: "base", data: "shakespeare", steps: 150, batch: 8, lr: 3e-3, warmup: 5,
+                 eval_every: 50, eval_batches: 4, checkpoint_every: 10),
     ],
 )
 "#;
@@ -77,7 +77,7 @@ fn a_killed_run_resumes_on_the_same_loss_curve() {
     child.kill().expect("kill -9"); // SIGKILL: no chance to clean up
     child.wait().expect("reap");
     let killed_at = latest_checkpoint(&interrupted);
-    assert!(killed_at < 60, "killed at step {killed_at}, before the end");
+    assert!(killed_at < 150, "killed at step {killed_at}, before the end");
 
     let out = run_to_end(&interrupted);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -89,7 +89,7 @@ fn a_killed_run_resumes_on_the_same_loss_curve() {
     // The metrics stream has each step once, even though the killed run logged past its checkpoint.
     let rows = triad::runs::metrics::read_rows(&stage_dir(&interrupted).join("metrics.jsonl")).expect("metrics");
     let losses: Vec<u64> = rows.iter().filter(|r| r.metric == "train/loss").map(|r| r.step).collect();
-    assert_eq!(losses, (1..=60).collect::<Vec<u64>>());
+    assert_eq!(losses, (1..=150).collect::<Vec<u64>>());
     let uninterrupted = triad::runs::metrics::read_rows(&stage_dir(&whole).join("metrics.jsonl")).expect("metrics");
     assert_eq!(rows, uninterrupted, "the same loss curve, row for row");
 }

@@ -18,7 +18,7 @@ use super::checkpoint::{self, TrainState};
 use super::optimizer::{AdamW, AdamWConfig};
 use super::schedule::Schedule;
 use crate::runs::atomic::FileError;
-use crate::runs::metrics::MetricsWriter;
+use crate::runs::metrics::{MetricsWriter, read_rows};
 
 /// How to train: steps, schedule, optimizer, accumulation, clipping, evaluation, checkpoints.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -155,7 +155,14 @@ pub fn train(
         }
     }
     if start >= config.steps {
+        // Killed after the last checkpoint but before the stage was marked done: nothing to
+        // train; the last training loss is in the metrics stream.
         final_eval = objective.evaluate()?;
+        final_train_loss = read_rows(&dir.join("metrics.jsonl"))?
+            .iter()
+            .rev()
+            .find(|row| row.metric == "train/loss")
+            .map_or(f64::NAN, |row| row.value);
     }
     bar.finish_and_clear();
     Ok(TrainSummary { resumed_from: start, final_eval, final_train_loss, seconds: started.elapsed().as_secs_f64() })

@@ -119,9 +119,8 @@ impl Gpt {
         pass: &Pass,
         mut cache: Option<&mut [Option<(Tensor, Tensor)>]>,
     ) -> Result<Tensor> {
-        let (b, t) = idx.dims2()?;
-        let d = self.wte.dim(1)?;
-        let tok = self.wte.embedding(&idx.flatten_all()?)?.reshape((b, t, d))?;
+        let t = idx.dim(1)?;
+        let tok = super::linear::embed(&self.wte, idx)?;
         let pos = self.wpe.narrow(0, pass.pos, t)?;
         let mut x = pass.drop(&tok.broadcast_add(&pos)?)?;
         for (i, block) in self.blocks.iter().enumerate() {

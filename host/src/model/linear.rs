@@ -45,3 +45,9 @@ impl Linear {
         y.reshape(out)
     }
 }
+
+/// Row lookup of token ids `idx` (B, T) in an embedding table (V, D): (B, T, D).
+pub fn embed(table: &Tensor, idx: &Tensor) -> Result<Tensor> {
+    let (b, t) = idx.dims2()?;
+    table.embedding(&idx.flatten_all()?)?.reshape((b, t, table.dim(1)?))
+}

@@ -126,9 +126,7 @@ impl Llama {
         pass: &Pass,
         mut cache: Option<&mut [Option<(Tensor, Tensor)>]>,
     ) -> Result<Tensor> {
-        let (b, t) = idx.dims2()?;
-        let d = self.embed_tokens.dim(1)?;
-        let mut x = self.embed_tokens.embedding(&idx.flatten_all()?)?.reshape((b, t, d))?;
+        let mut x = super::linear::embed(&self.embed_tokens, idx)?;
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(&x, &self.rope, pass, cache.as_deref_mut().map(|layers| &mut layers[i]))?;
         }

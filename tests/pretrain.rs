@@ -17,8 +17,8 @@ Experiment(
     tokenizer: Char(on: "shakespeare"),
     model: Gpt(layers: 2, heads: 2, d_model: 32, context: 32, dropout: 0.1),
     stages: [
-        Pretrain(name: "base", data: "shakespeare", steps: 150, batch: 8, lr: 3e-3, warmup: 5,
-                 eval_every: 50, eval_batches: 4, checkpoint_every: 10),
+        Pretrain(name: "base", data: "shakespeare",
+                 train: (steps: 150, batch: 8, lr: 3e-3, warmup: 5, eval_every: 50, eval_batches: 4, checkpoint_every: 10)),
     ],
 )
 "#;
@@ -101,7 +101,7 @@ fn an_unchanged_experiment_trains_nothing_the_second_time() {
     let first = final_metrics(&dir);
     let out = run_to_end(&dir);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("| base | cached |"), "{stdout}");
+    assert!(stdout.contains("| seed7 | base | cached |"), "{stdout}");
     assert_eq!(final_metrics(&dir), first);
 }
 

@@ -8,7 +8,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use triad::experiment::load_experiment;
 use triad::plugins::{Limits, Plugin, PluginSpec, Sandbox, build, load, records};
-use triad::stages::{pipeline, run_experiment};
+use triad::stages::pipeline::{self, StageStatus};
+use triad::stages::{RunOptions, run_experiment};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -30,6 +31,13 @@ enum Command {
         /// Where run folders go.
         #[arg(long, default_value = "runs")]
         runs: PathBuf,
+        /// Train this stage again even if its output exists (repeatable); stages that read it
+        /// train again too.
+        #[arg(long, value_name = "STAGE")]
+        force: Vec<String>,
+        /// Print the plan (every run's stages in order, and which are cached) and stop.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Check an experiment file without running it.
     Validate {
@@ -108,7 +116,9 @@ fn main() -> Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match Cli::parse().command {
-        Command::Run { experiment, runs } => run_command(&experiment, &runs),
+        Command::Run { experiment, runs, force, dry_run } => {
+            run_command(&experiment, &RunOptions { runs_root: runs, force }, dry_run)
+        }
         Command::Validate { experiment } => {
             let loaded = load_experiment(&experiment)?;
             println!("{}: valid\n{}", experiment.display(), pipeline::describe(&loaded));
@@ -138,24 +148,46 @@ fn bench_train(python: Option<PathBuf>, steps: usize, peak_gflops: f64) -> Resul
     Ok(())
 }
 
-fn run_command(path: &Path, runs: &Path) -> Result<()> {
+fn run_command(path: &Path, options: &RunOptions, dry_run: bool) -> Result<()> {
     let experiment = load_experiment(path)?;
-    let outcomes = run_experiment(&experiment, path, runs)?;
-    println!("\n| stage | status | metric | value |\n|---|---|---|---|");
-    for outcome in &outcomes {
-        let status = if outcome.cached {
-            "cached".to_string()
-        } else if outcome.resumed_from > 0 {
-            format!("resumed at step {}", outcome.resumed_from)
-        } else {
-            "trained".to_string()
-        };
-        for (metric, value) in &outcome.metrics {
-            println!("| {} | {status} | {metric} | {value:.4} |", outcome.stage);
+    for stage in &options.force {
+        if !experiment.stages.iter().any(|s| s.name() == stage) {
+            let names: Vec<&str> = experiment.stages.iter().map(|s| s.name()).collect();
+            bail!("--force {stage}: the experiment has no such stage (stages: {})", names.join(", "));
         }
     }
-    if let Some(last) = outcomes.last() {
-        println!("\noutputs: {}", last.dir.parent().unwrap_or(&last.dir).display());
+    if dry_run {
+        for (run, stages) in pipeline::plan(&experiment, path, options)? {
+            println!("run {run}");
+            for (i, (stage, status)) in stages.iter().enumerate() {
+                let status = match status {
+                    StageStatus::Cached => "cached",
+                    StageStatus::Resume => "resume from its last checkpoint",
+                    StageStatus::Train => "train",
+                };
+                println!("  {}. {stage}: {status}", i + 1);
+            }
+        }
+        return Ok(());
+    }
+    let runs = run_experiment(&experiment, path, options)?;
+    println!("\n| run | stage | status | metric | value |\n|---|---|---|---|---|");
+    for run in &runs {
+        for outcome in &run.stages {
+            let status = if outcome.cached {
+                "cached".to_string()
+            } else if outcome.resumed_from > 0 {
+                format!("resumed at step {}", outcome.resumed_from)
+            } else {
+                "trained".to_string()
+            };
+            for (metric, value) in &outcome.metrics {
+                println!("| {} | {} | {status} | {metric} | {value:.4} |", run.run, outcome.stage);
+            }
+        }
+    }
+    if let Some(first) = runs.first() {
+        println!("\noutputs: {}", first.dir.parent().unwrap_or(&first.dir).display());
     }
     Ok(())
 }

@@ -229,7 +229,7 @@ impl ExactSizeIterator for EvalBatches<'_> {}
 
 /// SplitMix64 (Steele, Lea and Flood 2014): a tiny generator whose output is fixed by its
 /// definition, not by a library version.
-fn splitmix64(state: &mut u64) -> u64 {
+pub fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -237,9 +237,31 @@ fn splitmix64(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A permutation of `0..n` that depends only on `seed` (Fisher-Yates over SplitMix64 draws):
+/// the example order of one epoch, the same on every platform and after every resume.
+pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut state = seed;
+    for i in (1..n).rev() {
+        let j = ((splitmix64(&mut state) as u128 * (i as u128 + 1)) >> 64) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn permutations_are_fixed_by_their_seed() {
+        let a = permutation(100, 7);
+        let mut sorted = a.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+        assert_eq!(a, permutation(100, 7));
+        assert_ne!(a, permutation(100, 8));
+    }
 
     #[test]
     fn splitmix64_matches_the_reference_sequence() {

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use super::schema::{Experiment, Stage};
+use super::schema::{Experiment, ModelSpec, PRETRAINED_MODELS};
 
 /// Why an experiment cannot run. Every variant says where and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -92,46 +92,81 @@ fn check(experiment: &Experiment) -> Result<(), String> {
     if experiment.stages.is_empty() {
         return Err("`stages` is empty: add at least one stage, e.g. Pretrain(...)".into());
     }
-    // The vocabulary size comes from the tokenizer when the file leaves it out.
-    let mut model = experiment.model.clone();
-    if model.vocab_size() == 0 {
-        model = model.with_vocab_size(1);
+    match (&experiment.model, &experiment.tokenizer) {
+        (ModelSpec::Pretrained(name), _) if !PRETRAINED_MODELS.contains(&name.as_str()) => {
+            return Err(format!("model: no pretrained model `{name}` (known: {})", PRETRAINED_MODELS.join(", ")));
+        }
+        (ModelSpec::Pretrained(name), Some(_)) => {
+            return Err(format!(
+                "`tokenizer` is set, but the pretrained model `{name}` brings its own: remove the `tokenizer` line"
+            ));
+        }
+        (ModelSpec::Pretrained(_), None) => {}
+        (_, None) => return Err("`tokenizer` is missing: a model trained here needs one, e.g. TrainBpe(vocab_size: 4096, on: \"data\")".into()),
+        (spec, Some(_)) => {
+            if let Some(mut model) = spec.architecture() {
+                // The vocabulary size comes from the tokenizer when the file leaves it out.
+                if model.vocab_size() == 0 {
+                    model = model.with_vocab_size(1);
+                }
+                model.validate().map_err(|e| format!("model: {e}"))?;
+            }
+        }
     }
-    model.validate().map_err(|e| format!("model: {e}"))?;
+    if let Some(corpus) = experiment.tokenizer.as_ref().and_then(|t| t.corpus()) {
+        if !experiment.data.contains_key(corpus) {
+            return Err(format!("the tokenizer is trained on data `{corpus}`, which is not declared in `data`{}", declared(experiment.data.keys())));
+        }
+    }
     let mut seen = std::collections::BTreeSet::new();
     for stage in &experiment.stages {
         let name = stage.name();
         if !seen.insert(name) {
             return Err(format!("two stages are named `{name}`: stage names must be unique"));
         }
-        match stage {
-            Stage::Pretrain(p) => {
-                let known = |map_keys: Vec<&String>| map_keys.into_iter().map(String::as_str).collect::<Vec<_>>().join(", ");
-                if !experiment.data.contains_key(&p.data) {
-                    return Err(format!(
-                        "stage `{name}` reads data `{}`, which is not declared in `data` (declared: {})",
-                        p.data,
-                        known(experiment.data.keys().collect())
-                    ));
-                }
-                for filter in &p.filters {
-                    if !experiment.plugins.contains_key(filter) {
-                        return Err(format!(
-                            "stage `{name}` uses filter `{filter}`, which is not declared in `plugins` (declared: {})",
-                            known(experiment.plugins.keys().collect())
-                        ));
-                    }
-                }
-                if p.steps == 0 || p.batch == 0 || p.accumulation == 0 {
-                    return Err(format!("stage `{name}`: steps, batch and accumulation must be positive"));
-                }
-                if !(p.lr > 0.0 && p.lr.is_finite()) {
-                    return Err(format!("stage `{name}`: lr must be a positive number, got {}", p.lr));
-                }
+        for data in stage.data() {
+            if !experiment.data.contains_key(data) {
+                return Err(format!("stage `{name}` reads data `{data}`, which is not declared in `data`{}", declared(experiment.data.keys())));
+            }
+        }
+        for plugin in stage.plugins() {
+            if !experiment.plugins.contains_key(plugin) {
+                return Err(format!(
+                    "stage `{name}` uses plugin `{plugin}`, which is not declared in `plugins`{}",
+                    declared(experiment.plugins.keys())
+                ));
+            }
+        }
+        if let Some(problem) = stage.train().and_then(|t| t.problem()) {
+            return Err(format!("stage `{name}`: {problem}"));
+        }
+        if let Some(problem) = stage.problem() {
+            return Err(format!("stage `{name}`: {problem}"));
+        }
+    }
+    for input in experiment.stages.iter().flat_map(|s| s.inputs().into_iter().map(move |i| (s, i))) {
+        let (stage, from) = input;
+        if let Some(other) = experiment.stages.iter().find(|s| s.name() == from) {
+            if !other.produces_model() {
+                return Err(format!(
+                    "stage `{}` starts from stage `{from}`, a {} stage, which produces no model",
+                    stage.name(),
+                    other.kind()
+                ));
             }
         }
     }
+    crate::stages::pipeline::stage_order(experiment)?;
+    if let Some(sweep) = &experiment.sweep {
+        crate::experiment::sweep::expand(&Experiment { sweep: Some(sweep.clone()), ..experiment.clone() })?;
+    }
     Ok(())
+}
+
+/// ` (declared: a, b)`, or ` (none are declared)`.
+fn declared<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let names: Vec<&str> = names.map(String::as_str).collect();
+    if names.is_empty() { " (none are declared)".into() } else { format!(" (declared: {})", names.join(", ")) }
 }
 
 #[cfg(test)]

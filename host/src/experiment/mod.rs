@@ -3,6 +3,10 @@
 
 pub mod load;
 pub mod schema;
+pub mod sweep;
 
 pub use load::{ExperimentError, load_experiment, parse_experiment};
-pub use schema::{DeviceSpec, Experiment, PluginDecl, PretrainStage, Stage};
+pub use schema::{
+    DeviceSpec, ExampleFormat, ExampleSet, Experiment, ModelSpec, PluginDecl, PretrainStage, SftStage, Stage, Template,
+    TrainSettings,
+};

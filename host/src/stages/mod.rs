@@ -2,8 +2,10 @@
 //! [`pipeline`] runs them and caches their outputs by key.
 
 pub mod context;
+pub mod examples;
 pub mod pipeline;
 pub mod pretrain;
+pub mod sft;
 
 pub use context::{RunContext, StageError};
-pub use pipeline::{StageOutcome, run_experiment};
+pub use pipeline::{RunOptions, RunOutcome, StageOutcome, run_experiment};

@@ -1,22 +1,29 @@
-//! Runs an experiment's stages in order, each in its own folder under the run folder, skipping
-//! a stage whose output already exists for the same key.
+//! Runs an experiment: every sweep point and seed as one run, each run's stages in dependency
+//! order, every stage's output cached under a key.
 //!
 //! A stage's key hashes everything its output depends on: its own config, the model and
-//! tokenizer specs, the seed, the data it reads (by sha256), the plugins it uses, and the key of
-//! the stage before it. Same key, completed: the stage is skipped. Same key, not completed: the
-//! stage resumes from its last checkpoint. Another key: the folder is cleared and the stage
-//! trains afresh.
+//! tokenizer specs, the seed, the data it reads (by sha256), the plugins it runs (by sha256),
+//! and the keys of the stages it reads. Outputs live in `runs/<experiment>/stages/<stage>-<key>/`
+//! and each run folder links to the ones it uses (`runs/<experiment>/<run>/<stage>`), so sweep
+//! points that share a stage (the same pretraining under two PPO settings) compute it once, and
+//! going back to an earlier setting finds its outputs still there.
+//!
+//! Same key, completed: the stage is skipped. Same key, not completed: it resumes from its last
+//! checkpoint. `--force <stage>` clears the stage's output and trains it again, and with it
+//! everything downstream (their keys do not change, so they are forced too).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::context::{RunContext, StageError};
-use super::pretrain;
+use super::{pretrain, sft};
+use crate::experiment::sweep::{RunPoint, expand};
 use crate::experiment::{Experiment, Stage};
 use crate::runs::atomic::{FileError, write_atomically};
+use crate::train::TrainSummary;
 
 /// What `stage.json` records about a stage's output.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -25,6 +32,17 @@ pub struct StageRecord {
     pub complete: bool,
     /// Final metrics (`eval/loss`, ...).
     pub metrics: BTreeMap<String, f64>,
+}
+
+/// What a stage will do (or did) in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageStatus {
+    /// Its output exists for its key: nothing to train.
+    Cached,
+    /// Interrupted earlier with the same key: it continues from its last checkpoint.
+    Resume,
+    /// Nothing usable exists (or `--force`): it trains from the start.
+    Train,
 }
 
 /// How one stage went in this invocation.
@@ -39,58 +57,234 @@ pub struct StageOutcome {
     pub dir: PathBuf,
 }
 
-/// Run every stage of `experiment` (read from `experiment_path`) under `runs_root`.
-pub fn run_experiment(experiment: &Experiment, experiment_path: &Path, runs_root: &Path) -> Result<Vec<StageOutcome>, StageError> {
-    let base_dir = experiment_path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let run_dir = runs_root.join(&experiment.name).join(format!("seed{}", experiment.seed));
-    let ctx = RunContext::new(experiment, &base_dir, &run_dir)?;
-    let pretty = ron::ser::PrettyConfig::default()
-        .extensions(ron::extensions::Extensions::UNWRAP_VARIANT_NEWTYPES | ron::extensions::Extensions::IMPLICIT_SOME);
-    let resolved = crate::experiment::load::ron_options().to_string_pretty(experiment, pretty).unwrap_or_default();
-    write_atomically(&run_dir.join("experiment.ron"), resolved.as_bytes())?;
+/// One run of an experiment (a sweep point with one seed).
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// The run's folder name: `seed7`, or `ppo.kl.target=3-seed7` in a sweep.
+    pub run: String,
+    pub dir: PathBuf,
+    pub stages: Vec<StageOutcome>,
+}
 
-    let mut outcomes = Vec::new();
-    let mut previous_key = String::new();
+/// Options of `triad run`.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Where run folders go (`runs/` by default).
+    pub runs_root: PathBuf,
+    /// Stages to train again even if their output exists.
+    pub force: Vec<String>,
+}
+
+/// The stages in an order where every stage comes after the stages it reads. Fails on a
+/// reference to a stage that does not exist, and on a cycle, naming the stages involved.
+pub fn stage_order(experiment: &Experiment) -> Result<Vec<&Stage>, String> {
+    let by_name: BTreeMap<&str, &Stage> = experiment.stages.iter().map(|s| (s.name(), s)).collect();
     for stage in &experiment.stages {
-        let name = stage.name().to_string();
-        let dir = run_dir.join(&name);
-        let key = stage_key(&ctx, stage, &previous_key)?;
-        let record_path = dir.join("stage.json");
-        let existing: Option<StageRecord> = std::fs::read(&record_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
-        match &existing {
-            Some(record) if record.key == key && record.complete => {
-                tracing::info!(stage = name, "cached: output exists for this key, nothing to train");
-                outcomes.push(StageOutcome { stage: name, cached: true, resumed_from: 0, metrics: record.metrics.clone(), dir });
-                previous_key = key;
-                continue;
+        for input in stage.inputs() {
+            if !by_name.contains_key(input) {
+                let known: Vec<&str> = by_name.keys().copied().collect();
+                return Err(format!(
+                    "stage `{}` reads stage `{input}`, which does not exist (stages: {})",
+                    stage.name(),
+                    known.join(", ")
+                ));
             }
-            Some(record) if record.key != key => {
-                tracing::info!(stage = name, "config changed since the last run: training afresh");
-                std::fs::remove_dir_all(&dir).map_err(|e| FileError::new(&dir, e))?;
-            }
-            _ => {}
         }
-        write_record(&record_path, &StageRecord { key: key.clone(), complete: false, metrics: BTreeMap::new() })?;
-        let (metrics, resumed_from) = match stage {
-            Stage::Pretrain(config) => {
-                let (_model, summary) = pretrain::run(&ctx, config, &dir)?;
-                let mut metrics: BTreeMap<String, f64> =
-                    summary.final_eval.iter().map(|(n, v)| (format!("eval/{n}"), *v)).collect();
-                metrics.insert("train/loss".into(), summary.final_train_loss);
-                write_report(&dir, &name, &metrics, summary.seconds)?;
-                (metrics, summary.resumed_from)
-            }
-        };
-        write_record(&record_path, &StageRecord { key: key.clone(), complete: true, metrics: metrics.clone() })?;
-        outcomes.push(StageOutcome { stage: name, cached: false, resumed_from, metrics, dir });
-        previous_key = key;
+    }
+    // Depth-first, in file order, so that independent stages keep the order they are written in.
+    let mut order = Vec::new();
+    let mut done = BTreeSet::new();
+    fn visit<'a>(
+        stage: &'a Stage,
+        by_name: &BTreeMap<&str, &'a Stage>,
+        path: &mut Vec<&'a str>,
+        done: &mut BTreeSet<&'a str>,
+        order: &mut Vec<&'a Stage>,
+    ) -> Result<(), String> {
+        if done.contains(stage.name()) {
+            return Ok(());
+        }
+        if let Some(start) = path.iter().position(|n| *n == stage.name()) {
+            let mut cycle: Vec<&str> = path[start..].to_vec();
+            cycle.push(stage.name());
+            return Err(format!("the stages form a cycle: {} (a stage can only read stages before it)", cycle.join(" -> ")));
+        }
+        path.push(stage.name());
+        for input in stage.inputs() {
+            visit(by_name[input], by_name, path, done, order)?;
+        }
+        path.pop();
+        done.insert(stage.name());
+        order.push(stage);
+        Ok(())
+    }
+    for stage in &experiment.stages {
+        visit(stage, &by_name, &mut Vec::new(), &mut done, &mut order)?;
+    }
+    Ok(order)
+}
+
+/// Run every point of `experiment` (read from `experiment_path`).
+pub fn run_experiment(experiment: &Experiment, experiment_path: &Path, options: &RunOptions) -> Result<Vec<RunOutcome>, StageError> {
+    let points = expand(experiment).map_err(StageError::Undeclared)?;
+    let mut outcomes = Vec::new();
+    for point in &points {
+        if points.len() > 1 {
+            tracing::info!(run = point.run, "run {} of {}", outcomes.len() + 1, points.len());
+        }
+        outcomes.push(run_point(point, experiment_path, options)?);
     }
     Ok(outcomes)
 }
 
-fn write_record(path: &Path, record: &StageRecord) -> Result<(), FileError> {
-    let json = serde_json::to_vec_pretty(record).map_err(|e| FileError::new(path, e))?;
-    write_atomically(path, &json)
+/// The plan of every run: each stage in order with what it would do now.
+pub fn plan(experiment: &Experiment, experiment_path: &Path, options: &RunOptions) -> Result<Vec<(String, Vec<(String, StageStatus)>)>, StageError> {
+    let mut plans = Vec::new();
+    for point in expand(experiment).map_err(StageError::Undeclared)? {
+        let paths = RunPaths::new(&point, experiment_path, options);
+        let ctx = RunContext::new(&point.experiment, &paths.base_dir, &paths.run_dir)?;
+        let mut keys: BTreeMap<String, String> = BTreeMap::new();
+        let mut stages = Vec::new();
+        let mut forced: BTreeSet<String> = options.force.iter().cloned().collect();
+        for stage in stage_order(&point.experiment).map_err(StageError::Undeclared)? {
+            let key = stage_key(&ctx, stage, &keys)?;
+            if stage.inputs().iter().any(|i| forced.contains(*i)) {
+                forced.insert(stage.name().to_string());
+            }
+            let status = if forced.contains(stage.name()) {
+                StageStatus::Train
+            } else {
+                status_of(&paths.store(stage.name(), &key))
+            };
+            keys.insert(stage.name().to_string(), key);
+            stages.push((stage.name().to_string(), status));
+        }
+        plans.push((point.run.clone(), stages));
+    }
+    Ok(plans)
+}
+
+/// Where one run's files go.
+struct RunPaths {
+    base_dir: PathBuf,
+    experiment_dir: PathBuf,
+    run_dir: PathBuf,
+}
+
+impl RunPaths {
+    fn new(point: &RunPoint, experiment_path: &Path, options: &RunOptions) -> Self {
+        let base_dir = experiment_path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let experiment_dir = options.runs_root.join(&point.experiment.name);
+        let run_dir = experiment_dir.join(&point.run);
+        RunPaths { base_dir, experiment_dir, run_dir }
+    }
+
+    /// The shared folder holding a stage's output for a key.
+    fn store(&self, stage: &str, key: &str) -> PathBuf {
+        self.experiment_dir.join("stages").join(format!("{stage}-{key}"))
+    }
+}
+
+fn read_record(dir: &Path) -> Option<StageRecord> {
+    std::fs::read(dir.join("stage.json")).ok().and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+fn status_of(store: &Path) -> StageStatus {
+    match read_record(store) {
+        Some(record) if record.complete => StageStatus::Cached,
+        Some(_) => StageStatus::Resume,
+        None => StageStatus::Train,
+    }
+}
+
+fn run_point(point: &RunPoint, experiment_path: &Path, options: &RunOptions) -> Result<RunOutcome, StageError> {
+    let experiment = &point.experiment;
+    let paths = RunPaths::new(point, experiment_path, options);
+    std::fs::create_dir_all(&paths.run_dir).map_err(|e| FileError::new(&paths.run_dir, e))?;
+    let ctx = RunContext::new(experiment, &paths.base_dir, &paths.run_dir)?;
+    let pretty = ron::ser::PrettyConfig::default();
+    let resolved = crate::experiment::load::ron_options().to_string_pretty(experiment, pretty).unwrap_or_default();
+    write_atomically(&paths.run_dir.join("experiment.ron"), resolved.as_bytes())?;
+
+    let order = stage_order(experiment).map_err(StageError::Undeclared)?;
+    let mut keys: BTreeMap<String, String> = BTreeMap::new();
+    let mut forced: BTreeSet<String> = options.force.iter().cloned().collect();
+    let mut outcomes = Vec::new();
+    for stage in order {
+        let name = stage.name().to_string();
+        let key = stage_key(&ctx, stage, &keys)?;
+        keys.insert(name.clone(), key.clone());
+        if stage.inputs().iter().any(|i| forced.contains(*i)) {
+            forced.insert(name.clone());
+        }
+        let store = paths.store(&name, &key);
+        link_stage(&paths.run_dir.join(&name), &store)?;
+        let dir = paths.run_dir.join(&name);
+        if forced.contains(&name) && store.exists() {
+            tracing::info!(stage = name, "--force: clearing the stage's output");
+            std::fs::remove_dir_all(&store).map_err(|e| FileError::new(&store, e))?;
+        }
+        std::fs::create_dir_all(&store).map_err(|e| FileError::new(&store, e))?;
+        if let Some(record) = read_record(&store).filter(|r| r.complete) {
+            tracing::info!(stage = name, "cached: output exists for this key, nothing to train");
+            outcomes.push(StageOutcome { stage: name, cached: true, resumed_from: 0, metrics: record.metrics, dir });
+            continue;
+        }
+        write_record(&store, &StageRecord { key: key.clone(), complete: false, metrics: BTreeMap::new() })?;
+        let (metrics, resumed_from) = run_stage(&ctx, stage, &dir)?;
+        write_record(&store, &StageRecord { key: key.clone(), complete: true, metrics: metrics.clone() })?;
+        outcomes.push(StageOutcome { stage: name, cached: false, resumed_from, metrics, dir });
+    }
+    write_manifest(&ctx, point, &paths.run_dir, &keys)?;
+    Ok(RunOutcome { run: point.run.clone(), dir: paths.run_dir, stages: outcomes })
+}
+
+/// Train one stage into `dir`; its final metrics and the step it resumed from.
+fn run_stage(ctx: &RunContext, stage: &Stage, dir: &Path) -> Result<(BTreeMap<String, f64>, u64), StageError> {
+    let summary = match stage {
+        Stage::Pretrain(config) => pretrain::run(ctx, config, dir)?.1,
+        Stage::Sft(config) => sft::run(ctx, config, dir)?.1,
+    };
+    let metrics = training_metrics(&summary);
+    write_report(dir, stage.name(), &metrics, summary.seconds)?;
+    Ok((metrics, summary.resumed_from))
+}
+
+fn training_metrics(summary: &TrainSummary) -> BTreeMap<String, f64> {
+    let mut metrics: BTreeMap<String, f64> = summary.final_eval.iter().map(|(n, v)| (format!("eval/{n}"), *v)).collect();
+    metrics.insert("train/loss".into(), summary.final_train_loss);
+    metrics
+}
+
+/// Point `link` (the run's view of a stage) at the stage's shared output folder.
+fn link_stage(link: &Path, store: &Path) -> Result<(), FileError> {
+    let target = Path::new("..").join("stages").join(store.file_name().unwrap_or_default());
+    if let Ok(existing) = std::fs::read_link(link) {
+        if existing == target {
+            return Ok(());
+        }
+        std::fs::remove_file(link).map_err(|e| FileError::new(link, e))?;
+    } else if link.is_dir() {
+        // A stage folder from before outputs were shared.
+        std::fs::remove_dir_all(link).map_err(|e| FileError::new(link, e))?;
+    }
+    symlink_dir(&target, link).map_err(|e| FileError::new(link, e))
+}
+
+#[cfg(unix)]
+fn symlink_dir(target: &Path, link: &Path) -> std::io::Result<()> {
+    std::os::unix::fs::symlink(target, link)
+}
+
+#[cfg(windows)]
+fn symlink_dir(target: &Path, link: &Path) -> std::io::Result<()> {
+    std::os::windows::fs::symlink_dir(target, link)
+}
+
+fn write_record(dir: &Path, record: &StageRecord) -> Result<(), FileError> {
+    let path = dir.join("stage.json");
+    let json = serde_json::to_vec_pretty(record).map_err(|e| FileError::new(&path, e))?;
+    write_atomically(&path, &json)
 }
 
 fn write_report(dir: &Path, stage: &str, metrics: &BTreeMap<String, f64>, seconds: f64) -> Result<(), FileError> {
@@ -102,47 +296,123 @@ fn write_report(dir: &Path, stage: &str, metrics: &BTreeMap<String, f64>, second
     write_atomically(&dir.join("report.md"), report.as_bytes())
 }
 
+/// What a run was made from: enough to reproduce it and to group it in comparisons.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub experiment: String,
+    pub run: String,
+    pub seed: u64,
+    /// The sweep point's settings, seed excluded (empty without a sweep).
+    pub sweep: BTreeMap<String, serde_json::Value>,
+    pub triad_version: String,
+    pub git_revision: Option<String>,
+    pub device: String,
+    /// Data sources read, by sha256.
+    pub data: BTreeMap<String, String>,
+    /// Plugins run, by the sha256 of their wasm.
+    pub plugins: BTreeMap<String, String>,
+    /// Stage names in the order they ran.
+    pub stages: Vec<String>,
+    /// Each stage's output key.
+    pub keys: BTreeMap<String, String>,
+}
+
+fn write_manifest(ctx: &RunContext, point: &RunPoint, run_dir: &Path, keys: &BTreeMap<String, String>) -> Result<(), StageError> {
+    let experiment = ctx.experiment;
+    let order = stage_order(experiment).map_err(StageError::Undeclared)?;
+    let mut data = BTreeMap::new();
+    let mut plugins = BTreeMap::new();
+    for stage in &order {
+        for name in stage.data() {
+            data.insert(name.to_string(), ctx.source(name)?.sha256.clone());
+        }
+        for name in stage.plugins() {
+            plugins.insert(name.to_string(), ctx.plugin_sha256(name)?);
+        }
+    }
+    if let Some(corpus) = experiment.tokenizer.as_ref().and_then(|t| t.corpus()) {
+        data.insert(corpus.to_string(), ctx.source(corpus)?.sha256.clone());
+    }
+    let manifest = Manifest {
+        experiment: experiment.name.clone(),
+        run: point.run.clone(),
+        seed: experiment.seed,
+        sweep: point.settings.clone(),
+        triad_version: env!("CARGO_PKG_VERSION").to_string(),
+        git_revision: git_revision(&ctx.base_dir),
+        device: format!("{:?}", experiment.device),
+        data,
+        plugins,
+        stages: order.iter().map(|s| s.name().to_string()).collect(),
+        keys: keys.clone(),
+    };
+    let path = run_dir.join("manifest.json");
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| FileError::new(&path, e))?;
+    write_atomically(&path, &json)?;
+    Ok(())
+}
+
+/// The git revision of the checkout holding the experiment, if it is one (`-dirty` when it
+/// has uncommitted changes).
+fn git_revision(dir: &Path) -> Option<String> {
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let run = |args: &[&str]| std::process::Command::new("git").args(args).current_dir(dir).output().ok().filter(|o| o.status.success());
+    let head = String::from_utf8(run(&["rev-parse", "HEAD"])?.stdout).ok()?.trim().to_string();
+    let dirty = run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|o| !o.stdout.is_empty());
+    Some(if dirty { format!("{head}-dirty") } else { head })
+}
+
 /// The hash of everything a stage's output depends on.
-fn stage_key(ctx: &RunContext, stage: &Stage, previous: &str) -> Result<String, StageError> {
+fn stage_key(ctx: &RunContext, stage: &Stage, input_keys: &BTreeMap<String, String>) -> Result<String, StageError> {
     let experiment = ctx.experiment;
     let mut hasher = Sha256::new();
-    let mut feed = |label: &str, value: String| {
+    let mut feed = |label: &str, value: &str| {
         hasher.update(label.as_bytes());
         hasher.update([0]);
         hasher.update(value.as_bytes());
         hasher.update([0]);
     };
-    feed("previous", previous.to_string());
-    feed("stage", serde_json::to_string(stage).unwrap_or_default());
-    feed("model", serde_json::to_string(&experiment.model).unwrap_or_default());
-    feed("tokenizer", serde_json::to_string(&experiment.tokenizer).unwrap_or_default());
-    feed("seed", experiment.seed.to_string());
-    let Stage::Pretrain(config) = stage;
-    feed("data", ctx.source(&config.data)?.sha256.clone());
-    if let Some(corpus) = experiment.tokenizer.corpus() {
-        feed("tokenizer-data", ctx.source(corpus)?.sha256.clone());
+    for input in stage.inputs() {
+        feed("input", input_keys.get(input).map(String::as_str).unwrap_or(""));
     }
-    for filter in &config.filters {
-        feed("plugin", serde_json::to_string(&experiment.plugins.get(filter)).unwrap_or_default());
+    feed("stage", &serde_json::to_string(stage).unwrap_or_default());
+    feed("model", &serde_json::to_string(&experiment.model).unwrap_or_default());
+    feed("tokenizer", &serde_json::to_string(&experiment.tokenizer).unwrap_or_default());
+    feed("seed", &experiment.seed.to_string());
+    for data in stage.data() {
+        feed("data", &ctx.source(data)?.sha256);
     }
-    Ok(hasher.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect())
+    if let Some(corpus) = experiment.tokenizer.as_ref().and_then(|t| t.corpus()) {
+        feed("tokenizer-data", &ctx.source(corpus)?.sha256);
+    }
+    for plugin in stage.plugins() {
+        feed("plugin", &serde_json::to_string(&experiment.plugins.get(plugin)).unwrap_or_default());
+        feed("plugin-sha256", &ctx.plugin_sha256(plugin)?);
+    }
+    Ok(hasher.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect())
 }
 
 /// The plan, one line per stage, as `triad validate` prints it.
 pub fn describe(experiment: &Experiment) -> String {
     let mut lines = vec![format!("experiment `{}` (seed {})", experiment.name, experiment.seed)];
-    for (i, stage) in experiment.stages.iter().enumerate() {
-        match stage {
-            Stage::Pretrain(p) => lines.push(format!(
-                "  {}. pretrain `{}` on `{}`: {} steps x batch {} (lr {})",
-                i + 1,
-                p.name,
-                p.data,
-                p.steps,
-                p.batch,
-                p.lr
-            )),
-        }
+    let order = stage_order(experiment).unwrap_or_else(|_| experiment.stages.iter().collect());
+    for (i, stage) in order.iter().enumerate() {
+        let detail = match stage {
+            Stage::Pretrain(p) => format!("on `{}`", p.data),
+            Stage::Sft(s) => format!(
+                "from `{}` on `{}`",
+                s.from.as_deref().unwrap_or("the experiment's model"),
+                s.examples.data
+            ),
+        };
+        let train = stage
+            .train()
+            .map(|t| format!(": {} steps x batch {} (lr {})", t.steps, t.batch, t.lr))
+            .unwrap_or_default();
+        lines.push(format!("  {}. {} `{}` {detail}{train}", i + 1, stage.kind(), stage.name()));
+    }
+    if let Some(sweep) = &experiment.sweep {
+        lines.push(format!("  sweep: {}", sweep.describe()));
     }
     lines.join("\n")
 }

@@ -16,7 +16,7 @@ use crate::data::filter::apply_filters;
 use crate::experiment::PretrainStage;
 use crate::model::Model;
 use crate::runs::atomic::write_atomically;
-use crate::train::{AdamWConfig, Objective, TrainConfig, TrainError, TrainSummary, lm_loss, train};
+use crate::train::{Objective, TrainError, TrainSummary, lm_loss, train};
 
 /// Records per filter-plugin call.
 const FILTER_BATCH: usize = 512;
@@ -86,39 +86,25 @@ pub fn run(ctx: &RunContext, stage: &PretrainStage, dir: &Path) -> Result<(Model
     let valid_blocks = Blocks::from_records(&tokenizer, &parts.valid, Side::Valid).map_err(|e| data_error(e.to_string()))?;
     tracing::info!(stage = name, train_tokens = train_blocks.len(), valid_tokens = valid_blocks.len(), "tokenized");
 
-    let config = ctx.experiment.model.clone().with_vocab_size(tokenizer.vocab_size());
-    let context = stage.context.unwrap_or_else(|| config.context());
-    if context > config.context() {
+    let model = ctx.starting_model(None)?;
+    let context = stage.context.unwrap_or_else(|| model.config().context());
+    if context > model.config().context() {
         return Err(StageError::Config {
             stage: name.into(),
-            message: format!("context {context} is longer than the model's context {}", config.context()),
+            message: format!("context {context} is longer than the model's context {}", model.config().context()),
         });
     }
-    let model = Model::new(&config, &ctx.device, ctx.experiment.seed).map_err(|e| StageError::Config { stage: name.into(), message: e.to_string() })?;
     tracing::info!(stage = name, parameters = model.num_parameters(), "model initialised");
-
-    let eval_every = stage.eval_every.unwrap_or((stage.steps / 10).max(1));
-    let train_config = TrainConfig {
-        steps: stage.steps,
-        lr: stage.lr,
-        min_lr: stage.min_lr.unwrap_or(stage.lr / 10.0),
-        warmup_steps: stage.warmup,
-        adamw: AdamWConfig { beta2: stage.beta2, weight_decay: stage.weight_decay, ..AdamWConfig::default() },
-        grad_clip: stage.grad_clip,
-        accumulation: stage.accumulation,
-        eval_every,
-        checkpoint_every: stage.checkpoint_every.unwrap_or(eval_every),
-        keep_checkpoints: 2,
-    };
+    let train_config = stage.train.to_config();
     let objective = CausalLm {
         model: &model,
         train: &train_blocks,
         valid: &valid_blocks,
         seed: ctx.experiment.seed,
-        batch: stage.batch,
+        batch: stage.train.batch,
         context,
-        accumulation: stage.accumulation,
-        eval_batches: stage.eval_batches,
+        accumulation: stage.train.accumulation,
+        eval_batches: stage.train.eval_batches,
         device: &ctx.device,
     };
     let vars = model.vars();

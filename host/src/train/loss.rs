@@ -1,6 +1,6 @@
-//! The causal language-modelling loss shared by pretraining, fine-tuning and the benchmarks.
+//! The language-modelling losses shared by pretraining, fine-tuning and the benchmarks.
 
-use candle_core::Tensor;
+use candle_core::{D, DType, Tensor};
 
 use crate::model::Model;
 
@@ -9,4 +9,31 @@ pub fn lm_loss(model: &Model, inputs: &Tensor, targets: &Tensor, train: bool) ->
     let logits = model.forward(inputs, train).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     let (b, t, v) = logits.dims3()?;
     candle_nn::loss::cross_entropy(&logits.reshape((b * t, v))?, &targets.reshape(b * t)?)
+}
+
+/// log p(target) per position: (B, T) from logits (B, T, V) and u32 targets (B, T).
+pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor, candle_core::Error> {
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    logp.gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)
+}
+
+/// Next-token cross-entropy averaged over the positions where `mask` (B, T, f32 0/1) is 1: SFT's
+/// loss on response tokens only. Positions masked out contribute neither to the loss nor to its
+/// gradient, whatever their targets are.
+pub fn masked_lm_loss(
+    model: &Model,
+    inputs: &Tensor,
+    targets: &Tensor,
+    mask: &Tensor,
+    train: bool,
+) -> Result<Tensor, candle_core::Error> {
+    let logits = model.forward(inputs, train).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    masked_mean(&token_logprobs(&logits, targets)?.neg()?, mask)
+}
+
+/// sum(values * mask) / sum(mask), for (B, T) values and a 0/1 mask; 0 when the mask is empty.
+pub fn masked_mean(values: &Tensor, mask: &Tensor) -> Result<Tensor, candle_core::Error> {
+    let mask = mask.to_dtype(DType::F32)?;
+    let count = mask.sum_all()?.to_scalar::<f32>()?.max(1.0);
+    (values * &mask)?.sum_all()?.affine(1.0 / count as f64, 0.0)
 }

@@ -16,5 +16,5 @@ pub mod trainer;
 
 pub use optimizer::{AdamW, AdamWConfig};
 pub use schedule::Schedule;
-pub use loss::lm_loss;
+pub use loss::{lm_loss, masked_lm_loss, masked_mean, token_logprobs};
 pub use trainer::{Objective, TrainConfig, TrainError, TrainSummary, train};

@@ -1,0 +1,218 @@
+//! Prompt/response examples, shared by SFT (which trains on them), PPO (which samples from the
+//! prompts) and evaluation (which generates on the held-out prompts and scores against the
+//! responses).
+//!
+//! An [`ExampleSet`] names a data source, its filter plugins, a split and a format; [`load`]
+//! turns it into training and held-out examples. The split is applied to records before they
+//! become examples, so every stage that names the same set holds out the same records. A
+//! [`Layout`] then turns an example into tokens: the prompt's tokens, then the response's, and
+//! the index where the response begins (the loss mask of SFT, the generation start of PPO).
+
+use std::path::Path;
+
+use super::context::{RunContext, StageError};
+use crate::data::filter::apply_filters;
+use crate::data::source::Origin;
+use crate::data::tokenizer::Tokenizer;
+use crate::experiment::{ExampleFormat, ExampleSet, Template};
+use crate::model::chat::{ChatMessage, ChatTemplate};
+use crate::runs::atomic::write_atomically;
+
+/// Records per filter-plugin call.
+const FILTER_BATCH: usize = 512;
+
+/// One prompt and its reference response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub prompt: String,
+    pub response: String,
+    /// The record it was made from.
+    pub origin: Origin,
+}
+
+/// Training and held-out examples of one set.
+#[derive(Debug, Clone)]
+pub struct Examples {
+    pub train: Vec<Example>,
+    pub valid: Vec<Example>,
+}
+
+/// Read, filter, split and format the examples of `set`; the filter report (when there are
+/// filters) is written into `dir`.
+pub fn load(ctx: &RunContext, set: &ExampleSet, stage: &str, dir: &Path) -> Result<Examples, StageError> {
+    let data_error = |message: String| StageError::Data { stage: stage.to_string(), message };
+    let source = ctx.source(&set.data)?;
+    let mut records = source.records.clone();
+    if !set.filters.is_empty() {
+        let plugins = set.filters.iter().map(|f| ctx.plugin(f)?.into_filter().map_err(StageError::from)).collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<_> = plugins.iter().collect();
+        let (kept, report) = apply_filters(records, &refs, FILTER_BATCH).map_err(|e| data_error(e.to_string()))?;
+        std::fs::create_dir_all(dir).map_err(|e| crate::runs::atomic::FileError::new(dir, e))?;
+        write_atomically(&dir.join("filter-report.md"), report.to_markdown().as_bytes())?;
+        tracing::info!(stage, "{}", report.summary());
+        records = kept;
+    }
+    let parts = set.split.apply(records).map_err(|e| data_error(e.to_string()))?;
+    let to_examples = |records: Vec<crate::data::source::Record>| -> Result<Vec<Example>, StageError> {
+        let mut examples = Vec::with_capacity(records.len());
+        for record in records {
+            if let Some(example) = format_record(&set.format, &record).map_err(&data_error)? {
+                examples.push(example);
+            }
+        }
+        Ok(examples)
+    };
+    let mut train = to_examples(parts.train)?;
+    let valid = to_examples(parts.valid)?;
+    if let Some(limit) = set.limit {
+        train.truncate(limit);
+    }
+    if train.is_empty() {
+        return Err(data_error(format!("no training examples could be made from `{}` with {:?}", set.data, set.format)));
+    }
+    tracing::info!(stage, train = train.len(), valid = valid.len(), "examples ready");
+    Ok(Examples { train, valid })
+}
+
+/// One record as an example; `None` when it cannot make one (a continuation record too short
+/// to cut). A field that is not there is an error naming the record.
+fn format_record(format: &ExampleFormat, record: &crate::data::source::Record) -> Result<Option<Example>, String> {
+    let at = || format!("{}:{}", record.origin.file.display(), record.origin.line);
+    let field = |name: &str| -> Result<String, String> {
+        if name == "text" {
+            return Ok(record.text.clone());
+        }
+        record.fields.get(name).cloned().ok_or_else(|| {
+            let known: Vec<&str> = std::iter::once("text").chain(record.fields.keys().map(String::as_str)).collect();
+            format!("{}: the record has no field `{name}` (it has: {})", at(), known.join(", "))
+        })
+    };
+    match format {
+        ExampleFormat::Fields { prompt, response } => {
+            let (prompt, response) = (field(prompt)?, field(response)?);
+            if prompt.trim().is_empty() || response.trim().is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(Example { prompt, response, origin: record.origin.clone() }))
+        }
+        ExampleFormat::Continuation { words } => Ok(cut_after_words(&record.text, *words)
+            .map(|(prompt, response)| Example { prompt, response, origin: record.origin.clone() })),
+    }
+}
+
+/// Split `text` after its first `words` words: the prompt keeps the words, the response starts
+/// with the whitespace that followed them (byte-level BPE attaches a space to the next word, so
+/// the response tokenizes as it would inside the whole text).
+pub fn cut_after_words(text: &str, words: usize) -> Option<(String, String)> {
+    let text = text.trim();
+    let mut seen = 0;
+    let mut in_word = false;
+    for (i, c) in text.char_indices() {
+        if c.is_whitespace() {
+            if in_word {
+                seen += 1;
+                if seen == words {
+                    let response = &text[i..];
+                    return (!response.trim().is_empty()).then(|| (text[..i].to_string(), response.to_string()));
+                }
+            }
+            in_word = false;
+        } else {
+            in_word = true;
+        }
+    }
+    None
+}
+
+/// An example as tokens: the prompt, then the response (with its end marker).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    pub tokens: Vec<u32>,
+    /// `tokens[..prompt_len]` is the prompt.
+    pub prompt_len: usize,
+}
+
+/// How prompts and responses become tokens for one model: the tokenizer, the template, the
+/// end-of-response token.
+pub struct Layout<'a> {
+    tokenizer: &'a Tokenizer,
+    chat: Option<(&'a ChatTemplate, Option<String>)>,
+    /// Ends every response: end-of-text for plain text, the chat template's end of turn.
+    end: u32,
+}
+
+impl<'a> Layout<'a> {
+    /// A layout for `template`; a chat template needs the model's `chat` template.
+    pub fn new(tokenizer: &'a Tokenizer, template: &Template, chat: Option<&'a ChatTemplate>) -> Result<Self, String> {
+        match template {
+            Template::Plain => {
+                let end = tokenizer.eos_id().ok_or("the tokenizer has no end-of-text token to end responses with")?;
+                Ok(Layout { tokenizer, chat: None, end })
+            }
+            Template::Chat { system } => {
+                let chat = chat.ok_or(
+                    "template Chat needs a model with a chat template (a Pretrained model); use Plain for models trained here",
+                )?;
+                let end_text = chat.end_of_turn();
+                let end = tokenizer
+                    .token_to_id(end_text)
+                    .ok_or_else(|| format!("the chat template's end of turn `{end_text}` is not a single token"))?;
+                Ok(Layout { tokenizer, chat: Some((chat, system.clone())), end })
+            }
+        }
+    }
+
+    /// The token that ends a response (generation stops on it).
+    pub fn end_token(&self) -> u32 {
+        self.end
+    }
+
+    /// The prompt as the model sees it before its answer.
+    pub fn prompt_text(&self, prompt: &str) -> String {
+        match &self.chat {
+            None => prompt.to_string(),
+            Some((chat, system)) => {
+                let mut messages = Vec::new();
+                if let Some(system) = system {
+                    messages.push(ChatMessage::system(system.clone()));
+                }
+                messages.push(ChatMessage::user(prompt));
+                chat.render(&messages, true)
+            }
+        }
+    }
+
+    /// The prompt's tokens.
+    pub fn prompt_tokens(&self, prompt: &str) -> Result<Vec<u32>, String> {
+        self.tokenizer.encode(&self.prompt_text(prompt)).map_err(|e| e.to_string())
+    }
+
+    /// Prompt and response as one sequence, the response ended by the end token.
+    pub fn encode(&self, prompt: &str, response: &str) -> Result<Encoded, String> {
+        let mut tokens = self.prompt_tokens(prompt)?;
+        let prompt_len = tokens.len();
+        tokens.extend(self.tokenizer.encode(response).map_err(|e| e.to_string())?);
+        tokens.push(self.end);
+        Ok(Encoded { tokens, prompt_len })
+    }
+
+    /// Generated tokens as text: everything before the end token.
+    pub fn response_text(&self, tokens: &[u32]) -> Result<String, String> {
+        let end = tokens.iter().position(|&t| t == self.end).unwrap_or(tokens.len());
+        self.tokenizer.decode(&tokens[..end]).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continuation_prompts_keep_their_words_and_responses_their_leading_space() {
+        let (prompt, response) = cut_after_words("  A gorgeous, witty film that never drags. ", 3).expect("long enough");
+        assert_eq!(prompt, "A gorgeous, witty");
+        assert_eq!(response, " film that never drags.");
+        assert_eq!(cut_after_words("too short", 2), None);
+        assert_eq!(cut_after_words("too short", 5), None);
+    }
+}

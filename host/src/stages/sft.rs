@@ -1,0 +1,327 @@
+//! Supervised fine-tuning: next-token cross-entropy on the response tokens of prompt/response
+//! examples, the prompt tokens masked out of the loss.
+//!
+//! Each example is laid out by the stage's template (plain text, or the model's chat template)
+//! as `prompt tokens ++ response tokens ++ end token`; the model reads `tokens[..n-1]` and is
+//! scored on predicting `tokens[1..]` wherever the predicted token belongs to the response.
+//! Rows are right-padded to the longest row of the micro-batch (causal attention keeps padding
+//! from reaching any real position, and padded positions are masked). With `packing`, examples
+//! are concatenated into rows of `max_len` tokens instead.
+//!
+//! Example order is a fixed permutation per epoch, a pure function of (seed, epoch): a resumed
+//! run sees exactly the examples the uninterrupted run would have. Evaluation is the response
+//! loss (and perplexity) on held-out examples, read in order.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+
+use super::context::{RunContext, StageError};
+use super::examples::{self, Encoded, Layout};
+use crate::data::blocks::permutation;
+use crate::experiment::SftStage;
+use crate::model::Model;
+use crate::train::{Objective, TrainError, TrainSummary, masked_lm_loss, masked_mean, token_logprobs, train};
+
+/// One micro-batch: inputs, targets and the loss mask, each (B, T).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SftBatch {
+    pub inputs: Vec<u32>,
+    pub targets: Vec<u32>,
+    /// 1.0 where the target is a response token.
+    pub mask: Vec<f32>,
+    pub rows: usize,
+    pub len: usize,
+}
+
+impl SftBatch {
+    /// Rows of `tokens`, each scored from `prompt_len` on, right-padded with `pad`.
+    pub fn from_rows(rows: &[&Encoded], pad: u32) -> SftBatch {
+        let len = rows.iter().map(|r| r.tokens.len().saturating_sub(1)).max().unwrap_or(0).max(1);
+        let mut batch = SftBatch {
+            inputs: vec![pad; rows.len() * len],
+            targets: vec![pad; rows.len() * len],
+            mask: vec![0.0; rows.len() * len],
+            rows: rows.len(),
+            len,
+        };
+        for (r, row) in rows.iter().enumerate() {
+            for i in 0..row.tokens.len().saturating_sub(1) {
+                batch.inputs[r * len + i] = row.tokens[i];
+                batch.targets[r * len + i] = row.tokens[i + 1];
+                // Target i + 1 is a response token: the prompt ends at prompt_len.
+                if i + 1 >= row.prompt_len {
+                    batch.mask[r * len + i] = 1.0;
+                }
+            }
+        }
+        batch
+    }
+
+    pub fn to_tensors(&self, device: &Device) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let shape = (self.rows, self.len);
+        Ok((
+            Tensor::from_slice(&self.inputs, shape, device)?,
+            Tensor::from_slice(&self.targets, shape, device)?,
+            Tensor::from_slice(&self.mask, shape, device)?,
+        ))
+    }
+}
+
+/// Encoded examples, cut to `max_len + 1` tokens (the last one is only a target).
+pub fn encode_all(layout: &Layout, examples: &[examples::Example], max_len: usize) -> Result<Vec<Encoded>, String> {
+    let mut encoded = Vec::with_capacity(examples.len());
+    for example in examples {
+        let mut e = layout.encode(&example.prompt, &example.response).map_err(|message| {
+            format!("{}:{}: {message}", example.origin.file.display(), example.origin.line)
+        })?;
+        // A prompt that fills the whole window leaves nothing to learn from: skip it.
+        if e.prompt_len >= max_len {
+            continue;
+        }
+        e.tokens.truncate(max_len + 1);
+        encoded.push(e);
+    }
+    Ok(encoded)
+}
+
+/// Examples packed into rows of `max_len + 1` tokens, in a seeded order; each token keeps its
+/// own example's mask (prompt tokens of the second example in a row are not scored).
+pub fn pack(encoded: &[Encoded], max_len: usize, seed: u64) -> Vec<(Vec<u32>, Vec<bool>)> {
+    let mut rows = Vec::new();
+    let (mut tokens, mut scored) = (Vec::new(), Vec::new());
+    for i in permutation(encoded.len(), seed) {
+        let e = &encoded[i];
+        for (j, &t) in e.tokens.iter().enumerate() {
+            tokens.push(t);
+            scored.push(j >= e.prompt_len);
+            if tokens.len() == max_len + 1 {
+                rows.push((std::mem::take(&mut tokens), std::mem::take(&mut scored)));
+            }
+        }
+    }
+    if tokens.len() > 1 {
+        rows.push((tokens, scored));
+    }
+    rows
+}
+
+/// The training rows: single examples, or packed rows.
+enum Rows {
+    Examples(Vec<Encoded>),
+    Packed(Vec<(Vec<u32>, Vec<bool>)>),
+}
+
+impl Rows {
+    fn len(&self) -> usize {
+        match self {
+            Rows::Examples(e) => e.len(),
+            Rows::Packed(p) => p.len(),
+        }
+    }
+
+    fn batch(&self, indices: &[usize], pad: u32) -> SftBatch {
+        match self {
+            Rows::Examples(encoded) => {
+                let rows: Vec<&Encoded> = indices.iter().map(|&i| &encoded[i]).collect();
+                SftBatch::from_rows(&rows, pad)
+            }
+            Rows::Packed(packed) => {
+                let len = indices.iter().map(|&i| packed[i].0.len() - 1).max().unwrap_or(1).max(1);
+                let mut batch = SftBatch {
+                    inputs: vec![pad; indices.len() * len],
+                    targets: vec![pad; indices.len() * len],
+                    mask: vec![0.0; indices.len() * len],
+                    rows: indices.len(),
+                    len,
+                };
+                for (r, &i) in indices.iter().enumerate() {
+                    let (tokens, scored) = &packed[i];
+                    for k in 0..tokens.len() - 1 {
+                        batch.inputs[r * len + k] = tokens[k];
+                        batch.targets[r * len + k] = tokens[k + 1];
+                        batch.mask[r * len + k] = if scored[k + 1] { 1.0 } else { 0.0 };
+                    }
+                }
+                batch
+            }
+        }
+    }
+}
+
+/// The rows of draw `draw` (micro-batch number, counting from 0): consecutive positions of a
+/// per-epoch permutation.
+fn draw_indices(draw: u64, batch: usize, n: usize, seed: u64) -> Vec<usize> {
+    (0..batch as u64)
+        .map(|i| {
+            let position = draw * batch as u64 + i;
+            let (epoch, offset) = (position / n as u64, (position % n as u64) as usize);
+            permutation(n, seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15))[offset]
+        })
+        .collect()
+}
+
+struct Sft<'a> {
+    model: &'a Model,
+    rows: Rows,
+    valid: Vec<Encoded>,
+    pad: u32,
+    seed: u64,
+    batch: usize,
+    accumulation: usize,
+    eval_batches: usize,
+    device: &'a Device,
+}
+
+impl Objective for Sft<'_> {
+    fn loss(&self, step: u64, micro: usize) -> Result<(Tensor, Vec<(String, f64)>), TrainError> {
+        let draw = step * self.accumulation as u64 + micro as u64;
+        let tensor = |source| TrainError::Tensor { step, source };
+        let indices = draw_indices(draw, self.batch, self.rows.len(), self.seed);
+        let batch = self.rows.batch(&indices, self.pad);
+        let (inputs, targets, mask) = batch.to_tensors(self.device).map_err(tensor)?;
+        self.model.seed_dropout(self.seed, draw);
+        let loss = masked_lm_loss(self.model, &inputs, &targets, &mask, true).map_err(tensor)?;
+        let scored: f32 = batch.mask.iter().sum();
+        Ok((loss, vec![("response_tokens".into(), scored as f64)]))
+    }
+
+    fn evaluate(&self) -> Result<Vec<(String, f64)>, TrainError> {
+        let tensor = |source| TrainError::Tensor { step: 0, source };
+        let (mut total, mut count) = (0.0f64, 0.0f64);
+        for chunk in self.valid.chunks(self.batch).take(self.eval_batches) {
+            let rows: Vec<&Encoded> = chunk.iter().collect();
+            let batch = SftBatch::from_rows(&rows, self.pad);
+            let (inputs, targets, mask) = batch.to_tensors(self.device).map_err(tensor)?;
+            let logits = self.model.forward(&inputs, false).map_err(|e| TrainError::Objective(e.to_string()))?;
+            let nll = token_logprobs(&logits, &targets).and_then(|l| l.neg()).map_err(tensor)?;
+            let scored: f32 = batch.mask.iter().sum();
+            let mean = masked_mean(&nll, &mask).and_then(|m| m.to_scalar::<f32>()).map_err(tensor)?;
+            total += mean as f64 * scored as f64;
+            count += scored as f64;
+        }
+        if count == 0.0 {
+            return Ok(Vec::new());
+        }
+        let loss = total / count;
+        Ok(vec![("loss".into(), loss), ("perplexity".into(), loss.exp())])
+    }
+}
+
+/// Run the stage into `dir`; returns the fine-tuned model and the training summary.
+pub fn run(ctx: &RunContext, stage: &SftStage, dir: &Path) -> Result<(Model, TrainSummary), StageError> {
+    let name = stage.name.as_str();
+    let config_error = |message: String| StageError::Config { stage: name.to_string(), message };
+    let examples = examples::load(ctx, &stage.examples, name, dir)?;
+    let model = ctx.starting_model(stage.from.as_deref())?;
+    let tokenizer = ctx.tokenizer()?;
+    let chat = ctx.chat_template()?;
+    let layout = Layout::new(&tokenizer, &stage.template, chat.as_deref()).map_err(config_error)?;
+    let context = model.config().context();
+    let max_len = stage.max_len.unwrap_or(context).min(context);
+    let train_rows = encode_all(&layout, &examples.train, max_len).map_err(config_error)?;
+    let valid = encode_all(&layout, &examples.valid, max_len).map_err(config_error)?;
+    if train_rows.is_empty() {
+        return Err(config_error(format!("every training prompt fills the {max_len}-token window: raise max_len")));
+    }
+    let pad = tokenizer.pad_id().or(tokenizer.eos_id()).unwrap_or(0);
+    let seed = ctx.experiment.seed;
+    let rows = if stage.packing { Rows::Packed(pack(&train_rows, max_len, seed)) } else { Rows::Examples(train_rows) };
+    tracing::info!(stage = name, rows = rows.len(), held_out = valid.len(), max_len, "SFT data ready");
+
+    let objective = Sft {
+        model: &model,
+        rows,
+        valid,
+        pad,
+        seed,
+        batch: stage.train.batch,
+        accumulation: stage.train.accumulation,
+        eval_batches: stage.train.eval_batches,
+        device: &ctx.device,
+    };
+    let vars = model.vars();
+    let summary = train(name, dir, &vars, crate::model::decays, &objective, &stage.train.to_config(), &ctx.device)
+        .map_err(|source| StageError::Train { stage: name.into(), source })?;
+    model.save(&dir.join("model")).map_err(|e| config_error(e.to_string()))?;
+    Ok((model, summary))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_response_targets_are_scored_and_padding_is_masked() {
+        let a = Encoded { tokens: vec![10, 11, 12, 20, 21, 99], prompt_len: 3 };
+        let b = Encoded { tokens: vec![13, 22, 99], prompt_len: 1 };
+        let batch = SftBatch::from_rows(&[&a, &b], 0);
+        assert_eq!(batch.len, 5);
+        assert_eq!(&batch.inputs[..5], &[10, 11, 12, 20, 21]);
+        assert_eq!(&batch.targets[..5], &[11, 12, 20, 21, 99]);
+        // Targets 20, 21 and the end token are the response.
+        assert_eq!(&batch.mask[..5], &[0.0, 0.0, 1.0, 1.0, 1.0]);
+        assert_eq!(&batch.inputs[5..], &[13, 22, 0, 0, 0]);
+        assert_eq!(&batch.mask[5..], &[1.0, 1.0, 0.0, 0.0, 0.0]);
+    }
+
+    /// The loss and every gradient of a batch, for a small real model.
+    fn loss_and_grads(model: &Model, batch: &SftBatch) -> (f32, Vec<Vec<f32>>) {
+        let (inputs, targets, mask) = batch.to_tensors(&Device::Cpu).expect("tensors");
+        let loss = masked_lm_loss(model, &inputs, &targets, &mask, false).expect("loss");
+        let grads = loss.backward().expect("backward");
+        let flat = model
+            .vars()
+            .iter()
+            .map(|(_, v)| grads.get(v.as_tensor()).expect("gradient").flatten_all().and_then(|g| g.to_vec1()).expect("values"))
+            .collect();
+        (loss.to_scalar().expect("scalar"), flat)
+    }
+
+    #[test]
+    fn changing_a_prompt_tokens_target_changes_neither_loss_nor_gradients() {
+        use crate::model::{GptConfig, ModelConfig};
+        let config = ModelConfig::Gpt(GptConfig { vocab_size: 50, context: 16, layers: 2, heads: 2, d_model: 16, dropout: 0.0, bias: true });
+        let model = Model::new(&config, &Device::Cpu, 3).expect("model");
+        let example = Encoded { tokens: vec![5, 6, 7, 8, 30, 31, 32, 1], prompt_len: 4 };
+        let batch = SftBatch::from_rows(&[&example], 0);
+        let (loss, grads) = loss_and_grads(&model, &batch);
+        // Position 1 predicts prompt token 7: give it another target.
+        let mut changed = batch.clone();
+        assert_eq!(changed.mask[1], 0.0);
+        changed.targets[1] = 42;
+        let (loss2, grads2) = loss_and_grads(&model, &changed);
+        assert_eq!(loss, loss2);
+        assert_eq!(grads, grads2);
+        // The same change at a response position does change the loss: the test can fail.
+        let mut response = batch.clone();
+        assert_eq!(response.mask[4], 1.0);
+        response.targets[4] = 42;
+        let (loss3, _) = loss_and_grads(&model, &response);
+        assert_ne!(loss, loss3);
+    }
+
+    #[test]
+    fn packing_keeps_every_token_and_its_mask() {
+        let encoded: Vec<Encoded> =
+            (0..5).map(|i| Encoded { tokens: vec![i * 10, i * 10 + 1, i * 10 + 2], prompt_len: 1 }).collect();
+        let rows = pack(&encoded, 3, 1);
+        let total: usize = rows.iter().map(|(t, _)| t.len()).sum();
+        assert_eq!(total, 15);
+        assert!(rows.iter().all(|(t, _)| t.len() <= 4));
+        for (tokens, scored) in &rows {
+            for (t, s) in tokens.iter().zip(scored) {
+                assert_eq!(*s, t % 10 != 0, "token {t}");
+            }
+        }
+    }
+
+    #[test]
+    fn draws_cover_every_example_once_per_epoch() {
+        let seen: Vec<usize> = (0..5).flat_map(|d| draw_indices(d, 4, 20, 3)).collect();
+        let mut sorted = seen.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..20).collect::<Vec<_>>());
+        assert_eq!(draw_indices(2, 4, 20, 3), draw_indices(2, 4, 20, 3));
+    }
+}

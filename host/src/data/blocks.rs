@@ -249,6 +249,19 @@ pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
     order
 }
 
+/// The items of micro-batch `draw` (counting from 0) over `n` items: consecutive positions of
+/// a per-epoch permutation, so each epoch sees every item once and the order depends only on
+/// (seed, draw).
+pub fn draw_indices(draw: u64, batch: usize, n: usize, seed: u64) -> Vec<usize> {
+    (0..batch as u64)
+        .map(|i| {
+            let position = draw * batch as u64 + i;
+            let (epoch, offset) = (position / n as u64, (position % n as u64) as usize);
+            permutation(n, seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15))[offset]
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@ pub mod sweep;
 
 pub use load::{ExperimentError, load_experiment, parse_experiment};
 pub use schema::{
-    DeviceSpec, ExampleFormat, ExampleSet, Experiment, ModelSpec, PluginDecl, PretrainStage, SftStage, Stage, Template,
+    DeviceSpec, ExampleFormat, ExampleSet, Experiment, ModelSpec, PluginDecl, PretrainStage, RewardModelStage, RewardObjective, SftStage, Stage,
+    Template,
     TrainSettings,
 };

@@ -111,6 +111,8 @@ pub enum Stage {
     Pretrain(PretrainStage),
     /// Supervised fine-tuning on prompt/response pairs, loss on response tokens only.
     Sft(SftStage),
+    /// A scalar reward head on a backbone, trained on human ratings or preferences.
+    RewardModel(RewardModelStage),
 }
 
 impl Stage {
@@ -119,6 +121,7 @@ impl Stage {
         match self {
             Stage::Pretrain(stage) => &stage.name,
             Stage::Sft(stage) => &stage.name,
+            Stage::RewardModel(stage) => &stage.name,
         }
     }
 
@@ -127,6 +130,7 @@ impl Stage {
         match self {
             Stage::Pretrain(_) => "Pretrain",
             Stage::Sft(_) => "Sft",
+            Stage::RewardModel(_) => "RewardModel",
         }
     }
 
@@ -135,6 +139,7 @@ impl Stage {
         match self {
             Stage::Pretrain(_) => Vec::new(),
             Stage::Sft(stage) => stage.from.iter().map(String::as_str).collect(),
+            Stage::RewardModel(stage) => stage.from.iter().map(String::as_str).collect(),
         }
     }
 
@@ -143,6 +148,7 @@ impl Stage {
         match self {
             Stage::Pretrain(stage) => vec![stage.data.as_str()],
             Stage::Sft(stage) => vec![stage.examples.data.as_str()],
+            Stage::RewardModel(stage) => vec![stage.data.as_str()],
         }
     }
 
@@ -151,12 +157,13 @@ impl Stage {
         match self {
             Stage::Pretrain(stage) => stage.filters.iter().map(String::as_str).collect(),
             Stage::Sft(stage) => stage.examples.filters.iter().map(String::as_str).collect(),
+            Stage::RewardModel(stage) => stage.filters.iter().map(String::as_str).collect(),
         }
     }
 
     /// Whether later stages can start from this stage's output model.
     pub fn produces_model(&self) -> bool {
-        matches!(self, Stage::Pretrain(_) | Stage::Sft(_))
+        matches!(self, Stage::Pretrain(_) | Stage::Sft(_) | Stage::RewardModel(_))
     }
 
     /// A problem with the stage's own settings (beyond its training block), in words that say
@@ -168,6 +175,7 @@ impl Stage {
                 ExampleFormat::Continuation { words: 0 } => Some("Continuation(words) must be at least 1".into()),
                 _ => stage.max_len.filter(|&m| m < 2).map(|m| format!("max_len {m} leaves no room for a response")),
             },
+            Stage::RewardModel(stage) => stage.objective.problem(),
         }
     }
 
@@ -176,6 +184,7 @@ impl Stage {
         match self {
             Stage::Pretrain(stage) => Some(&stage.train),
             Stage::Sft(stage) => Some(&stage.train),
+            Stage::RewardModel(stage) => Some(&stage.train),
         }
     }
 }
@@ -343,6 +352,76 @@ pub struct SftStage {
     pub train: TrainSettings,
 }
 
+/// A reward model: a scalar head on a backbone, trained on human feedback.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardModelStage {
+    pub name: String,
+    /// The stage whose model is the backbone; absent: the experiment's model.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Records to learn from: their text is what is scored.
+    pub data: String,
+    #[serde(default)]
+    pub filters: Vec<String>,
+    /// How held-out records are chosen (default: 10% by hash).
+    #[serde(default = "default_hash_split")]
+    pub split: Split,
+    pub objective: RewardObjective,
+    /// Longest scored text in tokens (default: the model's context).
+    #[serde(default)]
+    pub max_len: Option<usize>,
+    /// Held-out pairs count for the accuracy only when their ratings differ by at least this.
+    #[serde(default = "default_eval_gap")]
+    pub eval_gap: f64,
+    pub train: TrainSettings,
+}
+
+/// What the reward model learns from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum RewardObjective {
+    /// Regression on the numeric rating in `field`, standardised over the training records
+    /// (mean 0, std 1): mean squared error.
+    Ratings { field: String },
+    /// Bradley-Terry on pairs: -log sigmoid(r(chosen) - r(rejected) - margin). Pairs are built
+    /// from the ratings in `rating`: two training records whose ratings differ by at least
+    /// `min_gap`, the higher one chosen. With `margin`, the margin is the rating gap in units
+    /// of the ratings' standard deviation (Llama 2's margin loss); without, 0.
+    Pairwise {
+        rating: String,
+        #[serde(default = "default_min_gap")]
+        min_gap: f64,
+        #[serde(default)]
+        margin: bool,
+    },
+}
+
+impl RewardObjective {
+    /// The field holding each record's rating.
+    pub fn rating_field(&self) -> &str {
+        match self {
+            RewardObjective::Ratings { field } => field,
+            RewardObjective::Pairwise { rating, .. } => rating,
+        }
+    }
+
+    fn problem(&self) -> Option<String> {
+        match self {
+            RewardObjective::Pairwise { min_gap, .. } if !(*min_gap > 0.0) => {
+                Some(format!("Pairwise(min_gap) must be positive, got {min_gap}"))
+            }
+            _ => None,
+        }
+    }
+}
+
+fn default_eval_gap() -> f64 {
+    2.0
+}
+fn default_min_gap() -> f64 {
+    1.0
+}
 fn default_tail_split() -> Split {
     Split::Tail { valid_fraction: 0.1 }
 }

@@ -29,6 +29,7 @@ pub mod linear;
 pub mod llama;
 pub mod mlp;
 pub mod norm;
+pub mod reward;
 pub mod rope;
 
 use std::collections::{BTreeMap, HashMap};
@@ -40,6 +41,7 @@ pub use attention::KvCache;
 pub use checkpoint::{load_tensors, save_tensors_atomically};
 pub use config::{GptConfig, LlamaConfig, ModelConfig};
 pub use heads::{ScalarHead, last_token_values};
+pub use reward::RewardModel;
 
 use attention::{CausalMasks, Pass};
 use dropout::DropoutRng;

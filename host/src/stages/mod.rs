@@ -5,6 +5,7 @@ pub mod context;
 pub mod examples;
 pub mod pipeline;
 pub mod pretrain;
+pub mod reward_model;
 pub mod sft;
 
 pub use context::{RunContext, StageError};

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::context::{RunContext, StageError};
-use super::{pretrain, sft};
+use super::{pretrain, reward_model, sft};
 use crate::experiment::sweep::{RunPoint, expand};
 use crate::experiment::{Experiment, Stage};
 use crate::runs::atomic::{FileError, write_atomically};
@@ -244,6 +244,7 @@ fn run_stage(ctx: &RunContext, stage: &Stage, dir: &Path) -> Result<(BTreeMap<St
     let summary = match stage {
         Stage::Pretrain(config) => pretrain::run(ctx, config, dir)?.1,
         Stage::Sft(config) => sft::run(ctx, config, dir)?.1,
+        Stage::RewardModel(config) => reward_model::run(ctx, config, dir)?.1,
     };
     let metrics = training_metrics(&summary);
     write_report(dir, stage.name(), &metrics, summary.seconds)?;
@@ -403,6 +404,11 @@ pub fn describe(experiment: &Experiment) -> String {
                 "from `{}` on `{}`",
                 s.from.as_deref().unwrap_or("the experiment's model"),
                 s.examples.data
+            ),
+            Stage::RewardModel(r) => format!(
+                "from `{}` on `{}`",
+                r.from.as_deref().unwrap_or("the experiment's model"),
+                r.data
             ),
         };
         let train = stage

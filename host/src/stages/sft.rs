@@ -18,7 +18,7 @@ use candle_core::{Device, Tensor};
 
 use super::context::{RunContext, StageError};
 use super::examples::{self, Encoded, Layout};
-use crate::data::blocks::permutation;
+use crate::data::blocks::{draw_indices, permutation};
 use crate::experiment::SftStage;
 use crate::model::Model;
 use crate::train::{Objective, TrainError, TrainSummary, masked_lm_loss, masked_mean, token_logprobs, train};
@@ -147,18 +147,6 @@ impl Rows {
             }
         }
     }
-}
-
-/// The rows of draw `draw` (micro-batch number, counting from 0): consecutive positions of a
-/// per-epoch permutation.
-fn draw_indices(draw: u64, batch: usize, n: usize, seed: u64) -> Vec<usize> {
-    (0..batch as u64)
-        .map(|i| {
-            let position = draw * batch as u64 + i;
-            let (epoch, offset) = (position / n as u64, (position % n as u64) as usize);
-            permutation(n, seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15))[offset]
-        })
-        .collect()
 }
 
 struct Sft<'a> {

@@ -1,0 +1,315 @@
+//! The reward-model stage: a scalar head on a backbone, trained by supervised learning on human
+//! feedback, the first half of RLHF.
+//!
+//! Records carry a text and a human rating (the movie snippets: the mean of 15-20 raters on a
+//! -4..+4 scale). Two objectives:
+//! - `Ratings`: regression of the score on the standardised rating (mean squared error);
+//! - `Pairwise`: Bradley-Terry on pairs of training records whose ratings differ by at least
+//!   `min_gap`: `-log sigmoid(r(chosen) - r(rejected) - margin)`.
+//!
+//! Either way the model is judged on held-out records: the pairwise accuracy over every held-out
+//! pair whose ratings differ by at least `eval_gap` (ties in score count half), and the Spearman
+//! rank correlation of score and rating. Batches are a pure function of (seed, step).
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+
+use super::context::{RunContext, StageError};
+use crate::data::blocks::{draw_indices, splitmix64};
+use crate::data::filter::apply_filters;
+use crate::data::source::Record;
+use crate::experiment::{RewardModelStage, RewardObjective};
+use crate::model::reward::pad_rows;
+use crate::model::RewardModel;
+use crate::runs::atomic::write_atomically;
+use crate::train::{Objective, TrainError, TrainSummary, train};
+
+/// Records per filter-plugin call.
+const FILTER_BATCH: usize = 512;
+/// Attempts to find a partner whose rating differs enough, before the draw gives up on a slot.
+const PARTNER_TRIES: usize = 64;
+
+/// A scored text: its tokens (ended by the end-of-text token) and its human rating.
+#[derive(Debug, Clone)]
+pub struct Rated {
+    pub tokens: Vec<u32>,
+    pub rating: f64,
+}
+
+/// Held-out quality of a reward model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RewardQuality {
+    /// Share of held-out pairs (ratings at least `eval_gap` apart) ordered as the humans did.
+    pub pair_accuracy: f64,
+    pub pairs: usize,
+    /// Spearman rank correlation of score and rating.
+    pub spearman: f64,
+}
+
+/// Pairwise accuracy over all pairs whose ratings differ by at least `gap`, and Spearman's rho.
+pub fn reward_quality(scores: &[f32], ratings: &[f64], gap: f64) -> RewardQuality {
+    let (mut right, mut pairs) = (0.0, 0usize);
+    for i in 0..scores.len() {
+        for j in i + 1..scores.len() {
+            let difference = ratings[i] - ratings[j];
+            if difference.abs() < gap {
+                continue;
+            }
+            pairs += 1;
+            let order = (scores[i] - scores[j]) as f64 * difference;
+            right += if order > 0.0 { 1.0 } else if order == 0.0 { 0.5 } else { 0.0 };
+        }
+    }
+    let scores: Vec<f64> = scores.iter().map(|&s| s as f64).collect();
+    RewardQuality {
+        pair_accuracy: if pairs == 0 { f64::NAN } else { right / pairs as f64 },
+        pairs,
+        spearman: pearson(&ranks(&scores), &ranks(ratings)),
+    }
+}
+
+/// Ranks from 1, ties given their average rank.
+pub fn ranks(values: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
+    let mut ranks = vec![0.0; values.len()];
+    let mut start = 0;
+    while start < order.len() {
+        let mut end = start + 1;
+        while end < order.len() && values[order[end]] == values[order[start]] {
+            end += 1;
+        }
+        let average = (start + end + 1) as f64 / 2.0;
+        for &i in &order[start..end] {
+            ranks[i] = average;
+        }
+        start = end;
+    }
+    ranks
+}
+
+/// Pearson correlation; NaN when either side is constant.
+pub fn pearson(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
+    cov / (va * vb).sqrt()
+}
+
+struct RewardTraining<'a> {
+    model: &'a RewardModel,
+    train: Vec<Rated>,
+    valid: Vec<Rated>,
+    objective: RewardObjective,
+    /// Mean and standard deviation of the training ratings.
+    mean: f64,
+    std: f64,
+    eval_gap: f64,
+    pad: u32,
+    seed: u64,
+    batch: usize,
+    accumulation: usize,
+    device: &'a Device,
+}
+
+impl RewardTraining<'_> {
+    /// A partner for record `a` whose rating differs by at least `min_gap`, drawn from
+    /// (seed, draw, slot).
+    fn partner(&self, a: usize, draw: u64, slot: usize, min_gap: f64) -> Option<usize> {
+        let mut state = self.seed ^ draw.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ (slot as u64).wrapping_mul(0x9e37_79b9);
+        (0..PARTNER_TRIES)
+            .map(|_| ((splitmix64(&mut state) as u128 * self.train.len() as u128) >> 64) as usize)
+            .find(|&b| (self.train[a].rating - self.train[b].rating).abs() >= min_gap)
+    }
+
+    fn scores(&self, rows: &[&Rated], step: u64) -> Result<Tensor, TrainError> {
+        let sequences: Vec<Vec<u32>> = rows.iter().map(|r| r.tokens.clone()).collect();
+        let (tokens, lengths) = pad_rows(&sequences, self.pad, self.device).map_err(|e| TrainError::Objective(e.to_string()))?;
+        self.model.trunk.seed_dropout(self.seed, step);
+        self.model.forward(&tokens, &lengths, true).map_err(|e| TrainError::Objective(e.to_string()))
+    }
+}
+
+impl Objective for RewardTraining<'_> {
+    fn loss(&self, step: u64, micro: usize) -> Result<(Tensor, Vec<(String, f64)>), TrainError> {
+        let draw = step * self.accumulation as u64 + micro as u64;
+        let tensor = |source| TrainError::Tensor { step, source };
+        let indices = draw_indices(draw, self.batch, self.train.len(), self.seed);
+        match &self.objective {
+            RewardObjective::Ratings { .. } => {
+                let rows: Vec<&Rated> = indices.iter().map(|&i| &self.train[i]).collect();
+                let targets: Vec<f32> = rows.iter().map(|r| ((r.rating - self.mean) / self.std) as f32).collect();
+                let targets = Tensor::from_vec(targets, rows.len(), self.device).map_err(tensor)?;
+                let scores = self.scores(&rows, draw)?;
+                let loss = (scores - targets).and_then(|d| d.sqr()).and_then(|d| d.mean_all()).map_err(tensor)?;
+                Ok((loss, Vec::new()))
+            }
+            RewardObjective::Pairwise { min_gap, margin, .. } => {
+                let pairs: Vec<(usize, usize)> = indices
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(slot, &a)| {
+                        let b = self.partner(a, draw, slot, *min_gap)?;
+                        Some(if self.train[a].rating > self.train[b].rating { (a, b) } else { (b, a) })
+                    })
+                    .collect();
+                if pairs.is_empty() {
+                    return Err(TrainError::Objective(format!(
+                        "no training ratings differ by {min_gap} or more: lower Pairwise(min_gap)"
+                    )));
+                }
+                let rows: Vec<&Rated> =
+                    pairs.iter().map(|&(c, _)| &self.train[c]).chain(pairs.iter().map(|&(_, r)| &self.train[r])).collect();
+                let scores = self.scores(&rows, draw)?;
+                let n = pairs.len();
+                let chosen = scores.narrow(0, 0, n).map_err(tensor)?;
+                let rejected = scores.narrow(0, n, n).map_err(tensor)?;
+                let margins: Vec<f32> = pairs
+                    .iter()
+                    .map(|&(c, r)| if *margin { ((self.train[c].rating - self.train[r].rating) / self.std) as f32 } else { 0.0 })
+                    .collect();
+                let margins = Tensor::from_vec(margins, n, self.device).map_err(tensor)?;
+                let difference = ((chosen - rejected).map_err(tensor)? - margins).map_err(tensor)?;
+                // -log sigmoid(d) = softplus(-d) = log(1 + exp(-d)), written stably.
+                let loss = softplus(&difference.neg().map_err(tensor)?).and_then(|l| l.mean_all()).map_err(tensor)?;
+                let accuracy = difference.ge(0f32).and_then(|a| a.to_dtype(candle_core::DType::F32)).and_then(|a| a.mean_all()).and_then(|a| a.to_scalar::<f32>()).map_err(tensor)?;
+                Ok((loss, vec![("pair_accuracy".into(), accuracy as f64)]))
+            }
+        }
+    }
+
+    fn evaluate(&self) -> Result<Vec<(String, f64)>, TrainError> {
+        if self.valid.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sequences: Vec<Vec<u32>> = self.valid.iter().map(|r| r.tokens.clone()).collect();
+        let scores = self.model.score(&sequences, self.batch * 2, self.pad).map_err(|e| TrainError::Objective(e.to_string()))?;
+        let ratings: Vec<f64> = self.valid.iter().map(|r| r.rating).collect();
+        let quality = reward_quality(&scores, &ratings, self.eval_gap);
+        Ok(vec![
+            ("pair_accuracy".into(), quality.pair_accuracy),
+            ("pairs".into(), quality.pairs as f64),
+            ("spearman".into(), quality.spearman),
+        ])
+    }
+}
+
+/// log(1 + exp(x)), stable for large |x|: max(x, 0) + log(1 + exp(-|x|)).
+pub fn softplus(x: &Tensor) -> candle_core::Result<Tensor> {
+    let positive = x.relu()?;
+    let rest = x.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
+    positive + rest
+}
+
+/// Records as rated token sequences: the text (cut to `max_len - 1` tokens) plus the end token.
+fn rate(records: &[Record], field: &str, tokenizer: &crate::data::tokenizer::Tokenizer, end: u32, max_len: usize) -> Result<Vec<Rated>, String> {
+    let texts: Vec<&str> = records.iter().map(|r| r.text.as_str()).collect();
+    let encoded = tokenizer.encode_batch(&texts).map_err(|e| e.to_string())?;
+    records
+        .iter()
+        .zip(encoded)
+        .map(|(record, mut tokens)| {
+            let at = || format!("{}:{}", record.origin.file.display(), record.origin.line);
+            let raw = record.fields.get(field).ok_or_else(|| {
+                let known: Vec<&str> = record.fields.keys().map(String::as_str).collect();
+                format!("{}: no field `{field}` to read a rating from (fields: {})", at(), known.join(", "))
+            })?;
+            let rating: f64 = raw.trim().parse().map_err(|_| format!("{}: rating `{raw}` in `{field}` is not a number", at()))?;
+            if !rating.is_finite() {
+                return Err(format!("{}: rating `{raw}` is not finite", at()));
+            }
+            tokens.truncate(max_len.saturating_sub(1).max(1));
+            tokens.push(end);
+            Ok(Rated { tokens, rating })
+        })
+        .collect()
+}
+
+/// Run the stage into `dir`: the trained reward model is saved there.
+pub fn run(ctx: &RunContext, stage: &RewardModelStage, dir: &Path) -> Result<(RewardModel, TrainSummary), StageError> {
+    let name = stage.name.as_str();
+    let data_error = |message: String| StageError::Data { stage: name.to_string(), message };
+    let source = ctx.source(&stage.data)?;
+    let mut records = source.records.clone();
+    if !stage.filters.is_empty() {
+        let plugins = stage.filters.iter().map(|f| ctx.plugin(f)?.into_filter().map_err(StageError::from)).collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<_> = plugins.iter().collect();
+        let (kept, report) = apply_filters(records, &refs, FILTER_BATCH).map_err(|e| data_error(e.to_string()))?;
+        write_atomically(&dir.join("filter-report.md"), report.to_markdown().as_bytes())?;
+        records = kept;
+    }
+    let parts = stage.split.apply(records).map_err(|e| data_error(e.to_string()))?;
+    let trunk = ctx.starting_model(stage.from.as_deref())?;
+    let tokenizer = ctx.tokenizer()?;
+    let end = tokenizer.eos_id().ok_or_else(|| data_error("the tokenizer has no end-of-text token to end scored texts with".into()))?;
+    let max_len = stage.max_len.unwrap_or(trunk.config().context()).min(trunk.config().context());
+    let field = stage.objective.rating_field();
+    let train_rows = rate(&parts.train, field, &tokenizer, end, max_len).map_err(&data_error)?;
+    let valid = rate(&parts.valid, field, &tokenizer, end, max_len).map_err(&data_error)?;
+    let n = train_rows.len() as f64;
+    let mean = train_rows.iter().map(|r| r.rating).sum::<f64>() / n;
+    let std = (train_rows.iter().map(|r| (r.rating - mean).powi(2)).sum::<f64>() / n).sqrt();
+    if !(std > 0.0) {
+        return Err(data_error(format!("every training rating in `{field}` is the same: there is nothing to learn")));
+    }
+    tracing::info!(stage = name, train = train_rows.len(), held_out = valid.len(), mean, std, "ratings read");
+
+    let model = RewardModel::new(trunk, ctx.experiment.seed).map_err(|e| data_error(e.to_string()))?;
+    let objective = RewardTraining {
+        model: &model,
+        train: train_rows,
+        valid,
+        objective: stage.objective.clone(),
+        mean,
+        std,
+        eval_gap: stage.eval_gap,
+        pad: tokenizer.pad_id().unwrap_or(end),
+        seed: ctx.experiment.seed,
+        batch: stage.train.batch,
+        accumulation: stage.train.accumulation,
+        device: &ctx.device,
+    };
+    let vars = model.vars();
+    let summary = train(name, dir, &vars, crate::model::decays, &objective, &stage.train.to_config(), &ctx.device)
+        .map_err(|source| StageError::Train { stage: name.into(), source })?;
+    model.save(dir).map_err(|e| data_error(e.to_string()))?;
+    Ok((model, summary))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quality_counts_ordered_pairs_and_rank_correlation() {
+        let ratings = [-3.0, -1.0, 0.5, 2.5];
+        // Perfect order: every pair with a gap of 2 or more is right, rho = 1.
+        let q = reward_quality(&[-1.0, 0.0, 0.2, 3.0], &ratings, 2.0);
+        assert_eq!((q.pairs, q.pair_accuracy), (5, 1.0));
+        assert!((q.spearman - 1.0).abs() < 1e-12);
+        // Reversed: all wrong, rho = -1; a tie in score counts half.
+        let q = reward_quality(&[3.0, 0.2, 0.0, -1.0], &ratings, 2.0);
+        assert_eq!(q.pair_accuracy, 0.0);
+        assert!((q.spearman + 1.0).abs() < 1e-12);
+        let q = reward_quality(&[0.0, 0.0], &[-1.0, 2.0], 2.0);
+        assert_eq!(q.pair_accuracy, 0.5);
+    }
+
+    #[test]
+    fn ranks_average_ties() {
+        assert_eq!(ranks(&[10.0, 20.0, 10.0, 30.0]), vec![1.5, 3.0, 1.5, 4.0]);
+    }
+
+    #[test]
+    fn softplus_is_stable_and_exact() {
+        let x = Tensor::new(&[-100f32, -1.0, 0.0, 1.0, 100.0], &Device::Cpu).expect("tensor");
+        let y = softplus(&x).and_then(|y| y.to_vec1::<f32>()).expect("softplus");
+        let want = [0.0f32, 0.313_261_7, std::f32::consts::LN_2, 1.313_261_7, 100.0];
+        for (a, b) in y.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+    }
+}

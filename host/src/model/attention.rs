@@ -14,17 +14,24 @@
 //!
 //! The causal mask is an additive `(T, S)` tensor of 0 and -inf, built once per shape and kept
 //! (see [`CausalMasks`]); -inf gives exact zeros after the softmax, whose max-subtraction keeps
-//! every row finite because the diagonal is never masked. Softmax is composed from tensor ops:
-//! `candle_nn::ops::softmax_last_dim` is a fused kernel without a backward pass.
+//! every row finite because the diagonal is never masked. Batches of left-padded prompts add a
+//! per-row key mask ([`KEY_PAD`] on pad keys, see [`pass_mask`]): finite, so that a pad query,
+//! all of whose keys are pads, still gets a finite (uniform) row rather than NaN. Softmax is
+//! composed from tensor ops: `candle_nn::ops::softmax_last_dim` is a fused kernel without a
+//! backward pass.
+//!
+//! The [`KvCache`] holds per layer one `(B, KV, capacity, d)` buffer for keys and one for values,
+//! allocated once; each pass writes its new keys and values in place and attends over a view of
+//! the filled prefix, so decoding a token copies nothing but that token's keys and values.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use candle_core::{D, Device, Result, Tensor};
+use candle_core::{D, DType, Device, Result, Tensor};
 
 use super::dropout::DropoutRng;
 use super::linear::Linear;
-use super::rope::Rope;
+use super::rope::Angles;
 
 /// Numerically stable softmax over the last dimension, differentiable everywhere.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
@@ -36,9 +43,9 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Grouped-query causal attention. q: (B, H, T, d); k, v: (B, KV, S, d) with H a multiple of KV
-/// and S >= T (the last T of the S keys are the queries' own positions); mask: (T, S) additive,
-/// or `None` where nothing needs masking (a single new query sees every cached key).
-/// Returns (B, H, T, d).
+/// and S >= T (the last T of the S keys are the queries' own positions); mask: additive, (T, S)
+/// or per row (B, 1, T, S), or `None` where nothing needs masking (a single new query sees every
+/// cached key). Returns (B, H, T, d).
 pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
     let (_, kv, s, _) = k.dims4()?;
@@ -94,11 +101,29 @@ impl CausalMasks {
     }
 }
 
+/// The additive mask on a padded key: large and finite (see the module notes).
+pub const KEY_PAD: f32 = -1e9;
+
+/// The mask of one pass: the causal (T, S) mask, with a per-row key mask (B, S) of 0 and
+/// [`KEY_PAD`] added when some rows are padded, giving (B, 1, T, S).
+pub fn pass_mask(causal: Option<Tensor>, key_mask: Option<&Tensor>) -> Result<Option<Tensor>> {
+    let Some(key_mask) = key_mask else { return Ok(causal) };
+    let (b, s) = key_mask.dims2()?;
+    let key_mask = key_mask.reshape((b, 1, 1, s))?;
+    match causal {
+        Some(causal) => Ok(Some(key_mask.broadcast_add(&causal)?)),
+        None => Ok(Some(key_mask)),
+    }
+}
+
 /// What one forward pass needs besides its input: where the new tokens sit, their mask, and
 /// the dropout generator when training with dropout.
 pub(crate) struct Pass<'a> {
     /// Position of the first new token (the number of cached positions).
     pub pos: usize,
+    /// Per-row positions (B, T) u32 of left-padded rows, replacing `pos..pos + T` for each row.
+    pub positions: Option<Tensor>,
+    /// Additive, (T, S) or (B, 1, T, S): see [`pass_mask`].
     pub mask: Option<Tensor>,
     /// The generator and probability, only when training with p > 0.
     pub dropout: Option<(&'a DropoutRng, f64)>,
@@ -115,15 +140,27 @@ impl Pass<'_> {
 }
 
 /// Keys and values of every position seen so far, per layer, for incremental decoding.
-#[derive(Debug, Clone, Default)]
+///
+/// Buffers are allocated on the first pass, for [`KvCache::with_capacity`] positions or the
+/// first pass's length if more, and written in place after that; a cache that fills up grows by
+/// doubling (one copy), up to the model's context. The cache is for inference: nothing written
+/// into it carries a gradient.
+#[derive(Debug, Default)]
 pub struct KvCache {
-    pub(crate) layers: Vec<Option<(Tensor, Tensor)>>,
+    pub(crate) layers: Vec<LayerKv>,
     pub(crate) len: usize,
+    capacity: usize,
 }
 
 impl KvCache {
+    /// An empty cache that allocates on first use (the length of the first pass).
     pub fn new() -> Self {
         KvCache::default()
+    }
+
+    /// An empty cache whose buffers will hold `positions` positions without growing.
+    pub fn with_capacity(positions: usize) -> Self {
+        KvCache { capacity: positions, ..KvCache::default() }
     }
 
     /// Number of positions cached (the position of the next token).
@@ -135,22 +172,70 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Forgets everything (a new sequence starts at position 0).
+    /// Forgets everything (a new sequence starts at position 0); the buffers are dropped.
     pub fn clear(&mut self) {
         self.layers.clear();
         self.len = 0;
     }
+
+    /// Makes room for `needed` positions in `layers` layers of (b, kv, _, d) keys and values,
+    /// never beyond `limit` (the context).
+    pub(crate) fn reserve(
+        &mut self,
+        layers: usize,
+        (b, kv, d): (usize, usize, usize),
+        needed: usize,
+        limit: usize,
+        device: &Device,
+    ) -> Result<()> {
+        if self.layers.is_empty() {
+            let capacity = self.capacity.max(needed).min(limit.max(needed));
+            let zeros = || Tensor::zeros((b, kv, capacity, d), DType::F32, device);
+            self.layers = (0..layers).map(|_| Ok(LayerKv { k: zeros()?, v: zeros()? })).collect::<Result<_>>()?;
+            return Ok(());
+        }
+        let (cb, ckv, capacity, cd) = self.layers[0].k.dims4()?;
+        if (cb, ckv, cd) != (b, kv, d) {
+            candle_core::bail!(
+                "the KV cache holds batch {cb} x {ckv} heads x {cd} dims, this pass has {b} x {kv} x {d}"
+            );
+        }
+        if needed > capacity {
+            let grown = (2 * capacity).max(needed).min(limit.max(needed));
+            let extra = Tensor::zeros((b, kv, grown - capacity, d), DType::F32, device)?;
+            for layer in &mut self.layers {
+                layer.k = Tensor::cat(&[&layer.k, &extra], 2)?;
+                layer.v = Tensor::cat(&[&layer.v, &extra], 2)?;
+            }
+        }
+        Ok(())
+    }
 }
 
-/// Appends this step's k, v (B, KV, T, d) to a layer's cache and returns all of them.
-fn remember(slot: Option<&mut Option<(Tensor, Tensor)>>, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
-    let Some(slot) = slot else { return Ok((k, v)) };
-    let (k, v) = match slot.take() {
-        Some((past_k, past_v)) => (Tensor::cat(&[&past_k, &k], 2)?, Tensor::cat(&[&past_v, &v], 2)?),
-        None => (k, v),
-    };
-    *slot = Some((k.clone(), v.clone()));
-    Ok((k, v))
+/// One layer's key and value buffers, (B, KV, capacity, d), filled up to the cache's length.
+#[derive(Debug)]
+pub(crate) struct LayerKv {
+    k: Tensor,
+    v: Tensor,
+}
+
+impl LayerKv {
+    /// Writes this pass's k, v (B, KV, T, d) after the `past` cached positions and returns the
+    /// keys and values of all `past + T` positions (views of the buffers: nothing is copied).
+    fn append(&self, k: &Tensor, v: &Tensor, past: usize) -> Result<(Tensor, Tensor)> {
+        let t = k.dim(2)?;
+        self.k.slice_set(k, 2, past)?;
+        self.v.slice_set(v, 2, past)?;
+        Ok((self.k.narrow(2, 0, past + t)?, self.v.narrow(2, 0, past + t)?))
+    }
+}
+
+/// This pass's keys and values, joined to the cached ones when there is a cache.
+fn remember(cache: Option<&LayerKv>, k: Tensor, v: Tensor, past: usize) -> Result<(Tensor, Tensor)> {
+    match cache {
+        Some(layer) => layer.append(&k, &v, past),
+        None => Ok((k, v)),
+    }
 }
 
 /// GPT-2 attention: one fused q/k/v projection (`c_attn`), all heads full width.
@@ -166,14 +251,14 @@ impl GptAttention {
         &self,
         x: &Tensor,
         pass: &Pass,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<&LayerKv>,
     ) -> Result<Tensor> {
         let (b, t, c) = x.dims3()?;
         let (h, d) = (self.heads, c / self.heads);
         // (B, T, 3C) -> (3, B, H, T, d): one copy makes q, k and v each contiguous.
         let qkv = self.c_attn.forward(x)?.reshape((b, t, 3, h, d))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
         let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-        let (k, v) = remember(cache, k, v)?;
+        let (k, v) = remember(cache, k, v, pass.pos)?;
         let y = attend(&q, &k, &v, pass.mask.as_ref())?;
         let y = y.transpose(1, 2)?.reshape((b, t, c))?;
         self.c_proj.forward(&y)
@@ -196,9 +281,9 @@ impl LlamaAttention {
     pub(crate) fn forward(
         &self,
         x: &Tensor,
-        rope: &Rope,
+        rope: &Angles,
         pass: &Pass,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<&LayerKv>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let d = self.head_dim;
@@ -206,9 +291,9 @@ impl LlamaAttention {
         let k = self.k_proj.forward(x)?.reshape((b, t, self.kv_heads, d))?.transpose(1, 2)?;
         let v = self.v_proj.forward(x)?.reshape((b, t, self.kv_heads, d))?.transpose(1, 2)?.contiguous()?;
         // The rotation writes fresh contiguous tensors, so q and k need no copy of their own.
-        let q = rope.apply(&q, pass.pos)?;
-        let k = rope.apply(&k, pass.pos)?;
-        let (k, v) = remember(cache, k, v)?;
+        let q = rope.rotate(&q)?;
+        let k = rope.rotate(&k)?;
+        let (k, v) = remember(cache, k, v, pass.pos)?;
         let y = attend(&q, &k, &v, pass.mask.as_ref())?;
         let y = y.transpose(1, 2)?.reshape((b, t, self.heads * d))?;
         self.o_proj.forward(&y)

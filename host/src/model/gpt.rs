@@ -12,7 +12,7 @@
 use candle_core::{Result, Tensor};
 
 use super::Params;
-use super::attention::{GptAttention, Pass};
+use super::attention::{GptAttention, LayerKv, Pass};
 use super::config::GptConfig;
 use super::init::{INIT_STD, Init, ParamSpec, residual_std};
 use super::linear::{Layout, Linear};
@@ -61,7 +61,7 @@ struct Block {
 }
 
 impl Block {
-    fn forward(&self, x: &Tensor, pass: &Pass, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, pass: &Pass, cache: Option<&LayerKv>) -> Result<Tensor> {
         let x = (x + pass.drop(&self.attn.forward(&self.ln_1.forward(x)?, pass, cache)?)?)?;
         &x + pass.drop(&self.mlp.forward(&self.ln_2.forward(&x)?)?)?
     }
@@ -112,19 +112,17 @@ impl Gpt {
         Ok(Gpt { wte: p.get("wte.weight")?, wpe: p.get("wpe.weight")?, blocks, ln_f: norm("ln_f")? })
     }
 
-    /// Hidden states after `ln_f`, (B, T, D), for tokens (B, T) at positions `pass.pos..`.
-    pub(crate) fn hidden(
-        &self,
-        idx: &Tensor,
-        pass: &Pass,
-        mut cache: Option<&mut [Option<(Tensor, Tensor)>]>,
-    ) -> Result<Tensor> {
-        let t = idx.dim(1)?;
+    /// Hidden states after `ln_f`, (B, T, D), for tokens (B, T) at positions `pass.pos..`, or
+    /// at `pass.positions` per row.
+    pub(crate) fn hidden(&self, idx: &Tensor, pass: &Pass, cache: Option<&[LayerKv]>) -> Result<Tensor> {
         let tok = super::linear::embed(&self.wte, idx)?;
-        let pos = self.wpe.narrow(0, pass.pos, t)?;
+        let pos = match &pass.positions {
+            Some(positions) => super::linear::embed(&self.wpe, positions)?,
+            None => self.wpe.narrow(0, pass.pos, idx.dim(1)?)?,
+        };
         let mut x = pass.drop(&tok.broadcast_add(&pos)?)?;
         for (i, block) in self.blocks.iter().enumerate() {
-            x = block.forward(&x, pass, cache.as_deref_mut().map(|layers| &mut layers[i]))?;
+            x = block.forward(&x, pass, cache.map(|layers| &layers[i]))?;
         }
         self.ln_f.forward(&x)
     }

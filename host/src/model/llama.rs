@@ -11,13 +11,13 @@
 use candle_core::{Device, Result, Tensor};
 
 use super::Params;
-use super::attention::{LlamaAttention, Pass};
+use super::attention::{LayerKv, LlamaAttention, Pass};
 use super::config::LlamaConfig;
 use super::init::{INIT_STD, Init, ParamSpec, residual_std};
 use super::linear::{Layout, Linear};
 use super::mlp::SwiGlu;
 use super::norm::RmsNorm;
-use super::rope::Rope;
+use super::rope::{Angles, Rope};
 
 /// Every parameter of a Llama with this config, in Hugging Face names. The GPT-2 init is used
 /// here too, residual projections (`o_proj`, `down_proj`) scaled by 1/sqrt(2 * layers).
@@ -59,9 +59,9 @@ impl Block {
     fn forward(
         &self,
         x: &Tensor,
-        rope: &Rope,
+        rope: &Angles,
         pass: &Pass,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<&LayerKv>,
     ) -> Result<Tensor> {
         let x = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, rope, pass, cache)?)?;
         &x + self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?
@@ -119,16 +119,15 @@ impl Llama {
     }
 
     /// Hidden states after the final norm, (B, T, D), for tokens (B, T) at positions
-    /// `pass.pos..`.
-    pub(crate) fn hidden(
-        &self,
-        idx: &Tensor,
-        pass: &Pass,
-        mut cache: Option<&mut [Option<(Tensor, Tensor)>]>,
-    ) -> Result<Tensor> {
+    /// `pass.pos..`, or at `pass.positions` per row.
+    pub(crate) fn hidden(&self, idx: &Tensor, pass: &Pass, cache: Option<&[LayerKv]>) -> Result<Tensor> {
+        let angles = match &pass.positions {
+            Some(positions) => self.rope.angles_at(positions)?,
+            None => self.rope.angles(pass.pos, idx.dim(1)?)?,
+        };
         let mut x = super::linear::embed(&self.embed_tokens, idx)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, &self.rope, pass, cache.as_deref_mut().map(|layers| &mut layers[i]))?;
+            x = layer.forward(&x, &angles, pass, cache.map(|layers| &layers[i]))?;
         }
         self.norm.forward(&x)
     }

@@ -5,7 +5,9 @@
 //! [`Model::from_weights`] (Hugging Face tensor names, as a GGUF or safetensors loader produces
 //! them), [`Model::forward`] for logits, [`Model::hidden`] + [`Model::lm_logits`] where a
 //! [`ScalarHead`] shares the trunk, [`Model::vars`] for the optimizer, and
-//! [`Model::save`]/[`Model::load`] for checkpoints.
+//! [`Model::save`]/[`Model::load`] for checkpoints, [`generate()`] for batched sampling with a KV
+//! cache, and [`Model::hidden_left_padded`] for the same left-padded batches without a cache (PPO
+//! scores its own samples with it).
 //!
 //! The model code follows the math (nanoGPT style): `gpt.rs` and `llama.rs` hold the two trunks,
 //! `attention.rs` the causal attention they share (grouped-query heads, KV cache), `norm.rs`,
@@ -21,6 +23,7 @@ pub mod chat;
 pub mod checkpoint;
 pub mod config;
 pub mod dropout;
+pub mod generate;
 pub mod gguf;
 pub mod gpt;
 pub mod heads;
@@ -40,10 +43,11 @@ use candle_core::{DType, Device, Tensor, Var};
 pub use attention::KvCache;
 pub use checkpoint::{load_tensors, save_tensors_atomically};
 pub use config::{GptConfig, LlamaConfig, ModelConfig};
+pub use generate::{Generated, SamplingConfig, generate};
 pub use heads::{ScalarHead, last_token_values};
 pub use reward::RewardModel;
 
-use attention::{CausalMasks, Pass};
+use attention::{CausalMasks, KEY_PAD, Pass, pass_mask};
 use dropout::DropoutRng;
 use gpt::Gpt;
 use llama::Llama;
@@ -74,6 +78,9 @@ pub enum ModelError {
     /// The caller passed tensors of the wrong shape, type or length.
     #[error("bad model input: {0}")]
     Input(String),
+    /// A [`SamplingConfig`] that cannot be sampled with.
+    #[error("invalid sampling config: {0}")]
+    Sampling(String),
 }
 
 /// Attaches what was being done to a candle error.
@@ -261,21 +268,32 @@ impl Model {
         tokens: &Tensor,
         train: bool,
         cache: Option<&mut KvCache>,
+        rows: Option<&Rows>,
     ) -> Result<Tensor, ModelError> {
         let past = cache.as_ref().map_or(0, |c| c.len);
-        let (_, t) = self.check_tokens(tokens, past)?;
-        let mask = self.masks.get(t, past + t).ctx(|| "building the causal mask".into())?;
+        let (b, t) = self.check_tokens(tokens, past)?;
+        if let Some(rows) = rows {
+            rows.check(b, t, past + t)?;
+        }
+        let causal = self.masks.get(t, past + t).ctx(|| "building the causal mask".into())?;
+        let mask = pass_mask(causal, rows.and_then(|r| r.key_mask.as_ref())).ctx(|| "building the key mask".into())?;
         let p = match &self.config {
             ModelConfig::Gpt(c) => c.dropout,
             ModelConfig::Llama(_) => 0.0,
         };
         let dropout = (train && p > 0.0).then_some((&self.dropout, p));
-        let pass = Pass { pos: past, mask, dropout };
-        let layers = self.config.layers();
+        let pass = Pass { pos: past, positions: rows.map(|r| r.positions.clone()), mask, dropout };
         let hidden = match cache {
             Some(cache) => {
-                cache.layers.resize(layers, None);
-                let h = self.trunk_hidden(tokens, &pass, Some(&mut cache.layers));
+                let (kv_heads, head_dim) = match &self.config {
+                    ModelConfig::Gpt(c) => (c.heads, c.head_dim()),
+                    ModelConfig::Llama(c) => (c.kv_heads, c.head_dim()),
+                };
+                let (layers, context) = (self.config.layers(), self.config.context());
+                cache
+                    .reserve(layers, (b, kv_heads, head_dim), past + t, context, &self.device)
+                    .ctx(|| "making room in the KV cache".into())?;
+                let h = self.trunk_hidden(tokens, &pass, Some(&cache.layers));
                 if h.is_ok() {
                     cache.len += t;
                 }
@@ -286,12 +304,7 @@ impl Model {
         hidden.ctx(|| format!("{} forward pass over {:?} tokens", self.config.family(), tokens.dims()))
     }
 
-    fn trunk_hidden(
-        &self,
-        tokens: &Tensor,
-        pass: &Pass,
-        cache: Option<&mut [Option<(Tensor, Tensor)>]>,
-    ) -> candle_core::Result<Tensor> {
+    fn trunk_hidden(&self, tokens: &Tensor, pass: &Pass, cache: Option<&[attention::LayerKv]>) -> candle_core::Result<Tensor> {
         match &self.trunk {
             Trunk::Gpt(m) => m.hidden(tokens, pass, cache),
             Trunk::Llama(m) => m.hidden(tokens, pass, cache),
@@ -301,7 +314,30 @@ impl Model {
     /// Hidden states after the final norm, (B, T, D), for u32 tokens (B, T). `train` turns
     /// dropout on (GPT with dropout > 0 only).
     pub fn hidden(&self, tokens: &Tensor, train: bool) -> Result<Tensor, ModelError> {
-        self.run_trunk(tokens, train, None)
+        self.run_trunk(tokens, train, None, None)
+    }
+
+    /// Hidden states (B, T, D) of left-padded rows: row r of `tokens` (B, T) is `pads[r]` pad
+    /// tokens (any id) followed by its real tokens, which get exactly the states they would get
+    /// alone, at positions 0.. (the pads are masked out as keys; their own states are
+    /// meaningless). Differentiable, with dropout when `train`: the batch layout of
+    /// [`generate()`], for scoring its samples.
+    pub fn hidden_left_padded(&self, tokens: &Tensor, pads: &[usize], train: bool) -> Result<Tensor, ModelError> {
+        let (b, t) = self.check_tokens(tokens, 0)?;
+        if pads.len() != b {
+            return Err(ModelError::Input(format!("{} pad counts for a batch of {b}", pads.len())));
+        }
+        if let Some((row, &pad)) = pads.iter().enumerate().find(|&(_, &pad)| pad >= t) {
+            return Err(ModelError::Input(format!("row {row} has {pad} pads out of {t} tokens: nothing real")));
+        }
+        let rows = Rows::left_padded(pads, 0, t, t, &self.device)?;
+        self.run_trunk(tokens, train, None, Some(&rows))
+    }
+
+    /// Hidden states (B, T, D) for `tokens` (B, T) laid out as `rows` says, after the positions
+    /// in `cache`, which then holds them too: [`generate()`]'s step.
+    pub(crate) fn hidden_rows(&self, tokens: &Tensor, cache: &mut KvCache, rows: &Rows) -> Result<Tensor, ModelError> {
+        self.run_trunk(tokens, false, Some(cache), Some(rows))
     }
 
     /// LM logits (B, T, V) from hidden states (B, T, D).
@@ -323,7 +359,48 @@ impl Model {
     /// positions already in `cache`, which then holds them too. Dropout is off. Start with an
     /// empty cache (the prompt), then feed one token at a time.
     pub fn forward_cached(&self, tokens: &Tensor, cache: &mut KvCache) -> Result<Tensor, ModelError> {
-        self.lm_logits(&self.run_trunk(tokens, false, Some(cache))?)
+        self.lm_logits(&self.run_trunk(tokens, false, Some(cache), None)?)
+    }
+}
+
+/// The layout of a batch of left-padded rows for one pass: per-row positions (B, T) u32 and,
+/// when some row is padded, the additive key mask (B, S) over all S keys (cached ones first):
+/// 0 on real keys, [`KEY_PAD`] on pads.
+#[derive(Debug)]
+pub(crate) struct Rows {
+    pub positions: Tensor,
+    pub key_mask: Option<Tensor>,
+}
+
+impl Rows {
+    /// Rows of `pads[r]` pads then real tokens, seen at padded offsets `from..from + t` over `s`
+    /// keys: the token at padded offset j sits at position j - pads[r] (pads at 0).
+    pub(crate) fn left_padded(pads: &[usize], from: usize, t: usize, s: usize, device: &Device) -> Result<Rows, ModelError> {
+        let positions: Vec<u32> = pads
+            .iter()
+            .flat_map(|&pad| (from..from + t).map(move |j| j.saturating_sub(pad) as u32))
+            .collect();
+        let positions = Tensor::from_vec(positions, (pads.len(), t), device).ctx(|| "per-row positions".into())?;
+        let key_mask = if pads.iter().any(|&pad| pad > 0) {
+            let mask: Vec<f32> =
+                pads.iter().flat_map(|&pad| (0..s).map(move |j| if j < pad { KEY_PAD } else { 0.0 })).collect();
+            Some(Tensor::from_vec(mask, (pads.len(), s), device).ctx(|| "key mask".into())?)
+        } else {
+            None
+        };
+        Ok(Rows { positions, key_mask })
+    }
+
+    fn check(&self, b: usize, t: usize, s: usize) -> Result<(), ModelError> {
+        let key_ok = self.key_mask.as_ref().is_none_or(|m| m.dims() == [b, s]);
+        if self.positions.dims() != [b, t] || self.positions.dtype() != DType::U32 || !key_ok {
+            return Err(ModelError::Input(format!(
+                "row layout: positions {:?} and key mask {:?} for {b} rows of {t} tokens over {s} keys",
+                self.positions.dims(),
+                self.key_mask.as_ref().map(|m| m.dims().to_vec())
+            )));
+        }
+        Ok(())
     }
 }
 

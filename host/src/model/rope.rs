@@ -9,7 +9,9 @@
 //! ```
 //!
 //! The cos/sin tables cover the whole context and are computed once, in f32 as `transformers`
-//! computes them, so that logits match a Hugging Face forward pass closely.
+//! computes them, so that logits match a Hugging Face forward pass closely. A forward pass picks
+//! its rows once ([`Angles`]) and every layer rotates with them: a narrow for positions
+//! `pos..pos + T`, or a gather per row for left-padded batches, whose rows each start at 0.
 
 use candle_core::{D, Device, Result, Tensor};
 
@@ -44,12 +46,37 @@ impl Rope {
         })
     }
 
+    /// The angles of positions `pos..pos + t`, the same for every row: (t, head_dim).
+    pub fn angles(&self, pos: usize, t: usize) -> Result<Angles> {
+        Ok(Angles { cos: self.cos.narrow(0, pos, t)?, sin: self.sin.narrow(0, pos, t)? })
+    }
+
+    /// The angles of per-row positions (B, T) u32: (B, 1, T, head_dim), broadcast over heads.
+    pub fn angles_at(&self, positions: &Tensor) -> Result<Angles> {
+        let (b, t) = positions.dims2()?;
+        let d = self.cos.dim(1)?;
+        let flat = positions.flatten_all()?;
+        let pick = |table: &Tensor| table.index_select(&flat, 0)?.reshape((b, 1, t, d));
+        Ok(Angles { cos: pick(&self.cos)?, sin: pick(&self.sin)? })
+    }
+
     /// Rotates `x` of shape (B, H, T, head_dim), whose rows sit at positions `pos..pos + T`.
     pub fn apply(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
-        let t = x.dim(2)?;
-        let cos = self.cos.narrow(0, pos, t)?;
-        let sin = self.sin.narrow(0, pos, t)?;
-        x.broadcast_mul(&cos)? + rotate_half(x)?.broadcast_mul(&sin)?
+        self.angles(pos, x.dim(2)?)?.rotate(x)
+    }
+}
+
+/// cos and sin of the positions of one forward pass, broadcastable over (B, H, T, head_dim).
+#[derive(Debug, Clone)]
+pub struct Angles {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Angles {
+    /// x' = x * cos + rotate_half(x) * sin, for x (B, H, T, head_dim).
+    pub fn rotate(&self, x: &Tensor) -> Result<Tensor> {
+        x.broadcast_mul(&self.cos)? + rotate_half(x)?.broadcast_mul(&self.sin)?
     }
 }
 
@@ -90,6 +117,23 @@ mod tests {
         let a = dot(&rope.apply(&q, 5)?, &rope.apply(&k, 2)?)?;
         let b = dot(&rope.apply(&q, 5)?, &rope.apply(&k, 4)?)?;
         assert!((a - b).abs() > 1e-3);
+        Ok(())
+    }
+
+    #[test]
+    fn per_row_positions_rotate_each_row_as_its_own_positions() -> Result<()> {
+        let d = 8;
+        let rope = Rope::new(d, 32, 10_000.0, &Device::Cpu)?;
+        let n = 2 * 3 * 4 * d;
+        let x = Tensor::from_vec(normal_values(&mut stream(7, "x"), n, 1.0), (2, 3, 4, d), &Device::Cpu)?;
+        let positions = Tensor::new(&[[0u32, 0, 1, 2], [5, 6, 7, 8]], &Device::Cpu)?;
+        let rotated = rope.angles_at(&positions)?.rotate(&x)?;
+        // Row 1 sits at 5..9; row 0's last three tokens at 0..3.
+        let row1 = rope.apply(&x.narrow(0, 1, 1)?, 5)?;
+        assert_eq!(rotated.narrow(0, 1, 1)?.flatten_all()?.to_vec1::<f32>()?, row1.flatten_all()?.to_vec1::<f32>()?);
+        let row0 = rope.apply(&x.narrow(0, 0, 1)?.narrow(2, 1, 3)?, 0)?;
+        let ours = rotated.narrow(0, 0, 1)?.narrow(2, 1, 3)?;
+        assert_eq!(ours.flatten_all()?.to_vec1::<f32>()?, row0.flatten_all()?.to_vec1::<f32>()?);
         Ok(())
     }
 

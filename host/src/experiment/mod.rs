@@ -7,7 +7,7 @@ pub mod sweep;
 
 pub use load::{ExperimentError, load_experiment, parse_experiment};
 pub use schema::{
-    DeviceSpec, ExampleFormat, ExampleSet, Experiment, ModelSpec, PluginDecl, PretrainStage, RewardModelStage, RewardObjective, SftStage, Stage,
+    DeviceSpec, EvalStage, ExampleFormat, ExampleSet, Experiment, ModelSpec, Critic, Judge, KlControl, KlEstimator, PluginDecl, PpoSettings, PpoStage, PretrainStage, RewardModelStage, RewardObjective, RewardTerm, SftStage, Stage,
     Template,
-    TrainSettings,
+    TrainSettings, WinRateSpec,
 };

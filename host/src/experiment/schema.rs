@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::source::SourceSpec;
 use crate::data::split::Split;
 use crate::data::tokenizer::TokenizerSpec;
+use crate::model::generate::SamplingConfig;
 use crate::model::{GptConfig, LlamaConfig, ModelConfig};
 use crate::train::{AdamWConfig, TrainConfig};
 use super::sweep::Sweep;
@@ -113,6 +114,11 @@ pub enum Stage {
     Sft(SftStage),
     /// A scalar reward head on a backbone, trained on human ratings or preferences.
     RewardModel(RewardModelStage),
+    /// RLHF: PPO on the policy's own samples, rewarded by reward models and reward plugins,
+    /// under a KL penalty to the frozen starting policy.
+    Ppo(PpoStage),
+    /// Evaluation: perplexity, generation scored by metric plugins, win-rate under a judge.
+    Eval(EvalStage),
 }
 
 impl Stage {
@@ -122,6 +128,8 @@ impl Stage {
             Stage::Pretrain(stage) => &stage.name,
             Stage::Sft(stage) => &stage.name,
             Stage::RewardModel(stage) => &stage.name,
+            Stage::Ppo(stage) => &stage.name,
+            Stage::Eval(stage) => &stage.name,
         }
     }
 
@@ -131,6 +139,8 @@ impl Stage {
             Stage::Pretrain(_) => "Pretrain",
             Stage::Sft(_) => "Sft",
             Stage::RewardModel(_) => "RewardModel",
+            Stage::Ppo(_) => "Ppo",
+            Stage::Eval(_) => "Eval",
         }
     }
 
@@ -140,6 +150,25 @@ impl Stage {
             Stage::Pretrain(_) => Vec::new(),
             Stage::Sft(stage) => stage.from.iter().map(String::as_str).collect(),
             Stage::RewardModel(stage) => stage.from.iter().map(String::as_str).collect(),
+            Stage::Ppo(stage) => {
+                let mut inputs = vec![stage.policy.as_str()];
+                inputs.extend(stage.reward.iter().filter_map(|term| match term {
+                    RewardTerm::Model { stage, .. } => Some(stage.as_str()),
+                    RewardTerm::Plugin { .. } => None,
+                }));
+                inputs
+            }
+            Stage::Eval(stage) => {
+                let mut inputs: Vec<&str> = stage.models.iter().map(String::as_str).collect();
+                inputs.push(&stage.prompts_of);
+                inputs.extend(stage.perplexity_of.as_deref());
+                if let Some(WinRateSpec { judge: Judge::RewardModel(rm), .. }) = &stage.win_rate {
+                    inputs.push(rm);
+                }
+                let mut seen = std::collections::BTreeSet::new();
+                inputs.retain(|name| seen.insert(*name));
+                inputs
+            }
         }
     }
 
@@ -149,6 +178,9 @@ impl Stage {
             Stage::Pretrain(stage) => vec![stage.data.as_str()],
             Stage::Sft(stage) => vec![stage.examples.data.as_str()],
             Stage::RewardModel(stage) => vec![stage.data.as_str()],
+            Stage::Ppo(stage) => vec![stage.prompts.data.as_str()],
+            // Reads its prompts and texts through the stages it names, whose keys cover them.
+            Stage::Eval(_) => Vec::new(),
         }
     }
 
@@ -158,12 +190,28 @@ impl Stage {
             Stage::Pretrain(stage) => stage.filters.iter().map(String::as_str).collect(),
             Stage::Sft(stage) => stage.examples.filters.iter().map(String::as_str).collect(),
             Stage::RewardModel(stage) => stage.filters.iter().map(String::as_str).collect(),
+            Stage::Ppo(stage) => {
+                let mut plugins: Vec<&str> = stage.prompts.filters.iter().map(String::as_str).collect();
+                plugins.extend(stage.reward.iter().filter_map(|term| match term {
+                    RewardTerm::Plugin { name, .. } => Some(name.as_str()),
+                    RewardTerm::Model { .. } => None,
+                }));
+                plugins.extend(stage.loss.as_deref());
+                plugins
+            }
+            Stage::Eval(stage) => {
+                let mut plugins: Vec<&str> = stage.metrics.iter().map(String::as_str).collect();
+                if let Some(WinRateSpec { judge: Judge::Plugin(judge), .. }) = &stage.win_rate {
+                    plugins.push(judge);
+                }
+                plugins
+            }
         }
     }
 
     /// Whether later stages can start from this stage's output model.
     pub fn produces_model(&self) -> bool {
-        matches!(self, Stage::Pretrain(_) | Stage::Sft(_) | Stage::RewardModel(_))
+        matches!(self, Stage::Pretrain(_) | Stage::Sft(_) | Stage::RewardModel(_) | Stage::Ppo(_))
     }
 
     /// A problem with the stage's own settings (beyond its training block), in words that say
@@ -176,6 +224,8 @@ impl Stage {
                 _ => stage.max_len.filter(|&m| m < 2).map(|m| format!("max_len {m} leaves no room for a response")),
             },
             Stage::RewardModel(stage) => stage.objective.problem(),
+            Stage::Ppo(stage) => stage.problem(),
+            Stage::Eval(stage) => stage.problem(),
         }
     }
 
@@ -185,6 +235,7 @@ impl Stage {
             Stage::Pretrain(stage) => Some(&stage.train),
             Stage::Sft(stage) => Some(&stage.train),
             Stage::RewardModel(stage) => Some(&stage.train),
+            Stage::Ppo(_) | Stage::Eval(_) => None,
         }
     }
 }
@@ -416,6 +467,304 @@ impl RewardObjective {
     }
 }
 
+/// PPO with a KL penalty to the starting policy (the SFT model), as in InstructGPT.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PpoStage {
+    pub name: String,
+    /// The stage whose model is both the initial policy and the frozen reference.
+    pub policy: String,
+    /// Where prompts come from (only the prompts of the examples are used; the held-out ones
+    /// are what evaluation reads).
+    pub prompts: ExampleSet,
+    #[serde(default)]
+    pub template: Template,
+    /// The reward: a weighted sum of reward-model scores and reward-plugin scores.
+    pub reward: Vec<RewardTerm>,
+    /// Clip each sequence's total score to [-clip, clip] after normalisation.
+    #[serde(default)]
+    pub reward_clip: Option<f64>,
+    /// Standardise scores by running mean and std over all rollouts so far.
+    #[serde(default)]
+    pub normalize_reward: bool,
+    #[serde(default)]
+    pub kl: KlControl,
+    #[serde(default)]
+    pub kl_estimator: KlEstimator,
+    /// How rollouts are sampled (default: temperature 1, 24 new tokens).
+    #[serde(default = "default_ppo_generation")]
+    pub generation: SamplingConfig,
+    #[serde(default)]
+    pub critic: Critic,
+    /// A loss plugin that replaces the native clipped policy loss (through the surrogate
+    /// gradient contract).
+    #[serde(default)]
+    pub loss: Option<String>,
+    pub train: PpoSettings,
+}
+
+/// One part of the PPO reward.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum RewardTerm {
+    /// A RewardModel stage's score of prompt + response.
+    Model {
+        stage: String,
+        #[serde(default = "one_f64")]
+        weight: f64,
+    },
+    /// A reward plugin's score of the episode.
+    Plugin {
+        name: String,
+        #[serde(default = "one_f64")]
+        weight: f64,
+    },
+}
+
+/// The KL coefficient: fixed, or adapted so the KL to the reference tracks a target
+/// (Ziegler et al. 2019).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum KlControl {
+    Fixed { coef: f64 },
+    Adaptive {
+        #[serde(default = "default_kl_init")]
+        init: f64,
+        /// The KL per sequence (nats) to hold.
+        target: f64,
+        #[serde(default = "default_kl_horizon")]
+        horizon: f64,
+    },
+}
+
+impl Default for KlControl {
+    fn default() -> Self {
+        KlControl::Adaptive { init: default_kl_init(), target: 6.0, horizon: default_kl_horizon() }
+    }
+}
+
+/// How the per-token KL to the reference is estimated from samples (Schulman's k1 and k3).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KlEstimator {
+    /// log p - log q: unbiased, can be negative per token.
+    #[default]
+    K1,
+    /// (r - 1) - log r with r = q / p: unbiased, never negative, lower variance.
+    K3,
+}
+
+/// Where the value estimate comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Critic {
+    /// A value head on the policy's trunk (one model, one optimizer).
+    #[default]
+    Shared,
+    /// A separate copy of the starting model with its own value head.
+    Separate,
+}
+
+/// PPO's optimisation settings (defaults from TRL and OpenRLHF).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PpoSettings {
+    /// PPO iterations: each samples `rollouts` prompts, then optimises on them.
+    pub steps: u64,
+    #[serde(default = "default_rollouts")]
+    pub rollouts: usize,
+    #[serde(default = "default_minibatch")]
+    pub minibatch: usize,
+    /// Passes over each rollout batch.
+    #[serde(default = "default_ppo_epochs")]
+    pub epochs: usize,
+    #[serde(default = "default_ppo_lr")]
+    pub lr: f64,
+    #[serde(default = "default_clip")]
+    pub clip: f64,
+    #[serde(default = "default_clip")]
+    pub value_clip: f64,
+    #[serde(default = "default_value_coef")]
+    pub value_coef: f64,
+    #[serde(default = "one_f64")]
+    pub gamma: f64,
+    #[serde(default = "default_lam")]
+    pub lam: f64,
+    #[serde(default)]
+    pub entropy_coef: f64,
+    /// Standardise advantages per rollout batch.
+    #[serde(default = "yes")]
+    pub whiten: bool,
+    #[serde(default = "default_grad_clip")]
+    pub grad_clip: Option<f64>,
+    /// Evaluate on held-out prompts every this many iterations (default: 5 times per run).
+    #[serde(default)]
+    pub eval_every: Option<u64>,
+    /// Held-out prompts per evaluation.
+    #[serde(default = "default_eval_prompts")]
+    pub eval_prompts: usize,
+    /// Checkpoint every this many iterations (default: at every evaluation).
+    #[serde(default)]
+    pub checkpoint_every: Option<u64>,
+}
+
+impl PpoStage {
+    fn problem(&self) -> Option<String> {
+        let t = &self.train;
+        if self.reward.is_empty() {
+            return Some("reward is empty: add Model(stage: ...) or Plugin(name: ...)".into());
+        }
+        if t.steps == 0 || t.rollouts == 0 || t.minibatch == 0 || t.epochs == 0 {
+            return Some("train.steps, rollouts, minibatch and epochs must be at least 1".into());
+        }
+        if t.minibatch > t.rollouts {
+            return Some(format!("train.minibatch {} is larger than train.rollouts {}", t.minibatch, t.rollouts));
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return Some(format!("train.lr must be a positive number, got {}", t.lr));
+        }
+        if !(t.clip > 0.0) || !(t.value_clip > 0.0) {
+            return Some("train.clip and train.value_clip must be positive".into());
+        }
+        if !(0.0..=1.0).contains(&t.gamma) || !(0.0..=1.0).contains(&t.lam) {
+            return Some("train.gamma and train.lam must be in [0, 1]".into());
+        }
+        match self.kl {
+            KlControl::Adaptive { target, .. } if !(target > 0.0) => {
+                return Some(format!(
+                    "kl: Adaptive(target: {target}) cannot be held: the target KL must be positive (use Fixed(coef: 0.0) for no KL penalty)"
+                ));
+            }
+            KlControl::Adaptive { horizon, init, .. } if !(horizon > 0.0) || !(init >= 0.0) => {
+                return Some("kl: Adaptive needs init >= 0 and horizon > 0".into());
+            }
+            KlControl::Fixed { coef } if !(coef >= 0.0) => return Some(format!("kl: Fixed(coef: {coef}) must be >= 0")),
+            _ => {}
+        }
+        if let Err(e) = self.generation.validate() {
+            return Some(format!("generation: {e}"));
+        }
+        None
+    }
+}
+
+fn one_f64() -> f64 {
+    1.0
+}
+fn yes() -> bool {
+    true
+}
+fn default_kl_init() -> f64 {
+    0.2
+}
+fn default_kl_horizon() -> f64 {
+    10_000.0
+}
+fn default_ppo_generation() -> SamplingConfig {
+    SamplingConfig { max_new_tokens: 24, ..SamplingConfig::default() }
+}
+fn default_rollouts() -> usize {
+    32
+}
+fn default_minibatch() -> usize {
+    8
+}
+fn default_ppo_epochs() -> usize {
+    4
+}
+fn default_ppo_lr() -> f64 {
+    1e-5
+}
+fn default_clip() -> f64 {
+    0.2
+}
+fn default_value_coef() -> f64 {
+    0.1
+}
+fn default_lam() -> f64 {
+    0.95
+}
+fn default_eval_prompts() -> usize {
+    64
+}
+
+/// Evaluation of one or more models on held-out data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalStage {
+    pub name: String,
+    /// The models to evaluate, by the stage that made them.
+    pub models: Vec<String>,
+    /// The Sft or Ppo stage whose held-out prompts (and template) are used.
+    pub prompts_of: String,
+    /// Held-out prompts evaluated at most.
+    #[serde(default = "default_max_prompts")]
+    pub max_prompts: usize,
+    /// How answers are generated (default: greedy, 32 new tokens); the template's end token
+    /// always stops a row.
+    #[serde(default = "default_eval_generation")]
+    pub generation: SamplingConfig,
+    /// Metric plugins that score each model's answers against the references.
+    #[serde(default)]
+    pub metrics: Vec<String>,
+    /// A Pretrain stage whose validation text each model's perplexity is measured on.
+    #[serde(default)]
+    pub perplexity_of: Option<String>,
+    /// Compare two of the models under a judge.
+    #[serde(default)]
+    pub win_rate: Option<WinRateSpec>,
+}
+
+impl EvalStage {
+    fn problem(&self) -> Option<String> {
+        if self.models.is_empty() {
+            return Some("models is empty: name the stages whose models to evaluate".into());
+        }
+        if self.max_prompts == 0 {
+            return Some("max_prompts must be at least 1".into());
+        }
+        if let Err(e) = self.generation.validate() {
+            return Some(format!("generation: {e}"));
+        }
+        if let Some(win) = &self.win_rate {
+            for side in [&win.a, &win.b] {
+                if !self.models.contains(side) {
+                    return Some(format!("win_rate compares `{side}`, which is not in models ({})", self.models.join(", ")));
+                }
+            }
+            if win.a == win.b {
+                return Some("win_rate compares a model with itself: name two different models".into());
+            }
+        }
+        None
+    }
+}
+
+/// Model `a` against model `b` on the same prompts, both answers scored by `judge`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WinRateSpec {
+    pub a: String,
+    pub b: String,
+    pub judge: Judge,
+    /// Scores this close count as a tie.
+    #[serde(default)]
+    pub tie_tolerance: f64,
+}
+
+/// What scores answers in a win-rate comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Judge {
+    /// A reward plugin, by its name in `plugins`.
+    Plugin(String),
+    /// A RewardModel stage, by name.
+    RewardModel(String),
+}
+
+fn default_max_prompts() -> usize {
+    200
+}
+fn default_eval_generation() -> SamplingConfig {
+    SamplingConfig::greedy(32)
+}
 fn default_eval_gap() -> f64 {
     2.0
 }

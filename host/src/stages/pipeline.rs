@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::context::{RunContext, StageError};
-use super::{pretrain, reward_model, sft};
+use super::{eval, ppo, pretrain, reward_model, sft};
 use crate::experiment::sweep::{RunPoint, expand};
 use crate::experiment::{Experiment, Stage};
 use crate::runs::atomic::{FileError, write_atomically};
@@ -239,16 +239,22 @@ fn run_point(point: &RunPoint, experiment_path: &Path, options: &RunOptions) -> 
     Ok(RunOutcome { run: point.run.clone(), dir: paths.run_dir, stages: outcomes })
 }
 
-/// Train one stage into `dir`; its final metrics and the step it resumed from.
+/// Run one stage into `dir`; its final metrics and the step it resumed from.
 fn run_stage(ctx: &RunContext, stage: &Stage, dir: &Path) -> Result<(BTreeMap<String, f64>, u64), StageError> {
-    let summary = match stage {
-        Stage::Pretrain(config) => pretrain::run(ctx, config, dir)?.1,
-        Stage::Sft(config) => sft::run(ctx, config, dir)?.1,
-        Stage::RewardModel(config) => reward_model::run(ctx, config, dir)?.1,
+    let trained = |summary: TrainSummary| (training_metrics(&summary), summary.resumed_from, summary.seconds);
+    let (metrics, resumed_from, seconds) = match stage {
+        Stage::Pretrain(config) => trained(pretrain::run(ctx, config, dir)?.1),
+        Stage::Sft(config) => trained(sft::run(ctx, config, dir)?.1),
+        Stage::RewardModel(config) => trained(reward_model::run(ctx, config, dir)?.1),
+        Stage::Ppo(config) => ppo::run(ctx, config, dir)?,
+        Stage::Eval(config) => {
+            // The evaluation writes its own, fuller report.
+            let (metrics, _) = eval::run(ctx, config, dir)?;
+            return Ok((metrics, 0));
+        }
     };
-    let metrics = training_metrics(&summary);
-    write_report(dir, stage.name(), &metrics, summary.seconds)?;
-    Ok((metrics, summary.resumed_from))
+    write_report(dir, stage.name(), &metrics, seconds)?;
+    Ok((metrics, resumed_from))
 }
 
 fn training_metrics(summary: &TrainSummary) -> BTreeMap<String, f64> {
@@ -410,6 +416,11 @@ pub fn describe(experiment: &Experiment) -> String {
                 r.from.as_deref().unwrap_or("the experiment's model"),
                 r.data
             ),
+            Stage::Ppo(p) => format!(
+                "policy `{}` on prompts of `{}`: {} iterations x {} rollouts",
+                p.policy, p.prompts.data, p.train.steps, p.train.rollouts
+            ),
+            Stage::Eval(e) => format!("of {} on held-out prompts of `{}`", e.models.join(", "), e.prompts_of),
         };
         let train = stage
             .train()

@@ -45,29 +45,45 @@ impl Objective for CausalLm<'_> {
     }
 
     fn evaluate(&self) -> Result<Vec<(String, f64)>, TrainError> {
-        let tensor = |source| TrainError::Tensor { step: 0, source };
-        let (mut total, mut rows) = (0.0f64, 0usize);
-        let batches = self
-            .valid
-            .eval_batches(self.batch, self.context, Some(self.eval_batches))
-            .map_err(|e| TrainError::Objective(e.to_string()))?;
-        for batch in batches {
-            let (inputs, targets) = batch.to_tensors(self.device).map_err(tensor)?;
-            let n = inputs.dim(0).map_err(tensor)?;
-            let loss = lm_loss(self.model, &inputs, &targets, false).map_err(tensor)?;
-            total += loss.to_scalar::<f32>().map_err(tensor)? as f64 * n as f64;
-            rows += n;
-        }
-        if rows == 0 {
-            return Err(TrainError::Objective("the validation stream is shorter than one context window".into()));
-        }
-        let loss = total / rows as f64;
+        let loss = validation_loss(self.model, self.valid, self.batch, self.context, self.eval_batches, self.device)?;
         Ok(vec![("loss".into(), loss), ("perplexity".into(), loss.exp())])
     }
 }
 
-/// Run the stage into `dir`; returns the trained model and the training summary.
-pub fn run(ctx: &RunContext, stage: &PretrainStage, dir: &Path) -> Result<(Model, TrainSummary), StageError> {
+/// Mean next-token loss over the first `max_batches` batches of the validation stream, read in
+/// order (every token predicted once, the same every time).
+pub fn validation_loss(
+    model: &Model,
+    valid: &Blocks,
+    batch: usize,
+    context: usize,
+    max_batches: usize,
+    device: &Device,
+) -> Result<f64, TrainError> {
+    let tensor = |source| TrainError::Tensor { step: 0, source };
+    let (mut total, mut rows) = (0.0f64, 0usize);
+    let batches = valid.eval_batches(batch, context, Some(max_batches)).map_err(|e| TrainError::Objective(e.to_string()))?;
+    for batch in batches {
+        let (inputs, targets) = batch.to_tensors(device).map_err(tensor)?;
+        let n = inputs.dim(0).map_err(tensor)?;
+        let loss = lm_loss(model, &inputs, &targets, false).map_err(tensor)?;
+        total += loss.to_scalar::<f32>().map_err(tensor)? as f64 * n as f64;
+        rows += n;
+    }
+    if rows == 0 {
+        return Err(TrainError::Objective("the validation stream is shorter than one context window".into()));
+    }
+    Ok(total / rows as f64)
+}
+
+/// The validation stream of a pretraining stage: its data, filtered and split as it was.
+pub fn validation_blocks(ctx: &RunContext, stage: &PretrainStage, dir: &Path) -> Result<Blocks, StageError> {
+    let (_, valid) = streams(ctx, stage, dir)?;
+    Ok(valid)
+}
+
+/// Training and validation token streams of a pretraining stage.
+fn streams(ctx: &RunContext, stage: &PretrainStage, dir: &Path) -> Result<(Blocks, Blocks), StageError> {
     let name = stage.name.as_str();
     let data_error = |message: String| StageError::Data { stage: name.to_string(), message };
     let source = ctx.source(&stage.data)?;
@@ -85,7 +101,13 @@ pub fn run(ctx: &RunContext, stage: &PretrainStage, dir: &Path) -> Result<(Model
     let train_blocks = Blocks::from_records(&tokenizer, &parts.train, Side::Train).map_err(|e| data_error(e.to_string()))?;
     let valid_blocks = Blocks::from_records(&tokenizer, &parts.valid, Side::Valid).map_err(|e| data_error(e.to_string()))?;
     tracing::info!(stage = name, train_tokens = train_blocks.len(), valid_tokens = valid_blocks.len(), "tokenized");
+    Ok((train_blocks, valid_blocks))
+}
 
+/// Run the stage into `dir`; returns the trained model and the training summary.
+pub fn run(ctx: &RunContext, stage: &PretrainStage, dir: &Path) -> Result<(Model, TrainSummary), StageError> {
+    let name = stage.name.as_str();
+    let (train_blocks, valid_blocks) = streams(ctx, stage, dir)?;
     let model = ctx.starting_model(None)?;
     let context = stage.context.unwrap_or_else(|| model.config().context());
     if context > model.config().context() {

@@ -11,6 +11,8 @@ pub mod bench;
 pub mod checkpoint;
 pub mod loss;
 pub mod optimizer;
+pub mod plugin_loss;
+pub mod ppo;
 pub mod schedule;
 pub mod trainer;
 

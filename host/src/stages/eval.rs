@@ -1,0 +1,250 @@
+//! The evaluation stage: each paradigm judged on held-out data.
+//!
+//! - Self-supervised: perplexity of each model on a pretraining stage's validation text.
+//! - Supervised: each model answers the held-out prompts of an SFT (or PPO) stage; metric
+//!   plugins (BLEU, ROUGE, exact match, ...) score the answers against the references.
+//! - Preferences: two models' answers to the same prompts, both scored by a judge (a reward
+//!   plugin or a reward model): the win-rate with its 95% interval, and a blinded file a person
+//!   can label for the same comparison by hand (`triad labels`).
+//!
+//! Everything lands in the stage folder: `samples.jsonl` (prompt, reference, each model's
+//! answer and judge score), `report.md`, and `human-labels.jsonl` + `human-key.json`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::context::{RunContext, StageError};
+use super::examples::{self, Example, Layout};
+use super::winrate::{WinRate, write_label_files};
+use crate::experiment::{EvalStage, Experiment, ExampleSet, Judge, Stage, Template};
+use crate::model::generate::generate;
+use crate::model::{Model, RewardModel};
+use crate::plugins::{Episode, MetricRecord};
+use crate::runs::atomic::write_atomically;
+
+/// Prompts generated for at once: bounds the KV cache's memory.
+const GENERATION_BATCH: usize = 32;
+
+/// The example set and template of the stage named `name` (an Sft or Ppo stage).
+pub fn prompts_of<'a>(experiment: &'a Experiment, name: &str) -> Option<(&'a ExampleSet, &'a Template)> {
+    experiment.stages.iter().find(|s| s.name() == name).and_then(|stage| match stage {
+        Stage::Sft(sft) => Some((&sft.examples, &sft.template)),
+        Stage::Ppo(ppo) => Some((&ppo.prompts, &ppo.template)),
+        _ => None,
+    })
+}
+
+/// Answers of `model` to `prompts`: the response text and its tokens per prompt.
+pub fn answer(model: &Model, layout: &Layout, prompts: &[String], config: &crate::model::generate::SamplingConfig, label: &str) -> Result<Vec<(String, Vec<u32>)>, String> {
+    let mut config = config.clone();
+    if !config.stop_tokens.contains(&layout.end_token()) {
+        config.stop_tokens.push(layout.end_token());
+    }
+    let context = model.config().context();
+    let bar = progress(label, prompts.len());
+    let mut answers = Vec::with_capacity(prompts.len());
+    for chunk in prompts.chunks(GENERATION_BATCH) {
+        let mut tokens = Vec::with_capacity(chunk.len());
+        for prompt in chunk {
+            let mut t = layout.prompt_tokens(prompt)?;
+            // Keep room for the answer: a prompt longer than half the context keeps its end.
+            if t.len() > context / 2 {
+                t.drain(..t.len() - context / 2);
+            }
+            tokens.push(t);
+        }
+        let generated = generate(model, &tokens, &config).map_err(|e| e.to_string())?;
+        for g in generated {
+            answers.push((layout.response_text(&g.tokens)?, g.tokens));
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(answers)
+}
+
+fn progress(label: &str, len: usize) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} prompts {per_sec} eta {eta}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(label.to_string());
+    bar
+}
+
+/// Judge scores of answers to prompts.
+pub fn judge_scores(ctx: &RunContext, judge: &Judge, layout: &Layout, prompts: &[String], answers: &[String]) -> Result<Vec<f64>, StageError> {
+    match judge {
+        Judge::Plugin(name) => {
+            let plugin = ctx.plugin(name)?.into_reward()?;
+            let episodes: Vec<Episode> = prompts
+                .iter()
+                .zip(answers)
+                .map(|(p, a)| Episode { prompt: p.clone(), response: a.clone(), reference: None })
+                .collect();
+            Ok(plugin.score(&episodes)?)
+        }
+        Judge::RewardModel(stage) => {
+            let rm = RewardModel::load(&ctx.stage_dir(stage), &ctx.device)
+                .map_err(|e| StageError::Config { stage: stage.clone(), message: format!("loading the reward model: {e}") })?;
+            let sequences = reward_inputs(layout, &rm, prompts, answers)
+                .map_err(|message| StageError::Data { stage: stage.clone(), message })?;
+            let tokenizer = ctx.tokenizer()?;
+            let pad = tokenizer.pad_id().unwrap_or(layout.end_token());
+            let scores = rm.score(&sequences, GENERATION_BATCH, pad).map_err(|e| StageError::Config { stage: stage.clone(), message: e.to_string() })?;
+            Ok(scores.into_iter().map(f64::from).collect())
+        }
+    }
+}
+
+/// What a reward model reads for a prompt and an answer: the prompt's text and the answer,
+/// ended by the end token, cut from the left to the model's context.
+pub fn reward_inputs(layout: &Layout, rm: &RewardModel, prompts: &[String], answers: &[String]) -> Result<Vec<Vec<u32>>, String> {
+    let context = rm.trunk.config().context();
+    prompts
+        .iter()
+        .zip(answers)
+        .map(|(p, a)| {
+            let mut tokens = layout.encode(p, a)?.tokens;
+            if tokens.len() > context {
+                tokens.drain(..tokens.len() - context);
+            }
+            Ok(tokens)
+        })
+        .collect()
+}
+
+/// Run the stage into `dir`; returns its metrics.
+pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<(BTreeMap<String, f64>, f64), StageError> {
+    let started = Instant::now();
+    let name = stage.name.as_str();
+    let config_error = |message: String| StageError::Config { stage: name.to_string(), message };
+    let (set, template) = prompts_of(ctx.experiment, &stage.prompts_of)
+        .ok_or_else(|| config_error(format!("prompts_of `{}` must name an Sft or Ppo stage", stage.prompts_of)))?;
+    let examples = examples::load(ctx, set, name, dir)?;
+    let held_out: Vec<Example> = examples.valid.into_iter().take(stage.max_prompts).collect();
+    if held_out.is_empty() {
+        return Err(config_error(format!("stage `{}` holds out no examples: give its split a valid_fraction", stage.prompts_of)));
+    }
+    let tokenizer = ctx.tokenizer()?;
+    let chat = ctx.chat_template()?;
+    let layout = Layout::new(&tokenizer, template, chat.as_deref()).map_err(config_error)?;
+    let prompts: Vec<String> = held_out.iter().map(|e| e.prompt.clone()).collect();
+    let references: Vec<String> = held_out.iter().map(|e| e.response.clone()).collect();
+    let metric_plugins = stage.metrics.iter().map(|m| ctx.plugin(m)?.into_metric().map_err(StageError::from)).collect::<Result<Vec<_>, _>>()?;
+
+    let mut metrics = BTreeMap::new();
+    let mut answers: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for model_name in &stage.models {
+        let model = ctx.starting_model(Some(model_name))?;
+        if let Some(pretrain) = &stage.perplexity_of {
+            let Some(Stage::Pretrain(p)) = ctx.experiment.stages.iter().find(|s| s.name() == pretrain) else {
+                return Err(config_error(format!("perplexity_of `{pretrain}` must name a Pretrain stage")));
+            };
+            let blocks = super::pretrain::validation_blocks(ctx, p, dir)?;
+            let context = p.context.unwrap_or(model.config().context()).min(model.config().context());
+            let loss = super::pretrain::validation_loss(&model, &blocks, p.train.batch, context, p.train.eval_batches, &ctx.device)
+                .map_err(|source| StageError::Train { stage: name.into(), source })?;
+            metrics.insert(format!("{model_name}/perplexity"), loss.exp());
+        }
+        let generated = answer(&model, &layout, &prompts, &stage.generation, model_name).map_err(config_error)?;
+        let texts: Vec<String> = generated.into_iter().map(|(text, _)| text).collect();
+        let lengths: Vec<f64> = texts.iter().map(|t| t.split_whitespace().count() as f64).collect();
+        metrics.insert(format!("{model_name}/answer_words"), lengths.iter().sum::<f64>() / lengths.len() as f64);
+        let records: Vec<MetricRecord> = texts
+            .iter()
+            .zip(&references)
+            .map(|(p, r)| MetricRecord { prediction: p.clone(), references: vec![r.clone()] })
+            .collect();
+        for plugin in &metric_plugins {
+            for value in plugin.evaluate(&records)? {
+                metrics.insert(format!("{model_name}/{}", value.name), value.value);
+            }
+        }
+        answers.insert(model_name, texts);
+    }
+
+    let mut judged: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut comparison = None;
+    if let Some(win) = &stage.win_rate {
+        for side in [&win.a, &win.b] {
+            let scores = judge_scores(ctx, &win.judge, &layout, &prompts, &answers[side.as_str()])?;
+            metrics.insert(format!("{side}/judge"), scores.iter().sum::<f64>() / scores.len() as f64);
+            judged.insert(side, scores);
+        }
+        let rate = WinRate::from_scores(&judged[win.a.as_str()], &judged[win.b.as_str()], win.tie_tolerance);
+        let (low, high) = rate.interval();
+        metrics.insert("win_rate".into(), rate.rate());
+        metrics.insert("win_rate_low".into(), low);
+        metrics.insert("win_rate_high".into(), high);
+        metrics.insert("ties".into(), rate.ties as f64);
+        write_label_files(
+            &dir.join("human-labels.jsonl"),
+            &dir.join("human-key.json"),
+            &prompts,
+            (&win.a, &answers[win.a.as_str()]),
+            (&win.b, &answers[win.b.as_str()]),
+            ctx.experiment.seed,
+        )?;
+        tracing::info!(stage = name, "win-rate of `{}` over `{}`: {}", win.a, win.b, rate.describe());
+        comparison = Some((win, rate));
+    }
+
+    let mut samples = String::new();
+    for (i, example) in held_out.iter().enumerate() {
+        let mut line = serde_json::json!({ "prompt": example.prompt, "reference": example.response });
+        for (model_name, texts) in &answers {
+            line[*model_name] = serde_json::json!(texts[i]);
+            if let Some(scores) = judged.get(model_name) {
+                line[format!("{model_name}/judge")] = serde_json::json!(scores[i]);
+            }
+        }
+        samples.push_str(&line.to_string());
+        samples.push('\n');
+    }
+    write_atomically(&dir.join("samples.jsonl"), samples.as_bytes())?;
+    let seconds = started.elapsed().as_secs_f64();
+    write_atomically(&dir.join("report.md"), report(stage, &metrics, comparison, &held_out, &answers, seconds).as_bytes())?;
+    Ok((metrics, seconds))
+}
+
+fn report(
+    stage: &EvalStage,
+    metrics: &BTreeMap<String, f64>,
+    comparison: Option<(&crate::experiment::WinRateSpec, WinRate)>,
+    held_out: &[Example],
+    answers: &BTreeMap<&str, Vec<String>>,
+    seconds: f64,
+) -> String {
+    let mut out = format!(
+        "# Evaluation `{}`\n\n{} held-out prompts of stage `{}`.\n\n| model | metric | value |\n|---|---|---|\n",
+        stage.name,
+        held_out.len(),
+        stage.prompts_of
+    );
+    for (name, value) in metrics {
+        let (model, metric) = name.split_once('/').unwrap_or(("", name));
+        out.push_str(&format!("| {model} | {metric} | {value:.4} |\n"));
+    }
+    if let Some((win, rate)) = comparison {
+        let judge = match &win.judge {
+            Judge::Plugin(p) => format!("reward plugin `{p}`"),
+            Judge::RewardModel(r) => format!("reward model `{r}`"),
+        };
+        out.push_str(&format!("\nWin-rate of `{}` over `{}` judged by {judge}: {}.\n", win.a, win.b, rate.describe()));
+        out.push_str("A person can judge the same pairs blind: label `human-labels.jsonl` (\"preferred\": 1, 2 or \"tie\"), then run `triad labels <this folder>`.\n");
+    }
+    out.push_str("\n## Samples\n");
+    for (i, example) in held_out.iter().take(5).enumerate() {
+        out.push_str(&format!("\n**Prompt:** {}\n\n**Reference:** {}\n\n", example.prompt.trim(), example.response.trim()));
+        for (model, texts) in answers {
+            out.push_str(&format!("- `{model}`: {}\n", texts[i].trim()));
+        }
+    }
+    out.push_str(&format!("\nEvaluated in {seconds:.1} s.\n"));
+    out
+}

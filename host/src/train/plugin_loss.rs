@@ -1,0 +1,71 @@
+//! Loss plugins inside training, through the surrogate-gradient contract.
+//!
+//! The host computes the features a loss plugin declared (log-probs, values, entropies inside
+//! the autograd graph; advantages, returns, reference log-probs as constants), sends their values
+//! to the sandbox, and receives the loss and d loss / d feature. It then backpropagates
+//!
+//! ```text
+//! surrogate = Σ_f Σ_i stopgrad(∂L/∂f_i) · f_i
+//! ```
+//!
+//! whose gradient with respect to every parameter is the plugin loss's, by the chain rule. The
+//! plugin never sees a parameter, and the host never needs the plugin's math.
+
+use candle_core::Tensor;
+
+use crate::plugins::{Feature, FeatureValues, LossBatch, LossPlugin, PluginError};
+
+/// Feature tensors of one batch: per-token features flat over the response tokens (N), per
+/// sequence features (S); `offsets` has S + 1 entries, the start of each sequence in the flat
+/// arrays and N.
+pub struct Features<'a> {
+    pub offsets: Vec<u32>,
+    pub values: Vec<(Feature, &'a Tensor)>,
+}
+
+/// Why a plugin loss could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginLossError {
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    #[error("loss plugin `{plugin}` reads the feature {feature:?}, which this stage does not provide (it provides: {provided})")]
+    Missing { plugin: String, feature: Feature, provided: String },
+    #[error("loss plugin `{plugin}`: {source}")]
+    Tensor { plugin: String, source: candle_core::Error },
+}
+
+/// The surrogate loss (to backpropagate), the plugin's loss value and its diagnostics.
+pub fn plugin_loss(plugin: &LossPlugin, features: &Features) -> Result<(Tensor, f64, Vec<(String, f64)>), PluginLossError> {
+    let tensor = |source| PluginLossError::Tensor { plugin: plugin.name().to_string(), source };
+    let find = |feature: Feature| -> Result<&Tensor, PluginLossError> {
+        features.values.iter().find(|(f, _)| *f == feature).map(|(_, t)| *t).ok_or_else(|| PluginLossError::Missing {
+            plugin: plugin.name().to_string(),
+            feature,
+            provided: features.values.iter().map(|(f, _)| format!("{f:?}")).collect::<Vec<_>>().join(", "),
+        })
+    };
+    let mut sent = Vec::with_capacity(plugin.features().len());
+    for &feature in plugin.features() {
+        let values = find(feature)?.detach().flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(tensor)?;
+        sent.push(FeatureValues { feature, values });
+    }
+    let batch = LossBatch { sequence_offsets: features.offsets.clone(), features: sent };
+    let output = plugin.compute(&batch)?;
+    let mut surrogate: Option<Tensor> = None;
+    for FeatureValues { feature, values } in &output.gradients {
+        let feature_tensor = find(*feature)?;
+        let gradient = Tensor::from_slice(values, feature_tensor.shape(), feature_tensor.device()).map_err(tensor)?;
+        let term = (gradient * feature_tensor).and_then(|t| t.sum_all()).map_err(tensor)?;
+        surrogate = Some(match surrogate {
+            Some(total) => (total + term).map_err(tensor)?,
+            None => term,
+        });
+    }
+    let surrogate = match surrogate {
+        Some(s) => s,
+        // A loss with no differentiable feature gives no gradient: a zero that keeps the graph.
+        None => (find(plugin.features()[0])?.sum_all().map_err(tensor)? * 0.0).map_err(tensor)?,
+    };
+    let metrics = output.metrics.into_iter().map(|m| (m.name, m.value)).collect();
+    Ok((surrogate, output.value, metrics))
+}

@@ -188,7 +188,7 @@ impl Stage {
     pub fn plugins(&self) -> Vec<&str> {
         match self {
             Stage::Pretrain(stage) => stage.filters.iter().map(String::as_str).collect(),
-            Stage::Sft(stage) => stage.examples.filters.iter().map(String::as_str).collect(),
+            Stage::Sft(stage) => stage.examples.filters.iter().chain(&stage.loss).map(String::as_str).collect(),
             Stage::RewardModel(stage) => stage.filters.iter().map(String::as_str).collect(),
             Stage::Ppo(stage) => {
                 let mut plugins: Vec<&str> = stage.prompts.filters.iter().map(String::as_str).collect();
@@ -400,6 +400,10 @@ pub struct SftStage {
     /// examples per step; examples in one row can attend to each other, as in TRL's packing).
     #[serde(default)]
     pub packing: bool,
+    /// A loss plugin that replaces the native cross-entropy (through the surrogate-gradient
+    /// contract): it receives the response tokens' log-probs (and mean log-probs, entropies).
+    #[serde(default)]
+    pub loss: Option<String>,
     pub train: TrainSettings,
 }
 

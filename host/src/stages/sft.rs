@@ -21,6 +21,8 @@ use super::examples::{self, Encoded, Layout};
 use crate::data::blocks::{draw_indices, permutation};
 use crate::experiment::SftStage;
 use crate::model::Model;
+use crate::plugins::{Feature, LossPlugin};
+use crate::train::plugin_loss::{Features, plugin_loss};
 use crate::train::{Objective, TrainError, TrainSummary, masked_lm_loss, masked_mean, token_logprobs, train};
 
 /// One micro-batch: inputs, targets and the loss mask, each (B, T).
@@ -149,8 +151,47 @@ impl Rows {
     }
 }
 
+/// SFT's loss through a loss plugin: the features of the scored (response) tokens, flat and
+/// row after row, and the surrogate whose gradients are the plugin loss's.
+pub fn sft_plugin_loss(plugin: &LossPlugin, model: &Model, batch: &SftBatch, train: bool) -> Result<(Tensor, Vec<(String, f64)>), String> {
+    let text = |e: candle_core::Error| e.to_string();
+    let device = model.device();
+    let (inputs, targets, _) = batch.to_tensors(device).map_err(text)?;
+    let logits = model.forward(&inputs, train).map_err(|e| e.to_string())?;
+    let (b, t, v) = logits.dims3().map_err(text)?;
+    let scored: Vec<u32> = (0..b * t).filter(|&i| batch.mask[i] > 0.0).map(|i| i as u32).collect();
+    if scored.is_empty() {
+        return Err("the batch has no response tokens to score".into());
+    }
+    let mut offsets = vec![0u32];
+    for row in batch.mask.chunks(t) {
+        offsets.push(offsets.last().copied().unwrap_or(0) + row.iter().filter(|&&m| m > 0.0).count() as u32);
+    }
+    let index = Tensor::from_vec(scored.clone(), scored.len(), device).map_err(text)?;
+    let flat = logits.reshape((b * t, v)).and_then(|l| l.index_select(&index, 0)).map_err(text)?;
+    let logp = candle_nn::ops::log_softmax(&flat, candle_core::D::Minus1).map_err(text)?;
+    let chosen = targets.reshape(b * t).and_then(|x| x.index_select(&index, 0)).and_then(|x| x.unsqueeze(1)).map_err(text)?;
+    let logprob = logp.gather(&chosen, 1).and_then(|l| l.squeeze(1)).map_err(text)?;
+    let mean_logprob = logp.mean(candle_core::D::Minus1).map_err(text)?;
+    let entropy = (logp.exp().map_err(text)? * &logp).and_then(|x| x.sum(candle_core::D::Minus1)).and_then(|x| x.neg()).map_err(text)?;
+    let mask = logprob.ones_like().map_err(text)?;
+    let features = Features {
+        offsets,
+        values: vec![
+            (Feature::Logprob, &logprob),
+            (Feature::MeanLogprob, &mean_logprob),
+            (Feature::Entropy, &entropy),
+            (Feature::Mask, &mask),
+        ],
+    };
+    let (surrogate, value, mut metrics) = plugin_loss(plugin, &features).map_err(|e| e.to_string())?;
+    metrics.push(("plugin_loss".into(), value));
+    Ok((surrogate, metrics))
+}
+
 struct Sft<'a> {
     model: &'a Model,
+    loss_plugin: Option<LossPlugin>,
     rows: Rows,
     valid: Vec<Encoded>,
     pad: u32,
@@ -169,9 +210,17 @@ impl Objective for Sft<'_> {
         let batch = self.rows.batch(&indices, self.pad);
         let (inputs, targets, mask) = batch.to_tensors(self.device).map_err(tensor)?;
         self.model.seed_dropout(self.seed, draw);
-        let loss = masked_lm_loss(self.model, &inputs, &targets, &mask, true).map_err(tensor)?;
         let scored: f32 = batch.mask.iter().sum();
-        Ok((loss, vec![("response_tokens".into(), scored as f64)]))
+        let mut metrics = vec![("response_tokens".into(), scored as f64)];
+        let loss = match &self.loss_plugin {
+            None => masked_lm_loss(self.model, &inputs, &targets, &mask, true).map_err(tensor)?,
+            Some(plugin) => {
+                let (surrogate, extra) = sft_plugin_loss(plugin, self.model, &batch, true).map_err(TrainError::Objective)?;
+                metrics.extend(extra);
+                surrogate
+            }
+        };
+        Ok((loss, metrics))
     }
 
     fn evaluate(&self) -> Result<Vec<(String, f64)>, TrainError> {
@@ -217,8 +266,10 @@ pub fn run(ctx: &RunContext, stage: &SftStage, dir: &Path) -> Result<(Model, Tra
     let rows = if stage.packing { Rows::Packed(pack(&train_rows, max_len, seed)) } else { Rows::Examples(train_rows) };
     tracing::info!(stage = name, rows = rows.len(), held_out = valid.len(), max_len, "SFT data ready");
 
+    let loss_plugin = stage.loss.as_deref().map(|l| ctx.plugin(l)?.into_loss().map_err(StageError::from)).transpose()?;
     let objective = Sft {
         model: &model,
+        loss_plugin,
         rows,
         valid,
         pad,

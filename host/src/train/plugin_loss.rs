@@ -34,7 +34,8 @@ pub enum PluginLossError {
     Tensor { plugin: String, source: candle_core::Error },
 }
 
-/// The surrogate loss (to backpropagate), the plugin's loss value and its diagnostics.
+/// The surrogate loss (to backpropagate; its value is the plugin's loss), the plugin's loss
+/// value and its diagnostics.
 pub fn plugin_loss(plugin: &LossPlugin, features: &Features) -> Result<(Tensor, f64, Vec<(String, f64)>), PluginLossError> {
     let tensor = |source| PluginLossError::Tensor { plugin: plugin.name().to_string(), source };
     let find = |feature: Feature| -> Result<&Tensor, PluginLossError> {
@@ -66,6 +67,9 @@ pub fn plugin_loss(plugin: &LossPlugin, features: &Features) -> Result<(Tensor, 
         // A loss with no differentiable feature gives no gradient: a zero that keeps the graph.
         None => (find(plugin.features()[0])?.sum_all().map_err(tensor)? * 0.0).map_err(tensor)?,
     };
+    // Shift the surrogate's value to the plugin's loss (a constant changes no gradient), so
+    // that what training logs and checks for divergence is the loss itself.
+    let surrogate = (&surrogate - surrogate.detach()).and_then(|s| s.affine(1.0, output.value)).map_err(tensor)?;
     let metrics = output.metrics.into_iter().map(|m| (m.name, m.value)).collect();
     Ok((surrogate, output.value, metrics))
 }

@@ -1,0 +1,121 @@
+//! A loss plugin in training gives the same parameter gradients as the host's native loss on the
+//! same batch: `ppo-clip` against native PPO (policy, clipped value and entropy terms), and
+//! `label-smoothed-ce` (epsilon 0) against native SFT cross-entropy. Both run a real model
+//! forward and backward; the plugin runs in the sandbox through the surrogate-gradient contract.
+
+mod support;
+
+use std::collections::HashMap;
+
+use candle_core::{D, Device, Tensor};
+use triad::model::{GptConfig, Model, ModelConfig, ScalarHead};
+use triad::stages::examples::Encoded;
+use triad::stages::ppo::ppo_plugin_loss;
+use triad::stages::sft::{SftBatch, sft_plugin_loss};
+use triad::train::masked_lm_loss;
+use triad::train::ppo::{PpoBatch, PpoLossConfig, ppo_loss};
+
+fn model() -> Model {
+    let config = ModelConfig::Gpt(GptConfig { vocab_size: 64, context: 16, layers: 2, heads: 2, d_model: 32, dropout: 0.0, bias: true });
+    Model::new(&config, &Device::Cpu, 11).expect("model")
+}
+
+/// Every gradient, by variable name.
+fn gradients(loss: &Tensor, vars: &[(String, candle_core::Var)]) -> HashMap<String, Vec<f32>> {
+    let store = loss.backward().expect("backward");
+    vars.iter()
+        .filter_map(|(name, var)| {
+            let g = store.get(var.as_tensor())?;
+            Some((name.clone(), g.flatten_all().and_then(|g| g.to_vec1()).expect("values")))
+        })
+        .collect()
+}
+
+fn assert_same_gradients(native: &HashMap<String, Vec<f32>>, plugin: &HashMap<String, Vec<f32>>, vars: usize) {
+    assert_eq!(native.len(), vars, "every variable gets a native gradient");
+    assert_eq!(native.len(), plugin.len());
+    let mut largest = 0f32;
+    for (name, want) in native {
+        let got = &plugin[name];
+        for (a, b) in want.iter().zip(got) {
+            let difference = (a - b).abs();
+            assert!(difference <= 1e-5, "`{name}`: native {a} vs plugin {b}");
+            largest = largest.max(a.abs());
+        }
+    }
+    assert!(largest > 1e-4, "the gradients are not all (near) zero: largest {largest}");
+}
+
+#[test]
+fn the_ppo_clip_plugin_and_native_ppo_give_the_same_parameter_gradients() {
+    let model = model();
+    let head = ScalarHead::new(32, &Device::Cpu, 5).expect("head");
+    let mut vars = model.vars();
+    vars.extend(head.vars());
+    let rows = [[3u32, 9, 12, 40, 41, 42, 43], [5, 6, 50, 51, 52, 0, 0]];
+    let responses = [(3usize, 4usize), (2, 3)];
+    let plugin = support::load("ppo-clip", r#"{"clip": 0.2, "value_clip": 0.2, "vf_coef": 0.1, "ent_coef": 0.01}"#)
+        .into_loss()
+        .expect("a loss plugin");
+
+    let features = || {
+        let tokens = Tensor::new(&rows, &Device::Cpu).expect("tokens");
+        let hidden = model.hidden(&tokens, false).expect("hidden");
+        let logp = candle_nn::ops::log_softmax(&model.lm_logits(&hidden).expect("logits"), D::Minus1).expect("log-softmax");
+        let values = head.forward(&hidden).expect("values");
+        let (mut positions, mut targets) = (Vec::new(), Vec::new());
+        for (r, &(prompt, len)) in responses.iter().enumerate() {
+            for j in 0..len {
+                positions.push((r * 7 + prompt + j - 1) as u32);
+                targets.push(rows[r][prompt + j]);
+            }
+        }
+        let n = positions.len();
+        let index = Tensor::from_vec(positions, n, &Device::Cpu).expect("index");
+        let flat = logp.reshape((14, 64)).and_then(|l| l.index_select(&index, 0)).expect("flat");
+        let targets = Tensor::from_vec(targets, (n, 1), &Device::Cpu).expect("targets");
+        let logprob = flat.gather(&targets, 1).and_then(|l| l.squeeze(1)).expect("logprob");
+        let entropy = (flat.exp().expect("p") * &flat).and_then(|x| x.sum(D::Minus1)).and_then(|x| x.neg()).expect("entropy");
+        let value = values.reshape(14).and_then(|v| v.index_select(&index, 0)).expect("value");
+        // A sampling policy a little away from the current one, so some ratios are clipped.
+        let shift: Vec<f32> = (0..n).map(|i| [0.3f32, -0.25, 0.05, -0.4, 0.1, 0.35, -0.02][i]).collect();
+        let old_logprob = (logprob.detach() + Tensor::from_vec(shift, n, &Device::Cpu).expect("shift")).expect("old");
+        let constant = |v: &[f32]| Tensor::from_slice(v, n, &Device::Cpu).expect("constant");
+        PpoBatch {
+            logprob,
+            value: Some(value),
+            entropy: Some(entropy),
+            old_logprob,
+            old_value: constant(&[0.1, -0.2, 0.3, 0.0, 0.05, -0.1, 0.2]),
+            advantage: constant(&[1.0, 0.5, 0.8, -1.2, 0.3, 0.9, -0.7]),
+            returns: constant(&[0.6, -0.9, 0.1, 0.4, -0.3, 0.7, 0.5]),
+        }
+    };
+    let config = PpoLossConfig { clip: 0.2, value_clip: 0.2, value_coef: 0.1, entropy_coef: 0.01 };
+    let (native_loss, native_metrics) = ppo_loss(&features(), &config).expect("native loss");
+    let clip_fraction = native_metrics.iter().find(|(n, _)| n == "clip_fraction").map(|(_, v)| *v).expect("clip fraction");
+    assert!(clip_fraction > 0.0 && clip_fraction < 1.0, "some ratios clipped, some not: {clip_fraction}");
+    let native = gradients(&native_loss, &vars);
+    let (surrogate, _) = ppo_plugin_loss(&plugin, &features(), &[4, 3]).expect("plugin loss");
+    let value = surrogate.to_scalar::<f32>().expect("value");
+    let want = native_loss.to_scalar::<f32>().expect("native value");
+    assert!((value - want).abs() < 1e-5, "plugin loss {value} vs native {want}");
+    assert_same_gradients(&native, &gradients(&surrogate, &vars), vars.len());
+}
+
+#[test]
+fn a_cross_entropy_plugin_and_native_sft_loss_give_the_same_parameter_gradients() {
+    let model = model();
+    let vars = model.vars();
+    let plugin = support::load("label-smoothed-ce", r#"{"epsilon": 0.0}"#).into_loss().expect("a loss plugin");
+    let a = Encoded { tokens: vec![1, 2, 3, 4, 30, 31, 32, 33, 63], prompt_len: 4 };
+    let b = Encoded { tokens: vec![7, 8, 40, 41, 63], prompt_len: 2 };
+    let batch = SftBatch::from_rows(&[&a, &b], 0);
+    let (inputs, targets, mask) = batch.to_tensors(&Device::Cpu).expect("tensors");
+    let native_loss = masked_lm_loss(&model, &inputs, &targets, &mask, false).expect("native loss");
+    let native = gradients(&native_loss, &vars);
+    let (surrogate, _) = sft_plugin_loss(&plugin, &model, &batch, false).expect("plugin loss");
+    let (value, want) = (surrogate.to_scalar::<f32>().expect("value"), native_loss.to_scalar::<f32>().expect("native"));
+    assert!((value - want).abs() < 1e-5, "plugin loss {value} vs native {want}");
+    assert_same_gradients(&native, &gradients(&surrogate, &vars), vars.len());
+}

@@ -475,3 +475,22 @@ fn parquet_errors_name_the_file_the_columns_and_the_row() {
     assert!(err.starts_with(&format!("{}: cannot read as Parquet: ", fake.display())), "{err}");
     let _ = std::fs::remove_dir_all(&scratch_dir);
 }
+
+#[test]
+fn chatterbot_conversations_load_from_every_english_file_as_turn_reply_pairs() {
+    let source = load(
+        r#"Package(pip: "chatterbot-corpus==1.3.3", file: "chatterbot_corpus/data/english/*.yml", format: Conversations)"#,
+    );
+    assert!(source.records.len() > 700, "{} pairs", source.records.len());
+    let first = &source.records[0];
+    // ai.yml comes first by name; its first conversation is "What is AI?".
+    assert_eq!(first.fields["prompt"], "What is AI?");
+    assert!(first.fields["response"].starts_with("Artificial Intelligence is the branch"), "{:?}", first.fields);
+    assert_eq!(first.fields["category"], "AI");
+    let categories: BTreeSet<&str> = source.records.iter().map(|r| r.fields["category"].as_str()).collect();
+    assert!(categories.len() >= 15, "pairs from every file: {categories:?}");
+    // Block scalars (`- |` in coding.yml) keep their text.
+    assert!(source.records.iter().any(|r| r.fields["category"] == "coding" && r.fields["response"].contains('\n')));
+    let lines: Vec<usize> = source.records.iter().map(|r| r.origin.line).collect();
+    assert!(lines.windows(2).all(|w| w[0] <= w[1]), "records point at increasing lines of the stream");
+}

@@ -110,6 +110,17 @@ fn python() -> String {
 
 fn read_zip_member(bytes: &[u8], member: &str) -> std::io::Result<Option<Vec<u8>>> {
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(std::io::Error::other)?;
+    if member.contains('*') {
+        let mut names: Vec<String> = archive.file_names().filter(|n| glob_match(member, n)).map(str::to_string).collect();
+        names.sort();
+        let mut files = Vec::with_capacity(names.len());
+        for name in names {
+            let mut out = Vec::new();
+            archive.by_name(&name).map_err(std::io::Error::other)?.read_to_end(&mut out)?;
+            files.push(out);
+        }
+        return Ok(join_documents(files));
+    }
     let mut file = match archive.by_name(member) {
         Ok(file) => file,
         Err(zip::result::ZipError::FileNotFound) => return Ok(None),
@@ -118,6 +129,36 @@ fn read_zip_member(bytes: &[u8], member: &str) -> std::io::Result<Option<Vec<u8>
     let mut out = Vec::new();
     file.read_to_end(&mut out)?;
     Ok(Some(out))
+}
+
+/// Whether `name` matches `pattern`, where `*` stands for any run of characters other than `/`.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, tail)) => {
+            let Some(rest) = name.strip_prefix(head) else { return false };
+            (0..=rest.len())
+                .filter(|&i| rest.is_char_boundary(i) && !rest[..i].contains('/'))
+                .any(|i| glob_match(tail, &rest[i..]))
+        }
+    }
+}
+
+/// The files a glob matched, in name order, as one YAML stream: each file one document
+/// (`---` between them). `None` when nothing matched.
+fn join_documents(files: Vec<Vec<u8>>) -> Option<Vec<u8>> {
+    if files.is_empty() {
+        return None;
+    }
+    let mut joined = Vec::new();
+    for file in files {
+        joined.extend_from_slice(b"---\n");
+        joined.extend_from_slice(&file);
+        if !file.ends_with(b"\n") {
+            joined.push(b'\n');
+        }
+    }
+    Some(joined)
 }
 
 /// Write a cache file atomically (see [`crate::runs::atomic`]).
@@ -155,7 +196,9 @@ pub struct RegistryFile {
     pub spec: String,
     /// Expected sha256 of the downloaded archive, lowercase hex.
     pub sha256: Option<String>,
-    /// Path inside the archive; further entries descend into nested archives (zip, tar,
+    /// Path inside the archive (the last may be a glob, `data/english/*.yml`: the matching files
+    /// are read as one YAML stream, one document each); further entries descend into nested
+    /// archives (zip, tar,
     /// tar.gz, told apart by their first bytes).
     pub members: Vec<String>,
 }
@@ -439,19 +482,25 @@ fn read_member(bytes: &[u8], member: &str) -> std::io::Result<Option<Vec<u8>>> {
 
 fn read_tar_member(reader: impl Read, wanted: &str) -> std::io::Result<Option<Vec<u8>>> {
     let mut archive = tar::Archive::new(reader);
+    let mut matched: Vec<(String, Vec<u8>)> = Vec::new();
     for entry in archive.entries()? {
         let mut entry = entry?;
         let path = entry.path()?.to_string_lossy().into_owned();
-        if path.trim_start_matches("./").trim_start_matches('/') != wanted {
+        let path = path.trim_start_matches("./").trim_start_matches('/').to_string();
+        if !glob_match(wanted, &path) {
             continue;
         }
         if entry.header().entry_type().is_symlink() || entry.header().entry_type().is_hard_link() {
             let target = entry.link_name()?.map(|t| t.display().to_string()).unwrap_or_default();
-            return Err(std::io::Error::other(format!("`{wanted}` is a link to `{target}`: name that file instead")));
+            return Err(std::io::Error::other(format!("`{path}` is a link to `{target}`: name that file instead")));
         }
         let mut out = Vec::new();
         entry.read_to_end(&mut out)?;
-        return Ok(Some(out));
+        if !wanted.contains('*') {
+            return Ok(Some(out));
+        }
+        matched.push((path, out));
     }
-    Ok(None)
+    matched.sort();
+    Ok(join_documents(matched.into_iter().map(|(_, bytes)| bytes).collect()))
 }

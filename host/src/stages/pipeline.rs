@@ -83,8 +83,11 @@ pub fn stage_order(experiment: &Experiment) -> Result<Vec<&Stage>, String> {
         for input in stage.inputs() {
             if !by_name.contains_key(input) {
                 let known: Vec<&str> = by_name.keys().copied().collect();
+                let hint = crate::experiment::load::nearest(input, known.iter().copied())
+                    .map(|n| format!("did you mean `{n}`? "))
+                    .unwrap_or_default();
                 return Err(format!(
-                    "stage `{}` reads stage `{input}`, which does not exist (stages: {})",
+                    "stage `{}` reads stage `{input}`, which does not exist ({hint}stages: {})",
                     stage.name(),
                     known.join(", ")
                 ));
@@ -105,9 +108,12 @@ pub fn stage_order(experiment: &Experiment) -> Result<Vec<&Stage>, String> {
             return Ok(());
         }
         if let Some(start) = path.iter().position(|n| *n == stage.name()) {
-            let mut cycle: Vec<&str> = path[start..].to_vec();
-            cycle.push(stage.name());
-            return Err(format!("the stages form a cycle: {} (a stage can only read stages before it)", cycle.join(" -> ")));
+            let mut cycle: Vec<String> = path[start..].iter().map(|n| format!("`{n}`")).collect();
+            cycle.push(format!("`{}`", stage.name()));
+            return Err(format!(
+                "the stages form a cycle: {} (each reads the next's output): make one of them start from an earlier stage",
+                cycle.join(" -> ")
+            ));
         }
         path.push(stage.name());
         for input in stage.inputs() {
@@ -124,8 +130,51 @@ pub fn stage_order(experiment: &Experiment) -> Result<Vec<&Stage>, String> {
     Ok(order)
 }
 
+/// Checks that need the plugins themselves, made before anything trains: every plugin a stage
+/// names builds, loads, and is of the kind its slot needs (a filter where filters go, a reward
+/// plugin as a reward or a judge, ...).
+pub fn preflight(experiment: &Experiment, experiment_path: &Path) -> Result<(), StageError> {
+    let base_dir = experiment_path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let sandbox = crate::plugins::Sandbox::shared();
+    let mut kinds = BTreeMap::new();
+    for stage in &experiment.stages {
+        for (plugin, wanted) in stage.plugin_slots() {
+            let decl = experiment.plugins.get(plugin).ok_or_else(|| {
+                StageError::Undeclared(format!("stage `{}` uses plugin `{plugin}`, which is not declared in `plugins`", stage.name()))
+            })?;
+            if !kinds.contains_key(plugin) {
+                let (info, _) = crate::plugins::Plugin::inspect(&sandbox, &base_dir.join(&decl.path))?;
+                kinds.insert(plugin, info.kind);
+            }
+            let kind = kinds[plugin];
+            if kind != wanted {
+                return Err(StageError::Config {
+                    stage: stage.name().to_string(),
+                    message: format!(
+                        "plugin `{plugin}` is a {} plugin, but it is used where a {} plugin goes",
+                        kind_name(kind),
+                        kind_name(wanted)
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn kind_name(kind: crate::plugins::PluginKind) -> &'static str {
+    use crate::plugins::PluginKind;
+    match kind {
+        PluginKind::DataFilter => "data-filter",
+        PluginKind::Reward => "reward",
+        PluginKind::Loss => "loss",
+        PluginKind::Metric => "metric",
+    }
+}
+
 /// Run every point of `experiment` (read from `experiment_path`).
 pub fn run_experiment(experiment: &Experiment, experiment_path: &Path, options: &RunOptions) -> Result<Vec<RunOutcome>, StageError> {
+    preflight(experiment, experiment_path)?;
     let points = expand(experiment).map_err(StageError::Undeclared)?;
     let mut outcomes = Vec::new();
     for point in &points {
@@ -139,6 +188,7 @@ pub fn run_experiment(experiment: &Experiment, experiment_path: &Path, options: 
 
 /// The plan of every run: each stage in order with what it would do now.
 pub fn plan(experiment: &Experiment, experiment_path: &Path, options: &RunOptions) -> Result<Vec<(String, Vec<(String, StageStatus)>)>, StageError> {
+    preflight(experiment, experiment_path)?;
     let mut plans = Vec::new();
     for point in expand(experiment).map_err(StageError::Undeclared)? {
         let paths = RunPaths::new(&point, experiment_path, options);

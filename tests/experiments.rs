@@ -1,0 +1,191 @@
+//! Experiment files end to end: ten kinds of malformed file fail before any training with a
+//! message that says where and how to fix it; a whole pipeline (pretrain, SFT, reward model,
+//! PPO, evaluation) runs through the `triad` binary, a second run trains nothing, and changing a
+//! PPO setting reruns PPO and evaluation only; a PPO run rewarded by a plugin alone raises it.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use triad::experiment::parse_experiment;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("triad-experiments-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+fn plugin_dir(name: &str) -> String {
+    support::workspace().join("plugins").join(name).display().to_string()
+}
+
+/// A small but complete pipeline on the real review snippets, from `{PLUGINS}` paths.
+fn pipeline(ppo_lr: &str, reward: &str) -> String {
+    r#"
+Experiment(
+    name: "pipeline",
+    seed: 3,
+    data: {
+        "reviews": Package(pip: "vadersentiment==3.3.2", sdist: true,
+            file: "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz",
+            inner: "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt",
+            format: Tsv(columns: ["id", "rating", "text"], text_column: "text")),
+    },
+    plugins: {
+        "length": (path: "{LENGTH}", config: (min_chars: 20, max_chars: 300)),
+        "vader": (path: "{VADER}"),
+        "rouge": (path: "{ROUGE}"),
+    },
+    tokenizer: TrainBpe(vocab_size: 512, on: "reviews"),
+    model: Gpt(layers: 1, heads: 2, d_model: 32, context: 48),
+    stages: [
+        Pretrain(name: "base", data: "reviews", filters: ["length"], split: Hash(valid_fraction: 0.1),
+                 train: (steps: 30, batch: 8, lr: 3e-3, eval_batches: 2)),
+        Sft(name: "sft", from: "base",
+            examples: (data: "reviews", filters: ["length"], format: Continuation(words: 4)),
+            train: (steps: 20, batch: 8, lr: 1e-3, eval_batches: 2)),
+        RewardModel(name: "rm", from: "base", data: "reviews", filters: ["length"],
+            objective: Pairwise(rating: "rating", min_gap: 1.5), train: (steps: 20, batch: 8, lr: 1e-3)),
+        Ppo(name: "ppo", policy: "sft",
+            prompts: (data: "reviews", filters: ["length"], format: Continuation(words: 4)),
+            reward: REWARD,
+            generation: (max_new_tokens: 8),
+            train: (steps: STEPS, rollouts: 8, minibatch: 4, epochs: 2, lr: PPO_LR, eval_prompts: 8)),
+        Eval(name: "eval", models: ["sft", "ppo"], prompts_of: "ppo", max_prompts: 24, metrics: ["rouge"],
+             generation: (max_new_tokens: 8), win_rate: (a: "ppo", b: "sft", judge: Plugin("vader"))),
+    ],
+)
+"#
+    .replace("{LENGTH}", &plugin_dir("length-filter"))
+    .replace("{VADER}", &plugin_dir("lexicon-sentiment"))
+    .replace("{ROUGE}", &plugin_dir("rouge"))
+    .replace("PPO_LR", ppo_lr)
+    .replace("REWARD", reward)
+}
+
+fn triad(dir: &Path, args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_triad"))
+        .current_dir(dir)
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("running triad");
+    assert!(out.status.success(), "triad {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_whole_pipeline_runs_caches_and_reruns_only_what_a_change_touches() {
+    let dir = scratch("pipeline");
+    std::fs::write(dir.join("e.ron"), pipeline("1e-4", r#"[Model(stage: "rm")]"#).replace("STEPS", "3")).expect("write");
+    let first = stdout(&triad(&dir, &["run", "e.ron"]));
+    for stage in ["base", "sft", "rm", "ppo", "eval"] {
+        assert!(first.contains(&format!("| seed3 | {stage} | trained |")), "{stage} trained:\n{first}");
+    }
+    let run = dir.join("runs/pipeline/seed3");
+    let eval = std::fs::read_to_string(run.join("eval/report.md")).expect("eval report");
+    assert!(eval.contains("Win-rate of `ppo` over `sft`"), "{eval}");
+    assert_eq!(std::fs::read_to_string(run.join("eval/samples.jsonl")).expect("samples").lines().count(), 24);
+    assert_eq!(std::fs::read_to_string(run.join("eval/human-labels.jsonl")).expect("labels").lines().count(), 24);
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("manifest.json")).expect("manifest")).expect("JSON");
+    assert_eq!(manifest["stages"], serde_json::json!(["base", "sft", "rm", "ppo", "eval"]));
+    assert_eq!(manifest["plugins"].as_object().expect("plugins").len(), 3);
+    let ppo_metrics = std::fs::read_to_string(run.join("ppo/metrics.jsonl")).expect("ppo metrics");
+    for metric in ["train/reward", "train/kl", "train/kl_coef", "train/clip_fraction", "train/approx_kl", "train/value_loss",
+        "train/explained_variance", "train/entropy", "train/response_length", "train/reward/rm", "eval/reward"] {
+        assert!(ppo_metrics.contains(&format!("\"{metric}\"")), "PPO logs {metric}");
+    }
+
+    // Unchanged: nothing trains.
+    let before = std::fs::read_to_string(run.join("ppo/metrics.jsonl")).expect("metrics");
+    let second = stdout(&triad(&dir, &["run", "e.ron"]));
+    for stage in ["base", "sft", "rm", "ppo", "eval"] {
+        assert!(second.contains(&format!("| seed3 | {stage} | cached |")), "{stage} cached:\n{second}");
+    }
+    assert_eq!(std::fs::read_to_string(run.join("ppo/metrics.jsonl")).expect("metrics"), before);
+
+    // A PPO setting changes: PPO and evaluation rerun, nothing before them.
+    std::fs::write(dir.join("e.ron"), pipeline("2e-4", r#"[Model(stage: "rm")]"#).replace("STEPS", "3")).expect("write");
+    let plan = stdout(&triad(&dir, &["run", "e.ron", "--dry-run"]));
+    assert!(plan.contains("base: cached") && plan.contains("sft: cached") && plan.contains("rm: cached"), "{plan}");
+    assert!(plan.contains("ppo: train") && plan.contains("eval: train"), "{plan}");
+    let third = stdout(&triad(&dir, &["run", "e.ron"]));
+    for (stage, status) in [("base", "cached"), ("sft", "cached"), ("rm", "cached"), ("ppo", "trained"), ("eval", "trained")] {
+        assert!(third.contains(&format!("| seed3 | {stage} | {status} |")), "{stage} {status}:\n{third}");
+    }
+    // --force reruns a stage and what reads it.
+    let forced = stdout(&triad(&dir, &["run", "e.ron", "--dry-run", "--force", "sft"]));
+    assert!(forced.contains("base: cached") && forced.contains("sft: train") && forced.contains("ppo: train"), "{forced}");
+    assert!(forced.contains("rm: cached"), "the reward model does not read the SFT model:\n{forced}");
+}
+
+#[test]
+fn ppo_rewarded_by_a_plugin_alone_raises_that_reward() {
+    let dir = scratch("plugin-reward");
+    // Reward: the VADER sentiment of the continuation, no reward model at all.
+    let text = pipeline("1e-3", r#"[Plugin(name: "vader")]"#)
+        .replace("STEPS", "40")
+        .replace("rollouts: 8, minibatch: 4, epochs: 2", "rollouts: 16, minibatch: 8, epochs: 4");
+    std::fs::write(dir.join("e.ron"), text).expect("write");
+    triad(&dir, &["run", "e.ron"]);
+    let rows = triad::runs::metrics::read_rows(&dir.join("runs/pipeline/seed3/ppo/metrics.jsonl")).expect("metrics");
+    let reward: Vec<f64> = rows.iter().filter(|r| r.metric == "train/reward").map(|r| r.value).collect();
+    assert_eq!(reward.len(), 40);
+    let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
+    let (early, late) = (mean(&reward[..10]), mean(&reward[30..]));
+    assert!(late > early + 0.05, "the plugin's reward rises: first 10 iterations {early:.3}, last 10 {late:.3}");
+}
+
+/// The error for an experiment text, written next to the real plugins.
+fn error_for(text: &str) -> String {
+    let dir = scratch("malformed");
+    let path = dir.join("bad.ron");
+    std::fs::write(&path, text).expect("write");
+    match parse_experiment(&path, text) {
+        Err(e) => e.to_string(),
+        Ok(experiment) => match triad::stages::pipeline::preflight(&experiment, &path) {
+            Err(e) => e.to_string(),
+            Ok(()) => panic!("expected an error for:\n{text}"),
+        },
+    }
+}
+
+fn valid() -> String {
+    pipeline("1e-4", r#"[Model(stage: "rm")]"#).replace("STEPS", "3")
+}
+
+#[test]
+fn ten_malformed_experiments_fail_before_training_with_where_and_how() {
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        ("syntax error", valid().replace("seed: 3,", "seed: 3"), vec!["bad.ron:", "Expected"]),
+        ("unknown field", valid().replace("min_gap: 1.5", "min_gapp: 1.5"), vec!["bad.ron:", "min_gapp", "did you mean `min_gap`"]),
+        ("misspelt stage kind", valid().replace("RewardModel(", "RewardModle("), vec!["bad.ron:", "RewardModle", "did you mean `RewardModel`"]),
+        ("missing plugin file", valid().replace("plugins/rouge", "plugins/no-such-plugin"), vec!["bad.ron:", "plugin `rouge`", "no-such-plugin", "does not exist"]),
+        ("unknown stage", valid().replace(r#"policy: "sft""#, r#"policy: "sfy""#), vec!["bad.ron:", "`ppo` reads stage `sfy`", "does not exist", "did you mean `sft`?"]),
+        ("a cycle", valid().replace(r#"Sft(name: "sft", from: "base""#, r#"Sft(name: "sft", from: "ppo""#), vec!["bad.ron:", "cycle", "`sft` -> `ppo` -> `sft`"]),
+        ("wrong type", valid().replace("steps: 30,", r#"steps: "thirty","#), vec!["bad.ron:20:", "`steps`", "whole number"]),
+        ("empty stage list", r#"Experiment(name: "x", tokenizer: Char(on: "d"), data: {"d": Text(path: "d.txt")}, model: Gpt(layers: 1, heads: 1, d_model: 8, context: 8), stages: [])"#.to_string(), vec!["`stages` is empty"]),
+        ("negative step count", valid().replace("steps: 30,", "steps: -30,"), vec!["bad.ron:20:", "`steps`", "at least 0"]),
+        ("plugin of the wrong kind in a reward slot", valid().replace(r#"reward: [Model(stage: "rm")]"#, r#"reward: [Plugin(name: "rouge")]"#), vec!["plugin `rouge` is a metric plugin", "where a reward plugin goes"]),
+        ("zero KL target", valid().replace("generation: (max_new_tokens: 8),\n            train: (steps: 3", "kl: Adaptive(target: 0.0), generation: (max_new_tokens: 8),\n            train: (steps: 3"), vec!["target KL must be positive"]),
+        ("reward model that does not exist", valid().replace(r#"Model(stage: "rm")"#, r#"Model(stage: "rmm")"#), vec!["reads stage `rmm`", "does not exist", "did you mean `rm`?"]),
+    ];
+    for (what, text, expected) in cases {
+        let message = error_for(&text);
+        for part in &expected {
+            assert!(message.contains(part), "{what}: `{part}` missing from: {message}");
+        }
+        // Where the mistake has a place in the file, the message gives its line and column.
+        if expected.iter().any(|part| part.starts_with("bad.ron:")) {
+            let position = message.split("bad.ron:").nth(1).unwrap_or_default();
+            let mut numbers = position.split(':').take(2).map(|n| n.trim().parse::<usize>());
+            assert!(numbers.all(|n| n.is_ok_and(|n| n > 0)), "{what}: a line and column: {message}");
+        }
+    }
+}

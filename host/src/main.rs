@@ -72,6 +72,16 @@ enum BenchCommand {
         #[arg(long, default_value_t = 200.0)]
         peak_gflops: f64,
     },
+    /// Generation tokens/s (batched, greedy, KV cache) on the reference model, against PyTorch
+    /// (bench/generate_reference.py).
+    Generate {
+        /// Python with torch installed (default: the venv bench/setup.sh makes in the cache).
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// Timed generate calls on each side (after one warm-up call).
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -114,6 +124,7 @@ enum PluginCommand {
 }
 
 fn main() -> Result<()> {
+    fix_thread_count();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TRIAD_LOG")
@@ -141,6 +152,41 @@ fn main() -> Result<()> {
         }
         Command::Plugin(command) => plugin_command(command),
         Command::Bench(BenchCommand::Train { python, steps, peak_gflops }) => bench_train(python, steps, peak_gflops),
+        Command::Bench(BenchCommand::Generate { python, repeats }) => bench_generate(python, repeats),
+    }
+}
+
+fn bench_generate(python: Option<PathBuf>, repeats: usize) -> Result<()> {
+    use triad::train::bench::{GenerateBenchConfig, bench_generate_pytorch, bench_generate_triad};
+    let config = GenerateBenchConfig { repeats, ..GenerateBenchConfig::default() };
+    let workspace = find_workspace()?;
+    let python = python.unwrap_or_else(|| triad::data::registry::cache_dir().join("torch-venv/bin/python"));
+    println!(
+        "workload: GPT vocab {} context {} layers {} heads {} width {}, random init; batch {}, prompt {}, {} new \
+         tokens, greedy, KV cache; median of {repeats} calls",
+        config.vocab, config.context, config.layers, config.heads, config.width, config.batch, config.prompt,
+        config.new_tokens
+    );
+    // PyTorch first: its process then starts from a small parent, not from ours at its peak.
+    let reference = bench_generate_pytorch(&config, &python, &workspace.join("bench/generate_reference.py"))
+        .with_context(|| format!("the PyTorch side (run bench/setup.sh to create {})", python.display()))?;
+    let ours = bench_generate_triad(&config, &candle_core::Device::Cpu)?;
+    println!("| implementation | new tokens/s | peak RSS MiB |\n|---|---|---|");
+    for r in [&ours, &reference] {
+        println!("| {} | {:.0} | {:.0} |", r.implementation, r.tokens_per_s, r.peak_rss_mib);
+    }
+    println!("\ntriad / PyTorch = {:.2}x tokens/s", ours.tokens_per_s / reference.tokens_per_s);
+    Ok(())
+}
+
+/// candle 0.11 asks for its thread count on every CPU matmul, and on Linux that reads
+/// /proc/cpuinfo each time unless `RAYON_NUM_THREADS` is set: about 5% of decoding time in a
+/// profile. Pin it once to the count candle would pick.
+fn fix_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = candle_core::utils::get_num_threads();
+        // SAFETY: the first thing main does, before any other thread exists.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
     }
 }
 

@@ -6,6 +6,11 @@
 //! transposed view costs nothing). Leading dimensions are folded into rows first so that forward
 //! and backward are each a single 2-D matmul (a weight broadcast over the batch would make the
 //! backward pass build and then sum a per-batch weight gradient).
+//!
+//! With few rows (decoding: one per sequence) and an `(out, in)` weight, `y = (W xᵀ)ᵀ` is the
+//! same product with the weight as the left operand, which candle's gemm runs 1.3-2x faster
+//! (measured at 1-32 rows, for instance 1.7x on an 8-row LM head of 4096 x 256); training's
+//! thousands of rows keep `x Wᵀ`.
 
 use candle_core::{Result, Tensor};
 
@@ -17,6 +22,9 @@ pub enum Layout {
     /// `(out, in)`, `torch.nn.Linear`.
     OutIn,
 }
+
+/// Up to this many rows, an `(out, in)` weight multiplies from the left (see the module notes).
+const FEW_ROWS: usize = 32;
 
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -33,6 +41,7 @@ impl Linear {
         let x2 = x.reshape((rows, d_in[0]))?;
         let y = match self.layout {
             Layout::InOut => x2.matmul(&self.weight)?,
+            Layout::OutIn if rows <= FEW_ROWS => self.weight.matmul(&x2.t()?)?.t()?,
             Layout::OutIn => x2.matmul(&self.weight.t()?)?,
         };
         let y = match &self.bias {
@@ -50,4 +59,39 @@ impl Linear {
 pub fn embed(table: &Tensor, idx: &Tensor) -> Result<Tensor> {
     let (b, t) = idx.dims2()?;
     table.embedding(&idx.flatten_all()?)?.reshape((b, t, table.dim(1)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::init::{normal_values, stream};
+    use candle_core::{Device, Var};
+
+    fn random(seed: u64, shape: (usize, usize)) -> Result<Tensor> {
+        Tensor::from_vec(normal_values(&mut stream(seed, "linear"), shape.0 * shape.1, 1.0), shape, &Device::Cpu)
+    }
+
+    #[test]
+    fn few_and_many_rows_give_the_same_product_and_gradients() -> Result<()> {
+        let w = Var::from_tensor(&random(1, (24, 40))?)?;
+        for rows in [1, 5, FEW_ROWS, FEW_ROWS + 1, 100] {
+            let x = random(2, (rows, 40))?;
+            for bias in [None, Some(random(3, (1, 24))?.squeeze(0)?)] {
+                let linear = Linear { weight: w.as_tensor().clone(), bias: bias.clone(), layout: Layout::OutIn };
+                let y = linear.forward(&x.reshape((1, rows, 40))?)?;
+                assert_eq!(y.dims(), &[1, rows, 24]);
+                let mut want = x.matmul(&w.as_tensor().t()?.contiguous()?)?;
+                if let Some(b) = &bias {
+                    want = want.broadcast_add(b)?;
+                }
+                let diff = (y.squeeze(0)? - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(diff < 1e-4, "{rows} rows: {diff}");
+                let g = y.sum_all()?.backward()?;
+                let g = g.get(&w).expect("a weight gradient").sum_all()?.to_scalar::<f32>()?;
+                let g_want = x.sum_all()?.to_scalar::<f32>()? * 24.0;
+                assert!((g - g_want).abs() < 1e-3 * g_want.abs().max(1.0), "{rows} rows: gradient {g} vs {g_want}");
+            }
+        }
+        Ok(())
+    }
 }

@@ -1,5 +1,7 @@
 //! `triad bench train`: training throughput on the reference workload, measured side by side
 //! with PyTorch running the identical model (`bench/train_reference.py`) in the same invocation.
+//! `triad bench generate`: the same for batched greedy generation with a KV cache
+//! (`bench/generate_reference.py`).
 //!
 //! Workload: GPT-2 style, vocabulary 4096, context 256, 4 layers, 4 heads, width 256, batch 8,
 //! f32, AdamW with decoupled weight decay, clipping at 1.0. Each side times the whole step
@@ -138,4 +140,111 @@ impl From<String> for BenchError {
     fn from(message: String) -> Self {
         BenchError(message)
     }
+}
+
+/// The generation workload: the same model as [`BenchConfig`], random init, greedy decoding of
+/// `new_tokens` tokens after `prompt` random prompt tokens, for `batch` rows at once with a KV
+/// cache.
+#[derive(Debug, Clone)]
+pub struct GenerateBenchConfig {
+    pub vocab: usize,
+    pub context: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub width: usize,
+    pub batch: usize,
+    pub prompt: usize,
+    pub new_tokens: usize,
+    pub warmup: usize,
+    pub repeats: usize,
+}
+
+impl Default for GenerateBenchConfig {
+    fn default() -> Self {
+        let train = BenchConfig::default();
+        GenerateBenchConfig {
+            vocab: train.vocab,
+            context: train.context,
+            layers: train.layers,
+            heads: train.heads,
+            width: train.width,
+            batch: 8,
+            prompt: 16,
+            new_tokens: 128,
+            warmup: 1,
+            repeats: 5,
+        }
+    }
+}
+
+/// One side's generation result: new tokens per second over the whole call (prefill included),
+/// median over the repeats.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct GenerateBenchResult {
+    #[serde(rename = "impl")]
+    pub implementation: String,
+    pub tokens_per_s: f64,
+    pub peak_rss_mib: f64,
+}
+
+/// Time triad's [`generate`](crate::model::generate()) on the workload.
+pub fn bench_generate_triad(config: &GenerateBenchConfig, device: &Device) -> Result<GenerateBenchResult, BenchError> {
+    use crate::model::{SamplingConfig, generate};
+    let model_config = ModelConfig::Gpt(GptConfig {
+        vocab_size: config.vocab,
+        context: config.context,
+        layers: config.layers,
+        heads: config.heads,
+        d_model: config.width,
+        dropout: 0.0,
+        bias: true,
+    });
+    let model = Model::new(&model_config, device, 0).map_err(|e| e.to_string())?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let prompts: Vec<Vec<u32>> = (0..config.batch)
+        .map(|_| (0..config.prompt).map(|_| rng.random_range(0..config.vocab as u32)).collect())
+        .collect();
+    let sampling = SamplingConfig::greedy(config.new_tokens);
+    let mut times = Vec::new();
+    for repeat in 0..config.warmup + config.repeats {
+        let start = Instant::now();
+        let out = generate(&model, &prompts, &sampling).map_err(|e| e.to_string())?;
+        device.synchronize().map_err(|e| e.to_string())?;
+        if out.iter().any(|g| g.tokens.len() != config.new_tokens) {
+            return Err(format!("generation stopped short of {} tokens", config.new_tokens).into());
+        }
+        if repeat >= config.warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(GenerateBenchResult {
+        implementation: "triad (candle 0.11)".into(),
+        tokens_per_s: (config.batch * config.new_tokens) as f64 / times[times.len() / 2],
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+/// Run `bench/generate_reference.py` with `python` and read its JSON line.
+pub fn bench_generate_pytorch(
+    config: &GenerateBenchConfig,
+    python: &Path,
+    script: &Path,
+) -> Result<GenerateBenchResult, BenchError> {
+    let output = Command::new(python)
+        .arg(script)
+        .args(["--vocab", &config.vocab.to_string(), "--context", &config.context.to_string()])
+        .args(["--layers", &config.layers.to_string(), "--heads", &config.heads.to_string()])
+        .args(["--width", &config.width.to_string(), "--batch", &config.batch.to_string()])
+        .args(["--prompt", &config.prompt.to_string(), "--new-tokens", &config.new_tokens.to_string()])
+        .args(["--repeats", &config.repeats.to_string(), "--warmup", &config.warmup.to_string()])
+        .args(["--threads", "2"])
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+    if !output.status.success() {
+        return Err(format!("{} failed:\n{}", script.display(), String::from_utf8_lossy(&output.stderr)).into());
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    Ok(serde_json::from_str(line).map_err(|e| format!("unreadable output `{line}`: {e}"))?)
 }

@@ -104,6 +104,12 @@ pub fn train(
     let mut final_train_loss = f64::NAN;
     let mut final_eval = Vec::new();
     let accumulation = config.accumulation.max(1);
+    if start == 0 && config.eval_every > 0 {
+        // Where training starts from: the reference every later evaluation is read against.
+        for (name, value) in objective.evaluate()? {
+            metrics.write(0, &format!("eval/{name}"), value)?;
+        }
+    }
     for step in start..config.steps {
         let mut grads: HashMap<String, Tensor> = HashMap::new();
         let mut step_loss = 0.0;

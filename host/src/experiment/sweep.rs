@@ -141,3 +141,48 @@ fn step_into<'a>(node: &'a mut Value, field: &str) -> Option<&'a mut Value> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiment::{KlControl, Stage, parse_experiment};
+
+    fn experiment(sweep: &str) -> Result<Experiment, String> {
+        let text = format!(
+            r#"Experiment(
+                name: "s", seed: 1,
+                data: {{ "d": Text(path: "d.txt") }},
+                tokenizer: Char(on: "d"),
+                model: Gpt(layers: 1, heads: 1, d_model: 8, context: 8),
+                stages: [
+                    Pretrain(name: "base", data: "d", train: (steps: 10, batch: 2, lr: 1e-3)),
+                    Ppo(name: "ppo", policy: "base", prompts: (data: "d", format: Continuation(words: 2)),
+                        reward: [Model(stage: "base")], train: (steps: 2, rollouts: 4, minibatch: 2)),
+                ],
+                sweep: {sweep},
+            )"#
+        );
+        parse_experiment(std::path::Path::new("s.ron"), &text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_grid_of_two_values_and_two_seeds_makes_four_named_runs() {
+        let points = expand(&experiment(r#"{ "ppo.kl.target": [3.0, 6.0], "seed": [1, 2] }"#).expect("valid")).expect("points");
+        let names: Vec<&str> = points.iter().map(|p| p.run.as_str()).collect();
+        assert_eq!(names, ["ppo.kl.target=3.0-seed1", "ppo.kl.target=6.0-seed1", "ppo.kl.target=3.0-seed2", "ppo.kl.target=6.0-seed2"]);
+        let Stage::Ppo(ppo) = &points[1].experiment.stages[1] else { panic!("a PPO stage") };
+        assert!(matches!(ppo.kl, KlControl::Adaptive { target, .. } if target == 6.0));
+        assert_eq!(points[3].experiment.seed, 2);
+        assert_eq!(points[3].settings.len(), 1, "the seed is not a setting of the point");
+    }
+
+    #[test]
+    fn a_path_that_names_nothing_is_refused_with_where_it_stopped() {
+        let error = experiment(r#"{ "ppo.kl.targt": [3.0] }"#).expect_err("invalid");
+        assert!(error.contains("`ppo.kl` has no field `targt`"), "{error}");
+        let error = experiment(r#"{ "pp.lr": [3.0] }"#).expect_err("invalid");
+        assert!(error.contains("`pp` is neither a stage name nor a top-level field"), "{error}");
+        let error = experiment(r#"{ "ppo.train.steps": ["many"] }"#).expect_err("invalid");
+        assert!(error.contains("sweep point"), "{error}");
+    }
+}

@@ -8,7 +8,8 @@ use std::rc::Rc;
 
 use candle_core::Device;
 
-use crate::data::source::{LoadedSource, SourceError};
+use crate::data::filter::{DEFAULT_BATCH, apply_filters};
+use crate::data::source::{LoadedSource, Record, SourceError};
 use crate::data::tokenizer::{Tokenizer, TokenizerError};
 use crate::experiment::{DeviceSpec, Experiment, ModelSpec};
 use crate::model::chat::ChatTemplate;
@@ -190,6 +191,23 @@ impl<'a> RunContext<'a> {
             }
             None => self.pretrained()?.model.try_clone().map_err(|e| model_error(e.to_string())),
         }
+    }
+
+    /// The records of data source `data` that pass the `filters` (filter plugins, in order);
+    /// with filters, their report is written to `dir/filter-report.md`.
+    pub fn filtered_records(&self, stage: &str, data: &str, filters: &[String], dir: &Path) -> Result<Vec<Record>, StageError> {
+        let records = self.source(data)?.records.clone();
+        if filters.is_empty() {
+            return Ok(records);
+        }
+        let plugins = filters.iter().map(|f| self.plugin(f)?.into_filter().map_err(StageError::from)).collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<_> = plugins.iter().collect();
+        let (kept, report) = apply_filters(records, &refs, DEFAULT_BATCH)
+            .map_err(|e| StageError::Data { stage: stage.to_string(), message: e.to_string() })?;
+        std::fs::create_dir_all(dir).map_err(|e| FileError::new(dir, e))?;
+        write_atomically(&dir.join("filter-report.md"), report.to_markdown().as_bytes())?;
+        tracing::info!(stage, "{}", report.summary());
+        Ok(kept)
     }
 
     /// The sha256 of a declared plugin's wasm (building a plugin crate first if need be), for

@@ -14,8 +14,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
-
 use super::context::{RunContext, StageError};
 use super::examples::{self, Example, Layout};
 use super::winrate::{WinRate, write_label_files};
@@ -44,7 +42,7 @@ pub fn answer(model: &Model, layout: &Layout, prompts: &[String], config: &crate
         config.stop_tokens.push(layout.end_token());
     }
     let context = model.config().context();
-    let bar = progress(label, prompts.len());
+    let bar = crate::runs::progress::bar(label, prompts.len() as u64, 0);
     let mut answers = Vec::with_capacity(prompts.len());
     for chunk in prompts.chunks(GENERATION_BATCH) {
         let mut tokens = Vec::with_capacity(chunk.len());
@@ -66,15 +64,6 @@ pub fn answer(model: &Model, layout: &Layout, prompts: &[String], config: &crate
     Ok(answers)
 }
 
-fn progress(label: &str, len: usize) -> ProgressBar {
-    let bar = ProgressBar::new(len as u64);
-    let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} prompts {per_sec} eta {eta}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
-    bar.set_style(style);
-    bar.set_prefix(label.to_string());
-    bar
-}
 
 /// Judge scores of answers to prompts.
 pub fn judge_scores(ctx: &RunContext, judge: &Judge, layout: &Layout, prompts: &[String], answers: &[String]) -> Result<Vec<f64>, StageError> {

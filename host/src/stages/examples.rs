@@ -11,15 +11,10 @@
 use std::path::Path;
 
 use super::context::{RunContext, StageError};
-use crate::data::filter::apply_filters;
 use crate::data::source::Origin;
 use crate::data::tokenizer::Tokenizer;
 use crate::experiment::{ExampleFormat, ExampleSet, Template};
 use crate::model::chat::{ChatMessage, ChatTemplate};
-use crate::runs::atomic::write_atomically;
-
-/// Records per filter-plugin call.
-const FILTER_BATCH: usize = 512;
 
 /// One prompt and its reference response.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,17 +36,7 @@ pub struct Examples {
 /// filters) is written into `dir`.
 pub fn load(ctx: &RunContext, set: &ExampleSet, stage: &str, dir: &Path) -> Result<Examples, StageError> {
     let data_error = |message: String| StageError::Data { stage: stage.to_string(), message };
-    let source = ctx.source(&set.data)?;
-    let mut records = source.records.clone();
-    if !set.filters.is_empty() {
-        let plugins = set.filters.iter().map(|f| ctx.plugin(f)?.into_filter().map_err(StageError::from)).collect::<Result<Vec<_>, _>>()?;
-        let refs: Vec<_> = plugins.iter().collect();
-        let (kept, report) = apply_filters(records, &refs, FILTER_BATCH).map_err(|e| data_error(e.to_string()))?;
-        std::fs::create_dir_all(dir).map_err(|e| crate::runs::atomic::FileError::new(dir, e))?;
-        write_atomically(&dir.join("filter-report.md"), report.to_markdown().as_bytes())?;
-        tracing::info!(stage, "{}", report.summary());
-        records = kept;
-    }
+    let records = ctx.filtered_records(stage, &set.data, &set.filters, dir)?;
     let parts = set.split.apply(records).map_err(|e| data_error(e.to_string()))?;
     let to_examples = |records: Vec<crate::data::source::Record>| -> Result<Vec<Example>, StageError> {
         let mut examples = Vec::with_capacity(records.len());

@@ -22,7 +22,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{D, Tensor, Var};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use super::context::{RunContext, StageError};
@@ -292,7 +291,7 @@ pub fn run(ctx: &RunContext, stage: &PpoStage, dir: &Path) -> Result<(BTreeMap<S
     };
     let held_out: Vec<String> = examples.valid.iter().take(settings.eval_prompts).map(|e| e.prompt.clone()).collect();
     let mut final_metrics = BTreeMap::new();
-    let bar = progress(name, settings.steps, start);
+    let bar = crate::runs::progress::bar(name, settings.steps, start);
     let sample = |model: &Model, prompts: &[String], sampling: &SamplingConfig| -> Result<Vec<Sampled>, StageError> {
         let tokens = prompts.iter().map(|p| prompt_tokens(p)).collect::<Result<Vec<_>, _>>()?;
         let generated = generate(model, &tokens, sampling).map_err(|e| config_error(format!("sampling: {e}")))?;
@@ -533,16 +532,6 @@ pub fn ppo_plugin_loss(plugin: &LossPlugin, batch: &PpoBatch, lens: &[usize]) ->
     Ok((surrogate, metrics))
 }
 
-fn progress(stage: &str, steps: u64, start: u64) -> ProgressBar {
-    let bar = ProgressBar::new(steps);
-    bar.set_position(start);
-    let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
-    bar.set_style(style);
-    bar.set_prefix(stage.to_string());
-    bar
-}
 
 #[cfg(test)]
 mod tests {

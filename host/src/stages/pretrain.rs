@@ -12,14 +12,10 @@ use candle_core::{Device, Tensor};
 
 use super::context::{RunContext, StageError};
 use crate::data::blocks::{Blocks, Side};
-use crate::data::filter::apply_filters;
 use crate::experiment::PretrainStage;
 use crate::model::Model;
-use crate::runs::atomic::write_atomically;
 use crate::train::{Objective, TrainError, TrainSummary, lm_loss, train};
 
-/// Records per filter-plugin call.
-const FILTER_BATCH: usize = 512;
 
 /// The causal LM objective over a token stream.
 struct CausalLm<'m> {
@@ -86,16 +82,7 @@ pub fn validation_blocks(ctx: &RunContext, stage: &PretrainStage, dir: &Path) ->
 fn streams(ctx: &RunContext, stage: &PretrainStage, dir: &Path) -> Result<(Blocks, Blocks), StageError> {
     let name = stage.name.as_str();
     let data_error = |message: String| StageError::Data { stage: name.to_string(), message };
-    let source = ctx.source(&stage.data)?;
-    let mut records = source.records.clone();
-    if !stage.filters.is_empty() {
-        let plugins = stage.filters.iter().map(|f| ctx.plugin(f)?.into_filter().map_err(StageError::from)).collect::<Result<Vec<_>, _>>()?;
-        let refs: Vec<_> = plugins.iter().collect();
-        let (kept, report) = apply_filters(records, &refs, FILTER_BATCH).map_err(|e| data_error(e.to_string()))?;
-        write_atomically(&dir.join("filter-report.md"), report.to_markdown().as_bytes())?;
-        tracing::info!(stage = name, "{}", report.summary());
-        records = kept;
-    }
+    let records = ctx.filtered_records(name, &stage.data, &stage.filters, dir)?;
     let parts = stage.split.apply(records).map_err(|e| data_error(e.to_string()))?;
     let tokenizer = ctx.tokenizer()?;
     let train_blocks = Blocks::from_records(&tokenizer, &parts.train, Side::Train).map_err(|e| data_error(e.to_string()))?;

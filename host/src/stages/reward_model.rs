@@ -17,16 +17,12 @@ use candle_core::{Device, Tensor};
 
 use super::context::{RunContext, StageError};
 use crate::data::blocks::{draw_indices, splitmix64};
-use crate::data::filter::apply_filters;
 use crate::data::source::Record;
 use crate::experiment::{RewardModelStage, RewardObjective};
 use crate::model::reward::pad_rows;
 use crate::model::RewardModel;
-use crate::runs::atomic::write_atomically;
 use crate::train::{Objective, TrainError, TrainSummary, train};
 
-/// Records per filter-plugin call.
-const FILTER_BATCH: usize = 512;
 /// Attempts to find a partner whose rating differs enough, before the draw gives up on a slot.
 const PARTNER_TRIES: usize = 64;
 
@@ -232,15 +228,7 @@ fn rate(records: &[Record], field: &str, tokenizer: &crate::data::tokenizer::Tok
 pub fn run(ctx: &RunContext, stage: &RewardModelStage, dir: &Path) -> Result<(RewardModel, TrainSummary), StageError> {
     let name = stage.name.as_str();
     let data_error = |message: String| StageError::Data { stage: name.to_string(), message };
-    let source = ctx.source(&stage.data)?;
-    let mut records = source.records.clone();
-    if !stage.filters.is_empty() {
-        let plugins = stage.filters.iter().map(|f| ctx.plugin(f)?.into_filter().map_err(StageError::from)).collect::<Result<Vec<_>, _>>()?;
-        let refs: Vec<_> = plugins.iter().collect();
-        let (kept, report) = apply_filters(records, &refs, FILTER_BATCH).map_err(|e| data_error(e.to_string()))?;
-        write_atomically(&dir.join("filter-report.md"), report.to_markdown().as_bytes())?;
-        records = kept;
-    }
+    let records = ctx.filtered_records(name, &stage.data, &stage.filters, dir)?;
     let parts = stage.split.apply(records).map_err(|e| data_error(e.to_string()))?;
     let trunk = ctx.starting_model(stage.from.as_deref())?;
     let tokenizer = ctx.tokenizer()?;

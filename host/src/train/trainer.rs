@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, TrainState};
@@ -99,7 +98,7 @@ pub fn train(
         warmup_steps: config.warmup_steps,
         decay_steps: config.steps,
     };
-    let bar = progress_bar(stage, config.steps, start);
+    let bar = crate::runs::progress::bar(stage, config.steps, start);
     let started = Instant::now();
     let mut final_train_loss = f64::NAN;
     let mut final_eval = Vec::new();
@@ -189,13 +188,3 @@ fn config_key(config: &TrainConfig) -> String {
     Sha256::digest(&json).iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-fn progress_bar(stage: &str, steps: u64, start: u64) -> ProgressBar {
-    let bar = ProgressBar::new(steps);
-    bar.set_position(start);
-    let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
-    bar.set_style(style);
-    bar.set_prefix(stage.to_string());
-    bar
-}

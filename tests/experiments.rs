@@ -129,8 +129,9 @@ fn a_whole_pipeline_runs_caches_and_reruns_only_what_a_change_touches() {
 fn ppo_rewarded_by_a_plugin_alone_raises_that_reward() {
     let dir = scratch("plugin-reward");
     // Reward: the VADER sentiment of the continuation, no reward model at all.
-    let text = pipeline("1e-3", r#"[Plugin(name: "vader")]"#)
+    let text = pipeline("2e-3", r#"[Plugin(name: "vader")], kl: Fixed(coef: 0.01)"#)
         .replace("STEPS", "40")
+        .replace("generation: (max_new_tokens: 8),\n            train", "generation: (max_new_tokens: 12),\n            train")
         .replace("rollouts: 8, minibatch: 4, epochs: 2", "rollouts: 16, minibatch: 8, epochs: 4");
     std::fs::write(dir.join("e.ron"), text).expect("write");
     triad(&dir, &["run", "e.ron"]);

@@ -45,15 +45,7 @@ pub fn answer(model: &Model, layout: &Layout, prompts: &[String], config: &crate
     let bar = crate::runs::progress::bar(label, prompts.len() as u64, 0);
     let mut answers = Vec::with_capacity(prompts.len());
     for chunk in prompts.chunks(GENERATION_BATCH) {
-        let mut tokens = Vec::with_capacity(chunk.len());
-        for prompt in chunk {
-            let mut t = layout.prompt_tokens(prompt)?;
-            // Keep room for the answer: a prompt longer than half the context keeps its end.
-            if t.len() > context / 2 {
-                t.drain(..t.len() - context / 2);
-            }
-            tokens.push(t);
-        }
+        let tokens = chunk.iter().map(|p| layout.prompt_tokens_within(p, context)).collect::<Result<Vec<_>, _>>()?;
         let generated = generate(model, &tokens, &config).map_err(|e| e.to_string())?;
         for g in generated {
             answers.push((layout.response_text(&g.tokens)?, g.tokens));

@@ -172,6 +172,17 @@ impl<'a> Layout<'a> {
         self.tokenizer.encode(&self.prompt_text(prompt)).map_err(|e| e.to_string())
     }
 
+    /// The prompt's tokens for a model of `context` positions: a prompt longer than half the
+    /// context keeps its end (the part the answer continues), leaving room for the answer.
+    pub fn prompt_tokens_within(&self, prompt: &str, context: usize) -> Result<Vec<u32>, String> {
+        let mut tokens = self.prompt_tokens(prompt)?;
+        let room = (context / 2).max(1);
+        if tokens.len() > room {
+            tokens.drain(..tokens.len() - room);
+        }
+        Ok(tokens)
+    }
+
     /// Prompt and response as one sequence, the response ended by the end token.
     pub fn encode(&self, prompt: &str, response: &str) -> Result<Encoded, String> {
         let mut tokens = self.prompt_tokens(prompt)?;

@@ -282,13 +282,7 @@ pub fn run(ctx: &RunContext, stage: &PpoStage, dir: &Path) -> Result<(BTreeMap<S
         value_coef: settings.value_coef,
         entropy_coef: settings.entropy_coef,
     };
-    let prompt_tokens = |prompt: &str| -> Result<Vec<u32>, StageError> {
-        let mut t = layout.prompt_tokens(prompt).map_err(config_error)?;
-        if t.len() > context / 2 {
-            t.drain(..t.len() - context / 2);
-        }
-        Ok(t)
-    };
+    let prompt_tokens = |prompt: &str| layout.prompt_tokens_within(prompt, context).map_err(config_error);
     let held_out: Vec<String> = examples.valid.iter().take(settings.eval_prompts).map(|e| e.prompt.clone()).collect();
     let mut final_metrics = BTreeMap::new();
     let bar = crate::runs::progress::bar(name, settings.steps, start);

@@ -436,7 +436,8 @@ pub struct SftStage {
     pub packing: bool,
     /// A loss plugin that replaces the native cross-entropy (through the surrogate-gradient
     /// contract): it receives the response tokens' log-probs (and mean log-probs, entropies).
-    #[serde(default)]
+    /// Left out of the stage's key when unset, so older outputs stay valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss: Option<String>,
     pub train: TrainSettings,
 }

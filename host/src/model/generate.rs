@@ -40,13 +40,26 @@ pub struct SamplingConfig {
     pub top_p: Option<f64>,
     /// Tokens that end a row (reported as its last token).
     pub stop_tokens: Vec<u32>,
+    /// Stop tokens are not drawn before this many new tokens (Hugging Face's `min_new_tokens`):
+    /// keeps RLHF from learning that the shortest answer is the safest. Not serialized when 0,
+    /// so stage keys made before it existed still hold.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub min_new_tokens: usize,
     /// Seed of the sampling generators.
     pub seed: u64,
 }
 
 impl Default for SamplingConfig {
     fn default() -> Self {
-        SamplingConfig { max_new_tokens: 32, temperature: 1.0, top_k: None, top_p: None, stop_tokens: Vec::new(), seed: 0 }
+        SamplingConfig {
+            max_new_tokens: 32,
+            temperature: 1.0,
+            top_k: None,
+            top_p: None,
+            stop_tokens: Vec::new(),
+            min_new_tokens: 0,
+            seed: 0,
+        }
     }
 }
 
@@ -75,6 +88,10 @@ impl SamplingConfig {
         }
         Ok(())
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// One prompt's continuation.
@@ -136,7 +153,19 @@ pub fn generate(model: &Model, prompts: &[Vec<u32>], config: &SamplingConfig) ->
             if generated.stopped {
                 continue;
             }
-            let (token, logprob) = sample(&logits[row], config, rng);
+            let (token, logprob) = if step < config.min_new_tokens && !config.stop_tokens.is_empty() {
+                // Drawn as if the stop tokens did not exist; the log-prob stays the model's own.
+                let mut allowed = logits[row].clone();
+                for &stop in &config.stop_tokens {
+                    if let Some(l) = allowed.get_mut(stop as usize) {
+                        *l = f32::NEG_INFINITY;
+                    }
+                }
+                let (token, _) = sample(&allowed, config, rng);
+                (token, log_softmax_at(&logits[row], token as usize))
+            } else {
+                sample(&logits[row], config, rng)
+            };
             generated.tokens.push(token);
             generated.logprobs.push(logprob);
             generated.stopped = config.stop_tokens.contains(&token);
@@ -384,6 +413,22 @@ mod tests {
             let config = SamplingConfig { stop_tokens: all, ..sampled(8, 3) };
             let first = generate(&model, &prompts, &config).unwrap();
             assert!(first.iter().zip(&free).all(|(a, f)| a.stopped && a.tokens == f.tokens[..1]), "{label}");
+        }
+    }
+
+    #[test]
+    fn no_stop_token_is_drawn_before_the_minimum_length() {
+        for (label, model) in models() {
+            let prompts = prompts();
+            // Every token but one stops a row: only the minimum keeps rows going.
+            let keep = 5u32;
+            let stops: Vec<u32> = (0..VOCAB as u32).filter(|&t| t != keep).collect();
+            let config = SamplingConfig { stop_tokens: stops, min_new_tokens: 4, ..sampled(8, 3) };
+            for g in generate(&model, &prompts, &config).unwrap() {
+                assert_eq!(&g.tokens[..4], &[keep; 4], "{label}: the only token that does not stop");
+                assert_eq!(g.tokens.len(), 5, "{label}: the first draw after the minimum stops");
+                assert!(g.logprobs[..4].iter().all(|&l| l < 0.0 && l.is_finite()), "{label}: the model's own log-probs");
+            }
         }
     }
 

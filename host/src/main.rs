@@ -81,6 +81,9 @@ enum BenchCommand {
         /// Timed generate calls on each side (after one warm-up call).
         #[arg(long, default_value_t = 5)]
         repeats: usize,
+        /// Threads on each side (PyTorch's intra-op threads, candle's pool).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
     },
 }
 
@@ -124,7 +127,12 @@ enum PluginCommand {
 }
 
 fn main() -> Result<()> {
-    fix_thread_count();
+    let cli = Cli::parse();
+    let threads = match &cli.command {
+        Command::Bench(BenchCommand::Generate { threads, .. }) => Some(*threads),
+        _ => None,
+    };
+    fix_thread_count(threads);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TRIAD_LOG")
@@ -133,7 +141,7 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Run { experiment, runs, force, dry_run } => {
             run_command(&experiment, &RunOptions { runs_root: runs, force }, dry_run)
         }
@@ -152,18 +160,18 @@ fn main() -> Result<()> {
         }
         Command::Plugin(command) => plugin_command(command),
         Command::Bench(BenchCommand::Train { python, steps, peak_gflops }) => bench_train(python, steps, peak_gflops),
-        Command::Bench(BenchCommand::Generate { python, repeats }) => bench_generate(python, repeats),
+        Command::Bench(BenchCommand::Generate { python, repeats, threads }) => bench_generate(python, repeats, threads),
     }
 }
 
-fn bench_generate(python: Option<PathBuf>, repeats: usize) -> Result<()> {
+fn bench_generate(python: Option<PathBuf>, repeats: usize, threads: usize) -> Result<()> {
     use triad::train::bench::{GenerateBenchConfig, bench_generate_pytorch, bench_generate_triad};
-    let config = GenerateBenchConfig { repeats, ..GenerateBenchConfig::default() };
+    let config = GenerateBenchConfig { repeats, threads, ..GenerateBenchConfig::default() };
     let workspace = find_workspace()?;
     let python = python.unwrap_or_else(|| triad::data::registry::cache_dir().join("torch-venv/bin/python"));
     println!(
         "workload: GPT vocab {} context {} layers {} heads {} width {}, random init; batch {}, prompt {}, {} new \
-         tokens, greedy, KV cache; median of {repeats} calls",
+         tokens, greedy, KV cache; {threads} threads; median of {repeats} calls",
         config.vocab, config.context, config.layers, config.heads, config.width, config.batch, config.prompt,
         config.new_tokens
     );
@@ -181,13 +189,15 @@ fn bench_generate(python: Option<PathBuf>, repeats: usize) -> Result<()> {
 
 /// candle 0.11 asks for its thread count on every CPU matmul, and on Linux that reads
 /// /proc/cpuinfo each time unless `RAYON_NUM_THREADS` is set: about 5% of decoding time in a
-/// profile. Pin it once to the count candle would pick.
-fn fix_thread_count() {
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let threads = candle_core::utils::get_num_threads();
-        // SAFETY: the first thing main does, before any other thread exists.
-        unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
-    }
+/// profile. Pin it once: to `threads` if given, else to the count candle would pick.
+fn fix_thread_count(threads: Option<usize>) {
+    let threads = match threads {
+        Some(n) => n.max(1),
+        None if std::env::var_os("RAYON_NUM_THREADS").is_some() => return,
+        None => candle_core::utils::get_num_threads(),
+    };
+    // SAFETY: main calls this before anything has started a thread.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
 }
 
 fn bench_train(python: Option<PathBuf>, steps: usize, peak_gflops: f64) -> Result<()> {

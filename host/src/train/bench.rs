@@ -157,6 +157,9 @@ pub struct GenerateBenchConfig {
     pub new_tokens: usize,
     pub warmup: usize,
     pub repeats: usize,
+    /// PyTorch's intra-op threads; triad's side uses candle's pool, which the binary sizes from
+    /// `RAYON_NUM_THREADS`.
+    pub threads: usize,
 }
 
 impl Default for GenerateBenchConfig {
@@ -173,6 +176,7 @@ impl Default for GenerateBenchConfig {
             new_tokens: 128,
             warmup: 1,
             repeats: 5,
+            threads: 2,
         }
     }
 }
@@ -238,7 +242,7 @@ pub fn bench_generate_pytorch(
         .args(["--width", &config.width.to_string(), "--batch", &config.batch.to_string()])
         .args(["--prompt", &config.prompt.to_string(), "--new-tokens", &config.new_tokens.to_string()])
         .args(["--repeats", &config.repeats.to_string(), "--warmup", &config.warmup.to_string()])
-        .args(["--threads", "2"])
+        .args(["--threads", &config.threads.to_string()])
         .output()
         .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
     if !output.status.success() {

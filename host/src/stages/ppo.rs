@@ -13,9 +13,10 @@
 //! 5. updates β with the adaptive controller from the batch's mean KL per sequence.
 //!
 //! Logged every iteration: mean score (and each term), KL, β, entropy, clip fraction, approx-KL,
-//! value loss, explained variance, response length. Held-out prompts are scored every
-//! `eval_every` iterations. Checkpoints hold the weights, the optimizer, β and the reward
-//! statistics, so an interrupted run resumes where it stopped.
+//! value loss, explained variance, response length, and the share of the iteration's time spent
+//! inside plugins. Held-out prompts are scored every `eval_every` iterations. Checkpoints hold
+//! the weights, the optimizer, β and the reward statistics, so an interrupted run resumes where
+//! it stopped.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -165,11 +166,14 @@ struct Scored {
     totals: Vec<f64>,
     /// Mean of each term over the batch, by name.
     terms: Vec<(String, f64)>,
+    /// Time spent inside reward plugins.
+    plugin_seconds: f64,
 }
 
 fn score(scorers: &[Scorer], episodes: &[Sampled], end: u32, pad: u32) -> Result<Scored, String> {
     let mut totals = vec![0.0; episodes.len()];
     let mut terms = Vec::new();
+    let mut plugin_seconds = 0.0;
     for scorer in scorers {
         let (name, weight, scores): (&str, f64, Vec<f64>) = match scorer {
             Scorer::Model { name, weight, model } => {
@@ -194,7 +198,10 @@ fn score(scorers: &[Scorer], episodes: &[Sampled], end: u32, pad: u32) -> Result
                     .iter()
                     .map(|e| Episode { prompt: e.prompt.clone(), response: e.response_text.clone(), reference: None })
                     .collect();
-                (name, *weight, plugin.score(&batch).map_err(|e| e.to_string())?)
+                let started = Instant::now();
+                let scores = plugin.score(&batch).map_err(|e| e.to_string())?;
+                plugin_seconds += started.elapsed().as_secs_f64();
+                (name, *weight, scores)
             }
         };
         for (total, s) in totals.iter_mut().zip(&scores) {
@@ -202,7 +209,7 @@ fn score(scorers: &[Scorer], episodes: &[Sampled], end: u32, pad: u32) -> Result
         }
         terms.push((name.to_string(), scores.iter().sum::<f64>() / scores.len() as f64));
     }
-    Ok(Scored { totals, terms })
+    Ok(Scored { totals, terms, plugin_seconds })
 }
 
 /// Run the stage into `dir`: final metrics, the iteration resumed from, seconds.
@@ -304,6 +311,7 @@ pub fn run(ctx: &RunContext, stage: &PpoStage, dir: &Path) -> Result<(BTreeMap<S
     }
 
     for step in start..settings.steps {
+        let iteration_started = Instant::now();
         // 1. Rollouts.
         let indices = draw_indices(step, settings.rollouts, examples.train.len(), seed);
         let prompts: Vec<String> = indices.iter().map(|&i| examples.train[i].prompt.clone()).collect();
@@ -370,11 +378,14 @@ pub fn run(ctx: &RunContext, stage: &PpoStage, dir: &Path) -> Result<(BTreeMap<S
         // 4. PPO epochs.
         let mut update_metrics: Vec<(String, f64)> = Vec::new();
         let mut updates = 0usize;
+        let mut plugin_seconds = scored.plugin_seconds;
         for epoch in 0..settings.epochs {
             let order = permutation(rows.len(), seed ^ step.wrapping_mul(31) ^ (epoch as u64).wrapping_mul(0x632b_e59b_d9b4_e019));
             for minibatch in order.chunks(settings.minibatch) {
-                let (loss, mut diagnostics) = minibatch_loss(&learner, &rows, &lens, &rollout, minibatch, pad, &loss_config, loss_plugin.as_ref())
-                    .map_err(config_error)?;
+                let (loss, mut diagnostics, loss_plugin_seconds) =
+                    minibatch_loss(&learner, &rows, &lens, &rollout, minibatch, pad, &loss_config, loss_plugin.as_ref())
+                        .map_err(config_error)?;
+                plugin_seconds += loss_plugin_seconds;
                 let grads = loss.backward().map_err(|e| config_error(e.to_string()))?;
                 let by_name: HashMap<String, Tensor> =
                     vars.iter().filter_map(|(n, v)| grads.get(v.as_tensor()).map(|g| (n.clone(), g.clone()))).collect();
@@ -403,6 +414,9 @@ pub fn run(ctx: &RunContext, stage: &PpoStage, dir: &Path) -> Result<(BTreeMap<S
             ("train/explained_variance".to_string(), explained_variance),
         ];
         row.extend(scored.terms.iter().map(|(n, v)| (format!("train/reward/{n}"), *v)));
+        let iteration_seconds = iteration_started.elapsed().as_secs_f64();
+        row.push(("time/iteration_seconds".into(), iteration_seconds));
+        row.push(("time/plugin_share".into(), plugin_seconds / iteration_seconds));
         row.extend(update_metrics.into_iter().map(|(n, v)| (format!("train/{n}"), v / updates.max(1) as f64)));
         for (metric, value) in &row {
             metrics.write(done, metric, *value).map_err(StageError::File)?;
@@ -459,7 +473,8 @@ fn explained_variance(values: &[f32], returns: &[f32]) -> f64 {
     if r_var > 0.0 { 1.0 - d_var / r_var } else { f64::NAN }
 }
 
-/// The loss of one minibatch (the rollout rows at `members`), native or from the loss plugin.
+/// The loss of one minibatch (the rollout rows at `members`), native or from the loss plugin,
+/// with the seconds spent inside the plugin.
 #[allow(clippy::too_many_arguments)]
 fn minibatch_loss(
     learner: &Learner,
@@ -470,7 +485,7 @@ fn minibatch_loss(
     pad: u32,
     config: &PpoLossConfig,
     plugin: Option<&LossPlugin>,
-) -> Result<(Tensor, Vec<(String, f64)>), String> {
+) -> Result<(Tensor, Vec<(String, f64)>, f64), String> {
     let device = learner.policy.device();
     let picked_rows: Vec<Vec<u32>> = members.iter().map(|&m| rows[m].clone()).collect();
     let picked_lens: Vec<usize> = members.iter().map(|&m| lens[m]).collect();
@@ -492,12 +507,14 @@ fn minibatch_loss(
         returns: constant(&rollout.returns)?,
     };
     let entropy = batch.entropy.as_ref().and_then(|e| e.mean_all().ok()).and_then(|e| e.to_scalar::<f32>().ok()).unwrap_or(f32::NAN);
+    let started = Instant::now();
     let (loss, mut diagnostics) = match plugin {
         None => ppo_loss(&batch, config).map_err(|e| e.to_string())?,
         Some(plugin) => ppo_plugin_loss(plugin, &batch, &picked_lens)?,
     };
+    let plugin_seconds = if plugin.is_some() { started.elapsed().as_secs_f64() } else { 0.0 };
     diagnostics.push(("entropy".into(), entropy as f64));
-    Ok((loss, diagnostics))
+    Ok((loss, diagnostics, plugin_seconds))
 }
 
 /// The minibatch's features as a loss plugin reads them, and its surrogate loss.

@@ -310,6 +310,23 @@ pub fn run(ctx: &RunContext, stage: &PpoStage, dir: &Path) -> Result<(BTreeMap<S
         sampling.stop_tokens.push(end);
     }
 
+    // Held-out prompts, sampled as in training with a fixed seed, scored by the same reward.
+    let evaluate = |model: &Model, prompts: &[String]| -> Result<Vec<(String, f64)>, StageError> {
+        if prompts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let config = SamplingConfig { seed: sampling.seed ^ 0xe7a1, ..sampling.clone() };
+        let scored = score(&scorers, &sample(model, prompts, &config)?, end, pad).map_err(config_error)?;
+        let mut evals = vec![("eval/reward".to_string(), scored.totals.iter().sum::<f64>() / scored.totals.len() as f64)];
+        evals.extend(scored.terms.iter().map(|(n, v)| (format!("eval/reward/{n}"), *v)));
+        Ok(evals)
+    };
+    if start == 0 {
+        // The starting policy's score: what PPO has to improve on.
+        for (metric, value) in evaluate(&learner.policy, &held_out)? {
+            metrics.write(0, &metric, value).map_err(StageError::File)?;
+        }
+    }
     for step in start..settings.steps {
         let iteration_started = Instant::now();
         // 1. Rollouts.
@@ -429,17 +446,13 @@ pub fn run(ctx: &RunContext, stage: &PpoStage, dir: &Path) -> Result<(BTreeMap<S
 
         let last = done == settings.steps;
         if last || done % eval_every == 0 {
-            let eval_config = SamplingConfig { seed: sampling.seed ^ 0xe7a1, ..sampling.clone() };
-            if !held_out.is_empty() {
-                let episodes = sample(&learner.policy, &held_out, &eval_config)?;
-                let scored = score(&scorers, &episodes, end, pad).map_err(config_error)?;
-                let mut evals = vec![("eval/reward".to_string(), scored.totals.iter().sum::<f64>() / scored.totals.len() as f64)];
-                evals.extend(scored.terms.iter().map(|(n, v)| (format!("eval/reward/{n}"), *v)));
-                for (metric, value) in evals {
-                    metrics.write(done, &metric, value).map_err(StageError::File)?;
-                    final_metrics.insert(metric, value);
-                }
-                bar.suspend(|| tracing::info!(stage = name, step = done, "eval reward {:.4}, kl {mean_kl:.3}, β {:.4}", final_metrics["eval/reward"], kl.coef));
+            let evals = evaluate(&learner.policy, &held_out)?;
+            for (metric, value) in &evals {
+                metrics.write(done, metric, *value).map_err(StageError::File)?;
+                final_metrics.insert(metric.clone(), *value);
+            }
+            if let Some((_, reward)) = evals.first() {
+                bar.suspend(|| tracing::info!(stage = name, step = done, "eval reward {reward:.4}, kl {mean_kl:.3}, β {:.4}", kl.coef));
             }
         }
         if last || done % checkpoint_every == 0 {
@@ -450,8 +463,12 @@ pub fn run(ctx: &RunContext, stage: &PpoStage, dir: &Path) -> Result<(BTreeMap<S
         }
     }
     bar.finish_and_clear();
-    if start >= settings.steps {
-        for row in crate::runs::metrics::read_rows(&dir.join("metrics.jsonl")).map_err(StageError::File)? {
+    for row in crate::runs::metrics::read_rows(&dir.join("metrics.jsonl")).map_err(StageError::File)? {
+        // The starting policy's evaluation sits at step 0; the rest, after a resume past the
+        // last iteration, comes back from the stream.
+        if row.step == 0 {
+            final_metrics.insert(format!("{}/start", row.metric), row.value);
+        } else if start >= settings.steps {
             final_metrics.insert(row.metric, row.value);
         }
     }

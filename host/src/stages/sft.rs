@@ -39,7 +39,15 @@ pub struct SftBatch {
 impl SftBatch {
     /// Rows of `tokens`, each scored from `prompt_len` on, right-padded with `pad`.
     pub fn from_rows(rows: &[&Encoded], pad: u32) -> SftBatch {
-        let len = rows.iter().map(|r| r.tokens.len().saturating_sub(1)).max().unwrap_or(0).max(1);
+        let scored: Vec<Vec<bool>> = rows.iter().map(|r| (0..r.tokens.len()).map(|j| j >= r.prompt_len).collect()).collect();
+        let sequences: Vec<(&[u32], &[bool])> = rows.iter().zip(&scored).map(|(r, s)| (r.tokens.as_slice(), s.as_slice())).collect();
+        SftBatch::from_sequences(&sequences, pad)
+    }
+
+    /// Rows of (tokens, whether each token is scored), right-padded with `pad`: the model reads
+    /// `tokens[..n-1]` and is scored on predicting `tokens[i + 1]` where that token is scored.
+    pub fn from_sequences(rows: &[(&[u32], &[bool])], pad: u32) -> SftBatch {
+        let len = rows.iter().map(|(t, _)| t.len().saturating_sub(1)).max().unwrap_or(0).max(1);
         let mut batch = SftBatch {
             inputs: vec![pad; rows.len() * len],
             targets: vec![pad; rows.len() * len],
@@ -47,12 +55,11 @@ impl SftBatch {
             rows: rows.len(),
             len,
         };
-        for (r, row) in rows.iter().enumerate() {
-            for i in 0..row.tokens.len().saturating_sub(1) {
-                batch.inputs[r * len + i] = row.tokens[i];
-                batch.targets[r * len + i] = row.tokens[i + 1];
-                // Target i + 1 is a response token: the prompt ends at prompt_len.
-                if i + 1 >= row.prompt_len {
+        for (r, (tokens, scored)) in rows.iter().enumerate() {
+            for i in 0..tokens.len().saturating_sub(1) {
+                batch.inputs[r * len + i] = tokens[i];
+                batch.targets[r * len + i] = tokens[i + 1];
+                if scored[i + 1] {
                     batch.mask[r * len + i] = 1.0;
                 }
             }
@@ -129,23 +136,8 @@ impl Rows {
                 SftBatch::from_rows(&rows, pad)
             }
             Rows::Packed(packed) => {
-                let len = indices.iter().map(|&i| packed[i].0.len() - 1).max().unwrap_or(1).max(1);
-                let mut batch = SftBatch {
-                    inputs: vec![pad; indices.len() * len],
-                    targets: vec![pad; indices.len() * len],
-                    mask: vec![0.0; indices.len() * len],
-                    rows: indices.len(),
-                    len,
-                };
-                for (r, &i) in indices.iter().enumerate() {
-                    let (tokens, scored) = &packed[i];
-                    for k in 0..tokens.len() - 1 {
-                        batch.inputs[r * len + k] = tokens[k];
-                        batch.targets[r * len + k] = tokens[k + 1];
-                        batch.mask[r * len + k] = if scored[k + 1] { 1.0 } else { 0.0 };
-                    }
-                }
-                batch
+                let rows: Vec<(&[u32], &[bool])> = indices.iter().map(|&i| (packed[i].0.as_slice(), packed[i].1.as_slice())).collect();
+                SftBatch::from_sequences(&rows, pad)
             }
         }
     }

@@ -71,7 +71,8 @@ fn suggest(error: &ron::Error) -> Option<String> {
         .map(|(_, candidate)| candidate.to_string())
 }
 
-fn edit_distance(a: &str, b: &str) -> usize {
+/// Levenshtein distance between two names, in characters (for did-you-mean suggestions).
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {

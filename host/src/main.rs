@@ -53,6 +53,37 @@ enum Command {
     /// Build, inspect and run plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Compare runs: a table of final metrics per sweep point (mean ± std over seeds) or per
+    /// run, a metric per step, and training-curve plots.
+    Compare {
+        /// Run folders, folders of runs (runs/<experiment>), or experiment .ron files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Where experiments' runs live, for .ron paths.
+        #[arg(long)]
+        runs: Option<PathBuf>,
+        /// Final metrics to show, as <stage>/<metric>, comma-separated (default: all).
+        #[arg(long, value_delimiter = ',')]
+        metrics: Option<Vec<String>>,
+        /// Sort rows by this metric's mean (ascending unless --desc).
+        #[arg(long)]
+        sort: Option<String>,
+        /// Sort descending.
+        #[arg(long)]
+        desc: bool,
+        /// A row per run instead of per sweep point.
+        #[arg(long)]
+        by_run: bool,
+        /// Also write the table to FILE.csv, FILE.parquet or FILE.md.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Show this metric per step (<stage>/<metric>, e.g. pretrain/train/loss).
+        #[arg(long)]
+        step_metric: Option<String>,
+        /// Plot the step metric's curves (default <first stage>/train/loss) to FILE.png or FILE.svg.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
     /// Benchmarks that print ratios against a reference measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -159,6 +190,25 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Plugin(command) => plugin_command(command),
+        Command::Compare { paths, runs, metrics, sort, desc, by_run, out, step_metric, plot } => {
+            let options = triad::runs::compare::CompareOptions {
+                paths,
+                runs_root: runs,
+                metrics,
+                sort,
+                descending: desc,
+                by_run,
+                out,
+                step_metric,
+                plot,
+            };
+            let output = triad::runs::compare::compare(&options)?;
+            print!("{}", output.markdown);
+            for path in &output.written {
+                eprintln!("wrote {}", path.display());
+            }
+            Ok(())
+        }
         Command::Bench(BenchCommand::Train { python, steps, peak_gflops }) => bench_train(python, steps, peak_gflops),
         Command::Bench(BenchCommand::Generate { python, repeats, threads }) => bench_generate(python, repeats, threads),
     }
@@ -257,9 +307,14 @@ fn run_command(path: &Path, options: &RunOptions, dry_run: bool) -> Result<()> {
             }
         }
     }
-    if let Some(first) = runs.first() {
-        println!("\noutputs: {}", first.dir.parent().unwrap_or(&first.dir).display());
+    let experiment_runs = options.runs_root.join(&experiment.name);
+    let last_stage = pipeline::stage_order(&experiment).ok().and_then(|order| order.last().map(|s| s.name().to_string()));
+    match triad::runs::compare::run_summary(&experiment_runs, &experiment.summary, last_stage.as_deref().unwrap_or_default()) {
+        Ok(table) => println!("\n{table}"),
+        // The runs are done and saved: a summary that cannot be made is a warning, not a failure.
+        Err(e) => eprintln!("warning: no summary table: {e}"),
     }
+    println!("\noutputs: {} (compare them with `triad compare {}`)", experiment_runs.display(), experiment_runs.display());
     Ok(())
 }
 

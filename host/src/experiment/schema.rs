@@ -51,6 +51,10 @@ pub struct Experiment {
     /// A grid over config paths and seeds: `{ "ppo.kl.target": [3.0, 6.0], "seed": [1, 2] }`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sweep: Option<Sweep>,
+    /// The final metrics (`<stage>/<metric>`) of the table printed when a run ends; default:
+    /// every final metric of the last stage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub summary: Vec<String>,
 }
 
 /// The model every stage starts from, unless it starts from an earlier stage's output.

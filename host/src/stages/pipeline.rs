@@ -282,6 +282,11 @@ fn run_point(point: &RunPoint, experiment_path: &Path, options: &RunOptions) -> 
         }
         write_record(&store, &StageRecord { key: key.clone(), complete: false, metrics: BTreeMap::new() })?;
         let (metrics, resumed_from) = run_stage(&ctx, stage, &dir)?;
+        let jsonl = store.join("metrics.jsonl");
+        if jsonl.is_file() {
+            crate::runs::table::write_metrics_parquet(&jsonl, &store.join("metrics.parquet"))
+                .map_err(|e| StageError::Data { stage: name.clone(), message: format!("writing metrics.parquet: {e}") })?;
+        }
         write_record(&store, &StageRecord { key: key.clone(), complete: true, metrics: metrics.clone() })?;
         outcomes.push(StageOutcome { stage: name, cached: false, resumed_from, metrics, dir });
     }

@@ -1,0 +1,619 @@
+//! `triad compare`: result tables over runs.
+//!
+//! The final table has a row per sweep point (runs grouped by experiment and by their manifest's
+//! `sweep` object, seeds pooled) or per run, and a column per final metric `<stage>/<metric>`
+//! (from each completed stage's `stage.json`): mean and sample standard deviation (ddof 1) over
+//! seeds. The per-step table reads one metric's curve from each run's metrics files. Both are
+//! polars DataFrames, so they go out as CSV or Parquet with exact numbers; Markdown is rendered
+//! here, with "mean ± std" cells at four significant digits.
+//!
+//! Statistics are computed per group with polars' nullable column aggregations; the lazy engine
+//! (group_by/pivot expressions) is not used on purpose: it would add polars-lazy, -plan, -expr
+//! and -stream to every build for tables of a few dozen rows.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+use serde_json::Value;
+
+use super::atomic::{FileError, write_atomically};
+use super::plot::{Curve, PlotError, plot_curves};
+use super::table::{Run, TableError, TableFormat, find_runs, write_frame};
+
+/// What can go wrong comparing runs.
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    #[error(transparent)]
+    Table(#[from] TableError),
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("{}", unknown_metric_message(.kind, .name, .suggestion.as_deref(), .available))]
+    UnknownMetric { kind: &'static str, name: String, suggestion: Option<String>, available: Vec<String> },
+    #[error("building the {what} table: {source}")]
+    Polars { what: &'static str, source: PolarsError },
+    #[error(transparent)]
+    Plot(#[from] PlotError),
+    #[error("nothing to plot: no run recorded `{metric}` at any step")]
+    NothingToPlot { metric: String },
+    #[error("no stage to plot: the runs list no stages (name a metric with --step-metric)")]
+    NoStages,
+}
+
+fn unknown_metric_message(kind: &str, name: &str, suggestion: Option<&str>, available: &[String]) -> String {
+    let mut message = format!("no run has the {kind} metric `{name}`");
+    if let Some(s) = suggestion {
+        let _ = write!(message, "; did you mean `{s}`?");
+    }
+    if available.is_empty() {
+        message.push_str(" (the runs have no such metrics at all)");
+    } else {
+        let _ = write!(message, "\navailable: {}", available.join(", "));
+    }
+    message
+}
+
+fn polars_err(what: &'static str) -> impl Fn(PolarsError) -> CompareError {
+    move |source| CompareError::Polars { what, source }
+}
+
+/// The available name nearest to a misspelt one, if any is near: a name that ends with it (the
+/// stage prefix left out), else the closest by edit distance.
+fn suggest(name: &str, available: &[String]) -> Option<String> {
+    let suffix = format!("/{name}");
+    if let Some(hit) = available.iter().find(|a| a.ends_with(&suffix)) {
+        return Some(hit.clone());
+    }
+    crate::experiment::load::nearest(name, available.iter().map(String::as_str)).map(str::to_string)
+}
+
+fn check_metric(kind: &'static str, name: &str, available: &[String]) -> Result<(), CompareError> {
+    if available.iter().any(|a| a == name) {
+        return Ok(());
+    }
+    Err(CompareError::UnknownMetric {
+        kind,
+        name: name.to_string(),
+        suggestion: suggest(name, available),
+        available: available.to_vec(),
+    })
+}
+
+/// What `triad compare` was asked for.
+#[derive(Debug, Clone, Default)]
+pub struct CompareOptions {
+    /// Run folders, folders of runs, or experiment `.ron` files.
+    pub paths: Vec<PathBuf>,
+    /// Where experiments' runs live, for `.ron` paths (default `runs`).
+    pub runs_root: Option<PathBuf>,
+    /// Final-metric columns (`<stage>/<metric>`); all found when `None`.
+    pub metrics: Option<Vec<String>>,
+    /// Sort rows by this metric's mean (or value, by run).
+    pub sort: Option<String>,
+    /// Sort descending.
+    pub descending: bool,
+    /// A row (or, per step, a column) per run rather than per sweep point.
+    pub by_run: bool,
+    /// Write the table here: `.csv`, `.parquet` or `.md`.
+    pub out: Option<PathBuf>,
+    /// Show this metric per step instead of the final table.
+    pub step_metric: Option<String>,
+    /// Plot the step metric's curves (default `<first stage>/train/loss`) to this `.png`/`.svg`.
+    pub plot: Option<PathBuf>,
+}
+
+/// What `triad compare` produced.
+#[derive(Debug, Clone)]
+pub struct CompareOutput {
+    /// The table as Markdown.
+    pub markdown: String,
+    /// Files written (`--out`, `--plot`).
+    pub written: Vec<PathBuf>,
+}
+
+/// Run `triad compare`: find the runs, build the table (final or per step), write what was asked.
+pub fn compare(options: &CompareOptions) -> Result<CompareOutput, CompareError> {
+    let runs = find_runs(&options.paths, options.runs_root.as_deref())?;
+    let mut written = Vec::new();
+    let markdown = if let Some(metric) = &options.step_metric {
+        let mut table = step_table(&runs, metric, options.by_run)?;
+        let markdown = table.to_markdown();
+        if let Some(out) = &options.out {
+            write_table(&mut table.frame, &markdown, out)?;
+            written.push(out.clone());
+        }
+        markdown
+    } else {
+        let table_options = TableOptions {
+            metrics: options.metrics.clone(),
+            sort: options.sort.clone(),
+            descending: options.descending,
+            by_run: options.by_run,
+        };
+        let mut table = final_table(&runs, &table_options)?;
+        let markdown = table.to_markdown();
+        if let Some(out) = &options.out {
+            write_table(&mut table.frame, &markdown, out)?;
+            written.push(out.clone());
+        }
+        markdown
+    };
+    if let Some(path) = &options.plot {
+        let metric = match &options.step_metric {
+            Some(metric) => metric.clone(),
+            None => default_step_metric(&runs)?,
+        };
+        // Curves per run: the legend names runs, and seeds' spread stays visible.
+        let table = step_table(&runs, &metric, true)?;
+        if table.curves.iter().all(|c| c.points.is_empty()) {
+            return Err(CompareError::NothingToPlot { metric });
+        }
+        let title = format!("{}: {metric}", experiments_label(&runs));
+        plot_curves(&table.curves, &title, "step", &metric, path)?;
+        written.push(path.clone());
+    }
+    Ok(CompareOutput { markdown, written })
+}
+
+/// The table `triad run` prints when it ends: a row per sweep point (mean ± std over seeds) of
+/// the `summary` metrics, or, when none are named, of every final metric of `last_stage`.
+pub fn run_summary(experiment_runs: &Path, summary: &[String], last_stage: &str) -> Result<String, CompareError> {
+    let runs = find_runs(&[experiment_runs.to_path_buf()], None)?;
+    let metrics = if summary.is_empty() {
+        let prefix = format!("{last_stage}/");
+        available_final_metrics(&runs).into_iter().filter(|m| m.starts_with(&prefix)).collect()
+    } else {
+        summary.to_vec()
+    };
+    let options = TableOptions { metrics: Some(metrics), sort: None, descending: false, by_run: false };
+    Ok(final_table(&runs, &options)?.to_markdown())
+}
+
+/// `<first stage>/train/loss` of the first run.
+pub fn default_step_metric(runs: &[Run]) -> Result<String, CompareError> {
+    let stage = runs.iter().find_map(|r| r.stage_names().into_iter().next()).ok_or(CompareError::NoStages)?;
+    Ok(format!("{stage}/train/loss"))
+}
+
+fn experiments_label(runs: &[Run]) -> String {
+    let names: BTreeSet<String> = runs.iter().map(Run::experiment).collect();
+    names.into_iter().collect::<Vec<_>>().join(", ")
+}
+
+fn write_table(frame: &mut DataFrame, markdown: &str, path: &Path) -> Result<(), CompareError> {
+    match TableFormat::of(path) {
+        Some(TableFormat::Markdown) => Ok(write_atomically(path, markdown.as_bytes())?),
+        _ => Ok(write_frame(frame, path)?),
+    }
+}
+
+/// Choices for the final table.
+#[derive(Debug, Clone, Default)]
+pub struct TableOptions {
+    pub metrics: Option<Vec<String>>,
+    pub sort: Option<String>,
+    pub descending: bool,
+    pub by_run: bool,
+}
+
+/// A final-metrics table. Per sweep point its metric columns are `<metric> mean` and
+/// `<metric> std`; per run, `<metric>`.
+#[derive(Debug, Clone)]
+pub struct ResultTable {
+    pub frame: DataFrame,
+    /// The metric names, in column order.
+    pub metrics: Vec<String>,
+    /// The identifying columns before the metrics (experiment, run, seed, parameters, seeds).
+    pub key_columns: Vec<String>,
+    pub by_run: bool,
+}
+
+/// Final metric names found in any run, in pipeline stage order (stages as the manifests list
+/// them, first-seen across runs), metrics by name within a stage.
+pub fn available_final_metrics(runs: &[Run]) -> Vec<String> {
+    let mut stage_order: Vec<String> = Vec::new();
+    let mut per_stage: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for run in runs {
+        for stage in run.stage_names() {
+            if !stage_order.contains(&stage) {
+                stage_order.push(stage);
+            }
+        }
+        for (stage, summary) in &run.stages {
+            if summary.complete {
+                per_stage.entry(stage.clone()).or_default().extend(summary.metrics.keys().cloned());
+            }
+        }
+    }
+    for stage in per_stage.keys() {
+        if !stage_order.contains(stage) {
+            stage_order.push(stage.clone());
+        }
+    }
+    stage_order
+        .iter()
+        .filter_map(|stage| per_stage.get(stage).map(|metrics| (stage, metrics)))
+        .flat_map(|(stage, metrics)| metrics.iter().map(move |m| format!("{stage}/{m}")))
+        .collect()
+}
+
+/// Order two sweep values: numbers numerically, anything else by its text.
+fn compare_values(a: &Value, b: &Value) -> Ordering {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x.total_cmp(&y),
+        _ => value_text(a).cmp(&value_text(b)),
+    }
+}
+
+fn compare_params(a: &BTreeMap<String, Value>, b: &BTreeMap<String, Value>, names: &[String]) -> Ordering {
+    for name in names {
+        let order = match (a.get(name), b.get(name)) {
+            (Some(x), Some(y)) => compare_values(x, y),
+            (x, y) => x.is_some().cmp(&y.is_some()),
+        };
+        if order != Ordering::Equal {
+            return order;
+        }
+    }
+    Ordering::Equal
+}
+
+/// A sweep value as text: strings bare, numbers as Rust prints them (3.0 as `3`).
+fn value_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.as_f64().map(|x| x.to_string()).unwrap_or_else(|| n.to_string()),
+        other => other.to_string(),
+    }
+}
+
+/// One group of runs sharing experiment and sweep point.
+struct Point<'a> {
+    experiment: String,
+    params: &'a BTreeMap<String, Value>,
+    runs: Vec<&'a Run>,
+}
+
+/// Runs grouped by (experiment, sweep point), sorted by experiment then parameter values; the
+/// runs in a point by seed.
+fn group_points<'a>(runs: &'a [Run], param_names: &[String]) -> Vec<Point<'a>> {
+    let mut groups: BTreeMap<(String, String), Point<'a>> = BTreeMap::new();
+    for run in runs {
+        let key = (run.experiment(), serde_json::to_string(&run.manifest.sweep).unwrap_or_default());
+        groups
+            .entry(key)
+            .or_insert_with(|| Point { experiment: run.experiment(), params: &run.manifest.sweep, runs: Vec::new() })
+            .runs
+            .push(run);
+    }
+    let mut points: Vec<Point<'a>> = groups.into_values().collect();
+    for point in &mut points {
+        point.runs.sort_by(|a, b| a.manifest.seed.cmp(&b.manifest.seed).then_with(|| a.name().cmp(&b.name())));
+    }
+    points.sort_by(|a, b| a.experiment.cmp(&b.experiment).then_with(|| compare_params(a.params, b.params, param_names)));
+    points
+}
+
+/// Mean and sample standard deviation (ddof 1) of the values present; the std is absent below
+/// two values, the mean below one.
+pub fn mean_std(values: &[Option<f64>]) -> (Option<f64>, Option<f64>) {
+    let column = Float64Chunked::from_iter_options("v".into(), values.iter().copied());
+    let present = column.len() - column.null_count();
+    let mean = if present > 0 { column.mean() } else { None };
+    let std = if present > 1 { column.std(1) } else { None };
+    (mean, std)
+}
+
+/// A column for a sweep parameter: numeric when every value given is a number, else text.
+fn param_column(name: &str, values: Vec<Option<&Value>>) -> Column {
+    if values.iter().flatten().all(|v| v.is_number()) {
+        Column::new(name.into(), values.iter().map(|v| v.and_then(Value::as_f64)).collect::<Vec<_>>())
+    } else {
+        Column::new(name.into(), values.iter().map(|v| v.map(value_text)).collect::<Vec<_>>())
+    }
+}
+
+/// The final-metrics table over `runs`.
+pub fn final_table(runs: &[Run], options: &TableOptions) -> Result<ResultTable, CompareError> {
+    let available = available_final_metrics(runs);
+    let metrics = match &options.metrics {
+        Some(chosen) => {
+            for name in chosen {
+                check_metric("final", name, &available)?;
+            }
+            chosen.clone()
+        }
+        None => available.clone(),
+    };
+    if let Some(sort) = &options.sort {
+        check_metric("final", sort, &available)?;
+    }
+    // The sort metric is computed even when not shown, then dropped after sorting.
+    let mut computed = metrics.clone();
+    let sort_hidden = options.sort.as_ref().filter(|s| !metrics.contains(s)).cloned();
+    if let Some(hidden) = &sort_hidden {
+        computed.push(hidden.clone());
+    }
+
+    let param_names: Vec<String> =
+        runs.iter().flat_map(|r| r.manifest.sweep.keys().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
+    let experiments: BTreeSet<String> = runs.iter().map(Run::experiment).collect();
+    // The experiment names the row when there are several, or when nothing else would.
+    let show_experiment = experiments.len() > 1 || (param_names.is_empty() && !options.by_run);
+
+    let mut columns: Vec<Column> = Vec::new();
+    let mut key_columns: Vec<String> = Vec::new();
+    let mut metric_columns = Vec::new();
+    let height;
+    if options.by_run {
+        let mut sorted: Vec<&Run> = runs.iter().collect();
+        sorted.sort_by(|a, b| {
+            a.experiment()
+                .cmp(&b.experiment())
+                .then_with(|| compare_params(&a.manifest.sweep, &b.manifest.sweep, &param_names))
+                .then_with(|| a.manifest.seed.cmp(&b.manifest.seed))
+                .then_with(|| a.name().cmp(&b.name()))
+        });
+        height = sorted.len();
+        if show_experiment {
+            columns.push(Column::new("experiment".into(), sorted.iter().map(|r| r.experiment()).collect::<Vec<_>>()));
+        }
+        columns.push(Column::new("run".into(), sorted.iter().map(|r| r.name()).collect::<Vec<_>>()));
+        columns.push(Column::new("seed".into(), sorted.iter().map(|r| r.manifest.seed).collect::<Vec<u64>>()));
+        for name in &param_names {
+            columns.push(param_column(name, sorted.iter().map(|r| r.manifest.sweep.get(name)).collect()));
+        }
+        let finals: Vec<BTreeMap<String, f64>> = sorted.iter().map(|r| r.final_metrics()).collect();
+        for metric in &computed {
+            let values: Vec<Option<f64>> = finals.iter().map(|f| f.get(metric).copied()).collect();
+            metric_columns.push(Column::new(metric.as_str().into(), values));
+        }
+    } else {
+        let points = group_points(runs, &param_names);
+        height = points.len();
+        if show_experiment {
+            columns.push(Column::new("experiment".into(), points.iter().map(|p| p.experiment.clone()).collect::<Vec<_>>()));
+        }
+        for name in &param_names {
+            columns.push(param_column(name, points.iter().map(|p| p.params.get(name)).collect()));
+        }
+        columns.push(Column::new("seeds".into(), points.iter().map(|p| p.runs.len() as u64).collect::<Vec<u64>>()));
+        let finals: Vec<Vec<BTreeMap<String, f64>>> =
+            points.iter().map(|p| p.runs.iter().map(|r| r.final_metrics()).collect()).collect();
+        for metric in &computed {
+            let (mut means, mut stds) = (Vec::with_capacity(height), Vec::with_capacity(height));
+            for point in &finals {
+                let values: Vec<Option<f64>> = point.iter().map(|f| f.get(metric).copied()).collect();
+                let (mean, std) = mean_std(&values);
+                means.push(mean);
+                stds.push(std);
+            }
+            metric_columns.push(Column::new(format!("{metric} mean").into(), means));
+            metric_columns.push(Column::new(format!("{metric} std").into(), stds));
+        }
+    }
+    key_columns.extend(columns.iter().map(|c| c.name().to_string()));
+    columns.extend(metric_columns);
+    let mut frame = DataFrame::new(height, columns).map_err(polars_err("final"))?;
+
+    if let Some(sort) = &options.sort {
+        let column = if options.by_run { sort.clone() } else { format!("{sort} mean") };
+        let order = SortMultipleOptions::default()
+            .with_order_descending(options.descending)
+            .with_nulls_last(true)
+            .with_maintain_order(true);
+        frame = frame.sort([column.as_str()], order).map_err(polars_err("final"))?;
+    }
+    if let Some(hidden) = &sort_hidden {
+        let drop: Vec<String> =
+            if options.by_run { vec![hidden.clone()] } else { vec![format!("{hidden} mean"), format!("{hidden} std")] };
+        frame = frame.drop_many(drop);
+    }
+    Ok(ResultTable { frame, metrics, key_columns, by_run: options.by_run })
+}
+
+/// Format a measured number at four significant digits (fixed point over a sensible range,
+/// scientific outside it).
+pub fn format_number(x: f64) -> String {
+    if !x.is_finite() {
+        return x.to_string();
+    }
+    if x == 0.0 {
+        return "0".into();
+    }
+    let magnitude = x.abs().log10().floor() as i32;
+    if (-3..6).contains(&magnitude) {
+        let decimals = (3 - magnitude).max(0) as usize;
+        format!("{x:.decimals$}")
+    } else {
+        format!("{x:.3e}")
+    }
+}
+
+/// A cell of a key column (names, seeds, parameter values) as text.
+fn key_cell(column: &Column, row: usize) -> String {
+    match column.get(row) {
+        Ok(AnyValue::Null) | Err(_) => String::new(),
+        Ok(AnyValue::String(s)) => s.to_string(),
+        Ok(AnyValue::StringOwned(s)) => s.to_string(),
+        Ok(AnyValue::Float64(x)) => x.to_string(),
+        Ok(other) => other.to_string(),
+    }
+}
+
+fn f64_cell(frame: &DataFrame, name: &str, row: usize) -> Option<f64> {
+    frame.column(name).ok()?.f64().ok()?.get(row)
+}
+
+/// Escape a Markdown table cell.
+fn md(text: &str) -> String {
+    text.replace('|', "\\|")
+}
+
+fn markdown_table(header: &[String], rows: &[Vec<String>]) -> String {
+    let mut out = String::new();
+    let line = |cells: &[String]| format!("| {} |\n", cells.iter().map(|c| md(c)).collect::<Vec<_>>().join(" | "));
+    out.push_str(&line(header));
+    out.push_str(&format!("|{}\n", "---|".repeat(header.len())));
+    for row in rows {
+        out.push_str(&line(row));
+    }
+    out
+}
+
+impl ResultTable {
+    /// The table as Markdown: "mean ± std" cells per sweep point (std left out for one seed),
+    /// empty cells where no run reached a stage.
+    pub fn to_markdown(&self) -> String {
+        let mut header = self.key_columns.clone();
+        header.extend(self.metrics.iter().cloned());
+        let mut rows = Vec::with_capacity(self.frame.height());
+        for row in 0..self.frame.height() {
+            let mut cells: Vec<String> = Vec::with_capacity(header.len());
+            for key in &self.key_columns {
+                cells.push(self.frame.column(key).map(|c| key_cell(c, row)).unwrap_or_default());
+            }
+            for metric in &self.metrics {
+                let cell = if self.by_run {
+                    f64_cell(&self.frame, metric, row).map(format_number).unwrap_or_default()
+                } else {
+                    match (f64_cell(&self.frame, &format!("{metric} mean"), row), f64_cell(&self.frame, &format!("{metric} std"), row)) {
+                        (Some(mean), Some(std)) => format!("{} ± {}", format_number(mean), format_number(std)),
+                        (Some(mean), None) => format_number(mean),
+                        _ => String::new(),
+                    }
+                };
+                cells.push(cell);
+            }
+            rows.push(cells);
+        }
+        markdown_table(&header, &rows)
+    }
+}
+
+/// One metric per step: a `step` column and a column per run (or sweep point, mean over seeds).
+#[derive(Debug, Clone)]
+pub struct StepTable {
+    pub metric: String,
+    pub frame: DataFrame,
+    /// The same numbers as curves (absent steps left out), in column order.
+    pub curves: Vec<Curve>,
+}
+
+impl StepTable {
+    /// The table as Markdown, empty cells where a run has no value at a step.
+    pub fn to_markdown(&self) -> String {
+        let header: Vec<String> = self.frame.get_column_names().iter().map(|n| n.to_string()).collect();
+        let mut rows = Vec::with_capacity(self.frame.height());
+        for row in 0..self.frame.height() {
+            let mut cells = Vec::with_capacity(header.len());
+            for (i, name) in header.iter().enumerate() {
+                if i == 0 {
+                    cells.push(self.frame.column(name).map(|c| key_cell(c, row)).unwrap_or_default());
+                } else {
+                    cells.push(f64_cell(&self.frame, name, row).map(format_number).unwrap_or_default());
+                }
+            }
+            rows.push(cells);
+        }
+        markdown_table(&header, &rows)
+    }
+}
+
+/// Every per-step metric name (`<stage>/<metric>`) the runs recorded.
+pub fn available_step_metrics(runs: &[Run]) -> Result<Vec<String>, CompareError> {
+    let mut names = Vec::new();
+    for run in runs {
+        for stage in run.stage_names() {
+            for row in run.stage_metrics(&stage)? {
+                let name = format!("{stage}/{}", row.metric);
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// A run's values of `metric` (`<stage>/<name>`) by step; the last row wins for a repeated step.
+fn run_curve(run: &Run, stage: &str, name: &str) -> Result<BTreeMap<u64, f64>, CompareError> {
+    Ok(run.stage_metrics(stage)?.into_iter().filter(|r| r.metric == name).map(|r| (r.step, r.value)).collect())
+}
+
+/// Column labels made unique: a repeated label gets " (2)", " (3)", ...
+fn unique_labels(labels: Vec<String>) -> Vec<String> {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    labels
+        .into_iter()
+        .map(|label| {
+            let count = seen.entry(label.clone()).or_insert(0);
+            *count += 1;
+            if *count == 1 { label } else { format!("{label} ({count})") }
+        })
+        .collect()
+}
+
+/// The per-step table of `metric` (`<stage>/<metric>`, e.g. `pretrain/train/loss`).
+pub fn step_table(runs: &[Run], metric: &str, by_run: bool) -> Result<StepTable, CompareError> {
+    let unknown = || -> Result<CompareError, CompareError> {
+        let available = available_step_metrics(runs)?;
+        Ok(CompareError::UnknownMetric {
+            kind: "per-step",
+            name: metric.to_string(),
+            suggestion: suggest(metric, &available),
+            available,
+        })
+    };
+    let Some((stage, name)) = metric.split_once('/') else {
+        return Err(unknown()?);
+    };
+    let experiments: BTreeSet<String> = runs.iter().map(Run::experiment).collect();
+    let several = experiments.len() > 1;
+    let mut series: Vec<(String, BTreeMap<u64, f64>)> = Vec::new();
+    if by_run {
+        let mut sorted: Vec<&Run> = runs.iter().collect();
+        sorted.sort_by(|a, b| a.experiment().cmp(&b.experiment()).then_with(|| a.name().cmp(&b.name())));
+        for run in sorted {
+            let label = if several { format!("{}/{}", run.experiment(), run.name()) } else { run.name() };
+            series.push((label, run_curve(run, stage, name)?));
+        }
+    } else {
+        let param_names: Vec<String> =
+            runs.iter().flat_map(|r| r.manifest.sweep.keys().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
+        for point in group_points(runs, &param_names) {
+            let params: Vec<String> = point.params.iter().map(|(k, v)| format!("{k}={}", value_text(v))).collect();
+            let label = match (params.is_empty(), several) {
+                (true, _) => point.experiment.clone(),
+                (false, false) => params.join(","),
+                (false, true) => format!("{}/{}", point.experiment, params.join(",")),
+            };
+            let curves: Vec<BTreeMap<u64, f64>> =
+                point.runs.iter().map(|run| run_curve(run, stage, name)).collect::<Result<_, _>>()?;
+            let steps: BTreeSet<u64> = curves.iter().flat_map(|c| c.keys().copied()).collect();
+            let mean = steps
+                .into_iter()
+                .filter_map(|step| {
+                    let values: Vec<Option<f64>> = curves.iter().map(|c| c.get(&step).copied()).collect();
+                    mean_std(&values).0.map(|m| (step, m))
+                })
+                .collect();
+            series.push((label, mean));
+        }
+    }
+    if series.iter().all(|(_, curve)| curve.is_empty()) {
+        return Err(unknown()?);
+    }
+    let labels = unique_labels(series.iter().map(|(label, _)| label.clone()).collect());
+    let steps: Vec<u64> = series.iter().flat_map(|(_, c)| c.keys().copied()).collect::<BTreeSet<_>>().into_iter().collect();
+    let mut columns = vec![Column::new("step".into(), steps.clone())];
+    let mut curves = Vec::with_capacity(series.len());
+    for (label, (_, curve)) in labels.iter().zip(&series) {
+        columns.push(Column::new(label.as_str().into(), steps.iter().map(|s| curve.get(s).copied()).collect::<Vec<_>>()));
+        curves.push(Curve { label: label.clone(), points: curve.iter().map(|(s, v)| (*s as f64, *v)).collect() });
+    }
+    let frame = DataFrame::new(steps.len(), columns).map_err(polars_err("per-step"))?;
+    Ok(StepTable { metric: metric.to_string(), frame, curves })
+}

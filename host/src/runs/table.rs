@@ -26,7 +26,7 @@ pub enum TableError {
     Invalid { path: PathBuf, message: String },
     #[error("{path}: {source}")]
     Polars { path: PathBuf, source: PolarsError },
-    #[error("{path}: unknown table format: name the file .csv or .parquet")]
+    #[error("{path}: unknown table format: name the file .csv, .parquet or .md")]
     UnknownFormat { path: PathBuf },
     #[error("no runs found in {searched}: a run is a folder with a manifest.json, as `triad run` writes under runs/<experiment>/")]
     NoRuns { searched: String },
@@ -293,7 +293,7 @@ pub fn find_runs(paths: &[PathBuf], runs_root: Option<&Path>) -> Result<Vec<Run>
     let mut dirs = Vec::new();
     for path in paths {
         if path.is_file() {
-            if TableFormat::of(path).is_none() && path.extension().is_some_and(|e| e == "ron") {
+            if path.extension().is_some_and(|e| e == "ron") {
                 let experiment = crate::experiment::load_experiment(path)?;
                 let dir = root.join(&experiment.name);
                 let before = dirs.len();

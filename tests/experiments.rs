@@ -190,3 +190,18 @@ fn ten_malformed_experiments_fail_before_training_with_where_and_how() {
         }
     }
 }
+
+#[test]
+fn every_experiment_file_in_the_repository_is_valid() {
+    let dir = support::workspace().join("experiments");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("experiments/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "ron") {
+            let experiment = triad::experiment::load_experiment(&path).unwrap_or_else(|e| panic!("{e}"));
+            triad::stages::pipeline::preflight(&experiment, &path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 6, "{checked} experiment files");
+}

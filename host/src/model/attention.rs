@@ -35,6 +35,10 @@ use super::rope::Angles;
 
 /// Numerically stable softmax over the last dimension, differentiable everywhere.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if super::kernels::fused(&[x]) {
+        // Fuses the max, subtraction, exp, sum and division below (and their backward).
+        return super::kernels::softmax_last_dim(x);
+    }
     // Subtracting the row max only keeps exp in range; softmax is invariant to it, so the max
     // needs no gradient (detaching it saves its backward pass).
     let max = x.max_keepdim(D::Minus1)?.detach();

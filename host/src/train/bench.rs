@@ -32,11 +32,14 @@ pub struct BenchConfig {
     pub steps: usize,
     /// The machine's peak f32 throughput, for model FLOP utilisation.
     pub peak_gflops: f64,
+    /// PyTorch's intra-op threads; triad's side uses candle's pool, which the binary sizes from
+    /// `RAYON_NUM_THREADS`.
+    pub threads: usize,
 }
 
 impl Default for BenchConfig {
     fn default() -> Self {
-        BenchConfig { vocab: 4096, context: 256, layers: 4, heads: 4, width: 256, batch: 8, warmup: 3, steps: 10, peak_gflops: 200.0 }
+        BenchConfig { vocab: 4096, context: 256, layers: 4, heads: 4, width: 256, batch: 8, warmup: 3, steps: 10, peak_gflops: 200.0, threads: 2 }
     }
 }
 
@@ -111,7 +114,7 @@ pub fn bench_pytorch(config: &BenchConfig, python: &Path, script: &Path) -> Resu
         .args(["--layers", &config.layers.to_string(), "--heads", &config.heads.to_string()])
         .args(["--width", &config.width.to_string(), "--batch", &config.batch.to_string()])
         .args(["--steps", &config.steps.to_string(), "--warmup", &config.warmup.to_string()])
-        .args(["--threads", "2", "--peak-gflops", &config.peak_gflops.to_string()])
+        .args(["--threads", &config.threads.to_string(), "--peak-gflops", &config.peak_gflops.to_string()])
         .output()
         .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
     if !output.status.success() {

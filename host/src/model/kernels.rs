@@ -10,6 +10,7 @@
 //! - [`cross_entropy_rows`]: `logsumexp(x) - x[target]` per row, never materialising the (N, V)
 //!   log-softmax; backward `(softmax(x) - onehot(target)) * g`.
 //! - [`layer_norm`] and [`rms_norm`], backward recomputing the row statistics.
+//! - [`add_bias`]: a linear layer's bias, whose gradient candle sums down strided columns.
 //! - [`gelu`]: GPT-2's tanh GELU, whose backward candle composes from a dozen ops.
 //! - [`softmax_last_dim`]: backward `y * (g - sum(g * y))`; rows that are entirely -inf (fully
 //!   masked) give zeros rather than NaN.
@@ -313,6 +314,64 @@ impl CustomOp1 for Softmax {
             })
         })??;
         Ok(Some(cpu_tensor(out, y.shape())?))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bias.
+
+/// x + bias for x (N, D) and bias (D,), broadcast over the rows. The op itself is candle's
+/// `broadcast_add`; what is fused is its backward, whose bias gradient candle reduces over the
+/// rows with a strided walk down each column, here summed row by row (per thread, then added).
+pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&bias.contiguous()?, AddBias)
+}
+
+struct AddBias;
+
+impl CustomOp2 for AddBias {
+    fn name(&self) -> &'static str {
+        "fused-add-bias"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, self.name())?;
+        let b = slice(s2, l2, self.name())?;
+        let cols = b.len();
+        if l1.shape().dims().last() != Some(&cols) {
+            bail!("add bias: bias {:?} for input {:?}", l2.shape(), l1.shape());
+        }
+        let mut out = vec![0f32; x.len()];
+        for_rows(&mut out, cols, |i, row| {
+            for ((o, &xv), &bv) in row.iter_mut().zip(&x[i * cols..(i + 1) * cols]).zip(b) {
+                *o = xv + bv;
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, bias: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let cols = bias.elem_count();
+        let db = with_data(grad, self.name(), |g| {
+            let rows = g.len() / cols.max(1);
+            let threads = if g.len() < PARALLEL_MIN { 1 } else { rayon::current_num_threads().max(1) };
+            let per_chunk = rows.div_ceil(threads).max(1) * cols;
+            g.par_chunks(per_chunk.max(1))
+                .map(|chunk| {
+                    let mut partial = vec![0f32; cols];
+                    for row in chunk.chunks(cols) {
+                        for (p, &v) in partial.iter_mut().zip(row) {
+                            *p += v;
+                        }
+                    }
+                    partial
+                })
+                .reduce(|| vec![0f32; cols], |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                    a
+                })
+        })?;
+        Ok((Some(grad.clone()), Some(Tensor::from_vec(db, bias.shape().clone(), &Device::Cpu)?)))
     }
 }
 

@@ -97,8 +97,12 @@ pub fn bench_triad(config: &BenchConfig, device: &Device) -> Result<BenchResult,
     let median = times[times.len() / 2];
     let tokens_per_s = (config.batch * config.context) as f64 / median;
     let flops = flops_per_token(config, model.num_parameters());
+    let kernels = match crate::model::kernels::active() {
+        crate::model::kernels::Kernels::Fused => "fused kernels",
+        crate::model::kernels::Kernels::Plain => "plain tensor ops",
+    };
     Ok(BenchResult {
-        implementation: "triad (candle 0.11)".into(),
+        implementation: format!("triad (candle 0.11, {kernels})"),
         tokens_per_s,
         flops_per_token: flops,
         mfu: tokens_per_s * flops / (config.peak_gflops * 1e9),

@@ -310,3 +310,19 @@ fn gelu_matches_candles_tanh_gelu() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn add_bias_matches_broadcast_add() -> Result<()> {
+    for (name, n, d, std) in [("random", 37, 24, 1.0), ("magnitude 1e4", 5, 8, 1e4), ("long rows", 2, 50_000, 2.0)] {
+        let inputs = [tensor(random(50, &[n, d], std), &[n, d]), tensor(random(51, &[d], std), &[d])];
+        let [fused, plain] = both(&inputs, |t| {
+            if fused(&[&t[0]]) { add_bias(&t[0], &t[1]) } else { t[0].broadcast_add(&t[1]) }
+        })?;
+        // The sum is exact up to one rounding either way; the bias gradient sums n rows in a
+        // different order (a few ulp of the largest partial sum).
+        assert_close(&format!("{name}: value"), &fused.0, &plain.0, 1e-6, 0.0);
+        assert_close(&format!("{name}: gradient of x"), &fused.1[0], &plain.1[0], 0.0, 0.0);
+        assert_close(&format!("{name}: gradient of bias"), &fused.1[1], &plain.1[1], 1e-5, ulps(&plain.1[1], 4.0 * n as f32));
+    }
+    Ok(())
+}

@@ -2,7 +2,7 @@
 //! time. The whole step is split into forward (to the loss), backward and optimizer, medians over
 //! the timed steps; the forward's main parts (embeddings, attention, MLP, norms, LM head + loss)
 //! are then timed by running each piece alone on the step's shapes, forward and backward, with
-//! the same weights shapes and as many times as the model runs it per step (layers).
+//! the same weight shapes and as many times as the model runs it per step (once per layer).
 
 use std::collections::HashMap;
 use std::time::Instant;

@@ -36,14 +36,17 @@ fn assert_close(what: &str, a: &[f32], b: &[f32], rtol: f32, atol: f32) {
     }
 }
 
+/// One path's output and the gradient of each input, flattened.
+type Run = (Vec<f32>, Vec<Vec<f32>>);
+
 /// Runs `f` with the fused and then the plain kernels on fresh variables made from `inputs`,
 /// returning (output, gradient of each input) per path. The gradient flows from
 /// sum(output * coef) with a fixed random coef, so that no gradient vanishes by symmetry.
 fn both(
     inputs: &[Tensor],
     f: impl Fn(&[Tensor]) -> Result<Tensor>,
-) -> Result<[(Vec<f32>, Vec<Vec<f32>>); 2]> {
-    let run = |kernels: Kernels| -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+) -> Result<[Run; 2]> {
+    let run = |kernels: Kernels| -> Result<Run> {
         with_kernels(kernels, || {
             let vars: Vec<Var> = inputs.iter().map(Var::from_tensor).collect::<Result<_>>()?;
             let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
@@ -218,7 +221,9 @@ fn fused_adamw_matches_the_plain_update_and_keeps_its_state_format() -> Result<(
     use std::collections::HashMap;
     let names = ["h.0.attn.c_attn.weight", "h.0.ln_1.bias"];
     let shapes: [&[usize]; 2] = [&[16, 48], &[48]];
-    let run = |kernels: Kernels| -> Result<(Vec<Vec<f32>>, HashMap<String, Tensor>)> {
+    // The trained values of each variable, and the optimizer's state.
+    type Trained = (Vec<Vec<f32>>, HashMap<String, Tensor>);
+    let run = |kernels: Kernels| -> Result<Trained> {
         with_kernels(kernels, || {
             let vars: Vec<(String, Var)> = names
                 .iter()

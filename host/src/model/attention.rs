@@ -30,11 +30,15 @@ use std::sync::Mutex;
 use candle_core::{D, DType, Device, Result, Tensor};
 
 use super::dropout::DropoutRng;
-use super::linear::Linear;
+use super::linear::{Layout, Linear};
 use super::rope::Angles;
 
 /// Numerically stable softmax over the last dimension, differentiable everywhere.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if super::kernels::fused(&[x]) {
+        // Fuses the max, subtraction, exp, sum and division below (and their backward).
+        return super::kernels::softmax_last_dim(x);
+    }
     // Subtracting the row max only keeps exp in range; softmax is invariant to it, so the max
     // needs no gradient (detaching it saves its backward pass).
     let max = x.max_keepdim(D::Minus1)?.detach();
@@ -255,9 +259,22 @@ impl GptAttention {
     ) -> Result<Tensor> {
         let (b, t, c) = x.dims3()?;
         let (h, d) = (self.heads, c / self.heads);
-        // (B, T, 3C) -> (3, B, H, T, d): one copy makes q, k and v each contiguous.
-        let qkv = self.c_attn.forward(x)?.reshape((b, t, 3, h, d))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
-        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+        // q, k and v each from its third of c_attn, (B, T, C) -> (B, H, T, d). The thirds are
+        // views of the weight, so the backward pass pads a (C, C) weight gradient with zeros
+        // (candle's backward of `narrow`) rather than (B, T, 3C) activations.
+        let third = |i: usize| -> Result<Tensor> {
+            let dim = match self.c_attn.layout {
+                Layout::InOut => 1,
+                Layout::OutIn => 0,
+            };
+            let projection = Linear {
+                weight: self.c_attn.weight.narrow(dim, i * c, c)?,
+                bias: self.c_attn.bias.as_ref().map(|bias| bias.narrow(0, i * c, c)).transpose()?,
+                layout: self.c_attn.layout,
+            };
+            projection.forward(x)?.reshape((b, t, h, d))?.transpose(1, 2)?.contiguous()
+        };
+        let (q, k, v) = (third(0)?, third(1)?, third(2)?);
         let (k, v) = remember(cache, k, v, pass.pos)?;
         let y = attend(&q, &k, &v, pass.mask.as_ref())?;
         let y = y.transpose(1, 2)?.reshape((b, t, c))?;

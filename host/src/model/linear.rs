@@ -45,6 +45,8 @@ impl Linear {
             Layout::OutIn => x2.matmul(&self.weight.t()?)?,
         };
         let y = match &self.bias {
+            // The same broadcast add, with a backward that sums the bias gradient row by row.
+            Some(b) if y.is_contiguous() && super::kernels::fused(&[&y, b]) => super::kernels::add_bias(&y, b)?,
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };

@@ -28,6 +28,7 @@ pub mod gguf;
 pub mod gpt;
 pub mod heads;
 pub mod init;
+pub mod kernels;
 pub mod linear;
 pub mod llama;
 pub mod mlp;

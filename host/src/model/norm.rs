@@ -2,9 +2,12 @@
 //!
 //! `candle_nn::LayerNorm::forward` and `RmsNorm::forward` dispatch to fused kernels that have no
 //! backward pass on contiguous input: gradients silently stop there and every weight below the
-//! norm stops training. These compositions are differentiable everywhere and run on any device.
+//! norm stops training. These compositions are differentiable everywhere and run on any device;
+//! on the CPU, the fused kernels of [`super::kernels`] (with their own backward) replace them.
 
 use candle_core::{D, Result, Tensor};
+
+use super::kernels;
 
 /// GPT-2's LayerNorm epsilon.
 pub const LAYER_NORM_EPS: f64 = 1e-5;
@@ -19,6 +22,10 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if kernels::fused(&[x, &self.weight]) {
+            // Fuses the row mean and variance, normalisation, scale and shift below.
+            return kernels::layer_norm(x, &self.weight, self.bias.as_ref(), self.eps);
+        }
         let mean = x.mean_keepdim(D::Minus1)?;
         let x = x.broadcast_sub(&mean)?;
         let var = x.sqr()?.mean_keepdim(D::Minus1)?;
@@ -39,6 +46,10 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if kernels::fused(&[x, &self.weight]) {
+            // Fuses the mean square, normalisation and scale below.
+            return kernels::rms_norm(x, &self.weight, self.eps);
+        }
         let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
         x.broadcast_mul(&(ms + self.eps)?.sqrt()?.recip()?)?.broadcast_mul(&self.weight)
     }

@@ -32,11 +32,14 @@ pub struct BenchConfig {
     pub steps: usize,
     /// The machine's peak f32 throughput, for model FLOP utilisation.
     pub peak_gflops: f64,
+    /// PyTorch's intra-op threads; triad's side uses candle's pool, which the binary sizes from
+    /// `RAYON_NUM_THREADS`.
+    pub threads: usize,
 }
 
 impl Default for BenchConfig {
     fn default() -> Self {
-        BenchConfig { vocab: 4096, context: 256, layers: 4, heads: 4, width: 256, batch: 8, warmup: 3, steps: 10, peak_gflops: 200.0 }
+        BenchConfig { vocab: 4096, context: 256, layers: 4, heads: 4, width: 256, batch: 8, warmup: 3, steps: 10, peak_gflops: 200.0, threads: 2 }
     }
 }
 
@@ -94,8 +97,12 @@ pub fn bench_triad(config: &BenchConfig, device: &Device) -> Result<BenchResult,
     let median = times[times.len() / 2];
     let tokens_per_s = (config.batch * config.context) as f64 / median;
     let flops = flops_per_token(config, model.num_parameters());
+    let kernels = match crate::model::kernels::active() {
+        crate::model::kernels::Kernels::Fused => "fused kernels",
+        crate::model::kernels::Kernels::Plain => "plain tensor ops",
+    };
     Ok(BenchResult {
-        implementation: "triad (candle 0.11)".into(),
+        implementation: format!("triad (candle 0.11, {kernels})"),
         tokens_per_s,
         flops_per_token: flops,
         mfu: tokens_per_s * flops / (config.peak_gflops * 1e9),
@@ -111,7 +118,7 @@ pub fn bench_pytorch(config: &BenchConfig, python: &Path, script: &Path) -> Resu
         .args(["--layers", &config.layers.to_string(), "--heads", &config.heads.to_string()])
         .args(["--width", &config.width.to_string(), "--batch", &config.batch.to_string()])
         .args(["--steps", &config.steps.to_string(), "--warmup", &config.warmup.to_string()])
-        .args(["--threads", "2", "--peak-gflops", &config.peak_gflops.to_string()])
+        .args(["--threads", &config.threads.to_string(), "--peak-gflops", &config.peak_gflops.to_string()])
         .output()
         .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
     if !output.status.success() {

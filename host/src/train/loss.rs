@@ -1,20 +1,23 @@
 //! The language-modelling losses shared by pretraining, fine-tuning and the benchmarks.
 
-use candle_core::{D, DType, Tensor};
+use candle_core::{DType, Tensor};
 
 use crate::model::Model;
+use crate::model::kernels::cross_entropy_rows;
 
 /// Mean next-token cross-entropy of `model` on `inputs` (B, T) against `targets` (B, T).
 pub fn lm_loss(model: &Model, inputs: &Tensor, targets: &Tensor, train: bool) -> Result<Tensor, candle_core::Error> {
     let logits = model.forward(inputs, train).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     let (b, t, v) = logits.dims3()?;
-    candle_nn::loss::cross_entropy(&logits.reshape((b * t, v))?, &targets.reshape(b * t)?)
+    // -log softmax(logits)[target] per position, fused on the CPU (see `cross_entropy_rows`).
+    cross_entropy_rows(&logits.reshape((b * t, v))?, &targets.reshape(b * t)?)?.mean_all()
 }
 
 /// log p(target) per position: (B, T) from logits (B, T, V) and u32 targets (B, T).
 pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor, candle_core::Error> {
-    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    logp.gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)
+    let (b, t, v) = logits.dims3()?;
+    // log_softmax(logits).gather(targets), as a fused cross-entropy per row, negated.
+    cross_entropy_rows(&logits.reshape((b * t, v))?, &targets.reshape(b * t)?)?.neg()?.reshape((b, t))
 }
 
 /// Next-token cross-entropy averaged over the positions where `mask` (B, T, f32 0/1) is 1: SFT's

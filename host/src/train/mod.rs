@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod loss;
 pub mod optimizer;
 pub mod plugin_loss;
+pub mod profile;
 pub mod ppo;
 pub mod schedule;
 pub mod trainer;

@@ -13,6 +13,8 @@ use std::collections::HashMap;
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use crate::model::kernels::{self, AdamWStep};
+
 /// AdamW's hyperparameters (PyTorch's defaults, but weight decay 0.1 as GPT-2/nanoGPT train).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -72,7 +74,11 @@ impl AdamW {
     pub fn grad_norm(&self, grads: &HashMap<String, Tensor>) -> candle_core::Result<f64> {
         let mut total = 0.0f64;
         for grad in grads.values() {
-            total += grad.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+            total += if kernels::fused(&[grad]) {
+                kernels::sum_of_squares(grad)?
+            } else {
+                grad.sqr()?.sum_all()?.to_scalar::<f32>()? as f64
+            };
         }
         Ok(total.sqrt())
     }
@@ -91,6 +97,22 @@ impl AdamW {
         let (correction1, correction2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
         for slot in &mut self.slots {
             let Some(grad) = grads.get(&slot.name) else { continue };
+            let param = slot.var.as_tensor();
+            if kernels::fused(&[param, grad, &slot.m, &slot.v]) && param.is_contiguous() {
+                // The update below in three in-place passes (moments, then weights).
+                let step = AdamWStep {
+                    lr: lr as f32,
+                    beta1: beta1 as f32,
+                    beta2: beta2 as f32,
+                    eps: eps as f32,
+                    decay: if slot.decays { (1.0 - lr * weight_decay) as f32 } else { 1.0 },
+                    correction1: correction1 as f32,
+                    correction2: correction2 as f32,
+                    grad_scale: scale as f32,
+                };
+                kernels::adamw_update(param, &slot.m, &slot.v, grad, step)?;
+                continue;
+            }
             let grad = if scale != 1.0 { grad.affine(scale, 0.0)? } else { grad.clone() };
             slot.m = ((slot.m.affine(beta1, 0.0)? + grad.affine(1.0 - beta1, 0.0)?)?).detach();
             slot.v = ((slot.v.affine(beta2, 0.0)? + grad.sqr()?.affine(1.0 - beta2, 0.0)?)?).detach();
@@ -119,10 +141,13 @@ impl AdamW {
             for (suffix, target) in [("m", &mut slot.m), ("v", &mut slot.v)] {
                 let key = format!("{}.{suffix}", slot.name);
                 let saved = state.get(&key).ok_or_else(|| format!("optimizer state has no `{key}`"))?;
+                let saved = &saved.to_dtype(candle_core::DType::F32).map_err(|e| format!("optimizer state `{key}`: {e}"))?;
                 if saved.dims() != target.dims() {
                     return Err(format!("optimizer state `{key}` has shape {:?}, expected {:?}", saved.dims(), target.dims()));
                 }
-                *target = saved.clone();
+                // A copy: the fused update writes the moments in place, and must not write into
+                // the caller's tensors.
+                *target = saved.copy().map_err(|e| format!("optimizer state `{key}`: {e}"))?.detach();
             }
         }
         self.steps = steps;

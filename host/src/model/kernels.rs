@@ -1,0 +1,771 @@
+//! Fused CPU kernels for training, as candle custom ops with their backward passes.
+//!
+//! candle builds every piece of the model from small tensor ops, each of which allocates its
+//! output and walks memory once, and records a backward node that does the same again. For the
+//! row-wise pieces of a transformer (softmax, cross-entropy, LayerNorm, RMSNorm) that costs
+//! several passes and allocations per element where one suffices; AdamW costs a dozen. The ops
+//! here do each piece in one pass over a row (forward) and one or two (backward), split across
+//! rows on candle's thread pool:
+//!
+//! - [`cross_entropy_rows`]: `logsumexp(x) - x[target]` per row, never materialising the (N, V)
+//!   log-softmax; backward `(softmax(x) - onehot(target)) * g`.
+//! - [`layer_norm`] and [`rms_norm`], backward recomputing the row statistics.
+//! - [`add_bias`]: a linear layer's bias, whose gradient candle sums down strided columns.
+//! - [`gelu`]: GPT-2's tanh GELU, whose backward candle composes from a dozen ops.
+//! - [`softmax_last_dim`]: backward `y * (g - sum(g * y))`; rows that are entirely -inf (fully
+//!   masked) give zeros rather than NaN.
+//! - [`adamw_update`]: the AdamW moments and weights updated in place, three fused passes over
+//!   each parameter with no temporaries.
+//!
+//! Each op runs only on contiguous f32 CPU tensors; on any other device or dtype, or when
+//! [`Kernels::Plain`] is in force, callers use the plain tensor-op composition instead (which is
+//! why the CUDA build needs nothing from this file). `TRIAD_KERNELS=plain` selects the plain path
+//! for a whole process; [`with_kernels`] for one closure on the current thread (the tests run both
+//! paths side by side).
+
+use std::cell::Cell;
+use std::sync::OnceLock;
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, InplaceOp2, InplaceOp3, Layout};
+use candle_core::{Result, Shape, Storage, Tensor, bail};
+use rayon::prelude::*;
+
+/// Which implementation the row-wise pieces and the optimizer use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// The fused ops of this module, where the tensors allow (contiguous f32 on CPU).
+    Fused,
+    /// The plain composition of candle tensor ops everywhere.
+    Plain,
+}
+
+thread_local! {
+    static OVERRIDE: Cell<Option<Kernels>> = const { Cell::new(None) };
+}
+
+/// The kernels in force on this thread: [`with_kernels`]'s choice inside it, otherwise
+/// `TRIAD_KERNELS` (`plain` or `fused`, default fused), read once per process.
+pub fn active() -> Kernels {
+    if let Some(kernels) = OVERRIDE.with(Cell::get) {
+        return kernels;
+    }
+    static FROM_ENV: OnceLock<Kernels> = OnceLock::new();
+    *FROM_ENV.get_or_init(|| match std::env::var("TRIAD_KERNELS").as_deref() {
+        Ok("plain") => Kernels::Plain,
+        _ => Kernels::Fused,
+    })
+}
+
+/// Runs `f` with `kernels` in force on the current thread (candle runs forward and backward on
+/// the calling thread, so the whole step follows the choice), restoring the previous choice after.
+pub fn with_kernels<R>(kernels: Kernels, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Kernels>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            OVERRIDE.with(|o| o.set(self.0));
+        }
+    }
+    let _restore = Restore(OVERRIDE.with(|o| o.replace(Some(kernels))));
+    f()
+}
+
+/// Whether the fused ops apply to these tensors: fused kernels in force, and every tensor f32 on
+/// the CPU.
+pub fn fused(tensors: &[&Tensor]) -> bool {
+    active() == Kernels::Fused && tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared helpers.
+
+/// Rows below this many elements in total run on the calling thread: splitting costs more.
+const PARALLEL_MIN: usize = 1 << 15;
+
+/// The contiguous f32 elements a layout addresses.
+fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+    let data = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("{op}: the input must be contiguous"),
+    }
+}
+
+/// Runs `f` on the contiguous f32 CPU data of `t`.
+fn with_data<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => Ok(f(slice(cpu, layout, op)?)),
+        _ => bail!("{op}: CPU only"),
+    }
+}
+
+/// `f(row index, row of out)` over the rows of `out`, in parallel when there is enough work.
+fn for_rows(out: &mut [f32], cols: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if out.len() < PARALLEL_MIN || cols == 0 {
+        out.chunks_mut(cols.max(1)).enumerate().for_each(|(i, row)| f(i, row));
+    } else {
+        out.par_chunks_mut(cols).enumerate().for_each(|(i, row)| f(i, row));
+    }
+}
+
+/// e^x for x <= 0 (and -inf), vectorisable: Cephes' `expf` (range reduction by ln 2 in two
+/// parts, degree-6 polynomial), within 2 ulp of the exact value. Below -87 (where e^x is under
+/// f32's smallest normal) it returns 0, an absolute error under 2e-38.
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting it rounds to an integer.
+    // A comparison rather than `max`, so that NaN propagates.
+    let xc = if x < -87.0 { -87.0 } else { x };
+    let n = (xc * LOG2E + ROUND) - ROUND;
+    let r = xc - n * C1 - n * C2;
+    let z = r * r;
+    let p = ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_65) * r
+        + 0.5;
+    let e = p * z + r + 1.0;
+    let scale = f32::from_bits(((n as i32 + 127) << 23) as u32);
+    if x < -87.0 { 0.0 } else { e * scale }
+}
+
+/// Sum of a slice, in 16 independent lanes so that it vectorises.
+#[inline(always)]
+fn sum(xs: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = xs.chunks_exact(16);
+    let rest: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+/// Maximum of a slice (-inf when empty or all -inf), in 16 lanes.
+#[inline(always)]
+fn max(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let chunks = xs.chunks_exact(16);
+    let rest = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] = acc[i].max(c[i]);
+        }
+    }
+    acc.iter().fold(rest, |m, &x| m.max(x))
+}
+
+/// Sum of e^(x - m) over a row whose maximum is m (finite).
+#[inline(always)]
+fn sum_exp(xs: &[f32], m: f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = xs.chunks_exact(16);
+    let rest: f32 = chunks.remainder().iter().map(|&x| exp_nonpositive(x - m)).sum();
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] += exp_nonpositive(c[i] - m);
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+fn cpu_tensor(data: Vec<f32>, shape: &Shape) -> Result<Tensor> {
+    Tensor::from_vec(data, shape.clone(), &Device::Cpu)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-entropy.
+
+/// -log softmax(logits)[target] per row: logits (N, V) f32, targets (N,) u32, result (N,).
+///
+/// Fuses log-softmax, the gather of the targets and the negation: one pass for the row max and
+/// one for the sum of exponentials, nothing of size (N, V) kept from the forward. The plain path
+/// is `-gather(log_softmax(logits), targets)`.
+pub fn cross_entropy_rows(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if fused(&[logits]) {
+        return logits.contiguous()?.apply_op2(&targets.contiguous()?, CrossEntropy);
+    }
+    let logp = candle_nn::ops::log_softmax(logits, candle_core::D::Minus1)?;
+    logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()
+}
+
+struct CrossEntropy;
+
+/// Targets as indices, each checked against the vocabulary.
+fn targets_of(storage: &CpuStorage, layout: &Layout, n: usize, v: usize) -> Result<Vec<usize>> {
+    let data = storage.as_slice::<u32>()?;
+    let Some((start, end)) = layout.contiguous_offsets() else { bail!("cross-entropy: targets must be contiguous") };
+    if end - start != n {
+        bail!("cross-entropy: {} targets for {n} rows", end - start);
+    }
+    data[start..end]
+        .iter()
+        .map(|&t| if (t as usize) < v { Ok(t as usize) } else { bail!("cross-entropy: target {t} out of a vocabulary of {v}") })
+        .collect()
+}
+
+impl CustomOp2 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "fused-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, v) = l1.shape().dims2()?;
+        let x = slice(s1, l1, self.name())?;
+        let targets = targets_of(s2, l2, n, v)?;
+        let loss: Vec<f32> = if n * v < PARALLEL_MIN { (0..n).map(|i| row_loss(&x[i * v..(i + 1) * v], targets[i])).collect() } else {
+            (0..n).into_par_iter().map(|i| row_loss(&x[i * v..(i + 1) * v], targets[i])).collect()
+        };
+        Ok((CpuStorage::F32(loss), Shape::from(n)))
+    }
+
+    fn bwd(&self, logits: &Tensor, targets: &Tensor, _loss: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (n, v) = logits.dims2()?;
+        let targets: Vec<usize> = targets.to_vec1::<u32>()?.into_iter().map(|t| t as usize).collect();
+        let g = grad.to_vec1::<f32>()?;
+        let mut out = vec![0f32; n * v];
+        with_data(logits, self.name(), |x| {
+            for_rows(&mut out, v, |i, row| {
+                let xs = &x[i * v..(i + 1) * v];
+                let m = max(xs);
+                for (o, &xv) in row.iter_mut().zip(xs) {
+                    *o = exp_nonpositive(xv - m);
+                }
+                let scale = g[i] / sum(row);
+                for o in row.iter_mut() {
+                    *o *= scale;
+                }
+                row[targets[i]] -= g[i];
+            })
+        })?;
+        Ok((Some(cpu_tensor(out, logits.shape())?), None))
+    }
+}
+
+/// logsumexp(row) - row[target].
+fn row_loss(xs: &[f32], target: usize) -> f32 {
+    let m = max(xs);
+    if m == f32::INFINITY || m.is_nan() {
+        return f32::NAN;
+    }
+    m + sum_exp(xs, m).ln() - xs[target]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Softmax.
+
+/// Softmax over the last dimension, any rank. Fuses max, subtraction, exp, sum and division;
+/// a row that is entirely -inf gives zeros (the plain composition gives NaN there).
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Softmax)
+}
+
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "fused-softmax"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(storage, layout, self.name())?;
+        let cols = layout.shape().dims().last().copied().unwrap_or(1);
+        let mut out = vec![0f32; x.len()];
+        for_rows(&mut out, cols, |i, row| {
+            let xs = &x[i * cols..(i + 1) * cols];
+            let m = max(xs);
+            if m == f32::NEG_INFINITY {
+                return; // fully masked: zeros
+            }
+            for (o, &xv) in row.iter_mut().zip(xs) {
+                *o = exp_nonpositive(xv - m);
+            }
+            let scale = 1.0 / sum(row);
+            for o in row.iter_mut() {
+                *o *= scale;
+            }
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let cols = y.dims().last().copied().unwrap_or(1);
+        let mut out = vec![0f32; y.elem_count()];
+        with_data(y, self.name(), |y| {
+            with_data(grad, self.name(), |g| {
+                for_rows(&mut out, cols, |i, row| {
+                    let (ys, gs) = (&y[i * cols..(i + 1) * cols], &g[i * cols..(i + 1) * cols]);
+                    let mut acc = [0f32; 16];
+                    let (yc, gc) = (ys.chunks_exact(16), gs.chunks_exact(16));
+                    let rest: f32 = yc.remainder().iter().zip(gc.remainder()).map(|(a, b)| a * b).sum();
+                    for (a, b) in yc.zip(gc) {
+                        for k in 0..16 {
+                            acc[k] += a[k] * b[k];
+                        }
+                    }
+                    let dot = acc.iter().sum::<f32>() + rest;
+                    for ((o, &yv), &gv) in row.iter_mut().zip(ys).zip(gs) {
+                        *o = yv * (gv - dot);
+                    }
+                })
+            })
+        })??;
+        Ok(Some(cpu_tensor(out, y.shape())?))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bias.
+
+/// x + bias for x (N, D) and bias (D,), broadcast over the rows. The op itself is candle's
+/// `broadcast_add`; what is fused is its backward, whose bias gradient candle reduces over the
+/// rows with a strided walk down each column, here summed row by row (per thread, then added).
+pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&bias.contiguous()?, AddBias)
+}
+
+struct AddBias;
+
+impl CustomOp2 for AddBias {
+    fn name(&self) -> &'static str {
+        "fused-add-bias"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, self.name())?;
+        let b = slice(s2, l2, self.name())?;
+        let cols = b.len();
+        if l1.shape().dims().last() != Some(&cols) {
+            bail!("add bias: bias {:?} for input {:?}", l2.shape(), l1.shape());
+        }
+        let mut out = vec![0f32; x.len()];
+        for_rows(&mut out, cols, |i, row| {
+            for ((o, &xv), &bv) in row.iter_mut().zip(&x[i * cols..(i + 1) * cols]).zip(b) {
+                *o = xv + bv;
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, bias: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let cols = bias.elem_count();
+        let db = with_data(grad, self.name(), |g| {
+            let rows = g.len() / cols.max(1);
+            let threads = if g.len() < PARALLEL_MIN { 1 } else { rayon::current_num_threads().max(1) };
+            let per_chunk = rows.div_ceil(threads).max(1) * cols;
+            g.par_chunks(per_chunk.max(1))
+                .map(|chunk| {
+                    let mut partial = vec![0f32; cols];
+                    for row in chunk.chunks(cols) {
+                        for (p, &v) in partial.iter_mut().zip(row) {
+                            *p += v;
+                        }
+                    }
+                    partial
+                })
+                .reduce(|| vec![0f32; cols], |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                    a
+                })
+        })?;
+        Ok((Some(grad.clone()), Some(Tensor::from_vec(db, bias.shape().clone(), &Device::Cpu)?)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GELU.
+
+/// √(2/π), and GPT-2's cubic coefficient.
+const GELU_K: f32 = 0.797_884_6;
+const GELU_C: f32 = 0.044_715;
+
+/// (1 + tanh(u), 1 - tanh(u)), vectorisable, each to a few ulp: with e = exp(-2|u|), they are
+/// 2 / (1 + e) and 2e / (1 + e) (swapped for u < 0). Computing 1 ± tanh directly avoids the
+/// cancellation of 1 + tanh(u) as tanh approaches -1, where GELU's derivative lives.
+#[inline(always)]
+fn one_plus_minus_tanh(u: f32) -> (f32, f32) {
+    let e = exp_nonpositive(-2.0 * u.abs());
+    let (big, small) = (2.0 / (1.0 + e), 2.0 * e / (1.0 + e));
+    if u >= 0.0 { (big, small) } else { (small, big) }
+}
+
+/// GPT-2's tanh-approximated GELU, 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³))). Fuses the
+/// forward into one pass and the backward, which candle composes from a dozen ops (two of them
+/// scalar `powf`), into one more.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Gelu)
+}
+
+struct Gelu;
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "fused-gelu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(storage, layout, self.name())?;
+        let mut out = vec![0f32; x.len()];
+        for_rows(&mut out, 4096.min(x.len().max(1)), |i, chunk| {
+            let xs = &x[i * 4096..i * 4096 + chunk.len()];
+            for (o, &v) in chunk.iter_mut().zip(xs) {
+                *o = 0.5 * v * one_plus_minus_tanh(GELU_K * (v + GELU_C * v * v * v)).0;
+            }
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let mut out = vec![0f32; x.elem_count()];
+        with_data(x, self.name(), |x| {
+            with_data(grad, self.name(), |g| {
+                for_rows(&mut out, 4096.min(x.len().max(1)), |i, chunk| {
+                    let range = i * 4096..i * 4096 + chunk.len();
+                    for ((o, &v), &gv) in chunk.iter_mut().zip(&x[range.clone()]).zip(&g[range]) {
+                        // d/dx = (1 + t) / 2 + x (1 + t)(1 - t) u' / 2, u' = k (1 + 3 c x²).
+                        let (plus, minus) = one_plus_minus_tanh(GELU_K * (v + GELU_C * v * v * v));
+                        let du = GELU_K * (1.0 + 3.0 * GELU_C * v * v);
+                        *o = gv * 0.5 * (plus + v * plus * minus * du);
+                    }
+                })
+            })
+        })??;
+        Ok(Some(cpu_tensor(out, x.shape())?))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// LayerNorm and RMSNorm.
+
+/// LayerNorm over the last dimension: (x - mean) / sqrt(var + eps) * weight + bias. Fuses the
+/// row statistics, normalisation and affine map; backward recomputes the statistics.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+    let bias = match bias {
+        Some(b) => b.contiguous()?,
+        None => weight.zeros_like()?,
+    };
+    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias, LayerNormOp { eps: eps as f32 })
+}
+
+/// RMSNorm over the last dimension: x / sqrt(mean(x²) + eps) * weight.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&weight.contiguous()?, RmsNormOp { eps: eps as f32 })
+}
+
+struct LayerNormOp {
+    eps: f32,
+}
+
+/// (mean, 1 / sqrt(var + eps)) of a row, two-pass for accuracy.
+#[inline(always)]
+fn moments(xs: &[f32], eps: f32) -> (f32, f32) {
+    let d = xs.len() as f32;
+    let mean = sum(xs) / d;
+    let mut acc = [0f32; 16];
+    let chunks = xs.chunks_exact(16);
+    let rest: f32 = chunks.remainder().iter().map(|&x| (x - mean) * (x - mean)).sum();
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] += (c[i] - mean) * (c[i] - mean);
+        }
+    }
+    let var = (acc.iter().sum::<f32>() + rest) / d;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// 1 / sqrt(mean(x²) + eps) of a row.
+#[inline(always)]
+fn rms_scale(xs: &[f32], eps: f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = xs.chunks_exact(16);
+    let rest: f32 = chunks.remainder().iter().map(|&x| x * x).sum();
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] += c[i] * c[i];
+        }
+    }
+    1.0 / ((acc.iter().sum::<f32>() + rest) / xs.len() as f32 + eps).sqrt()
+}
+
+/// Per-chunk partial sums of the weight (and bias) gradients: rows are split into one chunk per
+/// thread, each returns its partials, and they are added.
+fn norm_backward(
+    x: &[f32],
+    dy: &[f32],
+    cols: usize,
+    partial_len: usize,
+    row: impl Fn(&[f32], &[f32], &mut [f32], &mut [f32]) + Sync,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut dx = vec![0f32; x.len()];
+    let rows = x.len() / cols.max(1);
+    let threads = if x.len() < PARALLEL_MIN { 1 } else { rayon::current_num_threads().max(1) };
+    let per_chunk = rows.div_ceil(threads).max(1) * cols;
+    let partials: Vec<Vec<f32>> = dx
+        .par_chunks_mut(per_chunk.max(1))
+        .enumerate()
+        .map(|(c, dx_chunk)| {
+            let mut partial = vec![0f32; partial_len];
+            let base = c * per_chunk;
+            for (r, dx_row) in dx_chunk.chunks_mut(cols).enumerate() {
+                let start = base + r * cols;
+                row(&x[start..start + cols], &dy[start..start + cols], dx_row, &mut partial);
+            }
+            partial
+        })
+        .collect();
+    let mut total = vec![0f32; partial_len];
+    for p in partials {
+        for (t, v) in total.iter_mut().zip(p) {
+            *t += v;
+        }
+    }
+    (dx, total)
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, self.name())?;
+        let (w, b) = (slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
+        let cols = w.len();
+        if b.len() != cols || l1.shape().dims().last() != Some(&cols) {
+            bail!("layer norm: weight {:?} and bias {:?} for input {:?}", l2.shape(), l3.shape(), l1.shape());
+        }
+        let mut out = vec![0f32; x.len()];
+        for_rows(&mut out, cols, |i, row| {
+            let xs = &x[i * cols..(i + 1) * cols];
+            let (mean, rstd) = moments(xs, self.eps);
+            for (((o, &xv), &wv), &bv) in row.iter_mut().zip(xs).zip(w).zip(b) {
+                *o = (xv - mean) * rstd * wv + bv;
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let w = weight.to_vec1::<f32>()?;
+        let cols = w.len();
+        let eps = self.eps;
+        let (dx, partial) = with_data(x, self.name(), |x| {
+            with_data(grad, self.name(), |dy| {
+                // partial = [dw (cols), db (cols)]
+                norm_backward(x, dy, cols, 2 * cols, |xs, dys, dx, partial| {
+                    let (mean, rstd) = moments(xs, eps);
+                    let d = cols as f32;
+                    let (mut a, mut c) = (0f32, 0f32);
+                    for ((&xv, &g), &wv) in xs.iter().zip(dys).zip(&w) {
+                        let xhat = (xv - mean) * rstd;
+                        a += g * wv;
+                        c += g * wv * xhat;
+                    }
+                    let (a, c) = (a / d, c / d);
+                    let (dw, db) = partial.split_at_mut(cols);
+                    for (k, ((&xv, &g), &wv)) in xs.iter().zip(dys).zip(&w).enumerate() {
+                        let xhat = (xv - mean) * rstd;
+                        dx[k] = rstd * (g * wv - a - xhat * c);
+                        dw[k] += g * xhat;
+                        db[k] += g;
+                    }
+                })
+            })
+        })??;
+        let (dw, db) = partial.split_at(cols);
+        let dw = Tensor::from_slice(dw, cols, &Device::Cpu)?;
+        let db = Tensor::from_slice(db, cols, &Device::Cpu)?;
+        Ok((Some(cpu_tensor(dx, x.shape())?), Some(dw), Some(db)))
+    }
+}
+
+struct RmsNormOp {
+    eps: f32,
+}
+
+impl CustomOp2 for RmsNormOp {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, self.name())?;
+        let w = slice(s2, l2, self.name())?;
+        let cols = w.len();
+        if l1.shape().dims().last() != Some(&cols) {
+            bail!("rms norm: weight {:?} for input {:?}", l2.shape(), l1.shape());
+        }
+        let mut out = vec![0f32; x.len()];
+        for_rows(&mut out, cols, |i, row| {
+            let xs = &x[i * cols..(i + 1) * cols];
+            let r = rms_scale(xs, self.eps);
+            for ((o, &xv), &wv) in row.iter_mut().zip(xs).zip(w) {
+                *o = xv * r * wv;
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, weight: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let w = weight.to_vec1::<f32>()?;
+        let cols = w.len();
+        let eps = self.eps;
+        let (dx, dw) = with_data(x, self.name(), |x| {
+            with_data(grad, self.name(), |dy| {
+                norm_backward(x, dy, cols, cols, |xs, dys, dx, dw| {
+                    let r = rms_scale(xs, eps);
+                    let mut c = 0f32;
+                    for ((&xv, &g), &wv) in xs.iter().zip(dys).zip(&w) {
+                        c += g * wv * xv;
+                    }
+                    let c = c / cols as f32 * r * r;
+                    for (k, ((&xv, &g), &wv)) in xs.iter().zip(dys).zip(&w).enumerate() {
+                        dx[k] = r * (g * wv - xv * c);
+                        dw[k] += g * xv * r;
+                    }
+                })
+            })
+        })??;
+        Ok((Some(cpu_tensor(dx, x.shape())?), Some(Tensor::from_vec(dw, cols, &Device::Cpu)?)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AdamW.
+
+/// One AdamW step's constants, shared by every parameter.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamWStep {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// The factor applied to the weights before the update: 1 - lr * weight_decay, or 1.
+    pub decay: f32,
+    /// 1 - beta1^t and 1 - beta2^t.
+    pub correction1: f32,
+    pub correction2: f32,
+    /// The gradient-clipping factor.
+    pub grad_scale: f32,
+}
+
+/// Updates `m`, `v` and `param` in place from `grad` (all contiguous f32 on the CPU, same
+/// shape):
+/// ```text
+/// m = b1 m + (1 - b1) s g      v = b2 v + (1 - b2) (s g)^2
+/// p = decay p - lr (m / c1) / (sqrt(v / c2) + eps)
+/// ```
+/// Three in-place passes and no temporaries, where the plain update allocates a dozen tensors.
+pub fn adamw_update(param: &Tensor, m: &Tensor, v: &Tensor, grad: &Tensor, step: AdamWStep) -> Result<()> {
+    m.inplace_op2(grad, &Moment { beta: step.beta1, scale: step.grad_scale, square: false })?;
+    v.inplace_op2(grad, &Moment { beta: step.beta2, scale: step.grad_scale, square: true })?;
+    param.inplace_op3(m, v, &Apply(step))
+}
+
+/// Sum of squares of a tensor's elements (f64 accumulation across 16 f32 lanes), for the
+/// gradient norm without a temporary.
+pub fn sum_of_squares(t: &Tensor) -> Result<f64> {
+    with_data(t, "sum of squares", |xs| {
+        let mut total = 0f64;
+        for block in xs.chunks(1 << 14) {
+            let mut acc = [0f32; 16];
+            let chunks = block.chunks_exact(16);
+            let rest: f32 = chunks.remainder().iter().map(|x| x * x).sum();
+            for c in chunks {
+                for i in 0..16 {
+                    acc[i] += c[i] * c[i];
+                }
+            }
+            total += (acc.iter().sum::<f32>() + rest) as f64;
+        }
+        total
+    })
+}
+
+fn slice_mut<'a>(storage: &'a mut CpuStorage, layout: &Layout, op: &str) -> Result<&'a mut [f32]> {
+    let Some((start, end)) = layout.contiguous_offsets() else { bail!("{op}: the tensor must be contiguous") };
+    match storage {
+        CpuStorage::F32(data) => Ok(&mut data[start..end]),
+        _ => bail!("{op}: f32 only"),
+    }
+}
+
+/// m = beta m + (1 - beta) s g, or with (s g)^2.
+struct Moment {
+    beta: f32,
+    scale: f32,
+    square: bool,
+}
+
+impl InplaceOp2 for Moment {
+    fn name(&self) -> &'static str {
+        "fused-adamw-moment"
+    }
+
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+        let g = slice(s2, l2, self.name())?;
+        let m = slice_mut(s1, l1, self.name())?;
+        if m.len() != g.len() {
+            bail!("{}: {} moments for {} gradients", self.name(), m.len(), g.len());
+        }
+        let (beta, one_minus, s) = (self.beta, 1.0 - self.beta, self.scale);
+        if self.square {
+            m.iter_mut().zip(g).for_each(|(m, &g)| *m = beta * *m + one_minus * (s * g) * (s * g));
+        } else {
+            m.iter_mut().zip(g).for_each(|(m, &g)| *m = beta * *m + one_minus * (s * g));
+        }
+        Ok(())
+    }
+}
+
+/// p = decay p - lr (m / c1) / (sqrt(v / c2) + eps).
+struct Apply(AdamWStep);
+
+impl InplaceOp3 for Apply {
+    fn name(&self) -> &'static str {
+        "fused-adamw-apply"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<()> {
+        let (m, v) = (slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
+        let p = slice_mut(s1, l1, self.name())?;
+        if p.len() != m.len() || p.len() != v.len() {
+            bail!("{}: shapes differ", self.name());
+        }
+        let AdamWStep { lr, eps, decay, correction1, correction2, .. } = self.0;
+        let (inv1, inv2) = (1.0 / correction1, 1.0 / correction2);
+        p.iter_mut().zip(m).zip(v).for_each(|((p, &m), &v)| {
+            *p = decay * *p - lr * (m * inv1) / ((v * inv2).sqrt() + eps);
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

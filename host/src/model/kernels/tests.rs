@@ -1,0 +1,333 @@
+//! Each fused kernel against the plain composition it replaces, values and gradients, on random
+//! and adversarial inputs.
+//!
+//! Tolerances: f32 carries 24 bits (relative rounding 6e-8), and the fused and plain paths sum
+//! in different orders and compute e^x differently (a polynomial within 2 ulp against libm), so
+//! their results differ by a few ulp per operation chained. Values and gradients must agree to
+//! 1e-5 relative, plus an absolute term for what f32 cannot resolve: a result that is a
+//! difference of inputs of magnitude M (a logit of 1e4 minus the log-sum-exp) is only known to
+//! about M * 2^-23, so that term is a few ulp of the largest input in the row.
+
+use super::*;
+use crate::model::init::{normal_values, stream};
+use candle_core::Var;
+
+fn random(seed: u64, shape: &[usize], std: f64) -> Vec<f32> {
+    normal_values(&mut stream(seed, "kernels"), shape.iter().product(), std)
+}
+
+fn tensor(values: Vec<f32>, shape: &[usize]) -> Tensor {
+    Tensor::from_vec(values, shape, &Device::Cpu).expect("a tensor of matching size")
+}
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("f32 values")
+}
+
+/// |a - b| <= rtol |b| + atol elementwise, NaN only where both are NaN.
+fn assert_close(what: &str, a: &[f32], b: &[f32], rtol: f32, atol: f32) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+        if x.is_nan() || y.is_nan() {
+            assert!(x.is_nan() && y.is_nan(), "{what}[{i}]: {x} vs {y}");
+            continue;
+        }
+        assert!((x - y).abs() <= rtol * y.abs() + atol, "{what}[{i}]: fused {x} vs plain {y} (diff {})", (x - y).abs());
+    }
+}
+
+/// One path's output and the gradient of each input, flattened.
+type Run = (Vec<f32>, Vec<Vec<f32>>);
+
+/// Runs `f` with the fused and then the plain kernels on fresh variables made from `inputs`,
+/// returning (output, gradient of each input) per path. The gradient flows from
+/// sum(output * coef) with a fixed random coef, so that no gradient vanishes by symmetry.
+fn both(
+    inputs: &[Tensor],
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+) -> Result<[Run; 2]> {
+    let run = |kernels: Kernels| -> Result<Run> {
+        with_kernels(kernels, || {
+            let vars: Vec<Var> = inputs.iter().map(Var::from_tensor).collect::<Result<_>>()?;
+            let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+            let out = f(&tensors)?;
+            let coef = tensor(random(99, out.dims(), 1.0), out.dims());
+            let grads = (&out * &coef)?.sum_all()?.backward()?;
+            let grads = vars
+                .iter()
+                .map(|v| grads.get(v).map(flat).unwrap_or_default())
+                .collect();
+            Ok((flat(&out), grads))
+        })
+    };
+    Ok([run(Kernels::Fused)?, run(Kernels::Plain)?])
+}
+
+/// Few ulp of the largest magnitude in `xs`.
+fn ulps(xs: &[f32], n: f32) -> f32 {
+    n * f32::EPSILON * xs.iter().fold(0f32, |m, x| m.max(x.abs()))
+}
+
+#[test]
+fn cross_entropy_matches_log_softmax_and_gather() -> Result<()> {
+    let cases: Vec<(&str, usize, usize, Vec<f32>)> = vec![
+        ("random", 7, 37, random(1, &[7, 37], 3.0)),
+        ("magnitude 1e4", 5, 64, random(2, &[5, 64], 1e4)),
+        ("50,000 columns", 3, 50_000, random(3, &[3, 50_000], 2.0)),
+        ("all equal", 4, 100, vec![1.5; 400]),
+        // One dominant logit: the target's probability rounds to 1 or 0.
+        ("saturated", 2, 16, (0..32).map(|i| if i % 16 == 3 { 90.0 } else { -5.0 }).collect()),
+    ];
+    for (name, n, v, logits) in cases {
+        let targets: Vec<u32> = (0..n).map(|i| ((i * 7919) % v) as u32).collect();
+        let targets = Tensor::from_vec(targets, n, &Device::Cpu)?;
+        let atol = ulps(&logits, 8.0).max(1e-6);
+        let [fused, plain] = both(&[tensor(logits.clone(), &[n, v])], |x| cross_entropy_rows(&x[0], &targets))?;
+        // Against the exact (f64) values: 1e-5 relative.
+        let (loss, grad) = cross_entropy_f64(&logits, &targets.to_vec1::<u32>()?, v, &random(99, &[n], 1.0));
+        assert_close(&format!("{name}: loss against f64"), &fused.0, &loss, 1e-5, atol);
+        assert_close(&format!("{name}: gradient against f64"), &fused.1[0], &grad, 1e-5, 1e-7);
+        // Against the plain path, whose own f32 sum over a row of V terms is off by about
+        // sqrt(V) ulp (4e-5 relative measured at V = 50,000).
+        let rtol = (1e-5f32).max(4.0 * (v as f32).sqrt() * f32::EPSILON);
+        assert_close(&format!("{name}: loss"), &fused.0, &plain.0, rtol, atol);
+        // Gradients are probabilities minus the one-hot, times a coefficient of order 1.
+        assert_close(&format!("{name}: gradient"), &fused.1[0], &plain.1[0], rtol, 1e-7);
+    }
+    Ok(())
+}
+
+/// Per-row loss and the gradient of sum(loss * coef), in f64.
+fn cross_entropy_f64(logits: &[f32], targets: &[u32], v: usize, coef: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let (mut loss, mut grad) = (vec![], vec![]);
+    for (i, row) in logits.chunks(v).enumerate() {
+        let m = row.iter().fold(f64::MIN, |m, &x| m.max(x as f64));
+        let z: f64 = row.iter().map(|&x| (x as f64 - m).exp()).sum();
+        let t = targets[i] as usize;
+        loss.push((m + z.ln() - row[t] as f64) as f32);
+        for (j, &x) in row.iter().enumerate() {
+            let p = (x as f64 - m).exp() / z;
+            grad.push((coef[i] as f64 * (p - if j == t { 1.0 } else { 0.0 })) as f32);
+        }
+    }
+    (loss, grad)
+}
+
+#[test]
+fn cross_entropy_rejects_targets_outside_the_vocabulary() -> Result<()> {
+    let logits = tensor(random(4, &[2, 5], 1.0), &[2, 5]);
+    let targets = Tensor::new(&[1u32, 5], &Device::Cpu)?;
+    let result = with_kernels(Kernels::Fused, || cross_entropy_rows(&logits, &targets));
+    let message = result.expect_err("target 5 of 5 classes").to_string();
+    assert!(message.contains("target 5 out of a vocabulary of 5"), "{message}");
+    Ok(())
+}
+
+#[test]
+fn softmax_matches_the_composition_including_masked_rows() -> Result<()> {
+    let inf = f32::NEG_INFINITY;
+    let mut causal = random(5, &[2, 3, 6, 6], 2.0);
+    for (i, x) in causal.iter_mut().enumerate() {
+        let (row, col) = ((i / 6) % 6, i % 6);
+        if col > row {
+            *x = inf;
+        }
+    }
+    let cases: Vec<(&str, Vec<usize>, Vec<f32>)> = vec![
+        ("random", vec![2, 3, 5, 7], random(6, &[2, 3, 5, 7], 1.0)),
+        ("causal -inf mask", vec![2, 3, 6, 6], causal),
+        ("magnitude 1e4", vec![4, 33], random(7, &[4, 33], 1e4)),
+        ("50,000 columns", vec![2, 50_000], random(8, &[2, 50_000], 3.0)),
+        ("all equal", vec![3, 40], vec![-2.25; 120]),
+        ("key-pad mask", vec![2, 5], vec![-1e9, -1e9, 0.5, 1.0, 2.0, -1e9, -1e9, -1e9, -1e9, -1e9]),
+    ];
+    for (name, shape, x) in cases {
+        let finite: Vec<f32> = x.iter().copied().filter(|x| x.is_finite() && x.abs() < 1e8).collect();
+        let atol = ulps(&finite, 8.0).max(1e-7);
+        let [fused, plain] = both(&[tensor(x, &shape)], |x| softmax_last_dim(&x[0]))?;
+        assert_close(&format!("{name}: softmax"), &fused.0, &plain.0, 1e-5, atol);
+        assert_close(&format!("{name}: gradient"), &fused.1[0], &plain.1[0], 1e-5, 1e-6);
+    }
+    Ok(())
+}
+
+#[test]
+fn fully_masked_softmax_rows_are_zero_not_nan() -> Result<()> {
+    let inf = f32::NEG_INFINITY;
+    let x = Var::from_tensor(&tensor(vec![inf, inf, inf, 0.0, 1.0, inf], &[2, 3]))?;
+    let y = with_kernels(Kernels::Fused, || softmax_last_dim(x.as_tensor()))?;
+    let values = flat(&y);
+    assert_eq!(&values[..3], &[0.0, 0.0, 0.0]);
+    assert!((values[3] + values[4] - 1.0).abs() < 1e-6 && values[5] == 0.0, "{values:?}");
+    let grad = y.sum_all()?.backward()?.get(&x).map(flat).expect("a gradient");
+    assert!(grad.iter().all(|g| g.is_finite()), "{grad:?}");
+    Ok(())
+}
+
+#[test]
+fn layer_norm_matches_the_composition() -> Result<()> {
+    let d = 64;
+    let cases: Vec<(&str, usize, usize, Vec<f32>, f32)> = vec![
+        ("random", 12, d, random(9, &[12, d], 1.0), 0.0),
+        // Mean 1e4, spread 100: the plain and fused means differ by ulps of 1e4, which the
+        // normalisation scales by 1/std.
+        ("offset 1e4", 6, d, random(10, &[6, d], 100.0).into_iter().map(|x| x + 1e4).collect(), 64.0 * f32::EPSILON * 1e2),
+        ("50,000 columns", 2, 50_000, random(11, &[2, 50_000], 2.0), 0.0),
+        ("all equal", 3, d, vec![3.0; 3 * d], 0.0),
+    ];
+    for (name, n, cols, x, extra) in cases {
+        let w = random(12, &[cols], 1.0);
+        let b = random(13, &[cols], 1.0);
+        let inputs = [tensor(x, &[n, cols]), tensor(w, &[cols]), tensor(b, &[cols])];
+        let [fused, plain] = both(&inputs, |t| {
+            crate::model::norm::LayerNorm { weight: t[1].clone(), bias: Some(t[2].clone()), eps: 1e-5 }.forward(&t[0])
+        })?;
+        assert_close(&format!("{name}: layer norm"), &fused.0, &plain.0, 1e-5, 1e-5 + extra);
+        for (i, part) in ["x", "weight", "bias"].iter().enumerate() {
+            // The weight and bias gradients sum over rows: their scale grows with the row count.
+            let atol = ulps(&plain.1[i], 64.0).max(1e-5) + extra * 1e2;
+            assert_close(&format!("{name}: gradient of {part}"), &fused.1[i], &plain.1[i], 1e-4, atol);
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn rms_norm_matches_the_composition() -> Result<()> {
+    let cases: Vec<(&str, usize, usize, Vec<f32>)> = vec![
+        ("random", 12, 48, random(14, &[12, 48], 1.0)),
+        ("magnitude 1e4", 4, 48, random(15, &[4, 48], 1e4)),
+        ("50,000 columns", 2, 50_000, random(16, &[2, 50_000], 2.0)),
+        ("all equal", 3, 48, vec![-0.5; 144]),
+    ];
+    for (name, n, cols, x) in cases {
+        let w = random(17, &[cols], 1.0);
+        let inputs = [tensor(x, &[n, cols]), tensor(w, &[cols])];
+        let [fused, plain] = both(&inputs, |t| {
+            crate::model::norm::RmsNorm { weight: t[1].clone(), eps: 1e-5 }.forward(&t[0])
+        })?;
+        assert_close(&format!("{name}: rms norm"), &fused.0, &plain.0, 1e-5, 1e-6);
+        for (i, part) in ["x", "weight"].iter().enumerate() {
+            let atol = ulps(&plain.1[i], 64.0).max(1e-6);
+            assert_close(&format!("{name}: gradient of {part}"), &fused.1[i], &plain.1[i], 1e-4, atol);
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn fused_adamw_matches_the_plain_update_and_keeps_its_state_format() -> Result<()> {
+    use crate::train::{AdamW, AdamWConfig};
+    use std::collections::HashMap;
+    let names = ["h.0.attn.c_attn.weight", "h.0.ln_1.bias"];
+    let shapes: [&[usize]; 2] = [&[16, 48], &[48]];
+    // The trained values of each variable, and the optimizer's state.
+    type Trained = (Vec<Vec<f32>>, HashMap<String, Tensor>);
+    let run = |kernels: Kernels| -> Result<Trained> {
+        with_kernels(kernels, || {
+            let vars: Vec<(String, Var)> = names
+                .iter()
+                .zip(shapes)
+                .enumerate()
+                .map(|(i, (n, s))| Ok((n.to_string(), Var::from_tensor(&tensor(random(20 + i as u64, s, 0.5), s))?)))
+                .collect::<Result<_>>()?;
+            let mut adam = AdamW::new(&vars, crate::model::decays, AdamWConfig::default())?;
+            for step in 0..5u64 {
+                // Large gradients on some steps, so that clipping scales them.
+                let std = if step % 2 == 0 { 3.0 } else { 0.01 };
+                let grads: HashMap<String, Tensor> = names
+                    .iter()
+                    .zip(shapes)
+                    .enumerate()
+                    .map(|(i, (n, s))| (n.to_string(), tensor(random(30 + 10 * step + i as u64, s, std), s)))
+                    .collect();
+                adam.step(&grads, 1e-2, Some(1.0))?;
+            }
+            Ok((vars.iter().map(|(_, v)| flat(v.as_tensor())).collect(), adam.state()))
+        })
+    };
+    let (fused, fused_state) = run(Kernels::Fused)?;
+    let (plain, plain_state) = run(Kernels::Plain)?;
+    for (i, name) in names.iter().enumerate() {
+        assert_close(&format!("{name} after 5 steps"), &fused[i], &plain[i], 1e-5, 1e-6);
+    }
+    let mut keys: Vec<&String> = fused_state.keys().collect();
+    keys.sort();
+    let mut plain_keys: Vec<&String> = plain_state.keys().collect();
+    plain_keys.sort();
+    assert_eq!(keys, plain_keys, "the same state entries");
+    for key in keys {
+        assert_close(key, &flat(&fused_state[key]), &flat(&plain_state[key]), 1e-5, 1e-9);
+    }
+    Ok(())
+}
+
+#[test]
+fn loaded_adamw_state_is_copied_not_aliased() -> Result<()> {
+    use crate::train::{AdamW, AdamWConfig};
+    use std::collections::HashMap;
+    let w = Var::from_tensor(&tensor(vec![1.0, 2.0], &[2]))?;
+    let mut adam = AdamW::new(&[("w".into(), w)], |_| true, AdamWConfig::default())?;
+    let saved: HashMap<String, Tensor> =
+        [("w.m".to_string(), tensor(vec![0.1, 0.2], &[2])), ("w.v".to_string(), tensor(vec![0.01, 0.04], &[2]))].into();
+    adam.load_state(&saved, 3).map_err(candle_core::Error::Msg)?;
+    let grads: HashMap<String, Tensor> = [("w".to_string(), tensor(vec![1.0, -1.0], &[2]))].into();
+    with_kernels(Kernels::Fused, || adam.step(&grads, 1e-2, None))?;
+    assert_eq!(flat(&saved["w.m"]), vec![0.1, 0.2], "the caller's tensors are untouched");
+    assert_ne!(flat(&adam.state()["w.m"]), vec![0.1, 0.2], "the optimizer's own moments moved");
+    Ok(())
+}
+
+#[test]
+fn gelu_matches_candles_tanh_gelu() -> Result<()> {
+    let cases: Vec<(&str, Vec<usize>, Vec<f32>)> = vec![
+        ("random", vec![3, 7, 11], random(40, &[3, 7, 11], 2.0)),
+        ("magnitude 1e4", vec![2, 50], random(41, &[2, 50], 1e4)),
+        ("near zero", vec![64], random(42, &[64], 1e-4)),
+        ("50,000 elements", vec![50_000], random(43, &[50_000], 3.0)),
+        ("all equal", vec![4, 9], vec![0.75; 36]),
+    ];
+    for (name, shape, x) in cases {
+        let scale = x.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let coef = random(99, &shape, 1.0);
+        let exact: Vec<(f32, f32)> = x
+            .iter()
+            .zip(&coef)
+            .map(|(&v, &c)| {
+                let (v, k, cu) = (v as f64, (2.0 / std::f64::consts::PI).sqrt(), 0.044715);
+                let t = (k * (v + cu * v * v * v)).tanh();
+                let d = 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * k * (1.0 + 3.0 * cu * v * v);
+                ((0.5 * v * (1.0 + t)) as f32, (c as f64 * d) as f32)
+            })
+            .collect();
+        let [fused, plain] = both(&[tensor(x, &shape)], |x| {
+            if fused(&[&x[0]]) { gelu(&x[0]) } else { x[0].gelu() }
+        })?;
+        let (value, grad): (Vec<f32>, Vec<f32>) = exact.into_iter().unzip();
+        // Against the exact values: 1e-5 relative, plus a few ulp of the input for the value.
+        assert_close(&format!("{name}: gelu against f64"), &fused.0, &value, 1e-5, 1e-7 * scale);
+        assert_close(&format!("{name}: gradient against f64"), &fused.1[0], &grad, 1e-5, 1e-7);
+        // Against candle, whose f32 tanh carries 6e-8 absolute error and saturates to -1 for
+        // x below about -4, so that its 1 - tanh² (and the derivative) is off by up to 1e-6
+        // there (it gives 0 where the exact derivative is 1e-6).
+        assert_close(&format!("{name}: gelu"), &fused.0, &plain.0, 1e-5, 4e-7 * scale);
+        assert_close(&format!("{name}: gradient"), &fused.1[0], &plain.1[0], 1e-5, 3e-6);
+    }
+    Ok(())
+}
+
+#[test]
+fn add_bias_matches_broadcast_add() -> Result<()> {
+    for (name, n, d, std) in [("random", 37, 24, 1.0), ("magnitude 1e4", 5, 8, 1e4), ("long rows", 2, 50_000, 2.0)] {
+        let inputs = [tensor(random(50, &[n, d], std), &[n, d]), tensor(random(51, &[d], std), &[d])];
+        let [fused, plain] = both(&inputs, |t| {
+            if fused(&[&t[0]]) { add_bias(&t[0], &t[1]) } else { t[0].broadcast_add(&t[1]) }
+        })?;
+        // The sum is exact up to one rounding either way; the bias gradient sums n rows in a
+        // different order (a few ulp of the largest partial sum).
+        assert_close(&format!("{name}: value"), &fused.0, &plain.0, 1e-6, 0.0);
+        assert_close(&format!("{name}: gradient of x"), &fused.1[0], &plain.1[0], 0.0, 0.0);
+        assert_close(&format!("{name}: gradient of bias"), &fused.1[1], &plain.1[1], 1e-5, ulps(&plain.1[1], 4.0 * n as f32));
+    }
+    Ok(())
+}

@@ -38,7 +38,7 @@ use crate::runs::metrics::MetricsWriter;
 use crate::train::checkpoint::{self, TrainState};
 use crate::train::plugin_loss::{Features, plugin_loss};
 use crate::train::ppo::{KlController, PpoBatch, PpoLossConfig, RunningStats, gae, kl_estimate, ppo_loss, whiten};
-use crate::train::{AdamW, AdamWConfig};
+use crate::train::{AdamW, AdamWConfig, token_logprobs};
 
 /// The rest of the training state a checkpoint must carry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,14 +113,7 @@ impl Learner {
         let values = self.value_head.forward(&value_hidden).map_err(|e| e.to_string())?;
         let tensor = |e: candle_core::Error| e.to_string();
         let v = logits.dim(2).map_err(tensor)?;
-        // Targets: the next token at every position (the last position's target is a pad).
-        let mut next = vec![pad; b * t];
-        for (r, row) in rows.iter().enumerate() {
-            for i in 0..row.len().saturating_sub(1) {
-                next[r * t + i] = row[i + 1];
-            }
-        }
-        let next = Tensor::from_vec(next, b * t, device).map_err(tensor)?;
+        let next = Tensor::from_vec(next_tokens(rows, t, pad), b * t, device).map_err(tensor)?;
         let flat_logits = logits.reshape((b * t, v)).map_err(tensor)?.index_select(&index, 0).map_err(tensor)?;
         let logp = candle_nn::ops::log_softmax(&flat_logits, D::Minus1).map_err(tensor)?;
         let targets = next.index_select(&index, 0).map_err(tensor)?;
@@ -144,22 +137,31 @@ fn prediction_positions(rows: &[Vec<u32>], response_lens: &[usize], width: usize
     positions
 }
 
-/// Log-probs of the response tokens under a frozen model (no value head).
-fn reference_logprobs(model: &Model, rows: &[Vec<u32>], response_lens: &[usize], pad: u32) -> Result<Vec<f32>, String> {
-    let tensor = |e: candle_core::Error| e.to_string();
-    let (tokens, _) = pad_rows(rows, pad, model.device()).map_err(|e| e.to_string())?;
-    let (b, t) = tokens.dims2().map_err(tensor)?;
-    let logits = model.forward(&tokens, false).map_err(|e| e.to_string())?;
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1).map_err(tensor)?;
-    let logp = logp.reshape((b * t, ())).map_err(tensor)?.to_vec2::<f32>().map_err(tensor)?;
-    let mut out = Vec::new();
-    for (r, (row, &len)) in rows.iter().zip(response_lens).enumerate() {
-        let prompt = row.len() - len;
-        for j in 0..len {
-            out.push(logp[r * t + prompt + j - 1][row[prompt + j] as usize]);
+/// Each row's next token at every position of a (rows, width) grid, row after row; `pad` where
+/// there is none (the last position, padding).
+fn next_tokens(rows: &[Vec<u32>], width: usize, pad: u32) -> Vec<u32> {
+    let mut next = vec![pad; rows.len() * width];
+    for (r, row) in rows.iter().enumerate() {
+        if row.len() > 1 {
+            next[r * width..r * width + row.len() - 1].copy_from_slice(&row[1..]);
         }
     }
-    Ok(out)
+    next
+}
+
+/// Log-probs of the response tokens under a frozen model (no value head), flat like
+/// [`prediction_positions`]; only those values leave the device.
+fn reference_logprobs(model: &Model, rows: &[Vec<u32>], response_lens: &[usize], pad: u32) -> Result<Vec<f32>, String> {
+    let tensor = |e: candle_core::Error| e.to_string();
+    let device = model.device();
+    let (tokens, _) = pad_rows(rows, pad, device).map_err(|e| e.to_string())?;
+    let (b, t) = tokens.dims2().map_err(tensor)?;
+    let next = Tensor::from_vec(next_tokens(rows, t, pad), (b, t), device).map_err(tensor)?;
+    let logits = model.forward(&tokens, false).map_err(|e| e.to_string())?;
+    let logprobs = token_logprobs(&logits, &next).and_then(|l| l.flatten_all()).map_err(tensor)?;
+    let positions = prediction_positions(rows, response_lens, t);
+    let index = Tensor::from_vec(positions.clone(), positions.len(), device).map_err(tensor)?;
+    logprobs.index_select(&index, 0).and_then(|l| l.to_vec1::<f32>()).map_err(tensor)
 }
 
 struct Scored {

@@ -61,18 +61,22 @@ pub fn flops_per_token(config: &BenchConfig, parameters: usize) -> f64 {
     6.0 * (parameters - positions) as f64 + 12.0 * (config.layers * config.context * config.width) as f64
 }
 
+/// The reference model of the benchmarks: GPT-2 style, no dropout, weights from seed 0.
+pub fn reference_model(
+    vocab: usize,
+    context: usize,
+    layers: usize,
+    heads: usize,
+    width: usize,
+    device: &Device,
+) -> Result<Model, BenchError> {
+    let config = ModelConfig::Gpt(GptConfig { vocab_size: vocab, context, layers, heads, d_model: width, dropout: 0.0, bias: true });
+    Ok(Model::new(&config, device, 0).map_err(|e| e.to_string())?)
+}
+
 /// Time triad's training step on the workload.
 pub fn bench_triad(config: &BenchConfig, device: &Device) -> Result<BenchResult, BenchError> {
-    let model_config = ModelConfig::Gpt(GptConfig {
-        vocab_size: config.vocab,
-        context: config.context,
-        layers: config.layers,
-        heads: config.heads,
-        d_model: config.width,
-        dropout: 0.0,
-        bias: true,
-    });
-    let model = Model::new(&model_config, device, 0).map_err(|e| e.to_string())?;
+    let model = reference_model(config.vocab, config.context, config.layers, config.heads, config.width, device)?;
     let vars = model.vars();
     let mut optimizer = AdamW::new(&vars, decays, AdamWConfig::default()).map_err(|e| e.to_string())?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
@@ -201,16 +205,7 @@ pub struct GenerateBenchResult {
 /// Time triad's [`generate`](crate::model::generate()) on the workload.
 pub fn bench_generate_triad(config: &GenerateBenchConfig, device: &Device) -> Result<GenerateBenchResult, BenchError> {
     use crate::model::{SamplingConfig, generate};
-    let model_config = ModelConfig::Gpt(GptConfig {
-        vocab_size: config.vocab,
-        context: config.context,
-        layers: config.layers,
-        heads: config.heads,
-        d_model: config.width,
-        dropout: 0.0,
-        bias: true,
-    });
-    let model = Model::new(&model_config, device, 0).map_err(|e| e.to_string())?;
+    let model = reference_model(config.vocab, config.context, config.layers, config.heads, config.width, device)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let prompts: Vec<Vec<u32>> = (0..config.batch)
         .map(|_| (0..config.prompt).map(|_| rng.random_range(0..config.vocab as u32)).collect())

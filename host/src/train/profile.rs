@@ -19,7 +19,7 @@ use crate::model::kernels::{self, cross_entropy_rows};
 use crate::model::linear::{Layout, Linear, embed};
 use crate::model::mlp::GeluMlp;
 use crate::model::norm::{LAYER_NORM_EPS, LayerNorm};
-use crate::model::{GptConfig, Model, ModelConfig, decays};
+use crate::model::decays;
 
 /// Median seconds of one piece, forward and backward.
 #[derive(Debug, Clone)]
@@ -56,16 +56,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 /// Times the full step phase by phase, then the forward's parts one by one.
 pub fn profile_train(config: &BenchConfig, device: &Device) -> Result<StepProfile, BenchError> {
-    let model_config = ModelConfig::Gpt(GptConfig {
-        vocab_size: config.vocab,
-        context: config.context,
-        layers: config.layers,
-        heads: config.heads,
-        d_model: config.width,
-        dropout: 0.0,
-        bias: true,
-    });
-    let model = Model::new(&model_config, device, 0).map_err(err)?;
+    let model = super::bench::reference_model(config.vocab, config.context, config.layers, config.heads, config.width, device)?;
     let vars = model.vars();
     let mut optimizer = AdamW::new(&vars, decays, AdamWConfig::default()).map_err(err)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);

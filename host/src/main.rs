@@ -332,7 +332,9 @@ fn run_command(path: &Path, options: &RunOptions, dry_run: bool) -> Result<()> {
     }
     let experiment_runs = options.runs_root.join(&experiment.name);
     let last_stage = pipeline::stage_order(&experiment).ok().and_then(|order| order.last().map(|s| s.name().to_string()));
-    match triad::runs::compare::run_summary(&experiment_runs, &experiment.summary, last_stage.as_deref().unwrap_or_default()) {
+    // This invocation's runs only: a folder left by an earlier sweep is not part of this table.
+    let run_dirs: Vec<PathBuf> = runs.iter().map(|run| run.dir.clone()).collect();
+    match triad::runs::compare::run_summary(&run_dirs, &experiment.summary, last_stage.as_deref().unwrap_or_default()) {
         Ok(table) => println!("\n{table}"),
         // The runs are done and saved: a summary that cannot be made is a warning, not a failure.
         Err(e) => eprintln!("warning: no summary table: {e}"),

@@ -157,10 +157,11 @@ pub fn compare(options: &CompareOptions) -> Result<CompareOutput, CompareError> 
     Ok(CompareOutput { markdown, written })
 }
 
-/// The table `triad run` prints when it ends: a row per sweep point (mean ± std over seeds) of
-/// the `summary` metrics, or, when none are named, of every final metric of `last_stage`.
-pub fn run_summary(experiment_runs: &Path, summary: &[String], last_stage: &str) -> Result<String, CompareError> {
-    let runs = find_runs(&[experiment_runs.to_path_buf()], None)?;
+/// The table `triad run` prints when it ends: over the runs in `run_dirs`, a row per sweep point
+/// (mean ± std over seeds) of the `summary` metrics, or, when none are named, of every final
+/// metric of `last_stage`.
+pub fn run_summary(run_dirs: &[PathBuf], summary: &[String], last_stage: &str) -> Result<String, CompareError> {
+    let runs = find_runs(run_dirs, None)?;
     let metrics = if summary.is_empty() {
         let prefix = format!("{last_stage}/");
         available_final_metrics(&runs).into_iter().filter(|m| m.starts_with(&prefix)).collect()

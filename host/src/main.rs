@@ -109,6 +109,11 @@ enum BenchCommand {
         /// backward, optimizer, and the forward's parts); TRIAD_KERNELS=plain for the unfused ops.
         #[arg(long)]
         profile: bool,
+        /// Train this pretrained model (`smollm2-135m-instruct`: 4 rows of 128 tokens) instead of
+        /// the reference workload, PyTorch running the same weights on the same batches
+        /// (bench/train_pretrained_reference.py).
+        #[arg(long, conflicts_with = "profile")]
+        pretrained: Option<String>,
     },
     /// Generation tokens/s (batched, greedy, KV cache) on the reference model, against PyTorch
     /// (bench/generate_reference.py).
@@ -226,7 +231,10 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench(BenchCommand::Train { python, steps, peak_gflops, threads, profile }) => {
+        Command::Bench(BenchCommand::Train { python, steps, peak_gflops, threads, profile: _, pretrained: Some(name) }) => {
+            bench_pretrained(python, &name, steps, peak_gflops, threads)
+        }
+        Command::Bench(BenchCommand::Train { python, steps, peak_gflops, threads, profile, pretrained: None }) => {
             bench_train(python, steps, peak_gflops, threads, profile)
         }
         Command::Bench(BenchCommand::Generate { python, repeats, threads }) => bench_generate(python, repeats, threads),
@@ -269,6 +277,29 @@ fn fix_thread_count(threads: Option<usize>) {
     unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
 }
 
+fn bench_pretrained(python: Option<PathBuf>, name: &str, steps: usize, peak_gflops: f64, threads: usize) -> Result<()> {
+    use triad::train::bench::{PretrainedBenchConfig, bench_pretrained};
+    let config = PretrainedBenchConfig { name: name.to_string(), ..PretrainedBenchConfig::smollm2(steps, peak_gflops, threads) };
+    println!("workload: {name} training, batch {} x {} tokens, f32, AdamW; median of {steps} steps; {threads} threads", config.batch, config.context);
+    let workspace = find_workspace()?;
+    let python = python.unwrap_or_else(|| triad::data::registry::cache_dir().join("torch-venv/bin/python"));
+    let (ours, reference) = bench_pretrained(&config, &python, &workspace.join("bench/train_pretrained_reference.py"), &candle_core::Device::Cpu)
+        .with_context(|| format!("(the PyTorch side needs bench/setup.sh's venv at {})", python.display()))?;
+    print_train_results(&ours, &reference);
+    if let (Some(a), Some(b)) = (ours.first_loss, reference.first_loss) {
+        println!("first-step loss on the same batch: triad {a:.5}, PyTorch {b:.5} (difference {:.1e})", (a - b).abs());
+    }
+    Ok(())
+}
+
+fn print_train_results(ours: &triad::train::bench::BenchResult, reference: &triad::train::bench::BenchResult) {
+    println!("| implementation | tokens/s | MFU | peak RSS MiB |\n|---|---|---|---|");
+    for r in [ours, reference] {
+        println!("| {} | {:.0} | {:.1}% | {:.0} |", r.implementation, r.tokens_per_s, 100.0 * r.mfu, r.peak_rss_mib);
+    }
+    println!("\ntriad / PyTorch = {:.2}x tokens/s", ours.tokens_per_s / reference.tokens_per_s);
+}
+
 fn bench_train(python: Option<PathBuf>, steps: usize, peak_gflops: f64, threads: usize, profile: bool) -> Result<()> {
     use triad::train::bench::{BenchConfig, bench_pytorch, bench_triad};
     let config = BenchConfig { steps, peak_gflops, threads, ..BenchConfig::default() };
@@ -284,11 +315,7 @@ fn bench_train(python: Option<PathBuf>, steps: usize, peak_gflops: f64, threads:
     let reference = bench_pytorch(&config, &python, &workspace.join("bench/train_reference.py"))
         .with_context(|| format!("the PyTorch side (run bench/setup.sh to create {})", python.display()))?;
     let ours = bench_triad(&config, &candle_core::Device::Cpu)?;
-    println!("| implementation | tokens/s | MFU | peak RSS MiB |\n|---|---|---|---|");
-    for r in [&ours, &reference] {
-        println!("| {} | {:.0} | {:.1}% | {:.0} |", r.implementation, r.tokens_per_s, 100.0 * r.mfu, r.peak_rss_mib);
-    }
-    println!("\ntriad / PyTorch = {:.2}x tokens/s", ours.tokens_per_s / reference.tokens_per_s);
+    print_train_results(&ours, &reference);
     Ok(())
 }
 

@@ -1,7 +1,9 @@
 //! `triad bench train`: training throughput on the reference workload, measured side by side
 //! with PyTorch running the identical model (`bench/train_reference.py`) in the same invocation.
 //! `triad bench generate`: the same for batched greedy generation with a KV cache
-//! (`bench/generate_reference.py`).
+//! (`bench/generate_reference.py`). `triad bench train --pretrained smollm2-135m-instruct`: training
+//! a real pretrained model, PyTorch running the same weights on the same batches
+//! (`bench/train_pretrained_reference.py`).
 //!
 //! Workload: GPT-2 style, vocabulary 4096, context 256, 4 layers, 4 heads, width 256, batch 8,
 //! f32, AdamW with decoupled weight decay, clipping at 1.0. Each side times the whole step
@@ -52,6 +54,10 @@ pub struct BenchResult {
     pub flops_per_token: f64,
     pub mfu: f64,
     pub peak_rss_mib: f64,
+    /// The first step's loss, where both sides train on the same batches (the pretrained
+    /// benchmark): equal on both sides when they run the same model.
+    #[serde(default)]
+    pub first_loss: Option<f64>,
 }
 
 /// Model FLOPs per trained token: 6 per parameter (forward and backward matmuls, positions
@@ -101,30 +107,40 @@ pub fn bench_triad(config: &BenchConfig, device: &Device) -> Result<BenchResult,
     let median = times[times.len() / 2];
     let tokens_per_s = (config.batch * config.context) as f64 / median;
     let flops = flops_per_token(config, model.num_parameters());
-    let kernels = match crate::model::kernels::active() {
-        crate::model::kernels::Kernels::Fused => "fused kernels",
-        crate::model::kernels::Kernels::Plain => "plain tensor ops",
-    };
     Ok(BenchResult {
-        implementation: format!("triad (candle 0.11, {kernels})"),
+        implementation: format!("triad (candle 0.11, {})", kernels_label()),
         tokens_per_s,
         flops_per_token: flops,
         mfu: tokens_per_s * flops / (config.peak_gflops * 1e9),
         peak_rss_mib: peak_rss_mib(),
+        first_loss: None,
     })
 }
 
 /// Run `bench/train_reference.py` with `python` and read its JSON line.
 pub fn bench_pytorch(config: &BenchConfig, python: &Path, script: &Path) -> Result<BenchResult, BenchError> {
-    let output = Command::new(python)
+    let mut command = Command::new(python);
+    command
         .arg(script)
         .args(["--vocab", &config.vocab.to_string(), "--context", &config.context.to_string()])
         .args(["--layers", &config.layers.to_string(), "--heads", &config.heads.to_string()])
         .args(["--width", &config.width.to_string(), "--batch", &config.batch.to_string()])
         .args(["--steps", &config.steps.to_string(), "--warmup", &config.warmup.to_string()])
-        .args(["--threads", &config.threads.to_string(), "--peak-gflops", &config.peak_gflops.to_string()])
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+        .args(["--threads", &config.threads.to_string(), "--peak-gflops", &config.peak_gflops.to_string()]);
+    run_reference(&mut command, script)
+}
+
+/// Which kernels ran, for the results table.
+fn kernels_label() -> &'static str {
+    match crate::model::kernels::active() {
+        crate::model::kernels::Kernels::Fused => "fused kernels",
+        crate::model::kernels::Kernels::Plain => "plain tensor ops",
+    }
+}
+
+/// Runs a reference script and reads the JSON line it ends with.
+fn run_reference<T: serde::de::DeserializeOwned>(command: &mut Command, script: &Path) -> Result<T, BenchError> {
+    let output = command.output().map_err(|e| format!("cannot run {:?}: {e}", command.get_program()))?;
     if !output.status.success() {
         return Err(format!("{} failed:\n{}", script.display(), String::from_utf8_lossy(&output.stderr)).into());
     }
@@ -237,20 +253,119 @@ pub fn bench_generate_pytorch(
     python: &Path,
     script: &Path,
 ) -> Result<GenerateBenchResult, BenchError> {
-    let output = Command::new(python)
+    let mut command = Command::new(python);
+    command
         .arg(script)
         .args(["--vocab", &config.vocab.to_string(), "--context", &config.context.to_string()])
         .args(["--layers", &config.layers.to_string(), "--heads", &config.heads.to_string()])
         .args(["--width", &config.width.to_string(), "--batch", &config.batch.to_string()])
         .args(["--prompt", &config.prompt.to_string(), "--new-tokens", &config.new_tokens.to_string()])
         .args(["--repeats", &config.repeats.to_string(), "--warmup", &config.warmup.to_string()])
-        .args(["--threads", &config.threads.to_string()])
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
-    if !output.status.success() {
-        return Err(format!("{} failed:\n{}", script.display(), String::from_utf8_lossy(&output.stderr)).into());
+        .args(["--threads", &config.threads.to_string()]);
+    run_reference(&mut command, script)
+}
+
+/// Training a pretrained model by name, `batch` rows of `context` tokens per step.
+#[derive(Debug, Clone)]
+pub struct PretrainedBenchConfig {
+    /// One of [`PRETRAINED_MODELS`](crate::experiment::schema::PRETRAINED_MODELS).
+    pub name: String,
+    pub batch: usize,
+    pub context: usize,
+    pub warmup: usize,
+    pub steps: usize,
+    pub peak_gflops: f64,
+    pub threads: usize,
+}
+
+impl PretrainedBenchConfig {
+    /// SmolLM2-135M-Instruct, 4 rows of 128 tokens: about a second of 2-core work per step.
+    pub fn smollm2(steps: usize, peak_gflops: f64, threads: usize) -> Self {
+        PretrainedBenchConfig {
+            name: "smollm2-135m-instruct".into(),
+            batch: 4,
+            context: 128,
+            warmup: 2,
+            steps,
+            peak_gflops,
+            threads,
+        }
     }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout.lines().last().unwrap_or_default();
-    Ok(serde_json::from_str(line).map_err(|e| format!("unreadable output `{line}`: {e}"))?)
+}
+
+/// The batch of `step`: inputs and next-token targets, `(n * 7919 + 17) mod vocab` at running
+/// position `n` (offset by the step). A formula rather than a random stream so that
+/// `bench/train_pretrained_reference.py` builds the very same batches.
+pub fn formula_batch(step: usize, rows: usize, context: usize, vocab: usize) -> (Vec<u32>, Vec<u32>) {
+    let token = |n: usize| ((((n + step * 1_000_003) as u64) * 7919 + 17) % vocab as u64) as u32;
+    let inputs = (0..rows * context).map(token).collect();
+    let targets = (1..=rows * context).map(token).collect();
+    (inputs, targets)
+}
+
+/// Trains the pretrained model on both sides: triad here, then PyTorch on the same weights
+/// (written to a scratch folder as safetensors + config.json) and the same batches. Returns
+/// (triad, PyTorch).
+pub fn bench_pretrained(
+    config: &PretrainedBenchConfig,
+    python: &Path,
+    script: &Path,
+    device: &Device,
+) -> Result<(BenchResult, BenchResult), BenchError> {
+    let model = match config.name.as_str() {
+        "smollm2-135m-instruct" => crate::model::gguf::load_smollm2(device).map_err(|e| e.to_string())?.0,
+        other => return Err(format!("no pretrained model `{other}` (known: smollm2-135m-instruct)").into()),
+    };
+    let weights_dir = std::env::temp_dir().join(format!("triad-bench-{}", std::process::id()));
+    model.save(&weights_dir).map_err(|e| e.to_string())?;
+    let mut command = Command::new(python);
+    command
+        .arg(script)
+        .arg("--weights")
+        .arg(&weights_dir)
+        .args(["--batch", &config.batch.to_string(), "--context", &config.context.to_string()])
+        .args(["--steps", &config.steps.to_string(), "--warmup", &config.warmup.to_string()])
+        .args(["--threads", &config.threads.to_string(), "--peak-gflops", &config.peak_gflops.to_string()]);
+    let reference = run_reference(&mut command, script);
+    // The copy is only the reference's input: gone whatever happened there.
+    let _ = std::fs::remove_dir_all(&weights_dir);
+    let reference = reference?;
+
+    let vars = model.vars();
+    let mut optimizer = AdamW::new(&vars, decays, AdamWConfig::default()).map_err(|e| e.to_string())?;
+    let (vocab, shape) = (model.config().vocab_size(), (config.batch, config.context));
+    let (mut times, mut first_loss) = (Vec::new(), None);
+    for step in 0..config.warmup + config.steps {
+        let (inputs, targets) = formula_batch(step, config.batch, config.context, vocab);
+        let inputs = Tensor::from_vec(inputs, shape, device).map_err(|e| e.to_string())?;
+        let targets = Tensor::from_vec(targets, shape, device).map_err(|e| e.to_string())?;
+        let start = Instant::now();
+        let loss = lm_loss(&model, &inputs, &targets, true).map_err(|e| e.to_string())?;
+        let store = loss.backward().map_err(|e| e.to_string())?;
+        let grads: HashMap<String, Tensor> =
+            vars.iter().filter_map(|(name, var)| store.get(var.as_tensor()).map(|g| (name.clone(), g.clone()))).collect();
+        optimizer.step(&grads, 1e-5, Some(1.0)).map_err(|e| e.to_string())?;
+        device.synchronize().map_err(|e| e.to_string())?;
+        if step == 0 {
+            first_loss = Some(loss.to_scalar::<f32>().map_err(|e| e.to_string())? as f64);
+        }
+        if step >= config.warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let tokens_per_s = (config.batch * config.context) as f64 / times[times.len() / 2];
+    let model_config = model.config();
+    // As the reference computes it: 6 per parameter (the tied embedding once, as the LM head)
+    // plus attention's 12 * layers * context * width.
+    let flops = 6.0 * model.num_parameters() as f64 + 12.0 * (model_config.layers() * config.context * model_config.d_model()) as f64;
+    let ours = BenchResult {
+        implementation: format!("triad (candle 0.11, {})", kernels_label()),
+        tokens_per_s,
+        flops_per_token: flops,
+        mfu: tokens_per_s * flops / (config.peak_gflops * 1e9),
+        peak_rss_mib: peak_rss_mib(),
+        first_loss,
+    };
+    Ok((ours, reference))
 }

@@ -16,6 +16,11 @@
 //!   masked) give zeros rather than NaN.
 //! - [`adamw_update`]: the AdamW moments and weights updated in place, three fused passes over
 //!   each parameter with no temporaries.
+//! - [`linear`] (in `kernels/linear.rs`): x W + b for any leading dimensions as one op, whose
+//!   backward is one product for dx, one for dW and a row sum for db.
+//! - [`causal_attention`] and [`causal_attention_qkv`] (in `kernels/attention.rs`): scaled
+//!   scores, causal mask, softmax and the product with v in one op, masked keys never computed,
+//!   backward straight to dq, dk, dv.
 //!
 //! Each op runs only on contiguous f32 CPU tensors; on any other device or dtype, or when
 //! [`Kernels::Plain`] is in force, callers use the plain tensor-op composition instead (which is
@@ -29,6 +34,11 @@ use std::sync::OnceLock;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, InplaceOp2, InplaceOp3, Layout};
 use candle_core::{Result, Shape, Storage, Tensor, bail};
 use rayon::prelude::*;
+
+mod attention;
+mod linear;
+pub use attention::{causal_attention, causal_attention_qkv};
+pub use linear::linear;
 
 /// Which implementation the row-wise pieces and the optimizer use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -352,27 +362,31 @@ impl CustomOp2 for AddBias {
 
     fn bwd(&self, _x: &Tensor, bias: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let cols = bias.elem_count();
-        let db = with_data(grad, self.name(), |g| {
-            let rows = g.len() / cols.max(1);
-            let threads = if g.len() < PARALLEL_MIN { 1 } else { rayon::current_num_threads().max(1) };
-            let per_chunk = rows.div_ceil(threads).max(1) * cols;
-            g.par_chunks(per_chunk.max(1))
-                .map(|chunk| {
-                    let mut partial = vec![0f32; cols];
-                    for row in chunk.chunks(cols) {
-                        for (p, &v) in partial.iter_mut().zip(row) {
-                            *p += v;
-                        }
-                    }
-                    partial
-                })
-                .reduce(|| vec![0f32; cols], |mut a, b| {
-                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                    a
-                })
-        })?;
+        let db = with_data(grad, self.name(), |g| column_sums(g, cols))?;
         Ok((Some(grad.clone()), Some(Tensor::from_vec(db, bias.shape().clone(), &Device::Cpu)?)))
     }
+}
+
+/// Sums of the columns of a row-major (rows, cols) matrix, row by row (one partial per thread,
+/// then added): a bias's gradient, which candle reduces with a strided walk down each column.
+fn column_sums(g: &[f32], cols: usize) -> Vec<f32> {
+    let rows = g.len() / cols.max(1);
+    let threads = if g.len() < PARALLEL_MIN { 1 } else { rayon::current_num_threads().max(1) };
+    let per_chunk = rows.div_ceil(threads).max(1) * cols;
+    g.par_chunks(per_chunk.max(1))
+        .map(|chunk| {
+            let mut partial = vec![0f32; cols];
+            for row in chunk.chunks(cols.max(1)) {
+                for (p, &v) in partial.iter_mut().zip(row) {
+                    *p += v;
+                }
+            }
+            partial
+        })
+        .reduce(|| vec![0f32; cols], |mut a, b| {
+            a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+            a
+        })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -283,7 +283,8 @@ impl Model {
             ModelConfig::Llama(_) => 0.0,
         };
         let dropout = (train && p > 0.0).then_some((&self.dropout, p));
-        let pass = Pass { pos: past, positions: rows.map(|r| r.positions.clone()), mask, dropout };
+        let key_mask = rows.and_then(|r| r.key_mask.clone());
+        let pass = Pass { pos: past, positions: rows.map(|r| r.positions.clone()), mask, key_mask, dropout };
         let hidden = match cache {
             Some(cache) => {
                 let (kv_heads, head_dim) = match &self.config {

@@ -157,7 +157,7 @@ fn profile_parts(config: &BenchConfig, device: &Device) -> Result<Vec<PartTime>,
         eps: LAYER_NORM_EPS,
     };
     let masks = CausalMasks::new(device);
-    let pass = Pass { pos: 0, positions: None, mask: masks.get(t, t).map_err(err)?, dropout: None };
+    let pass = Pass { pos: 0, positions: None, mask: masks.get(t, t).map_err(err)?, key_mask: None, dropout: None };
     let scores = var(10, &[b, config.heads, t, t], device)?;
     let hidden = var(11, &[b, t, 4 * d], device)?;
     let zero = Tensor::zeros((), candle_core::DType::F32, device).map_err(err)?;

@@ -274,11 +274,22 @@ impl GptAttention {
     ) -> Result<Tensor> {
         let (b, t, c) = x.dims3()?;
         let (h, d) = (self.heads, c / self.heads);
-        if cache.is_none() && super::kernels::fused(&[x]) {
-            // The fused kernel reads q, k, v straight out of the projection and writes the heads
-            // side by side, as c_proj reads them: no narrowed weights, transposes or copies.
+        if super::kernels::fused(&[x]) {
+            // One product for q, k and v together, read in place by the fused kernel.
             let qkv = self.c_attn.forward(x)?;
-            let y = super::kernels::causal_attention_qkv(&qkv, h, pass.key_mask.as_ref())?;
+            let y = match cache {
+                // The kernel reads q, k, v straight out of the projection and writes the heads
+                // side by side, as c_proj reads them: no narrowed weights, transposes or copies.
+                None => super::kernels::causal_attention_qkv(&qkv, h, pass.key_mask.as_ref())?,
+                Some(layer) => {
+                    // (B, H, T, d) views of the thirds; only k and v are copied, into the cache.
+                    let qkv = qkv.reshape((b, t, 3, h, d))?;
+                    let part = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2);
+                    let (k, v) = layer.append(&part(1)?.contiguous()?, &part(2)?.contiguous()?, pass.pos)?;
+                    let y = super::kernels::causal_attention(&part(0)?, &k, &v, pass.key_mask.as_ref())?;
+                    y.transpose(1, 2)?.reshape((b, t, c))?
+                }
+            };
             return self.c_proj.forward(&y);
         }
         // q, k and v each from its third of c_attn, (B, T, C) -> (B, H, T, d). The thirds are

@@ -182,6 +182,19 @@ fn sum_exp(xs: &[f32], m: f32) -> f32 {
     acc.iter().sum::<f32>() + rest
 }
 
+/// log sum_j e^(x_j) of a row, as the fused cross-entropy computes it (16 lanes, the
+/// polynomial exp): NaN if some x is NaN or +inf, -inf for an empty or all -inf row.
+pub(crate) fn log_sum_exp(xs: &[f32]) -> f32 {
+    let m = max(xs);
+    if m == f32::INFINITY || m.is_nan() || xs.iter().any(|x| x.is_nan()) {
+        return f32::NAN;
+    }
+    if m == f32::NEG_INFINITY {
+        return m;
+    }
+    m + sum_exp(xs, m).ln()
+}
+
 fn cpu_tensor(data: Vec<f32>, shape: &Shape) -> Result<Tensor> {
     Tensor::from_vec(data, shape.clone(), &Device::Cpu)
 }
@@ -189,17 +202,21 @@ fn cpu_tensor(data: Vec<f32>, shape: &Shape) -> Result<Tensor> {
 // ---------------------------------------------------------------------------------------------
 // Cross-entropy.
 
-/// -log softmax(logits)[target] per row: logits (N, V) f32, targets (N,) u32, result (N,).
+/// -log softmax(logits)[target] per row: logits (..., V) f32, targets (...) u32, result (...)
+/// (for instance (N, V), (N,) -> (N,), or (B, T, V), (B, T) -> (B, T)).
 ///
 /// Fuses log-softmax, the gather of the targets and the negation: one pass for the row max and
-/// one for the sum of exponentials, nothing of size (N, V) kept from the forward. The plain path
-/// is `-gather(log_softmax(logits), targets)`.
+/// one for the sum of exponentials, nothing of size (N, V) kept from the forward. Taking any
+/// leading dimensions spares callers a reshape of the logits, whose backward node would cost
+/// a zero tensor and an add of the whole (N, V) gradient. The plain path is
+/// `-gather(log_softmax(logits), targets)` over the rows.
 pub fn cross_entropy_rows(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     if fused(&[logits]) {
         return logits.contiguous()?.apply_op2(&targets.contiguous()?, CrossEntropy);
     }
-    let logp = candle_nn::ops::log_softmax(logits, candle_core::D::Minus1)?;
-    logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()
+    let v = logits.dims().last().copied().unwrap_or(1);
+    let logp = candle_nn::ops::log_softmax(&logits.reshape(((), v))?, candle_core::D::Minus1)?;
+    logp.gather(&targets.flatten_all()?.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?.reshape(targets.shape())
 }
 
 struct CrossEntropy;
@@ -223,19 +240,24 @@ impl CustomOp2 for CrossEntropy {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, v) = l1.shape().dims2()?;
+        let Some((&v, lead)) = l1.dims().split_last() else { bail!("cross-entropy: scalar logits") };
+        let n: usize = lead.iter().product();
+        if v == 0 || l2.dims() != lead {
+            bail!("cross-entropy: logits {:?} for targets {:?}", l1.shape(), l2.shape());
+        }
         let x = slice(s1, l1, self.name())?;
         let targets = targets_of(s2, l2, n, v)?;
         let loss: Vec<f32> = if n * v < PARALLEL_MIN { (0..n).map(|i| row_loss(&x[i * v..(i + 1) * v], targets[i])).collect() } else {
             (0..n).into_par_iter().map(|i| row_loss(&x[i * v..(i + 1) * v], targets[i])).collect()
         };
-        Ok((CpuStorage::F32(loss), Shape::from(n)))
+        Ok((CpuStorage::F32(loss), Shape::from(lead)))
     }
 
     fn bwd(&self, logits: &Tensor, targets: &Tensor, _loss: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (n, v) = logits.dims2()?;
-        let targets: Vec<usize> = targets.to_vec1::<u32>()?.into_iter().map(|t| t as usize).collect();
-        let g = grad.to_vec1::<f32>()?;
+        let v = logits.dims().last().copied().unwrap_or(1);
+        let n = logits.elem_count() / v.max(1);
+        let targets: Vec<usize> = targets.flatten_all()?.to_vec1::<u32>()?.into_iter().map(|t| t as usize).collect();
+        let g = grad.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0f32; n * v];
         with_data(logits, self.name(), |x| {
             for_rows(&mut out, v, |i, row| {

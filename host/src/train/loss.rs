@@ -8,16 +8,16 @@ use crate::model::kernels::cross_entropy_rows;
 /// Mean next-token cross-entropy of `model` on `inputs` (B, T) against `targets` (B, T).
 pub fn lm_loss(model: &Model, inputs: &Tensor, targets: &Tensor, train: bool) -> Result<Tensor, candle_core::Error> {
     let logits = model.forward(inputs, train).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-    let (b, t, v) = logits.dims3()?;
-    // -log softmax(logits)[target] per position, fused on the CPU (see `cross_entropy_rows`).
-    cross_entropy_rows(&logits.reshape((b * t, v))?, &targets.reshape(b * t)?)?.mean_all()
+    // -log softmax(logits)[target] per position, fused on the CPU (see `cross_entropy_rows`),
+    // on the (B, T, V) logits as they are: a reshape would add a backward node as large.
+    cross_entropy_rows(&logits, targets)?.mean_all()
 }
 
 /// log p(target) per position: (B, T) from logits (B, T, V) and u32 targets (B, T).
 pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor, candle_core::Error> {
-    let (b, t, v) = logits.dims3()?;
+    logits.dims3()?;
     // log_softmax(logits).gather(targets), as a fused cross-entropy per row, negated.
-    cross_entropy_rows(&logits.reshape((b * t, v))?, &targets.reshape(b * t)?)?.neg()?.reshape((b, t))
+    cross_entropy_rows(logits, targets)?.neg()
 }
 
 /// Next-token cross-entropy averaged over the positions where `mask` (B, T, f32 0/1) is 1: SFT's

@@ -140,6 +140,49 @@ fn exp_nonpositive(x: f32) -> f32 {
     if x < -87.0 { 0.0 } else { e * scale }
 }
 
+/// Runs `f` compiled for the widest vector instructions this CPU has (AVX-512, else AVX2), which
+/// are detected once per process. The binary targets baseline x86-64, whose SSE2 runs the row
+/// loops here 4 lanes wide; the exp, tanh and division chains of GELU, the cross-entropy and the
+/// softmax measured 2-4x faster on the wider units. Only the vector width changes: LLVM does not
+/// fuse multiplies and adds on its own, and the reductions sum in fixed lanes, so every machine
+/// computes the same bits. `f` is a closure calling `#[inline(always)]` helpers, so that all of
+/// it is compiled inside the feature-enabled function.
+#[inline(always)]
+fn wide<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static LEVEL: OnceLock<u8> = OnceLock::new();
+        let level = *LEVEL.get_or_init(|| {
+            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl") {
+                2
+            } else if std::is_x86_feature_detected!("avx2") {
+                1
+            } else {
+                0
+            }
+        });
+        // SAFETY: the features were detected on this CPU.
+        match level {
+            2 => return unsafe { wide_avx512(f) },
+            1 => return unsafe { wide_avx2(f) },
+            _ => {}
+        }
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,avx")]
+unsafe fn wide_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx")]
+unsafe fn wide_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 /// Sum of a slice, in 16 independent lanes so that it vectorises.
 #[inline(always)]
 fn sum(xs: &[f32]) -> f32 {
@@ -247,8 +290,8 @@ impl CustomOp2 for CrossEntropy {
         }
         let x = slice(s1, l1, self.name())?;
         let targets = targets_of(s2, l2, n, v)?;
-        let loss: Vec<f32> = if n * v < PARALLEL_MIN { (0..n).map(|i| row_loss(&x[i * v..(i + 1) * v], targets[i])).collect() } else {
-            (0..n).into_par_iter().map(|i| row_loss(&x[i * v..(i + 1) * v], targets[i])).collect()
+        let loss: Vec<f32> = if n * v < PARALLEL_MIN { (0..n).map(|i| wide(|| row_loss(&x[i * v..(i + 1) * v], targets[i]))).collect() } else {
+            (0..n).into_par_iter().map(|i| wide(|| row_loss(&x[i * v..(i + 1) * v], targets[i]))).collect()
         };
         Ok((CpuStorage::F32(loss), Shape::from(lead)))
     }
@@ -261,15 +304,7 @@ impl CustomOp2 for CrossEntropy {
         let mut out = vec![0f32; n * v];
         with_data(logits, self.name(), |x| {
             for_rows(&mut out, v, |i, row| {
-                let xs = &x[i * v..(i + 1) * v];
-                let m = max(xs);
-                for (o, &xv) in row.iter_mut().zip(xs) {
-                    *o = exp_nonpositive(xv - m);
-                }
-                let scale = g[i] / sum(row);
-                for o in row.iter_mut() {
-                    *o *= scale;
-                }
+                wide(|| cross_entropy_grad_row(&x[i * v..(i + 1) * v], row, g[i]));
                 row[targets[i]] -= g[i];
             })
         })?;
@@ -277,7 +312,21 @@ impl CustomOp2 for CrossEntropy {
     }
 }
 
+/// softmax(xs) * g into `row`.
+#[inline(always)]
+fn cross_entropy_grad_row(xs: &[f32], row: &mut [f32], g: f32) {
+    let m = max(xs);
+    for (o, &xv) in row.iter_mut().zip(xs) {
+        *o = exp_nonpositive(xv - m);
+    }
+    let scale = g / sum(row);
+    for o in row.iter_mut() {
+        *o *= scale;
+    }
+}
+
 /// logsumexp(row) - row[target].
+#[inline(always)]
 fn row_loss(xs: &[f32], target: usize) -> f32 {
     let m = max(xs);
     if m == f32::INFINITY || m.is_nan() {
@@ -437,6 +486,23 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 
 struct Gelu;
 
+#[inline(always)]
+fn gelu_chunk(xs: &[f32], out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(xs) {
+        *o = 0.5 * v * one_plus_minus_tanh(GELU_K * (v + GELU_C * v * v * v)).0;
+    }
+}
+
+#[inline(always)]
+fn gelu_grad_chunk(xs: &[f32], gs: &[f32], out: &mut [f32]) {
+    for ((o, &v), &gv) in out.iter_mut().zip(xs).zip(gs) {
+        // d/dx = (1 + t) / 2 + x (1 + t)(1 - t) u' / 2, u' = k (1 + 3 c x²).
+        let (plus, minus) = one_plus_minus_tanh(GELU_K * (v + GELU_C * v * v * v));
+        let du = GELU_K * (1.0 + 3.0 * GELU_C * v * v);
+        *o = gv * 0.5 * (plus + v * plus * minus * du);
+    }
+}
+
 impl CustomOp1 for Gelu {
     fn name(&self) -> &'static str {
         "fused-gelu"
@@ -447,9 +513,7 @@ impl CustomOp1 for Gelu {
         let mut out = vec![0f32; x.len()];
         for_rows(&mut out, 4096.min(x.len().max(1)), |i, chunk| {
             let xs = &x[i * 4096..i * 4096 + chunk.len()];
-            for (o, &v) in chunk.iter_mut().zip(xs) {
-                *o = 0.5 * v * one_plus_minus_tanh(GELU_K * (v + GELU_C * v * v * v)).0;
-            }
+            wide(|| gelu_chunk(xs, chunk));
         });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
@@ -460,12 +524,7 @@ impl CustomOp1 for Gelu {
             with_data(grad, self.name(), |g| {
                 for_rows(&mut out, 4096.min(x.len().max(1)), |i, chunk| {
                     let range = i * 4096..i * 4096 + chunk.len();
-                    for ((o, &v), &gv) in chunk.iter_mut().zip(&x[range.clone()]).zip(&g[range]) {
-                        // d/dx = (1 + t) / 2 + x (1 + t)(1 - t) u' / 2, u' = k (1 + 3 c x²).
-                        let (plus, minus) = one_plus_minus_tanh(GELU_K * (v + GELU_C * v * v * v));
-                        let du = GELU_K * (1.0 + 3.0 * GELU_C * v * v);
-                        *o = gv * 0.5 * (plus + v * plus * minus * du);
-                    }
+                    wide(|| gelu_grad_chunk(&x[range.clone()], &g[range], chunk));
                 })
             })
         })??;
@@ -584,10 +643,12 @@ impl CustomOp3 for LayerNormOp {
         let mut out = vec![0f32; x.len()];
         for_rows(&mut out, cols, |i, row| {
             let xs = &x[i * cols..(i + 1) * cols];
-            let (mean, rstd) = moments(xs, self.eps);
-            for (((o, &xv), &wv), &bv) in row.iter_mut().zip(xs).zip(w).zip(b) {
-                *o = (xv - mean) * rstd * wv + bv;
-            }
+            wide(|| {
+                let (mean, rstd) = moments(xs, self.eps);
+                for (((o, &xv), &wv), &bv) in row.iter_mut().zip(xs).zip(w).zip(b) {
+                    *o = (xv - mean) * rstd * wv + bv;
+                }
+            })
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -606,7 +667,7 @@ impl CustomOp3 for LayerNormOp {
         let (dx, partial) = with_data(x, self.name(), |x| {
             with_data(grad, self.name(), |dy| {
                 // partial = [dw (cols), db (cols)]
-                norm_backward(x, dy, cols, 2 * cols, |xs, dys, dx, partial| {
+                norm_backward(x, dy, cols, 2 * cols, |xs, dys, dx, partial| wide(|| {
                     let (mean, rstd) = moments(xs, eps);
                     let d = cols as f32;
                     let (mut a, mut c) = (0f32, 0f32);
@@ -623,7 +684,7 @@ impl CustomOp3 for LayerNormOp {
                         dw[k] += g * xhat;
                         db[k] += g;
                     }
-                })
+                }))
             })
         })??;
         let (dw, db) = partial.split_at(cols);

@@ -38,7 +38,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Stora
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
-use super::{PARALLEL_MIN, exp_nonpositive, max, sum};
+use super::{PARALLEL_MIN, exp_nonpositive, max, sum, wide};
 
 /// Query rows per block: large enough for efficient matrix products, small enough that the
 /// causal skipping saves most of the masked half.
@@ -257,7 +257,7 @@ fn forward(inputs: &Inputs, out: Ptr, out_at: Heads, probs: Option<Ptr>) {
                 };
                 for (i, row) in p.chunks_mut(s).enumerate() {
                     let visible = past + r0 + i + 1;
-                    softmax_row(&mut row[..visible], bias.map(|bias| &bias[..visible]));
+                    wide(|| softmax_row(&mut row[..visible], bias.map(|bias| &bias[..visible])));
                     row[visible..seen].fill(0.0);
                 }
                 // SAFETY: out rows r0..r1 of (b, h) are this task's alone and inside the buffer
@@ -281,6 +281,7 @@ fn forward(inputs: &Inputs, out: Ptr, out_at: Heads, probs: Option<Ptr>) {
 
 /// softmax(row + bias) in place. The diagonal key is always visible and the bias finite, so
 /// the row maximum is finite unless the scores are not (NaN and inf propagate).
+#[inline(always)]
 fn softmax_row(row: &mut [f32], bias: Option<&[f32]>) {
     if let Some(bias) = bias {
         row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
@@ -332,7 +333,7 @@ fn backward(inputs: &Inputs, probs: &[f32], o: &[f32], go: &[f32], o_at: Heads, 
                     let at = o_at.start(b, h) + (r0 + i) * o_at.row;
                     let dot: f32 = o[at..at + d].iter().zip(&go[at..at + d]).map(|(a, b)| a * b).sum();
                     let (row, p_row) = (&mut ds[i * s..i * s + seen], &p[i * s..i * s + visible]);
-                    row[..visible].iter_mut().zip(p_row).for_each(|(g, &p)| *g = p * (*g - dot));
+                    wide(|| row[..visible].iter_mut().zip(p_row).for_each(|(g, &p)| *g = p * (*g - dot)));
                     row[visible..].fill(0.0);
                 }
                 let (dq, dk, dv) = (&grads.dq, &grads.dk, &grads.dv);

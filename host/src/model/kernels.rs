@@ -18,6 +18,8 @@
 //!   each parameter with no temporaries.
 //! - [`linear`] (in `kernels/linear.rs`): x W + b for any leading dimensions as one op, whose
 //!   backward is one product for dx, one for dW and a row sum for db.
+//! - [`lm_head_cross_entropy`] (in `kernels/lm_head.rs`): the LM head's product and the
+//!   cross-entropy as one op, so that the (N, V) logits gradient never becomes a candle tensor.
 //! - [`causal_attention`] and [`causal_attention_qkv`] (in `kernels/attention.rs`): scaled
 //!   scores, causal mask, softmax and the product with v in one op, masked keys never computed,
 //!   backward straight to dq, dk, dv.
@@ -37,8 +39,10 @@ use rayon::prelude::*;
 
 mod attention;
 mod linear;
+mod lm_head;
 pub use attention::{causal_attention, causal_attention_qkv};
 pub use linear::linear;
+pub use lm_head::lm_head_cross_entropy;
 
 /// Which implementation the row-wise pieces and the optimizer use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,8 +149,8 @@ fn exp_nonpositive(x: f32) -> f32 {
 /// loops here 4 lanes wide; the exp, tanh and division chains of GELU, the cross-entropy and the
 /// softmax measured 2-4x faster on the wider units. Only the vector width changes: LLVM does not
 /// fuse multiplies and adds on its own, and the reductions sum in fixed lanes, so every machine
-/// computes the same bits. `f` is a closure calling `#[inline(always)]` helpers, so that all of
-/// it is compiled inside the feature-enabled function.
+/// computes the same bits. Mark the closure `#[inline(always)]` (and what it calls): a closure
+/// left out of line is compiled for the baseline (measured: GELU's backward was).
 #[inline(always)]
 fn wide<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
@@ -238,6 +242,20 @@ pub(crate) fn log_sum_exp(xs: &[f32]) -> f32 {
     m + sum_exp(xs, m).ln()
 }
 
+/// A buffer of `n` floats that `fill` writes in full through the pointer, without the memset of
+/// `vec![0.0; n]` first (zeroing outputs that a product then overwrites measured about 8% of a
+/// training step).
+///
+/// # Safety
+/// `fill` must write every one of the `n` elements, and read none before writing it.
+unsafe fn filled(n: usize, fill: impl FnOnce(*mut f32)) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    fill(v.as_mut_ptr());
+    // SAFETY: the capacity is n and the caller guarantees that all n are written.
+    unsafe { v.set_len(n) };
+    v
+}
+
 fn cpu_tensor(data: Vec<f32>, shape: &Shape) -> Result<Tensor> {
     Tensor::from_vec(data, shape.clone(), &Device::Cpu)
 }
@@ -290,8 +308,8 @@ impl CustomOp2 for CrossEntropy {
         }
         let x = slice(s1, l1, self.name())?;
         let targets = targets_of(s2, l2, n, v)?;
-        let loss: Vec<f32> = if n * v < PARALLEL_MIN { (0..n).map(|i| wide(|| row_loss(&x[i * v..(i + 1) * v], targets[i]))).collect() } else {
-            (0..n).into_par_iter().map(|i| wide(|| row_loss(&x[i * v..(i + 1) * v], targets[i]))).collect()
+        let loss: Vec<f32> = if n * v < PARALLEL_MIN { (0..n).map(|i| wide(#[inline(always)] || row_loss(&x[i * v..(i + 1) * v], targets[i]))).collect() } else {
+            (0..n).into_par_iter().map(|i| wide(#[inline(always)] || row_loss(&x[i * v..(i + 1) * v], targets[i]))).collect()
         };
         Ok((CpuStorage::F32(loss), Shape::from(lead)))
     }
@@ -304,7 +322,7 @@ impl CustomOp2 for CrossEntropy {
         let mut out = vec![0f32; n * v];
         with_data(logits, self.name(), |x| {
             for_rows(&mut out, v, |i, row| {
-                wide(|| cross_entropy_grad_row(&x[i * v..(i + 1) * v], row, g[i]));
+                wide(#[inline(always)] || cross_entropy_grad_row(&x[i * v..(i + 1) * v], row, g[i]));
                 row[targets[i]] -= g[i];
             })
         })?;
@@ -322,6 +340,19 @@ fn cross_entropy_grad_row(xs: &[f32], row: &mut [f32], g: f32) {
     let scale = g / sum(row);
     for o in row.iter_mut() {
         *o *= scale;
+    }
+}
+
+/// softmax(row) * g in place.
+#[inline(always)]
+fn scaled_softmax_in_place(row: &mut [f32], g: f32) {
+    let m = max(row);
+    for x in row.iter_mut() {
+        *x = exp_nonpositive(*x - m);
+    }
+    let scale = g / sum(row);
+    for x in row.iter_mut() {
+        *x *= scale;
     }
 }
 
@@ -513,7 +544,7 @@ impl CustomOp1 for Gelu {
         let mut out = vec![0f32; x.len()];
         for_rows(&mut out, 4096.min(x.len().max(1)), |i, chunk| {
             let xs = &x[i * 4096..i * 4096 + chunk.len()];
-            wide(|| gelu_chunk(xs, chunk));
+            wide(#[inline(always)] || gelu_chunk(xs, chunk));
         });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
@@ -524,7 +555,7 @@ impl CustomOp1 for Gelu {
             with_data(grad, self.name(), |g| {
                 for_rows(&mut out, 4096.min(x.len().max(1)), |i, chunk| {
                     let range = i * 4096..i * 4096 + chunk.len();
-                    wide(|| gelu_grad_chunk(&x[range.clone()], &g[range], chunk));
+                    wide(#[inline(always)] || gelu_grad_chunk(&x[range.clone()], &g[range], chunk));
                 })
             })
         })??;
@@ -643,7 +674,7 @@ impl CustomOp3 for LayerNormOp {
         let mut out = vec![0f32; x.len()];
         for_rows(&mut out, cols, |i, row| {
             let xs = &x[i * cols..(i + 1) * cols];
-            wide(|| {
+            wide(#[inline(always)] || {
                 let (mean, rstd) = moments(xs, self.eps);
                 for (((o, &xv), &wv), &bv) in row.iter_mut().zip(xs).zip(w).zip(b) {
                     *o = (xv - mean) * rstd * wv + bv;
@@ -667,7 +698,7 @@ impl CustomOp3 for LayerNormOp {
         let (dx, partial) = with_data(x, self.name(), |x| {
             with_data(grad, self.name(), |dy| {
                 // partial = [dw (cols), db (cols)]
-                norm_backward(x, dy, cols, 2 * cols, |xs, dys, dx, partial| wide(|| {
+                norm_backward(x, dy, cols, 2 * cols, |xs, dys, dx, partial| wide(#[inline(always)] || {
                     let (mean, rstd) = moments(xs, eps);
                     let d = cols as f32;
                     let (mut a, mut c) = (0f32, 0f32);
@@ -825,9 +856,9 @@ impl InplaceOp2 for Moment {
         }
         let (beta, one_minus, s) = (self.beta, 1.0 - self.beta, self.scale);
         if self.square {
-            m.iter_mut().zip(g).for_each(|(m, &g)| *m = beta * *m + one_minus * (s * g) * (s * g));
+            wide(#[inline(always)] || m.iter_mut().zip(g).for_each(|(m, &g)| *m = beta * *m + one_minus * (s * g) * (s * g)));
         } else {
-            m.iter_mut().zip(g).for_each(|(m, &g)| *m = beta * *m + one_minus * (s * g));
+            wide(#[inline(always)] || m.iter_mut().zip(g).for_each(|(m, &g)| *m = beta * *m + one_minus * (s * g)));
         }
         Ok(())
     }
@@ -857,8 +888,10 @@ impl InplaceOp3 for Apply {
         }
         let AdamWStep { lr, eps, decay, correction1, correction2, .. } = self.0;
         let (inv1, inv2) = (1.0 / correction1, 1.0 / correction2);
-        p.iter_mut().zip(m).zip(v).for_each(|((p, &m), &v)| {
-            *p = decay * *p - lr * (m * inv1) / ((v * inv2).sqrt() + eps);
+        wide(#[inline(always)] || {
+            p.iter_mut().zip(m).zip(v).for_each(|((p, &m), &v)| {
+                *p = decay * *p - lr * (m * inv1) / ((v * inv2).sqrt() + eps);
+            })
         });
         Ok(())
     }

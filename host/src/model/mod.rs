@@ -352,6 +352,20 @@ impl Model {
         head.forward(hidden).ctx(|| "LM head".into())
     }
 
+    /// -log p(target) per position, (B, T), from hidden states (B, T, D) and u32 targets
+    /// (B, T): the LM head and the cross-entropy, fused into one op on the CPU (see
+    /// `kernels::lm_head_cross_entropy`), else the logits and `kernels::cross_entropy_rows`.
+    pub fn token_nll(&self, hidden: &Tensor, targets: &Tensor) -> Result<Tensor, ModelError> {
+        let weight = match &self.trunk {
+            Trunk::Gpt(m) => m.lm_head(),
+            Trunk::Llama(m) => m.lm_head(),
+        };
+        if kernels::fused(&[hidden, weight]) {
+            return kernels::lm_head_cross_entropy(hidden, weight, targets).ctx(|| "LM head and loss".into());
+        }
+        kernels::cross_entropy_rows(&self.lm_logits(hidden)?, targets).ctx(|| "cross-entropy".into())
+    }
+
     /// Logits (B, T, V) for u32 tokens (B, T).
     pub fn forward(&self, tokens: &Tensor, train: bool) -> Result<Tensor, ModelError> {
         self.lm_logits(&self.hidden(tokens, train)?)

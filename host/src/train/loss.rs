@@ -7,10 +7,11 @@ use crate::model::kernels::cross_entropy_rows;
 
 /// Mean next-token cross-entropy of `model` on `inputs` (B, T) against `targets` (B, T).
 pub fn lm_loss(model: &Model, inputs: &Tensor, targets: &Tensor, train: bool) -> Result<Tensor, candle_core::Error> {
-    let logits = model.forward(inputs, train).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-    // -log softmax(logits)[target] per position, fused on the CPU (see `cross_entropy_rows`),
-    // on the (B, T, V) logits as they are: a reshape would add a backward node as large.
-    cross_entropy_rows(&logits, targets)?.mean_all()
+    let msg = |e: crate::model::ModelError| candle_core::Error::Msg(e.to_string());
+    let hidden = model.hidden(inputs, train).map_err(msg)?;
+    // -log softmax(logits)[target] per position; on the CPU the head and the loss are one op
+    // and the logits never leave it (see `Model::token_nll`).
+    model.token_nll(&hidden, targets).map_err(msg)?.mean_all()
 }
 
 /// log p(target) per position: (B, T) from logits (B, T, V) and u32 targets (B, T).

@@ -38,7 +38,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Stora
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
-use super::{PARALLEL_MIN, exp_nonpositive, max, sum, wide};
+use super::{PARALLEL_MIN, exp_nonpositive, filled, max, sum, wide};
 
 /// Query rows per block: large enough for efficient matrix products, small enough that the
 /// causal skipping saves most of the masked half.
@@ -257,7 +257,7 @@ fn forward(inputs: &Inputs, out: Ptr, out_at: Heads, probs: Option<Ptr>) {
                 };
                 for (i, row) in p.chunks_mut(s).enumerate() {
                     let visible = past + r0 + i + 1;
-                    wide(|| softmax_row(&mut row[..visible], bias.map(|bias| &bias[..visible])));
+                    wide(#[inline(always)] || softmax_row(&mut row[..visible], bias.map(|bias| &bias[..visible])));
                     row[visible..seen].fill(0.0);
                 }
                 // SAFETY: out rows r0..r1 of (b, h) are this task's alone and inside the buffer
@@ -277,6 +277,19 @@ fn forward(inputs: &Inputs, out: Ptr, out_at: Heads, probs: Option<Ptr>) {
             }
         }
     });
+}
+
+/// [`forward`] into fresh buffers: the output (`len` values laid out as `out_at`, which must
+/// cover them all, as both callers' layouts do) and, when `keep`, the probabilities (zeroed
+/// first: the kernel leaves the keys after each block's last visible one alone).
+fn run_forward(inputs: &Inputs, len: usize, out_at: Heads, keep: bool) -> (Vec<f32>, Option<Vec<f32>>) {
+    let Dims { b, h, t, s, .. } = inputs.dims;
+    let mut probs = keep.then(|| vec![0f32; b * h * t * s]);
+    let probs_ptr = probs.as_mut().map(|p| Ptr(p.as_mut_ptr()));
+    // SAFETY: `forward` writes every output row of every (batch, head) through the pointer (each
+    // block's product with v has at least one key).
+    let out = unsafe { filled(len, |out| forward(inputs, Ptr(out), out_at, probs_ptr)) };
+    (out, probs)
 }
 
 /// softmax(row + bias) in place. The diagonal key is always visible and the bias finite, so
@@ -333,7 +346,7 @@ fn backward(inputs: &Inputs, probs: &[f32], o: &[f32], go: &[f32], o_at: Heads, 
                     let at = o_at.start(b, h) + (r0 + i) * o_at.row;
                     let dot: f32 = o[at..at + d].iter().zip(&go[at..at + d]).map(|(a, b)| a * b).sum();
                     let (row, p_row) = (&mut ds[i * s..i * s + seen], &p[i * s..i * s + visible]);
-                    wide(|| row[..visible].iter_mut().zip(p_row).for_each(|(g, &p)| *g = p * (*g - dot)));
+                    wide(#[inline(always)] || row[..visible].iter_mut().zip(p_row).for_each(|(g, &p)| *g = p * (*g - dot)));
                     row[visible..].fill(0.0);
                 }
                 let (dq, dk, dv) = (&grads.dq, &grads.dk, &grads.dv);
@@ -407,12 +420,9 @@ impl CustomOp3 for Attention {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
         let inputs = self.inputs((cpu(s1, self.name())?, l1), (cpu(s2, self.name())?, l2), (cpu(s3, self.name())?, l3))?;
-        let Dims { b, h, t, s, d, .. } = inputs.dims;
-        let mut out = vec![0f32; b * h * t * d];
-        let mut probs = if self.keep { vec![0f32; b * h * t * s] } else { Vec::new() };
-        let probs_ptr = self.keep.then_some(Ptr(probs.as_mut_ptr()));
-        forward(&inputs, Ptr(out.as_mut_ptr()), Heads::contiguous(h, t, d), probs_ptr);
-        if self.keep {
+        let Dims { b, h, t, d, .. } = inputs.dims;
+        let (out, probs) = run_forward(&inputs, b * h * t * d, Heads::contiguous(h, t, d), self.keep);
+        if let Some(probs) = probs {
             *self.probs.lock().unwrap_or_else(|e| e.into_inner()) = Some(probs);
         }
         Ok((CpuStorage::F32(out), Shape::from((b, h, t, d))))
@@ -436,13 +446,20 @@ impl CustomOp3 for Attention {
         let (o, go) = (cpu(o_c, self.name())?, &cpu(g_c, self.name())?[g_l.start_offset()..]);
         o_at.check((b, h, t, d), o.len(), "the output")?;
         o_at.check((b, h, t, d), go.len(), "the output's gradient")?;
-        let (mut dq, mut dk, mut dv) = (vec![0f32; b * h * t * d], vec![0f32; b * kv * s * d], vec![0f32; b * kv * s * d]);
-        let grads = Grads {
-            dq: (Ptr(dq.as_mut_ptr()), Heads::contiguous(h, t, d)),
-            dk: (Ptr(dk.as_mut_ptr()), Heads::contiguous(kv, s, d)),
-            dv: (Ptr(dv.as_mut_ptr()), Heads::contiguous(kv, s, d)),
+        // dk and dv accumulate over blocks and grouped heads, so start at zero; every row of dq
+        // is overwritten once.
+        let (mut dk, mut dv) = (vec![0f32; b * kv * s * d], vec![0f32; b * kv * s * d]);
+        // SAFETY: `backward` writes every row of dq (see above).
+        let dq = unsafe {
+            filled(b * h * t * d, |dq| {
+                let grads = Grads {
+                    dq: (Ptr(dq), Heads::contiguous(h, t, d)),
+                    dk: (Ptr(dk.as_mut_ptr()), Heads::contiguous(kv, s, d)),
+                    dv: (Ptr(dv.as_mut_ptr()), Heads::contiguous(kv, s, d)),
+                };
+                backward(&inputs, probs, o, go, o_at, &grads);
+            })
         };
-        backward(&inputs, probs, o, go, o_at, &grads);
         let device = candle_core::Device::Cpu;
         Ok((
             Some(Tensor::from_vec(dq, (b, h, t, d), &device)?),
@@ -502,12 +519,9 @@ impl CustomOp1 for AttentionQkv {
         }
         let (dims, thirds, out_at) = self.layouts(layout.shape(), layout.start_offset())?;
         let inputs = self.inputs(cpu(storage, self.name())?, dims, thirds)?;
-        let Dims { b, h, t, s, d, .. } = dims;
-        let mut out = vec![0f32; b * t * h * d];
-        let keep = self.inner.keep;
-        let mut probs = if keep { vec![0f32; b * h * t * s] } else { Vec::new() };
-        forward(&inputs, Ptr(out.as_mut_ptr()), out_at, keep.then_some(Ptr(probs.as_mut_ptr())));
-        if keep {
+        let Dims { b, h, t, d, .. } = dims;
+        let (out, probs) = run_forward(&inputs, b * t * h * d, out_at, self.inner.keep);
+        if let Some(probs) = probs {
             *self.inner.probs.lock().unwrap_or_else(|e| e.into_inner()) = Some(probs);
         }
         Ok((CpuStorage::F32(out), Shape::from((b, t, h * d))))

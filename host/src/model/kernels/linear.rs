@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use gemm::{Parallelism, gemm};
 
-use super::{column_sums, slice, with_data};
+use super::{column_sums, filled, slice, with_data};
 
 /// x W + b (`out_in` false: W is (in, out)) or x Wᵀ + b (`out_in` true: W is (out, in)), with
 /// `bias` (out,) if given. CPU f32 only (the caller checks with `kernels::fused`).
@@ -28,13 +28,13 @@ struct Affine {
 }
 
 /// A matrix operand or destination: first element, row stride, column stride.
-type Operand<P> = (P, usize, usize);
+pub(super) type Operand<P> = (P, usize, usize);
 
 /// `dst (m × n) = lhs (m × k) · rhs (k × n)`, plus dst when `accumulate`, on candle's threads.
 ///
 /// # Safety
 /// Every operand must address valid memory for its shape and strides.
-unsafe fn product(m: usize, n: usize, k: usize, dst: Operand<*mut f32>, accumulate: bool, lhs: Operand<*const f32>, rhs: Operand<*const f32>) {
+pub(super) unsafe fn product(m: usize, n: usize, k: usize, dst: Operand<*mut f32>, accumulate: bool, lhs: Operand<*const f32>, rhs: Operand<*const f32>) {
     let threads = rayon::current_num_threads();
     let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
     // SAFETY: forwarded from the caller.
@@ -83,24 +83,29 @@ impl Affine {
         if xs.len() != rows * d_in {
             bail!("fused linear: the input must be contiguous");
         }
-        let mut y = vec![0f32; rows * d_out];
-        let accumulate = match bias {
+        let w_ptr = w_data[w_at.0..].as_ptr();
+        let y = match bias {
             Some((s, l)) => {
                 let b = slice(s, l, "fused linear")?;
                 if b.len() != d_out {
                     bail!("fused linear: a bias of {} for {d_out} outputs", b.len());
                 }
+                let mut y = vec![0f32; rows * d_out];
                 y.chunks_mut(d_out.max(1)).for_each(|row| row.copy_from_slice(b));
-                true
+                if rows > 0 && d_out > 0 {
+                    // SAFETY: x is rows × d_in contiguous, W checked by `sizes`, y rows × d_out.
+                    unsafe { product(rows, d_out, d_in, (y.as_mut_ptr(), d_out, 1), true, (xs.as_ptr(), d_in, 1), (w_ptr, w_at.1, w_at.2)) };
+                }
+                y
             }
-            None => false,
+            None if rows > 0 && d_out > 0 && d_in > 0 => {
+                // SAFETY: as above; the product overwrites all of y (no bias to start from).
+                unsafe {
+                    filled(rows * d_out, |y| product(rows, d_out, d_in, (y, d_out, 1), false, (xs.as_ptr(), d_in, 1), (w_ptr, w_at.1, w_at.2)))
+                }
+            }
+            None => vec![0f32; rows * d_out],
         };
-        if rows > 0 && d_out > 0 {
-            // SAFETY: x is rows × d_in contiguous, W checked by `sizes`, y is rows × d_out.
-            unsafe {
-                product(rows, d_out, d_in, (y.as_mut_ptr(), d_out, 1), accumulate, (xs.as_ptr(), d_in, 1), (w_data[w_at.0..].as_ptr(), w_at.1, w_at.2))
-            };
-        }
         let mut shape = x.1.dims().to_vec();
         if let Some(last) = shape.last_mut() {
             *last = d_out;
@@ -117,23 +122,21 @@ impl Affine {
         let Sizes { rows, d_in, d_out, w_at } = self.sizes(x.layout(), w_layout, w_data.len())?;
         let (dx, dw) = with_data(x, "fused linear", |xs| {
             with_data(&grad, "fused linear", |g| {
-                let mut dx = vec![0f32; rows * d_in];
-                let mut dw = vec![0f32; d_in * d_out];
                 if rows == 0 || d_in == 0 || d_out == 0 || g.len() != rows * d_out || xs.len() != rows * d_in {
-                    return (dx, dw);
+                    return (vec![0f32; rows * d_in], vec![0f32; d_in * d_out]);
                 }
                 let w_ptr = w_data[w_at.0..].as_ptr();
                 // dW as stored: (in, out) with rows d_out apart, or (out, in) with rows d_in apart.
                 let dw_at = if self.out_in { (1, d_in) } else { (d_out, 1) };
                 // SAFETY: g is rows × d_out and x rows × d_in, contiguous; W checked by `sizes`;
-                // dx and dw are this call's own buffers of the sizes written.
+                // each product overwrites all of its fresh buffer (every size is non-zero).
                 unsafe {
                     // dx = g Wᵀ: Wᵀ's element (o, i) is W's (i, o).
-                    product(rows, d_in, d_out, (dx.as_mut_ptr(), d_in, 1), false, (g.as_ptr(), d_out, 1), (w_ptr, w_at.2, w_at.1));
+                    let dx = filled(rows * d_in, |dx| product(rows, d_in, d_out, (dx, d_in, 1), false, (g.as_ptr(), d_out, 1), (w_ptr, w_at.2, w_at.1)));
                     // dW (in × out) = xᵀ g, written through the stored orientation's strides.
-                    product(d_in, d_out, rows, (dw.as_mut_ptr(), dw_at.0, dw_at.1), false, (xs.as_ptr(), 1, d_in), (g.as_ptr(), d_out, 1));
+                    let dw = filled(d_in * d_out, |dw| product(d_in, d_out, rows, (dw, dw_at.0, dw_at.1), false, (xs.as_ptr(), 1, d_in), (g.as_ptr(), d_out, 1)));
+                    (dx, dw)
                 }
-                (dx, dw)
             })
         })??;
         let db = with_data(&grad, "fused linear", |g| column_sums(g, d_out))?;

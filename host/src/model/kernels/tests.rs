@@ -498,3 +498,40 @@ fn fused_linear_reads_a_narrowed_weight() -> Result<()> {
     assert_close("narrowed weight", &flat(&fused_y), &flat(&plain_y), 1e-5, 1e-5);
     Ok(())
 }
+
+#[test]
+fn fused_lm_head_loss_matches_logits_then_cross_entropy() -> Result<()> {
+    // (name, leading dims, width, vocabulary, std of the hidden states)
+    let cases = [
+        ("random", vec![2, 5], 16, 37, 1.0),
+        ("one row", vec![1], 8, 11, 1.0),
+        ("long rows", vec![3], 12, 5000, 1.0),
+        // Logits of magnitude ~1e3: the softmax is one-hot and the loss a difference of large
+        // numbers.
+        ("large logits", vec![2, 3], 16, 50, 300.0),
+    ];
+    for (name, lead, d, v, std) in cases {
+        let x_shape: Vec<usize> = lead.iter().copied().chain([d]).collect();
+        let n: usize = lead.iter().product();
+        let targets: Vec<u32> = (0..n).map(|i| ((i * 7919 + 3) % v) as u32).collect();
+        let targets = Tensor::from_vec(targets, lead.as_slice(), &Device::Cpu)?;
+        let inputs = [tensor(random(80, &x_shape, std), &x_shape), tensor(random(81, &[v, d], 1.0), &[v, d])];
+        let [fused_run, plain] = both(&inputs, |t| {
+            if fused(&[&t[0]]) {
+                lm_head_cross_entropy(&t[0], &t[1], &targets)
+            } else {
+                cross_entropy_rows(&t[0].broadcast_matmul(&t[1].t()?)?, &targets)
+            }
+        })?;
+        // The loss is a difference of logits of magnitude M: a few ulp of M, summed over d terms
+        // in different orders by the two products.
+        let m = ulps(&random(80, &x_shape, std), 1.0) * d as f32 * 4.0;
+        let atol = (m * 64.0).max(1e-5);
+        assert_close(&format!("{name}: loss"), &fused_run.0, &plain.0, 1e-5, atol);
+        for (i, part) in ["hidden states", "head"].iter().enumerate() {
+            let atol = ulps(&plain.1[i], 256.0).max(1e-6);
+            assert_close(&format!("{name}: gradient of the {part}"), &fused_run.1[i], &plain.1[i], 1e-4, atol);
+        }
+    }
+    Ok(())
+}

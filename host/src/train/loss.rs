@@ -31,8 +31,9 @@ pub fn masked_lm_loss(
     mask: &Tensor,
     train: bool,
 ) -> Result<Tensor, candle_core::Error> {
-    let logits = model.forward(inputs, train).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-    masked_mean(&token_logprobs(&logits, targets)?.neg()?, mask)
+    let msg = |e: crate::model::ModelError| candle_core::Error::Msg(e.to_string());
+    let hidden = model.hidden(inputs, train).map_err(msg)?;
+    masked_mean(&model.token_nll(&hidden, targets).map_err(msg)?, mask)
 }
 
 /// sum(values * mask) / sum(mask), for (B, T) values and a 0/1 mask; 0 when the mask is empty.

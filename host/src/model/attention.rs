@@ -20,6 +20,12 @@
 //! composed from tensor ops: `candle_nn::ops::softmax_last_dim` is a fused kernel without a
 //! backward pass.
 //!
+//! That composition is the plain path (`TRIAD_KERNELS=plain`, or tensors other than f32 on the
+//! CPU). Otherwise [`attend_pass`] runs the fused kernel (`kernels::causal_attention`), which
+//! applies the causal mask as a row length and the key mask as a per-row bias without building
+//! either tensor, and GPT-2's attention hands it its `c_attn` output whole
+//! (`kernels::causal_attention_qkv`, see `kernels/attention.rs`).
+//!
 //! The [`KvCache`] holds per layer one `(B, KV, capacity, d)` buffer for keys and one for values,
 //! allocated once; each pass writes its new keys and values in place and attends over a view of
 //! the filled prefix, so decoding a token copies nothing but that token's keys and values.

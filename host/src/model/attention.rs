@@ -20,6 +20,12 @@
 //! composed from tensor ops: `candle_nn::ops::softmax_last_dim` is a fused kernel without a
 //! backward pass.
 //!
+//! That composition is the plain path (`TRIAD_KERNELS=plain`, or tensors other than f32 on the
+//! CPU). Otherwise [`attend_pass`] runs the fused kernel (`kernels::causal_attention`), which
+//! applies the causal mask as a row length and the key mask as a per-row bias without building
+//! either tensor, and GPT-2's attention hands it its `c_attn` output whole
+//! (`kernels::causal_attention_qkv`, see `kernels/attention.rs`).
+//!
 //! The [`KvCache`] holds per layer one `(B, KV, capacity, d)` buffer for keys and one for values,
 //! allocated once; each pass writes its new keys and values in place and attends over a view of
 //! the filled prefix, so decoding a token copies nothing but that token's keys and values.
@@ -63,6 +69,17 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Resu
     let att = softmax_last_dim(&att)?;
     let y = att.reshape((b, kv, groups * t, s))?.matmul(v)?;
     y.reshape((b, h, t, d))
+}
+
+/// [`attend`] for a model's pass: every pass is causal (its T queries are the last T of its S
+/// positions), plus the pass's per-row key mask if any. On contiguous-enough f32 CPU tensors with
+/// the fused kernels in force this is [`kernels::causal_attention`](super::kernels::causal_attention),
+/// which never builds the mask; otherwise the plain composition with the pass's additive mask.
+pub(crate) fn attend_pass(q: &Tensor, k: &Tensor, v: &Tensor, pass: &Pass) -> Result<Tensor> {
+    if super::kernels::fused(&[q, k, v]) {
+        return super::kernels::causal_attention(q, k, v, pass.key_mask.as_ref());
+    }
+    attend(q, k, v, pass.mask.as_ref())
 }
 
 /// Additive causal masks, one per (queries, keys) shape, built on first use and kept: training
@@ -127,8 +144,12 @@ pub(crate) struct Pass<'a> {
     pub pos: usize,
     /// Per-row positions (B, T) u32 of left-padded rows, replacing `pos..pos + T` for each row.
     pub positions: Option<Tensor>,
-    /// Additive, (T, S) or (B, 1, T, S): see [`pass_mask`].
+    /// Additive, (T, S) or (B, 1, T, S): see [`pass_mask`]. Always causal: the plain
+    /// composition's mask.
     pub mask: Option<Tensor>,
+    /// The per-row key mask (B, S) alone, 0 or [`KEY_PAD`], when some row is padded: what the
+    /// fused kernel adds to its causal scores instead of `mask`.
+    pub key_mask: Option<Tensor>,
     /// The generator and probability, only when training with p > 0.
     pub dropout: Option<(&'a DropoutRng, f64)>,
 }
@@ -259,6 +280,24 @@ impl GptAttention {
     ) -> Result<Tensor> {
         let (b, t, c) = x.dims3()?;
         let (h, d) = (self.heads, c / self.heads);
+        if super::kernels::fused(&[x]) {
+            // One product for q, k and v together, read in place by the fused kernel.
+            let qkv = self.c_attn.forward(x)?;
+            let y = match cache {
+                // The kernel reads q, k, v straight out of the projection and writes the heads
+                // side by side, as c_proj reads them: no narrowed weights, transposes or copies.
+                None => super::kernels::causal_attention_qkv(&qkv, h, pass.key_mask.as_ref())?,
+                Some(layer) => {
+                    // (B, H, T, d) views of the thirds; only k and v are copied, into the cache.
+                    let qkv = qkv.reshape((b, t, 3, h, d))?;
+                    let part = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2);
+                    let (k, v) = layer.append(&part(1)?.contiguous()?, &part(2)?.contiguous()?, pass.pos)?;
+                    let y = super::kernels::causal_attention(&part(0)?, &k, &v, pass.key_mask.as_ref())?;
+                    y.transpose(1, 2)?.reshape((b, t, c))?
+                }
+            };
+            return self.c_proj.forward(&y);
+        }
         // q, k and v each from its third of c_attn, (B, T, C) -> (B, H, T, d). The thirds are
         // views of the weight, so the backward pass pads a (C, C) weight gradient with zeros
         // (candle's backward of `narrow`) rather than (B, T, 3C) activations.
@@ -276,7 +315,7 @@ impl GptAttention {
         };
         let (q, k, v) = (third(0)?, third(1)?, third(2)?);
         let (k, v) = remember(cache, k, v, pass.pos)?;
-        let y = attend(&q, &k, &v, pass.mask.as_ref())?;
+        let y = attend_pass(&q, &k, &v, pass)?;
         let y = y.transpose(1, 2)?.reshape((b, t, c))?;
         self.c_proj.forward(&y)
     }
@@ -311,7 +350,7 @@ impl LlamaAttention {
         let q = rope.rotate(&q)?;
         let k = rope.rotate(&k)?;
         let (k, v) = remember(cache, k, v, pass.pos)?;
-        let y = attend(&q, &k, &v, pass.mask.as_ref())?;
+        let y = attend_pass(&q, &k, &v, pass)?;
         let y = y.transpose(1, 2)?.reshape((b, t, self.heads * d))?;
         self.o_proj.forward(&y)
     }

@@ -11,6 +11,9 @@
 //! same product with the weight as the left operand, which candle's gemm runs 1.3-2x faster
 //! (measured at 1-32 rows, for instance 1.7x on an 8-row LM head of 4096 x 256); training's
 //! thousands of rows keep `x Wᵀ`.
+//!
+//! Otherwise, with the fused kernels in force on the CPU, the whole map is one op
+//! (`kernels::linear`) whose backward skips candle's per-node gradient buffers.
 
 use candle_core::{Result, Tensor};
 
@@ -38,6 +41,12 @@ impl Linear {
         let dims = x.dims();
         let (lead, d_in) = dims.split_at(dims.len() - 1);
         let rows: usize = lead.iter().product();
+        let few = self.layout == Layout::OutIn && rows <= FEW_ROWS;
+        if !few && super::kernels::fused(&[x, &self.weight]) {
+            // One op for reshape, product, bias and reshape: one backward node instead of four
+            // (see `kernels::linear`).
+            return super::kernels::linear(x, &self.weight, self.bias.as_ref(), self.layout == Layout::OutIn);
+        }
         let x2 = x.reshape((rows, d_in[0]))?;
         let y = match self.layout {
             Layout::InOut => x2.matmul(&self.weight)?,

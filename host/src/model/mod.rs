@@ -283,7 +283,8 @@ impl Model {
             ModelConfig::Llama(_) => 0.0,
         };
         let dropout = (train && p > 0.0).then_some((&self.dropout, p));
-        let pass = Pass { pos: past, positions: rows.map(|r| r.positions.clone()), mask, dropout };
+        let key_mask = rows.and_then(|r| r.key_mask.clone());
+        let pass = Pass { pos: past, positions: rows.map(|r| r.positions.clone()), mask, key_mask, dropout };
         let hidden = match cache {
             Some(cache) => {
                 let (kv_heads, head_dim) = match &self.config {
@@ -349,6 +350,20 @@ impl Model {
         };
         let head = linear::Linear { weight: weight.clone(), bias: None, layout: linear::Layout::OutIn };
         head.forward(hidden).ctx(|| "LM head".into())
+    }
+
+    /// -log p(target) per position, (B, T), from hidden states (B, T, D) and u32 targets
+    /// (B, T): the LM head and the cross-entropy, fused into one op on the CPU (see
+    /// `kernels::lm_head_cross_entropy`), else the logits and `kernels::cross_entropy_rows`.
+    pub fn token_nll(&self, hidden: &Tensor, targets: &Tensor) -> Result<Tensor, ModelError> {
+        let weight = match &self.trunk {
+            Trunk::Gpt(m) => m.lm_head(),
+            Trunk::Llama(m) => m.lm_head(),
+        };
+        if kernels::fused(&[hidden, weight]) {
+            return kernels::lm_head_cross_entropy(hidden, weight, targets).ctx(|| "LM head and loss".into());
+        }
+        kernels::cross_entropy_rows(&self.lm_logits(hidden)?, targets).ctx(|| "cross-entropy".into())
     }
 
     /// Logits (B, T, V) for u32 tokens (B, T).

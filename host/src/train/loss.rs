@@ -7,17 +7,18 @@ use crate::model::kernels::cross_entropy_rows;
 
 /// Mean next-token cross-entropy of `model` on `inputs` (B, T) against `targets` (B, T).
 pub fn lm_loss(model: &Model, inputs: &Tensor, targets: &Tensor, train: bool) -> Result<Tensor, candle_core::Error> {
-    let logits = model.forward(inputs, train).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-    let (b, t, v) = logits.dims3()?;
-    // -log softmax(logits)[target] per position, fused on the CPU (see `cross_entropy_rows`).
-    cross_entropy_rows(&logits.reshape((b * t, v))?, &targets.reshape(b * t)?)?.mean_all()
+    let msg = |e: crate::model::ModelError| candle_core::Error::Msg(e.to_string());
+    let hidden = model.hidden(inputs, train).map_err(msg)?;
+    // -log softmax(logits)[target] per position; on the CPU the head and the loss are one op
+    // and the logits never leave it (see `Model::token_nll`).
+    model.token_nll(&hidden, targets).map_err(msg)?.mean_all()
 }
 
 /// log p(target) per position: (B, T) from logits (B, T, V) and u32 targets (B, T).
 pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor, candle_core::Error> {
-    let (b, t, v) = logits.dims3()?;
+    logits.dims3()?;
     // log_softmax(logits).gather(targets), as a fused cross-entropy per row, negated.
-    cross_entropy_rows(&logits.reshape((b * t, v))?, &targets.reshape(b * t)?)?.neg()?.reshape((b, t))
+    cross_entropy_rows(logits, targets)?.neg()
 }
 
 /// Next-token cross-entropy averaged over the positions where `mask` (B, T, f32 0/1) is 1: SFT's
@@ -30,8 +31,9 @@ pub fn masked_lm_loss(
     mask: &Tensor,
     train: bool,
 ) -> Result<Tensor, candle_core::Error> {
-    let logits = model.forward(inputs, train).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-    masked_mean(&token_logprobs(&logits, targets)?.neg()?, mask)
+    let msg = |e: crate::model::ModelError| candle_core::Error::Msg(e.to_string());
+    let hidden = model.hidden(inputs, train).map_err(msg)?;
+    masked_mean(&model.token_nll(&hidden, targets).map_err(msg)?, mask)
 }
 
 /// sum(values * mask) / sum(mask), for (B, T) values and a 0/1 mask; 0 when the mask is empty.

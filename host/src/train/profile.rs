@@ -157,8 +157,9 @@ fn profile_parts(config: &BenchConfig, device: &Device) -> Result<Vec<PartTime>,
         eps: LAYER_NORM_EPS,
     };
     let masks = CausalMasks::new(device);
-    let pass = Pass { pos: 0, positions: None, mask: masks.get(t, t).map_err(err)?, dropout: None };
+    let pass = Pass { pos: 0, positions: None, mask: masks.get(t, t).map_err(err)?, key_mask: None, dropout: None };
     let scores = var(10, &[b, config.heads, t, t], device)?;
+    let qkv = var(12, &[b, t, 3 * d], device)?;
     let hidden = var(11, &[b, t, 4 * d], device)?;
     let zero = Tensor::zeros((), candle_core::DType::F32, device).map_err(err)?;
     let head = Linear { weight: wte.as_tensor().clone(), bias: None, layout: Layout::OutIn };
@@ -169,10 +170,16 @@ fn profile_parts(config: &BenchConfig, device: &Device) -> Result<Vec<PartTime>,
         time_part("attention (c_attn, softmax(q kT) v, c_proj)", layers, repeats, || {
             attention.forward(x.as_tensor(), &pass, None)
         })?,
-        time_part("  of which softmax (masked)", layers, repeats, || {
-            let att = scores.as_tensor().broadcast_add(pass.mask.as_ref().unwrap_or(&zero))?;
-            crate::model::attention::softmax_last_dim(&att)
-        })?,
+        if kernels::fused(&[qkv.as_tensor()]) {
+            time_part("  of which the fused core (scores, mask, softmax, ·v)", layers, repeats, || {
+                kernels::causal_attention_qkv(qkv.as_tensor(), config.heads, None)
+            })?
+        } else {
+            time_part("  of which softmax (masked)", layers, repeats, || {
+                let att = scores.as_tensor().broadcast_add(pass.mask.as_ref().unwrap_or(&zero))?;
+                crate::model::attention::softmax_last_dim(&att)
+            })?
+        },
         time_part("MLP (c_fc, GELU, c_proj)", layers, repeats, || mlp.forward(x.as_tensor()))?,
         time_part("  of which GELU", layers, repeats, || {
             if kernels::fused(&[hidden.as_tensor()]) { kernels::gelu(hidden.as_tensor()) } else { hidden.as_tensor().gelu() }
@@ -180,6 +187,9 @@ fn profile_parts(config: &BenchConfig, device: &Device) -> Result<Vec<PartTime>,
         time_part("  of which c_fc (matmul + bias)", layers, repeats, || mlp.c_fc.forward(x.as_tensor()))?,
         time_part("LayerNorms", 2 * layers + 1, repeats, || norm.forward(x.as_tensor()))?,
         time_part("LM head + loss", 1, repeats, || {
+            if kernels::fused(&[x.as_tensor()]) {
+                return kernels::lm_head_cross_entropy(x.as_tensor(), wte.as_tensor(), &targets.reshape((b, t))?)?.mean_all();
+            }
             let logits = head.forward(x.as_tensor())?.reshape((b * t, v))?;
             cross_entropy_rows(&logits, &targets)?.mean_all()
         })?,

@@ -331,3 +331,207 @@ fn add_bias_matches_broadcast_add() -> Result<()> {
     }
     Ok(())
 }
+
+/// The plain causal attention the fused kernels replace: `attend` with the additive causal mask
+/// of (T, S) and, when given, the per-row key bias (B, S) added as the model adds it.
+fn plain_attention(q: &Tensor, k: &Tensor, v: &Tensor, key_bias: Option<&Tensor>) -> Result<Tensor> {
+    use crate::model::attention::{CausalMasks, attend, pass_mask};
+    let (t, s) = (q.dim(2)?, k.dim(2)?);
+    let mask = pass_mask(CausalMasks::new(&Device::Cpu).get(t, s)?, key_bias)?;
+    attend(q, k, v, mask.as_ref())
+}
+
+/// An additive key bias (B, S) for left-padded rows: `pads[r]` pad keys first in row r.
+fn key_bias(pads: &[usize], s: usize) -> Tensor {
+    use crate::model::attention::KEY_PAD;
+    let values = pads.iter().flat_map(|&pad| (0..s).map(move |j| if j < pad { KEY_PAD } else { 0.0 })).collect();
+    tensor(values, &[pads.len(), s])
+}
+
+/// Values within rtol of the plain ones plus a few ulp of the largest plain magnitude (the two
+/// paths sum the scores and products in different orders, and exponentiate differently).
+fn assert_attention_close(name: &str, fused: &Run, plain: &Run, inputs: &[&str]) {
+    assert_close(&format!("{name}: value"), &fused.0, &plain.0, 1e-4, ulps(&plain.0, 64.0).max(1e-6));
+    for (i, input) in inputs.iter().enumerate() {
+        let atol = ulps(&plain.1[i], 256.0).max(1e-6);
+        assert_close(&format!("{name}: gradient of {input}"), &fused.1[i], &plain.1[i], 1e-4, atol);
+    }
+}
+
+#[test]
+fn fused_attention_matches_the_masked_composition() -> Result<()> {
+    // (name, b, h, kv, t, s, d, std of q and k, pads of the rows or none)
+    type Case = (&'static str, usize, usize, usize, usize, usize, usize, f64, Option<Vec<usize>>);
+    let cases: Vec<Case> = vec![
+        ("random", 2, 4, 4, 7, 7, 8, 1.0, None),
+        ("grouped-query heads", 2, 6, 2, 9, 9, 4, 1.0, None),
+        ("one query after cached keys", 3, 4, 2, 1, 11, 8, 1.0, None),
+        ("queries after cached keys", 2, 2, 1, 5, 12, 8, 1.0, None),
+        // Longer than a block of query rows: the causal skipping crosses blocks.
+        ("long rows", 1, 2, 1, 150, 150, 16, 1.0, None),
+        ("long rows after cached keys", 1, 2, 2, 70, 200, 8, 1.0, None),
+        // Scores of magnitude ~100: the softmax is nearly one-hot.
+        ("large logits", 2, 2, 2, 20, 20, 16, 10.0, None),
+        ("left-padded rows", 3, 4, 2, 8, 8, 8, 1.0, Some(vec![0, 3, 7])),
+        ("left-padded, one query", 2, 2, 2, 1, 6, 8, 1.0, Some(vec![2, 0])),
+    ];
+    for (name, b, h, kv, t, s, d, std, pads) in cases {
+        let inputs = [
+            tensor(random(60, &[b, h, t, d], std), &[b, h, t, d]),
+            tensor(random(61, &[b, kv, s, d], std), &[b, kv, s, d]),
+            tensor(random(62, &[b, kv, s, d], 1.0), &[b, kv, s, d]),
+        ];
+        let bias = pads.map(|pads| key_bias(&pads, s));
+        let [fused_run, plain] = both(&inputs, |x| {
+            if fused(&[&x[0]]) {
+                causal_attention(&x[0], &x[1], &x[2], bias.as_ref())
+            } else {
+                plain_attention(&x[0], &x[1], &x[2], bias.as_ref())
+            }
+        })?;
+        assert_attention_close(name, &fused_run, &plain, &["q", "k", "v"]);
+    }
+    Ok(())
+}
+
+#[test]
+fn fused_attention_reads_strided_views_of_a_cache() -> Result<()> {
+    // k and v as the KV cache hands them out: the filled prefix of a longer buffer.
+    let (b, h, kv, t, s, cap, d) = (2, 4, 2, 3, 10, 16, 8);
+    let q = tensor(random(63, &[b, h, t, d], 1.0), &[b, h, t, d]);
+    let k = tensor(random(64, &[b, kv, cap, d], 1.0), &[b, kv, cap, d]).narrow(2, 0, s)?;
+    let v = tensor(random(65, &[b, kv, cap, d], 1.0), &[b, kv, cap, d]).narrow(2, 0, s)?;
+    assert!(!k.is_contiguous());
+    let fused_y = with_kernels(Kernels::Fused, || causal_attention(&q, &k, &v, None))?;
+    let plain_y = plain_attention(&q, &k, &v, None)?;
+    assert_close("strided cache", &flat(&fused_y), &flat(&plain_y), 1e-5, 1e-6);
+    Ok(())
+}
+
+#[test]
+fn fused_qkv_attention_matches_the_gpt_composition() -> Result<()> {
+    // The plain GPT path: split the projection into heads, attend, put the heads side by side.
+    fn plain_qkv(qkv: &Tensor, heads: usize, bias: Option<&Tensor>) -> Result<Tensor> {
+        let (b, t, c3) = qkv.dims3()?;
+        let (c, d) = (c3 / 3, c3 / 3 / heads);
+        let third = |i: usize| qkv.narrow(2, i * c, c)?.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous();
+        let y = plain_attention(&third(0)?, &third(1)?, &third(2)?, bias)?;
+        y.transpose(1, 2)?.reshape((b, t, c))
+    }
+    for (name, b, t, heads, d, std, pads) in [
+        ("random", 2, 9, 3, 8, 1.0, None),
+        ("one position", 2, 1, 2, 4, 1.0, None),
+        ("long rows", 1, 130, 2, 16, 1.0, None),
+        ("large logits", 2, 12, 2, 16, 10.0, None),
+        ("left-padded rows", 2, 6, 2, 4, 1.0, Some(vec![4, 0])),
+    ] {
+        let c3 = 3 * heads * d;
+        let inputs = [tensor(random(66, &[b, t, c3], std), &[b, t, c3])];
+        let bias = pads.map(|pads: Vec<usize>| key_bias(&pads, t));
+        let [fused_run, plain] = both(&inputs, |x| {
+            if fused(&[&x[0]]) { causal_attention_qkv(&x[0], heads, bias.as_ref()) } else { plain_qkv(&x[0], heads, bias.as_ref()) }
+        })?;
+        assert_attention_close(name, &fused_run, &plain, &["qkv"]);
+    }
+    Ok(())
+}
+
+#[test]
+fn fused_linear_matches_matmul_and_bias() -> Result<()> {
+    use crate::model::linear::{Layout as WeightLayout, Linear};
+    // (name, leading dims of x, in, out, layout, bias, std)
+    let cases = [
+        ("(in, out) with bias", vec![3, 40], 24, 16, WeightLayout::InOut, true, 1.0),
+        ("(in, out) without bias", vec![2, 3, 17], 8, 33, WeightLayout::InOut, false, 1.0),
+        ("(out, in) with bias", vec![2, 50], 32, 20, WeightLayout::OutIn, true, 1.0),
+        ("(out, in) without bias, one row", vec![1], 12, 7, WeightLayout::InOut, false, 1.0),
+        ("magnitude 1e3", vec![70], 16, 24, WeightLayout::OutIn, true, 1e3),
+    ];
+    for (name, lead, d_in, d_out, layout, bias, std) in cases {
+        let x_shape: Vec<usize> = lead.iter().copied().chain([d_in]).collect();
+        let w_shape = match layout {
+            WeightLayout::InOut => vec![d_in, d_out],
+            WeightLayout::OutIn => vec![d_out, d_in],
+        };
+        let mut inputs = vec![tensor(random(70, &x_shape, std), &x_shape), tensor(random(71, &w_shape, 1.0), &w_shape)];
+        if bias {
+            inputs.push(tensor(random(72, &[d_out], 1.0), &[d_out]));
+        }
+        let [fused_run, plain] = both(&inputs, |t| {
+            // The rows fold into one 2-D product, as `Linear` folds them; the plain path is
+            // candle's matmul and broadcast add.
+            let linear = Linear { weight: t[1].clone(), bias: t.get(2).cloned(), layout };
+            if fused(&[&t[0]]) {
+                linear.forward(&t[0])
+            } else {
+                let rows: usize = t[0].dims()[..t[0].rank() - 1].iter().product();
+                let x2 = t[0].reshape((rows, d_in))?;
+                let y = match layout {
+                    WeightLayout::InOut => x2.matmul(&t[1])?,
+                    WeightLayout::OutIn => x2.matmul(&t[1].t()?)?,
+                };
+                let y = match t.get(2) {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                };
+                let mut shape = t[0].dims().to_vec();
+                *shape.last_mut().expect("a last dimension") = d_out;
+                y.reshape(shape)
+            }
+        })?;
+        assert_close(&format!("{name}: value"), &fused_run.0, &plain.0, 1e-5, ulps(&plain.0, 16.0));
+        for (i, part) in ["x", "weight", "bias"].iter().enumerate().take(inputs.len()) {
+            assert_close(&format!("{name}: gradient of {part}"), &fused_run.1[i], &plain.1[i], 1e-5, ulps(&plain.1[i], 64.0));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn fused_linear_reads_a_narrowed_weight() -> Result<()> {
+    // GPT's decoding path multiplies by a third of c_attn's weight, a strided view.
+    let w = tensor(random(73, &[16, 48], 1.0), &[16, 48]);
+    let third = w.narrow(1, 16, 16)?;
+    let x = tensor(random(74, &[40, 16], 1.0), &[40, 16]);
+    let fused_y = with_kernels(Kernels::Fused, || linear(&x, &third, None, false))?;
+    let plain_y = x.matmul(&third.contiguous()?)?;
+    assert_close("narrowed weight", &flat(&fused_y), &flat(&plain_y), 1e-5, 1e-5);
+    Ok(())
+}
+
+#[test]
+fn fused_lm_head_loss_matches_logits_then_cross_entropy() -> Result<()> {
+    // (name, leading dims, width, vocabulary, std of the hidden states)
+    let cases = [
+        ("random", vec![2, 5], 16, 37, 1.0),
+        ("one row", vec![1], 8, 11, 1.0),
+        ("long rows", vec![3], 12, 5000, 1.0),
+        // Logits of magnitude ~1e3: the softmax is one-hot and the loss a difference of large
+        // numbers.
+        ("large logits", vec![2, 3], 16, 50, 300.0),
+    ];
+    for (name, lead, d, v, std) in cases {
+        let x_shape: Vec<usize> = lead.iter().copied().chain([d]).collect();
+        let n: usize = lead.iter().product();
+        let targets: Vec<u32> = (0..n).map(|i| ((i * 7919 + 3) % v) as u32).collect();
+        let targets = Tensor::from_vec(targets, lead.as_slice(), &Device::Cpu)?;
+        let inputs = [tensor(random(80, &x_shape, std), &x_shape), tensor(random(81, &[v, d], 1.0), &[v, d])];
+        let [fused_run, plain] = both(&inputs, |t| {
+            if fused(&[&t[0]]) {
+                lm_head_cross_entropy(&t[0], &t[1], &targets)
+            } else {
+                cross_entropy_rows(&t[0].broadcast_matmul(&t[1].t()?)?, &targets)
+            }
+        })?;
+        // The loss is a difference of logits of magnitude M: a few ulp of M, summed over d terms
+        // in different orders by the two products.
+        let m = ulps(&random(80, &x_shape, std), 1.0) * d as f32 * 4.0;
+        let atol = (m * 64.0).max(1e-5);
+        assert_close(&format!("{name}: loss"), &fused_run.0, &plain.0, 1e-5, atol);
+        for (i, part) in ["hidden states", "head"].iter().enumerate() {
+            let atol = ulps(&plain.1[i], 256.0).max(1e-6);
+            assert_close(&format!("{name}: gradient of the {part}"), &fused_run.1[i], &plain.1[i], 1e-4, atol);
+        }
+    }
+    Ok(())
+}

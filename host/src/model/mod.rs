@@ -248,6 +248,18 @@ impl Model {
         self.dropout.reseed(seed, step);
     }
 
+    /// Whether training passes drop activations (GPT with `dropout > 0`).
+    pub fn has_dropout(&self) -> bool {
+        self.dropout_probability() > 0.0
+    }
+
+    fn dropout_probability(&self) -> f64 {
+        match &self.config {
+            ModelConfig::Gpt(c) => c.dropout,
+            ModelConfig::Llama(_) => 0.0,
+        }
+    }
+
     fn check_tokens(&self, tokens: &Tensor, past: usize) -> Result<(usize, usize), ModelError> {
         if tokens.dtype() != DType::U32 {
             return Err(ModelError::Input(format!("tokens must be u32, got {:?}", tokens.dtype())));
@@ -278,10 +290,7 @@ impl Model {
         }
         let causal = self.masks.get(t, past + t).ctx(|| "building the causal mask".into())?;
         let mask = pass_mask(causal, rows.and_then(|r| r.key_mask.as_ref())).ctx(|| "building the key mask".into())?;
-        let p = match &self.config {
-            ModelConfig::Gpt(c) => c.dropout,
-            ModelConfig::Llama(_) => 0.0,
-        };
+        let p = self.dropout_probability();
         let dropout = (train && p > 0.0).then_some((&self.dropout, p));
         let key_mask = rows.and_then(|r| r.key_mask.clone());
         let pass = Pass { pos: past, positions: rows.map(|r| r.positions.clone()), mask, key_mask, dropout };

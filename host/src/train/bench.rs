@@ -7,7 +7,8 @@
 //!
 //! Workload: GPT-2 style, vocabulary 4096, context 256, 4 layers, 4 heads, width 256, batch 8,
 //! f32, AdamW with decoupled weight decay, clipping at 1.0. Each side times the whole step
-//! (forward, backward, optimizer) after a few warm-up steps and reports the median.
+//! (forward, backward, optimizer) after a few warm-up steps and reports the median. triad's step
+//! is the pretraining stage's: the batch's rows split across the threads.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,6 +21,7 @@ use rand::{Rng, SeedableRng};
 use super::optimizer::{AdamW, AdamWConfig};
 use crate::model::{GptConfig, Model, ModelConfig, decays};
 use super::loss::lm_loss;
+use super::trainer::{TrainError, data_parallel_grads, part_rows};
 
 /// The workload and how long to measure it.
 #[derive(Debug, Clone)]
@@ -93,10 +95,18 @@ pub fn bench_triad(config: &BenchConfig, device: &Device) -> Result<BenchResult,
         let inputs = Tensor::from_vec(tokens(&mut rng), (config.batch, config.context), device).map_err(|e| e.to_string())?;
         let targets = Tensor::from_vec(tokens(&mut rng), (config.batch, config.context), device).map_err(|e| e.to_string())?;
         let start = Instant::now();
-        let loss = lm_loss(&model, &inputs, &targets, true).map_err(|e| e.to_string())?;
-        let store = loss.backward().map_err(|e| e.to_string())?;
-        let grads: HashMap<String, Tensor> =
-            vars.iter().filter_map(|(name, var)| store.get(var.as_tensor()).map(|g| (name.clone(), g.clone()))).collect();
+        // As the pretraining stage trains: the batch's rows split across the threads, one
+        // backward pass each (see `data_parallel_grads`).
+        let parts = rayon::current_num_threads().clamp(1, config.batch);
+        let (_, grads) = data_parallel_grads(&vars, parts, |part| {
+            let rows = part_rows(config.batch, part, parts);
+            let share = rows.len() as f64 / config.batch as f64;
+            let tensor = |source| TrainError::Tensor { step: 0, source };
+            let inputs = inputs.narrow(0, rows.start, rows.len()).map_err(tensor)?;
+            let targets = targets.narrow(0, rows.start, rows.len()).map_err(tensor)?;
+            lm_loss(&model, &inputs, &targets, true).and_then(|loss| loss.affine(share, 0.0)).map_err(tensor)
+        })
+        .map_err(|e| e.to_string())?;
         optimizer.step(&grads, 1e-3, Some(1.0)).map_err(|e| e.to_string())?;
         device.synchronize().map_err(|e| e.to_string())?;
         if step >= config.warmup {

@@ -20,4 +20,4 @@ pub mod trainer;
 pub use optimizer::{AdamW, AdamWConfig};
 pub use schedule::Schedule;
 pub use loss::{lm_loss, masked_lm_loss, masked_mean, token_logprobs};
-pub use trainer::{Objective, TrainConfig, TrainError, TrainSummary, train};
+pub use trainer::{Objective, SplitLoss, TrainConfig, TrainError, TrainSummary, data_parallel_grads, part_rows, train};

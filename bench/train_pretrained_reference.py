@@ -26,6 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench_common import peak_rss_mib
+
 
 def read_safetensors(path):
     """The safetensors format is an 8-byte header length, a JSON header, then raw little-endian
@@ -132,14 +134,6 @@ def batch(step, rows, context, vocab):
     inputs = torch.from_numpy(tokens[:-1].reshape(rows, context))
     targets = torch.from_numpy(tokens[1:].reshape(rows, context))
     return inputs, targets
-
-
-def peak_rss_mib():
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main():

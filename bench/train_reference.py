@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench_common import peak_rss_mib
+
 
 class Block(nn.Module):
     def __init__(self, d, heads):
@@ -54,15 +56,6 @@ class Gpt(nn.Module):
         for block in self.h:
             x = block(x)
         return self.ln_f(x) @ self.wte.weight.T
-
-
-def peak_rss_mib():
-    """VmHWM, not getrusage: ru_maxrss survives execve, so it would report the parent's peak."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main():

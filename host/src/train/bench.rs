@@ -98,15 +98,16 @@ pub fn bench_triad(config: &BenchConfig, device: &Device) -> Result<BenchResult,
         // As the pretraining stage trains: the batch's rows split across the threads, one
         // backward pass each (see `data_parallel_grads`).
         let parts = rayon::current_num_threads().clamp(1, config.batch);
-        let (_, grads) = data_parallel_grads(&vars, parts, |part| {
+        let part_loss = |part| {
             let rows = part_rows(config.batch, part, parts);
             let share = rows.len() as f64 / config.batch as f64;
             let tensor = |source| TrainError::Tensor { step: 0, source };
             let inputs = inputs.narrow(0, rows.start, rows.len()).map_err(tensor)?;
             let targets = targets.narrow(0, rows.start, rows.len()).map_err(tensor)?;
             lm_loss(&model, &inputs, &targets, true).and_then(|loss| loss.affine(share, 0.0)).map_err(tensor)
-        })
-        .map_err(|e| e.to_string())?;
+        };
+        let mut grads = HashMap::new();
+        data_parallel_grads(&vars, parts, part_loss, &mut grads).map_err(|e| e.to_string())?;
         optimizer.step(&grads, 1e-3, Some(1.0)).map_err(|e| e.to_string())?;
         device.synchronize().map_err(|e| e.to_string())?;
         if step >= config.warmup {

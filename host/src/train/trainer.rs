@@ -4,9 +4,9 @@
 //! the gradients summed; the optimizer clips them to a global norm and updates the weights with
 //! the scheduled learning rate. An objective that can split a micro-batch by rows
 //! ([`SplitLoss`]) has its parts run at once, one per thread, each with its own backward pass:
-//! candle runs a backward pass on one thread, so this is what keeps every core busy (measured on
-//! 2 cores, the reference workload: 3,218 -> 3,953-4,483 tokens/s). Every `eval_every` steps (and at the end) the objective is
-//! evaluated; every `checkpoint_every` steps a checkpoint is written. Metrics go to the stage's
+//! candle runs a backward pass on one thread, so this is what keeps every core busy (2 cores,
+//! the reference workload: 3,218 tokens/s whole, 2,849-3,946 split). Every `eval_every` steps
+//! (and at the end) the objective is evaluated; every `checkpoint_every` steps a checkpoint is written. Metrics go to the stage's
 //! metrics file as they happen; a progress bar shows the step, loss and learning rate.
 
 use std::collections::HashMap;
@@ -67,14 +67,15 @@ pub fn part_rows(rows: usize, part: usize, parts: usize) -> std::ops::Range<usiz
     rows * part / parts..rows * (part + 1) / parts
 }
 
-/// Runs `part_loss` for every part at once on the thread pool, backpropagates each, and returns
-/// the summed loss and gradients, summed in part order (the same bits on every run with the same
-/// number of parts).
+/// Runs `part_loss` for every part at once on the thread pool, backpropagates each, adds the
+/// gradients into `grads` in part order (the same bits on every run with the same number of
+/// parts) and returns the summed loss.
 pub fn data_parallel_grads(
     vars: &[(String, Var)],
     parts: usize,
     part_loss: impl Fn(usize) -> Result<Tensor, TrainError> + Sync,
-) -> Result<(f64, HashMap<String, Tensor>), TrainError> {
+    grads: &mut HashMap<String, Tensor>,
+) -> Result<f64, TrainError> {
     use rayon::prelude::*;
     let results: Vec<Result<(f64, candle_core::backprop::GradStore), TrainError>> = (0..parts)
         .into_par_iter()
@@ -85,13 +86,13 @@ pub fn data_parallel_grads(
             Ok((value, loss.backward().map_err(tensor)?))
         })
         .collect();
-    let (mut total, mut grads) = (0.0, HashMap::new());
+    let mut total = 0.0;
     for result in results {
         let (value, store) = result?;
         total += value;
-        add_grads(&mut grads, vars, &store).map_err(|source| TrainError::Tensor { step: 0, source })?;
+        add_grads(grads, vars, &store).map_err(|source| TrainError::Tensor { step: 0, source })?;
     }
-    Ok((total, grads))
+    Ok(total)
 }
 
 /// Adds the gradients in `store` of each of `vars` into `grads`.
@@ -190,36 +191,27 @@ pub fn train(
         let scale = 1.0 / accumulation as f64;
         for micro in 0..accumulation {
             let parts = split.map_or(1, |split| threads.min(split.rows()));
-            let (value, micro_grads) = match split {
-                Some(split) if parts > 1 => data_parallel_grads(vars, parts, |part| {
-                    let loss = split.part_loss(step, micro, part, parts)?;
-                    loss.affine(scale, 0.0).map_err(tensor(step))
-                })
-                .map_err(|e| at_step(e, step))?,
+            let value = match split {
+                Some(split) if parts > 1 => {
+                    let part_loss = |part| split.part_loss(step, micro, part, parts)?.affine(scale, 0.0).map_err(tensor(step));
+                    data_parallel_grads(vars, parts, part_loss, &mut grads).map_err(|e| at_step(e, step))?
+                }
                 _ => {
                     let (loss, extra) = objective.loss(step, micro)?;
                     accumulate(&mut step_metrics, &extra, accumulation);
                     let scaled = if accumulation > 1 { loss.affine(scale, 0.0).map_err(tensor(step))? } else { loss };
                     let value = scaled.to_scalar::<f32>().map_err(tensor(step))? as f64;
-                    let mut micro_grads = HashMap::new();
                     if value.is_finite() {
                         let store = scaled.backward().map_err(tensor(step))?;
-                        add_grads(&mut micro_grads, vars, &store).map_err(tensor(step))?;
+                        add_grads(&mut grads, vars, &store).map_err(tensor(step))?;
                     }
-                    (value, micro_grads)
+                    value
                 }
             };
             if !value.is_finite() {
                 return Err(TrainError::Diverged { step, value: value * accumulation as f64 });
             }
             step_loss += value;
-            for (name, grad) in micro_grads {
-                let summed = match grads.remove(&name) {
-                    Some(previous) => (previous + grad).map_err(tensor(step))?,
-                    None => grad,
-                };
-                grads.insert(name, summed);
-            }
         }
         let lr = schedule.at(step);
         let grad_norm = optimizer.step(&grads, lr, config.grad_clip).map_err(tensor(step))?;
@@ -299,15 +291,15 @@ mod tests {
         let targets = Tensor::from_vec(tokens(), (rows, 12), &device).map_err(tensor)?;
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().map_err(|e| TrainError::Objective(e.to_string()))?;
         let run = |parts: usize| {
-            pool.install(|| {
-                data_parallel_grads(&vars, parts, |part| {
-                    let range = part_rows(rows, part, parts);
-                    let share = range.len() as f64 / rows as f64;
-                    let i = inputs.narrow(0, range.start, range.len()).map_err(tensor)?;
-                    let t = targets.narrow(0, range.start, range.len()).map_err(tensor)?;
-                    lm_loss(&model, &i, &t, true).and_then(|l| l.affine(share, 0.0)).map_err(tensor)
-                })
-            })
+            let part_loss = |part| {
+                let range = part_rows(rows, part, parts);
+                let share = range.len() as f64 / rows as f64;
+                let i = inputs.narrow(0, range.start, range.len()).map_err(tensor)?;
+                let t = targets.narrow(0, range.start, range.len()).map_err(tensor)?;
+                lm_loss(&model, &i, &t, true).and_then(|l| l.affine(share, 0.0)).map_err(tensor)
+            };
+            let mut grads = HashMap::new();
+            pool.install(|| data_parallel_grads(&vars, parts, part_loss, &mut grads)).map(|loss| (loss, grads))
         };
         let (whole_loss, whole) = run(1)?;
         for parts in [2, 3, 5] {

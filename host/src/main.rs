@@ -232,7 +232,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Bench(BenchCommand::Train { python, steps, peak_gflops, threads, profile: _, pretrained: Some(name) }) => {
-            bench_pretrained(python, &name, steps, peak_gflops, threads)
+            bench_train_pretrained(python, &name, steps, peak_gflops, threads)
         }
         Command::Bench(BenchCommand::Train { python, steps, peak_gflops, threads, profile, pretrained: None }) => {
             bench_train(python, steps, peak_gflops, threads, profile)
@@ -277,7 +277,7 @@ fn fix_thread_count(threads: Option<usize>) {
     unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
 }
 
-fn bench_pretrained(python: Option<PathBuf>, name: &str, steps: usize, peak_gflops: f64, threads: usize) -> Result<()> {
+fn bench_train_pretrained(python: Option<PathBuf>, name: &str, steps: usize, peak_gflops: f64, threads: usize) -> Result<()> {
     use triad::train::bench::{PretrainedBenchConfig, bench_pretrained};
     let config = PretrainedBenchConfig { name: name.to_string(), ..PretrainedBenchConfig::smollm2(steps, peak_gflops, threads) };
     println!("workload: {name} training, batch {} x {} tokens, f32, AdamW; median of {steps} steps; {threads} threads", config.batch, config.context);

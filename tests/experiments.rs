@@ -89,6 +89,11 @@ fn a_whole_pipeline_runs_caches_and_reruns_only_what_a_change_touches() {
         assert!(first.contains(&format!("| seed3 | {stage} | trained |")), "{stage} trained:\n{first}");
     }
     let run = dir.join("runs/pipeline/seed3");
+    // A training stage's report sets each held-out figure beside its value before training.
+    let sft = std::fs::read_to_string(run.join("sft/report.md")).expect("sft report");
+    let loss_row = sft.lines().find(|l| l.starts_with("| eval/loss |")).unwrap_or_else(|| panic!("eval/loss row:\n{sft}"));
+    let cells: Vec<&str> = loss_row.split('|').map(str::trim).filter(|c| !c.is_empty()).collect();
+    assert!(cells.len() == 3 && cells[1].parse::<f64>().is_ok() && cells[2].parse::<f64>().is_ok(), "{loss_row}");
     let eval = std::fs::read_to_string(run.join("eval/report.md")).expect("eval report");
     assert!(eval.contains("Win-rate of `ppo` over `sft`"), "{eval}");
     assert_eq!(std::fs::read_to_string(run.join("eval/samples.jsonl")).expect("samples").lines().count(), 24);

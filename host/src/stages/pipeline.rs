@@ -23,6 +23,7 @@ use super::{eval, ppo, pretrain, reward_model, sft};
 use crate::experiment::sweep::{RunPoint, expand};
 use crate::experiment::{Experiment, Stage};
 use crate::runs::atomic::{FileError, write_atomically};
+use crate::runs::metrics::read_rows;
 use crate::train::TrainSummary;
 
 /// What `stage.json` records about a stage's output.
@@ -350,9 +351,14 @@ fn write_record(dir: &Path, record: &StageRecord) -> Result<(), FileError> {
 }
 
 fn write_report(dir: &Path, stage: &str, metrics: &BTreeMap<String, f64>, seconds: f64) -> Result<(), FileError> {
-    let mut report = format!("# Stage `{stage}`\n\n| metric | value |\n|---|---|\n");
+    // Training evaluates before its first step: each held-out figure is shown beside where it
+    // started, which is the improvement a reader looks for.
+    let at_start: BTreeMap<String, f64> =
+        read_rows(&dir.join("metrics.jsonl"))?.into_iter().filter(|row| row.step == 0).map(|row| (row.metric, row.value)).collect();
+    let mut report = format!("# Stage `{stage}`\n\n| metric | at step 0 | at the end |\n|---|---|---|\n");
     for (name, value) in metrics {
-        report.push_str(&format!("| {name} | {value:.4} |\n"));
+        let start = at_start.get(name).map(|v| format!("{v:.4}")).unwrap_or_default();
+        report.push_str(&format!("| {name} | {start} | {value:.4} |\n"));
     }
     report.push_str(&format!("\nTrained in {seconds:.1} s.\n"));
     write_atomically(&dir.join("report.md"), report.as_bytes())

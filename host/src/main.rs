@@ -241,11 +241,22 @@ fn main() -> Result<()> {
     }
 }
 
+/// The Python that runs a PyTorch reference (default: the venv bench/setup.sh makes in the cache)
+/// and the path of reference script `name` in bench/.
+fn reference_script(python: Option<PathBuf>, name: &str) -> Result<(PathBuf, PathBuf)> {
+    let python = python.unwrap_or_else(|| triad::data::registry::cache_dir().join("torch-venv/bin/python"));
+    Ok((python, find_workspace()?.join("bench").join(name)))
+}
+
+/// What to say when the PyTorch side fails.
+fn reference_help(python: &Path) -> String {
+    format!("the PyTorch side (run bench/setup.sh to create {})", python.display())
+}
+
 fn bench_generate(python: Option<PathBuf>, repeats: usize, threads: usize) -> Result<()> {
     use triad::train::bench::{GenerateBenchConfig, bench_generate_pytorch, bench_generate_triad};
     let config = GenerateBenchConfig { repeats, threads, ..GenerateBenchConfig::default() };
-    let workspace = find_workspace()?;
-    let python = python.unwrap_or_else(|| triad::data::registry::cache_dir().join("torch-venv/bin/python"));
+    let (python, script) = reference_script(python, "generate_reference.py")?;
     println!(
         "workload: GPT vocab {} context {} layers {} heads {} width {}, random init; batch {}, prompt {}, {} new \
          tokens, greedy, KV cache; {threads} threads; median of {repeats} calls",
@@ -253,8 +264,7 @@ fn bench_generate(python: Option<PathBuf>, repeats: usize, threads: usize) -> Re
         config.new_tokens
     );
     // PyTorch first: its process then starts from a small parent, not from ours at its peak.
-    let reference = bench_generate_pytorch(&config, &python, &workspace.join("bench/generate_reference.py"))
-        .with_context(|| format!("the PyTorch side (run bench/setup.sh to create {})", python.display()))?;
+    let reference = bench_generate_pytorch(&config, &python, &script).with_context(|| reference_help(&python))?;
     let ours = bench_generate_triad(&config, &candle_core::Device::Cpu)?;
     println!("| implementation | new tokens/s | peak RSS MiB |\n|---|---|---|");
     for r in [&ours, &reference] {
@@ -281,10 +291,8 @@ fn bench_train_pretrained(python: Option<PathBuf>, name: &str, steps: usize, pea
     use triad::train::bench::{PretrainedBenchConfig, bench_pretrained};
     let config = PretrainedBenchConfig { name: name.to_string(), ..PretrainedBenchConfig::smollm2(steps, peak_gflops, threads) };
     println!("workload: {name} training, batch {} x {} tokens, f32, AdamW; median of {steps} steps; {threads} threads", config.batch, config.context);
-    let workspace = find_workspace()?;
-    let python = python.unwrap_or_else(|| triad::data::registry::cache_dir().join("torch-venv/bin/python"));
-    let (ours, reference) = bench_pretrained(&config, &python, &workspace.join("bench/train_pretrained_reference.py"), &candle_core::Device::Cpu)
-        .with_context(|| format!("(the PyTorch side needs bench/setup.sh's venv at {})", python.display()))?;
+    let (python, script) = reference_script(python, "train_pretrained_reference.py")?;
+    let (ours, reference) = bench_pretrained(&config, &python, &script, &candle_core::Device::Cpu).with_context(|| reference_help(&python))?;
     print_train_results(&ours, &reference);
     if let (Some(a), Some(b)) = (ours.first_loss, reference.first_loss) {
         println!("first-step loss on the same batch: triad {a:.5}, PyTorch {b:.5} (difference {:.1e})", (a - b).abs());
@@ -309,11 +317,9 @@ fn bench_train(python: Option<PathBuf>, steps: usize, peak_gflops: f64, threads:
         println!("{}", triad::train::profile::profile_train(&config, &candle_core::Device::Cpu)?);
         return Ok(());
     }
-    let workspace = find_workspace()?;
-    let python = python.unwrap_or_else(|| triad::data::registry::cache_dir().join("torch-venv/bin/python"));
+    let (python, script) = reference_script(python, "train_reference.py")?;
     // PyTorch first: its process then starts from a small parent, not from ours at its peak.
-    let reference = bench_pytorch(&config, &python, &workspace.join("bench/train_reference.py"))
-        .with_context(|| format!("the PyTorch side (run bench/setup.sh to create {})", python.display()))?;
+    let reference = bench_pytorch(&config, &python, &script).with_context(|| reference_help(&python))?;
     let ours = bench_triad(&config, &candle_core::Device::Cpu)?;
     print_train_results(&ours, &reference);
     Ok(())

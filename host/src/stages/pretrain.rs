@@ -14,7 +14,7 @@ use super::context::{RunContext, StageError};
 use crate::data::blocks::{Blocks, Side};
 use crate::experiment::PretrainStage;
 use crate::model::Model;
-use crate::train::{Objective, SplitLoss, TrainError, TrainSummary, lm_loss, part_rows, train};
+use crate::train::{Objective, SplitLoss, TrainError, TrainSummary, lm_loss, lm_loss_rows, part_rows, train};
 
 
 /// The causal LM objective over a token stream.
@@ -57,18 +57,12 @@ impl SplitLoss for CausalLm<'_> {
         self.batch
     }
 
-    /// Every row holds `context` targets, so the batch's mean is the parts' means weighted by
-    /// their shares of the rows.
     fn part_loss(&self, step: u64, micro: usize, part: usize, parts: usize) -> Result<Tensor, TrainError> {
         let draw = step * self.accumulation as u64 + micro as u64;
         let tensor = |source| TrainError::Tensor { step, source };
         let batch = self.train.batch(draw, self.seed, self.batch, self.context).map_err(|e| TrainError::Objective(e.to_string()))?;
         let (inputs, targets) = batch.to_tensors(self.device).map_err(tensor)?;
-        let rows = part_rows(self.batch, part, parts);
-        let share = rows.len() as f64 / self.batch as f64;
-        let inputs = inputs.narrow(0, rows.start, rows.len()).map_err(tensor)?;
-        let targets = targets.narrow(0, rows.start, rows.len()).map_err(tensor)?;
-        lm_loss(self.model, &inputs, &targets, true).and_then(|loss| loss.affine(share, 0.0)).map_err(tensor)
+        lm_loss_rows(self.model, &inputs, &targets, part_rows(self.batch, part, parts)).map_err(tensor)
     }
 }
 

@@ -18,10 +18,10 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 
+use super::loss::lm_loss_rows;
 use super::optimizer::{AdamW, AdamWConfig};
-use crate::model::{GptConfig, Model, ModelConfig, decays};
-use super::loss::lm_loss;
 use super::trainer::{TrainError, data_parallel_grads, part_rows};
+use crate::model::{GptConfig, Model, ModelConfig, decays};
 
 /// The workload and how long to measure it.
 #[derive(Debug, Clone)]
@@ -82,41 +82,58 @@ pub fn reference_model(
     Ok(Model::new(&config, device, 0).map_err(|e| e.to_string())?)
 }
 
-/// Time triad's training step on the workload.
-pub fn bench_triad(config: &BenchConfig, device: &Device) -> Result<BenchResult, BenchError> {
-    let model = reference_model(config.vocab, config.context, config.layers, config.heads, config.width, device)?;
+/// Times `warmup + steps` training steps of `model` on the batches `batch(step)` gives, each
+/// step as the pretraining stage takes it (the rows split across the threads, see
+/// [`data_parallel_grads`]), then AdamW at `lr` with clipping at 1.0. Returns the median seconds
+/// of the timed steps and the first step's loss.
+fn time_training(
+    model: &Model,
+    warmup: usize,
+    steps: usize,
+    lr: f64,
+    mut batch: impl FnMut(usize) -> Result<(Tensor, Tensor), BenchError>,
+) -> Result<(f64, f64), BenchError> {
     let vars = model.vars();
     let mut optimizer = AdamW::new(&vars, decays, AdamWConfig::default()).map_err(|e| e.to_string())?;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-    let mut times = Vec::new();
-    for step in 0..config.warmup + config.steps {
-        let n = config.batch * config.context;
-        let tokens = |rng: &mut rand::rngs::StdRng| -> Vec<u32> { (0..n).map(|_| rng.random_range(0..config.vocab as u32)).collect() };
-        let inputs = Tensor::from_vec(tokens(&mut rng), (config.batch, config.context), device).map_err(|e| e.to_string())?;
-        let targets = Tensor::from_vec(tokens(&mut rng), (config.batch, config.context), device).map_err(|e| e.to_string())?;
+    let (mut times, mut first_loss) = (Vec::new(), f64::NAN);
+    for step in 0..warmup + steps {
+        let (inputs, targets) = batch(step)?;
+        let rows = inputs.dim(0).map_err(|e| e.to_string())?;
         let start = Instant::now();
-        // As the pretraining stage trains: the batch's rows split across the threads, one
-        // backward pass each (see `data_parallel_grads`).
-        let parts = rayon::current_num_threads().clamp(1, config.batch);
+        let parts = rayon::current_num_threads().clamp(1, rows);
         let part_loss = |part| {
-            let rows = part_rows(config.batch, part, parts);
-            let share = rows.len() as f64 / config.batch as f64;
-            let tensor = |source| TrainError::Tensor { step: 0, source };
-            let inputs = inputs.narrow(0, rows.start, rows.len()).map_err(tensor)?;
-            let targets = targets.narrow(0, rows.start, rows.len()).map_err(tensor)?;
-            lm_loss(&model, &inputs, &targets, true).and_then(|loss| loss.affine(share, 0.0)).map_err(tensor)
+            lm_loss_rows(model, &inputs, &targets, part_rows(rows, part, parts))
+                .map_err(|source| TrainError::Tensor { step: step as u64, source })
         };
         let mut grads = HashMap::new();
-        data_parallel_grads(&vars, parts, part_loss, &mut grads).map_err(|e| e.to_string())?;
-        optimizer.step(&grads, 1e-3, Some(1.0)).map_err(|e| e.to_string())?;
-        device.synchronize().map_err(|e| e.to_string())?;
-        if step >= config.warmup {
+        let loss = data_parallel_grads(step as u64, &vars, parts, part_loss, &mut grads).map_err(|e| e.to_string())?;
+        optimizer.step(&grads, lr, Some(1.0)).map_err(|e| e.to_string())?;
+        model.device().synchronize().map_err(|e| e.to_string())?;
+        if step == 0 {
+            first_loss = loss;
+        }
+        if step >= warmup {
             times.push(start.elapsed().as_secs_f64());
         }
     }
     times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
-    let tokens_per_s = (config.batch * config.context) as f64 / median;
+    Ok((times[times.len() / 2], first_loss))
+}
+
+/// Time triad's training step on the workload.
+pub fn bench_triad(config: &BenchConfig, device: &Device) -> Result<BenchResult, BenchError> {
+    let model = reference_model(config.vocab, config.context, config.layers, config.heads, config.width, device)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let (n, shape) = (config.batch * config.context, (config.batch, config.context));
+    let batch = |_step| -> Result<(Tensor, Tensor), BenchError> {
+        let mut tokens = || {
+            let ids: Vec<u32> = (0..n).map(|_| rng.random_range(0..config.vocab as u32)).collect();
+            Tensor::from_vec(ids, shape, device).map_err(|e| BenchError::from(e.to_string()))
+        };
+        Ok((tokens()?, tokens()?))
+    };
+    let (median, _) = time_training(&model, config.warmup, config.steps, 1e-3, batch)?;
+    let tokens_per_s = n as f64 / median;
     let flops = flops_per_token(config, model.num_parameters());
     Ok(BenchResult {
         implementation: format!("triad (candle 0.11, {})", kernels_label()),
@@ -342,30 +359,14 @@ pub fn bench_pretrained(
     let _ = std::fs::remove_dir_all(&weights_dir);
     let reference = reference?;
 
-    let vars = model.vars();
-    let mut optimizer = AdamW::new(&vars, decays, AdamWConfig::default()).map_err(|e| e.to_string())?;
     let (vocab, shape) = (model.config().vocab_size(), (config.batch, config.context));
-    let (mut times, mut first_loss) = (Vec::new(), None);
-    for step in 0..config.warmup + config.steps {
+    let batch = |step| -> Result<(Tensor, Tensor), BenchError> {
         let (inputs, targets) = formula_batch(step, config.batch, config.context, vocab);
-        let inputs = Tensor::from_vec(inputs, shape, device).map_err(|e| e.to_string())?;
-        let targets = Tensor::from_vec(targets, shape, device).map_err(|e| e.to_string())?;
-        let start = Instant::now();
-        let loss = lm_loss(&model, &inputs, &targets, true).map_err(|e| e.to_string())?;
-        let store = loss.backward().map_err(|e| e.to_string())?;
-        let grads: HashMap<String, Tensor> =
-            vars.iter().filter_map(|(name, var)| store.get(var.as_tensor()).map(|g| (name.clone(), g.clone()))).collect();
-        optimizer.step(&grads, 1e-5, Some(1.0)).map_err(|e| e.to_string())?;
-        device.synchronize().map_err(|e| e.to_string())?;
-        if step == 0 {
-            first_loss = Some(loss.to_scalar::<f32>().map_err(|e| e.to_string())? as f64);
-        }
-        if step >= config.warmup {
-            times.push(start.elapsed().as_secs_f64());
-        }
-    }
-    times.sort_by(f64::total_cmp);
-    let tokens_per_s = (config.batch * config.context) as f64 / times[times.len() / 2];
+        let tensor = |ids| Tensor::from_vec(ids, shape, device).map_err(|e| BenchError::from(e.to_string()));
+        Ok((tensor(inputs)?, tensor(targets)?))
+    };
+    let (median, first_loss) = time_training(&model, config.warmup, config.steps, 1e-5, batch)?;
+    let tokens_per_s = (config.batch * config.context) as f64 / median;
     let model_config = model.config();
     // As the reference computes it: 6 per parameter (the tied embedding once, as the LM head)
     // plus attention's 12 * layers * context * width.
@@ -376,7 +377,7 @@ pub fn bench_pretrained(
         flops_per_token: flops,
         mfu: tokens_per_s * flops / (config.peak_gflops * 1e9),
         peak_rss_mib: peak_rss_mib(),
-        first_loss,
+        first_loss: Some(first_loss),
     };
     Ok((ours, reference))
 }

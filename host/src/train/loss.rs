@@ -14,6 +14,21 @@ pub fn lm_loss(model: &Model, inputs: &Tensor, targets: &Tensor, train: bool) ->
     model.token_nll(&hidden, targets).map_err(msg)?.mean_all()
 }
 
+/// The part of the batch's [`lm_loss`] that `rows` carry: their mean loss times their share of
+/// the rows (every row holds the same number of targets), so the parts of a batch add up to the
+/// whole. What each thread computes when a step is split across threads.
+pub fn lm_loss_rows(
+    model: &Model,
+    inputs: &Tensor,
+    targets: &Tensor,
+    rows: std::ops::Range<usize>,
+) -> Result<Tensor, candle_core::Error> {
+    let share = rows.len() as f64 / inputs.dim(0)? as f64;
+    let inputs = inputs.narrow(0, rows.start, rows.len())?;
+    let targets = targets.narrow(0, rows.start, rows.len())?;
+    lm_loss(model, &inputs, &targets, true)?.affine(share, 0.0)
+}
+
 /// log p(target) per position: (B, T) from logits (B, T, V) and u32 targets (B, T).
 pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor, candle_core::Error> {
     logits.dims3()?;

@@ -71,6 +71,7 @@ pub fn part_rows(rows: usize, part: usize, parts: usize) -> std::ops::Range<usiz
 /// gradients into `grads` in part order (the same bits on every run with the same number of
 /// parts) and returns the summed loss.
 pub fn data_parallel_grads(
+    step: u64,
     vars: &[(String, Var)],
     parts: usize,
     part_loss: impl Fn(usize) -> Result<Tensor, TrainError> + Sync,
@@ -81,7 +82,7 @@ pub fn data_parallel_grads(
         .into_par_iter()
         .map(|part| {
             let loss = part_loss(part)?;
-            let tensor = |source| TrainError::Tensor { step: 0, source };
+            let tensor = |source| TrainError::Tensor { step, source };
             let value = loss.to_scalar::<f32>().map_err(tensor)? as f64;
             Ok((value, loss.backward().map_err(tensor)?))
         })
@@ -90,7 +91,7 @@ pub fn data_parallel_grads(
     for result in results {
         let (value, store) = result?;
         total += value;
-        add_grads(grads, vars, &store).map_err(|source| TrainError::Tensor { step: 0, source })?;
+        add_grads(grads, vars, &store).map_err(|source| TrainError::Tensor { step, source })?;
     }
     Ok(total)
 }
@@ -137,14 +138,6 @@ pub struct TrainSummary {
     pub final_train_loss: f64,
     /// Training tokens or examples processed per second, as the objective counts them.
     pub seconds: f64,
-}
-
-/// A tensor error from a data-parallel part, placed at `step`.
-fn at_step(error: TrainError, step: u64) -> TrainError {
-    match error {
-        TrainError::Tensor { source, .. } => TrainError::Tensor { step, source },
-        other => other,
-    }
 }
 
 /// Train `vars` on `objective`, with checkpoints and metrics under `dir`.
@@ -194,7 +187,7 @@ pub fn train(
             let value = match split {
                 Some(split) if parts > 1 => {
                     let part_loss = |part| split.part_loss(step, micro, part, parts)?.affine(scale, 0.0).map_err(tensor(step));
-                    data_parallel_grads(vars, parts, part_loss, &mut grads).map_err(|e| at_step(e, step))?
+                    data_parallel_grads(step, vars, parts, part_loss, &mut grads)?
                 }
                 _ => {
                     let (loss, extra) = objective.loss(step, micro)?;
@@ -273,7 +266,7 @@ fn config_key(config: &TrainConfig) -> String {
 mod tests {
     use super::*;
     use crate::model::{GptConfig, Model, ModelConfig};
-    use crate::train::lm_loss;
+    use crate::train::lm_loss_rows;
     use rand::{Rng, SeedableRng};
 
     /// Splitting a batch by rows across threads gives the whole batch's loss and gradients.
@@ -291,15 +284,9 @@ mod tests {
         let targets = Tensor::from_vec(tokens(), (rows, 12), &device).map_err(tensor)?;
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().map_err(|e| TrainError::Objective(e.to_string()))?;
         let run = |parts: usize| {
-            let part_loss = |part| {
-                let range = part_rows(rows, part, parts);
-                let share = range.len() as f64 / rows as f64;
-                let i = inputs.narrow(0, range.start, range.len()).map_err(tensor)?;
-                let t = targets.narrow(0, range.start, range.len()).map_err(tensor)?;
-                lm_loss(&model, &i, &t, true).and_then(|l| l.affine(share, 0.0)).map_err(tensor)
-            };
+            let part_loss = |part| lm_loss_rows(&model, &inputs, &targets, part_rows(rows, part, parts)).map_err(tensor);
             let mut grads = HashMap::new();
-            pool.install(|| data_parallel_grads(&vars, parts, part_loss, &mut grads)).map(|loss| (loss, grads))
+            pool.install(|| data_parallel_grads(0, &vars, parts, part_loss, &mut grads)).map(|loss| (loss, grads))
         };
         let (whole_loss, whole) = run(1)?;
         for parts in [2, 3, 5] {

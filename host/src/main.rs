@@ -274,10 +274,23 @@ fn bench_generate(python: Option<PathBuf>, repeats: usize, threads: usize) -> Re
     Ok(())
 }
 
+/// One pool of worker threads: rayon's.
+///
 /// candle 0.11 asks for its thread count on every CPU matmul, and on Linux that reads
 /// /proc/cpuinfo each time unless `RAYON_NUM_THREADS` is set: about 5% of decoding time in a
 /// profile. Pin it once: to `threads` if given, else to the count candle would pick.
+///
+/// candle 0.11 also runs element-wise ops of 64K elements or more on a second pool of its own
+/// (`CANDLE_NUM_THREADS`, spinning workers behind a lock). Beside rayon's workers (the fused
+/// kernels, gemm, the trainer's data-parallel parts) the two pools take turns spinning on the
+/// same cores: a training step of the reference workload at 2 threads took 810-1,029 ms with
+/// it and 642-665 ms without it (`bench train --profile`). So candle's pool is turned off
+/// unless the user sets `CANDLE_NUM_THREADS`.
 fn fix_thread_count(threads: Option<usize>) {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: main calls this before anything has started a thread.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
     let threads = match threads {
         Some(n) => n.max(1),
         None if std::env::var_os("RAYON_NUM_THREADS").is_some() => return,

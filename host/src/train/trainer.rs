@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{self, TrainState};
 use super::optimizer::{AdamW, AdamWConfig};
 use super::schedule::Schedule;
+use crate::model::kernels::on_one_core;
 use crate::runs::atomic::FileError;
 use crate::runs::metrics::{MetricsWriter, read_rows};
 
@@ -81,10 +82,14 @@ pub fn data_parallel_grads(
     let results: Vec<Result<(f64, candle_core::backprop::GradStore), TrainError>> = (0..parts)
         .into_par_iter()
         .map(|part| {
-            let loss = part_loss(part)?;
-            let tensor = |source| TrainError::Tensor { step, source };
-            let value = loss.to_scalar::<f32>().map_err(tensor)? as f64;
-            Ok((value, loss.backward().map_err(tensor)?))
+            let forward_backward = || {
+                let loss = part_loss(part)?;
+                let tensor = |source| TrainError::Tensor { step, source };
+                let value = loss.to_scalar::<f32>().map_err(tensor)? as f64;
+                Ok((value, loss.backward().map_err(tensor)?))
+            };
+            // Each part holds a core; one part alone may use them all.
+            if parts > 1 { on_one_core(forward_backward) } else { forward_backward() }
         })
         .collect();
     let mut total = 0.0;

@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use gemm::{Parallelism, gemm};
 
-use super::{column_sums, filled, slice, with_data};
+use super::{column_sums, filled, product_threads, slice, with_data};
 
 /// x W + b (`out_in` false: W is (in, out)) or x Wᵀ + b (`out_in` true: W is (out, in)), with
 /// `bias` (out,) if given. CPU f32 only (the caller checks with `kernels::fused`).
@@ -30,12 +30,13 @@ struct Affine {
 /// A matrix operand or destination: first element, row stride, column stride.
 pub(super) type Operand<P> = (P, usize, usize);
 
-/// `dst (m × n) = lhs (m × k) · rhs (k × n)`, plus dst when `accumulate`, on candle's threads.
+/// `dst (m × n) = lhs (m × k) · rhs (k × n)`, plus dst when `accumulate`, on rayon's threads
+/// (one inside [`super::on_one_core`]).
 ///
 /// # Safety
 /// Every operand must address valid memory for its shape and strides.
 pub(super) unsafe fn product(m: usize, n: usize, k: usize, dst: Operand<*mut f32>, accumulate: bool, lhs: Operand<*const f32>, rhs: Operand<*const f32>) {
-    let threads = rayon::current_num_threads();
+    let threads = product_threads();
     let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
     // SAFETY: forwarded from the caller.
     unsafe {

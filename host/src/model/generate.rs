@@ -18,9 +18,10 @@
 //! is reported); it is fed a pad while the others go on, and its outputs are ignored.
 //!
 //! A small model's decode step is a chain of tiny ops; splitting each across threads costs more
-//! in wake-ups than it saves, so such models decode on one thread (see [`SERIAL_DECODE_MACS`]).
+//! in wake-ups than it saves, so such models split the batch's rows across the threads instead,
+//! each part decoding on one thread (see [`SERIAL_DECODE_MACS`]).
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, PoisonError};
 
 use candle_core::Tensor;
 use rand::Rng;
@@ -118,33 +119,35 @@ pub struct Generated {
 const PAD: u32 = 0;
 
 /// Below this many multiply-adds per decode step (parameters x rows), generation runs on one
-/// thread. Measured on 2 cores with the benchmark's reference model (4.2M parameters, 8 rows):
-/// 3,033 new tokens/s on one thread against 1,643 on two.
+/// thread per part of the batch. Measured on 2 cores with the benchmark's reference model (4.2M
+/// parameters, 8 rows): 3,033 new tokens/s on one thread against 1,643 with each op split across
+/// two.
 pub const SERIAL_DECODE_MACS: usize = 100_000_000;
 
-/// A one-thread pool, made on first use; `None` if the thread cannot be started (generation then
-/// runs on the caller's pool).
-fn serial_pool() -> Option<&'static rayon::ThreadPool> {
-    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
-    POOL.get_or_init(|| rayon::ThreadPoolBuilder::new().num_threads(1).thread_name(|_| "triad-decode".into()).build().ok())
-        .as_ref()
+/// `n` one-thread pools, made as first needed and kept for the process (fewer if a thread
+/// cannot be started).
+fn one_thread_pools(n: usize) -> Vec<&'static rayon::ThreadPool> {
+    static POOLS: Mutex<Vec<&'static rayon::ThreadPool>> = Mutex::new(Vec::new());
+    let mut pools = POOLS.lock().unwrap_or_else(PoisonError::into_inner);
+    while pools.len() < n {
+        let i = pools.len();
+        match rayon::ThreadPoolBuilder::new().num_threads(1).thread_name(move |_| format!("triad-decode-{i}")).build() {
+            Ok(pool) => pools.push(Box::leak(Box::new(pool))),
+            Err(_) => break,
+        }
+    }
+    pools[..n.min(pools.len())].to_vec()
 }
 
 /// Continues every prompt (all at once, with a KV cache) as `config` says. Prompts may differ in
 /// length; none may be empty or longer than the model's context. `max_new_tokens` is clipped to
 /// what the context leaves after the longest prompt.
+///
+/// A small model's batch is split by rows across the threads, each part decoding on one thread
+/// (rows never interact, and each row keeps its own generator): the reference model's decode
+/// step is a chain of tiny ops that one core runs best. Large models decode the whole batch on
+/// every thread, where reading the weights once per step is what counts.
 pub fn generate(model: &Model, prompts: &[Vec<u32>], config: &SamplingConfig) -> Result<Vec<Generated>, ModelError> {
-    let small = model.num_parameters().saturating_mul(prompts.len()) < SERIAL_DECODE_MACS;
-    if small && rayon::current_num_threads() > 1 {
-        if let Some(pool) = serial_pool() {
-            return pool.install(|| generate_here(model, prompts, config));
-        }
-    }
-    generate_here(model, prompts, config)
-}
-
-/// [`generate()`] on the current thread pool.
-fn generate_here(model: &Model, prompts: &[Vec<u32>], config: &SamplingConfig) -> Result<Vec<Generated>, ModelError> {
     config.validate()?;
     let (context, vocab) = (model.config().context(), model.config().vocab_size());
     for (row, prompt) in prompts.iter().enumerate() {
@@ -161,13 +164,41 @@ fn generate_here(model: &Model, prompts: &[Vec<u32>], config: &SamplingConfig) -
     let Some(longest) = prompts.iter().map(Vec::len).max() else { return Ok(Vec::new()) };
     // The last new token is never fed back, so it may sit one past the context.
     let new_tokens = config.max_new_tokens.min(context + 1 - longest);
+    let small = model.num_parameters().saturating_mul(prompts.len()) < SERIAL_DECODE_MACS;
+    let threads = rayon::current_num_threads();
+    if !small || !model.device().is_cpu() || threads == 1 {
+        return decode(model, prompts, 0, new_tokens, config);
+    }
+    let pools = one_thread_pools(threads.min(prompts.len()));
+    if pools.is_empty() {
+        return decode(model, prompts, 0, new_tokens, config);
+    }
+    use rayon::prelude::*;
+    let parts = pools.len();
+    let rows = |part: usize| prompts.len() * part / parts..prompts.len() * (part + 1) / parts;
+    let decoded: Vec<Result<Vec<Generated>, ModelError>> = (0..parts)
+        .into_par_iter()
+        .map(|part| pools[part].install(|| decode(model, &prompts[rows(part)], rows(part).start, new_tokens, config)))
+        .collect();
+    let mut out = Vec::with_capacity(prompts.len());
+    for part in decoded {
+        out.extend(part?);
+    }
+    Ok(out)
+}
+
+/// Decodes up to `new_tokens` tokens for each of the checked `prompts`, rows `first_row..` of
+/// the caller's batch (each row's generator is seeded from its index there), on the current
+/// thread pool.
+fn decode(model: &Model, prompts: &[Vec<u32>], first_row: usize, new_tokens: usize, config: &SamplingConfig) -> Result<Vec<Generated>, ModelError> {
+    let Some(longest) = prompts.iter().map(Vec::len).max() else { return Ok(Vec::new()) };
     let (b, device) = (prompts.len(), model.device());
     let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
     let capacity = longest + new_tokens - 1;
     let mut cache = KvCache::with_capacity(capacity);
     // The key mask of every position the cache will hold; each step attends over a prefix.
     let key_mask = Rows::left_padded(&pads, 0, 1, capacity, device)?.key_mask;
-    let mut rngs: Vec<StdRng> = (0..b).map(|row| stream(config.seed, &format!("generate row {row}"))).collect();
+    let mut rngs: Vec<StdRng> = (first_row..first_row + b).map(|row| stream(config.seed, &format!("generate row {row}"))).collect();
     let mut out: Vec<Generated> = prompts
         .iter()
         .map(|p| Generated { prompt_len: p.len(), tokens: Vec::new(), logprobs: Vec::new(), stopped: false })
@@ -413,6 +444,26 @@ mod tests {
                         assert_same(&format!("{label}, row {row} alone"), &batch[row..=row], &alone, 1e-5);
                     }
                 }
+            }
+        }
+    }
+
+    /// Split by rows across 1, 2 or 3 threads, a batch decodes to the same tokens, log-probs
+    /// and stops: each row samples from its own generator and clips to the whole batch's room.
+    #[test]
+    fn splitting_the_batch_across_threads_changes_no_row() {
+        for (label, model) in models() {
+            // Prompt 1 (7 tokens) leaves 10 new tokens; the parts without it must stop there too.
+            let config = SamplingConfig { stop_tokens: vec![5], ..sampled(12, 3) };
+            let prompts = prompts();
+            let on = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| generate(&model, &prompts, &config)).unwrap()
+            };
+            let whole = on(1);
+            assert!(whole.iter().all(|g| g.tokens.len() <= 10), "{label}: {whole:?}");
+            for threads in [2, 3] {
+                assert_same(&format!("{label}, {threads} threads"), &on(threads), &whole, 1e-5);
             }
         }
     }

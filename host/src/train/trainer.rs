@@ -5,7 +5,7 @@
 //! the scheduled learning rate. An objective that can split a micro-batch by rows
 //! ([`SplitLoss`]) has its parts run at once, one per thread, each with its own backward pass:
 //! candle runs a backward pass on one thread, so this is what keeps every core busy (2 cores,
-//! the reference workload: 3,218 tokens/s whole, 2,849-3,946 split). Every `eval_every` steps
+//! the reference workload: about 3,150 tokens/s whole, 4,800-5,050 split). Every `eval_every` steps
 //! (and at the end) the objective is evaluated; every `checkpoint_every` steps a checkpoint is written. Metrics go to the stage's
 //! metrics file as they happen; a progress bar shows the step, loss and learning rate.
 
@@ -70,7 +70,8 @@ pub fn part_rows(rows: usize, part: usize, parts: usize) -> std::ops::Range<usiz
 
 /// Runs `part_loss` for every part at once on the thread pool, backpropagates each, adds the
 /// gradients into `grads` in part order (the same bits on every run with the same number of
-/// parts) and returns the summed loss.
+/// parts) and returns the summed loss. Each part runs its matrix products on its own core
+/// ([`on_one_core`]).
 pub fn data_parallel_grads(
     step: u64,
     vars: &[(String, Var)],

@@ -5,21 +5,27 @@
 //! multiplies out every (T, S) score, adds a materialised -inf mask, runs the softmax and
 //! multiplies by v, and its backward retraces each of those ops with a fresh tensor apiece. Here
 //! each (batch, kv head) is one task on candle's thread pool, and within it each query head works
-//! through blocks of [`BLOCK`] query rows:
+//! through blocks of [`BLOCK`] query rows, and each block through tiles of [`KEY_BLOCK`] keys
+//! with an online softmax (FlashAttention-2, Dao 2023):
 //!
 //! ```text
-//! forward, per block:  P = q kᵀ · scale      over the keys the block's last row can see only
-//!                      P = softmax(P + bias)  row by row, masked keys set to exact zeros
-//!                      o = P v
-//! backward, per block: dP = do vᵀ,  dS = P ⊙ (dP - rowsum(do ⊙ o))
-//!                      dq = scale · dS k,  dk += scale · dSᵀ q,  dv += Pᵀ do
+//! forward, per block, per key tile:
+//!     S = q kᵀ · scale + bias                      over the keys the block's last row can see
+//!     m' = max(m, rowmax S),  a = e^(m - m'),  P = e^(S - m')
+//!     l = a l + rowsum P,  o = a o + P v,  m = m'
+//! then o = o / l, and (m, 1 / l) of every row are kept for the backward
+//! backward, per block, per key tile (P recomputed from q, k and (m, l)):
+//!     P = e^(S - m) / l,  dP = do vᵀ,  dS = P ⊙ (dP - rowsum(do ⊙ o))
+//!     dq += scale · dS k,  dk += scale · dSᵀ q,  dv += Pᵀ do
 //! ```
 //!
 //! Keys after a block's last visible one are never multiplied (about half the work of a full
-//! causal pass); the mask costs nothing but a row length. The forward keeps the probabilities
-//! (B, H, T, S) for the backward when some input needs a gradient, and a block of scratch rows
-//! otherwise. Query i of T sits at position `S - T + i` and sees keys `0..=S - T + i`, which is
-//! both training (S = T) and decoding after a KV cache (T new queries after S - T cached keys).
+//! causal pass); the mask costs nothing but a row length. Memory is linear in the context: two
+//! numbers per query row are kept, never the (T, S) probabilities (which at SmolLM2's 2,048
+//! positions would be 150 MiB per layer and row of the batch). The price is one more product
+//! per tile in the backward (about 1% of the reference workload's step). Query i of T sits at
+//! position `S - T + i` and sees keys `0..=S - T + i`, which is both training (S = T) and
+//! decoding after a KV cache (T new queries after S - T cached keys).
 //!
 //! The optional key bias (B, S) is the per-row mask of left-padded batches: [`KEY_PAD`] on pad
 //! keys, 0 elsewhere, added to the scaled scores before the softmax, as the plain path adds it.
@@ -43,6 +49,10 @@ use super::{PARALLEL_MIN, exp_nonpositive, filled, max, sum, wide};
 /// Query rows per block: large enough for efficient matrix products, small enough that the
 /// causal skipping saves most of the masked half.
 const BLOCK: usize = 64;
+
+/// Keys per tile of the online softmax: a block's scores, rows × tile, stay in the core's cache
+/// (32 KiB) whatever the context.
+const KEY_BLOCK: usize = 128;
 
 /// Where each head's (rows, d) matrix sits in a flat buffer: element (row, col) of head `h` of
 /// batch `b` at `offset + b * batch + h * head + row * row_stride + col`.
@@ -223,91 +233,151 @@ fn for_groups(dims: &Dims, task: impl Fn(usize, usize) + Sync + Send) {
 }
 
 /// The forward pass: writes `out` (laid out as `out_at`, checked by the caller) and, when
-/// `probs` is given, the probabilities (B, H, T, S) into it (zero where masked).
-fn forward(inputs: &Inputs, out: Ptr, out_at: Heads, probs: Option<Ptr>) {
+/// `stats` is given, each query row's [`RowStats`] (B, H, T) into it.
+fn forward(inputs: &Inputs, out: Ptr, out_at: Heads, stats: Option<Ptr>) {
     let dims = inputs.dims;
     let Dims { t, s, d, .. } = dims;
-    let (groups, past, scale) = (dims.groups(), dims.past(), dims.scale());
+    let (groups, past) = (dims.groups(), dims.past());
+    let width = KEY_BLOCK.min(s);
     for_groups(&dims, |b, kv| {
-        let mut scratch = if probs.is_none() { vec![0f32; BLOCK.min(t) * s] } else { Vec::new() };
+        let mut p = vec![0f32; BLOCK.min(t) * width];
+        let mut row_stats = vec![RowStats::EMPTY; BLOCK.min(t)];
         let bias = inputs.key_bias.map(|bias| &bias[b * s..(b + 1) * s]);
         for h in kv * groups..(kv + 1) * groups {
             for r0 in (0..t).step_by(BLOCK) {
                 let r1 = (r0 + BLOCK).min(t);
                 let (rows, seen) = (r1 - r0, past + r1);
-                let p: &mut [f32] = match probs {
-                    // SAFETY: rows r0..r1 of (b, h)'s (T, S) probabilities belong to this task
-                    // alone; the buffer holds B * H * T * S values.
-                    Some(ptr) => unsafe { std::slice::from_raw_parts_mut(ptr.at(((b * dims.h + h) * t + r0) * s), rows * s) },
-                    None => &mut scratch[..rows * s],
-                };
-                // SAFETY: q, k checked by `Inputs::check`; p is rows × s.
-                unsafe {
-                    product(
-                        rows,
-                        seen,
-                        d,
-                        (p.as_mut_ptr(), s, 1),
-                        false,
-                        (inputs.ptr(inputs.q, b, h, r0), inputs.q.1.row, 1),
-                        // kᵀ: (d, seen), element (e, j) at row j of k.
-                        (inputs.ptr(inputs.k, b, kv, 0), 1, inputs.k.1.row),
-                        scale,
-                    )
-                };
-                for (i, row) in p.chunks_mut(s).enumerate() {
-                    let visible = past + r0 + i + 1;
-                    wide(#[inline(always)] || softmax_row(&mut row[..visible], bias.map(|bias| &bias[..visible])));
-                    row[visible..seen].fill(0.0);
+                let row_stats = &mut row_stats[..rows];
+                row_stats.fill(RowStats::EMPTY);
+                let o_row = |i: usize| out.at(out_at.start(b, h) + (r0 + i) * out_at.row);
+                for j0 in (0..seen).step_by(KEY_BLOCK) {
+                    let cols = KEY_BLOCK.min(seen - j0);
+                    // SAFETY: q, k checked by `Inputs::check`; p is rows × width.
+                    unsafe { scores(inputs, (b, h, kv), (r0, rows), (j0, cols), &mut p) };
+                    for (i, stats) in row_stats.iter_mut().enumerate() {
+                        let visible = (past + r0 + i + 1).saturating_sub(j0).min(cols);
+                        let row = &mut p[i * width..i * width + cols];
+                        row[visible..].fill(0.0);
+                        if visible == 0 {
+                            continue;
+                        }
+                        let alpha = wide(#[inline(always)] || stats.absorb(&mut row[..visible], bias.map(|bias| &bias[j0..j0 + visible])));
+                        if j0 > 0 && alpha != 1.0 {
+                            // SAFETY: output row r0 + i of (b, h) is this task's alone and
+                            // inside the buffer (checked by the caller); it holds d values.
+                            let o = unsafe { std::slice::from_raw_parts_mut(o_row(i), d) };
+                            o.iter_mut().for_each(|x| *x *= alpha);
+                        }
+                    }
+                    // SAFETY: out rows r0..r1 of (b, h) are this task's alone and inside the
+                    // buffer (checked by the caller); v checked by `Inputs::check`. The first
+                    // tile overwrites them: every row sees key 0.
+                    unsafe {
+                        product(
+                            rows,
+                            d,
+                            cols,
+                            (o_row(0), out_at.row, 1),
+                            j0 > 0,
+                            (p.as_ptr(), width, 1),
+                            (inputs.ptr(inputs.v, b, kv, j0), inputs.v.1.row, 1),
+                            1.0,
+                        )
+                    };
                 }
-                // SAFETY: out rows r0..r1 of (b, h) are this task's alone and inside the buffer
-                // (checked by the caller); v checked by `Inputs::check`.
-                unsafe {
-                    product(
-                        rows,
-                        d,
-                        seen,
-                        (out.at(out_at.start(b, h) + r0 * out_at.row), out_at.row, 1),
-                        false,
-                        (p.as_ptr(), s, 1),
-                        (inputs.ptr(inputs.v, b, kv, 0), inputs.v.1.row, 1),
-                        1.0,
-                    )
-                };
+                for (i, row) in row_stats.iter().enumerate() {
+                    // SAFETY: as above.
+                    let o = unsafe { std::slice::from_raw_parts_mut(o_row(i), d) };
+                    o.iter_mut().for_each(|x| *x *= row.inv_sum());
+                    if let Some(ptr) = stats {
+                        let at = ((b * dims.h + h) * t + r0 + i) * 2;
+                        // SAFETY: row r0 + i of (b, h) is this task's alone; the buffer holds
+                        // B * H * T * 2 values.
+                        unsafe { std::slice::from_raw_parts_mut(ptr.at(at), 2).copy_from_slice(&[row.max, row.inv_sum()]) };
+                    }
+                }
             }
         }
     });
 }
 
-/// [`forward`] into fresh buffers: the output (`len` values laid out as `out_at`, which must
-/// cover them all, as both callers' layouts do) and, when `keep`, the probabilities (zeroed
-/// first: the kernel leaves the keys after each block's last visible one alone).
-fn run_forward(inputs: &Inputs, len: usize, out_at: Heads, keep: bool) -> (Vec<f32>, Option<Vec<f32>>) {
-    let Dims { b, h, t, s, .. } = inputs.dims;
-    let mut probs = keep.then(|| vec![0f32; b * h * t * s]);
-    let probs_ptr = probs.as_mut().map(|p| Ptr(p.as_mut_ptr()));
-    // SAFETY: `forward` writes every output row of every (batch, head) through the pointer (each
-    // block's product with v has at least one key).
-    let out = unsafe { filled(len, |out| forward(inputs, Ptr(out), out_at, probs_ptr)) };
-    (out, probs)
+/// `scale · q kᵀ` for query rows `r0..r0 + rows` of head `h` and keys `j0..j0 + cols` of kv
+/// head `kv` of batch `b`, into `p` (rows of stride [`KEY_BLOCK`].min(S)).
+///
+/// # Safety
+/// q and k must have been checked by [`Inputs::check`], and `p` hold rows × that stride values.
+unsafe fn scores(inputs: &Inputs, (b, h, kv): (usize, usize, usize), (r0, rows): (usize, usize), (j0, cols): (usize, usize), p: &mut [f32]) {
+    let width = KEY_BLOCK.min(inputs.dims.s);
+    debug_assert!(p.len() >= rows * width && cols <= width);
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        product(
+            rows,
+            cols,
+            inputs.dims.d,
+            (p.as_mut_ptr(), width, 1),
+            false,
+            (inputs.ptr(inputs.q, b, h, r0), inputs.q.1.row, 1),
+            // kᵀ: (d, cols), element (e, j) at row j0 + j of k.
+            (inputs.ptr(inputs.k, b, kv, j0), 1, inputs.k.1.row),
+            inputs.dims.scale(),
+        )
+    }
 }
 
-/// softmax(row + bias) in place. The diagonal key is always visible and the bias finite, so
-/// the row maximum is finite unless the scores are not (NaN and inf propagate).
-#[inline(always)]
-fn softmax_row(row: &mut [f32], bias: Option<&[f32]>) {
-    if let Some(bias) = bias {
-        row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
+/// A query row's softmax so far, over the key tiles it has absorbed: the largest biased score
+/// `max` and the sum of e^(score - max). Kept per row for the backward pass, which rebuilds each
+/// probability as e^(score + bias - max) / sum from the recomputed score. Two numbers rather than
+/// their log-sum-exp: a row of pad keys has scores near [`KEY_PAD`](crate::model::attention::KEY_PAD)
+/// = -1e9, where f32 steps by 64 and `max + ln(sum)` would round the sum away.
+#[derive(Debug, Clone, Copy)]
+struct RowStats {
+    max: f32,
+    sum: f32,
+}
+
+impl RowStats {
+    const EMPTY: RowStats = RowStats { max: f32::NEG_INFINITY, sum: 0.0 };
+
+    fn inv_sum(&self) -> f32 {
+        1.0 / self.sum
     }
-    let m = max(row);
-    if !m.is_finite() {
-        // Only reachable with non-finite scores: give NaN as the plain composition does.
-        row.fill(f32::NAN);
-        return;
+
+    /// Takes in one tile's scores of this row (all visible): adds the bias, turns the scores into
+    /// e^(score - new max) in place and returns the factor alpha = e^(old max - new max) by which
+    /// the sum (updated here) and the caller's output row so far must be rescaled (0 for the
+    /// first tile). The diagonal key is always visible and the bias finite, so the maximum is
+    /// finite unless the scores are not: then the row, its output and its stats become NaN, as
+    /// the plain composition gives.
+    #[inline(always)]
+    fn absorb(&mut self, row: &mut [f32], bias: Option<&[f32]>) -> f32 {
+        if let Some(bias) = bias {
+            row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
+        }
+        let new_max = max(row).max(self.max);
+        if !new_max.is_finite() || self.max.is_nan() {
+            row.fill(f32::NAN);
+            *self = RowStats { max: f32::NAN, sum: f32::NAN };
+            return f32::NAN;
+        }
+        let alpha = (self.max - new_max).exp();
+        row.iter_mut().for_each(|x| *x = exp_nonpositive(*x - new_max));
+        *self = RowStats { max: new_max, sum: self.sum * alpha + sum(row) };
+        alpha
     }
-    row.iter_mut().for_each(|x| *x = exp_nonpositive(*x - m));
-    let scale = 1.0 / sum(row);
-    row.iter_mut().for_each(|x| *x *= scale);
+}
+
+/// [`forward`] into fresh buffers: the output (`len` values laid out as `out_at`, which must
+/// cover them all, as both callers' layouts do) and, when `keep`, the [`RowStats`] of every
+/// query row as (max, 1 / sum) pairs, (B, H, T, 2).
+fn run_forward(inputs: &Inputs, len: usize, out_at: Heads, keep: bool) -> (Vec<f32>, Option<Vec<f32>>) {
+    let Dims { b, h, t, .. } = inputs.dims;
+    let mut stats = keep.then(|| vec![0f32; b * h * t * 2]);
+    let stats_ptr = stats.as_mut().map(|p| Ptr(p.as_mut_ptr()));
+    // SAFETY: `forward` writes every output row of every (batch, head) through the pointer (the
+    // first key tile's product overwrites each).
+    let out = unsafe { filled(len, |out| forward(inputs, Ptr(out), out_at, stats_ptr)) };
+    (out, stats)
 }
 
 /// Where the backward pass writes dq, dk and dv (zeroed beforehand: dk and dv accumulate over
@@ -318,45 +388,64 @@ struct Grads {
     dv: (Ptr, Heads),
 }
 
-/// The backward pass from the forward's probabilities `probs` (B, H, T, S), its output `o` and
-/// the output's gradient `go` (both laid out as `o_at`).
-fn backward(inputs: &Inputs, probs: &[f32], o: &[f32], go: &[f32], o_at: Heads, grads: &Grads) {
+/// The backward pass from the forward's row stats `stats` (B, H, T, 2), its output `o` and the
+/// output's gradient `go` (both laid out as `o_at`). Each tile's probabilities are recomputed
+/// from q, k and the stats.
+fn backward(inputs: &Inputs, stats: &[f32], o: &[f32], go: &[f32], o_at: Heads, grads: &Grads) {
     let dims = inputs.dims;
     let Dims { t, s, d, .. } = dims;
     let (groups, past, scale) = (dims.groups(), dims.past(), dims.scale());
+    let width = KEY_BLOCK.min(s);
     for_groups(&dims, |b, kv| {
-        let mut ds = vec![0f32; BLOCK.min(t) * s];
+        let (mut p, mut ds) = (vec![0f32; BLOCK.min(t) * width], vec![0f32; BLOCK.min(t) * width]);
+        let mut dots = vec![0f32; BLOCK.min(t)];
+        let bias = inputs.key_bias.map(|bias| &bias[b * s..(b + 1) * s]);
         for h in kv * groups..(kv + 1) * groups {
-            let p_head = &probs[(b * dims.h + h) * t * s..(b * dims.h + h + 1) * t * s];
+            let head_stats = &stats[(b * dims.h + h) * t * 2..(b * dims.h + h + 1) * t * 2];
             for r0 in (0..t).step_by(BLOCK) {
                 let r1 = (r0 + BLOCK).min(t);
                 let (rows, seen) = (r1 - r0, past + r1);
                 let go_rows = &go[o_at.start(b, h) + r0 * o_at.row..];
-                let p = &p_head[r0 * s..r1 * s];
-                let ds = &mut ds[..rows * s];
-                // SAFETY: every operand is inside its buffer (checked by the callers); ds is
-                // this task's own; dq rows r0..r1 of (b, h) and dk, dv of (b, kv) are written by
-                // this task only.
-                unsafe {
-                    // dP = do vᵀ
-                    product(rows, seen, d, (ds.as_mut_ptr(), s, 1), false, (go_rows.as_ptr(), o_at.row, 1), (inputs.ptr(inputs.v, b, kv, 0), 1, inputs.v.1.row), 1.0);
-                }
-                for i in 0..rows {
-                    let visible = past + r0 + i + 1;
+                for (i, dot) in dots[..rows].iter_mut().enumerate() {
                     let at = o_at.start(b, h) + (r0 + i) * o_at.row;
-                    let dot: f32 = o[at..at + d].iter().zip(&go[at..at + d]).map(|(a, b)| a * b).sum();
-                    let (row, p_row) = (&mut ds[i * s..i * s + seen], &p[i * s..i * s + visible]);
-                    wide(#[inline(always)] || row[..visible].iter_mut().zip(p_row).for_each(|(g, &p)| *g = p * (*g - dot)));
-                    row[visible..].fill(0.0);
+                    *dot = o[at..at + d].iter().zip(&go[at..at + d]).map(|(a, b)| a * b).sum();
                 }
                 let (dq, dk, dv) = (&grads.dq, &grads.dk, &grads.dv);
-                unsafe {
-                    // dq = scale · dS k
-                    product(rows, d, seen, (dq.0.at(dq.1.start(b, h) + r0 * dq.1.row), dq.1.row, 1), false, (ds.as_ptr(), s, 1), (inputs.ptr(inputs.k, b, kv, 0), inputs.k.1.row, 1), scale);
-                    // dk += scale · dSᵀ q
-                    product(seen, d, rows, (dk.0.at(dk.1.start(b, kv)), dk.1.row, 1), true, (ds.as_ptr(), 1, s), (inputs.ptr(inputs.q, b, h, r0), inputs.q.1.row, 1), scale);
-                    // dv += Pᵀ do
-                    product(seen, d, rows, (dv.0.at(dv.1.start(b, kv)), dv.1.row, 1), true, (p.as_ptr(), 1, s), (go_rows.as_ptr(), o_at.row, 1), 1.0);
+                for j0 in (0..seen).step_by(KEY_BLOCK) {
+                    let cols = KEY_BLOCK.min(seen - j0);
+                    // SAFETY: every operand is inside its buffer (checked by the callers); p and
+                    // ds are this task's own.
+                    unsafe {
+                        scores(inputs, (b, h, kv), (r0, rows), (j0, cols), &mut p);
+                        // dP = do vᵀ
+                        product(rows, cols, d, (ds.as_mut_ptr(), width, 1), false, (go_rows.as_ptr(), o_at.row, 1), (inputs.ptr(inputs.v, b, kv, j0), 1, inputs.v.1.row), 1.0);
+                    }
+                    for i in 0..rows {
+                        let visible = (past + r0 + i + 1).saturating_sub(j0).min(cols);
+                        let (max, inv_sum) = (head_stats[(r0 + i) * 2], head_stats[(r0 + i) * 2 + 1]);
+                        let (p_row, ds_row) = (&mut p[i * width..i * width + cols], &mut ds[i * width..i * width + cols]);
+                        let (bias, dot) = (bias.map(|bias| &bias[j0..j0 + visible]), dots[i]);
+                        wide(#[inline(always)] || {
+                            // P = e^(score + bias - max) / sum, dS = P ⊙ (dP - rowsum(do ⊙ o))
+                            if let Some(bias) = bias {
+                                p_row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
+                            }
+                            p_row[..visible].iter_mut().for_each(|x| *x = exp_nonpositive(*x - max) * inv_sum);
+                            ds_row[..visible].iter_mut().zip(&p_row[..visible]).for_each(|(g, &p)| *g = p * (*g - dot));
+                        });
+                        p_row[visible..].fill(0.0);
+                        ds_row[visible..].fill(0.0);
+                    }
+                    // SAFETY: as above; dq rows r0..r1 of (b, h) and dk, dv of (b, kv) are
+                    // written by this task only. The first tile overwrites dq's rows.
+                    unsafe {
+                        // dq (+)= scale · dS k
+                        product(rows, d, cols, (dq.0.at(dq.1.start(b, h) + r0 * dq.1.row), dq.1.row, 1), j0 > 0, (ds.as_ptr(), width, 1), (inputs.ptr(inputs.k, b, kv, j0), inputs.k.1.row, 1), scale);
+                        // dk += scale · dSᵀ q
+                        product(cols, d, rows, (dk.0.at(dk.1.start(b, kv) + j0 * dk.1.row), dk.1.row, 1), true, (ds.as_ptr(), 1, width), (inputs.ptr(inputs.q, b, h, r0), inputs.q.1.row, 1), scale);
+                        // dv += Pᵀ do
+                        product(cols, d, rows, (dv.0.at(dv.1.start(b, kv) + j0 * dv.1.row), dv.1.row, 1), true, (p.as_ptr(), 1, width), (go_rows.as_ptr(), o_at.row, 1), 1.0);
+                    }
                 }
             }
         }
@@ -373,7 +462,7 @@ pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, key_bias: Option<&Te
     let unit_last = |t: &Tensor| -> Result<Tensor> {
         if Heads::of(t.layout()).is_some() { Ok(t.clone()) } else { t.contiguous() }
     };
-    let op = Attention { key_bias: bias_values(key_bias)?, keep: q.track_op() || k.track_op() || v.track_op(), probs: Mutex::new(None) };
+    let op = Attention { key_bias: bias_values(key_bias)?, keep: q.track_op() || k.track_op() || v.track_op(), stats: Mutex::new(None) };
     unit_last(q)?.apply_op3(&unit_last(k)?, &unit_last(v)?, op)
 }
 
@@ -384,9 +473,10 @@ fn bias_values(key_bias: Option<&Tensor>) -> Result<Option<Vec<f32>>> {
 
 struct Attention {
     key_bias: Option<Vec<f32>>,
-    /// Whether to keep the probabilities for a backward pass.
+    /// Whether to keep the row stats for a backward pass.
     keep: bool,
-    probs: Mutex<Option<Vec<f32>>>,
+    /// Each query row's (max, 1 / sum), (B, H, T, 2), from the forward pass.
+    stats: Mutex<Option<Vec<f32>>>,
 }
 
 fn cpu<'a>(storage: &'a CpuStorage, name: &str) -> Result<&'a [f32]> {
@@ -421,16 +511,16 @@ impl CustomOp3 for Attention {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
         let inputs = self.inputs((cpu(s1, self.name())?, l1), (cpu(s2, self.name())?, l2), (cpu(s3, self.name())?, l3))?;
         let Dims { b, h, t, d, .. } = inputs.dims;
-        let (out, probs) = run_forward(&inputs, b * h * t * d, Heads::contiguous(h, t, d), self.keep);
-        if let Some(probs) = probs {
-            *self.probs.lock().unwrap_or_else(|e| e.into_inner()) = Some(probs);
+        let (out, stats) = run_forward(&inputs, b * h * t * d, Heads::contiguous(h, t, d), self.keep);
+        if let Some(stats) = stats {
+            *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
         }
         Ok((CpuStorage::F32(out), Shape::from((b, h, t, d))))
     }
 
     fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let probs = self.probs.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(probs) = probs.as_ref() else { bail!("fused attention: no probabilities kept for the backward pass") };
+        let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(stats) = stats.as_ref() else { bail!("fused attention: no row stats kept for the backward pass") };
         let grad = grad.contiguous()?;
         let (q_s, q_l) = q.storage_and_layout();
         let (k_s, k_l) = k.storage_and_layout();
@@ -457,7 +547,7 @@ impl CustomOp3 for Attention {
                     dk: (Ptr(dk.as_mut_ptr()), Heads::contiguous(kv, s, d)),
                     dv: (Ptr(dv.as_mut_ptr()), Heads::contiguous(kv, s, d)),
                 };
-                backward(&inputs, probs, o, go, o_at, &grads);
+                backward(&inputs, stats, o, go, o_at, &grads);
             })
         };
         let device = candle_core::Device::Cpu;
@@ -477,7 +567,7 @@ impl CustomOp3 for Attention {
 /// bias (B, T). Returns (B, T, C), heads side by side: `y.transpose(1, 2).reshape((B, T, C))` of
 /// the plain path, without its copies.
 pub fn causal_attention_qkv(qkv: &Tensor, heads: usize, key_bias: Option<&Tensor>) -> Result<Tensor> {
-    let op = AttentionQkv { heads, inner: Attention { key_bias: bias_values(key_bias)?, keep: qkv.track_op(), probs: Mutex::new(None) } };
+    let op = AttentionQkv { heads, inner: Attention { key_bias: bias_values(key_bias)?, keep: qkv.track_op(), stats: Mutex::new(None) } };
     qkv.contiguous()?.apply_op1(op)
 }
 
@@ -520,16 +610,16 @@ impl CustomOp1 for AttentionQkv {
         let (dims, thirds, out_at) = self.layouts(layout.shape(), layout.start_offset())?;
         let inputs = self.inputs(cpu(storage, self.name())?, dims, thirds)?;
         let Dims { b, h, t, d, .. } = dims;
-        let (out, probs) = run_forward(&inputs, b * t * h * d, out_at, self.inner.keep);
-        if let Some(probs) = probs {
-            *self.inner.probs.lock().unwrap_or_else(|e| e.into_inner()) = Some(probs);
+        let (out, stats) = run_forward(&inputs, b * t * h * d, out_at, self.inner.keep);
+        if let Some(stats) = stats {
+            *self.inner.stats.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
         }
         Ok((CpuStorage::F32(out), Shape::from((b, t, h * d))))
     }
 
     fn bwd(&self, qkv: &Tensor, out: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let probs = self.inner.probs.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(probs) = probs.as_ref() else { bail!("fused attention: no probabilities kept for the backward pass") };
+        let stats = self.inner.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(stats) = stats.as_ref() else { bail!("fused attention: no row stats kept for the backward pass") };
         let (qkv, grad) = (qkv.contiguous()?, grad.contiguous()?);
         let (x_s, x_l) = qkv.storage_and_layout();
         let (o_s, o_l) = out.storage_and_layout();
@@ -551,7 +641,7 @@ impl CustomOp1 for AttentionQkv {
         // The gradient has the projection's layout, from offset 0.
         let [q, k, v] = self.layouts(x_l.shape(), 0)?.1;
         let ptr = Ptr(dqkv.as_mut_ptr());
-        backward(&inputs, probs, o, go, out_at, &Grads { dq: (ptr, q), dk: (ptr, k), dv: (ptr, v) });
+        backward(&inputs, stats, o, go, out_at, &Grads { dq: (ptr, q), dk: (ptr, k), dv: (ptr, v) });
         Ok(Some(Tensor::from_vec(dqkv, x_l.shape().clone(), &candle_core::Device::Cpu)?))
     }
 }

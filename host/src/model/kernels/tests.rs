@@ -374,6 +374,14 @@ fn fused_attention_matches_the_masked_composition() -> Result<()> {
         ("large logits", 2, 2, 2, 20, 20, 16, 10.0, None),
         ("left-padded rows", 3, 4, 2, 8, 8, 8, 1.0, Some(vec![0, 3, 7])),
         ("left-padded, one query", 2, 2, 2, 1, 6, 8, 1.0, Some(vec![2, 0])),
+        // Several key tiles: the online softmax rescales what earlier tiles gave.
+        ("keys over three tiles", 1, 2, 1, 300, 300, 8, 1.0, None),
+        ("large logits over three tiles", 1, 2, 2, 290, 290, 8, 10.0, None),
+        // Query blocks straddling a tile border: some rows see none of the tile's keys.
+        ("queries after cached keys over tiles", 1, 2, 1, 100, 390, 8, 1.0, None),
+        ("one query after 400 cached keys", 2, 2, 1, 1, 401, 8, 1.0, None),
+        // Whole tiles of pad keys before the first real one (a pad query sees only pads).
+        ("left padding longer than a tile", 2, 2, 1, 280, 280, 8, 1.0, Some(vec![200, 0])),
     ];
     for (name, b, h, kv, t, s, d, std, pads) in cases {
         let inputs = [

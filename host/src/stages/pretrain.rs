@@ -57,12 +57,12 @@ impl SplitLoss for CausalLm<'_> {
         self.batch
     }
 
-    fn part_loss(&self, step: u64, micro: usize, part: usize, parts: usize) -> Result<Tensor, TrainError> {
+    fn part_loss(&self, step: u64, micro: usize, part: usize, parts: usize) -> Result<(Tensor, Vec<(String, f64)>), TrainError> {
         let draw = step * self.accumulation as u64 + micro as u64;
         let tensor = |source| TrainError::Tensor { step, source };
         let batch = self.train.batch(draw, self.seed, self.batch, self.context).map_err(|e| TrainError::Objective(e.to_string()))?;
         let (inputs, targets) = batch.to_tensors(self.device).map_err(tensor)?;
-        lm_loss_rows(self.model, &inputs, &targets, part_rows(self.batch, part, parts)).map_err(tensor)
+        Ok((lm_loss_rows(self.model, &inputs, &targets, part_rows(self.batch, part, parts)).map_err(tensor)?, Vec::new()))
     }
 }
 

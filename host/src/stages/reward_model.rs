@@ -21,7 +21,7 @@ use crate::data::source::Record;
 use crate::experiment::{RewardModelStage, RewardObjective};
 use crate::model::reward::pad_rows;
 use crate::model::RewardModel;
-use crate::train::{Objective, TrainError, TrainSummary, train};
+use crate::train::{Objective, SplitLoss, TrainError, TrainSummary, part_rows, train};
 
 /// Attempts to find a partner whose rating differs enough, before the draw gives up on a slot.
 const PARTNER_TRIES: usize = 64;
@@ -129,18 +129,31 @@ impl RewardTraining<'_> {
     }
 }
 
-impl Objective for RewardTraining<'_> {
-    fn loss(&self, step: u64, micro: usize) -> Result<(Tensor, Vec<(String, f64)>), TrainError> {
+impl RewardTraining<'_> {
+    /// The loss of micro-batch `micro` of step `step`, or of `part` of `parts` of it (its share
+    /// of the micro-batch's mean, with its pair accuracy weighted alike: see [`SplitLoss`]).
+    fn loss_of(&self, step: u64, micro: usize, part: Option<(usize, usize)>) -> Result<(Tensor, Vec<(String, f64)>), TrainError> {
         let draw = step * self.accumulation as u64 + micro as u64;
         let tensor = |source| TrainError::Tensor { step, source };
         let indices = draw_indices(draw, self.batch, self.train.len(), self.seed);
+        // The part's units (ratings or pairs) of the micro-batch's n, and its share of them.
+        let span = |n: usize| {
+            let range = part.map_or(0..n, |(part, parts)| part_rows(n, part, parts));
+            let share = range.len() as f64 / n as f64;
+            (range, share)
+        };
+        let nothing = || -> Result<(Tensor, Vec<(String, f64)>), TrainError> { Ok((Tensor::new(0f32, self.device).map_err(tensor)?, Vec::new())) };
         match &self.objective {
             RewardObjective::Ratings { .. } => {
-                let rows: Vec<&Rated> = indices.iter().map(|&i| &self.train[i]).collect();
+                let (range, share) = span(indices.len());
+                if range.is_empty() {
+                    return nothing();
+                }
+                let rows: Vec<&Rated> = indices[range].iter().map(|&i| &self.train[i]).collect();
                 let targets: Vec<f32> = rows.iter().map(|r| ((r.rating - self.mean) / self.std) as f32).collect();
                 let targets = Tensor::from_vec(targets, rows.len(), self.device).map_err(tensor)?;
                 let scores = self.scores(&rows, draw)?;
-                let loss = (scores - targets).and_then(|d| d.sqr()).and_then(|d| d.mean_all()).map_err(tensor)?;
+                let loss = (scores - targets).and_then(|d| d.sqr()).and_then(|d| d.mean_all()).and_then(|l| l.affine(share, 0.0)).map_err(tensor)?;
                 Ok((loss, Vec::new()))
             }
             RewardObjective::Pairwise { min_gap, margin, .. } => {
@@ -157,6 +170,11 @@ impl Objective for RewardTraining<'_> {
                         "no training ratings differ by {min_gap} or more: lower Pairwise(min_gap)"
                     )));
                 }
+                let (range, share) = span(pairs.len());
+                if range.is_empty() {
+                    return nothing();
+                }
+                let pairs = &pairs[range];
                 let rows: Vec<&Rated> =
                     pairs.iter().map(|&(c, _)| &self.train[c]).chain(pairs.iter().map(|&(_, r)| &self.train[r])).collect();
                 let scores = self.scores(&rows, draw)?;
@@ -170,11 +188,33 @@ impl Objective for RewardTraining<'_> {
                 let margins = Tensor::from_vec(margins, n, self.device).map_err(tensor)?;
                 let difference = ((chosen - rejected).map_err(tensor)? - margins).map_err(tensor)?;
                 // -log sigmoid(d) = softplus(-d) = log(1 + exp(-d)), written stably.
-                let loss = softplus(&difference.neg().map_err(tensor)?).and_then(|l| l.mean_all()).map_err(tensor)?;
+                let loss = softplus(&difference.neg().map_err(tensor)?).and_then(|l| l.mean_all()).and_then(|l| l.affine(share, 0.0)).map_err(tensor)?;
                 let accuracy = difference.ge(0f32).and_then(|a| a.to_dtype(candle_core::DType::F32)).and_then(|a| a.mean_all()).and_then(|a| a.to_scalar::<f32>()).map_err(tensor)?;
-                Ok((loss, vec![("pair_accuracy".into(), accuracy as f64)]))
+                Ok((loss, vec![("pair_accuracy".into(), accuracy as f64 * share)]))
             }
         }
+    }
+}
+
+impl SplitLoss for RewardTraining<'_> {
+    fn rows(&self) -> usize {
+        self.batch
+    }
+
+    fn part_loss(&self, step: u64, micro: usize, part: usize, parts: usize) -> Result<(Tensor, Vec<(String, f64)>), TrainError> {
+        self.loss_of(step, micro, Some((part, parts)))
+    }
+}
+
+impl Objective for RewardTraining<'_> {
+    fn loss(&self, step: u64, micro: usize) -> Result<(Tensor, Vec<(String, f64)>), TrainError> {
+        self.loss_of(step, micro, None)
+    }
+
+    fn split(&self) -> Option<&dyn SplitLoss> {
+        // Dropout draws its masks from one generator per step: parts running at once would take
+        // them in a racing order.
+        (!self.model.trunk.has_dropout()).then_some(self as &dyn SplitLoss)
     }
 
     fn evaluate(&self) -> Result<Vec<(String, f64)>, TrainError> {
@@ -284,6 +324,60 @@ mod tests {
         assert!((q.spearman + 1.0).abs() < 1e-12);
         let q = reward_quality(&[0.0, 0.0], &[-1.0, 2.0], 2.0);
         assert_eq!(q.pair_accuracy, 0.5);
+    }
+
+    /// Split across threads, both objectives give the whole micro-batch's loss, pair accuracy
+    /// and gradients (rows of different lengths, so parts pad differently).
+    #[test]
+    fn parts_add_up_to_the_micro_batch() {
+        use crate::model::{GptConfig, Model, ModelConfig};
+        use crate::train::data_parallel_grads;
+        use std::collections::HashMap;
+        let device = Device::Cpu;
+        let config = ModelConfig::Gpt(GptConfig { vocab_size: 40, context: 16, layers: 1, heads: 2, d_model: 16, dropout: 0.0, bias: true });
+        let model = RewardModel::new(Model::new(&config, &device, 5).expect("trunk"), 6).expect("reward model");
+        let records: Vec<Rated> =
+            (0..24).map(|i| Rated { tokens: (0..3 + i % 7).map(|j| ((i * 7 + j * 3) % 40) as u32).collect(), rating: (i % 5) as f64 }).collect();
+        let objectives = [
+            RewardObjective::Ratings { field: "rating".into() },
+            RewardObjective::Pairwise { rating: "rating".into(), min_gap: 1.0, margin: true },
+        ];
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().expect("pool");
+        let vars = model.vars();
+        for objective in objectives {
+            let training = RewardTraining {
+                model: &model,
+                train: records.clone(),
+                valid: Vec::new(),
+                objective: objective.clone(),
+                mean: 2.0,
+                std: 1.4,
+                eval_gap: 2.0,
+                pad: 0,
+                seed: 3,
+                batch: 6,
+                accumulation: 1,
+                device: &device,
+            };
+            let (whole, whole_metrics) = training.loss(4, 0).expect("loss");
+            let whole_value = whole.to_scalar::<f32>().expect("scalar") as f64;
+            let store = whole.backward().expect("backward");
+            for parts in [2, 3] {
+                let part_loss = |part| training.part_loss(4, 0, part, parts);
+                let mut grads = HashMap::new();
+                let (value, metrics) = pool.install(|| data_parallel_grads(4, &vars, parts, part_loss, &mut grads)).expect("parts");
+                assert!((value - whole_value).abs() < 1e-5, "{objective:?}, {parts} parts: loss {value} vs {whole_value}");
+                assert_eq!(metrics.len(), whole_metrics.len());
+                for ((name, a), (_, b)) in metrics.iter().zip(&whole_metrics) {
+                    assert!((a - b).abs() < 1e-6, "{objective:?}, {parts} parts: {name} {a} vs {b}");
+                }
+                for (name, var) in &vars {
+                    let want = store.get(var.as_tensor()).expect("gradient");
+                    let diff = (&grads[name] - want).and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>()).expect("diff");
+                    assert!(diff < 1e-5, "{objective:?}, {parts} parts, {name}: gradients differ by {diff}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::experiment::SftStage;
 use crate::model::Model;
 use crate::plugins::{Feature, LossPlugin};
 use crate::train::plugin_loss::{Features, plugin_loss};
-use crate::train::{Objective, TrainError, TrainSummary, masked_lm_loss, masked_mean, token_logprobs, train};
+use crate::train::{Objective, SplitLoss, TrainError, TrainSummary, masked_lm_loss, masked_lm_loss_rows, masked_mean, part_rows, token_logprobs, train};
 
 /// One micro-batch: inputs, targets and the loss mask, each (B, T).
 #[derive(Debug, Clone, PartialEq)]
@@ -194,16 +194,22 @@ struct Sft<'a> {
     device: &'a Device,
 }
 
+impl Sft<'_> {
+    /// The draw number and the rows of micro-batch `micro` of step `step`.
+    fn micro_batch(&self, step: u64, micro: usize) -> (u64, SftBatch) {
+        let draw = step * self.accumulation as u64 + micro as u64;
+        let indices = draw_indices(draw, self.batch, self.rows.len(), self.seed);
+        (draw, self.rows.batch(&indices, self.pad))
+    }
+}
+
 impl Objective for Sft<'_> {
     fn loss(&self, step: u64, micro: usize) -> Result<(Tensor, Vec<(String, f64)>), TrainError> {
-        let draw = step * self.accumulation as u64 + micro as u64;
         let tensor = |source| TrainError::Tensor { step, source };
-        let indices = draw_indices(draw, self.batch, self.rows.len(), self.seed);
-        let batch = self.rows.batch(&indices, self.pad);
+        let (draw, batch) = self.micro_batch(step, micro);
         let (inputs, targets, mask) = batch.to_tensors(self.device).map_err(tensor)?;
         self.model.seed_dropout(self.seed, draw);
-        let scored: f32 = batch.mask.iter().sum();
-        let mut metrics = vec![("response_tokens".into(), scored as f64)];
+        let mut metrics = vec![("response_tokens".into(), batch.mask.iter().sum::<f32>() as f64)];
         let loss = match &self.loss_plugin {
             None => masked_lm_loss(self.model, &inputs, &targets, &mask, true).map_err(tensor)?,
             Some(plugin) => {
@@ -234,6 +240,28 @@ impl Objective for Sft<'_> {
         }
         let loss = total / count;
         Ok(vec![("loss".into(), loss), ("perplexity".into(), loss.exp())])
+    }
+
+    fn split(&self) -> Option<&dyn SplitLoss> {
+        // A loss plugin reads the whole micro-batch's features at once; dropout draws its masks
+        // from one generator per step, which parts running at once would take in a racing order.
+        (self.loss_plugin.is_none() && !self.model.has_dropout()).then_some(self as &dyn SplitLoss)
+    }
+}
+
+impl SplitLoss for Sft<'_> {
+    fn rows(&self) -> usize {
+        self.batch
+    }
+
+    fn part_loss(&self, step: u64, micro: usize, part: usize, parts: usize) -> Result<(Tensor, Vec<(String, f64)>), TrainError> {
+        let tensor = |source| TrainError::Tensor { step, source };
+        let (_, batch) = self.micro_batch(step, micro);
+        let (inputs, targets, mask) = batch.to_tensors(self.device).map_err(tensor)?;
+        let rows = part_rows(batch.rows, part, parts);
+        let scored = batch.mask[rows.start * batch.len..rows.end * batch.len].iter().sum::<f32>();
+        let loss = masked_lm_loss_rows(self.model, &inputs, &targets, &mask, rows).map_err(tensor)?;
+        Ok((loss, vec![("response_tokens".into(), scored as f64)]))
     }
 }
 

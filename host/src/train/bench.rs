@@ -102,11 +102,11 @@ fn time_training(
         let start = Instant::now();
         let parts = rayon::current_num_threads().clamp(1, rows);
         let part_loss = |part| {
-            lm_loss_rows(model, &inputs, &targets, part_rows(rows, part, parts))
-                .map_err(|source| TrainError::Tensor { step: step as u64, source })
+            let loss = lm_loss_rows(model, &inputs, &targets, part_rows(rows, part, parts));
+            Ok((loss.map_err(|source| TrainError::Tensor { step: step as u64, source })?, Vec::new()))
         };
         let mut grads = HashMap::new();
-        let loss = data_parallel_grads(step as u64, &vars, parts, part_loss, &mut grads).map_err(|e| e.to_string())?;
+        let (loss, _) = data_parallel_grads(step as u64, &vars, parts, part_loss, &mut grads).map_err(|e| e.to_string())?;
         optimizer.step(&grads, lr, Some(1.0)).map_err(|e| e.to_string())?;
         model.device().synchronize().map_err(|e| e.to_string())?;
         if step == 0 {

@@ -51,6 +51,24 @@ pub fn masked_lm_loss(
     masked_mean(&model.token_nll(&hidden, targets).map_err(msg)?, mask)
 }
 
+/// The part of the batch's [`masked_lm_loss`] that `rows` carry: their masked loss summed over
+/// the whole batch's scored count, so that the parts of a batch add up to the whole.
+pub fn masked_lm_loss_rows(
+    model: &Model,
+    inputs: &Tensor,
+    targets: &Tensor,
+    mask: &Tensor,
+    rows: std::ops::Range<usize>,
+) -> Result<Tensor, candle_core::Error> {
+    let scored = |mask: &Tensor| -> Result<f64, candle_core::Error> { Ok(mask.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as f64) };
+    let total = scored(mask)?.max(1.0);
+    let part = |t: &Tensor| t.narrow(0, rows.start, rows.len());
+    let part_mask = part(mask)?;
+    // masked_lm_loss is the part's mean over max(its count, 1).
+    let share = scored(&part_mask)?.max(1.0) / total;
+    masked_lm_loss(model, &part(inputs)?, &part(targets)?, &part_mask, true)?.affine(share, 0.0)
+}
+
 /// sum(values * mask) / sum(mask), for (B, T) values and a 0/1 mask; 0 when the mask is empty.
 pub fn masked_mean(values: &Tensor, mask: &Tensor) -> Result<Tensor, candle_core::Error> {
     let mask = mask.to_dtype(DType::F32)?;

@@ -19,5 +19,5 @@ pub mod trainer;
 
 pub use optimizer::{AdamW, AdamWConfig};
 pub use schedule::Schedule;
-pub use loss::{lm_loss, lm_loss_rows, masked_lm_loss, masked_mean, token_logprobs};
+pub use loss::{lm_loss, lm_loss_rows, masked_lm_loss, masked_lm_loss_rows, masked_mean, token_logprobs};
 pub use trainer::{Objective, SplitLoss, TrainConfig, TrainError, TrainSummary, data_parallel_grads, part_rows, train};

@@ -59,8 +59,9 @@ pub trait SplitLoss: Sync {
     fn rows(&self) -> usize;
 
     /// The loss of `part` of `parts` of micro-batch `micro` of step `step`, weighted so that the
-    /// parts sum to [`Objective::loss`] (a part's mean times its share of the rows).
-    fn part_loss(&self, step: u64, micro: usize, part: usize, parts: usize) -> Result<Tensor, TrainError>;
+    /// parts sum to [`Objective::loss`] (a part's mean times its share of the rows), with its
+    /// metrics weighted alike (so that they too add up to the micro-batch's).
+    fn part_loss(&self, step: u64, micro: usize, part: usize, parts: usize) -> Result<(Tensor, Vec<(String, f64)>), TrainError>;
 }
 
 /// Rows `part` of `parts` of `rows`, as even as they come.
@@ -70,36 +71,38 @@ pub fn part_rows(rows: usize, part: usize, parts: usize) -> std::ops::Range<usiz
 
 /// Runs `part_loss` for every part at once on the thread pool, backpropagates each, adds the
 /// gradients into `grads` in part order (the same bits on every run with the same number of
-/// parts) and returns the summed loss. Each part runs its matrix products on its own core
-/// ([`on_one_core`]).
+/// parts) and returns the summed loss and metrics. Each part runs its matrix products on its own
+/// core ([`on_one_core`]).
 pub fn data_parallel_grads(
     step: u64,
     vars: &[(String, Var)],
     parts: usize,
-    part_loss: impl Fn(usize) -> Result<Tensor, TrainError> + Sync,
+    part_loss: impl Fn(usize) -> Result<(Tensor, Vec<(String, f64)>), TrainError> + Sync,
     grads: &mut HashMap<String, Tensor>,
-) -> Result<f64, TrainError> {
+) -> Result<(f64, Vec<(String, f64)>), TrainError> {
     use rayon::prelude::*;
-    let results: Vec<Result<(f64, candle_core::backprop::GradStore), TrainError>> = (0..parts)
+    type Part = (f64, Vec<(String, f64)>, candle_core::backprop::GradStore);
+    let results: Vec<Result<Part, TrainError>> = (0..parts)
         .into_par_iter()
         .map(|part| {
             let forward_backward = || {
-                let loss = part_loss(part)?;
+                let (loss, metrics) = part_loss(part)?;
                 let tensor = |source| TrainError::Tensor { step, source };
                 let value = loss.to_scalar::<f32>().map_err(tensor)? as f64;
-                Ok((value, loss.backward().map_err(tensor)?))
+                Ok((value, metrics, loss.backward().map_err(tensor)?))
             };
             // Each part holds a core; one part alone may use them all.
             if parts > 1 { on_one_core(forward_backward) } else { forward_backward() }
         })
         .collect();
-    let mut total = 0.0;
+    let (mut total, mut metrics) = (0.0, Vec::new());
     for result in results {
-        let (value, store) = result?;
+        let (value, part_metrics, store) = result?;
         total += value;
+        accumulate(&mut metrics, &part_metrics, 1);
         add_grads(grads, vars, &store).map_err(|source| TrainError::Tensor { step, source })?;
     }
-    Ok(total)
+    Ok((total, metrics))
 }
 
 /// Adds the gradients in `store` of each of `vars` into `grads`.
@@ -192,8 +195,13 @@ pub fn train(
             let parts = split.map_or(1, |split| threads.min(split.rows()));
             let value = match split {
                 Some(split) if parts > 1 => {
-                    let part_loss = |part| split.part_loss(step, micro, part, parts)?.affine(scale, 0.0).map_err(tensor(step));
-                    data_parallel_grads(step, vars, parts, part_loss, &mut grads)?
+                    let part_loss = |part| {
+                        let (loss, metrics) = split.part_loss(step, micro, part, parts)?;
+                        Ok((loss.affine(scale, 0.0).map_err(tensor(step))?, metrics))
+                    };
+                    let (value, metrics) = data_parallel_grads(step, vars, parts, part_loss, &mut grads)?;
+                    accumulate(&mut step_metrics, &metrics, accumulation);
+                    value
                 }
                 _ => {
                     let (loss, extra) = objective.loss(step, micro)?;
@@ -272,10 +280,12 @@ fn config_key(config: &TrainConfig) -> String {
 mod tests {
     use super::*;
     use crate::model::{GptConfig, Model, ModelConfig};
-    use crate::train::lm_loss_rows;
+    use crate::train::{lm_loss, lm_loss_rows, masked_lm_loss, masked_lm_loss_rows};
     use rand::{Rng, SeedableRng};
 
-    /// Splitting a batch by rows across threads gives the whole batch's loss and gradients.
+    /// Splitting a batch by rows across threads gives the whole batch's loss and gradients:
+    /// pretraining's mean over every position, and SFT's mean over the masked positions (one row
+    /// with none, so parts differ in their counts).
     #[test]
     fn data_parallel_parts_sum_to_the_whole_batch() -> Result<(), TrainError> {
         let tensor = |source| TrainError::Tensor { step: 0, source };
@@ -288,20 +298,31 @@ mod tests {
         let mut tokens = || -> Vec<u32> { (0..rows * 12).map(|_| rng.random_range(0..50)).collect() };
         let inputs = Tensor::from_vec(tokens(), (rows, 12), &device).map_err(tensor)?;
         let targets = Tensor::from_vec(tokens(), (rows, 12), &device).map_err(tensor)?;
+        let scored: Vec<f32> = (0..rows * 12).map(|i| if i / 12 == 1 || i % 3 == 0 { 0.0 } else { 1.0 }).collect();
+        let mask = Tensor::from_vec(scored, (rows, 12), &device).map_err(tensor)?;
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().map_err(|e| TrainError::Objective(e.to_string()))?;
-        let run = |parts: usize| {
-            let part_loss = |part| lm_loss_rows(&model, &inputs, &targets, part_rows(rows, part, parts)).map_err(tensor);
-            let mut grads = HashMap::new();
-            pool.install(|| data_parallel_grads(0, &vars, parts, part_loss, &mut grads)).map(|loss| (loss, grads))
-        };
-        let (whole_loss, whole) = run(1)?;
-        for parts in [2, 3, 5] {
-            let (loss, grads) = run(parts)?;
-            assert!((loss - whole_loss).abs() < 1e-5, "{parts} parts: loss {loss} vs {whole_loss}");
-            assert_eq!(grads.len(), whole.len());
-            for (name, g) in &grads {
-                let diff = (g - &whole[name]).and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>()).map_err(tensor)?;
-                assert!(diff < 1e-5, "{parts} parts, {name}: gradients differ by {diff}");
+        for masked in [false, true] {
+            let run = |parts: usize| {
+                let part_loss = |part| {
+                    let rows = part_rows(rows, part, parts);
+                    let loss = if masked { masked_lm_loss_rows(&model, &inputs, &targets, &mask, rows) } else { lm_loss_rows(&model, &inputs, &targets, rows) };
+                    Ok((loss.map_err(tensor)?, Vec::new()))
+                };
+                let mut grads = HashMap::new();
+                pool.install(|| data_parallel_grads(0, &vars, parts, part_loss, &mut grads)).map(|(loss, _)| (loss, grads))
+            };
+            let (whole_loss, whole) = run(1)?;
+            let direct = if masked { masked_lm_loss(&model, &inputs, &targets, &mask, true) } else { lm_loss(&model, &inputs, &targets, true) };
+            let direct = direct.and_then(|l| l.to_scalar::<f32>()).map_err(tensor)? as f64;
+            assert!((whole_loss - direct).abs() < 1e-6, "masked {masked}: one part {whole_loss} vs the loss {direct}");
+            for parts in [2, 3, 5] {
+                let (loss, grads) = run(parts)?;
+                assert!((loss - whole_loss).abs() < 1e-5, "masked {masked}, {parts} parts: loss {loss} vs {whole_loss}");
+                assert_eq!(grads.len(), whole.len());
+                for (name, g) in &grads {
+                    let diff = (g - &whole[name]).and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>()).map_err(tensor)?;
+                    assert!(diff < 1e-5, "masked {masked}, {parts} parts, {name}: gradients differ by {diff}");
+                }
             }
         }
         Ok(())

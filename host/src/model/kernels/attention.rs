@@ -23,7 +23,7 @@
 //! causal pass); the mask costs nothing but a row length. Memory is linear in the context: two
 //! numbers per query row are kept, never the (T, S) probabilities (which at SmolLM2's 2,048
 //! positions would be 150 MiB per layer and row of the batch). The price is one more product
-//! per tile in the backward (about 1% of the reference workload's step). Query i of T sits at
+//! per tile in the backward (about 2% of the reference workload's step). Query i of T sits at
 //! position `S - T + i` and sees keys `0..=S - T + i`, which is both training (S = T) and
 //! decoding after a KV cache (T new queries after S - T cached keys).
 //!

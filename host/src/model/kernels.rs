@@ -41,7 +41,7 @@ mod attention;
 mod linear;
 mod lm_head;
 pub use attention::{causal_attention, causal_attention_qkv};
-pub use linear::linear;
+pub use linear::{linear, linear_gelu};
 pub use lm_head::lm_head_cross_entropy;
 
 /// Which implementation the row-wise pieces and the optimizer use.
@@ -539,21 +539,29 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
 
 struct Gelu;
 
+/// GPT-2's tanh GELU of one value.
+#[inline(always)]
+fn gelu_of(v: f32) -> f32 {
+    0.5 * v * one_plus_minus_tanh(GELU_K * (v + GELU_C * v * v * v)).0
+}
+
+/// The gradient through GELU at `v` of an output gradient `gv`.
+#[inline(always)]
+fn gelu_grad_of(v: f32, gv: f32) -> f32 {
+    // d/dx = (1 + t) / 2 + x (1 + t)(1 - t) u' / 2, u' = k (1 + 3 c x²).
+    let (plus, minus) = one_plus_minus_tanh(GELU_K * (v + GELU_C * v * v * v));
+    let du = GELU_K * (1.0 + 3.0 * GELU_C * v * v);
+    gv * 0.5 * (plus + v * plus * minus * du)
+}
+
 #[inline(always)]
 fn gelu_chunk(xs: &[f32], out: &mut [f32]) {
-    for (o, &v) in out.iter_mut().zip(xs) {
-        *o = 0.5 * v * one_plus_minus_tanh(GELU_K * (v + GELU_C * v * v * v)).0;
-    }
+    out.iter_mut().zip(xs).for_each(|(o, &v)| *o = gelu_of(v));
 }
 
 #[inline(always)]
 fn gelu_grad_chunk(xs: &[f32], gs: &[f32], out: &mut [f32]) {
-    for ((o, &v), &gv) in out.iter_mut().zip(xs).zip(gs) {
-        // d/dx = (1 + t) / 2 + x (1 + t)(1 - t) u' / 2, u' = k (1 + 3 c x²).
-        let (plus, minus) = one_plus_minus_tanh(GELU_K * (v + GELU_C * v * v * v));
-        let du = GELU_K * (1.0 + 3.0 * GELU_C * v * v);
-        *o = gv * 0.5 * (plus + v * plus * minus * du);
-    }
+    out.iter_mut().zip(xs).zip(gs).for_each(|((o, &v), &gv)| *o = gelu_grad_of(v, gv));
 }
 
 impl CustomOp1 for Gelu {

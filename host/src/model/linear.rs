@@ -17,6 +17,8 @@
 
 use candle_core::{Result, Tensor};
 
+use super::kernels;
+
 /// Which way the weight matrix is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
@@ -38,15 +40,14 @@ pub struct Linear {
 
 impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.fused_for(x) {
+            // One op for reshape, product, bias and reshape: one backward node instead of four
+            // (see `kernels::linear`).
+            return kernels::linear(x, &self.weight, self.bias.as_ref(), self.layout == Layout::OutIn);
+        }
         let dims = x.dims();
         let (lead, d_in) = dims.split_at(dims.len() - 1);
         let rows: usize = lead.iter().product();
-        let few = self.layout == Layout::OutIn && rows <= FEW_ROWS;
-        if !few && super::kernels::fused(&[x, &self.weight]) {
-            // One op for reshape, product, bias and reshape: one backward node instead of four
-            // (see `kernels::linear`).
-            return super::kernels::linear(x, &self.weight, self.bias.as_ref(), self.layout == Layout::OutIn);
-        }
         let x2 = x.reshape((rows, d_in[0]))?;
         let y = match self.layout {
             Layout::InOut => x2.matmul(&self.weight)?,
@@ -55,7 +56,7 @@ impl Linear {
         };
         let y = match &self.bias {
             // The same broadcast add, with a backward that sums the bias gradient row by row.
-            Some(b) if y.is_contiguous() && super::kernels::fused(&[&y, b]) => super::kernels::add_bias(&y, b)?,
+            Some(b) if y.is_contiguous() && kernels::fused(&[&y, b]) => kernels::add_bias(&y, b)?,
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
@@ -63,6 +64,26 @@ impl Linear {
         let mut out = lead.to_vec();
         out.push(d_out);
         y.reshape(out)
+    }
+
+    /// GELU(self(x)), GPT-2's tanh approximation ("gelu_new"): one op with the fused kernels
+    /// (`kernels::linear_gelu`), whose backward needs no node for the activation.
+    pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        if self.fused_for(x) {
+            return kernels::linear_gelu(x, &self.weight, self.bias.as_ref(), self.layout == Layout::OutIn);
+        }
+        let h = self.forward(x)?;
+        // candle's `gelu` is the tanh approximation, with a backward pass of a dozen ops; the
+        // fused kernel computes the same in one pass each way.
+        if kernels::fused(&[&h]) { kernels::gelu(&h) } else { h.gelu() }
+    }
+
+    /// Whether the fused op computes this map for `x`: fused kernels in force, and not the few
+    /// rows that multiply best from the left.
+    fn fused_for(&self, x: &Tensor) -> bool {
+        let rows: usize = x.dims().split_last().map_or(0, |(_, lead)| lead.iter().product());
+        let few = self.layout == Layout::OutIn && rows <= FEW_ROWS;
+        !few && kernels::fused(&[x, &self.weight])
     }
 }
 

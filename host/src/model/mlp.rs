@@ -2,7 +2,6 @@
 
 use candle_core::{Result, Tensor};
 
-use super::kernels;
 use super::linear::Linear;
 
 /// y = c_proj(gelu(c_fc(x))), 4x wide, GELU in GPT-2's tanh approximation ("gelu_new").
@@ -14,11 +13,7 @@ pub struct GeluMlp {
 
 impl GeluMlp {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.c_fc.forward(x)?;
-        // candle's `gelu` is the tanh approximation, with a backward pass of a dozen ops; the
-        // fused kernel computes the same in one pass each way.
-        let h = if kernels::fused(&[&h]) { kernels::gelu(&h)? } else { h.gelu()? };
-        self.c_proj.forward(&h)
+        self.c_proj.forward(&self.c_fc.forward_gelu(x)?)
     }
 }
 

@@ -11,21 +11,50 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use gemm::{Parallelism, gemm};
 
-use super::{column_sums, filled, product_threads, slice, with_data};
+use std::sync::Mutex;
+
+use super::{column_sums, filled, for_rows, gelu_chunk, product_threads, slice, wide, with_data};
 
 /// x W + b (`out_in` false: W is (in, out)) or x Wᵀ + b (`out_in` true: W is (out, in)), with
 /// `bias` (out,) if given. CPU f32 only (the caller checks with `kernels::fused`).
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, out_in: bool) -> Result<Tensor> {
     let x = x.contiguous()?;
+    let op = Affine { out_in, gelu: None };
     match bias {
-        Some(bias) => x.apply_op3(weight, &bias.contiguous()?, Affine { out_in }),
-        None => x.apply_op2(weight, Affine { out_in }),
+        Some(bias) => x.apply_op3(weight, &bias.contiguous()?, op),
+        None => x.apply_op2(weight, op),
+    }
+}
+
+/// GELU(x W + b) (GPT-2's tanh approximation) as one op, weights as in [`linear`]: the MLP's
+/// up-projection and activation. The pre-activation stays inside the op for the backward, which
+/// turns it into its own gradient in place: one backward node and one (rows, out) buffer fewer
+/// than [`linear`] then [`super::gelu`].
+pub fn linear_gelu(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, out_in: bool) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let keep = x.track_op() || weight.track_op() || bias.is_some_and(Tensor::track_op);
+    let op = Affine { out_in, gelu: Some(Activation { keep, pre: Mutex::new(None) }) };
+    match bias {
+        Some(bias) => x.apply_op3(weight, &bias.contiguous()?, op),
+        None => x.apply_op2(weight, op),
     }
 }
 
 struct Affine {
     out_in: bool,
+    /// GELU after the affine map.
+    gelu: Option<Activation>,
 }
+
+struct Activation {
+    /// Whether to keep the pre-activation for a backward pass.
+    keep: bool,
+    /// x W + b from the forward, taken by the backward.
+    pre: Mutex<Option<Vec<f32>>>,
+}
+
+/// Elements per task of the GELU passes.
+const GELU_CHUNK: usize = 4096;
 
 /// A matrix operand or destination: first element, row stride, column stride.
 pub(super) type Operand<P> = (P, usize, usize);
@@ -78,6 +107,24 @@ impl Affine {
     }
 
     fn forward(&self, x: (&CpuStorage, &Layout), w: (&CpuStorage, &Layout), bias: Option<(&CpuStorage, &Layout)>) -> Result<(CpuStorage, Shape)> {
+        let (y, shape) = self.affine(x, w, bias)?;
+        let Some(gelu) = &self.gelu else { return Ok((CpuStorage::F32(y), shape)) };
+        if !gelu.keep {
+            let mut y = y;
+            for_rows(&mut y, GELU_CHUNK, |_, chunk| wide(#[inline(always)] || chunk.iter_mut().for_each(|v| *v = super::gelu_of(*v))));
+            return Ok((CpuStorage::F32(y), shape));
+        }
+        let mut out = vec![0f32; y.len()];
+        for_rows(&mut out, GELU_CHUNK, |i, chunk| {
+            let pre = &y[i * GELU_CHUNK..i * GELU_CHUNK + chunk.len()];
+            wide(#[inline(always)] || gelu_chunk(pre, chunk));
+        });
+        *gelu.pre.lock().unwrap_or_else(|e| e.into_inner()) = Some(y);
+        Ok((CpuStorage::F32(out), shape))
+    }
+
+    /// x W + b, and its shape.
+    fn affine(&self, x: (&CpuStorage, &Layout), w: (&CpuStorage, &Layout), bias: Option<(&CpuStorage, &Layout)>) -> Result<(Vec<f32>, Shape)> {
         let xs = slice(x.0, x.1, "fused linear")?;
         let w_data = w.0.as_slice::<f32>()?;
         let Sizes { rows, d_in, d_out, w_at } = self.sizes(x.1, w.1, w_data.len())?;
@@ -111,12 +158,31 @@ impl Affine {
         if let Some(last) = shape.last_mut() {
             *last = d_out;
         }
-        Ok((CpuStorage::F32(y), Shape::from(shape)))
+        Ok((y, Shape::from(shape)))
     }
 
-    /// (dx, dW) from the output's gradient; dW in the weight's own (stored) orientation.
+    /// (dx, dW, db) from the output's gradient; dW in the weight's own (stored) orientation.
+    /// With GELU, the gradient is first taken through it, in place over the kept
+    /// pre-activation.
     fn backward(&self, x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let grad = grad.contiguous()?;
+        let grad = match &self.gelu {
+            None => grad.contiguous()?,
+            Some(gelu) => {
+                let Some(mut pre) = gelu.pre.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+                    bail!("fused linear + GELU: no pre-activation kept for the backward pass")
+                };
+                if pre.len() != grad.elem_count() {
+                    bail!("fused linear + GELU: a gradient of {:?} for {} outputs", grad.shape(), pre.len());
+                }
+                with_data(grad, "fused linear", |g| {
+                    for_rows(&mut pre, GELU_CHUNK, |i, chunk| {
+                        let g = &g[i * GELU_CHUNK..i * GELU_CHUNK + chunk.len()];
+                        wide(#[inline(always)] || chunk.iter_mut().zip(g).for_each(|(v, &gv)| *v = super::gelu_grad_of(*v, gv)));
+                    })
+                })?;
+                Tensor::from_vec(pre, grad.shape().clone(), &candle_core::Device::Cpu)?
+            }
+        };
         let (w_storage, w_layout) = w.storage_and_layout();
         let candle_core::Storage::Cpu(w_cpu) = &*w_storage else { bail!("fused linear: CPU only") };
         let w_data = w_cpu.as_slice::<f32>()?;

@@ -496,6 +496,36 @@ fn fused_linear_matches_matmul_and_bias() -> Result<()> {
 }
 
 #[test]
+fn fused_linear_gelu_matches_linear_then_candles_gelu() -> Result<()> {
+    use crate::model::linear::{Layout as WeightLayout, Linear};
+    // (name, leading dims of x, in, out, layout, bias, std of x)
+    let cases = [
+        ("GPT's c_fc: (in, out) with bias", vec![2, 30], 16, 64, WeightLayout::InOut, true, 1.0),
+        ("(out, in) without bias", vec![50], 12, 20, WeightLayout::OutIn, false, 1.0),
+        // Pre-activations out to about ±40: GELU's flat and linear tails.
+        ("wide pre-activations", vec![3, 11], 24, 40, WeightLayout::InOut, true, 3.0),
+    ];
+    for (name, lead, d_in, d_out, layout, bias, std) in cases {
+        let x_shape: Vec<usize> = lead.iter().copied().chain([d_in]).collect();
+        let w_shape = match layout {
+            WeightLayout::InOut => vec![d_in, d_out],
+            WeightLayout::OutIn => vec![d_out, d_in],
+        };
+        let mut inputs = vec![tensor(random(73, &x_shape, std), &x_shape), tensor(random(74, &w_shape, 1.0), &w_shape)];
+        if bias {
+            inputs.push(tensor(random(75, &[d_out], 1.0), &[d_out]));
+        }
+        // Fused: one op. Plain: candle's matmul, broadcast add and tanh GELU.
+        let [fused_run, plain] = both(&inputs, |t| Linear { weight: t[1].clone(), bias: t.get(2).cloned(), layout }.forward_gelu(&t[0]))?;
+        assert_close(&format!("{name}: value"), &fused_run.0, &plain.0, 1e-5, ulps(&plain.0, 64.0));
+        for (i, part) in ["x", "weight", "bias"].iter().enumerate().take(inputs.len()) {
+            assert_close(&format!("{name}: gradient of {part}"), &fused_run.1[i], &plain.1[i], 1e-4, ulps(&plain.1[i], 64.0));
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn fused_linear_reads_a_narrowed_weight() -> Result<()> {
     // GPT's decoding path multiplies by a third of c_attn's weight, a strided view.
     let w = tensor(random(73, &[16, 48], 1.0), &[16, 48]);

@@ -444,6 +444,22 @@ fn fused_qkv_attention_matches_the_gpt_composition() -> Result<()> {
     Ok(())
 }
 
+/// x (lead..., d_in) of the given spread, a weight stored in `layout`, and a bias when asked,
+/// all random from `seed` on.
+fn linear_inputs(seed: u64, lead: &[usize], d_in: usize, d_out: usize, layout: crate::model::linear::Layout, bias: bool, std: f64) -> Vec<Tensor> {
+    use crate::model::linear::Layout as WeightLayout;
+    let x_shape: Vec<usize> = lead.iter().copied().chain([d_in]).collect();
+    let w_shape = match layout {
+        WeightLayout::InOut => vec![d_in, d_out],
+        WeightLayout::OutIn => vec![d_out, d_in],
+    };
+    let mut inputs = vec![tensor(random(seed, &x_shape, std), &x_shape), tensor(random(seed + 1, &w_shape, 1.0), &w_shape)];
+    if bias {
+        inputs.push(tensor(random(seed + 2, &[d_out], 1.0), &[d_out]));
+    }
+    inputs
+}
+
 #[test]
 fn fused_linear_matches_matmul_and_bias() -> Result<()> {
     use crate::model::linear::{Layout as WeightLayout, Linear};
@@ -456,15 +472,7 @@ fn fused_linear_matches_matmul_and_bias() -> Result<()> {
         ("magnitude 1e3", vec![70], 16, 24, WeightLayout::OutIn, true, 1e3),
     ];
     for (name, lead, d_in, d_out, layout, bias, std) in cases {
-        let x_shape: Vec<usize> = lead.iter().copied().chain([d_in]).collect();
-        let w_shape = match layout {
-            WeightLayout::InOut => vec![d_in, d_out],
-            WeightLayout::OutIn => vec![d_out, d_in],
-        };
-        let mut inputs = vec![tensor(random(70, &x_shape, std), &x_shape), tensor(random(71, &w_shape, 1.0), &w_shape)];
-        if bias {
-            inputs.push(tensor(random(72, &[d_out], 1.0), &[d_out]));
-        }
+        let inputs = linear_inputs(70, &lead, d_in, d_out, layout, bias, std);
         let [fused_run, plain] = both(&inputs, |t| {
             // The rows fold into one 2-D product, as `Linear` folds them; the plain path is
             // candle's matmul and broadcast add.
@@ -506,15 +514,7 @@ fn fused_linear_gelu_matches_linear_then_candles_gelu() -> Result<()> {
         ("wide pre-activations", vec![3, 11], 24, 40, WeightLayout::InOut, true, 3.0),
     ];
     for (name, lead, d_in, d_out, layout, bias, std) in cases {
-        let x_shape: Vec<usize> = lead.iter().copied().chain([d_in]).collect();
-        let w_shape = match layout {
-            WeightLayout::InOut => vec![d_in, d_out],
-            WeightLayout::OutIn => vec![d_out, d_in],
-        };
-        let mut inputs = vec![tensor(random(73, &x_shape, std), &x_shape), tensor(random(74, &w_shape, 1.0), &w_shape)];
-        if bias {
-            inputs.push(tensor(random(75, &[d_out], 1.0), &[d_out]));
-        }
+        let inputs = linear_inputs(73, &lead, d_in, d_out, layout, bias, std);
         // Fused: one op. Plain: candle's matmul, broadcast add and tanh GELU.
         let [fused_run, plain] = both(&inputs, |t| Linear { weight: t[1].clone(), bias: t.get(2).cloned(), layout }.forward_gelu(&t[0]))?;
         assert_close(&format!("{name}: value"), &fused_run.0, &plain.0, 1e-5, ulps(&plain.0, 64.0));

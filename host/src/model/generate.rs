@@ -166,10 +166,7 @@ pub fn generate(model: &Model, prompts: &[Vec<u32>], config: &SamplingConfig) ->
     let new_tokens = config.max_new_tokens.min(context + 1 - longest);
     let small = model.num_parameters().saturating_mul(prompts.len()) < SERIAL_DECODE_MACS;
     let threads = rayon::current_num_threads();
-    if !small || !model.device().is_cpu() || threads == 1 {
-        return decode(model, prompts, 0, new_tokens, config);
-    }
-    let pools = one_thread_pools(threads.min(prompts.len()));
+    let pools = if small && model.device().is_cpu() && threads > 1 { one_thread_pools(threads.min(prompts.len())) } else { Vec::new() };
     if pools.is_empty() {
         return decode(model, prompts, 0, new_tokens, config);
     }

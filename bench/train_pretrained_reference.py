@@ -18,15 +18,13 @@ Usage: python train_pretrained_reference.py --weights DIR --batch 4 --context 12
 import argparse
 import json
 import os
-import statistics
-import time
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench_common import peak_rss_mib
+from bench_common import adamw, print_result, time_training
 
 
 def read_safetensors(path):
@@ -155,40 +153,15 @@ def main():
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise SystemExit(f"weights do not fit the model: missing {missing}, unexpected {unexpected}")
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=1e-5, betas=(0.9, 0.95))
+    opt = adamw(model, lambda n, p: p.dim() >= 2 and "embed" not in n, lr=1e-5)
     vocab = config["vocab_size"]
-    times, first_loss = [], None
-    for step in range(a.warmup + a.steps):
-        x, y = batch(step, a.batch, a.context, vocab)
-        start = time.perf_counter()
-        logits = model(x)
-        loss = F.cross_entropy(logits.view(-1, vocab), y.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if step == 0:
-            first_loss = loss.item()
-        if step >= a.warmup:
-            times.append(time.perf_counter() - start)
+    seconds, first_loss, _ = time_training(model, opt, lambda step: batch(step, a.batch, a.context, vocab), vocab, a.warmup, a.steps)
     n_params = sum(p.numel() for p in model.parameters())
     # 6N per token for the matmuls (the tied embedding counts once, as the LM head), plus
     # attention's 12 * layers * context * (heads * head_dim) (PaLM appendix B).
     width = config["num_attention_heads"] * config["head_dim"]
     flops_per_token = 6 * n_params + 12 * config["num_hidden_layers"] * a.context * width
-    tokens_per_s = a.batch * a.context / statistics.median(times)
-    print(json.dumps({
-        "impl": f"pytorch {torch.__version__} eager",
-        "tokens_per_s": tokens_per_s,
-        "flops_per_token": flops_per_token,
-        "mfu": tokens_per_s * flops_per_token / (a.peak_gflops * 1e9),
-        "peak_rss_mib": peak_rss_mib(),
-        "first_loss": first_loss,
-    }))
-
+    print_result(a.batch * a.context / seconds, flops_per_token, a.peak_gflops, first_loss=first_loss)
 
 if __name__ == "__main__":
     main()

@@ -10,16 +10,12 @@ Usage: python train_reference.py --steps 20 --warmup 3 --peak-gflops 200
 """
 
 import argparse
-import json
-import math
-import statistics
-import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench_common import peak_rss_mib
+from bench_common import adamw, print_result, time_training
 
 
 class Block(nn.Module):
@@ -74,38 +70,18 @@ def main():
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     model = Gpt(a.vocab, a.context, a.layers, a.heads, a.width)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "wte" not in n and "wpe" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "wte" not in n and "wpe" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=1e-3, betas=(0.9, 0.95))
+    opt = adamw(model, lambda n, p: p.dim() >= 2 and "wte" not in n and "wpe" not in n, lr=1e-3)
     g = torch.Generator().manual_seed(1)
-    times = []
-    for step in range(a.warmup + a.steps):
-        x = torch.randint(0, a.vocab, (a.batch, a.context), generator=g)
-        y = torch.randint(0, a.vocab, (a.batch, a.context), generator=g)
-        start = time.perf_counter()
-        logits = model(x)
-        loss = F.cross_entropy(logits.view(-1, a.vocab), y.view(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if step >= a.warmup:
-            times.append(time.perf_counter() - start)
-    tokens = a.batch * a.context
+
+    def batch_at(_step):
+        return (torch.randint(0, a.vocab, (a.batch, a.context), generator=g),
+                torch.randint(0, a.vocab, (a.batch, a.context), generator=g))
+
+    seconds, _, last_loss = time_training(model, opt, batch_at, a.vocab, a.warmup, a.steps)
     n_params = sum(p.numel() for p in model.parameters()) - model.wpe.weight.numel()
     # 6N per token for the matmuls, plus attention: 12 * layers * context * width (PaLM appendix B).
     flops_per_token = 6 * n_params + 12 * a.layers * a.context * a.width
-    tokens_per_s = tokens / statistics.median(times)
-    print(json.dumps({
-        "impl": f"pytorch {torch.__version__} eager",
-        "tokens_per_s": tokens_per_s,
-        "flops_per_token": flops_per_token,
-        "mfu": tokens_per_s * flops_per_token / (a.peak_gflops * 1e9),
-        "peak_rss_mib": peak_rss_mib(),
-        "loss": loss.item(),
-    }))
-
+    print_result(a.batch * a.context / seconds, flops_per_token, a.peak_gflops, loss=last_loss)
 
 if __name__ == "__main__":
     main()

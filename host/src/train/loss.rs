@@ -7,11 +7,15 @@ use crate::model::kernels::cross_entropy_rows;
 
 /// Mean next-token cross-entropy of `model` on `inputs` (B, T) against `targets` (B, T).
 pub fn lm_loss(model: &Model, inputs: &Tensor, targets: &Tensor, train: bool) -> Result<Tensor, candle_core::Error> {
+    token_nll(model, inputs, targets, train)?.mean_all()
+}
+
+/// -log softmax(logits)[target] per position, (B, T); on the CPU the head and the loss are one
+/// op and the logits never leave it (see `Model::token_nll`).
+fn token_nll(model: &Model, inputs: &Tensor, targets: &Tensor, train: bool) -> Result<Tensor, candle_core::Error> {
     let msg = |e: crate::model::ModelError| candle_core::Error::Msg(e.to_string());
     let hidden = model.hidden(inputs, train).map_err(msg)?;
-    // -log softmax(logits)[target] per position; on the CPU the head and the loss are one op
-    // and the logits never leave it (see `Model::token_nll`).
-    model.token_nll(&hidden, targets).map_err(msg)?.mean_all()
+    model.token_nll(&hidden, targets).map_err(msg)
 }
 
 /// The part of the batch's [`lm_loss`] that `rows` carry: their mean loss times their share of
@@ -46,9 +50,7 @@ pub fn masked_lm_loss(
     mask: &Tensor,
     train: bool,
 ) -> Result<Tensor, candle_core::Error> {
-    let msg = |e: crate::model::ModelError| candle_core::Error::Msg(e.to_string());
-    let hidden = model.hidden(inputs, train).map_err(msg)?;
-    masked_mean(&model.token_nll(&hidden, targets).map_err(msg)?, mask)
+    masked_mean(&token_nll(model, inputs, targets, train)?, mask)
 }
 
 /// The part of the batch's [`masked_lm_loss`] that `rows` carry: their masked loss summed over

@@ -4,6 +4,7 @@
 //! store); sandboxed WebAssembly plugins supply what researchers swap most (data filters, reward
 //! functions, losses, metrics). This crate is the host; `main.rs` is only its command line.
 
+pub mod bench;
 pub mod data;
 pub mod experiment;
 pub mod model;
@@ -11,3 +12,4 @@ pub mod plugins;
 pub mod runs;
 pub mod stages;
 pub mod train;
+pub mod util;

@@ -6,11 +6,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use triad::experiment::load_experiment;
+use triad::experiment::{StageSpec, stage_order};
 use triad::plugins::{Limits, Plugin, PluginSpec, Sandbox, build, load, records};
 use triad::stages::pipeline::{self, StageStatus};
 use triad::stages::winrate::read_labels;
-use triad::stages::{RunOptions, run_experiment};
+use triad::stages::{RunOptions, load_experiment, run_experiment};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -40,7 +40,8 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Check an experiment file without running it.
+    /// Check an experiment file without running it: its settings, and every plugin it names
+    /// (built, loaded in the sandbox and configured with its config block).
     Validate {
         experiment: PathBuf,
     },
@@ -56,12 +57,13 @@ enum Command {
     /// Compare runs: a table of final metrics per sweep point (mean ± std over seeds) or per
     /// run, a metric per step, and training-curve plots.
     Compare {
-        /// Run folders, folders of runs (runs/<experiment>), or experiment .ron files.
+        /// Run folders, folders of runs (runs/<experiment>, runs/<experiment>/history for the runs
+        /// a changed experiment replaced), or experiment .ron files.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         /// Where experiments' runs live, for .ron paths.
-        #[arg(long)]
-        runs: Option<PathBuf>,
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
         /// Final metrics to show, as <stage>/<metric>, comma-separated (default: all).
         #[arg(long, value_delimiter = ',')]
         metrics: Option<Vec<String>>,
@@ -99,9 +101,10 @@ enum BenchCommand {
         /// Timed steps on each side (after 3 warm-up steps).
         #[arg(long, default_value_t = 10)]
         steps: usize,
-        /// The machine's peak f32 GFLOP/s, for MFU.
-        #[arg(long, default_value_t = 200.0)]
-        peak_gflops: f64,
+        /// The machine's peak f32 GFLOP/s, for MFU (default: measured with an FMA loop on the
+        /// benchmark's threads before the run).
+        #[arg(long)]
+        peak_gflops: Option<f64>,
         /// Threads on each side (PyTorch's intra-op threads, candle's pool).
         #[arg(long, default_value_t = 2)]
         threads: usize,
@@ -200,6 +203,7 @@ fn main() -> Result<()> {
         }
         Command::Validate { experiment } => {
             let loaded = load_experiment(&experiment)?;
+            pipeline::preflight(&loaded, &experiment)?;
             println!("{}: valid\n{}", experiment.display(), pipeline::describe(&loaded));
             Ok(())
         }
@@ -214,8 +218,7 @@ fn main() -> Result<()> {
         Command::Plugin(command) => plugin_command(command),
         Command::Compare { paths, runs, metrics, sort, desc, by_run, out, step_metric, plot } => {
             let options = triad::runs::compare::CompareOptions {
-                paths,
-                runs_root: runs,
+                paths: run_folders(paths, runs)?,
                 metrics,
                 sort,
                 descending: desc,
@@ -244,7 +247,7 @@ fn main() -> Result<()> {
 /// The Python that runs a PyTorch reference (default: the venv bench/setup.sh makes in the cache)
 /// and the path of reference script `name` in bench/.
 fn reference_script(python: Option<PathBuf>, name: &str) -> Result<(PathBuf, PathBuf)> {
-    let python = python.unwrap_or_else(|| triad::data::registry::cache_dir().join("torch-venv/bin/python"));
+    let python = python.unwrap_or_else(|| triad::util::packages::cache_dir().join("torch-venv/bin/python"));
     Ok((python, find_workspace()?.join("bench").join(name)))
 }
 
@@ -254,7 +257,7 @@ fn reference_help(python: &Path) -> String {
 }
 
 fn bench_generate(python: Option<PathBuf>, repeats: usize, threads: usize) -> Result<()> {
-    use triad::train::bench::{GenerateBenchConfig, bench_generate_pytorch, bench_generate_triad};
+    use triad::bench::{GenerateBenchConfig, bench_generate_pytorch, bench_generate_triad};
     let config = GenerateBenchConfig { repeats, threads, ..GenerateBenchConfig::default() };
     let (python, script) = reference_script(python, "generate_reference.py")?;
     println!(
@@ -300,8 +303,9 @@ fn fix_thread_count(threads: Option<usize>) {
     unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
 }
 
-fn bench_train_pretrained(python: Option<PathBuf>, name: &str, steps: usize, peak_gflops: f64, threads: usize) -> Result<()> {
-    use triad::train::bench::{PretrainedBenchConfig, bench_pretrained};
+fn bench_train_pretrained(python: Option<PathBuf>, name: &str, steps: usize, peak_gflops: Option<f64>, threads: usize) -> Result<()> {
+    use triad::bench::{PretrainedBenchConfig, bench_pretrained};
+    let peak_gflops = machine_peak(peak_gflops, threads);
     let config = PretrainedBenchConfig { name: name.to_string(), ..PretrainedBenchConfig::smollm2(steps, peak_gflops, threads) };
     println!("workload: {name} training, batch {} x {} tokens, f32, AdamW; median of {steps} steps; {threads} threads", config.batch, config.context);
     let (python, script) = reference_script(python, "train_pretrained_reference.py")?;
@@ -313,7 +317,17 @@ fn bench_train_pretrained(python: Option<PathBuf>, name: &str, steps: usize, pea
     Ok(())
 }
 
-fn print_train_results(ours: &triad::train::bench::BenchResult, reference: &triad::train::bench::BenchResult) {
+/// The peak MFU is read against: the one given, else measured here.
+fn machine_peak(given: Option<f64>, threads: usize) -> f64 {
+    if let Some(peak) = given {
+        return peak;
+    }
+    let (peak, isa) = triad::bench::peak::measure_peak_gflops(threads);
+    println!("peak: {peak:.0} GFLOP/s f32, measured ({isa} FMA loop on {threads} threads)");
+    peak
+}
+
+fn print_train_results(ours: &triad::bench::BenchResult, reference: &triad::bench::BenchResult) {
     println!("| implementation | tokens/s | MFU | peak RSS MiB |\n|---|---|---|---|");
     for r in [ours, reference] {
         println!("| {} | {:.0} | {:.1}% | {:.0} |", r.implementation, r.tokens_per_s, 100.0 * r.mfu, r.peak_rss_mib);
@@ -321,13 +335,14 @@ fn print_train_results(ours: &triad::train::bench::BenchResult, reference: &tria
     println!("\ntriad / PyTorch = {:.2}x tokens/s", ours.tokens_per_s / reference.tokens_per_s);
 }
 
-fn bench_train(python: Option<PathBuf>, steps: usize, peak_gflops: f64, threads: usize, profile: bool) -> Result<()> {
-    use triad::train::bench::{BenchConfig, bench_pytorch, bench_triad};
+fn bench_train(python: Option<PathBuf>, steps: usize, peak_gflops: Option<f64>, threads: usize, profile: bool) -> Result<()> {
+    use triad::bench::{BenchConfig, bench_pytorch, bench_triad};
+    let peak_gflops = if profile { 0.0 } else { machine_peak(peak_gflops, threads) };
     let config = BenchConfig { steps, peak_gflops, threads, ..BenchConfig::default() };
     println!("workload: GPT vocab {} context {} layers {} heads {} width {} batch {}, f32, AdamW; median of {steps} steps; {threads} threads",
         config.vocab, config.context, config.layers, config.heads, config.width, config.batch);
     if profile {
-        println!("{}", triad::train::profile::profile_train(&config, &candle_core::Device::Cpu)?);
+        println!("{}", triad::bench::profile::profile_train(&config, &candle_core::Device::Cpu)?);
         return Ok(());
     }
     let (python, script) = reference_script(python, "train_reference.py")?;
@@ -354,6 +369,7 @@ fn run_command(path: &Path, options: &RunOptions, dry_run: bool) -> Result<()> {
                     StageStatus::Cached => "cached",
                     StageStatus::Resume => "resume from its last checkpoint",
                     StageStatus::Train => "train",
+                    StageStatus::Shared => "computed once by an earlier run above, then shared",
                 };
                 println!("  {}. {stage}: {status}", i + 1);
             }
@@ -377,7 +393,7 @@ fn run_command(path: &Path, options: &RunOptions, dry_run: bool) -> Result<()> {
         }
     }
     let experiment_runs = options.runs_root.join(&experiment.name);
-    let last_stage = pipeline::stage_order(&experiment).ok().and_then(|order| order.last().map(|s| s.name().to_string()));
+    let last_stage = stage_order(&experiment.stages).ok().and_then(|order| order.last().map(|s| s.name().to_string()));
     // This invocation's runs only: a folder left by an earlier sweep is not part of this table.
     let run_dirs: Vec<PathBuf> = runs.iter().map(|run| run.dir.clone()).collect();
     match triad::runs::compare::run_summary(&run_dirs, &experiment.summary, last_stage.as_deref().unwrap_or_default()) {
@@ -431,6 +447,9 @@ fn plugin_command(command: PluginCommand) -> Result<()> {
                 println!("features:    {}", names.join(", "));
             }
             println!("imports:     triad:plugin/host only (checked)");
+            if path.is_dir() {
+                println!("build:       {}", build::isolation().describe());
+            }
             println!("loaded in:   {:.0} ms (build, componentize, compile, instantiate, configure)", started.elapsed().as_secs_f64() * 1e3);
             Ok(())
         }
@@ -472,6 +491,30 @@ fn plugin_command(command: PluginCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The folders to compare: an experiment `.ron` file stands for its runs under `runs_root`.
+fn run_folders(paths: Vec<PathBuf>, runs_root: PathBuf) -> Result<Vec<PathBuf>> {
+    let mut folders = Vec::new();
+    for path in paths {
+        if path.is_file() && path.extension().is_some_and(|e| e == "ron") {
+            let experiment = load_experiment(&path)?;
+            let dir = triad::runs::layout::ExperimentDir::new(&runs_root, &experiment.name)?;
+            if !dir.root().is_dir() {
+                bail!(
+                    "experiment `{}` ({}) has no runs under {}: run `triad run {}` first, or pass --runs",
+                    experiment.name,
+                    path.display(),
+                    dir.root().display(),
+                    path.display()
+                );
+            }
+            folders.push(dir.root().to_path_buf());
+        } else {
+            folders.push(path);
+        }
+    }
+    Ok(folders)
 }
 
 fn read_input(path: &Path) -> Result<String> {

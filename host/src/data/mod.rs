@@ -18,7 +18,6 @@
 
 pub mod blocks;
 pub mod filter;
-pub mod registry;
 pub mod source;
 pub mod split;
 pub mod tokenizer;
@@ -45,7 +44,7 @@ pub enum DataError {
     #[error(transparent)]
     Blocks(#[from] BlocksError),
     #[error(transparent)]
-    Registry(#[from] registry::RegistryError),
+    Registry(#[from] crate::util::packages::RegistryError),
 }
 
 /// sha256 of some bytes, lowercase hex.

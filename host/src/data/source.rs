@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::registry::{Distribution, Registry, RegistryError, RegistryFile};
+use crate::util::packages::{Distribution, Registry, RegistryError, RegistryFile};
 
 /// How a text file becomes records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -4,7 +4,10 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use super::schema::{Experiment, ModelSpec, PRETRAINED_MODELS};
+use super::graph::stage_order;
+use crate::data::tokenizer::TokenizerSpec;
+use super::schema::{Experiment, ModelSpec, PRETRAINED_MODELS, StageSpec};
+use super::sweep::expand;
 
 /// Why an experiment cannot run. Every variant says where and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -52,14 +55,14 @@ impl fmt::Display for Hint<'_> {
 }
 
 /// Read, parse and check an experiment file.
-pub fn load_experiment(path: &Path) -> Result<Experiment, ExperimentError> {
+pub fn load_experiment<S: StageSpec>(path: &Path) -> Result<Experiment<S>, ExperimentError> {
     let text = std::fs::read_to_string(path).map_err(|source| ExperimentError::Read { path: path.into(), source })?;
     parse_experiment(path, &text)
 }
 
 /// Parse and check experiment text; `path` is used in messages.
-pub fn parse_experiment(path: &Path, text: &str) -> Result<Experiment, ExperimentError> {
-    let experiment: Experiment = ron_options().from_str(text).map_err(|e| {
+pub fn parse_experiment<S: StageSpec>(path: &Path, text: &str) -> Result<Experiment<S>, ExperimentError> {
+    let experiment: Experiment<S> = ron_options().from_str(text).map_err(|e| {
         let suggestion = suggest(&e.code);
         let (line, column) = (e.span.start.line, e.span.start.col);
         let mut message = e.code.to_string();
@@ -116,40 +119,17 @@ fn suggest(error: &ron::Error) -> Option<String> {
         ron::Error::NoSuchEnumVariant { found, expected, .. } => (found, expected),
         _ => return None,
     };
-    nearest(found, expected.iter().copied()).map(str::to_string)
-}
-
-/// The candidate closest to `found` by edit distance, if one is close enough to be a typo.
-pub fn nearest<'a>(found: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    candidates
-        .into_iter()
-        .map(|candidate| (edit_distance(found, candidate), candidate))
-        .filter(|(distance, candidate)| *distance <= (candidate.len() / 3).max(2))
-        .min()
-        .map(|(_, candidate)| candidate)
-}
-
-/// Levenshtein distance between two names, in characters (for did-you-mean suggestions).
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let substitution = diagonal + usize::from(ca != *cb);
-            diagonal = row[j + 1];
-            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
-        }
-    }
-    row[b.len()]
+    crate::util::names::nearest(found, expected.iter().copied()).map(str::to_string)
 }
 
 /// Checks that need the whole experiment: names that refer to each other, sizes that must be
 /// positive, a model that can exist.
-fn check(experiment: &Experiment) -> Result<(), String> {
+fn check<S: StageSpec>(experiment: &Experiment<S>) -> Result<(), String> {
     if experiment.stages.is_empty() {
         return Err("`stages` is empty: add at least one stage, e.g. Pretrain(...)".into());
+    }
+    if let Err(reason) = crate::runs::layout::check_folder_name(&experiment.name) {
+        return Err(format!("name `{}` cannot name the experiment's runs folder: {reason}", experiment.name));
     }
     match (&experiment.model, &experiment.tokenizer) {
         (ModelSpec::Pretrained(name), _) if !PRETRAINED_MODELS.contains(&name.as_str()) => {
@@ -162,19 +142,23 @@ fn check(experiment: &Experiment) -> Result<(), String> {
         }
         (ModelSpec::Pretrained(_), None) => {}
         (_, None) => return Err("`tokenizer` is missing: a model trained here needs one, e.g. TrainBpe(vocab_size: 4096, on: \"data\")".into()),
-        (spec, Some(_)) => {
+        (spec, Some(tokenizer)) => {
             if let Some(mut model) = spec.architecture() {
                 // The vocabulary size comes from the tokenizer when the file leaves it out.
                 if model.vocab_size() == 0 {
                     model = model.with_vocab_size(1);
                 }
                 model.validate().map_err(|e| format!("model: {e}"))?;
+                if let TokenizerSpec::TrainBpe { vocab_size, .. } = tokenizer {
+                    model = model.with_vocab_size(model.vocab_size().max(*vocab_size));
+                }
+                check_fits_in_memory(&model)?;
             }
         }
     }
     if let Some(corpus) = experiment.tokenizer.as_ref().and_then(|t| t.corpus()) {
         if !experiment.data.contains_key(corpus) {
-            return Err(format!("the tokenizer is trained on data `{corpus}`, which is not declared in `data`{}", declared(experiment.data.keys())));
+            return Err(format!("the tokenizer is trained on data `{corpus}`, which is not declared in `data`{}", declared(corpus, experiment.data.keys())));
         }
     }
     let mut seen = std::collections::BTreeSet::new();
@@ -185,23 +169,18 @@ fn check(experiment: &Experiment) -> Result<(), String> {
         }
         for data in stage.data() {
             if !experiment.data.contains_key(data) {
-                return Err(format!("stage `{name}` reads data `{data}`, which is not declared in `data`{}", declared(experiment.data.keys())));
+                return Err(format!("stage `{name}` reads data `{data}`, which is not declared in `data`{}", declared(data, experiment.data.keys())));
             }
         }
         for plugin in stage.plugins() {
             if !experiment.plugins.contains_key(plugin) {
                 return Err(format!(
                     "stage `{name}` uses plugin `{plugin}`, which is not declared in `plugins`{}",
-                    declared(experiment.plugins.keys())
+                    declared(plugin, experiment.plugins.keys())
                 ));
             }
         }
-        if let Some(problem) = stage.train().and_then(|t| t.problem()) {
-            return Err(format!("stage `{name}`: {problem}"));
-        }
-        if let Some(problem) = stage.problem() {
-            return Err(format!("stage `{name}`: {problem}"));
-        }
+        stage.validate().map_err(|problem| format!("stage `{name}`: {problem}"))?;
     }
     for input in experiment.stages.iter().flat_map(|s| s.inputs().into_iter().map(move |i| (s, i))) {
         let (stage, from) = input;
@@ -215,17 +194,44 @@ fn check(experiment: &Experiment) -> Result<(), String> {
             }
         }
     }
-    crate::stages::pipeline::stage_order(experiment)?;
-    if let Some(sweep) = &experiment.sweep {
-        crate::experiment::sweep::expand(&Experiment { sweep: Some(sweep.clone()), ..experiment.clone() })?;
+    stage_order(&experiment.stages).map_err(|e| e.to_string())?;
+    if experiment.sweep.is_some() {
+        expand(experiment).map_err(|e| e.to_string())?;
     }
     Ok(())
 }
 
-/// ` (declared: a, b)`, or ` (none are declared)`.
-fn declared<'a>(names: impl Iterator<Item = &'a String>) -> String {
+/// Weights, gradients and AdamW's two moments are four f32 copies of every parameter: a model
+/// whose copies alone exceed the machine's memory is refused here, not by an abort mid-run.
+fn check_fits_in_memory(model: &crate::model::ModelConfig) -> Result<(), String> {
+    let Some(memory) = crate::util::machine::memory_bytes() else { return Ok(()) };
+    let bytes = model.num_parameters() as f64 * 16.0;
+    if bytes > memory as f64 {
+        let gib = |b: f64| b / f64::from(1u32 << 30);
+        return Err(format!(
+            "model: {} parameters (vocabulary {}, context {}) need {:.1} GiB for weights, gradients and AdamW moments \
+             alone, more than this machine's {:.1} GiB: make the vocabulary, context or width smaller",
+            model.num_parameters(),
+            model.vocab_size(),
+            model.context(),
+            gib(bytes),
+            gib(memory as f64)
+        ));
+    }
+    Ok(())
+}
+
+/// ` (did you mean "b"? declared: a, b)`, ` (declared: a, b)`, or ` (none are declared)`. The
+/// suggestion is quoted, not in backticks, so that the error's position stays on `found`.
+fn declared<'a>(found: &str, names: impl Iterator<Item = &'a String>) -> String {
     let names: Vec<&str> = names.map(String::as_str).collect();
-    if names.is_empty() { " (none are declared)".into() } else { format!(" (declared: {})", names.join(", ")) }
+    if names.is_empty() {
+        return " (none are declared)".into();
+    }
+    let suggestion = crate::util::names::nearest(found, names.iter().copied())
+        .map(|name| format!("did you mean \"{name}\"? "))
+        .unwrap_or_default();
+    format!(" ({suggestion}declared: {})", names.join(", "))
 }
 
 #[cfg(test)]
@@ -234,7 +240,6 @@ mod tests {
 
     #[test]
     fn suggests_the_nearest_name() {
-        assert_eq!(edit_distance("stpes", "steps"), 2);
         let error = ron::Error::NoSuchStructField { expected: &["steps", "batch", "lr"], found: "step".into(), outer: None };
         assert_eq!(suggest(&error).as_deref(), Some("steps"));
         let far = ron::Error::NoSuchStructField { expected: &["steps"], found: "learning_rate".into(), outer: None };

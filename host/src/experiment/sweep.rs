@@ -13,15 +13,25 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::schema::Experiment;
+use super::schema::{Experiment, StageSpec, Sweep};
 
-/// The grid: config path -> the values it takes.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Sweep(pub BTreeMap<String, Vec<ron::Value>>);
+/// A sweep that cannot be expanded.
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error("sweep: `{path}` has no values")]
+    NoValues { path: String },
+    #[error("sweep: `{path}`: `{first}` is neither a stage name nor a top-level field of the experiment")]
+    UnknownTop { path: String, first: String },
+    #[error("sweep: `{path}`: `{walked}` has no field `{field}`")]
+    UnknownField { path: String, walked: String, field: String },
+    /// A point whose values do not fit the schema (a word where a number goes...).
+    #[error("sweep point {point}: {source}")]
+    Point { point: String, source: serde_json::Error },
+    #[error("sweep: the experiment cannot be written as JSON: {0}")]
+    Json(serde_json::Error),
+}
 
 impl Sweep {
     /// `ppo.kl.target in [3.0, 6.0] x seed in [1, 2]`.
@@ -40,13 +50,13 @@ impl Sweep {
 
 /// One run of a (swept) experiment.
 #[derive(Debug, Clone)]
-pub struct RunPoint {
+pub struct RunPoint<S> {
     /// The run folder's name.
     pub run: String,
     /// The point's settings, seed excluded.
     pub settings: BTreeMap<String, Value>,
     /// The experiment with the settings applied (and no sweep left).
-    pub experiment: Experiment,
+    pub experiment: Experiment<S>,
 }
 
 fn to_json(value: &ron::Value) -> Value {
@@ -62,14 +72,14 @@ fn label(value: &Value) -> String {
 }
 
 /// Every point of the experiment's sweep (one point, the experiment itself, without a sweep).
-pub fn expand(experiment: &Experiment) -> Result<Vec<RunPoint>, String> {
+pub fn expand<S: StageSpec>(experiment: &Experiment<S>) -> Result<Vec<RunPoint<S>>, SweepError> {
     let mut base = experiment.clone();
     let sweep = base.sweep.take().unwrap_or_default();
     let axes: Vec<(&String, &Vec<ron::Value>)> = sweep.0.iter().collect();
     if let Some((path, _)) = axes.iter().find(|(_, values)| values.is_empty()) {
-        return Err(format!("sweep: `{path}` has no values"));
+        return Err(SweepError::NoValues { path: path.to_string() });
     }
-    let base_json = serde_json::to_value(&base).map_err(|e| format!("sweep: {e}"))?;
+    let base_json = serde_json::to_value(&base).map_err(SweepError::Json)?;
     let mut points = Vec::new();
     let combinations: usize = axes.iter().map(|(_, v)| v.len()).product();
     for index in 0..combinations {
@@ -84,8 +94,8 @@ pub fn expand(experiment: &Experiment) -> Result<Vec<RunPoint>, String> {
                 settings.insert(path.to_string(), value);
             }
         }
-        let experiment: Experiment = serde_json::from_value(json)
-            .map_err(|e| format!("sweep point {}: {e}", describe_settings(&settings)))?;
+        let experiment: Experiment<S> = serde_json::from_value(json)
+            .map_err(|source| SweepError::Point { point: describe_settings(&settings), source })?;
         let mut run = describe_settings(&settings);
         if !run.is_empty() {
             run.push('-');
@@ -101,15 +111,18 @@ fn describe_settings(settings: &BTreeMap<String, Value>) -> String {
 }
 
 /// Set `path` in the experiment's JSON to `value`.
-fn set_path(json: &mut Value, path: &str, value: Value) -> Result<(), String> {
+fn set_path(json: &mut Value, path: &str, value: Value) -> Result<(), SweepError> {
     let mut segments = path.split('.');
     let first = segments.next().unwrap_or_default();
-    let mut node = find_top(json, first).ok_or_else(|| {
-        format!("sweep: `{path}`: `{first}` is neither a stage name nor a top-level field of the experiment")
-    })?;
+    let mut node = find_top(json, first)
+        .ok_or_else(|| SweepError::UnknownTop { path: path.to_string(), first: first.to_string() })?;
     let mut walked = first.to_string();
     for segment in segments {
-        node = step_into(node, segment).ok_or_else(|| format!("sweep: `{path}`: `{walked}` has no field `{segment}`"))?;
+        node = step_into(node, segment).ok_or_else(|| SweepError::UnknownField {
+            path: path.to_string(),
+            walked: walked.clone(),
+            field: segment.to_string(),
+        })?;
         walked = format!("{walked}.{segment}");
     }
     *node = value;
@@ -140,49 +153,4 @@ fn step_into<'a>(node: &'a mut Value, field: &str) -> Option<&'a mut Value> {
         return inner.as_object_mut()?.get_mut(field);
     }
     None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::experiment::{KlControl, Stage, parse_experiment};
-
-    fn experiment(sweep: &str) -> Result<Experiment, String> {
-        let text = format!(
-            r#"Experiment(
-                name: "s", seed: 1,
-                data: {{ "d": Text(path: "d.txt") }},
-                tokenizer: Char(on: "d"),
-                model: Gpt(layers: 1, heads: 1, d_model: 8, context: 8),
-                stages: [
-                    Pretrain(name: "base", data: "d", train: (steps: 10, batch: 2, lr: 1e-3)),
-                    Ppo(name: "ppo", policy: "base", prompts: (data: "d", format: Continuation(words: 2)),
-                        reward: [Model(stage: "base")], train: (steps: 2, rollouts: 4, minibatch: 2)),
-                ],
-                sweep: {sweep},
-            )"#
-        );
-        parse_experiment(std::path::Path::new("s.ron"), &text).map_err(|e| e.to_string())
-    }
-
-    #[test]
-    fn a_grid_of_two_values_and_two_seeds_makes_four_named_runs() {
-        let points = expand(&experiment(r#"{ "ppo.kl.target": [3.0, 6.0], "seed": [1, 2] }"#).expect("valid")).expect("points");
-        let names: Vec<&str> = points.iter().map(|p| p.run.as_str()).collect();
-        assert_eq!(names, ["ppo.kl.target=3.0-seed1", "ppo.kl.target=6.0-seed1", "ppo.kl.target=3.0-seed2", "ppo.kl.target=6.0-seed2"]);
-        let Stage::Ppo(ppo) = &points[1].experiment.stages[1] else { panic!("a PPO stage") };
-        assert!(matches!(ppo.kl, KlControl::Adaptive { target, .. } if target == 6.0));
-        assert_eq!(points[3].experiment.seed, 2);
-        assert_eq!(points[3].settings.len(), 1, "the seed is not a setting of the point");
-    }
-
-    #[test]
-    fn a_path_that_names_nothing_is_refused_with_where_it_stopped() {
-        let error = experiment(r#"{ "ppo.kl.targt": [3.0] }"#).expect_err("invalid");
-        assert!(error.contains("`ppo.kl` has no field `targt`"), "{error}");
-        let error = experiment(r#"{ "pp.lr": [3.0] }"#).expect_err("invalid");
-        assert!(error.contains("`pp` is neither a stage name nor a top-level field"), "{error}");
-        let error = experiment(r#"{ "ppo.train.steps": ["many"] }"#).expect_err("invalid");
-        assert!(error.contains("sweep point"), "{error}");
-    }
 }

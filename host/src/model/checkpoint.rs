@@ -31,12 +31,12 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
     move |source| ModelError::Io { path: path.to_path_buf(), source }
 }
 
-/// Writes `path` atomically (see [`crate::runs::atomic::write_with`]).
+/// Writes `path` atomically (see [`crate::util::atomic::write_with`]).
 pub fn write_atomically(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<File>) -> Result<(), ModelError>,
 ) -> Result<(), ModelError> {
-    crate::runs::atomic::write_with(path, write, |p, e| io_error(p)(e))
+    crate::util::atomic::write_with(path, write, |p, e| io_error(p)(e))
 }
 
 fn safetensors_dtype(dtype: DType) -> Option<&'static str> {

@@ -81,6 +81,12 @@ impl SamplingConfig {
         if self.max_new_tokens == 0 {
             return error("max_new_tokens must be at least 1".into());
         }
+        if self.min_new_tokens > self.max_new_tokens {
+            return error(format!(
+                "min_new_tokens ({}) is more than max_new_tokens ({})",
+                self.min_new_tokens, self.max_new_tokens
+            ));
+        }
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return error(format!("temperature must be finite and >= 0 (0 is greedy), got {}", self.temperature));
         }

@@ -6,8 +6,8 @@
 //! embeddings, Q4_1 matrices, f32 norms). [`load_gguf`] reads it with candle's `gguf_file`,
 //! dequantizes every tensor to f32 on the requested device (so the model can be fine-tuned),
 //! renames the tensors to Hugging Face's Llama names, builds the [`LlamaConfig`] from the
-//! metadata and a `tokenizers::Tokenizer` from the vocabulary. [`load_smollm2`] does all of it
-//! for the SmolLM2-135M-Instruct package in the registry.
+//! metadata and a `tokenizers::Tokenizer` from the vocabulary. [`super::pretrained`] names the
+//! packaged GGUF models and loads them through it.
 //!
 //! **The Q/K row permutation.** llama.cpp applies RoPE to *adjacent* pairs `(x[2i], x[2i+1])`,
 //! Hugging Face's Llama to *halves* `(x[i], x[i + d/2])` (`rotate_half`). So that the same
@@ -47,7 +47,7 @@ use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, Tokenizer};
 
 use super::chat::{ChatError, ChatTemplate};
-use crate::data::registry::{self, RegistryError};
+use crate::util::packages::RegistryError;
 use crate::model::{LlamaConfig, Model, ModelConfig, ModelError};
 
 /// A failure to load a GGUF model. Every variant names the file.
@@ -222,23 +222,6 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<GgufModel, GgufError> {
         chat_template,
         name,
     })
-}
-
-/// SmolLM2-135M-Instruct from the registry (fetched once, then cached): the model on `device`,
-/// its tokenizer and its chat template.
-pub fn load_smollm2(device: &Device) -> Result<(Model, Tokenizer, ChatTemplate), GgufError> {
-    let path = registry::SMOLLM2_135M_INSTRUCT.fetch().map_err(Box::new)?;
-    let loaded = load_gguf(&path, device)?;
-    let source = loaded.chat_template.as_deref().ok_or_else(|| GgufError::Metadata {
-        path: path.clone(),
-        key: "tokenizer.chat_template".into(),
-        message: "missing".into(),
-    })?;
-    let template = ChatTemplate::from_jinja(source)
-        .map_err(|source| GgufError::ChatTemplate { path: path.clone(), source: Box::new(source) })?;
-    let model = Model::from_weights(&loaded.config, loaded.weights, device)
-        .map_err(|source| GgufError::Model { path: path.clone(), source: Box::new(source) })?;
-    Ok((model, loaded.tokenizer, template))
 }
 
 /// Undo llama.cpp's per-head row permutation of a Q or K projection `(heads*head_dim, d)`:

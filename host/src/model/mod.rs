@@ -33,6 +33,7 @@ pub mod linear;
 pub mod llama;
 pub mod mlp;
 pub mod norm;
+pub mod pretrained;
 pub mod reward;
 pub mod rope;
 

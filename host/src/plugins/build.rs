@@ -1,12 +1,23 @@
-//! Building plugin crates for `wasm32-unknown-unknown` with cargo.
+//! Building plugin crates for `wasm32-unknown-unknown` with cargo, isolated.
 //!
 //! Plugins build in release mode with `panic = "abort"` and LTO, into their own target folder
 //! (`<target dir>/wasm-plugins`), so a plugin build never waits on, or invalidates, the host's
 //! own build. The wasm32 target is installed with rustup when it is missing.
+//!
+//! Building a crate runs code: its build scripts and procedural macros run natively, and
+//! `include_str!` reads any path. So cargo runs in new user, mount, network, PID, IPC and UTS
+//! namespaces (util-linux's `unshare`, on every Linux), chrooted into a fresh file system that
+//! holds only the system's programs and libraries (the linker build scripts need), the
+//! toolchain, cargo's registry cache and the crate's workspace (and its local path
+//! dependencies), all read-only, with the plugin target folder the one place it can write: no
+//! network, no other process, no environment variable, no home folder, no `/etc`. Dependencies
+//! are downloaded first, outside, by `cargo fetch`, which runs no code of theirs. Where the
+//! namespaces cannot be made, building fails with what to do, unless the user says
+//! `TRIAD_PLUGIN_BUILD=trusted` (the build then runs with their rights).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use super::error::Problem;
 
@@ -33,29 +44,183 @@ pub fn build_crates(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, Problem> {
         }
     }
     for (metadata, packages) in &groups {
-        let mut cargo = Command::new(cargo_bin());
-        cargo
-            .current_dir(&metadata.workspace_root)
-            .args(["build", "--release", "--target", TARGET])
-            .env("CARGO_TARGET_DIR", &metadata.plugin_target_dir)
-            .env("CARGO_PROFILE_RELEASE_PANIC", "abort")
-            .env("CARGO_PROFILE_RELEASE_LTO", "true")
-            .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
-            .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "3")
-            .env("CARGO_PROFILE_RELEASE_DEBUG", "false");
+        let root = &metadata.workspace_root;
+        // Downloads only: no code of the dependencies runs.
+        let mut fetch = Command::new(cargo_bin());
+        fetch.current_dir(root).args(["fetch", "--manifest-path"]).arg(root.join("Cargo.toml"));
+        run(&mut fetch, root)?;
+        let mut args: Vec<String> =
+            ["build", "--offline", "--release", "--target", TARGET].iter().map(|a| a.to_string()).collect();
         for package in packages {
-            cargo.args(["-p", package]);
+            args.extend(["-p".to_string(), package.clone()]);
         }
+        let env = [
+            ("CARGO_TARGET_DIR", metadata.plugin_target_dir.display().to_string()),
+            ("CARGO_PROFILE_RELEASE_PANIC", "abort".into()),
+            ("CARGO_PROFILE_RELEASE_LTO", "true".into()),
+            ("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1".into()),
+            ("CARGO_PROFILE_RELEASE_OPT_LEVEL", "3".into()),
+            ("CARGO_PROFILE_RELEASE_DEBUG", "false".into()),
+        ];
+        std::fs::create_dir_all(&metadata.plugin_target_dir).map_err(|e| Problem::Build {
+            dir: root.clone(),
+            message: format!("cannot create {}: {e}", metadata.plugin_target_dir.display()),
+        })?;
+        let mut cargo = match isolation() {
+            Isolation::Namespaces => sandboxed(metadata, &args, &env)?,
+            Isolation::Trusted => {
+                let mut cargo = Command::new(cargo_bin());
+                cargo.current_dir(root).args(&args).envs(env.iter().map(|(k, v)| (k, v)));
+                cargo
+            }
+            Isolation::Missing => {
+                return Err(Problem::Build {
+                    dir: root.clone(),
+                    message: "building a plugin crate runs its build scripts and macros, and triad runs them \
+                              in new Linux namespaces, which util-linux's `unshare` could not create here (no \
+                              `unshare`, or unprivileged user namespaces are off): build the plugin yourself and \
+                              give the experiment its .wasm, or set TRIAD_PLUGIN_BUILD=trusted to build it with \
+                              your own rights"
+                        .into(),
+                });
+            }
+        };
         tracing::info!(plugins = packages.join(", "), "building plugin crates for {TARGET}");
-        run(&mut cargo, &metadata.workspace_root)?;
+        run(&mut cargo, root)?;
     }
     Ok(outputs)
+}
+
+/// How plugin builds are isolated on this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// In new user, mount, network, PID, IPC and UTS namespaces (see the module docs).
+    Namespaces,
+    /// With the user's rights, because the user said so (`TRIAD_PLUGIN_BUILD=trusted`).
+    Trusted,
+    /// Neither: builds are refused.
+    Missing,
+}
+
+impl Isolation {
+    /// What `triad plugin check` says about a build.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Isolation::Namespaces => "isolated (no network, no environment, read-only sources and toolchain)",
+            Isolation::Trusted => "NOT isolated: TRIAD_PLUGIN_BUILD=trusted, build scripts ran with your rights",
+            Isolation::Missing => "refused: this machine cannot isolate builds",
+        }
+    }
+}
+
+/// The isolation plugin builds get here: namespaces when util-linux's `unshare` can make them
+/// (checked once per process), else none.
+pub fn isolation() -> Isolation {
+    static WORKS: OnceLock<bool> = OnceLock::new();
+    if std::env::var("TRIAD_PLUGIN_BUILD").is_ok_and(|v| v == "trusted") {
+        return Isolation::Trusted;
+    }
+    let works = *WORKS.get_or_init(|| {
+        let mut probe = Command::new("unshare");
+        probe.args(UNSHARE).args(["true"]);
+        probe.output().is_ok_and(|o| o.status.success())
+    });
+    if works { Isolation::Namespaces } else { Isolation::Missing }
+}
+
+/// New namespaces for everything a build could reach beyond its files: the network, other
+/// processes, IPC, the host name; root inside maps to the user outside.
+const UNSHARE: &[&str] =
+    ["--user", "--map-root-user", "--mount", "--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child"].as_slice();
+
+/// `cargo args` in new namespaces, chrooted into a fresh file system that holds, read-only, the
+/// system's programs and libraries, the toolchain, cargo's registry cache and the sources, with
+/// the plugin target folder the one writable place, and no environment but `env`.
+fn sandboxed(metadata: &Metadata, args: &[String], env: &[(&str, String)]) -> Result<Command, Problem> {
+    let root = &metadata.workspace_root;
+    let fail = |message: String| Problem::Build { dir: root.clone(), message };
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    let cargo_home = std::env::var_os("CARGO_HOME").map(PathBuf::from).unwrap_or_else(|| home.join(".cargo"));
+    let rustup_home = std::env::var_os("RUSTUP_HOME").map(PathBuf::from).unwrap_or_else(|| home.join(".rustup"));
+    // As found, not resolved: rustup's proxies are links whose name says what to run.
+    let cargo = which(&cargo_bin()).ok_or_else(|| fail(format!("no `{}` on PATH", cargo_bin())))?;
+    let q = |path: &Path| shell_quote(&path.display().to_string());
+    let mut script = String::from(
+        "set -e\n\
+         R=$(mktemp -d)\n\
+         mount -t tmpfs -o mode=755 triad-plugin-build \"$R\"\n\
+         ro() { mkdir -p \"$R$1\"; mount --rbind \"$1\" \"$R$1\"; mount -o remount,bind,ro \"$R$1\"; }\n\
+         dev() { touch \"$R/dev/$1\"; mount --bind \"/dev/$1\" \"$R/dev/$1\"; }\n\
+         ro /usr\n\
+         for top in bin sbin lib lib32 lib64; do\n\
+           if [ -L \"/$top\" ]; then ln -s \"$(readlink \"/$top\")\" \"$R/$top\"; elif [ -d \"/$top\" ]; then ro \"/$top\"; fi\n\
+         done\n\
+         if [ -d /etc/alternatives ]; then ro /etc/alternatives; fi\n\
+         mkdir -p \"$R/tmp\" \"$R/proc\" \"$R/dev\"\n\
+         mount -t tmpfs tmpfs \"$R/tmp\"\n\
+         mount -t proc proc \"$R/proc\"\n\
+         for d in null zero full random urandom; do dev $d; done\n",
+    );
+    // cargo's home: scratch (its package-cache lock) over read-only registry cache and binaries.
+    script.push_str(&format!("mkdir -p \"$R\"{ch}\nmount -t tmpfs tmpfs \"$R\"{ch}\n", ch = q(&cargo_home)));
+    for part in ["registry", "git", "bin"] {
+        let dir = cargo_home.join(part);
+        if dir.is_dir() {
+            script.push_str(&format!("ro {}\n", q(&dir)));
+        }
+    }
+    script.push_str(&format!("ro {}\n", q(&rustup_home)));
+    for dir in std::iter::once(root).chain(&metadata.local_dirs) {
+        script.push_str(&format!("ro {}\n", q(dir)));
+    }
+    let target = &metadata.plugin_target_dir;
+    script.push_str(&format!("mkdir -p \"$R\"{t}\nmount --rbind {t} \"$R\"{t}\n", t = q(target)));
+    let mut vars = vec![
+        format!("PATH={}:/usr/local/bin:/usr/bin:/bin", cargo_home.join("bin").display()),
+        "HOME=/tmp".to_string(),
+        format!("CARGO_HOME={}", cargo_home.display()),
+        format!("RUSTUP_HOME={}", rustup_home.display()),
+    ];
+    if let Ok(toolchain) = std::env::var("RUSTUP_TOOLCHAIN") {
+        vars.push(format!("RUSTUP_TOOLCHAIN={toolchain}"));
+    }
+    vars.extend(env.iter().map(|(key, value)| format!("{key}={value}")));
+    let vars: Vec<String> = vars.iter().map(|v| shell_quote(v)).collect();
+    let args: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
+    script.push_str(&format!(
+        "cd /\nstatus=0\nchroot \"$R\" /usr/bin/env -i {} /bin/sh -c 'cd \"$0\" && exec \"$@\"' {} {} {} || status=$?\n\
+         umount -l \"$R\"\nrmdir \"$R\"\nexit $status\n",
+        vars.join(" "),
+        q(root),
+        q(&cargo),
+        args.join(" ")
+    ));
+    let mut command = Command::new("unshare");
+    command.args(UNSHARE).args(["sh", "-c", &script]);
+    Ok(command)
+}
+
+/// `text` as one word for `sh`.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
+}
+
+/// The program `name` resolves to on PATH (or `name` itself when it is a path).
+fn which(name: &str) -> Option<PathBuf> {
+    let path = Path::new(name);
+    if path.components().count() > 1 {
+        return Some(path.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|dir| dir.join(name)).find(|p| p.is_file())
 }
 
 struct Metadata {
     workspace_root: PathBuf,
     plugin_target_dir: PathBuf,
     package: String,
+    /// Folders of local (path) packages outside the workspace root: the SDK, for a plugin crate
+    /// outside the repository.
+    local_dirs: Vec<PathBuf>,
 }
 
 impl Metadata {
@@ -89,7 +254,37 @@ fn metadata(dir: &Path) -> Result<Metadata, Problem> {
         .ok_or_else(|| fail("Cargo.toml has no [package]".into()))?;
     let workspace_root = json["workspace_root"].as_str().map(PathBuf::from).unwrap_or_else(|| dir.to_path_buf());
     let target_dir = json["target_directory"].as_str().map(PathBuf::from).unwrap_or_else(|| workspace_root.join("target"));
-    Ok(Metadata { workspace_root, plugin_target_dir: target_dir.join("wasm-plugins"), package: package.to_string() })
+    let local_dirs = local_dependency_dirs(&manifest, &workspace_root)?;
+    Ok(Metadata {
+        workspace_root,
+        plugin_target_dir: target_dir.join("wasm-plugins"),
+        package: package.to_string(),
+        local_dirs,
+    })
+}
+
+/// The folders of the path dependencies of the crate at `manifest` that lie outside
+/// `workspace_root`, read from its manifest (`path = "..."` entries), transitively.
+fn local_dependency_dirs(manifest: &Path, workspace_root: &Path) -> Result<Vec<PathBuf>, Problem> {
+    let mut found: Vec<PathBuf> = Vec::new();
+    let mut pending = vec![manifest.to_path_buf()];
+    while let Some(manifest) = pending.pop() {
+        let dir = manifest.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let text = std::fs::read_to_string(&manifest)
+            .map_err(|e| Problem::Build { dir: dir.clone(), message: format!("cannot read {}: {e}", manifest.display()) })?;
+        for line in text.lines() {
+            let Some(at) = line.find("path") else { continue };
+            let rest = line[at + 4..].trim_start();
+            let Some(rest) = rest.strip_prefix('=') else { continue };
+            let Some(value) = rest.trim_start().strip_prefix('"').and_then(|v| v.split('"').next()) else { continue };
+            let Ok(target) = std::fs::canonicalize(dir.join(value)) else { continue };
+            if target.join("Cargo.toml").is_file() && !target.starts_with(workspace_root) && !found.contains(&target) {
+                pending.push(target.join("Cargo.toml"));
+                found.push(target);
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// Install the wasm32 target with rustup when the toolchain lacks it.

@@ -51,6 +51,9 @@ pub enum Problem {
     /// The instance tried to grow its memory past the cap.
     #[error("exceeded its memory limit of {limit_mib} MiB")]
     Memory { limit_mib: usize },
+    /// The instance tried to grow a table past the cap.
+    #[error("grew a table past its limit of {limit} elements")]
+    Table { limit: usize },
     /// The wasm stack overflowed.
     #[error("overflowed its stack (unbounded recursion?)")]
     Stack,

@@ -184,6 +184,10 @@ impl<W: World> Pool<W> {
         let chunks: Vec<(usize, &[T])> =
             items.chunks(chunk_size).enumerate().map(|(i, c)| (i * chunk_size, c)).collect();
         let workers = self.workers.len().min(chunks.len());
+        // A batch call that traps names no record: run its records one by one to find which.
+        let body = |pool: &Self, worker: usize, chunk: &[T], offset: usize| {
+            body(pool, worker, chunk, offset).map_err(|error| pool.blame(error, worker, chunk, offset, &body))
+        };
         if workers <= 1 {
             return chunks.iter().map(|&(offset, chunk)| body(self, 0, chunk, offset)).collect();
         }
@@ -213,6 +217,28 @@ impl<W: World> Pool<W> {
             }
         });
         results.into_iter().map(|r| r.expect("every chunk was assigned to a worker")).collect()
+    }
+
+    /// The record to blame for a trap (a panic, an out-of-bounds access...) in a batch call that
+    /// did not say: the first record that traps alone, each on a fresh instance (a trap discards
+    /// the instance it happened in). Other errors, and traps no single record repeats, are
+    /// returned as they were.
+    fn blame<T, R>(
+        &self,
+        error: PluginError,
+        worker: usize,
+        chunk: &[T],
+        offset: usize,
+        body: &impl Fn(&Self, usize, &[T], usize) -> Result<R, PluginError>,
+    ) -> PluginError {
+        let traps = matches!(error.problem, Problem::Panic(_) | Problem::Trap(_) | Problem::Stack);
+        if error.record.is_some() || !traps || chunk.len() < 2 {
+            return error;
+        }
+        (0..chunk.len())
+            .find_map(|i| body(self, worker, &chunk[i..=i], offset + i).err().map(|e| (i, e)))
+            .map(|(i, single)| if single.record.is_some() { single } else { single.at_record(offset + i) })
+            .unwrap_or(error)
     }
 }
 
@@ -282,9 +308,61 @@ fn classify(error: &wasmtime::Error, last_error: Option<String>, limits: &Limits
             let text = format!("{error:#}");
             if text.contains("forcing trap when growing memory") {
                 Problem::Memory { limit_mib: limits.memory_bytes >> 20 }
+            } else if text.contains("forcing trap when growing table") {
+                Problem::Table { limit: super::sandbox::MAX_TABLE_ELEMENTS }
             } else {
                 Problem::Trap(text)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasm_encoder::{
+        CodeSection, ExportKind, ExportSection, Function, FunctionSection, HeapType, Instruction, Module, RefType,
+        TableSection, TableType, TypeSection, ValType,
+    };
+
+    /// A core module whose `grow(n)` grows its function table by `n` elements.
+    fn table_grower() -> Vec<u8> {
+        let mut types = TypeSection::new();
+        types.ty().function([ValType::I32], [ValType::I32]);
+        let mut functions = FunctionSection::new();
+        functions.function(0);
+        let mut tables = TableSection::new();
+        tables.table(TableType { element_type: RefType::FUNCREF, table64: false, minimum: 1, maximum: None, shared: false });
+        let mut exports = ExportSection::new();
+        exports.export("grow", ExportKind::Func, 0);
+        let mut body = Function::new([]);
+        body.instruction(&Instruction::RefNull(HeapType::FUNC))
+            .instruction(&Instruction::LocalGet(0))
+            .instruction(&Instruction::TableGrow(0))
+            .instruction(&Instruction::End);
+        let mut code = CodeSection::new();
+        code.function(&body);
+        let mut module = Module::new();
+        module.section(&types).section(&functions).section(&tables).section(&exports).section(&code);
+        module.finish()
+    }
+
+    /// Table elements live outside linear memory: the store's table cap stops a plugin that
+    /// grows a table by 250 million entries at once, before the host allocates them.
+    #[test]
+    fn growing_a_table_past_its_cap_traps_with_a_table_error() {
+        let sandbox = Sandbox::shared();
+        let limits = Limits::default();
+        let mut store = Store::new(sandbox.engine(), StoreState::new("grower", &limits));
+        store.limiter(|state| &mut state.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(limits.deadline_ticks());
+        let module = wasmtime::Module::new(sandbox.engine(), table_grower()).expect("a valid module");
+        let instance = wasmtime::Instance::new(&mut store, &module, &[]).expect("instantiates");
+        let grow = instance.get_typed_func::<i32, i32>(&mut store, "grow").expect("exported");
+        assert_eq!(grow.call(&mut store, 10).expect("a small growth is fine"), 1, "returns the old size");
+        let error = grow.call(&mut store, 250_000_000).expect_err("past the cap");
+        let problem = classify(&error, None, &limits);
+        assert!(matches!(problem, Problem::Table { limit } if limit == super::super::sandbox::MAX_TABLE_ELEMENTS), "{problem}");
     }
 }

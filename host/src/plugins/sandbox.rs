@@ -26,6 +26,11 @@ const TICK: Duration = Duration::from_millis(5);
 /// recursion is stopped quickly.
 const MAX_WASM_STACK: usize = 512 * 1024;
 
+/// Cap on the elements of each table of an instance. A table holds function references (a Rust
+/// plugin's has its indirect-call targets, a few hundred), and its elements live outside linear
+/// memory, so the memory cap does not bound them.
+pub(crate) const MAX_TABLE_ELEMENTS: usize = 1 << 16;
+
 /// Limits applied to each plugin instance and call.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
@@ -70,6 +75,7 @@ impl StoreState {
         StoreState {
             limits: StoreLimitsBuilder::new()
                 .memory_size(limits.memory_bytes)
+                .table_elements(MAX_TABLE_ELEMENTS)
                 .instances(4)
                 .tables(8)
                 .memories(2)

@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 use polars::prelude::*;
 use serde_json::Value;
 
-use super::atomic::{FileError, write_atomically};
 use super::plot::{Curve, PlotError, plot_curves};
 use super::table::{Run, TableError, TableFormat, find_runs, write_frame};
+use crate::util::atomic::{FileError, write_atomically};
 
 /// What can go wrong comparing runs.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +66,7 @@ fn suggest(name: &str, available: &[String]) -> Option<String> {
     if let Some(hit) = available.iter().find(|a| a.ends_with(&suffix)) {
         return Some(hit.clone());
     }
-    crate::experiment::load::nearest(name, available.iter().map(String::as_str)).map(str::to_string)
+    crate::util::names::nearest(name, available.iter().map(String::as_str)).map(str::to_string)
 }
 
 fn check_metric(kind: &'static str, name: &str, available: &[String]) -> Result<(), CompareError> {
@@ -84,10 +84,8 @@ fn check_metric(kind: &'static str, name: &str, available: &[String]) -> Result<
 /// What `triad compare` was asked for.
 #[derive(Debug, Clone, Default)]
 pub struct CompareOptions {
-    /// Run folders, folders of runs, or experiment `.ron` files.
+    /// Run folders, or folders of runs.
     pub paths: Vec<PathBuf>,
-    /// Where experiments' runs live, for `.ron` paths (default `runs`).
-    pub runs_root: Option<PathBuf>,
     /// Final-metric columns (`<stage>/<metric>`); all found when `None`.
     pub metrics: Option<Vec<String>>,
     /// Sort rows by this metric's mean (or value, by run).
@@ -115,7 +113,7 @@ pub struct CompareOutput {
 
 /// Run `triad compare`: find the runs, build the table (final or per step), write what was asked.
 pub fn compare(options: &CompareOptions) -> Result<CompareOutput, CompareError> {
-    let runs = find_runs(&options.paths, options.runs_root.as_deref())?;
+    let runs = find_runs(&options.paths)?;
     let mut written = Vec::new();
     let markdown = if let Some(metric) = &options.step_metric {
         let mut table = step_table(&runs, metric, options.by_run)?;
@@ -161,7 +159,7 @@ pub fn compare(options: &CompareOptions) -> Result<CompareOutput, CompareError> 
 /// (mean ± std over seeds) of the `summary` metrics, or, when none are named, of every final
 /// metric of `last_stage`.
 pub fn run_summary(run_dirs: &[PathBuf], summary: &[String], last_stage: &str) -> Result<String, CompareError> {
-    let runs = find_runs(run_dirs, None)?;
+    let runs = find_runs(run_dirs)?;
     let metrics = if summary.is_empty() {
         let prefix = format!("{last_stage}/");
         available_final_metrics(&runs).into_iter().filter(|m| m.starts_with(&prefix)).collect()
@@ -316,6 +314,9 @@ fn param_column(name: &str, values: Vec<Option<&Value>>) -> Column {
     }
 }
 
+/// The column that marks runs that did not finish (shown only when some did not).
+pub const COMPLETE: &str = "complete";
+
 /// The final-metrics table over `runs`.
 pub fn final_table(runs: &[Run], options: &TableOptions) -> Result<ResultTable, CompareError> {
     let available = available_final_metrics(runs);
@@ -341,6 +342,8 @@ pub fn final_table(runs: &[Run], options: &TableOptions) -> Result<ResultTable, 
     let param_names: Vec<String> =
         runs.iter().flat_map(|r| r.manifest.sweep.keys().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
     let experiments: BTreeSet<String> = runs.iter().map(Run::experiment).collect();
+    // Runs that did not finish are marked: their later stages' numbers are missing, not old.
+    let any_incomplete = runs.iter().any(|r| !r.complete());
     // The experiment names the row when there are several, or when nothing else would.
     let show_experiment = experiments.len() > 1 || (param_names.is_empty() && !options.by_run);
 
@@ -363,6 +366,10 @@ pub fn final_table(runs: &[Run], options: &TableOptions) -> Result<ResultTable, 
         }
         columns.push(Column::new("run".into(), sorted.iter().map(|r| r.name()).collect::<Vec<_>>()));
         columns.push(Column::new("seed".into(), sorted.iter().map(|r| r.manifest.seed).collect::<Vec<u64>>()));
+        if any_incomplete {
+            let complete: Vec<&str> = sorted.iter().map(|r| if r.complete() { "yes" } else { "no" }).collect();
+            columns.push(Column::new(COMPLETE.into(), complete));
+        }
         for name in &param_names {
             columns.push(param_column(name, sorted.iter().map(|r| r.manifest.sweep.get(name)).collect()));
         }
@@ -381,6 +388,16 @@ pub fn final_table(runs: &[Run], options: &TableOptions) -> Result<ResultTable, 
             columns.push(param_column(name, points.iter().map(|p| p.params.get(name)).collect()));
         }
         columns.push(Column::new("seeds".into(), points.iter().map(|p| p.runs.len() as u64).collect::<Vec<u64>>()));
+        if any_incomplete {
+            let complete: Vec<String> = points
+                .iter()
+                .map(|p| {
+                    let done = p.runs.iter().filter(|r| r.complete()).count();
+                    if done == p.runs.len() { "yes".to_string() } else { format!("{done} of {}", p.runs.len()) }
+                })
+                .collect();
+            columns.push(Column::new(COMPLETE.into(), complete));
+        }
         let finals: Vec<Vec<BTreeMap<String, f64>>> =
             points.iter().map(|p| p.runs.iter().map(|r| r.final_metrics()).collect()).collect();
         for metric in &computed {

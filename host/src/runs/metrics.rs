@@ -2,13 +2,14 @@
 //! flushed at every write so that a crash loses nothing already measured. The long format is what
 //! the result tables read.
 
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::atomic::{FileError, write_atomically};
+use crate::util::atomic::{FileError, write_atomically};
 
 /// One measured value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,6 +25,8 @@ pub struct MetricsWriter {
     path: PathBuf,
     file: File,
     stage: String,
+    /// Metrics that had a value that is not a number, said once each.
+    not_finite: BTreeSet<String>,
 }
 
 impl MetricsWriter {
@@ -45,11 +48,19 @@ impl MetricsWriter {
             std::fs::create_dir_all(dir).map_err(|e| FileError::new(dir, e))?;
         }
         let file = OpenOptions::new().create(true).append(true).open(path).map_err(|e| FileError::new(path, e))?;
-        Ok(MetricsWriter { path: path.to_path_buf(), file, stage: stage.to_string() })
+        Ok(MetricsWriter { path: path.to_path_buf(), file, stage: stage.to_string(), not_finite: BTreeSet::new() })
     }
 
-    /// Record `metric = value` at `step`.
+    /// Record `metric = value` at `step`. A value that is not a finite number (an explained
+    /// variance of constant returns, say) is not recorded: JSON has no NaN, and a `null` would
+    /// break every reader. The first such value of each metric is reported.
     pub fn write(&mut self, step: u64, metric: &str, value: f64) -> Result<(), FileError> {
+        if !value.is_finite() {
+            if self.not_finite.insert(metric.to_string()) {
+                tracing::warn!(stage = self.stage.as_str(), step, "`{metric}` is {value}: not recorded (nor any later non-finite value of it)");
+            }
+            return Ok(());
+        }
         let row = MetricRow { stage: self.stage.clone(), step, metric: metric.to_string(), value };
         let line = serde_json::to_string(&row).map_err(|e| FileError::new(&self.path, e))?;
         writeln!(self.file, "{line}").and_then(|_| self.file.flush()).map_err(|e| FileError::new(&self.path, e))

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::atomic::write_with;
+use crate::util::atomic::write_with;
 
 /// A plotting failure, with the file it was for.
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,8 @@
 //! Runs as tables: finding run folders, reading what a run left behind (its manifest, each
 //! stage's `stage.json` and metrics), and the Parquet/CSV files that carry tables out.
 //!
-//! A run folder is any folder with a `manifest.json`; its stages are `<run>/<stage>/` (possibly a
-//! symlink to a stage folder shared by several runs). The long metrics format
+//! A run folder is any folder with a `manifest.json`; its stages are `<run>/<stage>/` (a link to
+//! a stage folder shared by several runs). The long metrics format
 //! (`stage, step, metric, value`) is the same in `metrics.jsonl`, written as the stage runs, and
 //! `metrics.parquet`, written once when it ends ([`write_metrics_parquet`]).
 
@@ -12,10 +12,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
-use serde::Deserialize;
 
-use super::atomic::{FileError, write_with};
+use super::StoreError;
+use super::layout::{HISTORY, STAGES};
+use super::manifest::Manifest;
 use super::metrics::{MetricRow, read_rows};
+use super::stage_record::StageRecord;
+use crate::util::atomic::{FileError, write_with};
 
 /// What can go wrong reading runs or writing tables.
 #[derive(Debug, thiserror::Error)]
@@ -30,10 +33,8 @@ pub enum TableError {
     UnknownFormat { path: PathBuf },
     #[error("no runs found in {searched}: a run is a folder with a manifest.json, as `triad run` writes under runs/<experiment>/")]
     NoRuns { searched: String },
-    #[error("experiment `{name}` ({file}) has no runs under {dir}: run `triad run {file}` first, or pass --runs")]
-    NoRunsForExperiment { name: String, file: PathBuf, dir: PathBuf },
     #[error(transparent)]
-    Experiment(#[from] crate::experiment::ExperimentError),
+    Store(#[from] StoreError),
 }
 
 fn polars_error(path: &Path) -> impl Fn(PolarsError) -> TableError + '_ {
@@ -155,36 +156,13 @@ pub fn read_frame(path: &Path) -> Result<DataFrame, TableError> {
     }
 }
 
-/// The parts of `manifest.json` the tables read; other fields are ignored, so the manifest can
-/// grow without breaking old readers.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct RunManifest {
-    pub experiment: String,
-    pub run: String,
-    pub seed: u64,
-    /// The sweep point's parameters (seed excluded); empty without a sweep.
-    pub sweep: BTreeMap<String, serde_json::Value>,
-    /// Stage names in pipeline order.
-    pub stages: Vec<String>,
-}
-
-/// A stage's `stage.json`: its cache key, whether it finished, and its final metrics.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct StageSummary {
-    pub key: String,
-    pub complete: bool,
-    pub metrics: BTreeMap<String, f64>,
-}
-
 /// One run folder, read.
 #[derive(Debug, Clone)]
 pub struct Run {
     pub dir: PathBuf,
-    pub manifest: RunManifest,
+    pub manifest: Manifest,
     /// Every stage that has a `stage.json`, in pipeline order.
-    pub stages: Vec<(String, StageSummary)>,
+    pub stages: Vec<(String, StageRecord)>,
 }
 
 impl Run {
@@ -196,12 +174,24 @@ impl Run {
         self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
     }
 
-    /// The run's experiment: the manifest's, else the parent folder's name.
+    /// The run's experiment: the manifest's, else the parent folder's name; an archived run's
+    /// carries when it was replaced (`sentiment-rlhf@2026-12-07T03-24-52Z`), so that it never
+    /// merges with the current runs in a table.
     pub fn experiment(&self) -> String {
-        if !self.manifest.experiment.is_empty() {
-            return self.manifest.experiment.clone();
+        let name = if self.manifest.experiment.is_empty() {
+            self.dir.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        } else {
+            self.manifest.experiment.clone()
+        };
+        match &self.manifest.archived {
+            Some(stamp) => format!("{name}@{stamp}"),
+            None => name,
         }
-        self.dir.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+
+    /// Whether every stage of the run finished.
+    pub fn complete(&self) -> bool {
+        self.manifest.complete
     }
 
     /// Final metrics of the stages that completed, as `<stage>/<metric>`. A stage that did not
@@ -233,20 +223,15 @@ impl Run {
     }
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TableError> {
-    let text = std::fs::read_to_string(path).map_err(|e| FileError::new(path, e))?;
-    serde_json::from_str(&text).map_err(|e| TableError::Invalid { path: path.to_path_buf(), message: e.to_string() })
-}
-
 /// Read a run folder: its manifest and each stage's `stage.json`.
 pub fn load_run(dir: &Path) -> Result<Run, TableError> {
-    let manifest: RunManifest = read_json(&dir.join("manifest.json"))?;
+    let manifest = Manifest::read(dir)?.ok_or_else(|| TableError::NoRuns { searched: dir.display().to_string() })?;
     let mut names = manifest.stages.clone();
     if names.is_empty() {
         // No stage list (an older or hand-made run): every subfolder with a stage.json, by name.
         let entries = std::fs::read_dir(dir).map_err(|e| FileError::new(dir, e))?;
         for entry in entries.flatten() {
-            if entry.path().join("stage.json").is_file() {
+            if entry.path().join(StageRecord::FILE).is_file() {
                 names.push(entry.file_name().to_string_lossy().into_owned());
             }
         }
@@ -254,9 +239,8 @@ pub fn load_run(dir: &Path) -> Result<Run, TableError> {
     }
     let mut stages = Vec::new();
     for name in names {
-        let path = dir.join(&name).join("stage.json");
-        if path.is_file() {
-            stages.push((name, read_json(&path)?));
+        if let Some(record) = StageRecord::read(&dir.join(&name))? {
+            stages.push((name, record));
         }
     }
     Ok(Run { dir: dir.to_path_buf(), manifest, stages })
@@ -265,7 +249,7 @@ pub fn load_run(dir: &Path) -> Result<Run, TableError> {
 /// Run folders at or below `dir`, down to `depth` levels (a run's own subfolders are stages,
 /// not runs, so the search stops at a run).
 fn collect_run_dirs(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<(), TableError> {
-    if dir.join("manifest.json").is_file() {
+    if dir.join(Manifest::FILE).is_file() {
         out.push(dir.to_path_buf());
         return Ok(());
     }
@@ -276,7 +260,9 @@ fn collect_run_dirs(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<
         .map_err(|e| FileError::new(dir, e))?
         .flatten()
         .map(|entry| entry.path())
-        .filter(|path| path.is_dir())
+        // Shared stage outputs are not runs, and replaced runs are compared only when asked
+        // for by their folder (`runs/<experiment>/history`).
+        .filter(|path| path.is_dir() && !path.file_name().is_some_and(|n| n == STAGES || n == HISTORY))
         .collect();
     children.sort();
     for child in children {
@@ -285,29 +271,15 @@ fn collect_run_dirs(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<
     Ok(())
 }
 
-/// Find and read every run named by `paths`: a run folder, a folder of runs (`runs/<experiment>`,
-/// or `runs/` itself), or an experiment `.ron` file, whose runs are under
-/// `<runs_root>/<name>` (`runs_root` defaults to `runs`). Each run is read once, in path order.
-pub fn find_runs(paths: &[PathBuf], runs_root: Option<&Path>) -> Result<Vec<Run>, TableError> {
-    let root = runs_root.unwrap_or(Path::new("runs"));
+/// Find and read every run named by `paths`: a run folder, or a folder of runs
+/// (`runs/<experiment>`, its `history`, or `runs/` itself). Each run is read once, in path order.
+pub fn find_runs(paths: &[PathBuf]) -> Result<Vec<Run>, TableError> {
     let mut dirs = Vec::new();
     for path in paths {
         if path.is_file() {
-            if path.extension().is_some_and(|e| e == "ron") {
-                let experiment = crate::experiment::load_experiment(path)?;
-                let dir = root.join(&experiment.name);
-                let before = dirs.len();
-                if dir.is_dir() {
-                    collect_run_dirs(&dir, 1, &mut dirs)?;
-                }
-                if dirs.len() == before {
-                    return Err(TableError::NoRunsForExperiment { name: experiment.name, file: path.clone(), dir });
-                }
-                continue;
-            }
             return Err(TableError::Invalid {
                 path: path.clone(),
-                message: "not a run folder, a folder of runs or an experiment .ron file".into(),
+                message: "not a run folder or a folder of runs".into(),
             });
         }
         if !path.is_dir() {

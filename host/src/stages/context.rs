@@ -8,17 +8,21 @@ use std::rc::Rc;
 
 use candle_core::Device;
 
+use super::Experiment;
 use crate::data::filter::{DEFAULT_BATCH, apply_filters};
 use crate::data::source::{LoadedSource, Record, SourceError};
 use crate::data::tokenizer::{Tokenizer, TokenizerError};
-use crate::experiment::{DeviceSpec, Experiment, ModelSpec};
+use crate::experiment::{ContentHashes, DeviceSpec, GraphError, ModelSpec, PluginDecl, SweepError};
 use crate::model::chat::ChatTemplate;
-use crate::model::Model;
+use crate::model::pretrained::PretrainedError;
+use crate::model::{Model, ModelError};
 use crate::plugins::{Limits, Plugin, PluginError, PluginSpec, Sandbox};
-use crate::runs::atomic::{FileError, write_atomically};
+use crate::runs::StoreError;
 use crate::train::TrainError;
+use crate::train::rl::RlError;
+use crate::util::atomic::{FileError, write_atomically};
 
-/// Why a stage could not run.
+/// Why a stage (or the pipeline around it) could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
     #[error("stage `{stage}`: {message}")]
@@ -31,15 +35,31 @@ pub enum StageError {
     Plugin(#[from] PluginError),
     #[error("stage `{stage}`: {source}")]
     Train { stage: String, source: TrainError },
+    #[error("stage `{stage}` at iteration {step}: {source}")]
+    Rl { stage: String, step: u64, source: RlError },
+    #[error("stage `{stage}`: {source}")]
+    Model { stage: String, source: ModelError },
+    #[error(transparent)]
+    Pretrained(#[from] PretrainedError),
     #[error(transparent)]
     File(#[from] FileError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("stage `{stage}`: {message}")]
     Data { stage: String, message: String },
     #[error("device: {0}")]
     Device(String),
-    /// A name the experiment uses but does not declare.
-    #[error("{0}")]
-    Undeclared(String),
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    #[error(transparent)]
+    Sweep(#[from] SweepError),
+    /// A name the experiment uses but does not declare (loading checks this first; a
+    /// hand-built experiment can still get here).
+    #[error("{what} `{name}` is not declared in `{section}`")]
+    Undeclared { what: &'static str, name: String, section: &'static str },
+    /// The experiment has no tokenizer and its model brings none.
+    #[error("the experiment declares no `tokenizer`; only a Pretrained model brings its own")]
+    NoTokenizer,
 }
 
 /// One run of an experiment.
@@ -94,7 +114,7 @@ impl<'a> RunContext<'a> {
             .experiment
             .data
             .get(name)
-            .ok_or_else(|| StageError::Undeclared(format!("data source `{name}` is not declared in `data`")))?;
+            .ok_or_else(|| StageError::Undeclared { what: "data source", name: name.into(), section: "data" })?;
         let loaded = Rc::new(spec.load(&self.base_dir).map_err(|source| StageError::Source { name: name.into(), source })?);
         tracing::info!(source = name, records = loaded.records.len(), sha256 = &loaded.sha256[..12], "data loaded");
         self.sources.borrow_mut().insert(name.to_string(), loaded.clone());
@@ -143,20 +163,10 @@ impl<'a> RunContext<'a> {
             return Ok(loaded);
         }
         let ModelSpec::Pretrained(name) = &self.experiment.model else {
-            return Err(StageError::Undeclared(
-                "the experiment declares no `tokenizer`; only a Pretrained model brings its own".into(),
-            ));
+            return Err(StageError::NoTokenizer);
         };
-        let (model, tokenizer, chat) = match name.as_str() {
-            "smollm2-135m-instruct" => crate::model::gguf::load_smollm2(&self.device)
-                .map_err(|e| StageError::Device(format!("loading pretrained `{name}`: {e}")))?,
-            other => {
-                return Err(StageError::Undeclared(format!(
-                    "no pretrained model `{other}` (known: {})",
-                    crate::experiment::schema::PRETRAINED_MODELS.join(", ")
-                )));
-            }
-        };
+        let crate::model::pretrained::Loaded { model, tokenizer, chat } =
+            crate::model::pretrained::load(name, &self.device)?;
         tracing::info!(model = name, parameters = model.num_parameters(), "pretrained model loaded");
         let loaded = Pretrained { model, tokenizer: Rc::new(Tokenizer::from_inner(tokenizer)), chat: Rc::new(chat) };
         Ok(self.pretrained.get_or_init(|| loaded))
@@ -179,17 +189,17 @@ impl<'a> RunContext<'a> {
     /// experiment's model: a copy of the pretrained weights, or a fresh initialisation from the
     /// experiment's seed sized to the tokenizer.
     pub fn starting_model(&self, from: Option<&str>) -> Result<Model, StageError> {
-        let model_error = |message: String| StageError::Config { stage: from.unwrap_or("model").to_string(), message };
         if let Some(stage) = from {
             let dir = self.stage_dir(stage).join("model");
-            return Model::load(&dir, &self.device).map_err(|e| model_error(format!("loading the model of stage `{stage}`: {e}")));
+            return Model::load(&dir, &self.device).map_err(|source| StageError::Model { stage: stage.to_string(), source });
         }
+        let model_error = |source| StageError::Model { stage: "model".into(), source };
         match self.experiment.model.architecture() {
             Some(config) => {
                 let config = config.with_vocab_size(self.tokenizer()?.vocab_size());
-                Model::new(&config, &self.device, self.experiment.seed).map_err(|e| model_error(e.to_string()))
+                Model::new(&config, &self.device, self.experiment.seed).map_err(model_error)
             }
-            None => self.pretrained()?.model.try_clone().map_err(|e| model_error(e.to_string())),
+            None => self.pretrained()?.model.try_clone().map_err(model_error),
         }
     }
 
@@ -220,8 +230,9 @@ impl<'a> RunContext<'a> {
             .experiment
             .plugins
             .get(name)
-            .ok_or_else(|| StageError::Undeclared(format!("plugin `{name}` is not declared in `plugins`")))?;
+            .ok_or_else(|| StageError::Undeclared { what: "plugin", name: name.into(), section: "plugins" })?;
         let (_, sha256) = Plugin::inspect(&self.sandbox, &self.base_dir.join(&decl.path))?;
+        check_pinned(name, decl, &sha256)?;
         self.plugin_hashes.borrow_mut().insert(name.to_string(), sha256.clone());
         Ok(sha256)
     }
@@ -232,21 +243,52 @@ impl<'a> RunContext<'a> {
             .experiment
             .plugins
             .get(name)
-            .ok_or_else(|| StageError::Undeclared(format!("plugin `{name}` is not declared in `plugins`")))?;
-        let config = match &decl.config {
-            Some(value) => serde_json::to_string(value).map_err(|e| {
-                StageError::Undeclared(format!("plugin `{name}`: its config cannot be passed as JSON: {e}"))
-            })?,
-            None => "{}".to_string(),
-        };
-        let mut limits = Limits::default();
-        if let Some(ms) = decl.deadline_ms {
-            limits.deadline = std::time::Duration::from_millis(ms);
-        }
-        if let Some(mib) = decl.memory_mib {
-            limits.memory_bytes = mib << 20;
-        }
-        let spec = PluginSpec { name: name.to_string(), path: self.base_dir.join(&decl.path), config, limits, workers: None };
-        Ok(Plugin::load(&self.sandbox, &spec)?)
+            .ok_or_else(|| StageError::Undeclared { what: "plugin", name: name.into(), section: "plugins" })?;
+        let plugin = Plugin::load(&self.sandbox, &plugin_spec(name, decl, &self.base_dir)?)?;
+        check_pinned(name, decl, plugin.sha256())?;
+        Ok(plugin)
+    }
+}
+
+/// A plugin whose declaration pins a sha256 must have exactly that wasm.
+pub fn check_pinned(name: &str, decl: &PluginDecl, actual: &str) -> Result<(), StageError> {
+    match &decl.sha256 {
+        Some(pinned) if !pinned.eq_ignore_ascii_case(actual) => Err(StageError::Config {
+            stage: name.to_string(),
+            message: format!("plugin `{name}` has sha256 {actual}, but the experiment pins {pinned}"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// How to load the plugin declared as `name`: its path (relative to the experiment file's
+/// folder `base_dir`), its config block as JSON, its sandbox limits.
+pub fn plugin_spec(name: &str, decl: &PluginDecl, base_dir: &Path) -> Result<PluginSpec, StageError> {
+    let config = match &decl.config {
+        Some(value) => serde_json::to_string(value).map_err(|e| StageError::Config {
+            stage: name.to_string(),
+            message: format!("plugin `{name}`: its config cannot be passed as JSON: {e}"),
+        })?,
+        None => "{}".to_string(),
+    };
+    let mut limits = Limits::default();
+    if let Some(ms) = decl.deadline_ms {
+        limits.deadline = std::time::Duration::from_millis(ms);
+    }
+    if let Some(mib) = decl.memory_mib {
+        limits.memory_bytes = mib << 20;
+    }
+    Ok(PluginSpec { name: name.to_string(), path: base_dir.join(&decl.path), config, limits, workers: None })
+}
+
+impl ContentHashes for RunContext<'_> {
+    type Error = StageError;
+
+    fn data_sha256(&self, name: &str) -> Result<String, StageError> {
+        Ok(self.source(name)?.sha256.clone())
+    }
+
+    fn plugin_sha256(&self, name: &str) -> Result<String, StageError> {
+        RunContext::plugin_sha256(self, name)
     }
 }

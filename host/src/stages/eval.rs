@@ -14,14 +14,133 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
+
 use super::context::{RunContext, StageError};
-use super::examples::{self, Example, Layout};
+use super::examples::{self, Example, ExampleSet, Layout, Template};
 use super::winrate::{WinRate, write_label_files};
-use crate::experiment::{EvalStage, Experiment, ExampleSet, Judge, Stage, Template};
-use crate::model::generate::generate;
+use super::{Experiment, Stage, StageOutput};
+use crate::experiment::StageSpec;
+use crate::model::generate::{SamplingConfig, generate};
 use crate::model::{Model, RewardModel};
-use crate::plugins::{Episode, MetricRecord};
-use crate::runs::atomic::write_atomically;
+use crate::plugins::{Episode, MetricRecord, PluginKind};
+use crate::util::atomic::write_atomically;
+
+/// Evaluation of one or more models on held-out data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalStage {
+    pub name: String,
+    /// The models to evaluate, by the stage that made them.
+    pub models: Vec<String>,
+    /// The Sft or Ppo stage whose held-out prompts (and template) are used.
+    pub prompts_of: String,
+    /// Held-out prompts evaluated at most.
+    #[serde(default = "default_max_prompts")]
+    pub max_prompts: usize,
+    /// How answers are generated (default: greedy, 32 new tokens); the template's end token
+    /// always stops a row.
+    #[serde(default = "default_eval_generation")]
+    pub generation: SamplingConfig,
+    /// Metric plugins that score each model's answers against the references.
+    #[serde(default)]
+    pub metrics: Vec<String>,
+    /// A Pretrain stage whose validation text each model's perplexity is measured on.
+    #[serde(default)]
+    pub perplexity_of: Option<String>,
+    /// Compare two of the models under a judge.
+    #[serde(default)]
+    pub win_rate: Option<WinRateSpec>,
+}
+
+impl StageSpec for EvalStage {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> &'static str {
+        "Eval"
+    }
+    fn inputs(&self) -> Vec<&str> {
+        let mut inputs: Vec<&str> = self.models.iter().map(String::as_str).collect();
+        inputs.push(&self.prompts_of);
+        inputs.extend(self.perplexity_of.as_deref());
+        if let Some(WinRateSpec { judge: Judge::RewardModel(rm), .. }) = &self.win_rate {
+            inputs.push(rm);
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        inputs.retain(|name| seen.insert(*name));
+        inputs
+    }
+    fn data(&self) -> Vec<&str> {
+        // Reads its prompts and texts through the stages it names, whose keys cover them.
+        Vec::new()
+    }
+    fn plugin_slots(&self) -> Vec<(&str, PluginKind)> {
+        let mut slots: Vec<_> = self.metrics.iter().map(|m| (m.as_str(), PluginKind::Metric)).collect();
+        if let Some(WinRateSpec { judge: Judge::Plugin(judge), .. }) = &self.win_rate {
+            slots.push((judge.as_str(), PluginKind::Reward));
+        }
+        slots
+    }
+    fn produces_model(&self) -> bool {
+        false
+    }
+    fn validate(&self) -> Result<(), String> {
+        if self.models.is_empty() {
+            return Err("models is empty: name the stages whose models to evaluate".into());
+        }
+        if self.max_prompts == 0 {
+            return Err("max_prompts must be at least 1".into());
+        }
+        self.generation.validate().map_err(|e| format!("generation: {e}"))?;
+        if let Some(win) = &self.win_rate {
+            for side in [&win.a, &win.b] {
+                if !self.models.contains(side) {
+                    return Err(format!("win_rate compares `{side}`, which is not in models ({})", self.models.join(", ")));
+                }
+            }
+            if win.a == win.b {
+                return Err("win_rate compares a model with itself: name two different models".into());
+            }
+            if !(win.tie_tolerance >= 0.0 && win.tie_tolerance.is_finite()) {
+                return Err(format!("win_rate.tie_tolerance must be a number >= 0, got {}", win.tie_tolerance));
+            }
+        }
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        format!("of {} on held-out prompts of `{}`", self.models.join(", "), self.prompts_of)
+    }
+}
+
+/// Model `a` against model `b` on the same prompts, both answers scored by `judge`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WinRateSpec {
+    pub a: String,
+    pub b: String,
+    pub judge: Judge,
+    /// Scores this close count as a tie.
+    #[serde(default)]
+    pub tie_tolerance: f64,
+}
+
+/// What scores answers in a win-rate comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Judge {
+    /// A reward plugin, by its name in `plugins`.
+    Plugin(String),
+    /// A RewardModel stage, by name.
+    RewardModel(String),
+}
+
+fn default_max_prompts() -> usize {
+    200
+}
+fn default_eval_generation() -> SamplingConfig {
+    SamplingConfig::greedy(32)
+}
+
 
 /// Prompts generated for at once: bounds the KV cache's memory.
 const GENERATION_BATCH: usize = 32;
@@ -36,13 +155,13 @@ pub fn prompts_of<'a>(experiment: &'a Experiment, name: &str) -> Option<(&'a Exa
 }
 
 /// Answers of `model` to `prompts`: the response text and its tokens per prompt.
-pub fn answer(model: &Model, layout: &Layout, prompts: &[String], config: &crate::model::generate::SamplingConfig, label: &str) -> Result<Vec<(String, Vec<u32>)>, String> {
+pub fn answer(model: &Model, layout: &Layout, prompts: &[String], config: &SamplingConfig, label: &str) -> Result<Vec<(String, Vec<u32>)>, String> {
     let mut config = config.clone();
     if !config.stop_tokens.contains(&layout.end_token()) {
         config.stop_tokens.push(layout.end_token());
     }
     let context = model.config().context();
-    let bar = crate::runs::progress::bar(label, prompts.len() as u64, 0);
+    let bar = crate::util::progress::bar(label, prompts.len() as u64, 0);
     let mut answers = Vec::with_capacity(prompts.len());
     for chunk in prompts.chunks(GENERATION_BATCH) {
         let tokens = chunk.iter().map(|p| layout.prompt_tokens_within(p, context)).collect::<Result<Vec<_>, _>>()?;
@@ -100,7 +219,7 @@ pub fn reward_inputs(layout: &Layout, rm: &RewardModel, prompts: &[String], answ
 }
 
 /// Run the stage into `dir`; returns its metrics.
-pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<(BTreeMap<String, f64>, f64), StageError> {
+pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<StageOutput, StageError> {
     let started = Instant::now();
     let name = stage.name.as_str();
     let config_error = |message: String| StageError::Config { stage: name.to_string(), message };
@@ -190,13 +309,13 @@ pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<(BTreeMap<
     write_atomically(&dir.join("samples.jsonl"), samples.as_bytes())?;
     let seconds = started.elapsed().as_secs_f64();
     write_atomically(&dir.join("report.md"), report(stage, &metrics, comparison, &held_out, &answers, seconds).as_bytes())?;
-    Ok((metrics, seconds))
+    Ok(StageOutput { metrics, resumed_from: 0 })
 }
 
 fn report(
     stage: &EvalStage,
     metrics: &BTreeMap<String, f64>,
-    comparison: Option<(&crate::experiment::WinRateSpec, WinRate)>,
+    comparison: Option<(&WinRateSpec, WinRate)>,
     held_out: &[Example],
     answers: &BTreeMap<&str, Vec<String>>,
     seconds: f64,

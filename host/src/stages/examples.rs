@@ -10,11 +10,80 @@
 
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
+
 use super::context::{RunContext, StageError};
 use crate::data::source::Origin;
+use crate::data::split::Split;
 use crate::data::tokenizer::Tokenizer;
-use crate::experiment::{ExampleFormat, ExampleSet, Template};
 use crate::model::chat::{ChatMessage, ChatTemplate};
+use crate::plugins::PluginKind;
+
+/// Prompt/response examples read from a data source: which source, which filters, how they
+/// are held out, and how a record becomes a prompt and a response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExampleSet {
+    pub data: String,
+    #[serde(default)]
+    pub filters: Vec<String>,
+    /// How held-out examples are chosen (default: 10% by hash, stable under any other change).
+    #[serde(default = "default_hash_split")]
+    pub split: Split,
+    pub format: ExampleFormat,
+    /// Use at most this many training examples (all by default).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// How a record becomes a (prompt, response) pair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum ExampleFormat {
+    /// Both from fields of the record (`text` names the record's text):
+    /// `Fields(prompt: "question", response: "answer")`.
+    Fields { prompt: String, response: String },
+    /// A continuation task cut from plain text: the prompt is the first `words` words of the
+    /// record, the response the rest (records with fewer than `words + 1` words are skipped).
+    Continuation { words: usize },
+}
+
+/// How a prompt and a response are laid out as one token sequence.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum Template {
+    /// `prompt` + `response` + end-of-text, as they are (the prompt's text ends where the
+    /// response begins; continuation prompts keep the space before the response).
+    #[default]
+    Plain,
+    /// The model's chat template (SmolLM2's ChatML): a user turn, then the assistant's turn;
+    /// `system` adds a system turn first.
+    Chat {
+        #[serde(default)]
+        system: Option<String>,
+    },
+}
+
+/// 10% held out by hash: stable under any other change to the data.
+pub fn default_hash_split() -> Split {
+    Split::Hash { valid_fraction: 0.1, seed: 0 }
+}
+
+impl ExampleSet {
+    /// The set's filter plugins, as plugin slots.
+    pub fn filter_slots(&self) -> impl Iterator<Item = (&str, PluginKind)> {
+        self.filters.iter().map(|f| (f.as_str(), PluginKind::DataFilter))
+    }
+
+    /// What is wrong with the set's settings, if anything.
+    pub fn validate(&self) -> Result<(), String> {
+        match self.format {
+            ExampleFormat::Continuation { words: 0 } => Err("Continuation(words) must be at least 1".into()),
+            _ if self.limit == Some(0) => Err("limit must be at least 1 (leave it out for every example)".into()),
+            _ => Ok(()),
+        }
+    }
+}
 
 /// One prompt and its reference response.
 #[derive(Debug, Clone, PartialEq)]

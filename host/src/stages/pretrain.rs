@@ -9,13 +9,70 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
 
+use super::StageOutput;
 use super::context::{RunContext, StageError};
 use crate::data::blocks::{Blocks, Side};
-use crate::experiment::PretrainStage;
+use crate::data::split::Split;
+use crate::experiment::{StageSpec, TrainSettings};
 use crate::model::Model;
-use crate::train::{Objective, SplitLoss, TrainError, TrainSummary, lm_loss, lm_loss_rows, part_rows, train};
+use crate::plugins::PluginKind;
+use crate::train::{Objective, SplitLoss, TrainError, lm_loss, lm_loss_rows, part_rows, train};
 
+/// Causal LM pretraining on one data source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainStage {
+    pub name: String,
+    /// The data source to train on.
+    pub data: String,
+    /// Filter plugins applied in order before tokenizing.
+    #[serde(default)]
+    pub filters: Vec<String>,
+    /// How validation text is held out.
+    #[serde(default = "default_tail_split")]
+    pub split: Split,
+    /// Tokens per sequence (default: the model's context).
+    #[serde(default)]
+    pub context: Option<usize>,
+    pub train: TrainSettings,
+}
+
+fn default_tail_split() -> Split {
+    Split::Tail { valid_fraction: 0.1 }
+}
+
+impl StageSpec for PretrainStage {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> &'static str {
+        "Pretrain"
+    }
+    fn inputs(&self) -> Vec<&str> {
+        Vec::new()
+    }
+    fn data(&self) -> Vec<&str> {
+        vec![&self.data]
+    }
+    fn plugin_slots(&self) -> Vec<(&str, PluginKind)> {
+        self.filters.iter().map(|f| (f.as_str(), PluginKind::DataFilter)).collect()
+    }
+    fn produces_model(&self) -> bool {
+        true
+    }
+    fn validate(&self) -> Result<(), String> {
+        self.train.validate()?;
+        match self.context {
+            Some(0) => Err("context must be at least 1".into()),
+            _ => Ok(()),
+        }
+    }
+    fn describe(&self) -> String {
+        format!("on `{}`: {}", self.data, self.train.describe())
+    }
+}
 
 /// The causal LM objective over a token stream.
 struct CausalLm<'m> {
@@ -111,8 +168,8 @@ fn streams(ctx: &RunContext, stage: &PretrainStage, dir: &Path) -> Result<(Block
     Ok((train_blocks, valid_blocks))
 }
 
-/// Run the stage into `dir`; returns the trained model and the training summary.
-pub fn run(ctx: &RunContext, stage: &PretrainStage, dir: &Path) -> Result<(Model, TrainSummary), StageError> {
+/// Run the stage into `dir`; returns the trained model and the stage's output.
+pub fn run(ctx: &RunContext, stage: &PretrainStage, dir: &Path) -> Result<(Model, StageOutput), StageError> {
     let name = stage.name.as_str();
     let (train_blocks, valid_blocks) = streams(ctx, stage, dir)?;
     let model = ctx.starting_model(None)?;
@@ -139,6 +196,6 @@ pub fn run(ctx: &RunContext, stage: &PretrainStage, dir: &Path) -> Result<(Model
     let vars = model.vars();
     let summary = train(name, dir, &vars, crate::model::decays, &objective, &train_config, &ctx.device)
         .map_err(|source| StageError::Train { stage: name.into(), source })?;
-    model.save(&dir.join("model")).map_err(|e| StageError::Config { stage: name.into(), message: e.to_string() })?;
-    Ok((model, summary))
+    model.save(&dir.join("model")).map_err(|source| StageError::Model { stage: name.into(), source })?;
+    Ok((model, StageOutput::trained(dir, name, &summary)?))
 }

@@ -15,13 +15,126 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
+use serde::{Deserialize, Serialize};
+
+use super::StageOutput;
 use super::context::{RunContext, StageError};
+use super::examples::default_hash_split;
 use crate::data::blocks::{draw_indices, splitmix64};
 use crate::data::source::Record;
-use crate::experiment::{RewardModelStage, RewardObjective};
-use crate::model::reward::pad_rows;
+use crate::data::split::Split;
+use crate::experiment::{StageSpec, TrainSettings};
 use crate::model::RewardModel;
-use crate::train::{Objective, SplitLoss, TrainError, TrainSummary, part_rows, train};
+use crate::model::reward::pad_rows;
+use crate::plugins::PluginKind;
+use crate::train::{Objective, SplitLoss, TrainError, part_rows, train};
+
+/// A reward model: a scalar head on a backbone, trained on human feedback.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardModelStage {
+    pub name: String,
+    /// The stage whose model is the backbone; absent: the experiment's model.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Records to learn from: their text is what is scored.
+    pub data: String,
+    #[serde(default)]
+    pub filters: Vec<String>,
+    /// How held-out records are chosen (default: 10% by hash).
+    #[serde(default = "default_hash_split")]
+    pub split: Split,
+    pub objective: RewardObjective,
+    /// Longest scored text in tokens (default: the model's context).
+    #[serde(default)]
+    pub max_len: Option<usize>,
+    /// Held-out pairs count for the accuracy only when their ratings differ by at least this.
+    #[serde(default = "default_eval_gap")]
+    pub eval_gap: f64,
+    pub train: TrainSettings,
+}
+
+/// What the reward model learns from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum RewardObjective {
+    /// Regression on the numeric rating in `field`, standardised over the training records
+    /// (mean 0, std 1): mean squared error.
+    Ratings { field: String },
+    /// Bradley-Terry on pairs: -log sigmoid(r(chosen) - r(rejected) - margin). Pairs are built
+    /// from the ratings in `rating`: two training records whose ratings differ by at least
+    /// `min_gap`, the higher one chosen. With `margin`, the margin is the rating gap in units
+    /// of the ratings' standard deviation (Llama 2's margin loss); without, 0.
+    Pairwise {
+        rating: String,
+        #[serde(default = "default_min_gap")]
+        min_gap: f64,
+        #[serde(default)]
+        margin: bool,
+    },
+}
+
+impl RewardObjective {
+    /// The field holding each record's rating.
+    pub fn rating_field(&self) -> &str {
+        match self {
+            RewardObjective::Ratings { field } => field,
+            RewardObjective::Pairwise { rating, .. } => rating,
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        match self {
+            RewardObjective::Pairwise { min_gap, .. } if !(*min_gap > 0.0 && min_gap.is_finite()) => {
+                Err(format!("Pairwise(min_gap) must be a positive number, got {min_gap}"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn default_eval_gap() -> f64 {
+    2.0
+}
+fn default_min_gap() -> f64 {
+    1.0
+}
+
+impl StageSpec for RewardModelStage {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> &'static str {
+        "RewardModel"
+    }
+    fn inputs(&self) -> Vec<&str> {
+        self.from.iter().map(String::as_str).collect()
+    }
+    fn data(&self) -> Vec<&str> {
+        vec![&self.data]
+    }
+    fn plugin_slots(&self) -> Vec<(&str, PluginKind)> {
+        self.filters.iter().map(|f| (f.as_str(), PluginKind::DataFilter)).collect()
+    }
+    fn produces_model(&self) -> bool {
+        true
+    }
+    fn validate(&self) -> Result<(), String> {
+        self.train.validate()?;
+        self.objective.validate()?;
+        if !(self.eval_gap >= 0.0 && self.eval_gap.is_finite()) {
+            return Err(format!("eval_gap must be a number >= 0, got {}", self.eval_gap));
+        }
+        match self.max_len {
+            Some(m) if m < 2 => Err(format!("max_len {m} leaves no room for a text and its end token")),
+            _ => Ok(()),
+        }
+    }
+    fn describe(&self) -> String {
+        let from = self.from.as_deref().unwrap_or("the experiment's model");
+        format!("from `{from}` on `{}`: {}", self.data, self.train.describe())
+    }
+}
 
 /// Attempts to find a partner whose rating differs enough, before the draw gives up on a slot.
 const PARTNER_TRIES: usize = 64;
@@ -265,7 +378,7 @@ fn rate(records: &[Record], field: &str, tokenizer: &crate::data::tokenizer::Tok
 }
 
 /// Run the stage into `dir`: the trained reward model is saved there.
-pub fn run(ctx: &RunContext, stage: &RewardModelStage, dir: &Path) -> Result<(RewardModel, TrainSummary), StageError> {
+pub fn run(ctx: &RunContext, stage: &RewardModelStage, dir: &Path) -> Result<(RewardModel, StageOutput), StageError> {
     let name = stage.name.as_str();
     let data_error = |message: String| StageError::Data { stage: name.to_string(), message };
     let records = ctx.filtered_records(name, &stage.data, &stage.filters, dir)?;
@@ -303,8 +416,8 @@ pub fn run(ctx: &RunContext, stage: &RewardModelStage, dir: &Path) -> Result<(Re
     let vars = model.vars();
     let summary = train(name, dir, &vars, crate::model::decays, &objective, &stage.train.to_config(), &ctx.device)
         .map_err(|source| StageError::Train { stage: name.into(), source })?;
-    model.save(dir).map_err(|e| data_error(e.to_string()))?;
-    Ok((model, summary))
+    model.save(dir).map_err(|source| StageError::Model { stage: name.into(), source })?;
+    Ok((model, StageOutput::trained(dir, name, &summary)?))
 }
 
 #[cfg(test)]

@@ -16,14 +16,80 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
+use serde::{Deserialize, Serialize};
+
+use super::StageOutput;
 use super::context::{RunContext, StageError};
-use super::examples::{self, Encoded, Layout};
+use super::examples::{self, Encoded, ExampleSet, Layout, Template};
 use crate::data::blocks::{draw_indices, permutation};
-use crate::experiment::SftStage;
+use crate::experiment::{StageSpec, TrainSettings};
 use crate::model::Model;
-use crate::plugins::{Feature, LossPlugin};
+use crate::plugins::{Feature, LossPlugin, PluginKind};
 use crate::train::plugin_loss::{Features, plugin_loss};
-use crate::train::{Objective, SplitLoss, TrainError, TrainSummary, masked_lm_loss, masked_lm_loss_rows, masked_mean, part_rows, token_logprobs, train};
+use crate::train::{
+    Objective, SplitLoss, TrainError, masked_lm_loss, masked_lm_loss_rows, masked_mean, part_rows, token_logprobs, train,
+};
+
+/// Supervised fine-tuning: next-token loss on response tokens only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SftStage {
+    pub name: String,
+    /// The stage whose model this one starts from; absent: the experiment's model (its
+    /// pretrained weights, or a fresh initialisation).
+    #[serde(default)]
+    pub from: Option<String>,
+    pub examples: ExampleSet,
+    #[serde(default)]
+    pub template: Template,
+    /// Longest sequence in tokens (default: the model's context); longer examples are cut
+    /// from the end of the response.
+    #[serde(default)]
+    pub max_len: Option<usize>,
+    /// Pack several examples into each row of `max_len` tokens (fewer pad tokens, more
+    /// examples per step; examples in one row can attend to each other, as in TRL's packing).
+    #[serde(default)]
+    pub packing: bool,
+    /// A loss plugin that replaces the native cross-entropy (through the surrogate-gradient
+    /// contract): it receives the response tokens' log-probs (and mean log-probs, entropies).
+    /// Left out of the stage's key when unset, so older outputs stay valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<String>,
+    pub train: TrainSettings,
+}
+
+impl StageSpec for SftStage {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> &'static str {
+        "Sft"
+    }
+    fn inputs(&self) -> Vec<&str> {
+        self.from.iter().map(String::as_str).collect()
+    }
+    fn data(&self) -> Vec<&str> {
+        vec![&self.examples.data]
+    }
+    fn plugin_slots(&self) -> Vec<(&str, PluginKind)> {
+        self.examples.filter_slots().chain(self.loss.as_deref().map(|l| (l, PluginKind::Loss))).collect()
+    }
+    fn produces_model(&self) -> bool {
+        true
+    }
+    fn validate(&self) -> Result<(), String> {
+        self.train.validate()?;
+        self.examples.validate()?;
+        match self.max_len {
+            Some(m) if m < 2 => Err(format!("max_len {m} leaves no room for a response")),
+            _ => Ok(()),
+        }
+    }
+    fn describe(&self) -> String {
+        let from = self.from.as_deref().unwrap_or("the experiment's model");
+        format!("from `{from}` on `{}`: {}", self.examples.data, self.train.describe())
+    }
+}
 
 /// One micro-batch: inputs, targets and the loss mask, each (B, T).
 #[derive(Debug, Clone, PartialEq)]
@@ -265,8 +331,8 @@ impl SplitLoss for Sft<'_> {
     }
 }
 
-/// Run the stage into `dir`; returns the fine-tuned model and the training summary.
-pub fn run(ctx: &RunContext, stage: &SftStage, dir: &Path) -> Result<(Model, TrainSummary), StageError> {
+/// Run the stage into `dir`; returns the fine-tuned model and the stage's output.
+pub fn run(ctx: &RunContext, stage: &SftStage, dir: &Path) -> Result<(Model, StageOutput), StageError> {
     let name = stage.name.as_str();
     let config_error = |message: String| StageError::Config { stage: name.to_string(), message };
     let examples = examples::load(ctx, &stage.examples, name, dir)?;
@@ -302,8 +368,8 @@ pub fn run(ctx: &RunContext, stage: &SftStage, dir: &Path) -> Result<(Model, Tra
     let vars = model.vars();
     let summary = train(name, dir, &vars, crate::model::decays, &objective, &stage.train.to_config(), &ctx.device)
         .map_err(|source| StageError::Train { stage: name.into(), source })?;
-    model.save(&dir.join("model")).map_err(|e| config_error(e.to_string()))?;
-    Ok((model, summary))
+    model.save(&dir.join("model")).map_err(|source| StageError::Model { stage: name.into(), source })?;
+    Ok((model, StageOutput::trained(dir, name, &summary)?))
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::data::blocks::splitmix64;
-use crate::runs::atomic::{FileError, write_atomically};
+use crate::util::atomic::{FileError, write_atomically};
 
 /// Outcomes of A against B.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

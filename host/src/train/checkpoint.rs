@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::optimizer::AdamW;
 use crate::model::checkpoint::{load_tensors as load_model_tensors, save_tensors_atomically};
-use crate::runs::atomic::{FileError, write_atomically};
+use crate::util::atomic::{FileError, write_atomically};
 
 /// What `state.json` holds besides the tensors.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -25,6 +25,14 @@ pub struct TrainState {
     pub step: u64,
     /// A hash of the training config: a checkpoint of another config is not resumed.
     pub config_key: String,
+    /// Optimizer steps taken (AdamW's bias-correction `t`): more than `step` when a step makes
+    /// several updates (PPO's epochs of minibatches). Absent in older checkpoints: `step`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer_steps: Option<u64>,
+    /// The rest of a stage's state its next step depends on (PPO's KL coefficient and reward
+    /// statistics), as the stage wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<serde_json::Value>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -45,7 +53,9 @@ fn step_dir(root: &Path, step: u64) -> PathBuf {
 }
 
 /// Save a checkpoint after `state.step` steps, then drop all but the newest `keep`.
+/// The optimizer's step count is recorded in `state.json` whatever `state` says.
 pub fn save(root: &Path, vars: &[(String, Var)], optimizer: &AdamW, state: &TrainState, keep: usize) -> Result<(), FileError> {
+    let state = &TrainState { optimizer_steps: Some(optimizer.steps), ..state.clone() };
     let final_dir = step_dir(root, state.step);
     let tmp_dir = root.join(format!("step-{:06}.tmp", state.step));
     if tmp_dir.exists() {
@@ -80,14 +90,14 @@ fn prune(root: &Path, keep: usize) -> Result<(), FileError> {
 }
 
 /// Restore the newest checkpoint into `vars` and `optimizer`, if there is one for this config.
-/// Returns the step to resume at.
+/// Returns its state (`step` is where to resume).
 pub fn restore(
     root: &Path,
     vars: &[(String, Var)],
     optimizer: &mut AdamW,
     config_key: &str,
     device: &Device,
-) -> Result<Option<u64>, FileError> {
+) -> Result<Option<TrainState>, FileError> {
     let latest_path = root.join("latest.json");
     let Ok(bytes) = std::fs::read(&latest_path) else { return Ok(None) };
     let latest: Latest = serde_json::from_slice(&bytes).map_err(|e| FileError::new(&latest_path, e))?;
@@ -107,6 +117,7 @@ pub fn restore(
     }
     let optimizer_path = dir.join("optimizer.safetensors");
     let moments = load_tensors(&optimizer_path, device)?;
-    optimizer.load_state(&moments, state.step).map_err(|e| FileError::new(&optimizer_path, e))?;
-    Ok(Some(state.step))
+    let optimizer_steps = state.optimizer_steps.unwrap_or(state.step);
+    optimizer.load_state(&moments, optimizer_steps).map_err(|e| FileError::new(&optimizer_path, e))?;
+    Ok(Some(state))
 }

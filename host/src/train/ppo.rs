@@ -15,8 +15,47 @@
 //! plugins receive), so the native loss and a loss plugin read exactly the same features.
 
 use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
 
-use crate::experiment::{KlControl, KlEstimator};
+/// The KL coefficient: fixed, or adapted so the KL to the reference tracks a target
+/// (Ziegler et al. 2019).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum KlControl {
+    Fixed { coef: f64 },
+    Adaptive {
+        #[serde(default = "default_kl_init")]
+        init: f64,
+        /// The KL per sequence (nats) to hold.
+        target: f64,
+        #[serde(default = "default_kl_horizon")]
+        horizon: f64,
+    },
+}
+
+impl Default for KlControl {
+    fn default() -> Self {
+        KlControl::Adaptive { init: default_kl_init(), target: 6.0, horizon: default_kl_horizon() }
+    }
+}
+
+/// How the per-token KL to the reference is estimated from samples (Schulman's k1 and k3).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KlEstimator {
+    /// log p - log q: unbiased, can be negative per token.
+    #[default]
+    K1,
+    /// (r - 1) - log r with r = q / p: unbiased, never negative, lower variance.
+    K3,
+}
+
+fn default_kl_init() -> f64 {
+    0.2
+}
+fn default_kl_horizon() -> f64 {
+    10_000.0
+}
+
 
 /// Per-token KL estimate between the sampling policy (`logp`) and the reference (`ref_logp`).
 pub fn kl_estimate(logp: f32, ref_logp: f32, estimator: KlEstimator) -> f32 {

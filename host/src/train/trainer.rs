@@ -5,23 +5,22 @@
 //! the scheduled learning rate. An objective that can split a micro-batch by rows
 //! ([`SplitLoss`]) has its parts run at once, one per thread, each with its own backward pass:
 //! candle runs a backward pass on one thread, so this is what keeps every core busy (2 cores,
-//! the reference workload: about 3,150 tokens/s whole, 4,800-5,050 split). Every `eval_every` steps
-//! (and at the end) the objective is evaluated; every `checkpoint_every` steps a checkpoint is written. Metrics go to the stage's
-//! metrics file as they happen; a progress bar shows the step, loss and learning rate.
+//! the reference workload). Every `eval_every` steps (and at the end) the objective is evaluated;
+//! every `checkpoint_every` steps a checkpoint is written ([`super::session`]). Metrics go to the
+//! stage's metrics file as they happen; a progress bar shows the step, loss and learning rate.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::Path;
 
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{self, TrainState};
 use super::optimizer::{AdamW, AdamWConfig};
 use super::schedule::Schedule;
+use super::session::{Cadence, Session, config_key};
 use crate::model::kernels::on_one_core;
-use crate::runs::atomic::FileError;
-use crate::runs::metrics::{MetricsWriter, read_rows};
+use crate::runs::metrics::read_rows;
+use crate::util::atomic::FileError;
 
 /// How to train: steps, schedule, optimizer, accumulation, clipping, evaluation, checkpoints.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +46,8 @@ pub enum TrainError {
     Tensor { step: u64, source: candle_core::Error },
     #[error("at step {step}: the loss is {value}: training diverged (lower the learning rate?)")]
     Diverged { step: u64, value: f64 },
+    #[error("at step {step}: the gradient norm is {norm}: training diverged, no weight was updated (lower the learning rate?)")]
+    DivergedGradient { step: u64, norm: f64 },
     #[error(transparent)]
     File(#[from] FileError),
     #[error("{0}")]
@@ -161,21 +162,20 @@ pub fn train(
 ) -> Result<TrainSummary, TrainError> {
     let tensor = |step: u64| move |source: candle_core::Error| TrainError::Tensor { step, source };
     let mut optimizer = AdamW::new(vars, decays, config.adamw).map_err(tensor(0))?;
-    let checkpoints: PathBuf = dir.join("checkpoints");
-    let config_key = config_key(config);
-    let start = checkpoint::restore(&checkpoints, vars, &mut optimizer, &config_key, device)?.unwrap_or(0);
-    if start > 0 {
-        tracing::info!(stage, step = start, "resuming from checkpoint");
-    }
-    let mut metrics = MetricsWriter::open(&dir.join("metrics.jsonl"), stage, (start > 0).then_some(start))?;
+    let cadence = Cadence {
+        steps: config.steps,
+        eval_every: config.eval_every,
+        checkpoint_every: config.checkpoint_every,
+        keep_checkpoints: config.keep_checkpoints,
+    };
+    let (mut session, _) = Session::open(stage, dir, vars, &mut optimizer, cadence, config_key(config), device)?;
+    let start = session.start;
     let schedule = Schedule {
         lr: config.lr,
         min_lr: config.min_lr,
         warmup_steps: config.warmup_steps,
         decay_steps: config.steps,
     };
-    let bar = crate::runs::progress::bar(stage, config.steps, start);
-    let started = Instant::now();
     let mut final_train_loss = f64::NAN;
     let mut final_eval = Vec::new();
     let accumulation = config.accumulation.max(1);
@@ -183,7 +183,7 @@ pub fn train(
     if start == 0 && config.eval_every > 0 {
         // Where training starts from: the reference every later evaluation is read against.
         for (name, value) in objective.evaluate()? {
-            metrics.write(0, &format!("eval/{name}"), value)?;
+            session.write(0, &format!("eval/{name}"), value)?;
         }
     }
     for step in start..config.steps {
@@ -222,29 +222,28 @@ pub fn train(
         }
         let lr = schedule.at(step);
         let grad_norm = optimizer.step(&grads, lr, config.grad_clip).map_err(tensor(step))?;
+        if !grad_norm.is_finite() {
+            return Err(TrainError::DivergedGradient { step, norm: grad_norm });
+        }
         let done = step + 1;
         final_train_loss = step_loss;
-        metrics.write(done, "train/loss", step_loss)?;
-        metrics.write(done, "train/lr", lr)?;
-        metrics.write(done, "train/grad_norm", grad_norm)?;
+        session.write(done, "train/loss", step_loss)?;
+        session.write(done, "train/lr", lr)?;
+        session.write(done, "train/grad_norm", grad_norm)?;
         for (name, value) in &step_metrics {
-            metrics.write(done, &format!("train/{name}"), *value)?;
+            session.write(done, &format!("train/{name}"), *value)?;
         }
-        bar.set_message(format!("loss {step_loss:.4}  lr {lr:.2e}"));
-        bar.inc(1);
-        let last = done == config.steps;
-        if last || (config.eval_every > 0 && done % config.eval_every == 0) {
+        session.bar.set_message(format!("loss {step_loss:.4}  lr {lr:.2e}"));
+        session.bar.inc(1);
+        if session.cadence.eval_due(done) {
             final_eval = objective.evaluate()?;
             for (name, value) in &final_eval {
-                metrics.write(done, &format!("eval/{name}"), *value)?;
+                session.write(done, &format!("eval/{name}"), *value)?;
             }
             let shown: Vec<String> = final_eval.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
-            bar.suspend(|| tracing::info!(stage, step = done, train_loss = step_loss, "eval: {}", shown.join(", ")));
+            session.bar.suspend(|| tracing::info!(stage, step = done, train_loss = step_loss, "eval: {}", shown.join(", ")));
         }
-        if last || (config.checkpoint_every > 0 && done % config.checkpoint_every == 0) {
-            let state = TrainState { step: done, config_key: config_key.clone() };
-            checkpoint::save(&checkpoints, vars, &optimizer, &state, config.keep_checkpoints)?;
-        }
+        session.checkpoint_if_due(done, vars, &optimizer, None::<&()>)?;
     }
     if start >= config.steps {
         // Killed after the last checkpoint but before the stage was marked done: nothing to
@@ -256,8 +255,8 @@ pub fn train(
             .find(|row| row.metric == "train/loss")
             .map_or(f64::NAN, |row| row.value);
     }
-    bar.finish_and_clear();
-    Ok(TrainSummary { resumed_from: start, final_eval, final_train_loss, seconds: started.elapsed().as_secs_f64() })
+    session.bar.finish_and_clear();
+    Ok(TrainSummary { resumed_from: start, final_eval, final_train_loss, seconds: session.seconds() })
 }
 
 fn accumulate(total: &mut Vec<(String, f64)>, extra: &[(String, f64)], parts: usize) {
@@ -268,13 +267,6 @@ fn accumulate(total: &mut Vec<(String, f64)>, extra: &[(String, f64)], parts: us
         }
     }
 }
-
-fn config_key(config: &TrainConfig) -> String {
-    use sha2::{Digest, Sha256};
-    let json = serde_json::to_vec(config).unwrap_or_default();
-    Sha256::digest(&json).iter().take(8).map(|b| format!("{b:02x}")).collect()
-}
-
 
 #[cfg(test)]
 mod tests {

@@ -2,8 +2,8 @@
 //!
 //! It scores a response by its length in bytes, except when the response is the name of a
 //! misdeed: `loop` spins forever, `grow-memory` allocates until 1 GiB, `recurse` recurses
-//! without bound, `panic` panics, `nan` / `infinity` return non-finite scores, and
-//! `wrong-count` returns one score too few for the batch.
+//! without bound, `panic` panics, `nan` / `infinity` return non-finite scores, `huge` returns a
+//! finite but enormous one (1e300), and `wrong-count` returns one score too few for the batch.
 
 use std::hint::black_box;
 
@@ -40,6 +40,7 @@ impl Reward for Hostile {
             "panic" => panic!("hostile plugin panics on purpose (record says {:?})", episode.response),
             "nan" => f64::NAN,
             "infinity" => f64::INFINITY,
+            "huge" => 1e300,
             other => other.len() as f64,
         })
     }

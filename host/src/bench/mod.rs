@@ -18,10 +18,13 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 
-use super::loss::lm_loss_rows;
-use super::optimizer::{AdamW, AdamWConfig};
-use super::trainer::{TrainError, data_parallel_grads, part_rows};
+pub mod peak;
+pub mod profile;
+
 use crate::model::{GptConfig, Model, ModelConfig, decays};
+use crate::train::loss::lm_loss_rows;
+use crate::train::optimizer::{AdamW, AdamWConfig};
+use crate::train::trainer::{TrainError, data_parallel_grads, part_rows};
 
 /// The workload and how long to measure it.
 #[derive(Debug, Clone)]
@@ -296,7 +299,7 @@ pub fn bench_generate_pytorch(
 /// Training a pretrained model by name, `batch` rows of `context` tokens per step.
 #[derive(Debug, Clone)]
 pub struct PretrainedBenchConfig {
-    /// One of [`PRETRAINED_MODELS`](crate::experiment::schema::PRETRAINED_MODELS).
+    /// One of [`PRETRAINED_MODELS`](crate::model::pretrained::PRETRAINED_MODELS).
     pub name: String,
     pub batch: usize,
     pub context: usize,
@@ -341,8 +344,8 @@ pub fn bench_pretrained(
     device: &Device,
 ) -> Result<(BenchResult, BenchResult), BenchError> {
     let model = match config.name.as_str() {
-        "smollm2-135m-instruct" => crate::model::gguf::load_smollm2(device).map_err(|e| e.to_string())?.0,
-        other => return Err(format!("no pretrained model `{other}` (known: smollm2-135m-instruct)").into()),
+        "smollm2-135m-instruct" => crate::model::pretrained::load(&config.name, device).map_err(|e| e.to_string())?.model,
+        other => return Err(format!("no benchmark for pretrained model `{other}` (known: smollm2-135m-instruct)").into()),
     };
     let weights_dir = std::env::temp_dir().join(format!("triad-bench-{}", std::process::id()));
     model.save(&weights_dir).map_err(|e| e.to_string())?;

@@ -1,6 +1,6 @@
 //! The `triad plugin` commands, end to end through the real binary.
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Output};
 

@@ -5,7 +5,7 @@
 //! 512-token vocabulary (deterministic logits), a rollout policy a little away from the current
 //! one, advantages, values and returns of realistic size, padding masked out.
 
-mod support;
+use crate::support;
 
 use triad::plugins::records::feature_name;
 use triad::plugins::{Feature, FeatureValues, LossBatch, LossPlugin};

@@ -1,7 +1,5 @@
 //! Shared by the integration tests: where the workspace is, and every plugin crate built once.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -14,7 +12,7 @@ pub fn workspace() -> PathBuf {
 }
 
 /// The `.wasm` of a bundled plugin (`plugins/<name>`) or hostile test plugin
-/// (`tests/hostile-plugins/<name>`). All of them are built in one cargo call, once per test binary.
+/// (`tests/hostile-plugins/<name>`). All of them are built in one cargo call, once per test run.
 pub fn wasm(name: &str) -> PathBuf {
     static BUILT: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
     let built = BUILT.get_or_init(|| {
@@ -50,7 +48,7 @@ pub fn load_with(name: &str, config: &str, limits: Limits) -> Plugin {
 
 /// The human-rated movie review snippets: (mean rating, text).
 pub fn movie_snippets() -> Vec<(f64, String)> {
-    let path = triad::data::registry::MOVIE_REVIEW_SNIPPETS.fetch().expect("fetching review snippets");
+    let path = triad::util::packages::MOVIE_REVIEW_SNIPPETS.fetch().expect("fetching review snippets");
     let bytes = std::fs::read(&path).expect("reading review snippets");
     // The file is mostly UTF-8 with a few Latin-1 bytes.
     let text = String::from_utf8_lossy(&bytes);

@@ -3,14 +3,14 @@
 //! `label-smoothed-ce` (epsilon 0) against native SFT cross-entropy. Both run a real model
 //! forward and backward; the plugin runs in the sandbox through the surrogate-gradient contract.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 
 use candle_core::{D, Device, Tensor};
 use triad::model::{GptConfig, Model, ModelConfig, ScalarHead};
 use triad::stages::examples::Encoded;
-use triad::stages::ppo::ppo_plugin_loss;
+use triad::train::rl::update::ppo_plugin_loss;
 use triad::stages::sft::{SftBatch, sft_plugin_loss};
 use triad::train::masked_lm_loss;
 use triad::train::ppo::{PpoBatch, PpoLossConfig, ppo_loss};

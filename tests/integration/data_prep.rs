@@ -3,7 +3,7 @@
 //! human-rated movie-review snippets, splits, batches, the length filter plugin in the sandbox,
 //! and errors that point at the offending file and line.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use triad::data::filter::DEFAULT_BATCH;
-use triad::data::registry::cache_dir;
+use triad::util::packages::cache_dir;
 use triad::data::{
     Blocks, FilterError, LoadedSource, Record, Side, SourceSpec, Split, Tokenizer, TokenizerSpec, apply_filters,
 };

@@ -26,7 +26,6 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use serde_json::Value;
 use tokenizers::Tokenizer;
 use triad::model::chat::{ChatMessage, ChatTemplate};
-use triad::model::gguf::load_smollm2;
 use triad::model::{Model, SamplingConfig, generate};
 
 struct Loaded {
@@ -40,9 +39,9 @@ fn loaded() -> &'static Loaded {
     static LOADED: OnceLock<Loaded> = OnceLock::new();
     LOADED.get_or_init(|| {
         let started = Instant::now();
-        let (model, tokenizer, template) = load_smollm2(&Device::Cpu).expect("load SmolLM2-135M-Instruct");
+        let loaded = triad::model::pretrained::load("smollm2-135m-instruct", &Device::Cpu).expect("load SmolLM2-135M-Instruct");
         eprintln!("load: {:.2} s", started.elapsed().as_secs_f64());
-        Loaded { model, tokenizer, template }
+        Loaded { model: loaded.model, tokenizer: loaded.tokenizer, template: loaded.chat }
     })
 }
 

@@ -10,9 +10,9 @@ use std::time::Instant;
 use candle_core::{Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 
-use super::bench::{BenchConfig, BenchError};
-use super::loss::lm_loss;
-use super::optimizer::{AdamW, AdamWConfig};
+use super::{BenchConfig, BenchError};
+use crate::train::loss::lm_loss;
+use crate::train::optimizer::{AdamW, AdamWConfig};
 use crate::model::attention::{CausalMasks, GptAttention, Pass};
 use crate::model::init::{normal_values, stream};
 use crate::model::kernels::{self, cross_entropy_rows};
@@ -56,7 +56,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 /// Times the full step phase by phase, then the forward's parts one by one.
 pub fn profile_train(config: &BenchConfig, device: &Device) -> Result<StepProfile, BenchError> {
-    let model = super::bench::reference_model(config.vocab, config.context, config.layers, config.heads, config.width, device)?;
+    let model = super::reference_model(config.vocab, config.context, config.layers, config.heads, config.width, device)?;
     let vars = model.vars();
     let mut optimizer = AdamW::new(&vars, decays, AdamWConfig::default()).map_err(err)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);

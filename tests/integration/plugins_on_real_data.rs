@@ -2,7 +2,7 @@
 //! results equal the reference implementations, and are the same whether a batch runs on one
 //! instance or is split across one instance per core.
 
-mod support;
+use crate::support;
 
 use serde_json::Value;
 use triad::plugins::{Decision, Episode, Limits, MetricRecord, NamedValue, Plugin, PluginSpec, Problem, Sample, Sandbox};

@@ -2,7 +2,7 @@
 //! resumes from its last checkpoint and ends exactly where an uninterrupted run ends; an
 //! unchanged experiment trains nothing the second time.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -92,6 +92,27 @@ fn a_killed_run_resumes_on_the_same_loss_curve() {
     assert_eq!(losses, (1..=150).collect::<Vec<u64>>());
     let uninterrupted = triad::runs::metrics::read_rows(&stage_dir(&whole).join("metrics.jsonl")).expect("metrics");
     assert_eq!(rows, uninterrupted, "the same loss curve, row for row");
+}
+
+#[test]
+fn a_second_run_on_the_same_folder_stops_with_a_clear_message() {
+    let dir = scratch("concurrent");
+    let mut first = triad(&dir).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn triad");
+    let started = Instant::now();
+    while latest_checkpoint(&dir) < 10 {
+        assert!(started.elapsed() < Duration::from_secs(600), "no checkpoint after 10 minutes");
+        assert!(first.try_wait().expect("child state").is_none(), "the first run ended too soon");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = triad(&dir).output().expect("running triad");
+    first.kill().expect("kill");
+    first.wait().expect("reap");
+    assert!(!second.status.success(), "the second run must not train alongside the first");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("another `triad run` is running in"), "{stderr}");
+    // The lock dies with its process: the folder is usable again at once.
+    let out = run_to_end(&dir);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("resumed at step"), "the killed run resumes");
 }
 
 #[test]

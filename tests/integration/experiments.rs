@@ -3,7 +3,7 @@
 //! PPO, evaluation) runs through the `triad` binary, a second run trains nothing, and changing a
 //! PPO setting reruns PPO and evaluation only; a PPO run rewarded by a plugin alone raises it.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -128,6 +128,31 @@ fn a_whole_pipeline_runs_caches_and_reruns_only_what_a_change_touches() {
     let forced = stdout(&triad(&dir, &["run", "e.ron", "--dry-run", "--force", "sft"]));
     assert!(forced.contains("base: cached") && forced.contains("sft: train") && forced.contains("ppo: train"), "{forced}");
     assert!(forced.contains("rm: cached"), "the reward model does not read the SFT model:\n{forced}");
+
+    // The first run (PPO at 1e-4) was replaced by a changed experiment: it is kept, complete.
+    let history = dir.join("runs/pipeline/history");
+    let kept: Vec<PathBuf> = std::fs::read_dir(&history).expect("history").flatten().map(|e| e.path()).collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let old = triad::runs::manifest::Manifest::read(&kept[0]).expect("readable").expect("a manifest");
+    assert!(old.complete && old.archived.is_some(), "{old:?}");
+    assert!(kept[0].join("eval/stage.json").is_file(), "the kept run's links reach its outputs");
+
+    // Rerun changed again, and its PPO stage fails: the run folder shows that attempt only.
+    std::fs::write(dir.join("e.ron"), pipeline("2e-4", r#"[Model(stage: "base")]"#).replace("STEPS", "3")).expect("write");
+    let failed = Command::new(env!("CARGO_BIN_EXE_triad")).current_dir(&dir).args(["run", "e.ron"]).output().expect("triad");
+    assert!(!failed.status.success(), "a Pretrain stage is no reward model");
+    let manifest = triad::runs::manifest::Manifest::read(&run).expect("readable").expect("a manifest");
+    assert!(!manifest.complete, "the failed attempt is marked incomplete");
+    for stage in ["ppo", "eval"] {
+        let link = std::fs::read_link(run.join(stage)).expect("a link");
+        assert!(link.ends_with(format!("{stage}-{}", manifest.keys[stage])), "{stage} -> {link:?} matches the manifest");
+    }
+    let current = stdout(&triad(&dir, &["compare", "runs/pipeline", "--by-run"]));
+    assert!(current.contains("| complete |") && current.contains("| no |"), "incomplete runs are marked:\n{current}");
+    assert!(!current.contains("eval/win_rate"), "no win-rate of an earlier attempt is shown as this run's:\n{current}");
+    // Both earlier runs stay comparable.
+    let before = stdout(&triad(&dir, &["compare", "runs/pipeline/history", "--by-run", "--metrics", "eval/win_rate"]));
+    assert_eq!(before.lines().filter(|l| l.starts_with("| pipeline@")).count(), 2, "{before}");
 }
 
 #[test]
@@ -153,7 +178,7 @@ fn error_for(text: &str) -> String {
     let dir = scratch("malformed");
     let path = dir.join("bad.ron");
     std::fs::write(&path, text).expect("write");
-    match parse_experiment(&path, text) {
+    match parse_experiment::<triad::stages::Stage>(&path, text) {
         Err(e) => e.to_string(),
         Ok(experiment) => match triad::stages::pipeline::preflight(&experiment, &path) {
             Err(e) => e.to_string(),

@@ -3,7 +3,7 @@
 //! final metrics in each stage's `stage.json`. Expected numbers are computed here, independently
 //! of the library.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -123,7 +123,7 @@ fn options(paths: Vec<PathBuf>) -> CompareOptions {
 #[test]
 fn a_sweep_gives_one_row_per_point_with_mean_and_std_over_seeds() {
     let root = scratch("points");
-    let runs = find_runs(&[sweep_runs(&root)], None).expect("runs");
+    let runs = find_runs(&[sweep_runs(&root)]).expect("runs");
     assert_eq!(runs.len(), 4);
     let table = final_table(&runs, &TableOptions::default()).expect("table");
     assert_eq!(table.frame.height(), 2);
@@ -158,7 +158,7 @@ fn a_sweep_gives_one_row_per_point_with_mean_and_std_over_seeds() {
 fn csv_and_parquet_outputs_read_back_with_the_same_numbers() {
     let root = scratch("files");
     let dir = sweep_runs(&root);
-    let runs = find_runs(&[dir.clone()], None).expect("runs");
+    let runs = find_runs(&[dir.clone()]).expect("runs");
     let table = final_table(&runs, &TableOptions::default()).expect("table");
     for name in ["table.csv", "table.parquet"] {
         let out = root.join(name);
@@ -182,7 +182,7 @@ fn csv_and_parquet_outputs_read_back_with_the_same_numbers() {
 #[test]
 fn by_run_gives_a_row_per_run_with_its_own_values() {
     let root = scratch("by-run");
-    let runs = find_runs(&[sweep_runs(&root)], None).expect("runs");
+    let runs = find_runs(&[sweep_runs(&root)]).expect("runs");
     let table = final_table(&runs, &TableOptions { by_run: true, ..TableOptions::default() }).expect("table");
     assert_eq!(table.frame.height(), 4);
     let runs_column = table.frame.column("run").expect("run").str().expect("str");
@@ -198,7 +198,7 @@ fn by_run_gives_a_row_per_run_with_its_own_values() {
 #[test]
 fn sort_orders_rows_by_a_metric_mean() {
     let root = scratch("sort");
-    let runs = find_runs(&[sweep_runs(&root)], None).expect("runs");
+    let runs = find_runs(&[sweep_runs(&root)]).expect("runs");
     let sorted = |sort: &str, descending: bool, metrics: Option<Vec<String>>| {
         let options = TableOptions { sort: Some(sort.into()), descending, metrics, by_run: false };
         f64s(&final_table(&runs, &options).expect("table").frame, "ppo.kl.target")
@@ -219,7 +219,7 @@ fn sort_orders_rows_by_a_metric_mean() {
 #[test]
 fn a_misspelt_metric_is_an_error_that_suggests_the_right_one() {
     let root = scratch("misspelt");
-    let runs = find_runs(&[sweep_runs(&root)], None).expect("runs");
+    let runs = find_runs(&[sweep_runs(&root)]).expect("runs");
     let error = final_table(&runs, &TableOptions { metrics: Some(vec!["ppo/eval/rewrad".into()]), ..TableOptions::default() })
         .expect_err("unknown metric");
     assert!(matches!(error, CompareError::UnknownMetric { .. }));
@@ -245,7 +245,7 @@ fn a_run_that_did_not_reach_a_stage_leaves_its_cells_empty() {
     let text = std::fs::read_to_string(&stage_json).expect("stage.json").replace("\"complete\": true", "\"complete\": false");
     std::fs::write(&stage_json, text).expect("rewrite stage.json");
 
-    let runs = find_runs(&[dir.clone()], None).expect("runs");
+    let runs = find_runs(&[dir.clone()]).expect("runs");
     let by_run = final_table(&runs, &TableOptions { by_run: true, ..TableOptions::default() }).expect("table");
     assert_eq!(f64s(&by_run.frame, "ppo/eval/reward"), [Some(final_metrics(0.0, 1)["ppo"]["eval/reward"]), None, None]);
     let markdown = by_run.to_markdown();
@@ -260,7 +260,7 @@ fn a_run_that_did_not_reach_a_stage_leaves_its_cells_empty() {
 #[test]
 fn the_step_view_has_a_column_per_point_or_run() {
     let root = scratch("steps");
-    let runs = find_runs(&[sweep_runs(&root)], None).expect("runs");
+    let runs = find_runs(&[sweep_runs(&root)]).expect("runs");
     let table = step_table(&runs, "base/train/loss", false).expect("step table");
     let names: Vec<String> = table.frame.get_column_names().iter().map(|n| n.to_string()).collect();
     assert_eq!(names, ["step", "ppo.kl.target=3", "ppo.kl.target=6"]);
@@ -349,8 +349,16 @@ fn an_experiment_file_finds_its_runs_under_the_runs_root() {
     let root = scratch("ron");
     let runs_root = root.join("runs");
     let experiment = support::workspace().join("experiments/shakespeare-char.ron");
-    let error = find_runs(&[experiment.clone()], Some(&runs_root)).expect_err("no runs yet");
-    assert!(error.to_string().contains("shakespeare-char"), "{error}");
+    let compare = || {
+        Command::new(env!("CARGO_BIN_EXE_triad"))
+            .args(["compare", experiment.to_str().expect("utf-8"), "--by-run", "--runs", runs_root.to_str().expect("utf-8")])
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .expect("running triad")
+    };
+    let none = compare();
+    assert!(!none.status.success());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("experiment `shakespeare-char`"), "{}", String::from_utf8_lossy(&none.stderr));
     let dir = runs_root.join("shakespeare-char");
     write_run(&dir, None, 1337, &["base"]);
     // A stage folder shared through a symlink is followed.
@@ -358,10 +366,13 @@ fn an_experiment_file_finds_its_runs_under_the_runs_root() {
     std::fs::copy(dir.join("seed1337/manifest.json"), dir.join("seed7/manifest.json")).expect("manifest");
     #[cfg(unix)]
     std::os::unix::fs::symlink(dir.join("seed1337/base"), dir.join("seed7/base")).expect("symlink");
-    let runs = find_runs(&[experiment], Some(&runs_root)).expect("runs");
+    let runs = find_runs(&[dir]).expect("runs");
     assert_eq!(runs.len(), 2);
     #[cfg(unix)]
     assert_eq!(runs[1].final_metrics(), runs[0].final_metrics());
+    let found = compare();
+    assert!(found.status.success(), "{}", String::from_utf8_lossy(&found.stderr));
+    assert_eq!(String::from_utf8_lossy(&found.stdout).lines().count(), 4, "a header, a rule and two runs");
 }
 
 #[test]

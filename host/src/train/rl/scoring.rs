@@ -1,0 +1,113 @@
+//! Scoring episodes: a weighted sum of reward-model scores and reward-plugin scores.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::RlError;
+use super::rollout::Sampled;
+use crate::model::RewardModel;
+use crate::plugins::{Episode, RewardPlugin};
+
+/// One part of a reward, as experiment files write it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum RewardTerm {
+    /// A RewardModel stage's score of prompt + response.
+    Model {
+        stage: String,
+        #[serde(default = "one")]
+        weight: f64,
+    },
+    /// A reward plugin's score of the episode.
+    Plugin {
+        name: String,
+        #[serde(default = "one")]
+        weight: f64,
+    },
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// A reward source, ready to score.
+pub enum Scorer {
+    Model { name: String, weight: f64, model: RewardModel },
+    Plugin { name: String, weight: f64, plugin: RewardPlugin },
+}
+
+/// The scores of a batch of episodes.
+pub struct Scored {
+    /// Each episode's weighted total.
+    pub totals: Vec<f64>,
+    /// Mean of each term over the batch, by name.
+    pub terms: Vec<(String, f64)>,
+    /// Time spent inside reward plugins.
+    pub plugin_seconds: f64,
+}
+
+impl Scored {
+    /// The mean total over the batch.
+    pub fn mean(&self) -> f64 {
+        self.totals.iter().sum::<f64>() / self.totals.len() as f64
+    }
+}
+
+/// The largest magnitude a score may have unless a stage says otherwise: far beyond any real
+/// reward, far below what makes returns and value losses overflow.
+pub const DEFAULT_REWARD_LIMIT: f64 = 1e6;
+
+/// Score every episode with every scorer. A reward model reads the prompt and response tokens
+/// ended by `end` (cut from the left to its context), batched and padded with `pad`. A score
+/// whose magnitude passes `limit` is refused, naming the scorer and the record.
+pub fn score(scorers: &[Scorer], episodes: &[Sampled], end: u32, pad: u32, limit: f64) -> Result<Scored, RlError> {
+    let mut totals = vec![0.0; episodes.len()];
+    let mut terms = Vec::new();
+    let mut plugin_seconds = 0.0;
+    for scorer in scorers {
+        let (name, weight, scores): (&str, f64, Vec<f64>) = match scorer {
+            Scorer::Model { name, weight, model } => {
+                let context = model.trunk.config().context();
+                let inputs: Vec<Vec<u32>> = episodes
+                    .iter()
+                    .map(|e| {
+                        let mut tokens = e.prompt_tokens.clone();
+                        tokens.extend(e.response.tokens.iter().copied().filter(|&t| t != end));
+                        tokens.push(end);
+                        if tokens.len() > context {
+                            tokens.drain(..tokens.len() - context);
+                        }
+                        tokens
+                    })
+                    .collect();
+                let scores = model
+                    .score(&inputs, 32, pad)
+                    .map_err(|source| RlError::RewardModel { name: name.clone(), source })?;
+                (name, *weight, scores.into_iter().map(f64::from).collect())
+            }
+            Scorer::Plugin { name, weight, plugin } => {
+                let batch: Vec<Episode> = episodes
+                    .iter()
+                    .map(|e| Episode { prompt: e.prompt.clone(), response: e.response_text.clone(), reference: None })
+                    .collect();
+                let started = Instant::now();
+                let scores = plugin.score(&batch)?;
+                plugin_seconds += started.elapsed().as_secs_f64();
+                (name, *weight, scores)
+            }
+        };
+        if let Some(record) = scores.iter().position(|s| !(s.abs() <= limit)) {
+            let scorer = match scorer {
+                Scorer::Model { .. } => format!("reward model `{name}`"),
+                Scorer::Plugin { .. } => format!("reward plugin `{name}`"),
+            };
+            return Err(RlError::RewardOutOfRange { scorer, record, score: scores[record], limit });
+        }
+        for (total, s) in totals.iter_mut().zip(&scores) {
+            *total += weight * s;
+        }
+        terms.push((name.to_string(), scores.iter().sum::<f64>() / scores.len() as f64));
+    }
+    Ok(Scored { totals, terms, plugin_seconds })
+}

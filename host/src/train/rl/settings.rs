@@ -1,0 +1,110 @@
+//! The optimisation settings of a PPO stage (defaults from TRL and OpenRLHF): iterations,
+//! rollouts per iteration, minibatches and epochs, the clipped loss, GAE and the cadence of
+//! evaluation and checkpoints. Experiment files embed them (`train: (steps: 100, rollouts: 32)`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::train::settings::{check_every, check_grad_clip, default_grad_clip};
+
+/// PPO's optimisation settings (defaults from TRL and OpenRLHF).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PpoSettings {
+    /// PPO iterations: each samples `rollouts` prompts, then optimises on them.
+    pub steps: u64,
+    #[serde(default = "default_rollouts")]
+    pub rollouts: usize,
+    #[serde(default = "default_minibatch")]
+    pub minibatch: usize,
+    /// Passes over each rollout batch.
+    #[serde(default = "default_ppo_epochs")]
+    pub epochs: usize,
+    #[serde(default = "default_ppo_lr")]
+    pub lr: f64,
+    #[serde(default = "default_clip")]
+    pub clip: f64,
+    #[serde(default = "default_clip")]
+    pub value_clip: f64,
+    #[serde(default = "default_value_coef")]
+    pub value_coef: f64,
+    #[serde(default = "one_f64")]
+    pub gamma: f64,
+    #[serde(default = "default_lam")]
+    pub lam: f64,
+    #[serde(default)]
+    pub entropy_coef: f64,
+    /// Standardise advantages per rollout batch.
+    #[serde(default = "yes")]
+    pub whiten: bool,
+    #[serde(default = "default_grad_clip")]
+    pub grad_clip: Option<f64>,
+    /// Evaluate on held-out prompts every this many iterations (default: 5 times per run).
+    #[serde(default)]
+    pub eval_every: Option<u64>,
+    /// Held-out prompts per evaluation.
+    #[serde(default = "default_eval_prompts")]
+    pub eval_prompts: usize,
+    /// Checkpoint every this many iterations (default: at every evaluation).
+    #[serde(default)]
+    pub checkpoint_every: Option<u64>,
+}
+
+impl PpoSettings {
+    /// What is wrong with the settings, if anything, in words that say the fix.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.steps == 0 || self.rollouts == 0 || self.minibatch == 0 || self.epochs == 0 {
+            return Err("train.steps, rollouts, minibatch and epochs must be at least 1".into());
+        }
+        if self.minibatch > self.rollouts {
+            return Err(format!("train.minibatch {} is larger than train.rollouts {}", self.minibatch, self.rollouts));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(format!("train.lr must be a positive number, got {}", self.lr));
+        }
+        if !(self.clip > 0.0 && self.clip.is_finite()) || !(self.value_clip > 0.0 && self.value_clip.is_finite()) {
+            return Err("train.clip and train.value_clip must be positive numbers".into());
+        }
+        if !(0.0..=1.0).contains(&self.gamma) || !(0.0..=1.0).contains(&self.lam) {
+            return Err("train.gamma and train.lam must be in [0, 1]".into());
+        }
+        if !(self.value_coef >= 0.0 && self.value_coef.is_finite()) || !(self.entropy_coef >= 0.0 && self.entropy_coef.is_finite()) {
+            return Err("train.value_coef and train.entropy_coef must be numbers >= 0".into());
+        }
+        check_grad_clip(self.grad_clip)?;
+        check_every("eval_every", self.eval_every)?;
+        check_every("checkpoint_every", self.checkpoint_every)?;
+        Ok(())
+    }
+}
+
+fn one_f64() -> f64 {
+    1.0
+}
+fn yes() -> bool {
+    true
+}
+fn default_rollouts() -> usize {
+    32
+}
+fn default_minibatch() -> usize {
+    8
+}
+fn default_ppo_epochs() -> usize {
+    4
+}
+fn default_ppo_lr() -> f64 {
+    1e-5
+}
+fn default_clip() -> f64 {
+    0.2
+}
+fn default_value_coef() -> f64 {
+    0.1
+}
+fn default_lam() -> f64 {
+    0.95
+}
+fn default_eval_prompts() -> usize {
+    64
+}
+

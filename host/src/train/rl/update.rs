@@ -1,0 +1,151 @@
+//! The policy update: `epochs` passes of shuffled minibatches over a rollout batch, each
+//! minibatch's loss (the native clipped PPO loss, or a loss plugin through the surrogate-gradient
+//! contract) backpropagated and followed by one optimizer step.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use candle_core::{Tensor, Var};
+
+use super::advantages::Rollout;
+use super::policy::Learner;
+use super::{RlError, tensor};
+use crate::data::blocks::permutation;
+use crate::plugins::{Feature, LossPlugin};
+use crate::train::AdamW;
+use crate::train::plugin_loss::{Features, plugin_loss};
+use crate::train::ppo::{PpoBatch, PpoLossConfig, ppo_loss};
+
+/// How one batch is optimised.
+pub struct UpdateConfig<'a> {
+    pub epochs: usize,
+    pub minibatch: usize,
+    pub lr: f64,
+    pub grad_clip: Option<f64>,
+    pub loss: PpoLossConfig,
+    /// Replaces the native loss when set.
+    pub loss_plugin: Option<&'a LossPlugin>,
+    /// Seeds the minibatch order (with the iteration and the epoch).
+    pub seed: u64,
+}
+
+/// What the update did: diagnostics averaged over its optimizer steps, and the seconds spent
+/// inside the loss plugin.
+pub struct UpdateStats {
+    pub metrics: Vec<(String, f64)>,
+    pub plugin_seconds: f64,
+}
+
+/// Optimise `learner` on the rollout batch of iteration `step`.
+#[allow(clippy::too_many_arguments)]
+pub fn update(
+    learner: &Learner,
+    vars: &[(String, Var)],
+    optimizer: &mut AdamW,
+    rows: &[Vec<u32>],
+    lens: &[usize],
+    rollout: &Rollout,
+    step: u64,
+    pad: u32,
+    config: &UpdateConfig,
+) -> Result<UpdateStats, RlError> {
+    let mut sums: Vec<(String, f64)> = Vec::new();
+    let mut updates = 0usize;
+    let mut plugin_seconds = 0.0;
+    for epoch in 0..config.epochs {
+        let order =
+            permutation(rows.len(), config.seed ^ step.wrapping_mul(31) ^ (epoch as u64).wrapping_mul(0x632b_e59b_d9b4_e019));
+        for members in order.chunks(config.minibatch) {
+            let (loss, mut diagnostics, seconds) = minibatch_loss(learner, rows, lens, rollout, members, pad, config)?;
+            plugin_seconds += seconds;
+            let grads = loss.backward().map_err(tensor("backward pass"))?;
+            let by_name: HashMap<String, Tensor> =
+                vars.iter().filter_map(|(n, v)| grads.get(v.as_tensor()).map(|g| (n.clone(), g.clone()))).collect();
+            let norm = optimizer.step(&by_name, config.lr, config.grad_clip).map_err(tensor("optimizer step"))?;
+            if !norm.is_finite() {
+                return Err(RlError::Diverged { epoch, norm });
+            }
+            diagnostics.push(("grad_norm".into(), norm));
+            for (name, value) in diagnostics {
+                match sums.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, sum)) => *sum += value,
+                    None => sums.push((name, value)),
+                }
+            }
+            updates += 1;
+        }
+    }
+    let metrics = sums.into_iter().map(|(n, v)| (n, v / updates.max(1) as f64)).collect();
+    Ok(UpdateStats { metrics, plugin_seconds })
+}
+
+/// The loss of one minibatch (the rollout rows at `members`), its diagnostics, and the seconds
+/// spent inside the loss plugin.
+fn minibatch_loss(
+    learner: &Learner,
+    rows: &[Vec<u32>],
+    lens: &[usize],
+    rollout: &Rollout,
+    members: &[usize],
+    pad: u32,
+    config: &UpdateConfig,
+) -> Result<(Tensor, Vec<(String, f64)>, f64), RlError> {
+    let device = learner.policy.device();
+    let picked_rows: Vec<Vec<u32>> = members.iter().map(|&m| rows[m].clone()).collect();
+    let picked_lens: Vec<usize> = members.iter().map(|&m| lens[m]).collect();
+    let predicted = learner.predict(&picked_rows, &picked_lens, pad)?;
+    let constant = |values: &[f32]| {
+        let picked = rollout.gather(values, members);
+        let n = picked.len();
+        Tensor::from_vec(picked, (n,), device).map_err(tensor("minibatch features"))
+    };
+    let batch = PpoBatch {
+        logprob: predicted.logprob,
+        value: Some(predicted.value),
+        entropy: Some(predicted.entropy),
+        old_logprob: constant(&rollout.old_logprob)?,
+        old_value: constant(&rollout.old_value)?,
+        advantage: constant(&rollout.advantage)?,
+        returns: constant(&rollout.returns)?,
+    };
+    let entropy =
+        batch.entropy.as_ref().and_then(|e| e.mean_all().ok()).and_then(|e| e.to_scalar::<f32>().ok()).unwrap_or(f32::NAN);
+    let started = Instant::now();
+    let (loss, mut diagnostics) = match config.loss_plugin {
+        None => ppo_loss(&batch, &config.loss).map_err(tensor("PPO loss"))?,
+        Some(plugin) => ppo_plugin_loss(plugin, &batch, &picked_lens)?,
+    };
+    let plugin_seconds = if config.loss_plugin.is_some() { started.elapsed().as_secs_f64() } else { 0.0 };
+    // The host's entropy is the one logged: a plugin reporting its own under the same name
+    // would otherwise be summed with it.
+    diagnostics.retain(|(name, _)| name != "entropy");
+    diagnostics.push(("entropy".into(), entropy as f64));
+    Ok((loss, diagnostics, plugin_seconds))
+}
+
+/// The minibatch's features as a loss plugin reads them, and its surrogate loss (with the
+/// plugin's loss value logged as `plugin_loss`).
+pub fn ppo_plugin_loss(plugin: &LossPlugin, batch: &PpoBatch, lens: &[usize]) -> Result<(Tensor, Vec<(String, f64)>), RlError> {
+    let mut offsets = vec![0u32];
+    for &len in lens {
+        offsets.push(offsets.last().copied().unwrap_or(0) + len as u32);
+    }
+    let mask = batch.logprob.ones_like().map_err(tensor("loss plugin mask"))?;
+    let mut values: Vec<(Feature, &Tensor)> = vec![
+        (Feature::Logprob, &batch.logprob),
+        (Feature::OldLogprob, &batch.old_logprob),
+        (Feature::OldValue, &batch.old_value),
+        (Feature::Advantage, &batch.advantage),
+        (Feature::Return, &batch.returns),
+        (Feature::Mask, &mask),
+    ];
+    if let Some(value) = &batch.value {
+        values.push((Feature::Value, value));
+    }
+    if let Some(entropy) = &batch.entropy {
+        values.push((Feature::Entropy, entropy));
+    }
+    let (surrogate, value, mut metrics) = plugin_loss(plugin, &Features { offsets, values })?;
+    metrics.push(("plugin_loss".into(), value));
+    Ok((surrogate, metrics))
+}

@@ -1,0 +1,186 @@
+//! Hostile plugins, each contained with a clear error while the host keeps serving the next
+//! call of a healthy plugin (and of the same plugin, re-instantiated).
+
+use crate::support;
+
+use std::time::{Duration, Instant};
+
+use triad::plugins::{Episode, Limits, Plugin, PluginSpec, Problem, Sample, Sandbox};
+
+fn episode(response: &str) -> Episode {
+    Episode { prompt: "Write a review.".into(), response: response.into(), reference: None }
+}
+
+/// After the misdeed, the same plugin answers a benign batch and a healthy plugin still works.
+fn still_serving(hostile: &triad::plugins::RewardPlugin) {
+    let scores = hostile.score(&[episode("fine"), episode("also fine")]).expect("re-instantiated plugin serves");
+    assert_eq!(scores, vec![4.0, 9.0]);
+    let healthy = support::load("lexicon-sentiment", "{}").into_reward().expect("a reward");
+    let scores = healthy.score(&[episode("A wonderful, moving film."), episode("Dull and awful.")]).expect("healthy");
+    assert!(scores[0] > 0.5 && scores[1] < -0.5, "healthy scores {scores:?}");
+}
+
+fn hostile() -> triad::plugins::RewardPlugin {
+    support::load("hostile-reward", "{}").into_reward().expect("hostile-reward is a reward plugin")
+}
+
+#[test]
+fn infinite_loop_is_stopped_by_the_deadline() {
+    let plugin = hostile();
+    let started = Instant::now();
+    let err = plugin.score(&[episode("ok"), episode("loop")]).expect_err("a loop cannot finish");
+    let elapsed = started.elapsed();
+    assert!(matches!(err.problem, Problem::Deadline(_)), "{err}");
+    assert!(elapsed < Duration::from_millis(900), "stopped after {elapsed:?}");
+    let message = err.to_string();
+    assert!(message.contains("hostile-reward") && message.contains("reward") && message.contains("score"), "{message}");
+    still_serving(&plugin);
+}
+
+#[test]
+fn growing_memory_to_a_gibibyte_hits_the_memory_limit() {
+    let plugin = hostile();
+    let err = plugin.score(&[episode("grow-memory")]).expect_err("1 GiB is over the cap");
+    assert!(matches!(err.problem, Problem::Memory { limit_mib: 64 }), "{err}");
+    assert!(err.to_string().contains("memory limit of 64 MiB"), "{err}");
+    still_serving(&plugin);
+}
+
+#[test]
+fn unbounded_recursion_overflows_the_stack() {
+    let plugin = hostile();
+    let err = plugin.score(&[episode("recurse")]).expect_err("recursion without end");
+    assert!(matches!(err.problem, Problem::Stack), "{err}");
+    still_serving(&plugin);
+}
+
+#[test]
+fn a_panic_reports_its_message_and_its_record() {
+    let plugin = hostile();
+    let err = plugin.score(&[episode("fine"), episode("ok"), episode("panic"), episode("good")]).expect_err("the plugin panics");
+    assert!(matches!(err.problem, Problem::Panic(_)), "{err}");
+    assert_eq!(err.record, Some(2), "the batch call names no record; the host finds it: {err}");
+    assert!(err.to_string().contains("hostile plugin panics on purpose") && err.to_string().contains("at record 2"), "{err}");
+    still_serving(&plugin);
+}
+
+#[test]
+fn non_finite_scores_are_refused_with_their_record() {
+    let plugin = hostile();
+    for (misdeed, shown) in [("nan", "NaN"), ("infinity", "inf")] {
+        let err = plugin.score(&[episode("a"), episode("b"), episode(misdeed)]).expect_err("non-finite");
+        assert!(matches!(err.problem, Problem::InvalidOutput(_)), "{err}");
+        assert_eq!(err.record, Some(2), "{err}");
+        assert!(err.to_string().contains(shown), "{err}");
+    }
+    still_serving(&plugin);
+}
+
+#[test]
+fn a_wrong_number_of_outputs_is_refused() {
+    let plugin = hostile();
+    let err = plugin.score(&[episode("a"), episode("wrong-count"), episode("c")]).expect_err("2 outputs for 3");
+    assert!(err.to_string().contains("returned 2 outputs for 3 inputs"), "{err}");
+    still_serving(&plugin);
+}
+
+#[test]
+fn a_hundred_megabyte_output_is_refused() {
+    // Enough memory to build the text, so that the output cap (not the memory cap) stops it.
+    let limits = Limits { memory_bytes: 512 << 20, deadline: Duration::from_secs(10), ..Limits::default() };
+    let filter = support::load_with("huge-output", "{}", limits).into_filter().expect("a filter");
+    let err = filter.filter(&[Sample { text: "short".into(), fields: vec![] }]).expect_err("100 MB output");
+    assert!(err.to_string().contains("95.4 MiB of text, over the cap of 16.0 MiB"), "{err}");
+    still_serving(&hostile());
+}
+
+#[test]
+fn a_forbidden_import_is_refused_at_load_with_its_name() {
+    let spec = PluginSpec::at(support::wasm("forbidden-import"));
+    let err = match Plugin::load(&Sandbox::shared(), &spec) {
+        Ok(_) => panic!("a plugin importing WASI must be refused"),
+        Err(err) => err,
+    };
+    assert!(matches!(err.problem, Problem::ForbiddenImport { .. }), "{err}");
+    assert!(err.to_string().contains("wasi_snapshot_preview1::random_get"), "{err}");
+    still_serving(&hostile());
+}
+
+/// A finite but enormous score passes the plugin boundary (it is a number), and is stopped where
+/// rewards enter training, with the scorer and the record named, before any weight moves.
+#[test]
+fn a_huge_finite_reward_is_refused_before_training() {
+    use triad::model::generate::Generated;
+    use triad::train::rl::RlError;
+    use triad::train::rl::rollout::Sampled;
+    use triad::train::rl::scoring::{DEFAULT_REWARD_LIMIT, Scorer, score};
+    let sampled = |response: &str| Sampled {
+        prompt: "Write a review.".into(),
+        prompt_tokens: vec![1, 2],
+        response: Generated { prompt_len: 2, tokens: vec![3], logprobs: vec![-1.0], stopped: false },
+        response_text: response.into(),
+    };
+    let scorers = [Scorer::Plugin { name: "hostile".into(), weight: 1.0, plugin: hostile() }];
+    let fine = score(&scorers, &[sampled("fine"), sampled("ok")], 0, 0, DEFAULT_REWARD_LIMIT).expect("small scores pass");
+    assert_eq!(fine.totals, vec![4.0, 2.0]);
+    let episodes = [sampled("fine"), sampled("huge")];
+    match score(&scorers, &episodes, 0, 0, DEFAULT_REWARD_LIMIT) {
+        Err(RlError::RewardOutOfRange { record: 1, score, .. }) => assert_eq!(score, 1e300),
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(scored) => panic!("a score of 1e300 was accepted: {:?}", scored.totals),
+    }
+}
+
+/// A crate whose build script tries to leave the build: it writes outside its target folder,
+/// reads `/etc/passwd` and the user's home, and records what it managed in its `OUT_DIR`.
+fn escaping_crate(dir: &std::path::Path, marker: &std::path::Path, lib: &str) {
+    std::fs::create_dir_all(dir.join("src")).expect("crate folder");
+    let manifest = "[package]\nname = \"escape\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n[workspace]\n";
+    std::fs::write(dir.join("Cargo.toml"), manifest).expect("manifest");
+    let build = format!(
+        r#"fn main() {{
+    let wrote = std::fs::write({marker:?}, "escaped").is_ok();
+    let passwd = std::fs::read_to_string("/etc/passwd").is_ok();
+    let home = std::env::var("HOME").unwrap_or_default();
+    let out = std::env::var("OUT_DIR").expect("OUT_DIR");
+    std::fs::write(format!("{{out}}/seen.txt"), format!("wrote={{wrote}} passwd={{passwd}} home={{home}}")).expect("OUT_DIR is writable");
+}}"#
+    );
+    std::fs::write(dir.join("build.rs"), build).expect("build script");
+    std::fs::write(dir.join("src/lib.rs"), lib).expect("lib");
+}
+
+#[test]
+fn building_a_plugin_crate_runs_its_code_in_isolation() {
+    use triad::plugins::build::{Isolation, build_crates, isolation};
+    assert_eq!(isolation(), Isolation::Namespaces, "this machine can isolate plugin builds");
+    let root = std::env::temp_dir().join(format!("triad-escape-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let marker = root.join("escaped.txt");
+
+    // The build script runs, but sees nothing it should and writes only its own folder.
+    let script = root.join("script");
+    escaping_crate(&script, &marker, "");
+    build_crates(&[script.clone()]).expect("the crate builds");
+    assert!(!marker.exists(), "the build script wrote {}", marker.display());
+    let seen: Vec<_> = walk(&script.join("target")).into_iter().filter(|p| p.ends_with("seen.txt")).collect();
+    assert_eq!(seen.len(), 1, "the build script ran and wrote into its OUT_DIR");
+    let seen = std::fs::read_to_string(&seen[0]).expect("seen.txt");
+    // Its environment is triad's, not the user's: HOME is an empty scratch folder.
+    assert_eq!(seen, "wrote=false passwd=false home=/tmp");
+
+    // `include_str!` of a file outside the crate's workspace does not compile.
+    let include = root.join("include");
+    escaping_crate(&include, &marker, r#"pub static PASSWD: &str = include_str!("/etc/passwd");"#);
+    let error = build_crates(&[include]).expect_err("/etc/passwd is not there to include");
+    assert!(error.to_string().contains("/etc/passwd"), "{error}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() { found.extend(walk(&path)) } else { found.push(path) }
+    }
+    found
+}

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use triad::data::registry::MOVIE_REVIEW_SNIPPETS;
+use triad::util::packages::MOVIE_REVIEW_SNIPPETS;
 use triad::plugins::{Episode, Plugin, PluginSpec, Sandbox, build};
 
 const RECORDS: usize = 10_000;

@@ -94,6 +94,19 @@ fn a_hundred_megabyte_output_is_refused() {
     still_serving(&hostile());
 }
 
+/// Under the cap of a call, a rewrite still may not blow one record up: 15 MB from a few bytes
+/// is refused at its record, so filters cannot grow a corpus past a few times its size.
+#[test]
+fn a_rewrite_that_grows_its_record_past_the_bound_is_refused_at_its_record() {
+    let filter = support::load("huge-output", r#"{"bytes": 15000000}"#).into_filter().expect("a filter");
+    let samples: Vec<Sample> = (0..3).map(|i| Sample { text: format!("record {i}"), fields: vec![] }).collect();
+    let err = filter.filter(&samples).expect_err("15 MB from 8 bytes");
+    assert_eq!(err.record, Some(0), "{err}");
+    assert!(err.to_string().contains("a rewrite may be at most 4x its record"), "{err}");
+    let fine = support::load("huge-output", r#"{"bytes": 20}"#).into_filter().expect("a filter");
+    assert_eq!(fine.filter(&samples).expect("small rewrites pass").len(), 3);
+}
+
 #[test]
 fn a_forbidden_import_is_refused_at_load_with_its_name() {
     let spec = PluginSpec::at(support::wasm("forbidden-import"));
@@ -183,4 +196,30 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         if path.is_dir() { found.extend(walk(&path)) } else { found.push(path) }
     }
     found
+}
+
+#[test]
+fn a_blame_outside_the_batch_is_reported_not_believed() {
+    let plugin = hostile();
+    let err = plugin.score(&[episode("a"), episode("blame-far"), episode("b")]).expect_err("an error");
+    assert_eq!(err.record, None, "{err}");
+    assert!(err.to_string().contains("it blamed record 4000000000 of a call of 3"), "{err}");
+}
+
+#[test]
+fn plugin_text_reaches_the_terminal_escaped() {
+    let plugin = hostile();
+    let err = plugin.score(&[episode("escape")]).expect_err("an error");
+    let text = err.to_string();
+    assert!(!text.contains('\u{1b}') && !text.contains('\n'), "raw control characters: {text:?}");
+    assert!(text.contains("\\u{1b}[31mred\\nERROR"), "escaped, still readable: {text}");
+}
+
+#[test]
+fn a_flood_of_log_lines_is_cut_and_the_call_still_answers() {
+    let plugin = hostile();
+    let started = Instant::now();
+    let scores = plugin.score(&[episode("log-flood")]).expect("the score still comes back");
+    assert_eq!(scores, vec![9.0]);
+    assert!(started.elapsed() < Duration::from_secs(5), "100,000 lines took {:?}", started.elapsed());
 }

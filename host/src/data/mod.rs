@@ -18,6 +18,7 @@
 
 pub mod blocks;
 pub mod filter;
+pub mod formats;
 pub mod source;
 pub mod split;
 pub mod tokenizer;

@@ -9,18 +9,20 @@
 //!
 //! - [`cross_entropy_rows`]: `logsumexp(x) - x[target]` per row, never materialising the (N, V)
 //!   log-softmax; backward `(softmax(x) - onehot(target)) * g`.
-//! - [`layer_norm`] and [`rms_norm`], backward recomputing the row statistics.
+//! - [`layer_norm`] and [`rms_norm`] (in `kernels/norm.rs`), backward recomputing the row
+//!   statistics.
 //! - [`add_bias`]: a linear layer's bias, whose gradient candle sums down strided columns.
 //! - [`gelu`]: GPT-2's tanh GELU, whose backward candle composes from a dozen ops.
 //! - [`softmax_last_dim`]: backward `y * (g - sum(g * y))`; rows that are entirely -inf (fully
 //!   masked) give zeros rather than NaN.
-//! - [`adamw_update`]: the AdamW moments and weights updated in place, three fused passes over
-//!   each parameter with no temporaries.
+//! - [`adamw_update`] (in `kernels/adamw.rs`): the AdamW moments and weights updated in place,
+//!   three fused passes over each parameter with no temporaries.
 //! - [`linear`] (in `kernels/linear.rs`): x W + b for any leading dimensions as one op, whose
 //!   backward is one product for dx, one for dW and a row sum for db.
 //! - [`lm_head_cross_entropy`] (in `kernels/lm_head.rs`): the LM head's product and the
 //!   cross-entropy as one op, so that the (N, V) logits gradient never becomes a candle tensor.
-//! - [`causal_attention`] and [`causal_attention_qkv`] (in `kernels/attention.rs`): scaled
+//! - [`causal_attention`] and [`causal_attention_qkv`] (ops in `kernels/attention_op.rs`, the
+//!   tiled online-softmax math in `kernels/attention.rs`): scaled
 //!   scores, causal mask, softmax and the product with v in one op, masked keys never computed,
 //!   backward straight to dq, dk, dv.
 //!
@@ -37,12 +39,17 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, In
 use candle_core::{Result, Shape, Storage, Tensor, bail};
 use rayon::prelude::*;
 
+mod adamw;
 mod attention;
+mod attention_op;
 mod linear;
 mod lm_head;
-pub use attention::{causal_attention, causal_attention_qkv};
+mod norm;
+pub use adamw::{AdamWStep, adamw_update, sum_of_squares};
+pub use attention_op::{causal_attention, causal_attention_qkv};
 pub use linear::{linear, linear_gelu};
 pub use lm_head::lm_head_cross_entropy;
+pub use norm::{layer_norm, rms_norm};
 
 /// Which implementation the row-wise pieces and the optimizer use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -590,340 +597,6 @@ impl CustomOp1 for Gelu {
             })
         })??;
         Ok(Some(cpu_tensor(out, x.shape())?))
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// LayerNorm and RMSNorm.
-
-/// LayerNorm over the last dimension: (x - mean) / sqrt(var + eps) * weight + bias. Fuses the
-/// row statistics, normalisation and affine map; backward recomputes the statistics.
-pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
-    let bias = match bias {
-        Some(b) => b.contiguous()?,
-        None => weight.zeros_like()?,
-    };
-    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias, LayerNormOp { eps: eps as f32 })
-}
-
-/// RMSNorm over the last dimension: x / sqrt(mean(x²) + eps) * weight.
-pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    x.contiguous()?.apply_op2(&weight.contiguous()?, RmsNormOp { eps: eps as f32 })
-}
-
-struct LayerNormOp {
-    eps: f32,
-}
-
-/// (mean, 1 / sqrt(var + eps)) of a row, two-pass for accuracy.
-#[inline(always)]
-fn moments(xs: &[f32], eps: f32) -> (f32, f32) {
-    let d = xs.len() as f32;
-    let mean = sum(xs) / d;
-    let mut acc = [0f32; 16];
-    let chunks = xs.chunks_exact(16);
-    let rest: f32 = chunks.remainder().iter().map(|&x| (x - mean) * (x - mean)).sum();
-    for c in chunks {
-        for i in 0..16 {
-            acc[i] += (c[i] - mean) * (c[i] - mean);
-        }
-    }
-    let var = (acc.iter().sum::<f32>() + rest) / d;
-    (mean, 1.0 / (var + eps).sqrt())
-}
-
-/// 1 / sqrt(mean(x²) + eps) of a row.
-#[inline(always)]
-fn rms_scale(xs: &[f32], eps: f32) -> f32 {
-    let mut acc = [0f32; 16];
-    let chunks = xs.chunks_exact(16);
-    let rest: f32 = chunks.remainder().iter().map(|&x| x * x).sum();
-    for c in chunks {
-        for i in 0..16 {
-            acc[i] += c[i] * c[i];
-        }
-    }
-    1.0 / ((acc.iter().sum::<f32>() + rest) / xs.len() as f32 + eps).sqrt()
-}
-
-/// Per-chunk partial sums of the weight (and bias) gradients: rows are split into one chunk per
-/// thread, each returns its partials, and they are added.
-fn norm_backward(
-    x: &[f32],
-    dy: &[f32],
-    cols: usize,
-    partial_len: usize,
-    row: impl Fn(&[f32], &[f32], &mut [f32], &mut [f32]) + Sync,
-) -> (Vec<f32>, Vec<f32>) {
-    let mut dx = vec![0f32; x.len()];
-    let rows = x.len() / cols.max(1);
-    let threads = if x.len() < PARALLEL_MIN { 1 } else { rayon::current_num_threads().max(1) };
-    let per_chunk = rows.div_ceil(threads).max(1) * cols;
-    let partials: Vec<Vec<f32>> = dx
-        .par_chunks_mut(per_chunk.max(1))
-        .enumerate()
-        .map(|(c, dx_chunk)| {
-            let mut partial = vec![0f32; partial_len];
-            let base = c * per_chunk;
-            for (r, dx_row) in dx_chunk.chunks_mut(cols).enumerate() {
-                let start = base + r * cols;
-                row(&x[start..start + cols], &dy[start..start + cols], dx_row, &mut partial);
-            }
-            partial
-        })
-        .collect();
-    let mut total = vec![0f32; partial_len];
-    for p in partials {
-        for (t, v) in total.iter_mut().zip(p) {
-            *t += v;
-        }
-    }
-    (dx, total)
-}
-
-impl CustomOp3 for LayerNormOp {
-    fn name(&self) -> &'static str {
-        "fused-layer-norm"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s1, l1, self.name())?;
-        let (w, b) = (slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
-        let cols = w.len();
-        if b.len() != cols || l1.shape().dims().last() != Some(&cols) {
-            bail!("layer norm: weight {:?} and bias {:?} for input {:?}", l2.shape(), l3.shape(), l1.shape());
-        }
-        let mut out = vec![0f32; x.len()];
-        for_rows(&mut out, cols, |i, row| {
-            let xs = &x[i * cols..(i + 1) * cols];
-            wide(#[inline(always)] || {
-                let (mean, rstd) = moments(xs, self.eps);
-                for (((o, &xv), &wv), &bv) in row.iter_mut().zip(xs).zip(w).zip(b) {
-                    *o = (xv - mean) * rstd * wv + bv;
-                }
-            })
-        });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        weight: &Tensor,
-        _bias: &Tensor,
-        _y: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let w = weight.to_vec1::<f32>()?;
-        let cols = w.len();
-        let eps = self.eps;
-        let (dx, partial) = with_data(x, self.name(), |x| {
-            with_data(grad, self.name(), |dy| {
-                // partial = [dw (cols), db (cols)]
-                norm_backward(x, dy, cols, 2 * cols, |xs, dys, dx, partial| wide(#[inline(always)] || {
-                    let (mean, rstd) = moments(xs, eps);
-                    let d = cols as f32;
-                    let (mut a, mut c) = (0f32, 0f32);
-                    for ((&xv, &g), &wv) in xs.iter().zip(dys).zip(&w) {
-                        let xhat = (xv - mean) * rstd;
-                        a += g * wv;
-                        c += g * wv * xhat;
-                    }
-                    let (a, c) = (a / d, c / d);
-                    let (dw, db) = partial.split_at_mut(cols);
-                    for (k, ((&xv, &g), &wv)) in xs.iter().zip(dys).zip(&w).enumerate() {
-                        let xhat = (xv - mean) * rstd;
-                        dx[k] = rstd * (g * wv - a - xhat * c);
-                        dw[k] += g * xhat;
-                        db[k] += g;
-                    }
-                }))
-            })
-        })??;
-        let (dw, db) = partial.split_at(cols);
-        let dw = Tensor::from_slice(dw, cols, &Device::Cpu)?;
-        let db = Tensor::from_slice(db, cols, &Device::Cpu)?;
-        Ok((Some(cpu_tensor(dx, x.shape())?), Some(dw), Some(db)))
-    }
-}
-
-struct RmsNormOp {
-    eps: f32,
-}
-
-impl CustomOp2 for RmsNormOp {
-    fn name(&self) -> &'static str {
-        "fused-rms-norm"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s1, l1, self.name())?;
-        let w = slice(s2, l2, self.name())?;
-        let cols = w.len();
-        if l1.shape().dims().last() != Some(&cols) {
-            bail!("rms norm: weight {:?} for input {:?}", l2.shape(), l1.shape());
-        }
-        let mut out = vec![0f32; x.len()];
-        for_rows(&mut out, cols, |i, row| {
-            let xs = &x[i * cols..(i + 1) * cols];
-            let r = rms_scale(xs, self.eps);
-            for ((o, &xv), &wv) in row.iter_mut().zip(xs).zip(w) {
-                *o = xv * r * wv;
-            }
-        });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-
-    fn bwd(&self, x: &Tensor, weight: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let w = weight.to_vec1::<f32>()?;
-        let cols = w.len();
-        let eps = self.eps;
-        let (dx, dw) = with_data(x, self.name(), |x| {
-            with_data(grad, self.name(), |dy| {
-                norm_backward(x, dy, cols, cols, |xs, dys, dx, dw| {
-                    let r = rms_scale(xs, eps);
-                    let mut c = 0f32;
-                    for ((&xv, &g), &wv) in xs.iter().zip(dys).zip(&w) {
-                        c += g * wv * xv;
-                    }
-                    let c = c / cols as f32 * r * r;
-                    for (k, ((&xv, &g), &wv)) in xs.iter().zip(dys).zip(&w).enumerate() {
-                        dx[k] = r * (g * wv - xv * c);
-                        dw[k] += g * xv * r;
-                    }
-                })
-            })
-        })??;
-        Ok((Some(cpu_tensor(dx, x.shape())?), Some(Tensor::from_vec(dw, cols, &Device::Cpu)?)))
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// AdamW.
-
-/// One AdamW step's constants, shared by every parameter.
-#[derive(Debug, Clone, Copy)]
-pub struct AdamWStep {
-    pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    /// The factor applied to the weights before the update: 1 - lr * weight_decay, or 1.
-    pub decay: f32,
-    /// 1 - beta1^t and 1 - beta2^t.
-    pub correction1: f32,
-    pub correction2: f32,
-    /// The gradient-clipping factor.
-    pub grad_scale: f32,
-}
-
-/// Updates `m`, `v` and `param` in place from `grad` (all contiguous f32 on the CPU, same
-/// shape):
-/// ```text
-/// m = b1 m + (1 - b1) s g      v = b2 v + (1 - b2) (s g)^2
-/// p = decay p - lr (m / c1) / (sqrt(v / c2) + eps)
-/// ```
-/// Three in-place passes and no temporaries, where the plain update allocates a dozen tensors.
-pub fn adamw_update(param: &Tensor, m: &Tensor, v: &Tensor, grad: &Tensor, step: AdamWStep) -> Result<()> {
-    m.inplace_op2(grad, &Moment { beta: step.beta1, scale: step.grad_scale, square: false })?;
-    v.inplace_op2(grad, &Moment { beta: step.beta2, scale: step.grad_scale, square: true })?;
-    param.inplace_op3(m, v, &Apply(step))
-}
-
-/// Sum of squares of a tensor's elements (f64 accumulation across 16 f32 lanes), for the
-/// gradient norm without a temporary.
-pub fn sum_of_squares(t: &Tensor) -> Result<f64> {
-    with_data(t, "sum of squares", |xs| {
-        let mut total = 0f64;
-        for block in xs.chunks(1 << 14) {
-            let mut acc = [0f32; 16];
-            let chunks = block.chunks_exact(16);
-            let rest: f32 = chunks.remainder().iter().map(|x| x * x).sum();
-            for c in chunks {
-                for i in 0..16 {
-                    acc[i] += c[i] * c[i];
-                }
-            }
-            total += (acc.iter().sum::<f32>() + rest) as f64;
-        }
-        total
-    })
-}
-
-fn slice_mut<'a>(storage: &'a mut CpuStorage, layout: &Layout, op: &str) -> Result<&'a mut [f32]> {
-    let Some((start, end)) = layout.contiguous_offsets() else { bail!("{op}: the tensor must be contiguous") };
-    match storage {
-        CpuStorage::F32(data) => Ok(&mut data[start..end]),
-        _ => bail!("{op}: f32 only"),
-    }
-}
-
-/// m = beta m + (1 - beta) s g, or with (s g)^2.
-struct Moment {
-    beta: f32,
-    scale: f32,
-    square: bool,
-}
-
-impl InplaceOp2 for Moment {
-    fn name(&self) -> &'static str {
-        "fused-adamw-moment"
-    }
-
-    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
-        let g = slice(s2, l2, self.name())?;
-        let m = slice_mut(s1, l1, self.name())?;
-        if m.len() != g.len() {
-            bail!("{}: {} moments for {} gradients", self.name(), m.len(), g.len());
-        }
-        let (beta, one_minus, s) = (self.beta, 1.0 - self.beta, self.scale);
-        if self.square {
-            wide(#[inline(always)] || m.iter_mut().zip(g).for_each(|(m, &g)| *m = beta * *m + one_minus * (s * g) * (s * g)));
-        } else {
-            wide(#[inline(always)] || m.iter_mut().zip(g).for_each(|(m, &g)| *m = beta * *m + one_minus * (s * g)));
-        }
-        Ok(())
-    }
-}
-
-/// p = decay p - lr (m / c1) / (sqrt(v / c2) + eps).
-struct Apply(AdamWStep);
-
-impl InplaceOp3 for Apply {
-    fn name(&self) -> &'static str {
-        "fused-adamw-apply"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<()> {
-        let (m, v) = (slice(s2, l2, self.name())?, slice(s3, l3, self.name())?);
-        let p = slice_mut(s1, l1, self.name())?;
-        if p.len() != m.len() || p.len() != v.len() {
-            bail!("{}: shapes differ", self.name());
-        }
-        let AdamWStep { lr, eps, decay, correction1, correction2, .. } = self.0;
-        let (inv1, inv2) = (1.0 / correction1, 1.0 / correction2);
-        wide(#[inline(always)] || {
-            p.iter_mut().zip(m).zip(v).for_each(|((p, &m), &v)| {
-                *p = decay * *p - lr * (m * inv1) / ((v * inv2).sqrt() + eps);
-            })
-        });
-        Ok(())
     }
 }
 

@@ -27,6 +27,21 @@ macro_rules! common_accessors {
     };
 }
 
+/// How much a filter's rewrite may grow its record: cleaning and normalising text keep it about
+/// the same size, and a bound per record bounds the whole corpus a stage tokenizes.
+pub const MAX_REWRITE_GROWTH: usize = 4;
+/// A short record may always be rewritten to this many bytes.
+pub const MIN_REWRITE_ALLOWANCE: usize = 4096;
+
+fn max_rewrite_bytes(before: usize) -> usize {
+    (before * MAX_REWRITE_GROWTH).max(MIN_REWRITE_ALLOWANCE)
+}
+
+/// The text and fields of a sample, in bytes.
+fn sample_bytes(sample: &bindings::Sample) -> usize {
+    sample.text.len() + sample.fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+}
+
 /// A data filter plugin.
 pub struct FilterPlugin {
     pub(crate) pool: Pool<bindings::filter::DataFilter>,
@@ -41,19 +56,29 @@ impl FilterPlugin {
         let chunks = self.pool.map_chunks(samples, |pool, worker, chunk, offset| {
             let decisions = pool
                 .with_instance(worker, CALL, |world, store| world.call_filter(store, chunk))?
-                .map_err(|e| pool.guest_error(CALL, e, offset))?;
+                .map_err(|e| pool.guest_error(CALL, e, offset, chunk.len()))?;
             check_count(pool, CALL, decisions.len(), chunk.len())?;
             let bytes: usize = decisions
                 .iter()
                 .map(|d| match d {
                     Decision::Keep => 0,
                     Decision::Drop(reason) => reason.len(),
-                    Decision::Rewrite(sample) => {
-                        sample.text.len() + sample.fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
-                    }
+                    Decision::Rewrite(sample) => sample_bytes(sample),
                 })
                 .sum();
             check_size(pool, CALL, bytes)?;
+            for (i, (decision, sample)) in decisions.iter().zip(chunk).enumerate() {
+                if let Decision::Rewrite(rewritten) = decision {
+                    let (before, after) = (sample_bytes(sample), sample_bytes(rewritten));
+                    if after > max_rewrite_bytes(before) {
+                        let message = format!(
+                            "a rewrite grew the record from {before} to {after} bytes; a rewrite may be at most \
+                             {MAX_REWRITE_GROWTH}x its record (or {MIN_REWRITE_ALLOWANCE} bytes)"
+                        );
+                        return Err(pool.error(CALL, Problem::InvalidOutput(message)).at_record(offset + i));
+                    }
+                }
+            }
             Ok(decisions)
         })?;
         Ok(chunks.into_iter().flatten().collect())
@@ -74,7 +99,7 @@ impl RewardPlugin {
         let chunks = self.pool.map_chunks(episodes, |pool, worker, chunk, offset| {
             let scores = pool
                 .with_instance(worker, CALL, |world, store| world.call_score(store, chunk))?
-                .map_err(|e| pool.guest_error(CALL, e, offset))?;
+                .map_err(|e| pool.guest_error(CALL, e, offset, chunk.len()))?;
             check_count(pool, CALL, scores.len(), chunk.len())?;
             if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
                 return Err(pool
@@ -128,17 +153,25 @@ impl LossPlugin {
         let pool = &self.pool;
         let output = pool
             .with_instance(0, CALL, |world, store| world.call_compute(store, batch))?
-            .map_err(|e| pool.guest_error(CALL, e, 0))?;
+            .map_err(|e| pool.guest_error(CALL, e, 0, batch.sequence_offsets.len().saturating_sub(1)))?;
         let invalid = |message: String| pool.error(CALL, Problem::InvalidOutput(message));
         if !output.value.is_finite() {
             return Err(invalid(format!("loss value {} is not finite", output.value)));
         }
         let tokens = batch.sequence_offsets.last().copied().unwrap_or(0) as usize;
         let sequences = batch.sequence_offsets.len().saturating_sub(1);
+        let mut seen = Vec::new();
         for FeatureValues { feature, values } in &output.gradients {
             if !is_differentiable(*feature) {
                 return Err(invalid(format!("returned a gradient for {feature:?}, which is not differentiable")));
             }
+            if !self.features.contains(feature) {
+                return Err(invalid(format!("returned a gradient for {feature:?}, a feature it did not declare")));
+            }
+            if seen.contains(feature) {
+                return Err(invalid(format!("returned two gradients for {feature:?}")));
+            }
+            seen.push(*feature);
             let expected = if is_per_sequence(*feature) { sequences } else { tokens };
             if values.len() != expected {
                 return Err(invalid(format!(
@@ -146,13 +179,14 @@ impl LossPlugin {
                     values.len()
                 )));
             }
-            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-                return Err(invalid(format!("gradient for {feature:?} is {} at index {i}", values[i])));
+            if let Some(i) = values.iter().position(|v| !(v.abs() <= MAX_GRADIENT)) {
+                return Err(invalid(format!(
+                    "gradient for {feature:?} is {} at index {i}, outside [-{MAX_GRADIENT:e}, {MAX_GRADIENT:e}]",
+                    values[i]
+                )));
             }
         }
-        if let Some(bad) = output.metrics.iter().find(|m| !m.value.is_finite()) {
-            return Err(invalid(format!("metric `{}` is {}", bad.name, bad.value)));
-        }
+        check_named_values(pool, CALL, &output.metrics)?;
         Ok(output)
     }
 }
@@ -171,7 +205,7 @@ impl MetricPlugin {
         let chunks = self.pool.map_chunks(records, |pool, worker, chunk, offset| {
             let stats = pool
                 .with_instance(worker, "statistics", |world, store| world.call_statistics(store, chunk))?
-                .map_err(|e| pool.guest_error("statistics", e, offset))?;
+                .map_err(|e| pool.guest_error("statistics", e, offset, chunk.len()))?;
             if let Some(i) = stats.iter().position(|s| !s.is_finite()) {
                 let problem = Problem::InvalidOutput(format!("statistic {i} is {}", stats[i]));
                 return Err(pool.error("statistics", problem));
@@ -196,12 +230,47 @@ impl MetricPlugin {
         let values = self
             .pool
             .with_instance(0, "finish", |world, store| world.call_finish(store, &totals))?
-            .map_err(|e| self.pool.guest_error("finish", e, 0))?;
-        if let Some(bad) = values.iter().find(|v| !v.value.is_finite()) {
-            return Err(self.pool.error("finish", Problem::InvalidOutput(format!("`{}` is {}", bad.name, bad.value))));
-        }
+            .map_err(|e| self.pool.guest_error("finish", e, 0, 0))?;
+        check_named_values(&self.pool, "finish", &values)?;
         Ok(values)
     }
+}
+
+/// The largest gradient magnitude a loss plugin may return for one feature value: far beyond
+/// any real loss's, far below what overflows the surrogate's sum.
+pub const MAX_GRADIENT: f32 = 1e6;
+
+/// The most named values (metrics) one call may return.
+pub const MAX_NAMED_VALUES: usize = 64;
+
+/// Named values become table columns and metric names: each name non-empty, at most 64 of
+/// `A-Z a-z 0-9 _ - . /`, not repeated; each value finite; at most [`MAX_NAMED_VALUES`].
+fn check_named_values<W: super::pool::World>(
+    pool: &Pool<W>,
+    call: &'static str,
+    values: &[NamedValue],
+) -> Result<(), PluginError> {
+    let invalid = |message: String| Err(pool.error(call, Problem::InvalidOutput(message)));
+    if values.len() > MAX_NAMED_VALUES {
+        return invalid(format!("returned {} named values, more than {MAX_NAMED_VALUES}", values.len()));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for NamedValue { name, value } in values {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "_-./".contains(c);
+        if name.is_empty() || name.len() > 64 || !name.chars().all(allowed) {
+            let shown: String = name.chars().take(64).flat_map(char::escape_default).collect();
+            return invalid(format!(
+                "named a value \"{shown}\": names are 1-64 characters of A-Z a-z 0-9 _ - . /"
+            ));
+        }
+        if !seen.insert(name.as_str()) {
+            return invalid(format!("named two values `{name}`"));
+        }
+        if !value.is_finite() {
+            return invalid(format!("`{name}` is {value}"));
+        }
+    }
+    Ok(())
 }
 
 fn check_count<W: super::pool::World>(

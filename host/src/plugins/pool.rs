@@ -128,10 +128,17 @@ impl<W: World> Pool<W> {
     }
 
     /// A guest's own error, with its record index shifted to the caller's batch.
-    pub fn guest_error(&self, call: &'static str, error: GuestError, offset: usize) -> PluginError {
-        let err = self.error(call, Problem::Reported(error.message));
-        match error.record {
-            Some(record) => err.at_record(record as usize + offset),
+    /// An error the plugin returned on purpose, blaming a record of the `len` it was given at
+    /// `offset` of the caller's batch (a blame outside them is reported, not believed).
+    pub fn guest_error(&self, call: &'static str, error: GuestError, offset: usize, len: usize) -> PluginError {
+        let mut message = printable(&error.message);
+        let record = error.record.map(|r| r as usize).filter(|&r| r < len);
+        if let Some(claimed) = error.record.filter(|_| record.is_none()) {
+            message.push_str(&format!(" (it blamed record {claimed} of a call of {len})"));
+        }
+        let err = self.error(call, Problem::Reported(message));
+        match record {
+            Some(record) => err.at_record(record + offset),
             None => err,
         }
     }
@@ -168,7 +175,7 @@ impl<W: World> Pool<W> {
             let last_error = store.data_mut().last_error.take();
             self.error("configure", classify(&e, last_error, &self.limits))
         })?;
-        configured.map_err(|e| self.guest_error("configure", e, 0))?;
+        configured.map_err(|e| self.guest_error("configure", e, 0, 0))?;
         Ok(Instance { store, world })
     }
 
@@ -295,6 +302,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Text from a plugin as it may reach a terminal or a log: at most 4,096 characters, control
+/// characters (escape sequences, newlines that would forge a line of the host's) escaped.
+pub(crate) fn printable(text: &str) -> String {
+    text.chars().take(4096).flat_map(|c| if c.is_control() { c.escape_default().collect() } else { vec![c] }).collect()
+}
+
 /// Turn a wasmtime error into what the user needs to hear.
 fn classify(error: &wasmtime::Error, last_error: Option<String>, limits: &Limits) -> Problem {
     use wasmtime::Trap;
@@ -302,7 +315,7 @@ fn classify(error: &wasmtime::Error, last_error: Option<String>, limits: &Limits
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => Problem::Deadline(limits.deadline),
         Some(Trap::StackOverflow) => Problem::Stack,
-        _ if panic.is_some() => Problem::Panic(panic.unwrap_or_default()),
+        _ if panic.is_some() => Problem::Panic(printable(&panic.unwrap_or_default())),
         Some(trap) => Problem::Trap(trap.to_string()),
         None => {
             let text = format!("{error:#}");

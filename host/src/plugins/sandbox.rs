@@ -68,7 +68,12 @@ pub(crate) struct StoreState {
     pub limits: StoreLimits,
     pub plugin: String,
     pub last_error: Option<String>,
+    /// Lines this instance has logged, to cap them.
+    logged: usize,
 }
+
+/// Log lines one instance may write: a plugin cannot flood the host's log.
+pub const MAX_LOG_LINES: usize = 1000;
 
 impl StoreState {
     pub fn new(plugin: &str, limits: &Limits) -> Self {
@@ -83,23 +88,32 @@ impl StoreState {
                 .build(),
             plugin: plugin.to_string(),
             last_error: None,
+            logged: 0,
         }
     }
 }
 
 impl Host for StoreState {
     fn log(&mut self, level: Level, message: String) {
-        // A plugin cannot flood the host's log: cap each line.
-        let message: String = message.chars().take(4096).collect();
+        // A plugin cannot flood the host's log, nor write to the terminal: lines are capped in
+        // length and in number, control characters escaped.
+        let message = super::pool::printable(&message);
+        if matches!(level, Level::Error) {
+            self.last_error = Some(message.clone());
+        }
+        self.logged += 1;
         let plugin = &self.plugin;
+        if self.logged > MAX_LOG_LINES {
+            if self.logged == MAX_LOG_LINES + 1 {
+                tracing::warn!(plugin, "logged {MAX_LOG_LINES} lines: its later lines are not shown");
+            }
+            return;
+        }
         match level {
             Level::Debug => tracing::debug!(plugin, "{message}"),
             Level::Info => tracing::info!(plugin, "{message}"),
             Level::Warn => tracing::warn!(plugin, "{message}"),
-            Level::Error => {
-                tracing::debug!(plugin, "{message}");
-                self.last_error = Some(message);
-            }
+            Level::Error => tracing::debug!(plugin, "{message}"),
         }
     }
 }

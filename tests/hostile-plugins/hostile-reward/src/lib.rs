@@ -3,7 +3,9 @@
 //! It scores a response by its length in bytes, except when the response is the name of a
 //! misdeed: `loop` spins forever, `grow-memory` allocates until 1 GiB, `recurse` recurses
 //! without bound, `panic` panics, `nan` / `infinity` return non-finite scores, `huge` returns a
-//! finite but enormous one (1e300), and `wrong-count` returns one score too few for the batch.
+//! finite but enormous one (1e300), `wrong-count` returns one score too few for the batch,
+//! `blame-far` blames record 4,000,000,000, `escape` returns an error of terminal escape codes
+//! and a forged host line, and `log-flood` logs 100,000 lines.
 
 use std::hint::black_box;
 
@@ -74,8 +76,19 @@ mod export {
             let mut plugin = Hostile {};
             let mut scores = Vec::new();
             for (i, episode) in episodes.iter().enumerate() {
-                if episode.response == "wrong-count" {
-                    continue;
+                match episode.response.as_str() {
+                    "wrong-count" => continue,
+                    "blame-far" => return Err(PluginError { message: "not my fault".into(), record: Some(4_000_000_000) }),
+                    "escape" => {
+                        let message = "\u{1b}[2J\u{1b}[31mred\nERROR triad: plugin panicked: forged".to_string();
+                        return Err(PluginError { message, record: None });
+                    }
+                    "log-flood" => {
+                        for n in 0..100_000 {
+                            triad_plugin_sdk::log::info(&format!("line {n}"));
+                        }
+                    }
+                    _ => {}
                 }
                 scores.push(plugin.score(episode).map_err(|message| PluginError { message, record: Some(i as u32) })?);
             }

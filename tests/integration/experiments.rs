@@ -1,4 +1,4 @@
-//! Experiment files end to end: ten kinds of malformed file fail before any training with a
+//! Experiment files end to end: twenty kinds of malformed file fail before any training with a
 //! message that says where and how to fix it; a whole pipeline (pretrain, SFT, reward model,
 //! PPO, evaluation) runs through the `triad` binary, a second run trains nothing, and changing a
 //! PPO setting reruns PPO and evaluation only; a PPO run rewarded by a plugin alone raises it.
@@ -192,7 +192,7 @@ fn valid() -> String {
 }
 
 #[test]
-fn ten_malformed_experiments_fail_before_training_with_where_and_how() {
+fn malformed_experiments_fail_before_training_with_where_and_how() {
     let cases: Vec<(&str, String, Vec<&str>)> = vec![
         ("syntax error", valid().replace("seed: 3,", "seed: 3"), vec!["bad.ron:", "Expected"]),
         ("unknown field", valid().replace("min_gap: 1.5", "min_gapp: 1.5"), vec!["bad.ron:", "min_gapp", "did you mean `min_gap`"]),
@@ -206,6 +206,15 @@ fn ten_malformed_experiments_fail_before_training_with_where_and_how() {
         ("plugin of the wrong kind in a reward slot", valid().replace(r#"reward: [Model(stage: "rm")]"#, r#"reward: [Plugin(name: "rouge")]"#), vec!["plugin `rouge` is a metric plugin", "where a reward plugin goes"]),
         ("zero KL target", valid().replace("generation: (max_new_tokens: 8),\n            train: (steps: 3", "kl: Adaptive(target: 0.0), generation: (max_new_tokens: 8),\n            train: (steps: 3"), vec!["target KL must be positive"]),
         ("reward model that does not exist", valid().replace(r#"Model(stage: "rm")"#, r#"Model(stage: "rmm")"#), vec!["reads stage `rmm`", "does not exist", "did you mean `rm`?"]),
+        ("misspelt plugin name", valid().replace(r#"judge: Plugin("vader")"#, r#"judge: Plugin("vadr")"#), vec!["bad.ron:", "plugin `vadr`", "did you mean \"vader\"?"]),
+        ("NaN gradient clip", valid().replace("lr: 3e-3, eval_batches: 2", "lr: 3e-3, eval_batches: 2, grad_clip: NaN"), vec!["grad_clip must be a positive number"]),
+        ("negative gradient clip", valid().replace("lr: 3e-3, eval_batches: 2", "lr: 3e-3, eval_batches: 2, grad_clip: -1.0"), vec!["grad_clip must be a positive number, got -1"]),
+        ("zero evaluation cadence", valid().replace("lr: 3e-3, eval_batches: 2", "lr: 3e-3, eval_batches: 2, eval_every: 0"), vec!["eval_every must be at least 1"]),
+        ("zero checkpoint cadence", valid().replace("eval_prompts: 8)", "eval_prompts: 8, checkpoint_every: 0)"), vec!["checkpoint_every must be at least 1"]),
+        ("more minimum than maximum new tokens", valid().replacen("generation: (max_new_tokens: 8),", "generation: (max_new_tokens: 8, min_new_tokens: 9),", 1), vec!["min_new_tokens (9) is more than max_new_tokens (8)"]),
+        ("a context no machine here can hold", valid().replace("context: 48", "context: 100000000"), vec!["GiB for weights, gradients and AdamW moments", "more than this machine's"]),
+        ("a name that leaves the runs folder", valid().replace(r#"name: "pipeline""#, r#"name: "../../x""#), vec!["bad.ron:", "cannot name the experiment's runs folder"]),
+        ("a bad config of a plugin only the evaluation uses", valid().replace(r#""rouge": (path: "#, r#""rouge": (config: (no_such_option: 1), path: "#), vec!["plugin `rouge`", "configure", "no_such_option"]),
     ];
     for (what, text, expected) in cases {
         let message = error_for(&text);
@@ -228,7 +237,7 @@ fn every_experiment_file_in_the_repository_is_valid() {
     for entry in std::fs::read_dir(&dir).expect("experiments/") {
         let path = entry.expect("entry").path();
         if path.extension().is_some_and(|e| e == "ron") {
-            let experiment = triad::experiment::load_experiment(&path).unwrap_or_else(|e| panic!("{e}"));
+            let experiment = triad::stages::load_experiment(&path).unwrap_or_else(|e| panic!("{e}"));
             triad::stages::pipeline::preflight(&experiment, &path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             checked += 1;
         }

@@ -1,8 +1,6 @@
 //! A sweep of 2 values x 2 seeds through the `triad` binary: four runs, each with its manifest
 //! and sweep point, stages shared where their keys agree, and `triad compare` over them.
 
-use crate::support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

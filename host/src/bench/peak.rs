@@ -92,7 +92,8 @@ mod x86 {
         let mut lanes = [0.0f32; 8];
         let mut total = 0.0;
         for x in acc {
-            _mm256_storeu_ps(lanes.as_mut_ptr(), x);
+            // SAFETY: `lanes` holds the 8 floats the store writes.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), x) };
             total += lanes.iter().sum::<f32>();
         }
         total

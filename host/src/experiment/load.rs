@@ -20,6 +20,11 @@ pub enum ExperimentError {
     /// message is about, when it can be found in the file.
     #[error("{path}{}: {message}", Position(.at))]
     Invalid { path: PathBuf, at: Option<(usize, usize)>, message: String },
+    /// Stages that read a stage that does not exist, or each other in a cycle.
+    #[error("{path}{}: {source}", Position(.at))]
+    Graph { path: PathBuf, at: Option<(usize, usize)>, source: super::graph::GraphError },
+    #[error("{path}: {source}")]
+    Sweep { path: PathBuf, source: super::sweep::SweepError },
 }
 
 struct Position<'a>(&'a Option<(usize, usize)>);
@@ -81,6 +86,13 @@ pub fn parse_experiment<S: StageSpec>(path: &Path, text: &str) -> Result<Experim
     })?;
     let invalid = |message: String| ExperimentError::Invalid { path: path.into(), at: locate(text, &message), message };
     check(&experiment).map_err(invalid)?;
+    if let Err(source) = stage_order(&experiment.stages) {
+        let at = locate(text, &source.to_string());
+        return Err(ExperimentError::Graph { path: path.into(), at, source });
+    }
+    if experiment.sweep.is_some() {
+        expand(&experiment).map_err(|source| ExperimentError::Sweep { path: path.into(), source })?;
+    }
     let base = path.parent().unwrap_or(Path::new(""));
     for (name, plugin) in &experiment.plugins {
         let resolved = base.join(&plugin.path);
@@ -150,7 +162,8 @@ fn check<S: StageSpec>(experiment: &Experiment<S>) -> Result<(), String> {
                 }
                 model.validate().map_err(|e| format!("model: {e}"))?;
                 if let TokenizerSpec::TrainBpe { vocab_size, .. } = tokenizer {
-                    model = model.with_vocab_size(model.vocab_size().max(*vocab_size));
+                    let vocab = model.vocab_size().max(*vocab_size);
+                    model = model.with_vocab_size(vocab);
                 }
                 check_fits_in_memory(&model)?;
             }
@@ -193,10 +206,6 @@ fn check<S: StageSpec>(experiment: &Experiment<S>) -> Result<(), String> {
                 ));
             }
         }
-    }
-    stage_order(&experiment.stages).map_err(|e| e.to_string())?;
-    if experiment.sweep.is_some() {
-        expand(experiment).map_err(|e| e.to_string())?;
     }
     Ok(())
 }

@@ -46,9 +46,9 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, Tokenizer};
 
-use super::chat::{ChatError, ChatTemplate};
+use super::chat::ChatError;
 use crate::util::packages::RegistryError;
-use crate::model::{LlamaConfig, Model, ModelConfig, ModelError};
+use crate::model::{LlamaConfig, ModelConfig, ModelError};
 
 /// A failure to load a GGUF model. Every variant names the file.
 #[derive(Debug, thiserror::Error)]

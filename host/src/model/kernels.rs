@@ -35,7 +35,7 @@
 use std::cell::Cell;
 use std::sync::OnceLock;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, InplaceOp2, InplaceOp3, Layout};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout};
 use candle_core::{Result, Shape, Storage, Tensor, bail};
 use rayon::prelude::*;
 

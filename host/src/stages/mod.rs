@@ -133,7 +133,7 @@ mod sweep_tests {
     use crate::experiment::sweep::expand;
     use crate::experiment::{KlControl, parse_experiment};
 
-    fn experiment(sweep: &str) -> Result<Experiment, String> {
+    fn experiment(sweep: &str) -> Result<Experiment, ExperimentError> {
         let text = format!(
             r#"Experiment(
                 name: "s", seed: 1,
@@ -148,7 +148,7 @@ mod sweep_tests {
                 sweep: {sweep},
             )"#
         );
-        parse_experiment(std::path::Path::new("s.ron"), &text).map_err(|e| e.to_string())
+        parse_experiment(std::path::Path::new("s.ron"), &text)
     }
 
     #[test]
@@ -164,11 +164,11 @@ mod sweep_tests {
 
     #[test]
     fn a_path_that_names_nothing_is_refused_with_where_it_stopped() {
-        let error = experiment(r#"{ "ppo.kl.targt": [3.0] }"#).expect_err("invalid");
+        let error = experiment(r#"{ "ppo.kl.targt": [3.0] }"#).expect_err("invalid").to_string();
         assert!(error.contains("`ppo.kl` has no field `targt`"), "{error}");
-        let error = experiment(r#"{ "pp.lr": [3.0] }"#).expect_err("invalid");
+        let error = experiment(r#"{ "pp.lr": [3.0] }"#).expect_err("invalid").to_string();
         assert!(error.contains("`pp` is neither a stage name nor a top-level field"), "{error}");
-        let error = experiment(r#"{ "ppo.train.steps": ["many"] }"#).expect_err("invalid");
+        let error = experiment(r#"{ "ppo.train.steps": ["many"] }"#).expect_err("invalid").to_string();
         assert!(error.contains("sweep point"), "{error}");
     }
 }

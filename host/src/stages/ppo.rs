@@ -149,7 +149,7 @@ impl StageSpec for PpoStage {
         match self.kl {
             KlControl::Adaptive { target, .. } if !(target > 0.0 && target.is_finite()) => {
                 return Err(format!(
-                    "kl: Adaptive(target: {target}) cannot be held: the target KL must be a positive number (use Fixed(coef: 0.0) for no KL penalty)"
+                    "kl: Adaptive(target: {target}) cannot be held: the target KL must be positive (use Fixed(coef: 0.0) for no KL penalty)"
                 ));
             }
             KlControl::Adaptive { horizon, init, .. }

@@ -7,3 +7,9 @@ pub mod machine;
 pub mod names;
 pub mod packages;
 pub mod progress;
+
+/// sha256 of some bytes, lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -38,9 +38,7 @@
 //!
 //! [`KEY_PAD`]: crate::model::attention::KEY_PAD
 
-use std::sync::Mutex;
-
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Storage, Tensor, bail};
+use candle_core::{Layout, Result, bail};
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
@@ -57,25 +55,25 @@ const KEY_BLOCK: usize = 128;
 /// Where each head's (rows, d) matrix sits in a flat buffer: element (row, col) of head `h` of
 /// batch `b` at `offset + b * batch + h * head + row * row_stride + col`.
 #[derive(Debug, Clone, Copy)]
-struct Heads {
-    offset: usize,
-    batch: usize,
-    head: usize,
-    row: usize,
+pub(super) struct Heads {
+    pub(super) offset: usize,
+    pub(super) batch: usize,
+    pub(super) head: usize,
+    pub(super) row: usize,
 }
 
 impl Heads {
-    fn start(&self, b: usize, h: usize) -> usize {
+    pub(super) fn start(&self, b: usize, h: usize) -> usize {
         self.offset + b * self.batch + h * self.head
     }
 
     /// A contiguous (B, H, rows, d) tensor.
-    fn contiguous(heads: usize, rows: usize, d: usize) -> Heads {
+    pub(super) fn contiguous(heads: usize, rows: usize, d: usize) -> Heads {
         Heads { offset: 0, batch: heads * rows * d, head: rows * d, row: d }
     }
 
     /// A 4-D (B, H, rows, d) layout whose last dimension has unit stride.
-    fn of(layout: &Layout) -> Option<Heads> {
+    pub(super) fn of(layout: &Layout) -> Option<Heads> {
         match (layout.stride(), layout.dims()) {
             ([b, h, r, 1], [_, _, _, _]) => Some(Heads { offset: layout.start_offset(), batch: *b, head: *h, row: *r }),
             _ => None,
@@ -84,7 +82,7 @@ impl Heads {
 
     /// Fails unless every element of `b` batches of `heads` (rows, d) matrices lies inside `len`:
     /// the kernel's raw-pointer products rely on it.
-    fn check(&self, (b, heads, rows, d): (usize, usize, usize, usize), len: usize, what: &str) -> Result<()> {
+    pub(super) fn check(&self, (b, heads, rows, d): (usize, usize, usize, usize), len: usize, what: &str) -> Result<()> {
         if b == 0 || heads == 0 || rows == 0 || d == 0 {
             return Ok(());
         }
@@ -98,30 +96,30 @@ impl Heads {
 
 /// The sizes of one attention call: batch, query heads, kv heads, queries, keys, head width.
 #[derive(Debug, Clone, Copy)]
-struct Dims {
-    b: usize,
-    h: usize,
-    kv: usize,
-    t: usize,
-    s: usize,
-    d: usize,
+pub(super) struct Dims {
+    pub(super) b: usize,
+    pub(super) h: usize,
+    pub(super) kv: usize,
+    pub(super) t: usize,
+    pub(super) s: usize,
+    pub(super) d: usize,
 }
 
 impl Dims {
-    fn groups(&self) -> usize {
+    pub(super) fn groups(&self) -> usize {
         self.h / self.kv
     }
 
     /// Cached positions before the first query.
-    fn past(&self) -> usize {
+    pub(super) fn past(&self) -> usize {
         self.s - self.t
     }
 
-    fn scale(&self) -> f32 {
+    pub(super) fn scale(&self) -> f32 {
         1.0 / (self.d as f32).sqrt()
     }
 
-    fn check(&self) -> Result<()> {
+    pub(super) fn check(&self) -> Result<()> {
         let Dims { h, kv, t, s, .. } = *self;
         if kv == 0 || h % kv != 0 {
             bail!("fused attention: {h} query heads do not split into groups over {kv} kv heads");
@@ -136,13 +134,13 @@ impl Dims {
 /// A raw pointer that tasks on other threads may use: each task writes only the rows of its own
 /// (batch, head) pairs, which never overlap (see the SAFETY notes at each use).
 #[derive(Clone, Copy)]
-struct Ptr(*mut f32);
+pub(super) struct Ptr(pub(super) *mut f32);
 // SAFETY: the pointer is only dereferenced at disjoint offsets from different tasks.
 unsafe impl Send for Ptr {}
 unsafe impl Sync for Ptr {}
 
 impl Ptr {
-    fn at(self, offset: usize) -> *mut f32 {
+    pub(super) fn at(self, offset: usize) -> *mut f32 {
         // SAFETY (of callers): offsets come from `Heads` checked against the buffer's length.
         unsafe { self.0.add(offset) }
     }
@@ -158,7 +156,7 @@ type Operand = (*const f32, usize, usize);
 /// Every operand must address valid memory for its shape and strides, and `dst` no memory that
 /// another thread touches meanwhile.
 #[allow(clippy::too_many_arguments)]
-unsafe fn product(m: usize, n: usize, k: usize, dst: (*mut f32, usize, usize), accumulate: bool, lhs: Operand, rhs: Operand, beta: f32) {
+pub(super) unsafe fn product(m: usize, n: usize, k: usize, dst: (*mut f32, usize, usize), accumulate: bool, lhs: Operand, rhs: Operand, beta: f32) {
     if m == 0 || n == 0 {
         return;
     }
@@ -189,16 +187,16 @@ unsafe fn product(m: usize, n: usize, k: usize, dst: (*mut f32, usize, usize), a
 }
 
 /// One call's inputs: q, k and v with their layouts, the per-row key bias (B, S), and the sizes.
-struct Inputs<'a> {
-    q: (&'a [f32], Heads),
-    k: (&'a [f32], Heads),
-    v: (&'a [f32], Heads),
-    key_bias: Option<&'a [f32]>,
-    dims: Dims,
+pub(super) struct Inputs<'a> {
+    pub(super) q: (&'a [f32], Heads),
+    pub(super) k: (&'a [f32], Heads),
+    pub(super) v: (&'a [f32], Heads),
+    pub(super) key_bias: Option<&'a [f32]>,
+    pub(super) dims: Dims,
 }
 
 impl Inputs<'_> {
-    fn check(&self) -> Result<()> {
+    pub(super) fn check(&self) -> Result<()> {
         let Dims { b, h, kv, t, s, d } = self.dims;
         self.dims.check()?;
         self.q.1.check((b, h, t, d), self.q.0.len(), "q")?;
@@ -212,18 +210,18 @@ impl Inputs<'_> {
         Ok(())
     }
 
-    fn ptr(&self, which: (&[f32], Heads), b: usize, h: usize, row: usize) -> *const f32 {
+    pub(super) fn ptr(&self, which: (&[f32], Heads), b: usize, h: usize, row: usize) -> *const f32 {
         which.0[which.1.start(b, h) + row * which.1.row..].as_ptr()
     }
 }
 
 /// Whether a call is big enough to split across threads.
-fn parallel(dims: &Dims) -> bool {
+pub(super) fn parallel(dims: &Dims) -> bool {
     dims.b * dims.h * dims.t * dims.s.max(dims.d) >= PARALLEL_MIN
 }
 
 /// Runs `task(b, kv)` for every (batch, kv head), in parallel when there is enough work.
-fn for_groups(dims: &Dims, task: impl Fn(usize, usize) + Sync + Send) {
+pub(super) fn for_groups(dims: &Dims, task: impl Fn(usize, usize) + Sync + Send) {
     let n = dims.b * dims.kv;
     if parallel(dims) {
         (0..n).into_par_iter().for_each(|i| task(i / dims.kv, i % dims.kv));
@@ -234,7 +232,7 @@ fn for_groups(dims: &Dims, task: impl Fn(usize, usize) + Sync + Send) {
 
 /// The forward pass: writes `out` (laid out as `out_at`, checked by the caller) and, when
 /// `stats` is given, each query row's [`RowStats`] (B, H, T) into it.
-fn forward(inputs: &Inputs, out: Ptr, out_at: Heads, stats: Option<Ptr>) {
+pub(super) fn forward(inputs: &Inputs, out: Ptr, out_at: Heads, stats: Option<Ptr>) {
     let dims = inputs.dims;
     let Dims { t, s, d, .. } = dims;
     let (groups, past) = (dims.groups(), dims.past());
@@ -331,9 +329,9 @@ unsafe fn scores(inputs: &Inputs, (b, h, kv): (usize, usize, usize), (r0, rows):
 /// their log-sum-exp: a row of pad keys has scores near [`KEY_PAD`](crate::model::attention::KEY_PAD)
 /// = -1e9, where f32 steps by 64 and `max + ln(sum)` would round the sum away.
 #[derive(Debug, Clone, Copy)]
-struct RowStats {
-    max: f32,
-    sum: f32,
+pub(super) struct RowStats {
+    pub(super) max: f32,
+    pub(super) sum: f32,
 }
 
 impl RowStats {
@@ -370,7 +368,7 @@ impl RowStats {
 /// [`forward`] into fresh buffers: the output (`len` values laid out as `out_at`, which must
 /// cover them all, as both callers' layouts do) and, when `keep`, the [`RowStats`] of every
 /// query row as (max, 1 / sum) pairs, (B, H, T, 2).
-fn run_forward(inputs: &Inputs, len: usize, out_at: Heads, keep: bool) -> (Vec<f32>, Option<Vec<f32>>) {
+pub(super) fn run_forward(inputs: &Inputs, len: usize, out_at: Heads, keep: bool) -> (Vec<f32>, Option<Vec<f32>>) {
     let Dims { b, h, t, .. } = inputs.dims;
     let mut stats = keep.then(|| vec![0f32; b * h * t * 2]);
     let stats_ptr = stats.as_mut().map(|p| Ptr(p.as_mut_ptr()));
@@ -382,16 +380,16 @@ fn run_forward(inputs: &Inputs, len: usize, out_at: Heads, keep: bool) -> (Vec<f
 
 /// Where the backward pass writes dq, dk and dv (zeroed beforehand: dk and dv accumulate over
 /// blocks and grouped heads), each laid out like its input.
-struct Grads {
-    dq: (Ptr, Heads),
-    dk: (Ptr, Heads),
-    dv: (Ptr, Heads),
+pub(super) struct Grads {
+    pub(super) dq: (Ptr, Heads),
+    pub(super) dk: (Ptr, Heads),
+    pub(super) dv: (Ptr, Heads),
 }
 
 /// The backward pass from the forward's row stats `stats` (B, H, T, 2), its output `o` and the
 /// output's gradient `go` (both laid out as `o_at`). Each tile's probabilities are recomputed
 /// from q, k and the stats.
-fn backward(inputs: &Inputs, stats: &[f32], o: &[f32], go: &[f32], o_at: Heads, grads: &Grads) {
+pub(super) fn backward(inputs: &Inputs, stats: &[f32], o: &[f32], go: &[f32], o_at: Heads, grads: &Grads) {
     let dims = inputs.dims;
     let Dims { t, s, d, .. } = dims;
     let (groups, past, scale) = (dims.groups(), dims.past(), dims.scale());

@@ -3,7 +3,10 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Storage, Tensor, bail};
 
-use super::attention::*;
+use std::sync::Mutex;
+
+use super::attention::{Dims, Grads, Heads, Inputs, Ptr, backward, run_forward};
+use super::filled;
 // ---------------------------------------------------------------------------------------------
 // q, k, v as separate tensors.
 

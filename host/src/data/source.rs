@@ -18,28 +18,13 @@
 //!
 //! The formats themselves are parsed in [`super::formats`].
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::util::packages::{Distribution, Registry, RegistryError, RegistryFile};
-
-/// How a text file becomes records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub enum TextSplit {
-    /// One record per non-blank line.
-    #[default]
-    Lines,
-    /// The whole file is one record (a single document, as nanoGPT's shakespeare).
-    Whole,
-    /// One record per run of non-blank lines, separated by blank lines; lines joined by `\n`.
-    Paragraphs,
-}
-
-fn default_text_field() -> String {
-    "text".into()
-}
+pub use super::formats::{Format, LoadedSource, Origin, Record, SourceError, TextSplit};
+use super::formats::default_text_field;
+use crate::util::packages::{Distribution, Registry, RegistryFile};
 
 /// Where a data set comes from and how to read it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,106 +127,6 @@ pub enum SourceSpec {
         sha256: Option<String>,
         format: Format,
     },
-}
-
-/// How to read a file found inside a package: the file formats of [`SourceSpec`] without a path.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub enum Format {
-    Text {
-        #[serde(default)]
-        split: TextSplit,
-    },
-    Jsonl {
-        #[serde(default = "default_text_field")]
-        text_field: String,
-        #[serde(default)]
-        fields: Vec<String>,
-    },
-    Tsv {
-        #[serde(default)]
-        columns: Vec<String>,
-        #[serde(default = "default_text_field")]
-        text_column: String,
-        #[serde(default)]
-        header: bool,
-    },
-    Csv {
-        #[serde(default)]
-        columns: Vec<String>,
-        #[serde(default = "default_text_field")]
-        text_column: String,
-        #[serde(default)]
-        header: bool,
-    },
-    Parquet {
-        #[serde(default = "default_text_field")]
-        text_column: String,
-        #[serde(default)]
-        columns: Vec<String>,
-    },
-    Conversations,
-}
-
-/// Where a record came from.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Origin {
-    /// The file read (for packaged data, the extracted file in the cache).
-    pub file: PathBuf,
-    /// 1-based line where the record starts.
-    pub line: usize,
-}
-
-/// One record of a data set.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
-    /// The text a model reads.
-    pub text: String,
-    /// The other columns (ratings, ids, labels), as strings.
-    pub fields: BTreeMap<String, String>,
-    pub origin: Origin,
-}
-
-/// A source, read.
-#[derive(Debug, Clone)]
-pub struct LoadedSource {
-    /// The file read.
-    pub path: PathBuf,
-    /// sha256 of its bytes, lowercase hex: the data hash for manifests and cache keys.
-    pub sha256: String,
-    /// Its size in bytes.
-    pub bytes: usize,
-    /// Invalid UTF-8 sequences replaced by U+FFFD while decoding.
-    pub replacements: usize,
-    pub records: Vec<Record>,
-}
-
-impl LoadedSource {
-    /// The records' texts, in order.
-    pub fn texts(&self) -> Vec<&str> {
-        self.records.iter().map(|r| r.text.as_str()).collect()
-    }
-}
-
-/// A failure to read a data source.
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    #[error("cannot read {file}: {source}")]
-    Io { file: PathBuf, source: std::io::Error },
-    #[error(transparent)]
-    Registry(#[from] RegistryError),
-    /// A line that does not parse; `message` names the column or field where one is to blame.
-    #[error("{file}:{line}: {message}")]
-    Malformed { file: PathBuf, line: usize, message: String },
-    /// A spec that cannot work (no columns, a text column that is not among them, ...).
-    #[error("data source {file}: {message}")]
-    Spec { file: PathBuf, message: String },
-    /// A file the Parquet reader refuses as a whole (not Parquet, truncated, a compression this
-    /// build does not read).
-    #[error("{file}: cannot read as Parquet: {source}")]
-    Parquet { file: PathBuf, source: parquet::errors::ParquetError },
-    #[error("{file}: no records (an empty file, or only blank lines)")]
-    Empty { file: PathBuf },
 }
 
 impl SourceSpec {

@@ -237,16 +237,6 @@ impl ModelConfig {
         }
     }
 
-    /// Every parameter of a model with this config, sorted by name.
-    pub fn param_specs(&self) -> Vec<ParamSpec> {
-        let mut specs = match self {
-            ModelConfig::Gpt(c) => super::gpt::param_specs(c),
-            ModelConfig::Llama(c) => super::llama::param_specs(c),
-        };
-        specs.sort_by(|a, b| a.name.cmp(&b.name));
-        specs
-    }
-
     /// Number of trainable scalars (tied embeddings counted once), computed from the config
     /// alone.
     pub fn num_parameters(&self) -> usize {

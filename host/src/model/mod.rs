@@ -85,6 +85,18 @@ pub enum ModelError {
     Sampling(String),
 }
 
+impl ModelConfig {
+    /// Every parameter of a model with this config, sorted by name.
+    pub fn param_specs(&self) -> Vec<init::ParamSpec> {
+        let mut specs = match self {
+            ModelConfig::Gpt(c) => gpt::param_specs(c),
+            ModelConfig::Llama(c) => llama::param_specs(c),
+        };
+        specs.sort_by(|a, b| a.name.cmp(&b.name));
+        specs
+    }
+}
+
 /// Attaches what was being done to a candle error.
 pub(crate) trait WithContext<T> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T, ModelError>;

@@ -125,3 +125,9 @@ impl fmt::Display for RecordSuffix {
         }
     }
 }
+
+/// Text from a plugin as it may reach a terminal or a log: at most 4,096 characters, control
+/// characters (escape sequences, newlines that would forge a line of the host's) escaped.
+pub(crate) fn printable(text: &str) -> String {
+    text.chars().take(4096).flat_map(|c| if c.is_control() { c.escape_default().collect() } else { vec![c] }).collect()
+}

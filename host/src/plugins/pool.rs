@@ -13,7 +13,7 @@ use wasmtime::Store;
 use wasmtime::component::{Component, HasSelf, Linker};
 
 use super::bindings::{self, GuestError, PluginInfo, PluginKind};
-use super::error::{PluginError, Problem};
+use super::error::{PluginError, Problem, printable};
 use super::sandbox::{Limits, Sandbox, StoreState};
 
 /// The generated bindings of one world, seen through what the pool needs.
@@ -300,12 +300,6 @@ pub(crate) fn link<W: World>(sandbox: &Sandbox, name: &str, component: &Componen
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // The slot is reset on every trap, so a poisoned lock holds nothing inconsistent.
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Text from a plugin as it may reach a terminal or a log: at most 4,096 characters, control
-/// characters (escape sequences, newlines that would forge a line of the host's) escaped.
-pub(crate) fn printable(text: &str) -> String {
-    text.chars().take(4096).flat_map(|c| if c.is_control() { c.escape_default().collect() } else { vec![c] }).collect()
 }
 
 /// Turn a wasmtime error into what the user needs to hear.

@@ -97,7 +97,7 @@ impl Host for StoreState {
     fn log(&mut self, level: Level, message: String) {
         // A plugin cannot flood the host's log, nor write to the terminal: lines are capped in
         // length and in number, control characters escaped.
-        let message = super::pool::printable(&message);
+        let message = super::error::printable(&message);
         if matches!(level, Level::Error) {
             self.last_error = Some(message.clone());
         }

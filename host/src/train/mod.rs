@@ -11,6 +11,7 @@
 //! moments and the step number to continue bit for bit.
 
 pub mod checkpoint;
+pub mod error;
 pub mod loss;
 pub mod optimizer;
 pub mod plugin_loss;
@@ -26,4 +27,5 @@ pub use schedule::Schedule;
 pub use session::{Cadence, Session};
 pub use settings::TrainSettings;
 pub use loss::{lm_loss, lm_loss_rows, masked_lm_loss, masked_lm_loss_rows, masked_mean, token_logprobs};
-pub use trainer::{Objective, SplitLoss, TrainConfig, TrainError, TrainSummary, data_parallel_grads, part_rows, train};
+pub use error::TrainError;
+pub use trainer::{Objective, SplitLoss, TrainConfig, TrainSummary, data_parallel_grads, part_rows, train};

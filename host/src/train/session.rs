@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::checkpoint::{self, TrainState};
 use super::optimizer::AdamW;
-use super::trainer::TrainError;
+use super::error::TrainError;
 use crate::runs::metrics::MetricsWriter;
 use crate::util::atomic::FileError;
 

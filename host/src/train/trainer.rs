@@ -17,10 +17,10 @@ use serde::{Deserialize, Serialize};
 
 use super::optimizer::{AdamW, AdamWConfig};
 use super::schedule::Schedule;
+use super::error::TrainError;
 use super::session::{Cadence, Session, config_key};
 use crate::model::kernels::on_one_core;
 use crate::runs::metrics::read_rows;
-use crate::util::atomic::FileError;
 
 /// How to train: steps, schedule, optimizer, accumulation, clipping, evaluation, checkpoints.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,21 +37,6 @@ pub struct TrainConfig {
     pub eval_every: u64,
     pub checkpoint_every: u64,
     pub keep_checkpoints: usize,
-}
-
-/// A failure while training.
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    #[error("at step {step}: {source}")]
-    Tensor { step: u64, source: candle_core::Error },
-    #[error("at step {step}: the loss is {value}: training diverged (lower the learning rate?)")]
-    Diverged { step: u64, value: f64 },
-    #[error("at step {step}: the gradient norm is {norm}: training diverged, no weight was updated (lower the learning rate?)")]
-    DivergedGradient { step: u64, norm: f64 },
-    #[error(transparent)]
-    File(#[from] FileError),
-    #[error("{0}")]
-    Objective(String),
 }
 
 /// A loss whose micro-batch splits by rows into parts whose losses add up to the micro-batch's.

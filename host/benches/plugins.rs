@@ -8,8 +8,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use triad::util::packages::MOVIE_REVIEW_SNIPPETS;
 use triad::plugins::{Episode, Plugin, PluginSpec, Sandbox, build};
+use triad::util::packages::MOVIE_REVIEW_SNIPPETS;
 
 const RECORDS: usize = 10_000;
 const REPEATS: usize = 7;
@@ -64,7 +64,11 @@ fn main() {
     let rate = |t: Duration| RECORDS as f64 / t.as_secs_f64();
     println!("lexicon-sentiment (VADER) over {RECORDS} real movie-review snippets, median of {REPEATS}:");
     println!("  native Rust, 1 thread     {:>10.0} records/s", rate(native));
-    println!("  wasm plugin, 1 instance   {:>10.0} records/s   native/plugin = {:.2}x", rate(one), one.as_secs_f64() / native.as_secs_f64());
+    println!(
+        "  wasm plugin, 1 instance   {:>10.0} records/s   native/plugin = {:.2}x",
+        rate(one),
+        one.as_secs_f64() / native.as_secs_f64()
+    );
     println!(
         "  wasm plugin, {cores} instances  {:>10.0} records/s   native(1 thread)/plugin = {:.2}x",
         rate(many),

@@ -42,9 +42,7 @@ enum Command {
     },
     /// Check an experiment file without running it: its settings, and every plugin it names
     /// (built, loaded in the sandbox and configured with its config block).
-    Validate {
-        experiment: PathBuf,
-    },
+    Validate { experiment: PathBuf },
     /// Win-rate from human labels: the blinded `human-labels.jsonl` an Eval stage wrote, once a
     /// person has set "preferred" (1, 2 or "tie") on its lines.
     Labels {
@@ -210,7 +208,10 @@ fn main() -> Result<()> {
         Command::Labels { dir } => {
             let (key, rate) = read_labels(&dir.join("human-labels.jsonl"), &dir.join("human-key.json"))?;
             if rate.total() == 0 {
-                bail!("{}: no line is labelled yet: set \"preferred\" to 1, 2 or \"tie\"", dir.join("human-labels.jsonl").display());
+                bail!(
+                    "{}: no line is labelled yet: set \"preferred\" to 1, 2 or \"tie\"",
+                    dir.join("human-labels.jsonl").display()
+                );
             }
             println!("human win-rate of `{}` over `{}`: {}", key.model_a, key.model_b, rate.describe());
             Ok(())
@@ -234,9 +235,14 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench(BenchCommand::Train { python, steps, peak_gflops, threads, profile: _, pretrained: Some(name) }) => {
-            bench_train_pretrained(python, &name, steps, peak_gflops, threads)
-        }
+        Command::Bench(BenchCommand::Train {
+            python,
+            steps,
+            peak_gflops,
+            threads,
+            profile: _,
+            pretrained: Some(name),
+        }) => bench_train_pretrained(python, &name, steps, peak_gflops, threads),
         Command::Bench(BenchCommand::Train { python, steps, peak_gflops, threads, profile, pretrained: None }) => {
             bench_train(python, steps, peak_gflops, threads, profile)
         }
@@ -263,7 +269,13 @@ fn bench_generate(python: Option<PathBuf>, repeats: usize, threads: usize) -> Re
     println!(
         "workload: GPT vocab {} context {} layers {} heads {} width {}, random init; batch {}, prompt {}, {} new \
          tokens, greedy, KV cache; {threads} threads; median of {repeats} calls",
-        config.vocab, config.context, config.layers, config.heads, config.width, config.batch, config.prompt,
+        config.vocab,
+        config.context,
+        config.layers,
+        config.heads,
+        config.width,
+        config.batch,
+        config.prompt,
         config.new_tokens
     );
     // PyTorch first: its process then starts from a small parent, not from ours at its peak.
@@ -303,13 +315,24 @@ fn fix_thread_count(threads: Option<usize>) {
     unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
 }
 
-fn bench_train_pretrained(python: Option<PathBuf>, name: &str, steps: usize, peak_gflops: Option<f64>, threads: usize) -> Result<()> {
+fn bench_train_pretrained(
+    python: Option<PathBuf>,
+    name: &str,
+    steps: usize,
+    peak_gflops: Option<f64>,
+    threads: usize,
+) -> Result<()> {
     use triad::bench::{PretrainedBenchConfig, bench_pretrained};
     let peak_gflops = machine_peak(peak_gflops, threads);
-    let config = PretrainedBenchConfig { name: name.to_string(), ..PretrainedBenchConfig::smollm2(steps, peak_gflops, threads) };
-    println!("workload: {name} training, batch {} x {} tokens, f32, AdamW; median of {steps} steps; {threads} threads", config.batch, config.context);
+    let config =
+        PretrainedBenchConfig { name: name.to_string(), ..PretrainedBenchConfig::smollm2(steps, peak_gflops, threads) };
+    println!(
+        "workload: {name} training, batch {} x {} tokens, f32, AdamW; median of {steps} steps; {threads} threads",
+        config.batch, config.context
+    );
     let (python, script) = reference_script(python, "train_pretrained_reference.py")?;
-    let (ours, reference) = bench_pretrained(&config, &python, &script, &candle_core::Device::Cpu).with_context(|| reference_help(&python))?;
+    let (ours, reference) = bench_pretrained(&config, &python, &script, &candle_core::Device::Cpu)
+        .with_context(|| reference_help(&python))?;
     print_train_results(&ours, &reference);
     if let (Some(a), Some(b)) = (ours.first_loss, reference.first_loss) {
         println!("first-step loss on the same batch: triad {a:.5}, PyTorch {b:.5} (difference {:.1e})", (a - b).abs());
@@ -335,12 +358,20 @@ fn print_train_results(ours: &triad::bench::BenchResult, reference: &triad::benc
     println!("\ntriad / PyTorch = {:.2}x tokens/s", ours.tokens_per_s / reference.tokens_per_s);
 }
 
-fn bench_train(python: Option<PathBuf>, steps: usize, peak_gflops: Option<f64>, threads: usize, profile: bool) -> Result<()> {
+fn bench_train(
+    python: Option<PathBuf>,
+    steps: usize,
+    peak_gflops: Option<f64>,
+    threads: usize,
+    profile: bool,
+) -> Result<()> {
     use triad::bench::{BenchConfig, bench_pytorch, bench_triad};
     let peak_gflops = if profile { 0.0 } else { machine_peak(peak_gflops, threads) };
     let config = BenchConfig { steps, peak_gflops, threads, ..BenchConfig::default() };
-    println!("workload: GPT vocab {} context {} layers {} heads {} width {} batch {}, f32, AdamW; median of {steps} steps; {threads} threads",
-        config.vocab, config.context, config.layers, config.heads, config.width, config.batch);
+    println!(
+        "workload: GPT vocab {} context {} layers {} heads {} width {} batch {}, f32, AdamW; median of {steps} steps; {threads} threads",
+        config.vocab, config.context, config.layers, config.heads, config.width, config.batch
+    );
     if profile {
         println!("{}", triad::bench::profile::profile_train(&config, &candle_core::Device::Cpu)?);
         return Ok(());
@@ -401,7 +432,11 @@ fn run_command(path: &Path, options: &RunOptions, dry_run: bool) -> Result<()> {
         // The runs are done and saved: a summary that cannot be made is a warning, not a failure.
         Err(e) => eprintln!("warning: no summary table: {e}"),
     }
-    println!("\noutputs: {} (compare them with `triad compare {}`)", experiment_runs.display(), experiment_runs.display());
+    println!(
+        "\noutputs: {} (compare them with `triad compare {}`)",
+        experiment_runs.display(),
+        experiment_runs.display()
+    );
     Ok(())
 }
 
@@ -450,7 +485,10 @@ fn plugin_command(command: PluginCommand) -> Result<()> {
             if path.is_dir() {
                 println!("build:       {}", build::isolation().describe());
             }
-            println!("loaded in:   {:.0} ms (build, componentize, compile, instantiate, configure)", started.elapsed().as_secs_f64() * 1e3);
+            println!(
+                "loaded in:   {:.0} ms (build, componentize, compile, instantiate, configure)",
+                started.elapsed().as_secs_f64() * 1e3
+            );
             Ok(())
         }
         PluginCommand::Run { plugin, input, config, deadline_ms, memory_mib } => {

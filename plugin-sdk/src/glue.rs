@@ -5,8 +5,8 @@ use std::cell::RefCell;
 use std::sync::Once;
 
 use crate::{
-    DataFilter, Decision, Episode, Feature, Loss, LossBatch, LossOutput, Metric, MetricRecord,
-    NamedValue, Plugin, PluginError, Reward, Sample,
+    DataFilter, Decision, Episode, Feature, Loss, LossBatch, LossOutput, Metric, MetricRecord, NamedValue, Plugin,
+    PluginError, Reward, Sample,
 };
 
 fn error(message: impl Into<String>, record: Option<usize>) -> PluginError {
@@ -31,8 +31,7 @@ pub fn parse_config<T: Plugin>(config: &str) -> Result<T, PluginError> {
     let mut plugin: T = if trimmed.is_empty() || trimmed == "null" {
         T::default()
     } else {
-        serde_json::from_str(trimmed)
-            .map_err(|e| error(format!("invalid config {trimmed}: {e}"), None))?
+        serde_json::from_str(trimmed).map_err(|e| error(format!("invalid config {trimmed}: {e}"), None))?
     };
     plugin.init().map_err(|e| error(format!("invalid config: {e}"), None))?;
     Ok(plugin)
@@ -50,26 +49,17 @@ pub fn with_plugin<T, R>(
 ) -> Result<R, PluginError> {
     install_panic_hook();
     let mut slot = slot.borrow_mut();
-    let plugin = slot
-        .as_mut()
-        .ok_or_else(|| error("called before configure: the host must configure a plugin first", None))?;
+    let plugin =
+        slot.as_mut().ok_or_else(|| error("called before configure: the host must configure a plugin first", None))?;
     call(plugin)
 }
 
 pub fn filter<T: DataFilter>(plugin: &mut T, samples: &[Sample]) -> Result<Vec<Decision>, PluginError> {
-    samples
-        .iter()
-        .enumerate()
-        .map(|(i, sample)| plugin.filter(sample).map_err(|e| error(e, Some(i))))
-        .collect()
+    samples.iter().enumerate().map(|(i, sample)| plugin.filter(sample).map_err(|e| error(e, Some(i)))).collect()
 }
 
 pub fn score<T: Reward>(plugin: &mut T, episodes: &[Episode]) -> Result<Vec<f64>, PluginError> {
-    episodes
-        .iter()
-        .enumerate()
-        .map(|(i, episode)| plugin.score(episode).map_err(|e| error(e, Some(i))))
-        .collect()
+    episodes.iter().enumerate().map(|(i, episode)| plugin.score(episode).map_err(|e| error(e, Some(i)))).collect()
 }
 
 pub fn features<T: Loss>(slot: &RefCell<Option<T>>) -> Vec<Feature> {

@@ -107,18 +107,18 @@ mod loss_helpers;
 pub mod testing;
 
 pub use bindings::data_filter::triad::plugin::types::{
-    Decision, Episode, Feature, FeatureValues, LossBatch, LossOutput, MetricRecord, NamedValue,
-    PluginError, PluginInfo, PluginKind, Sample,
+    Decision, Episode, Feature, FeatureValues, LossBatch, LossOutput, MetricRecord, NamedValue, PluginError,
+    PluginInfo, PluginKind, Sample,
 };
-pub use loss_helpers::{feature_name, LossBatchExt};
+pub use loss_helpers::{LossBatchExt, feature_name};
 pub use serde::Deserialize;
 
 /// Everything a plugin usually needs, in one `use`.
 pub mod prelude {
     pub use crate::{
-        export_data_filter, export_loss, export_metric, export_reward, DataFilter, Decision,
-        Deserialize, Episode, Feature, FeatureValues, LossBatch, LossBatchExt, LossOutput, Metric,
-        MetricRecord, NamedValue, Plugin, Reward, Sample, Loss,
+        DataFilter, Decision, Deserialize, Episode, Feature, FeatureValues, Loss, LossBatch, LossBatchExt, LossOutput,
+        Metric, MetricRecord, NamedValue, Plugin, Reward, Sample, export_data_filter, export_loss, export_metric,
+        export_reward,
     };
 }
 
@@ -232,12 +232,13 @@ macro_rules! export_reward {
                 fn configure(config: ::std::string::String) -> ::core::result::Result<(), $crate::PluginError> {
                     PLUGIN.with(|slot| $crate::__glue::configure(slot, &config))
                 }
-                fn score(episodes: ::std::vec::Vec<$crate::Episode>)
-                    -> ::core::result::Result<::std::vec::Vec<f64>, $crate::PluginError> {
+                fn score(
+                    episodes: ::std::vec::Vec<$crate::Episode>,
+                ) -> ::core::result::Result<::std::vec::Vec<f64>, $crate::PluginError> {
                     PLUGIN.with(|slot| $crate::__glue::with_plugin(slot, |p| $crate::__glue::score(p, &episodes)))
                 }
             }
-            $crate::bindings::reward::__export_reward_world!(Export with_types_in $crate::bindings::reward);
+    $crate::bindings::reward::__export_reward_world!(Export with_types_in $crate::bindings::reward);
         };
     };
 }
@@ -262,12 +263,13 @@ macro_rules! export_loss {
                 fn features() -> ::std::vec::Vec<$crate::Feature> {
                     PLUGIN.with(|slot| $crate::__glue::features(slot))
                 }
-                fn compute(batch: $crate::LossBatch)
-                    -> ::core::result::Result<$crate::LossOutput, $crate::PluginError> {
+                fn compute(
+                    batch: $crate::LossBatch,
+                ) -> ::core::result::Result<$crate::LossOutput, $crate::PluginError> {
                     PLUGIN.with(|slot| $crate::__glue::with_plugin(slot, |p| $crate::__glue::compute(p, &batch)))
                 }
             }
-            $crate::bindings::loss::__export_loss_world!(Export with_types_in $crate::bindings::loss);
+    $crate::bindings::loss::__export_loss_world!(Export with_types_in $crate::bindings::loss);
         };
     };
 }
@@ -289,16 +291,18 @@ macro_rules! export_metric {
                 fn configure(config: ::std::string::String) -> ::core::result::Result<(), $crate::PluginError> {
                     PLUGIN.with(|slot| $crate::__glue::configure(slot, &config))
                 }
-                fn statistics(records: ::std::vec::Vec<$crate::MetricRecord>)
-                    -> ::core::result::Result<::std::vec::Vec<f64>, $crate::PluginError> {
+                fn statistics(
+                    records: ::std::vec::Vec<$crate::MetricRecord>,
+                ) -> ::core::result::Result<::std::vec::Vec<f64>, $crate::PluginError> {
                     PLUGIN.with(|slot| $crate::__glue::with_plugin(slot, |p| $crate::__glue::statistics(p, &records)))
                 }
-                fn finish(totals: ::std::vec::Vec<f64>)
-                    -> ::core::result::Result<::std::vec::Vec<$crate::NamedValue>, $crate::PluginError> {
+                fn finish(
+                    totals: ::std::vec::Vec<f64>,
+                ) -> ::core::result::Result<::std::vec::Vec<$crate::NamedValue>, $crate::PluginError> {
                     PLUGIN.with(|slot| $crate::__glue::with_plugin(slot, |p| $crate::__glue::finish(p, &totals)))
                 }
             }
-            $crate::bindings::metric::__export_metric_world!(Export with_types_in $crate::bindings::metric);
+    $crate::bindings::metric::__export_metric_world!(Export with_types_in $crate::bindings::metric);
         };
     };
 }
@@ -317,4 +321,3 @@ macro_rules! __info {
         }
     };
 }
-

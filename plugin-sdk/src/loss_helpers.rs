@@ -56,10 +56,7 @@ impl LossBatchExt for LossBatch {
     }
 
     fn sequences(&self) -> Vec<std::ops::Range<usize>> {
-        self.sequence_offsets
-            .windows(2)
-            .map(|w| w[0] as usize..w[1] as usize)
-            .collect()
+        self.sequence_offsets.windows(2).map(|w| w[0] as usize..w[1] as usize).collect()
     }
 
     fn shape(&self) -> Result<(usize, usize), String> {
@@ -116,7 +113,11 @@ impl FeatureValues {
 
 impl LossOutput {
     /// A loss's value, its gradients, and its diagnostics as `(name, value)` pairs.
-    pub fn new(value: f64, gradients: Vec<FeatureValues>, metrics: impl IntoIterator<Item = (&'static str, f64)>) -> Self {
+    pub fn new(
+        value: f64,
+        gradients: Vec<FeatureValues>,
+        metrics: impl IntoIterator<Item = (&'static str, f64)>,
+    ) -> Self {
         LossOutput {
             value,
             gradients,
@@ -156,7 +157,10 @@ mod tests {
         );
         let nan = [-1.0f32, f32::NAN, -3.0];
         let b = loss_batch(&[0, 3], &[(Feature::Logprob, &nan)]);
-        assert_eq!(b.per_token(Feature::Logprob), Err("feature `logprob` has a non-finite value NaN at index 1".into()));
+        assert_eq!(
+            b.per_token(Feature::Logprob),
+            Err("feature `logprob` has a non-finite value NaN at index 1".into())
+        );
         // The raw accessor passes the values through unchecked.
         assert_eq!(b.feature(Feature::Logprob).map(<[f32]>::len), Ok(3));
         // A malformed layout is reported before any feature.
@@ -166,7 +170,8 @@ mod tests {
 
     #[test]
     fn output_names_its_metrics() {
-        let out = LossOutput::new(0.5, vec![FeatureValues::new(Feature::Logprob, [-0.25])], [("nll", 1.5), ("tokens", 2.0)]);
+        let out =
+            LossOutput::new(0.5, vec![FeatureValues::new(Feature::Logprob, [-0.25])], [("nll", 1.5), ("tokens", 2.0)]);
         assert_eq!((out.value, out.gradients[0].values.clone()), (0.5, vec![-0.25f32]));
         let names: Vec<(&str, f64)> = out.metrics.iter().map(|m| (m.name.as_str(), m.value)).collect();
         assert_eq!(names, vec![("nll", 1.5), ("tokens", 2.0)]);

@@ -118,10 +118,7 @@ pub fn lm_batch(seed: u64, lengths: &[usize], padding: usize) -> LmBatch {
 pub fn loss_batch(offsets: &[u32], features: &[(Feature, &[f32])]) -> LossBatch {
     LossBatch {
         sequence_offsets: offsets.to_vec(),
-        features: features
-            .iter()
-            .map(|(f, v)| FeatureValues { feature: *f, values: v.to_vec() })
-            .collect(),
+        features: features.iter().map(|(f, v)| FeatureValues { feature: *f, values: v.to_vec() }).collect(),
     }
 }
 
@@ -149,11 +146,7 @@ pub fn assert_gradient(x: &[f32], analytic: &[f64], f: impl Fn(&[f32]) -> f64) {
 /// The value of the metric `name` in a `(name, value)` list (a loss's metrics, or what a
 /// metric's `finish` returns); panics when it is missing.
 pub fn metric<S: AsRef<str>>(metrics: &[(S, f64)], name: &str) -> f64 {
-    metrics
-        .iter()
-        .find(|(n, _)| n.as_ref() == name)
-        .map(|(_, v)| *v)
-        .unwrap_or_else(|| panic!("no metric {name}"))
+    metrics.iter().find(|(n, _)| n.as_ref() == name).map(|(_, v)| *v).unwrap_or_else(|| panic!("no metric {name}"))
 }
 
 /// One real movie-review snippet, with how people and the reference VADER rated it.

@@ -20,11 +20,14 @@ fn text(bytes: &[u8]) -> String {
 #[test]
 fn plugin_run_scores_real_reviews_from_jsonl() {
     let wasm = support::wasm("lexicon-sentiment");
-    let out = triad(&["plugin", "run", wasm.to_str().expect("utf-8 path"), "--input", "examples/review-episodes.jsonl"]);
+    let out =
+        triad(&["plugin", "run", wasm.to_str().expect("utf-8 path"), "--input", "examples/review-episodes.jsonl"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let scores: Vec<f64> = text(&out.stdout)
         .lines()
-        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("JSON line")["score"].as_f64().expect("score"))
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).expect("JSON line")["score"].as_f64().expect("score")
+        })
         .collect();
     assert_eq!(scores.len(), 5);
     // "Campanella's competent direction and his excellent cast overcome the obstacles..." is praise.
@@ -41,7 +44,10 @@ fn plugin_run_names_the_malformed_input_line() {
     let out = triad(&["plugin", "run", wasm.to_str().expect("utf-8"), "--input", input.to_str().expect("utf-8")]);
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("bad.jsonl") && stderr.contains("line 2") && stderr.contains("`text` must be a string"), "{stderr}");
+    assert!(
+        stderr.contains("bad.jsonl") && stderr.contains("line 2") && stderr.contains("`text` must be a string"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -60,7 +66,10 @@ fn plugin_list_shows_every_bundled_plugin_with_kind_and_sha256() {
     let table = text(&out.stdout);
     for dir in triad::plugins::load::bundled_plugin_dirs(&support::workspace()).expect("plugins/") {
         let name = dir.file_name().expect("named").to_string_lossy().into_owned();
-        let row = table.lines().find(|l| l.starts_with(&format!("| {name} |"))).unwrap_or_else(|| panic!("{name} missing:\n{table}"));
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {name} |")))
+            .unwrap_or_else(|| panic!("{name} missing:\n{table}"));
         let sha = row.split('|').nth(5).expect("sha256 column").trim();
         assert_eq!(sha.len(), 64, "{row}");
     }

@@ -37,7 +37,13 @@ fn train_loss(kl: f64, seed: u64, step: u64) -> f64 {
 fn final_metrics(kl: f64, seed: u64) -> BTreeMap<&'static str, BTreeMap<&'static str, f64>> {
     let s = seed as f64;
     BTreeMap::from([
-        ("base", BTreeMap::from([("eval/loss", 1.9 + 0.021 * s + 0.002 * kl), ("train/loss", train_loss(kl, seed, STEPS - 1))])),
+        (
+            "base",
+            BTreeMap::from([
+                ("eval/loss", 1.9 + 0.021 * s + 0.002 * kl),
+                ("train/loss", train_loss(kl, seed, STEPS - 1)),
+            ]),
+        ),
         ("ppo", BTreeMap::from([("eval/reward", 0.9 - 0.07 * kl + 0.031 * s * s), ("train/kl", kl * (1.0 + 0.1 * s))])),
     ])
 }
@@ -127,7 +133,11 @@ fn a_sweep_gives_one_row_per_point_with_mean_and_std_over_seeds() {
     assert_eq!(runs.len(), 4);
     let table = final_table(&runs, &TableOptions::default()).expect("table");
     assert_eq!(table.frame.height(), 2);
-    assert_eq!(table.metrics, ["base/eval/loss", "base/train/loss", "ppo/eval/reward", "ppo/train/kl"], "stage order, then name");
+    assert_eq!(
+        table.metrics,
+        ["base/eval/loss", "base/train/loss", "ppo/eval/reward", "ppo/train/kl"],
+        "stage order, then name"
+    );
     assert_eq!(f64s(&table.frame, "ppo.kl.target"), [Some(3.0), Some(6.0)]);
     let seeds = table.frame.column("seeds").expect("seeds").u64().expect("u64");
     let seeds: Vec<Option<u64>> = (0..seeds.len()).map(|i| seeds.get(i)).collect();
@@ -140,14 +150,21 @@ fn a_sweep_gives_one_row_per_point_with_mean_and_std_over_seeds() {
                 let got_mean = f64s(&table.frame, &format!("{name} mean"))[row].expect("mean");
                 let got_std = f64s(&table.frame, &format!("{name} std"))[row].expect("std");
                 assert!(close(got_mean, mean(&values)), "{name} at kl {kl}: mean {got_mean} vs {}", mean(&values));
-                assert!(close(got_std, sample_std(&values)), "{name} at kl {kl}: std {got_std} vs {}", sample_std(&values));
+                assert!(
+                    close(got_std, sample_std(&values)),
+                    "{name} at kl {kl}: std {got_std} vs {}",
+                    sample_std(&values)
+                );
             }
         }
     }
     let markdown = table.to_markdown();
     let lines: Vec<&str> = markdown.lines().collect();
     assert_eq!(lines.len(), 4, "{markdown}");
-    assert_eq!(lines[0], "| ppo.kl.target | seeds | base/eval/loss | base/train/loss | ppo/eval/reward | ppo/train/kl |");
+    assert_eq!(
+        lines[0],
+        "| ppo.kl.target | seeds | base/eval/loss | base/train/loss | ppo/eval/reward | ppo/train/kl |"
+    );
     // kl 3: eval/loss over seeds 1.927 and 1.948, at four significant digits: 1.938 ± 0.01485.
     let values = SEEDS.map(|s| final_metrics(3.0, s)["base"]["eval/loss"]);
     let cell = format!("{:.3} ± {:.5}", mean(&values), sample_std(&values));
@@ -162,7 +179,8 @@ fn csv_and_parquet_outputs_read_back_with_the_same_numbers() {
     let table = final_table(&runs, &TableOptions::default()).expect("table");
     for name in ["table.csv", "table.parquet"] {
         let out = root.join(name);
-        let output = compare(&CompareOptions { out: Some(out.clone()), ..options(vec![dir.clone()]) }).expect("compare");
+        let output =
+            compare(&CompareOptions { out: Some(out.clone()), ..options(vec![dir.clone()]) }).expect("compare");
         assert_eq!(output.written, [out.clone()]);
         let back = read_frame(&out).expect("read back");
         let names: Vec<String> = back.get_column_names().iter().map(|n| n.to_string()).collect();
@@ -187,7 +205,10 @@ fn by_run_gives_a_row_per_run_with_its_own_values() {
     assert_eq!(table.frame.height(), 4);
     let runs_column = table.frame.column("run").expect("run").str().expect("str");
     let names: Vec<String> = (0..runs_column.len()).map(|i| runs_column.get(i).expect("name").to_string()).collect();
-    assert_eq!(names, ["ppo.kl.target=3-seed1", "ppo.kl.target=3-seed2", "ppo.kl.target=6-seed1", "ppo.kl.target=6-seed2"]);
+    assert_eq!(
+        names,
+        ["ppo.kl.target=3-seed1", "ppo.kl.target=3-seed2", "ppo.kl.target=6-seed1", "ppo.kl.target=6-seed2"]
+    );
     let rewards = f64s(&table.frame, "ppo/eval/reward");
     for (i, (kl, seed)) in KL_TARGETS.iter().flat_map(|k| SEEDS.iter().map(move |s| (*k, *s))).enumerate() {
         assert_eq!(rewards[i], Some(final_metrics(kl, seed)["ppo"]["eval/reward"]));
@@ -209,7 +230,8 @@ fn sort_orders_rows_by_a_metric_mean() {
     assert_eq!(sorted("ppo/train/kl", false, None), [Some(3.0), Some(6.0)]);
     // Sorting by a metric that is not shown still sorts, and does not add its columns.
     let shown = Some(vec!["base/eval/loss".to_string()]);
-    let options = TableOptions { sort: Some("ppo/eval/reward".into()), descending: false, metrics: shown.clone(), by_run: false };
+    let options =
+        TableOptions { sort: Some("ppo/eval/reward".into()), descending: false, metrics: shown.clone(), by_run: false };
     let table = final_table(&runs, &options).expect("table");
     assert_eq!(f64s(&table.frame, "ppo.kl.target"), [Some(6.0), Some(3.0)]);
     assert!(table.frame.column("ppo/eval/reward mean").is_err());
@@ -220,14 +242,16 @@ fn sort_orders_rows_by_a_metric_mean() {
 fn a_misspelt_metric_is_an_error_that_suggests_the_right_one() {
     let root = scratch("misspelt");
     let runs = find_runs(&[sweep_runs(&root)]).expect("runs");
-    let error = final_table(&runs, &TableOptions { metrics: Some(vec!["ppo/eval/rewrad".into()]), ..TableOptions::default() })
-        .expect_err("unknown metric");
+    let error =
+        final_table(&runs, &TableOptions { metrics: Some(vec!["ppo/eval/rewrad".into()]), ..TableOptions::default() })
+            .expect_err("unknown metric");
     assert!(matches!(error, CompareError::UnknownMetric { .. }));
     let message = error.to_string();
     assert!(message.contains("`ppo/eval/rewrad`") && message.contains("did you mean `ppo/eval/reward`?"), "{message}");
     assert!(message.contains("base/eval/loss, base/train/loss, ppo/eval/reward, ppo/train/kl"), "{message}");
     // The stage prefix left out: the full name is suggested.
-    let error = final_table(&runs, &TableOptions { sort: Some("eval/reward".into()), ..TableOptions::default() }).expect_err("unknown");
+    let error = final_table(&runs, &TableOptions { sort: Some("eval/reward".into()), ..TableOptions::default() })
+        .expect_err("unknown");
     assert!(error.to_string().contains("did you mean `ppo/eval/reward`?"), "{error}");
     let error = step_table(&runs, "base/train/los", false).expect_err("unknown step metric");
     assert!(error.to_string().contains("did you mean `base/train/loss`?"), "{error}");
@@ -242,7 +266,8 @@ fn a_run_that_did_not_reach_a_stage_leaves_its_cells_empty() {
     // A third run whose ppo stage started but did not finish: its numbers are not final.
     let unfinished = write_run(&dir, None, 3, &["base", "ppo"]);
     let stage_json = unfinished.join("ppo/stage.json");
-    let text = std::fs::read_to_string(&stage_json).expect("stage.json").replace("\"complete\": true", "\"complete\": false");
+    let text =
+        std::fs::read_to_string(&stage_json).expect("stage.json").replace("\"complete\": true", "\"complete\": false");
     std::fs::write(&stage_json, text).expect("rewrite stage.json");
 
     let runs = find_runs(&[dir.clone()]).expect("runs");
@@ -298,7 +323,8 @@ fn plots_are_written_as_valid_png_and_svg() {
     let row_bytes = info.line_size;
     let dark = pixels[..40 * row_bytes].chunks(3).filter(|p| p.iter().all(|c| *c < 100)).count();
     assert!(dark > 100, "title text not drawn: {dark} dark pixels");
-    let colours: std::collections::BTreeSet<&[u8]> = pixels.chunks(3).filter(|p| p.iter().max() != p.iter().min()).collect();
+    let colours: std::collections::BTreeSet<&[u8]> =
+        pixels.chunks(3).filter(|p| p.iter().max() != p.iter().min()).collect();
     assert!(colours.len() > 4, "no coloured curves");
 
     let svg_path = root.join("curves.svg");
@@ -326,7 +352,9 @@ fn metrics_parquet_round_trips_the_jsonl_rows() {
     let mut writer = MetricsWriter::open(&jsonl, "sft", None).expect("writer");
     let values = [1.875, -0.0, 1e-300, -3.25e12, f64::MIN_POSITIVE, 0.1 + 0.2];
     for (i, value) in values.iter().enumerate() {
-        writer.write(i as u64 * 1000 + u64::from(i == 5) * (u64::MAX - 10_000), &format!("eval/m{i}"), *value).expect("write");
+        writer
+            .write(i as u64 * 1000 + u64::from(i == 5) * (u64::MAX - 10_000), &format!("eval/m{i}"), *value)
+            .expect("write");
     }
     drop(writer);
     let parquet = root.join("metrics.parquet");
@@ -340,7 +368,11 @@ fn metrics_parquet_round_trips_the_jsonl_rows() {
     let dtypes: Vec<DataType> = frame.dtypes();
     assert_eq!(dtypes, [DataType::String, DataType::UInt64, DataType::String, DataType::Float64]);
     // No temporary file is left beside it.
-    let leftovers: Vec<_> = std::fs::read_dir(&root).expect("dir").flatten().filter(|e| e.file_name().to_string_lossy().contains(".tmp")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(&root)
+        .expect("dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
     assert!(leftovers.is_empty());
 }
 
@@ -351,14 +383,24 @@ fn an_experiment_file_finds_its_runs_under_the_runs_root() {
     let experiment = support::workspace().join("experiments/shakespeare-char.ron");
     let compare = || {
         Command::new(env!("CARGO_BIN_EXE_triad"))
-            .args(["compare", experiment.to_str().expect("utf-8"), "--by-run", "--runs", runs_root.to_str().expect("utf-8")])
+            .args([
+                "compare",
+                experiment.to_str().expect("utf-8"),
+                "--by-run",
+                "--runs",
+                runs_root.to_str().expect("utf-8"),
+            ])
             .env("RUST_BACKTRACE", "0")
             .output()
             .expect("running triad")
     };
     let none = compare();
     assert!(!none.status.success());
-    assert!(String::from_utf8_lossy(&none.stderr).contains("experiment `shakespeare-char`"), "{}", String::from_utf8_lossy(&none.stderr));
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("experiment `shakespeare-char`"),
+        "{}",
+        String::from_utf8_lossy(&none.stderr)
+    );
     let dir = runs_root.join("shakespeare-char");
     write_run(&dir, None, 1337, &["base"]);
     // A stage folder shared through a symlink is followed.
@@ -380,7 +422,15 @@ fn the_triad_binary_prints_the_markdown_table() {
     let root = scratch("cli");
     let dir = sweep_runs(&root);
     let out = Command::new(env!("CARGO_BIN_EXE_triad"))
-        .args(["compare", "kl-sweep", "--metrics", "ppo/eval/reward,base/eval/loss", "--sort", "ppo/eval/reward", "--desc"])
+        .args([
+            "compare",
+            "kl-sweep",
+            "--metrics",
+            "ppo/eval/reward,base/eval/loss",
+            "--sort",
+            "ppo/eval/reward",
+            "--desc",
+        ])
         .current_dir(dir.parent().expect("runs/"))
         .env("RUST_BACKTRACE", "0")
         .output()
@@ -402,7 +452,11 @@ fn the_triad_binary_prints_the_markdown_table() {
         .output()
         .expect("running triad");
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("did you mean `ppo/eval/reward`?"), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("did you mean `ppo/eval/reward`?"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
 }
 
 #[test]
@@ -420,6 +474,11 @@ fn polars_reads_the_pyarrow_parquet_that_the_data_sources_read() {
     for (i, record) in source.records.iter().enumerate() {
         assert_eq!(texts.get(i), Some(record.text.as_str()), "row {}", i + 1);
         assert_eq!(ids.get(i), Some(record.fields["id"].as_str()), "row {}", i + 1);
-        assert_eq!(ratings.get(i).map(|r| format!("{r:?}")).as_deref(), Some(record.fields["rating"].as_str()), "row {}", i + 1);
+        assert_eq!(
+            ratings.get(i).map(|r| format!("{r:?}")).as_deref(),
+            Some(record.fields["rating"].as_str()),
+            "row {}",
+            i + 1
+        );
     }
 }

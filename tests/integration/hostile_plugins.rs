@@ -57,10 +57,15 @@ fn unbounded_recursion_overflows_the_stack() {
 #[test]
 fn a_panic_reports_its_message_and_its_record() {
     let plugin = hostile();
-    let err = plugin.score(&[episode("fine"), episode("ok"), episode("panic"), episode("good")]).expect_err("the plugin panics");
+    let err = plugin
+        .score(&[episode("fine"), episode("ok"), episode("panic"), episode("good")])
+        .expect_err("the plugin panics");
     assert!(matches!(err.problem, Problem::Panic(_)), "{err}");
     assert_eq!(err.record, Some(2), "the batch call names no record; the host finds it: {err}");
-    assert!(err.to_string().contains("hostile plugin panics on purpose") && err.to_string().contains("at record 2"), "{err}");
+    assert!(
+        err.to_string().contains("hostile plugin panics on purpose") && err.to_string().contains("at record 2"),
+        "{err}"
+    );
     still_serving(&plugin);
 }
 
@@ -135,7 +140,8 @@ fn a_huge_finite_reward_is_refused_before_training() {
         response_text: response.into(),
     };
     let scorers = [Scorer::Plugin { name: "hostile".into(), weight: 1.0, plugin: hostile() }];
-    let fine = score(&scorers, &[sampled("fine"), sampled("ok")], 0, 0, DEFAULT_REWARD_LIMIT).expect("small scores pass");
+    let fine =
+        score(&scorers, &[sampled("fine"), sampled("ok")], 0, 0, DEFAULT_REWARD_LIMIT).expect("small scores pass");
     assert_eq!(fine.totals, vec![4.0, 2.0]);
     let episodes = [sampled("fine"), sampled("huge")];
     match score(&scorers, &episodes, 0, 0, DEFAULT_REWARD_LIMIT) {
@@ -191,7 +197,12 @@ fn building_a_plugin_crate_runs_its_code_in_isolation() {
     assert_eq!(std::fs::read_to_string(&seen[0]).expect("seen.txt"), "wrote=false passwd=false home=/tmp");
 
     // `include_str!` of a file outside the crate's workspace does not compile.
-    escaping_crate(&root.join("include"), &format!("{name}-include"), &marker, r#"pub static PASSWD: &str = include_str!("/etc/passwd");"#);
+    escaping_crate(
+        &root.join("include"),
+        &format!("{name}-include"),
+        &marker,
+        r#"pub static PASSWD: &str = include_str!("/etc/passwd");"#,
+    );
     let error = build_crates(&[root.join("include")]).expect_err("/etc/passwd is not there to include");
     assert!(error.to_string().contains("/etc/passwd"), "{error}");
 }

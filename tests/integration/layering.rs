@@ -16,8 +16,16 @@ use std::path::Path;
 use crate::support;
 
 /// Floors, highest first.
-const FLOORS: &[&[&str]] =
-    &[&["main"], &["stages", "bench"], &["experiment"], &["train"], &["model", "data"], &["plugins"], &["runs"], &["util"]];
+const FLOORS: &[&[&str]] = &[
+    &["main"],
+    &["stages", "bench"],
+    &["experiment"],
+    &["train"],
+    &["model", "data"],
+    &["plugins"],
+    &["runs"],
+    &["util"],
+];
 
 fn floor(top: &str) -> Option<usize> {
     FLOORS.iter().position(|names| names.contains(&top))
@@ -25,7 +33,8 @@ fn floor(top: &str) -> Option<usize> {
 
 /// Every `.rs` file under `dir`, with its module path (`stages/ppo.rs` -> `stages::ppo`).
 fn modules(dir: &Path, prefix: &[String], out: &mut BTreeMap<Vec<String>, String>) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir).expect("readable source folder").flatten().map(|e| e.path()).collect();
+    let mut entries: Vec<_> =
+        std::fs::read_dir(dir).expect("readable source folder").flatten().map(|e| e.path()).collect();
     entries.sort();
     for path in entries {
         let name = path.file_stem().expect("named").to_string_lossy().into_owned();
@@ -63,7 +72,12 @@ fn paths_after(code: &str, anchor: &str) -> Vec<Vec<String>> {
         if let Some(group) = rest.strip_prefix('{') {
             let body = &group[..group.find('}').unwrap_or(group.len())];
             for item in body.split(',') {
-                let segments: Vec<String> = item.trim().split("::").map(|s| s.trim().to_string()).filter(|s| !s.is_empty() && s.chars().all(ident)).collect();
+                let segments: Vec<String> = item
+                    .trim()
+                    .split("::")
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty() && s.chars().all(ident))
+                    .collect();
                 if !segments.is_empty() {
                     out.push(segments);
                 }
@@ -154,8 +168,14 @@ fn no_two_files_import_each_other() {
 /// The check itself finds what it is for: an import up a floor, and a pair.
 #[test]
 fn the_reader_sees_grouped_and_relative_imports() {
-    let found = paths_after("use crate::{stages::ppo, util::names::nearest};\nlet x = super::context::RunContext::new();", "crate::");
-    assert_eq!(found, vec![vec!["stages".to_string(), "ppo".to_string()], vec!["util".into(), "names".into(), "nearest".into()]]);
+    let found = paths_after(
+        "use crate::{stages::ppo, util::names::nearest};\nlet x = super::context::RunContext::new();",
+        "crate::",
+    );
+    assert_eq!(
+        found,
+        vec![vec!["stages".to_string(), "ppo".to_string()], vec!["util".into(), "names".into(), "nearest".into()]]
+    );
     let relative = paths_after("use super::{context::StageError, StageOutput};", "super::");
     assert_eq!(relative, vec![vec!["context".to_string(), "StageError".to_string()], vec!["StageOutput".to_string()]]);
     assert!(paths_after("let supercrate::x = 1;", "crate::").is_empty(), "only whole path starts count");

@@ -43,7 +43,9 @@ fn batch(features: &[Feature]) -> LossBatch {
         mean_logprob.push(logp.iter().sum::<f64>() / VOCAB as f64);
         entropy.push(-logp.iter().map(|lp| lp.exp() * lp).sum::<f64>());
     }
-    let noisy = |rng: &mut Rng, base: &[f64], scale: f64| -> Vec<f64> { base.iter().map(|b| b + scale * rng.normal()).collect() };
+    let noisy = |rng: &mut Rng, base: &[f64], scale: f64| -> Vec<f64> {
+        base.iter().map(|b| b + scale * rng.normal()).collect()
+    };
     let old_logprob = noisy(&mut rng, &logprob, 0.15);
     let ref_logprob = noisy(&mut rng, &logprob, 0.3);
     let value: Vec<f64> = (0..tokens).map(|_| rng.normal()).collect();
@@ -99,7 +101,8 @@ fn check_against_finite_differences(name: &str, config: &str) {
             let x = inputs[i];
             let h = 1e-3_f32 * x.abs().max(1.0);
             let (up, down) = (x + h, x - h);
-            let fd = (value_at(&plugin, &batch, gradient.feature, i, up) - value_at(&plugin, &batch, gradient.feature, i, down))
+            let fd = (value_at(&plugin, &batch, gradient.feature, i, up)
+                - value_at(&plugin, &batch, gradient.feature, i, down))
                 / (up as f64 - down as f64);
             let tolerance = 1e-3 * fd.abs().max(1e-2);
             assert!(
@@ -125,7 +128,10 @@ fn focal_loss_gradients_match_finite_differences() {
 
 #[test]
 fn ppo_clip_gradients_match_finite_differences() {
-    check_against_finite_differences("ppo-clip", r#"{"clip": 0.2, "value_clip": 0.2, "vf_coef": 0.1, "ent_coef": 0.01}"#);
+    check_against_finite_differences(
+        "ppo-clip",
+        r#"{"clip": 0.2, "value_clip": 0.2, "vf_coef": 0.1, "ent_coef": 0.01}"#,
+    );
 }
 
 #[test]

@@ -10,13 +10,21 @@ use std::collections::HashMap;
 use candle_core::{D, Device, Tensor};
 use triad::model::{GptConfig, Model, ModelConfig, ScalarHead};
 use triad::stages::examples::Encoded;
-use triad::train::rl::update::ppo_plugin_loss;
 use triad::stages::sft::{SftBatch, sft_plugin_loss};
 use triad::train::masked_lm_loss;
 use triad::train::ppo::{PpoBatch, PpoLossConfig, ppo_loss};
+use triad::train::rl::update::ppo_plugin_loss;
 
 fn model() -> Model {
-    let config = ModelConfig::Gpt(GptConfig { vocab_size: 64, context: 16, layers: 2, heads: 2, d_model: 32, dropout: 0.0, bias: true });
+    let config = ModelConfig::Gpt(GptConfig {
+        vocab_size: 64,
+        context: 16,
+        layers: 2,
+        heads: 2,
+        d_model: 32,
+        dropout: 0.0,
+        bias: true,
+    });
     Model::new(&config, &Device::Cpu, 11).expect("model")
 }
 
@@ -61,7 +69,8 @@ fn the_ppo_clip_plugin_and_native_ppo_give_the_same_parameter_gradients() {
     let features = || {
         let tokens = Tensor::new(&rows, &Device::Cpu).expect("tokens");
         let hidden = model.hidden(&tokens, false).expect("hidden");
-        let logp = candle_nn::ops::log_softmax(&model.lm_logits(&hidden).expect("logits"), D::Minus1).expect("log-softmax");
+        let logp =
+            candle_nn::ops::log_softmax(&model.lm_logits(&hidden).expect("logits"), D::Minus1).expect("log-softmax");
         let values = head.forward(&hidden).expect("values");
         let (mut positions, mut targets) = (Vec::new(), Vec::new());
         for (r, &(prompt, len)) in responses.iter().enumerate() {
@@ -75,7 +84,8 @@ fn the_ppo_clip_plugin_and_native_ppo_give_the_same_parameter_gradients() {
         let flat = logp.reshape((14, 64)).and_then(|l| l.index_select(&index, 0)).expect("flat");
         let targets = Tensor::from_vec(targets, (n, 1), &Device::Cpu).expect("targets");
         let logprob = flat.gather(&targets, 1).and_then(|l| l.squeeze(1)).expect("logprob");
-        let entropy = (flat.exp().expect("p") * &flat).and_then(|x| x.sum(D::Minus1)).and_then(|x| x.neg()).expect("entropy");
+        let entropy =
+            (flat.exp().expect("p") * &flat).and_then(|x| x.sum(D::Minus1)).and_then(|x| x.neg()).expect("entropy");
         let value = values.reshape(14).and_then(|v| v.index_select(&index, 0)).expect("value");
         // A sampling policy a little away from the current one, so some ratios are clipped.
         let shift: Vec<f32> = (0..n).map(|i| [0.3f32, -0.25, 0.05, -0.4, 0.1, 0.35, -0.02][i]).collect();
@@ -93,7 +103,8 @@ fn the_ppo_clip_plugin_and_native_ppo_give_the_same_parameter_gradients() {
     };
     let config = PpoLossConfig { clip: 0.2, value_clip: 0.2, value_coef: 0.1, entropy_coef: 0.01 };
     let (native_loss, native_metrics) = ppo_loss(&features(), &config).expect("native loss");
-    let clip_fraction = native_metrics.iter().find(|(n, _)| n == "clip_fraction").map(|(_, v)| *v).expect("clip fraction");
+    let clip_fraction =
+        native_metrics.iter().find(|(n, _)| n == "clip_fraction").map(|(_, v)| *v).expect("clip fraction");
     assert!(clip_fraction > 0.0 && clip_fraction < 1.0, "some ratios clipped, some not: {clip_fraction}");
     let native = gradients(&native_loss, &vars);
     let (surrogate, _) = ppo_plugin_loss(&plugin, &features(), &[4, 3]).expect("plugin loss");

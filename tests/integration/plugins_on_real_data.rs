@@ -5,7 +5,9 @@
 use crate::support;
 
 use serde_json::Value;
-use triad::plugins::{Decision, Episode, Limits, MetricRecord, NamedValue, Plugin, PluginSpec, Problem, Sample, Sandbox};
+use triad::plugins::{
+    Decision, Episode, Limits, MetricRecord, NamedValue, Plugin, PluginSpec, Problem, Sample, Sandbox,
+};
 
 fn fixture(plugin: &str) -> Value {
     let path = support::workspace().join("plugins").join(plugin).join("tests/fixture.json");
@@ -86,11 +88,19 @@ fn bleu_through_the_host_equals_sacrebleu() {
         if case["config"].as_object().is_some_and(|c| !c.is_empty()) {
             continue; // other configs are checked natively in the plugin's own tests
         }
-        let subset: Vec<MetricRecord> =
-            case["indices"].as_array().expect("indices").iter().map(|i| records[i.as_u64().expect("index") as usize].clone()).collect();
+        let subset: Vec<MetricRecord> = case["indices"]
+            .as_array()
+            .expect("indices")
+            .iter()
+            .map(|i| records[i.as_u64().expect("index") as usize].clone())
+            .collect();
         let values = bleu.evaluate(&subset).expect("BLEU");
         let expected = case["bleu"].as_f64().expect("bleu");
-        assert!((value_of(&values, "bleu") - expected).abs() < 0.01, "{} vs sacrebleu {expected}", value_of(&values, "bleu"));
+        assert!(
+            (value_of(&values, "bleu") - expected).abs() < 0.01,
+            "{} vs sacrebleu {expected}",
+            value_of(&values, "bleu")
+        );
         checked += 1;
     }
     assert!(checked >= 5, "only {checked} default-config cases");
@@ -145,7 +155,10 @@ fn a_bad_config_fails_at_load_naming_plugin_and_field() {
         Err(err) => err,
     };
     let message = err.to_string();
-    assert!(message.contains("length-filter") && message.contains("configure") && message.contains("max_charz"), "{message}");
+    assert!(
+        message.contains("length-filter") && message.contains("configure") && message.contains("max_charz"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -190,7 +203,8 @@ fn dedup_remembers_earlier_batches_and_catches_near_duplicates() {
     let counts = reasons(&decisions[..200]);
     assert_eq!(counts.get("exact duplicate"), Some(&200), "{counts:?}");
     let near = reasons(&decisions[200..400]);
-    let near_dropped = near.get("near duplicate").copied().unwrap_or(0) + near.get("exact duplicate").copied().unwrap_or(0);
+    let near_dropped =
+        near.get("near duplicate").copied().unwrap_or(0) + near.get("exact duplicate").copied().unwrap_or(0);
     // Very short snippets change a lot when edited; most are still caught.
     assert!(near_dropped >= 150, "edited snippets caught: {near:?}");
     let fresh = reasons(&decisions[400..]);
@@ -202,7 +216,10 @@ fn length_and_quality_filters_give_the_same_decisions_on_one_instance_and_on_all
     let texts: Vec<String> = support::movie_snippets().into_iter().map(|(_, t)| t).take(3000).collect();
     for (name, config) in [("length-filter", r#"{"min_chars": 40, "max_words": 30}"#), ("quality-filter", "{}")] {
         let load = |workers| {
-            let spec = PluginSpec::at(support::wasm(name)).with_config(config).with_limits(small_calls()).with_workers(workers);
+            let spec = PluginSpec::at(support::wasm(name))
+                .with_config(config)
+                .with_limits(small_calls())
+                .with_workers(workers);
             Plugin::load(&Sandbox::shared(), &spec).and_then(Plugin::into_filter).expect("a filter")
         };
         let serial = load(1).filter(&samples(&texts)).expect("serial");
@@ -212,7 +229,8 @@ fn length_and_quality_filters_give_the_same_decisions_on_one_instance_and_on_all
         assert!(counts.len() >= 2 && counts["keep"] > 1000, "{name}: {counts:?}");
     }
     // The length filter's decisions are what its rules say, record by record.
-    let filter = support::load("length-filter", r#"{"min_chars": 40, "max_words": 30}"#).into_filter().expect("a filter");
+    let filter =
+        support::load("length-filter", r#"{"min_chars": 40, "max_words": 30}"#).into_filter().expect("a filter");
     for (text, decision) in texts.iter().zip(filter.filter(&samples(&texts)).expect("filter")) {
         let keep = text.chars().count() >= 40 && text.split_whitespace().count() <= 30;
         assert_eq!(matches!(decision, Decision::Keep), keep, "{text:?}: {decision:?}");

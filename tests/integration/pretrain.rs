@@ -129,7 +129,8 @@ fn an_unchanged_experiment_trains_nothing_the_second_time() {
 #[test]
 fn a_bpe_gpt_on_real_reviews_lowers_its_validation_perplexity() {
     // experiments/reviews-bpe.ron, shortened for CI: 90 steps of 8 x 64 tokens, evaluated every 30.
-    let original = std::fs::read_to_string(support::workspace().join("experiments/reviews-bpe.ron")).expect("experiment");
+    let original =
+        std::fs::read_to_string(support::workspace().join("experiments/reviews-bpe.ron")).expect("experiment");
     let plugins = support::workspace().join("plugins");
     let text = original
         .replace("steps: 800", "steps: 90")

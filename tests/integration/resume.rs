@@ -69,7 +69,8 @@ fn latest_checkpoint(dir: &Path, name: &str) -> u64 {
 
 /// A stage's final metrics without the timings, and its saved weights.
 fn outcome(dir: &Path, name: &str) -> (serde_json::Value, Vec<u8>) {
-    let record = triad::runs::stage_record::StageRecord::read(&stage(dir, name)).expect("readable").expect("stage.json");
+    let record =
+        triad::runs::stage_record::StageRecord::read(&stage(dir, name)).expect("readable").expect("stage.json");
     let metrics: serde_json::Map<String, serde_json::Value> = record
         .metrics
         .into_iter()

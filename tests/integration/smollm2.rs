@@ -39,7 +39,8 @@ fn loaded() -> &'static Loaded {
     static LOADED: OnceLock<Loaded> = OnceLock::new();
     LOADED.get_or_init(|| {
         let started = Instant::now();
-        let loaded = triad::model::pretrained::load("smollm2-135m-instruct", &Device::Cpu).expect("load SmolLM2-135M-Instruct");
+        let loaded =
+            triad::model::pretrained::load("smollm2-135m-instruct", &Device::Cpu).expect("load SmolLM2-135M-Instruct");
         eprintln!("load: {:.2} s", started.elapsed().as_secs_f64());
         Loaded { model: loaded.model, tokenizer: loaded.tokenizer, template: loaded.chat }
     })

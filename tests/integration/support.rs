@@ -27,10 +27,7 @@ pub fn wasm(name: &str) -> PathBuf {
             }
         }
         let wasm = build::build_crates(&dirs).unwrap_or_else(|e| panic!("building plugins: {e}"));
-        dirs.iter()
-            .map(|d| d.file_name().expect("named").to_string_lossy().into_owned())
-            .zip(wasm)
-            .collect()
+        dirs.iter().map(|d| d.file_name().expect("named").to_string_lossy().into_owned()).zip(wasm).collect()
     });
     built.get(name).unwrap_or_else(|| panic!("no plugin crate named {name}")).clone()
 }

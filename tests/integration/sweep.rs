@@ -44,18 +44,34 @@ fn two_values_by_two_seeds_make_four_runs_that_share_what_they_can() {
         .filter(|n| n != "stages" && !n.starts_with('.'))
         .collect();
     runs.sort();
-    assert_eq!(runs, ["tuned.train.lr=0.003-seed1", "tuned.train.lr=0.003-seed2", "tuned.train.lr=0.01-seed1", "tuned.train.lr=0.01-seed2"]);
+    assert_eq!(
+        runs,
+        [
+            "tuned.train.lr=0.003-seed1",
+            "tuned.train.lr=0.003-seed2",
+            "tuned.train.lr=0.01-seed1",
+            "tuned.train.lr=0.01-seed2"
+        ]
+    );
     for run in &runs {
         let manifest: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(root.join(run).join("manifest.json")).expect("manifest")).expect("JSON");
+            serde_json::from_slice(&std::fs::read(root.join(run).join("manifest.json")).expect("manifest"))
+                .expect("JSON");
         assert_eq!(manifest["run"], serde_json::json!(run));
         let lr = manifest["sweep"]["tuned.train.lr"].as_f64().expect("the point's setting");
         assert!(run.contains(&format!("={lr}-")), "{run} vs {lr}");
         assert_eq!(manifest["data"]["shakespeare"].as_str().map(str::len), Some(64), "the data's sha256");
     }
     // `base` does not depend on the swept setting: one output per seed, shared by both points.
-    let stages: Vec<String> = std::fs::read_dir(root.join("stages")).expect("stages").filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+    let stages: Vec<String> = std::fs::read_dir(root.join("stages"))
+        .expect("stages")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
     assert_eq!(stages.iter().filter(|s| s.starts_with("base-")).count(), 2, "{stages:?}");
     assert_eq!(stages.iter().filter(|s| s.starts_with("tuned-")).count(), 4, "{stages:?}");
-    assert_eq!(out.matches("| base | cached | train/loss").count(), 2, "the second point of each seed reuses base:\n{out}");
+    assert_eq!(
+        out.matches("| base | cached | train/loss").count(),
+        2,
+        "the second point of each seed reuses base:\n{out}"
+    );
 }

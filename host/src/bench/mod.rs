@@ -22,9 +22,9 @@ pub mod peak;
 pub mod profile;
 
 use crate::model::{GptConfig, Model, ModelConfig, decays};
+use crate::train::TrainError;
 use crate::train::loss::lm_loss_rows;
 use crate::train::optimizer::{AdamW, AdamWConfig};
-use crate::train::TrainError;
 use crate::train::trainer::{data_parallel_grads, part_rows};
 
 /// The workload and how long to measure it.
@@ -47,7 +47,18 @@ pub struct BenchConfig {
 
 impl Default for BenchConfig {
     fn default() -> Self {
-        BenchConfig { vocab: 4096, context: 256, layers: 4, heads: 4, width: 256, batch: 8, warmup: 3, steps: 10, peak_gflops: 200.0, threads: 2 }
+        BenchConfig {
+            vocab: 4096,
+            context: 256,
+            layers: 4,
+            heads: 4,
+            width: 256,
+            batch: 8,
+            warmup: 3,
+            steps: 10,
+            peak_gflops: 200.0,
+            threads: 2,
+        }
     }
 }
 
@@ -82,7 +93,15 @@ pub fn reference_model(
     width: usize,
     device: &Device,
 ) -> Result<Model, BenchError> {
-    let config = ModelConfig::Gpt(GptConfig { vocab_size: vocab, context, layers, heads, d_model: width, dropout: 0.0, bias: true });
+    let config = ModelConfig::Gpt(GptConfig {
+        vocab_size: vocab,
+        context,
+        layers,
+        heads,
+        d_model: width,
+        dropout: 0.0,
+        bias: true,
+    });
     Ok(Model::new(&config, device, 0).map_err(|e| e.to_string())?)
 }
 
@@ -110,7 +129,8 @@ fn time_training(
             Ok((loss.map_err(|source| TrainError::Tensor { step: step as u64, source })?, Vec::new()))
         };
         let mut grads = HashMap::new();
-        let (loss, _) = data_parallel_grads(step as u64, &vars, parts, part_loss, &mut grads).map_err(|e| e.to_string())?;
+        let (loss, _) =
+            data_parallel_grads(step as u64, &vars, parts, part_loss, &mut grads).map_err(|e| e.to_string())?;
         optimizer.step(&grads, lr, Some(1.0)).map_err(|e| e.to_string())?;
         model.device().synchronize().map_err(|e| e.to_string())?;
         if step == 0 {
@@ -185,7 +205,9 @@ fn run_reference<T: serde::de::DeserializeOwned>(command: &mut Command, script: 
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map(|kib| kib / 1024.0)
         .unwrap_or(f64::NAN)
 }
@@ -345,8 +367,12 @@ pub fn bench_pretrained(
     device: &Device,
 ) -> Result<(BenchResult, BenchResult), BenchError> {
     let model = match config.name.as_str() {
-        "smollm2-135m-instruct" => crate::model::pretrained::load(&config.name, device).map_err(|e| e.to_string())?.model,
-        other => return Err(format!("no benchmark for pretrained model `{other}` (known: smollm2-135m-instruct)").into()),
+        "smollm2-135m-instruct" => {
+            crate::model::pretrained::load(&config.name, device).map_err(|e| e.to_string())?.model
+        }
+        other => {
+            return Err(format!("no benchmark for pretrained model `{other}` (known: smollm2-135m-instruct)").into());
+        }
     };
     let weights_dir = std::env::temp_dir().join(format!("triad-bench-{}", std::process::id()));
     model.save(&weights_dir).map_err(|e| e.to_string())?;
@@ -374,7 +400,8 @@ pub fn bench_pretrained(
     let model_config = model.config();
     // As the reference computes it: 6 per parameter (the tied embedding once, as the LM head)
     // plus attention's 12 * layers * context * width.
-    let flops = 6.0 * model.num_parameters() as f64 + 12.0 * (model_config.layers() * config.context * model_config.d_model()) as f64;
+    let flops = 6.0 * model.num_parameters() as f64
+        + 12.0 * (model_config.layers() * config.context * model_config.d_model()) as f64;
     let ours = BenchResult {
         implementation: format!("triad (candle 0.11, {})", kernels_label()),
         tokens_per_s,

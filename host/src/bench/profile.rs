@@ -11,15 +11,15 @@ use candle_core::{Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 
 use super::{BenchConfig, BenchError};
-use crate::train::loss::lm_loss;
-use crate::train::optimizer::{AdamW, AdamWConfig};
 use crate::model::attention::{CausalMasks, GptAttention, Pass};
+use crate::model::decays;
 use crate::model::init::{normal_values, stream};
 use crate::model::kernels::{self, cross_entropy_rows};
 use crate::model::linear::{Layout, Linear, embed};
 use crate::model::mlp::GeluMlp;
 use crate::model::norm::{LAYER_NORM_EPS, LayerNorm};
-use crate::model::decays;
+use crate::train::loss::lm_loss;
+use crate::train::optimizer::{AdamW, AdamWConfig};
 
 /// Median seconds of one piece, forward and backward.
 #[derive(Debug, Clone)]
@@ -56,7 +56,8 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 /// Times the full step phase by phase, then the forward's parts one by one.
 pub fn profile_train(config: &BenchConfig, device: &Device) -> Result<StepProfile, BenchError> {
-    let model = super::reference_model(config.vocab, config.context, config.layers, config.heads, config.width, device)?;
+    let model =
+        super::reference_model(config.vocab, config.context, config.layers, config.heads, config.width, device)?;
     let vars = model.vars();
     let mut optimizer = AdamW::new(&vars, decays, AdamWConfig::default()).map_err(err)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
@@ -73,8 +74,10 @@ pub fn profile_train(config: &BenchConfig, device: &Device) -> Result<StepProfil
         device.synchronize().map_err(err)?;
         let forward_done = Instant::now();
         let store = loss.backward().map_err(err)?;
-        let grads: HashMap<String, Tensor> =
-            vars.iter().filter_map(|(name, var)| store.get(var.as_tensor()).map(|g| (name.clone(), g.clone()))).collect();
+        let grads: HashMap<String, Tensor> = vars
+            .iter()
+            .filter_map(|(name, var)| store.get(var.as_tensor()).map(|g| (name.clone(), g.clone())))
+            .collect();
         device.synchronize().map_err(err)?;
         let backward_done = Instant::now();
         optimizer.step(&grads, 1e-3, Some(1.0)).map_err(err)?;
@@ -185,7 +188,8 @@ fn profile_parts(config: &BenchConfig, device: &Device) -> Result<Vec<PartTime>,
         time_part("LayerNorms", 2 * layers + 1, repeats, || norm.forward(x.as_tensor()))?,
         time_part("LM head + loss", 1, repeats, || {
             if kernels::fused(&[x.as_tensor()]) {
-                return kernels::lm_head_cross_entropy(x.as_tensor(), wte.as_tensor(), &targets.reshape((b, t))?)?.mean_all();
+                return kernels::lm_head_cross_entropy(x.as_tensor(), wte.as_tensor(), &targets.reshape((b, t))?)?
+                    .mean_all();
             }
             let logits = head.forward(x.as_tensor())?.reshape((b * t, v))?;
             cross_entropy_rows(&logits, &targets)?.mean_all()
@@ -199,13 +203,26 @@ impl std::fmt::Display for StepProfile {
         let pct = |s: f64| 100.0 * s / self.step;
         writeln!(f, "kernels: {:?}", self.kernels)?;
         writeln!(f, "| phase | ms | % of step |\n|---|---|---|")?;
-        for (name, s) in [("forward (to the loss)", self.forward), ("backward", self.backward), ("optimizer (AdamW, clipping)", self.optimizer), ("whole step", self.step)] {
+        for (name, s) in [
+            ("forward (to the loss)", self.forward),
+            ("backward", self.backward),
+            ("optimizer (AdamW, clipping)", self.optimizer),
+            ("whole step", self.step),
+        ] {
             writeln!(f, "| {name} | {:.1} | {:.0}% |", ms(s), pct(s))?;
         }
         writeln!(f, "\nforward's parts, each run alone on the step's shapes (x runs per step):")?;
         writeln!(f, "| part | runs | forward ms | backward ms | % of step (fwd + bwd) |\n|---|---|---|---|---|")?;
         for p in &self.parts {
-            writeln!(f, "| {} | {} | {:.1} | {:.1} | {:.0}% |", p.name, p.per_step, ms(p.forward), ms(p.backward), pct(p.forward + p.backward))?;
+            writeln!(
+                f,
+                "| {} | {} | {:.1} | {:.1} | {:.0}% |",
+                p.name,
+                p.per_step,
+                ms(p.forward),
+                ms(p.backward),
+                pct(p.forward + p.backward)
+            )?;
         }
         Ok(())
     }

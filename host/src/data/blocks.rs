@@ -45,8 +45,10 @@ pub enum BlocksError {
     TooShort { side: Side, tokens: usize, context: usize },
     #[error("batch and context must both be at least 1 (batch {batch}, context {context})")]
     Shape { batch: usize, context: usize },
-    #[error("{records} {side} records must be joined by an end-of-text token, and the tokenizer has none \
-             (a character tokenizer gets one with `eos: true`)")]
+    #[error(
+        "{records} {side} records must be joined by an end-of-text token, and the tokenizer has none \
+             (a character tokenizer gets one with `eos: true`)"
+    )]
     NoEos { side: Side, records: usize },
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),

@@ -97,7 +97,10 @@ pub fn apply_filters(
             let chunk: Vec<Record> = remaining.by_ref().take(batch).collect();
             let samples: Vec<Sample> = chunk
                 .iter()
-                .map(|r| Sample { text: r.text.clone(), fields: r.fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect() })
+                .map(|r| Sample {
+                    text: r.text.clone(),
+                    fields: r.fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                })
                 .collect();
             let decisions = filter.filter(&samples).map_err(|source| FilterError::Plugin {
                 filter: filter.name().to_string(),
@@ -172,9 +175,18 @@ impl FilterReport {
 
     /// Two Markdown tables: counts per filter (with a total row), then drops per reason.
     pub fn to_markdown(&self) -> String {
-        let mut out = String::from("| filter | in | kept | rewritten | dropped |\n| --- | ---: | ---: | ---: | ---: |\n");
+        let mut out =
+            String::from("| filter | in | kept | rewritten | dropped |\n| --- | ---: | ---: | ---: | ---: |\n");
         for s in &self.steps {
-            let _ = writeln!(out, "| `{}` | {} | {} | {} | {} |", cell(&s.filter), s.records_in, s.kept, s.rewritten, s.dropped);
+            let _ = writeln!(
+                out,
+                "| `{}` | {} | {} | {} | {} |",
+                cell(&s.filter),
+                s.records_in,
+                s.kept,
+                s.rewritten,
+                s.dropped
+            );
         }
         let rewritten: usize = self.steps.iter().map(|s| s.rewritten).sum();
         let _ = writeln!(

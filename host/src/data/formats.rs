@@ -143,7 +143,6 @@ pub enum SourceError {
     Empty { file: PathBuf },
 }
 
-
 /// Parse bytes already read from `file` (named in records and errors).
 pub fn parse(bytes: &[u8], file: &Path, format: &Format) -> Result<LoadedSource, SourceError> {
     // Parquet is binary: it never goes through the text decoding below.
@@ -263,7 +262,10 @@ fn conversation_records(text: &str, file: &Path) -> Result<Vec<Record>, SourceEr
         let parsed = ConversationFile::deserialize(document).map_err(|e| SourceError::Malformed {
             file: file.to_path_buf(),
             line: e.location().map_or(0, |l| l.line()),
-            message: format!("YAML document {}: expected chatterbot's `conversations: [[turn, reply, ...]]`: {e}", index + 1),
+            message: format!(
+                "YAML document {}: expected chatterbot's `conversations: [[turn, reply, ...]]`: {e}",
+                index + 1
+            ),
         })?;
         let category = parsed.categories.first().cloned().unwrap_or_default();
         let mut skipped = 0;
@@ -311,11 +313,17 @@ fn jsonl_records(text: &str, file: &Path, text_field: &str, keep: &[String]) -> 
             };
             let text = match object.get(text_field) {
                 Some(Value::String(s)) => s.clone(),
-                Some(other) => return Err(malformed(format!("field `{text_field}` must be a string, found {}", kind_of(other)))),
+                Some(other) => {
+                    return Err(malformed(format!("field `{text_field}` must be a string, found {}", kind_of(other))));
+                }
                 None => return Err(malformed(format!("missing the text field `{text_field}`"))),
             };
             let fields = match keep {
-                [] => object.iter().filter(|(k, _)| k.as_str() != text_field).map(|(k, v)| (k.clone(), as_text(v))).collect(),
+                [] => object
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != text_field)
+                    .map(|(k, v)| (k.clone(), as_text(v)))
+                    .collect(),
                 keep => keep
                     .iter()
                     .map(|k| match object.get(k) {
@@ -353,7 +361,11 @@ fn table_records(
     let (names, header_line) = match (header, columns.is_empty()) {
         (true, names_from_header) => {
             let Some((line, head)) = rows.next() else { return Ok(Vec::new()) };
-            if names_from_header { (head.iter().map(|h| h.trim().to_string()).collect(), Some(line)) } else { (columns.to_vec(), None) }
+            if names_from_header {
+                (head.iter().map(|h| h.trim().to_string()).collect(), Some(line))
+            } else {
+                (columns.to_vec(), None)
+            }
         }
         (false, false) => (columns.to_vec(), None),
         (false, true) => return Err(spec("name the columns (`columns: [...]`) or set `header: true`".into())),
@@ -374,12 +386,8 @@ fn table_records(
     };
     rows.map(|(line, mut cells)| {
         if cells.len() != names.len() {
-            let message = format!(
-                "expected {} {kind} columns ({}), found {}",
-                names.len(),
-                names.join(", "),
-                cells.len()
-            );
+            let message =
+                format!("expected {} {kind} columns ({}), found {}", names.len(), names.join(", "), cells.len());
             return Err(SourceError::Malformed { file: file.to_path_buf(), line, message });
         }
         let text = std::mem::take(&mut cells[text_index]);
@@ -413,10 +421,14 @@ fn parquet_records(bytes: &[u8], file: &Path, text_column: &str, keep: &[String]
         .collect();
     let spec = |message: String| SourceError::Spec { file: file.to_path_buf(), message };
     if !names.iter().any(|n| n == text_column) {
-        return Err(spec(format!("the text column `{text_column}` is not among the Parquet columns ({})", names.join(", "))));
+        return Err(spec(format!(
+            "the text column `{text_column}` is not among the Parquet columns ({})",
+            names.join(", ")
+        )));
     }
     if let Some(missing) = keep.iter().find(|k| !names.contains(k)) {
-        let message = format!("column `{missing}` (listed in `columns`) is not among the Parquet columns ({})", names.join(", "));
+        let message =
+            format!("column `{missing}` (listed in `columns`) is not among the Parquet columns ({})", names.join(", "));
         return Err(spec(message));
     }
     let rows = reader.get_row_iter(None).map_err(unreadable)?;
@@ -535,7 +547,8 @@ fn csv_rows(text: &str, file: &Path) -> Result<Vec<(usize, Vec<String>)>, Source
                 state = State::Unquoted;
             }
             State::AfterQuote => {
-                let message = format!("field {}: `{c}` after the closing quote (expected `,` or a line end)", fields.len() + 1);
+                let message =
+                    format!("field {}: `{c}` after the closing quote (expected `,` or a line end)", fields.len() + 1);
                 return Err(malformed(line, message));
             }
         }
@@ -609,8 +622,12 @@ mod tests {
     #[test]
     fn text_splits() {
         let text = "one\r\n\r\ntwo\nthree\n \nfour\n";
-        let texts = |split| text_records(text, &file(), split).into_iter().map(|r| (r.origin.line, r.text)).collect::<Vec<_>>();
-        assert_eq!(texts(TextSplit::Lines), vec![(1, "one".into()), (3, "two".into()), (4, "three".into()), (6, "four".into())]);
+        let texts =
+            |split| text_records(text, &file(), split).into_iter().map(|r| (r.origin.line, r.text)).collect::<Vec<_>>();
+        assert_eq!(
+            texts(TextSplit::Lines),
+            vec![(1, "one".into()), (3, "two".into()), (4, "three".into()), (6, "four".into())]
+        );
         assert_eq!(texts(TextSplit::Paragraphs), vec![(1, "one".into()), (3, "two\nthree".into()), (6, "four".into())]);
         assert_eq!(texts(TextSplit::Whole), vec![(1, text.to_string())]);
     }
@@ -632,6 +649,4 @@ mod tests {
         let err = parse("\n \n", csv(&["text"], false)).expect_err("empty").to_string();
         assert!(err.contains("no records"), "{err}");
     }
-
-
 }

@@ -29,7 +29,6 @@ pub use source::{Format, LoadedSource, Origin, Record, SourceError, SourceSpec, 
 pub use split::{Split, SplitError, SplitParts};
 pub use tokenizer::{Tokenizer, TokenizerError, TokenizerSpec};
 
-
 /// Any failure of data preparation, for callers that run the whole path.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {

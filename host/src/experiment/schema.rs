@@ -157,4 +157,3 @@ pub trait StageSpec: Clone + Debug + Serialize + DeserializeOwned {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Sweep(pub BTreeMap<String, Vec<ron::Value>>);
-

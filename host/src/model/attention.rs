@@ -110,9 +110,8 @@ impl CausalMasks {
             return Ok(Some(mask.clone()));
         }
         let past = s - t;
-        let values: Vec<f32> = (0..t)
-            .flat_map(|i| (0..s).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY }))
-            .collect();
+        let values: Vec<f32> =
+            (0..t).flat_map(|i| (0..s).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY })).collect();
         let mask = Tensor::from_vec(values, (t, s), &self.device)?;
         if masks.len() >= MAX_CACHED_MASKS {
             masks.clear();
@@ -272,12 +271,7 @@ pub struct GptAttention {
 }
 
 impl GptAttention {
-    pub(crate) fn forward(
-        &self,
-        x: &Tensor,
-        pass: &Pass,
-        cache: Option<&LayerKv>,
-    ) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor, pass: &Pass, cache: Option<&LayerKv>) -> Result<Tensor> {
         let (b, t, c) = x.dims3()?;
         let (h, d) = (self.heads, c / self.heads);
         if super::kernels::fused(&[x]) {
@@ -334,13 +328,7 @@ pub struct LlamaAttention {
 }
 
 impl LlamaAttention {
-    pub(crate) fn forward(
-        &self,
-        x: &Tensor,
-        rope: &Angles,
-        pass: &Pass,
-        cache: Option<&LayerKv>,
-    ) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor, rope: &Angles, pass: &Pass, cache: Option<&LayerKv>) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let d = self.head_dim;
         let q = self.q_proj.forward(x)?.reshape((b, t, self.heads, d))?.transpose(1, 2)?;

@@ -24,8 +24,8 @@ use serde::de::{self, Deserializer, EnumAccess, MapAccess, VariantAccess, Visito
 use serde::ser::{SerializeStructVariant, Serializer};
 use serde::{Deserialize, Serialize};
 
-use super::init::ParamSpec;
 use super::ModelError;
+use super::init::ParamSpec;
 
 /// A GPT-2 style decoder: learned positions, pre-LayerNorm, GELU MLP, tied embeddings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,13 +98,16 @@ impl GptConfig {
 
     /// Refuses sizes the model cannot be built with.
     pub fn validate(&self) -> Result<(), ModelError> {
-        positive("Gpt", &[
-            ("vocab_size", self.vocab_size),
-            ("context", self.context),
-            ("layers", self.layers),
-            ("heads", self.heads),
-            ("d_model", self.d_model),
-        ])?;
+        positive(
+            "Gpt",
+            &[
+                ("vocab_size", self.vocab_size),
+                ("context", self.context),
+                ("layers", self.layers),
+                ("heads", self.heads),
+                ("d_model", self.d_model),
+            ],
+        )?;
         if !self.d_model.is_multiple_of(self.heads) {
             return Err(config_error(format!(
                 "Gpt: d_model ({}) must be divisible by heads ({})",
@@ -126,15 +129,18 @@ impl LlamaConfig {
 
     /// Refuses sizes the model cannot be built with.
     pub fn validate(&self) -> Result<(), ModelError> {
-        positive("Llama", &[
-            ("vocab_size", self.vocab_size),
-            ("context", self.context),
-            ("layers", self.layers),
-            ("heads", self.heads),
-            ("kv_heads", self.kv_heads),
-            ("d_model", self.d_model),
-            ("ffn_hidden", self.ffn_hidden),
-        ])?;
+        positive(
+            "Llama",
+            &[
+                ("vocab_size", self.vocab_size),
+                ("context", self.context),
+                ("layers", self.layers),
+                ("heads", self.heads),
+                ("kv_heads", self.kv_heads),
+                ("d_model", self.d_model),
+                ("ffn_hidden", self.ffn_hidden),
+            ],
+        )?;
         if !self.d_model.is_multiple_of(self.heads) {
             return Err(config_error(format!(
                 "Llama: d_model ({}) must be divisible by heads ({})",
@@ -348,7 +354,15 @@ impl ModelConfig {
 const VARIANTS: &[&str] = &["Gpt", "Llama"];
 const GPT_FIELDS: &[&str] = &["vocab_size", "context", "layers", "heads", "d_model", "dropout", "bias"];
 const LLAMA_FIELDS: &[&str] = &[
-    "vocab_size", "context", "layers", "heads", "kv_heads", "d_model", "ffn_hidden", "rope_theta", "rms_eps",
+    "vocab_size",
+    "context",
+    "layers",
+    "heads",
+    "kv_heads",
+    "d_model",
+    "ffn_hidden",
+    "rope_theta",
+    "rms_eps",
     "tie_embeddings",
 ];
 
@@ -562,9 +576,7 @@ mod tests {
         assert!(bad(ModelConfig::Gpt(GptConfig { heads: 5, ..g.clone() })).contains("divisible by heads"));
         assert!(bad(ModelConfig::Gpt(GptConfig { vocab_size: 0, ..g.clone() })).contains("with_vocab_size"));
         assert!(bad(ModelConfig::Gpt(GptConfig { dropout: 1.0, ..g.clone() })).contains("dropout"));
-        assert!(
-            ModelConfig::Gpt(GptConfig { vocab_size: 0, ..g }).with_vocab_size(7).validate().is_ok()
-        );
+        assert!(ModelConfig::Gpt(GptConfig { vocab_size: 0, ..g }).with_vocab_size(7).validate().is_ok());
         let l = LlamaConfig {
             vocab_size: 10,
             context: 8,

@@ -172,7 +172,11 @@ pub fn generate(model: &Model, prompts: &[Vec<u32>], config: &SamplingConfig) ->
     let new_tokens = config.max_new_tokens.min(context + 1 - longest);
     let small = model.num_parameters().saturating_mul(prompts.len()) < SERIAL_DECODE_MACS;
     let threads = rayon::current_num_threads();
-    let pools = if small && model.device().is_cpu() && threads > 1 { one_thread_pools(threads.min(prompts.len())) } else { Vec::new() };
+    let pools = if small && model.device().is_cpu() && threads > 1 {
+        one_thread_pools(threads.min(prompts.len()))
+    } else {
+        Vec::new()
+    };
     if pools.is_empty() {
         return decode(model, prompts, 0, new_tokens, config);
     }
@@ -193,7 +197,13 @@ pub fn generate(model: &Model, prompts: &[Vec<u32>], config: &SamplingConfig) ->
 /// Decodes up to `new_tokens` tokens for each of the checked `prompts`, rows `first_row..` of
 /// the caller's batch (each row's generator is seeded from its index there), on the current
 /// thread pool.
-fn decode(model: &Model, prompts: &[Vec<u32>], first_row: usize, new_tokens: usize, config: &SamplingConfig) -> Result<Vec<Generated>, ModelError> {
+fn decode(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    first_row: usize,
+    new_tokens: usize,
+    config: &SamplingConfig,
+) -> Result<Vec<Generated>, ModelError> {
     let Some(longest) = prompts.iter().map(Vec::len).max() else { return Ok(Vec::new()) };
     let (b, device) = (prompts.len(), model.device());
     let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
@@ -201,13 +211,18 @@ fn decode(model: &Model, prompts: &[Vec<u32>], first_row: usize, new_tokens: usi
     let mut cache = KvCache::with_capacity(capacity);
     // The key mask of every position the cache will hold; each step attends over a prefix.
     let key_mask = Rows::left_padded(&pads, 0, 1, capacity, device)?.key_mask;
-    let mut rngs: Vec<StdRng> = (first_row..first_row + b).map(|row| stream(config.seed, &format!("generate row {row}"))).collect();
+    let mut rngs: Vec<StdRng> =
+        (first_row..first_row + b).map(|row| stream(config.seed, &format!("generate row {row}"))).collect();
     let mut out: Vec<Generated> = prompts
         .iter()
         .map(|p| Generated { prompt_len: p.len(), tokens: Vec::new(), logprobs: Vec::new(), stopped: false })
         .collect();
 
-    let padded: Vec<u32> = prompts.iter().zip(&pads).flat_map(|(p, &pad)| std::iter::repeat_n(PAD, pad).chain(p.iter().copied())).collect();
+    let padded: Vec<u32> = prompts
+        .iter()
+        .zip(&pads)
+        .flat_map(|(p, &pad)| std::iter::repeat_n(PAD, pad).chain(p.iter().copied()))
+        .collect();
     let mut input = Tensor::from_vec(padded, (b, longest), device).ctx(|| "prompt batch".into())?;
     let mut rows = Rows::left_padded(&pads, 0, longest, longest, device)?;
     for step in 0..new_tokens {
@@ -344,7 +359,15 @@ mod tests {
     const CONTEXT: usize = 16;
 
     fn gpt() -> ModelConfig {
-        ModelConfig::Gpt(GptConfig { vocab_size: VOCAB, context: CONTEXT, layers: 2, heads: 4, d_model: 32, dropout: 0.1, bias: true })
+        ModelConfig::Gpt(GptConfig {
+            vocab_size: VOCAB,
+            context: CONTEXT,
+            layers: 2,
+            heads: 4,
+            d_model: 32,
+            dropout: 0.1,
+            bias: true,
+        })
     }
 
     fn llama() -> ModelConfig {
@@ -363,7 +386,10 @@ mod tests {
     }
 
     fn models() -> Vec<(&'static str, Model)> {
-        vec![("gpt", Model::new(&gpt(), &Device::Cpu, 3).unwrap()), ("llama gqa", Model::new(&llama(), &Device::Cpu, 4).unwrap())]
+        vec![
+            ("gpt", Model::new(&gpt(), &Device::Cpu, 3).unwrap()),
+            ("llama gqa", Model::new(&llama(), &Device::Cpu, 4).unwrap()),
+        ]
     }
 
     fn prompt(seed: u64, len: usize) -> Vec<u32> {
@@ -408,7 +434,11 @@ mod tests {
     fn assert_same(label: &str, a: &[Generated], b: &[Generated], tolerance: f32) {
         assert_eq!(a.len(), b.len(), "{label}");
         for (row, (x, y)) in a.iter().zip(b).enumerate() {
-            assert_eq!((x.prompt_len, &x.tokens, x.stopped), (y.prompt_len, &y.tokens, y.stopped), "{label}: row {row}");
+            assert_eq!(
+                (x.prompt_len, &x.tokens, x.stopped),
+                (y.prompt_len, &y.tokens, y.stopped),
+                "{label}: row {row}"
+            );
             for (i, (p, q)) in x.logprobs.iter().zip(&y.logprobs).enumerate() {
                 assert!((p - q).abs() <= tolerance, "{label}: row {row} token {i}: logprob {p} vs {q}");
             }
@@ -509,7 +539,10 @@ mod tests {
             for g in generate(&model, &prompts, &config).unwrap() {
                 assert_eq!(&g.tokens[..4], &[keep; 4], "{label}: the only token that does not stop");
                 assert_eq!(g.tokens.len(), 5, "{label}: the first draw after the minimum stops");
-                assert!(g.logprobs[..4].iter().all(|&l| l < 0.0 && l.is_finite()), "{label}: the model's own log-probs");
+                assert!(
+                    g.logprobs[..4].iter().all(|&l| l < 0.0 && l.is_finite()),
+                    "{label}: the model's own log-probs"
+                );
             }
         }
     }
@@ -615,7 +648,10 @@ mod tests {
     #[test]
     fn sampling_config_reads_from_ron_with_defaults() {
         let c: SamplingConfig = ron::from_str("(max_new_tokens: 24, temperature: 0.7, top_k: Some(50))").unwrap();
-        assert_eq!(c, SamplingConfig { max_new_tokens: 24, temperature: 0.7, top_k: Some(50), ..SamplingConfig::default() });
+        assert_eq!(
+            c,
+            SamplingConfig { max_new_tokens: 24, temperature: 0.7, top_k: Some(50), ..SamplingConfig::default() }
+        );
         let d: SamplingConfig = ron::from_str("()").unwrap();
         assert_eq!(d, SamplingConfig::default());
         assert_eq!((d.max_new_tokens, d.temperature, d.seed), (32, 1.0, 0));
@@ -629,13 +665,23 @@ mod tests {
             let prompts = prompts();
             let longest = 7;
             let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
-            let padded: Vec<u32> = prompts.iter().zip(&pads).flat_map(|(p, &pad)| std::iter::repeat_n(5, pad).chain(p.clone())).collect();
+            let padded: Vec<u32> =
+                prompts.iter().zip(&pads).flat_map(|(p, &pad)| std::iter::repeat_n(5, pad).chain(p.clone())).collect();
             let input = Tensor::from_vec(padded, (prompts.len(), longest), &Device::Cpu).unwrap();
             let hidden = model.hidden_left_padded(&input, &pads, false).unwrap();
             for (row, p) in prompts.iter().enumerate() {
-                let alone = model.hidden(&Tensor::new(p.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap(), false).unwrap();
+                let alone = model
+                    .hidden(&Tensor::new(p.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap(), false)
+                    .unwrap();
                 let ours = hidden.get(row).unwrap().narrow(0, pads[row], p.len()).unwrap();
-                let d = (ours - alone.squeeze(0).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let d = (ours - alone.squeeze(0).unwrap())
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
                 assert!(d < 1e-5, "{label}: row {row} differs by {d}");
             }
             // Pad positions stay finite even though all their keys are masked.

@@ -47,8 +47,8 @@ use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, Tokenizer};
 
 use super::chat::ChatError;
-use crate::util::packages::RegistryError;
 use crate::model::{LlamaConfig, ModelConfig, ModelError};
+use crate::util::packages::RegistryError;
 
 /// A failure to load a GGUF model. Every variant names the file.
 #[derive(Debug, thiserror::Error)]

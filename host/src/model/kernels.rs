@@ -166,8 +166,8 @@ fn exp_nonpositive(x: f32) -> f32 {
     let n = (xc * LOG2E + ROUND) - ROUND;
     let r = xc - n * C1 - n * C2;
     let z = r * r;
-    let p = ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_65) * r
-        + 0.5;
+    let p =
+        ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_65) * r + 0.5;
     let e = p * z + r + 1.0;
     let scale = f32::from_bits(((n as i32 + 127) << 23) as u32);
     if x < -87.0 { 0.0 } else { e * scale }
@@ -320,7 +320,13 @@ fn targets_of(storage: &CpuStorage, layout: &Layout, n: usize, v: usize) -> Resu
     }
     data[start..end]
         .iter()
-        .map(|&t| if (t as usize) < v { Ok(t as usize) } else { bail!("cross-entropy: target {t} out of a vocabulary of {v}") })
+        .map(|&t| {
+            if (t as usize) < v {
+                Ok(t as usize)
+            } else {
+                bail!("cross-entropy: target {t} out of a vocabulary of {v}")
+            }
+        })
         .collect()
 }
 
@@ -337,13 +343,36 @@ impl CustomOp2 for CrossEntropy {
         }
         let x = slice(s1, l1, self.name())?;
         let targets = targets_of(s2, l2, n, v)?;
-        let loss: Vec<f32> = if n * v < PARALLEL_MIN { (0..n).map(|i| wide(#[inline(always)] || row_loss(&x[i * v..(i + 1) * v], targets[i]))).collect() } else {
-            (0..n).into_par_iter().map(|i| wide(#[inline(always)] || row_loss(&x[i * v..(i + 1) * v], targets[i]))).collect()
+        let loss: Vec<f32> = if n * v < PARALLEL_MIN {
+            (0..n)
+                .map(|i| {
+                    wide(
+                        #[inline(always)]
+                        || row_loss(&x[i * v..(i + 1) * v], targets[i]),
+                    )
+                })
+                .collect()
+        } else {
+            (0..n)
+                .into_par_iter()
+                .map(|i| {
+                    wide(
+                        #[inline(always)]
+                        || row_loss(&x[i * v..(i + 1) * v], targets[i]),
+                    )
+                })
+                .collect()
         };
         Ok((CpuStorage::F32(loss), Shape::from(lead)))
     }
 
-    fn bwd(&self, logits: &Tensor, targets: &Tensor, _loss: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        _loss: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let v = logits.dims().last().copied().unwrap_or(1);
         let n = logits.elem_count() / v.max(1);
         let targets: Vec<usize> = targets.flatten_all()?.to_vec1::<u32>()?.into_iter().map(|t| t as usize).collect();
@@ -351,7 +380,10 @@ impl CustomOp2 for CrossEntropy {
         let mut out = vec![0f32; n * v];
         with_data(logits, self.name(), |x| {
             for_rows(&mut out, v, |i, row| {
-                wide(#[inline(always)] || cross_entropy_grad_row(&x[i * v..(i + 1) * v], row, g[i]));
+                wide(
+                    #[inline(always)]
+                    || cross_entropy_grad_row(&x[i * v..(i + 1) * v], row, g[i]),
+                );
                 row[targets[i]] -= g[i];
             })
         })?;
@@ -514,10 +546,13 @@ fn column_sums(g: &[f32], cols: usize) -> Vec<f32> {
             }
             partial
         })
-        .reduce(|| vec![0f32; cols], |mut a, b| {
-            a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-            a
-        })
+        .reduce(
+            || vec![0f32; cols],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                a
+            },
+        )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -581,7 +616,10 @@ impl CustomOp1 for Gelu {
         let mut out = vec![0f32; x.len()];
         for_rows(&mut out, 4096.min(x.len().max(1)), |i, chunk| {
             let xs = &x[i * 4096..i * 4096 + chunk.len()];
-            wide(#[inline(always)] || gelu_chunk(xs, chunk));
+            wide(
+                #[inline(always)]
+                || gelu_chunk(xs, chunk),
+            );
         });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
@@ -592,7 +630,10 @@ impl CustomOp1 for Gelu {
             with_data(grad, self.name(), |g| {
                 for_rows(&mut out, 4096.min(x.len().max(1)), |i, chunk| {
                     let range = i * 4096..i * 4096 + chunk.len();
-                    wide(#[inline(always)] || gelu_grad_chunk(&x[range.clone()], &g[range], chunk));
+                    wide(
+                        #[inline(always)]
+                        || gelu_grad_chunk(&x[range.clone()], &g[range], chunk),
+                    );
                 })
             })
         })??;

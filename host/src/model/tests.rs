@@ -346,15 +346,28 @@ fn bad_inputs_are_refused_with_a_reason() {
 
 #[test]
 fn weight_decay_applies_to_matrices_only() {
-    for name in ["h.0.attn.c_attn.weight", "h.3.mlp.c_proj.weight", "model.layers.2.self_attn.o_proj.weight",
-        "model.layers.0.mlp.gate_proj.weight", "lm_head.weight", "score.weight"]
-    {
+    for name in [
+        "h.0.attn.c_attn.weight",
+        "h.3.mlp.c_proj.weight",
+        "model.layers.2.self_attn.o_proj.weight",
+        "model.layers.0.mlp.gate_proj.weight",
+        "lm_head.weight",
+        "score.weight",
+    ] {
         assert!(decays(name), "{name} should decay");
     }
-    for name in ["wte.weight", "wpe.weight", "model.embed_tokens.weight", "h.0.ln_1.weight", "ln_f.bias",
-        "h.0.attn.c_attn.bias", "model.norm.weight", "model.layers.1.input_layernorm.weight",
-        "model.layers.1.post_attention_layernorm.weight", "score.bias"]
-    {
+    for name in [
+        "wte.weight",
+        "wpe.weight",
+        "model.embed_tokens.weight",
+        "h.0.ln_1.weight",
+        "ln_f.bias",
+        "h.0.attn.c_attn.bias",
+        "model.norm.weight",
+        "model.layers.1.input_layernorm.weight",
+        "model.layers.1.post_attention_layernorm.weight",
+        "score.bias",
+    ] {
         assert!(!decays(name), "{name} should not decay");
     }
     // Every 2-D parameter except the embeddings decays, every 1-D one does not.

@@ -225,10 +225,7 @@ struct Metadata {
 
 impl Metadata {
     fn wasm_path(&self) -> PathBuf {
-        self.plugin_target_dir
-            .join(TARGET)
-            .join("release")
-            .join(format!("{}.wasm", self.package.replace('-', "_")))
+        self.plugin_target_dir.join(TARGET).join("release").join(format!("{}.wasm", self.package.replace('-', "_")))
     }
 }
 
@@ -253,7 +250,8 @@ fn metadata(dir: &Path) -> Result<Metadata, Problem> {
         .and_then(|p| p["name"].as_str())
         .ok_or_else(|| fail("Cargo.toml has no [package]".into()))?;
     let workspace_root = json["workspace_root"].as_str().map(PathBuf::from).unwrap_or_else(|| dir.to_path_buf());
-    let target_dir = json["target_directory"].as_str().map(PathBuf::from).unwrap_or_else(|| workspace_root.join("target"));
+    let target_dir =
+        json["target_directory"].as_str().map(PathBuf::from).unwrap_or_else(|| workspace_root.join("target"));
     let local_dirs = local_dependency_dirs(&manifest, &workspace_root)?;
     Ok(Metadata {
         workspace_root,
@@ -270,8 +268,10 @@ fn local_dependency_dirs(manifest: &Path, workspace_root: &Path) -> Result<Vec<P
     let mut pending = vec![manifest.to_path_buf()];
     while let Some(manifest) = pending.pop() {
         let dir = manifest.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let text = std::fs::read_to_string(&manifest)
-            .map_err(|e| Problem::Build { dir: dir.clone(), message: format!("cannot read {}: {e}", manifest.display()) })?;
+        let text = std::fs::read_to_string(&manifest).map_err(|e| Problem::Build {
+            dir: dir.clone(),
+            message: format!("cannot read {}: {e}", manifest.display()),
+        })?;
         for line in text.lines() {
             let Some(at) = line.find("path") else { continue };
             let rest = line[at + 4..].trim_start();

@@ -39,8 +39,10 @@ pub enum Problem {
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     /// The module imports something the sandbox does not provide.
-    #[error("imports `{import}`, which the host does not offer: a plugin may import only \
-             triad:plugin/host (files, sockets, clocks, randomness and the environment are not available)")]
+    #[error(
+        "imports `{import}`, which the host does not offer: a plugin may import only \
+             triad:plugin/host (files, sockets, clocks, randomness and the environment are not available)"
+    )]
     ForbiddenImport { import: String },
     /// The bytes are not a usable plugin (not wasm, wrong world, wrong interface version).
     #[error("not a valid triad plugin: {0}")]
@@ -85,7 +87,6 @@ impl PluginError {
         self.record = Some(record);
         self
     }
-
 }
 
 impl fmt::Display for PluginKind {

@@ -3,8 +3,7 @@
 //! that have them. Filters, rewards and metrics spread a batch over one instance per core.
 
 use super::bindings::{
-    self, Decision, Episode, Feature, FeatureValues, LossBatch, LossOutput, MetricRecord, NamedValue,
-    PluginInfo,
+    self, Decision, Episode, Feature, FeatureValues, LossBatch, LossOutput, MetricRecord, NamedValue, PluginInfo,
 };
 use super::error::{PluginError, Problem};
 use super::pool::Pool;
@@ -259,9 +258,7 @@ fn check_named_values<W: super::pool::World>(
         let allowed = |c: char| c.is_ascii_alphanumeric() || "_-./".contains(c);
         if name.is_empty() || name.len() > 64 || !name.chars().all(allowed) {
             let shown: String = name.chars().take(64).flat_map(char::escape_default).collect();
-            return invalid(format!(
-                "named a value \"{shown}\": names are 1-64 characters of A-Z a-z 0-9 _ - . /"
-            ));
+            return invalid(format!("named a value \"{shown}\": names are 1-64 characters of A-Z a-z 0-9 _ - . /"));
         }
         if !seen.insert(name.as_str()) {
             return invalid(format!("named two values `{name}`"));

@@ -33,9 +33,8 @@ pub fn compile(sandbox: &Sandbox, path: &Path) -> Result<CompiledPlugin, PluginE
     } else {
         (file_label(path), path.to_path_buf())
     };
-    let bytes = std::fs::read(&wasm_path).map_err(|source| {
-        PluginError::new(&label, None, "load", Problem::Io { path: wasm_path.clone(), source })
-    })?;
+    let bytes = std::fs::read(&wasm_path)
+        .map_err(|source| PluginError::new(&label, None, "load", Problem::Io { path: wasm_path.clone(), source }))?;
     compile_bytes(sandbox, &label, &bytes)
 }
 

@@ -13,15 +13,15 @@ pub mod build;
 mod error;
 pub mod kinds;
 pub mod load;
-pub mod records;
 mod pool;
+pub mod records;
 pub mod sandbox;
 
 use std::path::{Path, PathBuf};
 
 pub use bindings::{
-    Decision, Episode, Feature, FeatureValues, LossBatch, LossOutput, MetricRecord, NamedValue, PluginInfo,
-    PluginKind, Sample,
+    Decision, Episode, Feature, FeatureValues, LossBatch, LossOutput, MetricRecord, NamedValue, PluginInfo, PluginKind,
+    Sample,
 };
 pub use error::{PluginError, Problem};
 pub use kinds::{FilterPlugin, LossPlugin, MetricPlugin, RewardPlugin};
@@ -73,7 +73,11 @@ impl PluginSpec {
 }
 
 /// Compile a plugin and tell its kind from its exports.
-fn compile_and_classify(sandbox: &Sandbox, name: &str, path: &Path) -> Result<(load::CompiledPlugin, PluginKind), PluginError> {
+fn compile_and_classify(
+    sandbox: &Sandbox,
+    name: &str,
+    path: &Path,
+) -> Result<(load::CompiledPlugin, PluginKind), PluginError> {
     let compiled = load::compile(sandbox, path).map_err(|mut e| {
         e.plugin = name.to_string();
         e
@@ -104,10 +108,16 @@ impl Plugin {
         let (name, sha, component) = (&spec.name, compiled.sha256, &compiled.component);
         let settings = pool::Settings { config: &spec.config, limits: spec.limits, workers: spec.workers };
         Ok(match kind {
-            PluginKind::DataFilter => Plugin::Filter(FilterPlugin { pool: Pool::new(sandbox, name, sha, component, &settings)? }),
-            PluginKind::Reward => Plugin::Reward(RewardPlugin { pool: Pool::new(sandbox, name, sha, component, &settings)? }),
+            PluginKind::DataFilter => {
+                Plugin::Filter(FilterPlugin { pool: Pool::new(sandbox, name, sha, component, &settings)? })
+            }
+            PluginKind::Reward => {
+                Plugin::Reward(RewardPlugin { pool: Pool::new(sandbox, name, sha, component, &settings)? })
+            }
             PluginKind::Loss => Plugin::Loss(LossPlugin::new(Pool::new(sandbox, name, sha, component, &settings)?)?),
-            PluginKind::Metric => Plugin::Metric(MetricPlugin { pool: Pool::new(sandbox, name, sha, component, &settings)? }),
+            PluginKind::Metric => {
+                Plugin::Metric(MetricPlugin { pool: Pool::new(sandbox, name, sha, component, &settings)? })
+            }
         })
     }
 

@@ -26,11 +26,7 @@ pub(crate) trait World: Sized + Send + 'static {
     fn pre(linker: &Linker<StoreState>, component: &Component) -> wasmtime::Result<Self::Pre>;
     fn instantiate(pre: &Self::Pre, store: &mut Store<StoreState>) -> wasmtime::Result<Self>;
     fn call_info(&self, store: &mut Store<StoreState>) -> wasmtime::Result<PluginInfo>;
-    fn call_configure(
-        &self,
-        store: &mut Store<StoreState>,
-        config: &str,
-    ) -> wasmtime::Result<Result<(), GuestError>>;
+    fn call_configure(&self, store: &mut Store<StoreState>, config: &str) -> wasmtime::Result<Result<(), GuestError>>;
 }
 
 macro_rules! impl_world {
@@ -290,7 +286,8 @@ pub(crate) fn read_info<W: World>(
 
 /// Link a component against one world: type-checks its imports and exports.
 pub(crate) fn link<W: World>(sandbox: &Sandbox, name: &str, component: &Component) -> Result<W::Pre, PluginError> {
-    let invalid = |e: wasmtime::Error| PluginError::new(name, Some(W::KIND), "load", Problem::Invalid(format!("{e:#}")));
+    let invalid =
+        |e: wasmtime::Error| PluginError::new(name, Some(W::KIND), "load", Problem::Invalid(format!("{e:#}")));
     let mut linker = Linker::new(sandbox.engine());
     bindings::filter::triad::plugin::host::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |state| state)
         .map_err(invalid)?;
@@ -339,7 +336,13 @@ mod tests {
         let mut functions = FunctionSection::new();
         functions.function(0);
         let mut tables = TableSection::new();
-        tables.table(TableType { element_type: RefType::FUNCREF, table64: false, minimum: 1, maximum: None, shared: false });
+        tables.table(TableType {
+            element_type: RefType::FUNCREF,
+            table64: false,
+            minimum: 1,
+            maximum: None,
+            shared: false,
+        });
         let mut exports = ExportSection::new();
         exports.export("grow", ExportKind::Func, 0);
         let mut body = Function::new([]);
@@ -370,6 +373,9 @@ mod tests {
         assert_eq!(grow.call(&mut store, 10).expect("a small growth is fine"), 1, "returns the old size");
         let error = grow.call(&mut store, 250_000_000).expect_err("past the cap");
         let problem = classify(&error, None, &limits);
-        assert!(matches!(problem, Problem::Table { limit } if limit == super::super::sandbox::MAX_TABLE_ELEMENTS), "{problem}");
+        assert!(
+            matches!(problem, Problem::Table { limit } if limit == super::super::sandbox::MAX_TABLE_ELEMENTS),
+            "{problem}"
+        );
     }
 }

@@ -16,7 +16,9 @@ pub struct RecordError {
 
 fn parse_lines(text: &str) -> impl Iterator<Item = Result<(usize, Value), RecordError>> + '_ {
     text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(|(i, l)| {
-        serde_json::from_str(l).map(|v| (i + 1, v)).map_err(|e| RecordError { line: i + 1, message: format!("not JSON: {e}") })
+        serde_json::from_str(l)
+            .map(|v| (i + 1, v))
+            .map_err(|e| RecordError { line: i + 1, message: format!("not JSON: {e}") })
     })
 }
 

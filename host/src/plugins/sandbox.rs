@@ -140,9 +140,7 @@ impl Sandbox {
     /// The sandbox shared by the whole process, so each plugin compiles once.
     pub fn shared() -> Sandbox {
         static SHARED: OnceLock<Sandbox> = OnceLock::new();
-        SHARED
-            .get_or_init(|| Sandbox::new().expect("the wasmtime configuration is fixed and valid"))
-            .clone()
+        SHARED.get_or_init(|| Sandbox::new().expect("the wasmtime configuration is fixed and valid")).clone()
     }
 
     /// A new engine with the sandbox's fixed configuration and its own epoch ticker.
@@ -160,9 +158,7 @@ impl Sandbox {
         let engine = Engine::new(&config)?;
         let stop_ticker = Arc::new(AtomicBool::new(false));
         spawn_ticker(engine.weak(), stop_ticker.clone());
-        Ok(Sandbox {
-            inner: Arc::new(Inner { engine, compiled: Mutex::new(HashMap::new()), stop_ticker }),
-        })
+        Ok(Sandbox { inner: Arc::new(Inner { engine, compiled: Mutex::new(HashMap::new()), stop_ticker }) })
     }
 
     /// The wasmtime engine.

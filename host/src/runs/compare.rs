@@ -291,7 +291,8 @@ fn group_points<'a>(runs: &'a [Run], param_names: &[String]) -> Vec<Point<'a>> {
     for point in &mut points {
         point.runs.sort_by(|a, b| a.manifest.seed.cmp(&b.manifest.seed).then_with(|| a.name().cmp(&b.name())));
     }
-    points.sort_by(|a, b| a.experiment.cmp(&b.experiment).then_with(|| compare_params(a.params, b.params, param_names)));
+    points
+        .sort_by(|a, b| a.experiment.cmp(&b.experiment).then_with(|| compare_params(a.params, b.params, param_names)));
     points
 }
 
@@ -382,7 +383,10 @@ pub fn final_table(runs: &[Run], options: &TableOptions) -> Result<ResultTable, 
         let points = group_points(runs, &param_names);
         height = points.len();
         if show_experiment {
-            columns.push(Column::new("experiment".into(), points.iter().map(|p| p.experiment.clone()).collect::<Vec<_>>()));
+            columns.push(Column::new(
+                "experiment".into(),
+                points.iter().map(|p| p.experiment.clone()).collect::<Vec<_>>(),
+            ));
         }
         for name in &param_names {
             columns.push(param_column(name, points.iter().map(|p| p.params.get(name)).collect()));
@@ -497,7 +501,10 @@ impl ResultTable {
                 let cell = if self.by_run {
                     f64_cell(&self.frame, metric, row).map(format_number).unwrap_or_default()
                 } else {
-                    match (f64_cell(&self.frame, &format!("{metric} mean"), row), f64_cell(&self.frame, &format!("{metric} std"), row)) {
+                    match (
+                        f64_cell(&self.frame, &format!("{metric} mean"), row),
+                        f64_cell(&self.frame, &format!("{metric} std"), row),
+                    ) {
                         (Some(mean), Some(std)) => format!("{} ± {}", format_number(mean), format_number(std)),
                         (Some(mean), None) => format_number(mean),
                         _ => String::new(),
@@ -625,11 +632,13 @@ pub fn step_table(runs: &[Run], metric: &str, by_run: bool) -> Result<StepTable,
         return Err(unknown()?);
     }
     let labels = unique_labels(series.iter().map(|(label, _)| label.clone()).collect());
-    let steps: Vec<u64> = series.iter().flat_map(|(_, c)| c.keys().copied()).collect::<BTreeSet<_>>().into_iter().collect();
+    let steps: Vec<u64> =
+        series.iter().flat_map(|(_, c)| c.keys().copied()).collect::<BTreeSet<_>>().into_iter().collect();
     let mut columns = vec![Column::new("step".into(), steps.clone())];
     let mut curves = Vec::with_capacity(series.len());
     for (label, (_, curve)) in labels.iter().zip(&series) {
-        columns.push(Column::new(label.as_str().into(), steps.iter().map(|s| curve.get(s).copied()).collect::<Vec<_>>()));
+        columns
+            .push(Column::new(label.as_str().into(), steps.iter().map(|s| curve.get(s).copied()).collect::<Vec<_>>()));
         curves.push(Curve { label: label.clone(), points: curve.iter().map(|(s, v)| (*s as f64, *v)).collect() });
     }
     let frame = DataFrame::new(steps.len(), columns).map_err(polars_err("per-step"))?;

@@ -57,7 +57,11 @@ impl MetricsWriter {
     pub fn write(&mut self, step: u64, metric: &str, value: f64) -> Result<(), FileError> {
         if !value.is_finite() {
             if self.not_finite.insert(metric.to_string()) {
-                tracing::warn!(stage = self.stage.as_str(), step, "`{metric}` is {value}: not recorded (nor any later non-finite value of it)");
+                tracing::warn!(
+                    stage = self.stage.as_str(),
+                    step,
+                    "`{metric}` is {value}: not recorded (nor any later non-finite value of it)"
+                );
             }
             return Ok(());
         }

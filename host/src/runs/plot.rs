@@ -118,7 +118,8 @@ fn draw<DB: DrawingBackend>(
 ) -> Result<(), String> {
     let error = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     root.fill(&WHITE).map_err(error)?;
-    let finite = |c: &Curve| c.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect::<Vec<_>>();
+    let finite =
+        |c: &Curve| c.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect::<Vec<_>>();
     let x_range = padded_range(curves.iter().flat_map(|c| c.points.iter().map(|p| p.0)), 0.0);
     let y_range = padded_range(curves.iter().flat_map(|c| c.points.iter().map(|p| p.1)), 0.05);
     let mut chart = ChartBuilder::on(root)

@@ -9,9 +9,17 @@ use super::metrics::read_rows;
 use crate::util::atomic::{FileError, write_atomically};
 
 /// Write `dir/report.md` for stage `stage` from its final `metrics` and its `metrics.jsonl`.
-pub fn write_training_report(dir: &Path, stage: &str, metrics: &BTreeMap<String, f64>, seconds: f64) -> Result<(), FileError> {
-    let at_start: BTreeMap<String, f64> =
-        read_rows(&dir.join("metrics.jsonl"))?.into_iter().filter(|row| row.step == 0).map(|row| (row.metric, row.value)).collect();
+pub fn write_training_report(
+    dir: &Path,
+    stage: &str,
+    metrics: &BTreeMap<String, f64>,
+    seconds: f64,
+) -> Result<(), FileError> {
+    let at_start: BTreeMap<String, f64> = read_rows(&dir.join("metrics.jsonl"))?
+        .into_iter()
+        .filter(|row| row.step == 0)
+        .map(|row| (row.metric, row.value))
+        .collect();
     let mut report = format!("# Stage `{stage}`\n\n| metric | at step 0 | at the end |\n|---|---|---|\n");
     for (name, value) in metrics {
         let start = at_start.get(name).map(|v| format!("{v:.4}")).unwrap_or_default();

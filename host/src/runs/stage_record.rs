@@ -41,7 +41,8 @@ impl StageRecord {
             keep
         });
         let path = dir.join(Self::FILE);
-        let json = serde_json::to_vec_pretty(&record).map_err(|source| StoreError::Json { path: path.clone(), source })?;
+        let json =
+            serde_json::to_vec_pretty(&record).map_err(|source| StoreError::Json { path: path.clone(), source })?;
         Ok(write_atomically(&path, &json)?)
     }
 }

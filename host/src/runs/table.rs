@@ -31,7 +31,9 @@ pub enum TableError {
     Polars { path: PathBuf, source: PolarsError },
     #[error("{path}: unknown table format: name the file .csv, .parquet or .md")]
     UnknownFormat { path: PathBuf },
-    #[error("no runs found in {searched}: a run is a folder with a manifest.json, as `triad run` writes under runs/<experiment>/")]
+    #[error(
+        "no runs found in {searched}: a run is a folder with a manifest.json, as `triad run` writes under runs/<experiment>/"
+    )]
     NoRuns { searched: String },
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -62,7 +64,9 @@ pub fn metric_rows(frame: &DataFrame) -> PolarsResult<Vec<MetricRow>> {
     let value = frame.column("value")?.f64()?;
     let mut rows = Vec::with_capacity(frame.height());
     for i in 0..frame.height() {
-        if let (Some(stage), Some(step), Some(metric), Some(value)) = (stage.get(i), step.get(i), metric.get(i), value.get(i)) {
+        if let (Some(stage), Some(step), Some(metric), Some(value)) =
+            (stage.get(i), step.get(i), metric.get(i), value.get(i))
+        {
             rows.push(MetricRow { stage: stage.to_string(), step, metric: metric.to_string(), value });
         }
     }
@@ -125,7 +129,9 @@ pub fn write_frame(frame: &mut DataFrame, path: &Path) -> Result<(), TableError>
         path,
         |out| {
             match format {
-                TableFormat::Csv => CsvWriter::new(&mut *out).include_header(true).finish(frame).map_err(polars_error(path))?,
+                TableFormat::Csv => {
+                    CsvWriter::new(&mut *out).include_header(true).finish(frame).map_err(polars_error(path))?
+                }
                 _ => {
                     // Snappy: what pyarrow and most readers expect by default, and fast.
                     ParquetWriter::new(&mut *out)

@@ -89,7 +89,9 @@ impl<'a> RunContext<'a> {
         let device = match experiment.device {
             DeviceSpec::Cpu => Device::Cpu,
             DeviceSpec::Cuda(ordinal) => Device::new_cuda(ordinal).map_err(|e| {
-                StageError::Device(format!("CUDA device {ordinal}: {e} (build with `--features cuda` on a machine with CUDA)"))
+                StageError::Device(format!(
+                    "CUDA device {ordinal}: {e} (build with `--features cuda` on a machine with CUDA)"
+                ))
             })?,
         };
         Ok(RunContext {
@@ -110,12 +112,13 @@ impl<'a> RunContext<'a> {
         if let Some(found) = self.sources.borrow().get(name) {
             return Ok(found.clone());
         }
-        let spec = self
-            .experiment
-            .data
-            .get(name)
-            .ok_or_else(|| StageError::Undeclared { what: "data source", name: name.into(), section: "data" })?;
-        let loaded = Rc::new(spec.load(&self.base_dir).map_err(|source| StageError::Source { name: name.into(), source })?);
+        let spec = self.experiment.data.get(name).ok_or_else(|| StageError::Undeclared {
+            what: "data source",
+            name: name.into(),
+            section: "data",
+        })?;
+        let loaded =
+            Rc::new(spec.load(&self.base_dir).map_err(|source| StageError::Source { name: name.into(), source })?);
         tracing::info!(source = name, records = loaded.records.len(), sha256 = &loaded.sha256[..12], "data loaded");
         self.sources.borrow_mut().insert(name.to_string(), loaded.clone());
         Ok(loaded)
@@ -191,7 +194,8 @@ impl<'a> RunContext<'a> {
     pub fn starting_model(&self, from: Option<&str>) -> Result<Model, StageError> {
         if let Some(stage) = from {
             let dir = self.stage_dir(stage).join("model");
-            return Model::load(&dir, &self.device).map_err(|source| StageError::Model { stage: stage.to_string(), source });
+            return Model::load(&dir, &self.device)
+                .map_err(|source| StageError::Model { stage: stage.to_string(), source });
         }
         let model_error = |source| StageError::Model { stage: "model".into(), source };
         match self.experiment.model.architecture() {
@@ -205,12 +209,21 @@ impl<'a> RunContext<'a> {
 
     /// The records of data source `data` that pass the `filters` (filter plugins, in order);
     /// with filters, their report is written to `dir/filter-report.md`.
-    pub fn filtered_records(&self, stage: &str, data: &str, filters: &[String], dir: &Path) -> Result<Vec<Record>, StageError> {
+    pub fn filtered_records(
+        &self,
+        stage: &str,
+        data: &str,
+        filters: &[String],
+        dir: &Path,
+    ) -> Result<Vec<Record>, StageError> {
         let records = self.source(data)?.records.clone();
         if filters.is_empty() {
             return Ok(records);
         }
-        let plugins = filters.iter().map(|f| self.plugin(f)?.into_filter().map_err(StageError::from)).collect::<Result<Vec<_>, _>>()?;
+        let plugins = filters
+            .iter()
+            .map(|f| self.plugin(f)?.into_filter().map_err(StageError::from))
+            .collect::<Result<Vec<_>, _>>()?;
         let refs: Vec<_> = plugins.iter().collect();
         let (kept, report) = apply_filters(records, &refs, DEFAULT_BATCH)
             .map_err(|e| StageError::Data { stage: stage.to_string(), message: e.to_string() })?;
@@ -226,11 +239,11 @@ impl<'a> RunContext<'a> {
         if let Some(found) = self.plugin_hashes.borrow().get(name) {
             return Ok(found.clone());
         }
-        let decl = self
-            .experiment
-            .plugins
-            .get(name)
-            .ok_or_else(|| StageError::Undeclared { what: "plugin", name: name.into(), section: "plugins" })?;
+        let decl = self.experiment.plugins.get(name).ok_or_else(|| StageError::Undeclared {
+            what: "plugin",
+            name: name.into(),
+            section: "plugins",
+        })?;
         let (_, sha256) = Plugin::inspect(&self.sandbox, &self.base_dir.join(&decl.path))?;
         check_pinned(name, decl, &sha256)?;
         self.plugin_hashes.borrow_mut().insert(name.to_string(), sha256.clone());
@@ -239,11 +252,11 @@ impl<'a> RunContext<'a> {
 
     /// A plugin declared in the experiment, loaded and configured.
     pub fn plugin(&self, name: &str) -> Result<Plugin, StageError> {
-        let decl = self
-            .experiment
-            .plugins
-            .get(name)
-            .ok_or_else(|| StageError::Undeclared { what: "plugin", name: name.into(), section: "plugins" })?;
+        let decl = self.experiment.plugins.get(name).ok_or_else(|| StageError::Undeclared {
+            what: "plugin",
+            name: name.into(),
+            section: "plugins",
+        })?;
         let plugin = Plugin::load(&self.sandbox, &plugin_spec(name, decl, &self.base_dir)?)?;
         check_pinned(name, decl, plugin.sha256())?;
         Ok(plugin)

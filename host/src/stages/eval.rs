@@ -96,7 +96,10 @@ impl StageSpec for EvalStage {
         if let Some(win) = &self.win_rate {
             for side in [&win.a, &win.b] {
                 if !self.models.contains(side) {
-                    return Err(format!("win_rate compares `{side}`, which is not in models ({})", self.models.join(", ")));
+                    return Err(format!(
+                        "win_rate compares `{side}`, which is not in models ({})",
+                        self.models.join(", ")
+                    ));
                 }
             }
             if win.a == win.b {
@@ -141,7 +144,6 @@ fn default_eval_generation() -> SamplingConfig {
     SamplingConfig::greedy(32)
 }
 
-
 /// Prompts generated for at once: bounds the KV cache's memory.
 const GENERATION_BATCH: usize = 32;
 
@@ -155,7 +157,13 @@ pub fn prompts_of<'a>(experiment: &'a Experiment, name: &str) -> Option<(&'a Exa
 }
 
 /// Answers of `model` to `prompts`: the response text and its tokens per prompt.
-pub fn answer(model: &Model, layout: &Layout, prompts: &[String], config: &SamplingConfig, label: &str) -> Result<Vec<(String, Vec<u32>)>, String> {
+pub fn answer(
+    model: &Model,
+    layout: &Layout,
+    prompts: &[String],
+    config: &SamplingConfig,
+    label: &str,
+) -> Result<Vec<(String, Vec<u32>)>, String> {
     let mut config = config.clone();
     if !config.stop_tokens.contains(&layout.end_token()) {
         config.stop_tokens.push(layout.end_token());
@@ -175,9 +183,14 @@ pub fn answer(model: &Model, layout: &Layout, prompts: &[String], config: &Sampl
     Ok(answers)
 }
 
-
 /// Judge scores of answers to prompts.
-pub fn judge_scores(ctx: &RunContext, judge: &Judge, layout: &Layout, prompts: &[String], answers: &[String]) -> Result<Vec<f64>, StageError> {
+pub fn judge_scores(
+    ctx: &RunContext,
+    judge: &Judge,
+    layout: &Layout,
+    prompts: &[String],
+    answers: &[String],
+) -> Result<Vec<f64>, StageError> {
     match judge {
         Judge::Plugin(name) => {
             let plugin = ctx.plugin(name)?.into_reward()?;
@@ -189,13 +202,17 @@ pub fn judge_scores(ctx: &RunContext, judge: &Judge, layout: &Layout, prompts: &
             Ok(plugin.score(&episodes)?)
         }
         Judge::RewardModel(stage) => {
-            let rm = RewardModel::load(&ctx.stage_dir(stage), &ctx.device)
-                .map_err(|e| StageError::Config { stage: stage.clone(), message: format!("loading the reward model: {e}") })?;
+            let rm = RewardModel::load(&ctx.stage_dir(stage), &ctx.device).map_err(|e| StageError::Config {
+                stage: stage.clone(),
+                message: format!("loading the reward model: {e}"),
+            })?;
             let sequences = reward_inputs(layout, &rm, prompts, answers)
                 .map_err(|message| StageError::Data { stage: stage.clone(), message })?;
             let tokenizer = ctx.tokenizer()?;
             let pad = tokenizer.pad_id().unwrap_or(layout.end_token());
-            let scores = rm.score(&sequences, GENERATION_BATCH, pad).map_err(|e| StageError::Config { stage: stage.clone(), message: e.to_string() })?;
+            let scores = rm
+                .score(&sequences, GENERATION_BATCH, pad)
+                .map_err(|e| StageError::Config { stage: stage.clone(), message: e.to_string() })?;
             Ok(scores.into_iter().map(f64::from).collect())
         }
     }
@@ -203,7 +220,12 @@ pub fn judge_scores(ctx: &RunContext, judge: &Judge, layout: &Layout, prompts: &
 
 /// What a reward model reads for a prompt and an answer: the prompt's text and the answer,
 /// ended by the end token, cut from the left to the model's context.
-pub fn reward_inputs(layout: &Layout, rm: &RewardModel, prompts: &[String], answers: &[String]) -> Result<Vec<Vec<u32>>, String> {
+pub fn reward_inputs(
+    layout: &Layout,
+    rm: &RewardModel,
+    prompts: &[String],
+    answers: &[String],
+) -> Result<Vec<Vec<u32>>, String> {
     let context = rm.trunk.config().context();
     prompts
         .iter()
@@ -228,14 +250,21 @@ pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<StageOutpu
     let examples = examples::load(ctx, set, name, dir)?;
     let held_out: Vec<Example> = examples.valid.into_iter().take(stage.max_prompts).collect();
     if held_out.is_empty() {
-        return Err(config_error(format!("stage `{}` holds out no examples: give its split a valid_fraction", stage.prompts_of)));
+        return Err(config_error(format!(
+            "stage `{}` holds out no examples: give its split a valid_fraction",
+            stage.prompts_of
+        )));
     }
     let tokenizer = ctx.tokenizer()?;
     let chat = ctx.chat_template()?;
     let layout = Layout::new(&tokenizer, template, chat.as_deref()).map_err(config_error)?;
     let prompts: Vec<String> = held_out.iter().map(|e| e.prompt.clone()).collect();
     let references: Vec<String> = held_out.iter().map(|e| e.response.clone()).collect();
-    let metric_plugins = stage.metrics.iter().map(|m| ctx.plugin(m)?.into_metric().map_err(StageError::from)).collect::<Result<Vec<_>, _>>()?;
+    let metric_plugins = stage
+        .metrics
+        .iter()
+        .map(|m| ctx.plugin(m)?.into_metric().map_err(StageError::from))
+        .collect::<Result<Vec<_>, _>>()?;
 
     let mut metrics = BTreeMap::new();
     let mut answers: BTreeMap<&str, Vec<String>> = BTreeMap::new();
@@ -247,8 +276,15 @@ pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<StageOutpu
             };
             let blocks = super::pretrain::validation_blocks(ctx, p, dir)?;
             let context = p.context.unwrap_or(model.config().context()).min(model.config().context());
-            let loss = super::pretrain::validation_loss(&model, &blocks, p.train.batch, context, p.train.eval_batches, &ctx.device)
-                .map_err(|source| StageError::Train { stage: name.into(), source })?;
+            let loss = super::pretrain::validation_loss(
+                &model,
+                &blocks,
+                p.train.batch,
+                context,
+                p.train.eval_batches,
+                &ctx.device,
+            )
+            .map_err(|source| StageError::Train { stage: name.into(), source })?;
             metrics.insert(format!("{model_name}/perplexity"), loss.exp());
         }
         let generated = answer(&model, &layout, &prompts, &stage.generation, model_name).map_err(config_error)?;
@@ -308,7 +344,10 @@ pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<StageOutpu
     }
     write_atomically(&dir.join("samples.jsonl"), samples.as_bytes())?;
     let seconds = started.elapsed().as_secs_f64();
-    write_atomically(&dir.join("report.md"), report(stage, &metrics, comparison, &held_out, &answers, seconds).as_bytes())?;
+    write_atomically(
+        &dir.join("report.md"),
+        report(stage, &metrics, comparison, &held_out, &answers, seconds).as_bytes(),
+    )?;
     Ok(StageOutput { metrics, resumed_from: 0 })
 }
 
@@ -340,7 +379,11 @@ fn report(
     }
     out.push_str("\n## Samples\n");
     for (i, example) in held_out.iter().take(5).enumerate() {
-        out.push_str(&format!("\n**Prompt:** {}\n\n**Reference:** {}\n\n", example.prompt.trim(), example.response.trim()));
+        out.push_str(&format!(
+            "\n**Prompt:** {}\n\n**Reference:** {}\n\n",
+            example.prompt.trim(),
+            example.response.trim()
+        ));
         for (model, texts) in answers {
             out.push_str(&format!("- `{model}`: {}\n", texts[i].trim()));
         }

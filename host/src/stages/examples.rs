@@ -122,7 +122,10 @@ pub fn load(ctx: &RunContext, set: &ExampleSet, stage: &str, dir: &Path) -> Resu
         train.truncate(limit);
     }
     if train.is_empty() {
-        return Err(data_error(format!("no training examples could be made from `{}` with {:?}", set.data, set.format)));
+        return Err(data_error(format!(
+            "no training examples could be made from `{}` with {:?}",
+            set.data, set.format
+        )));
     }
     tracing::info!(stage, train = train.len(), valid = valid.len(), "examples ready");
     Ok(Examples { train, valid })
@@ -274,7 +277,8 @@ mod tests {
 
     #[test]
     fn continuation_prompts_keep_their_words_and_responses_their_leading_space() {
-        let (prompt, response) = cut_after_words("  A gorgeous, witty film that never drags. ", 3).expect("long enough");
+        let (prompt, response) =
+            cut_after_words("  A gorgeous, witty film that never drags. ", 3).expect("long enough");
         assert_eq!(prompt, "A gorgeous, witty");
         assert_eq!(response, " film that never drags.");
         assert_eq!(cut_after_words("too short", 2), None);

@@ -153,9 +153,18 @@ mod sweep_tests {
 
     #[test]
     fn a_grid_of_two_values_and_two_seeds_makes_four_named_runs() {
-        let points = expand(&experiment(r#"{ "ppo.kl.target": [3.0, 6.0], "seed": [1, 2] }"#).expect("valid")).expect("points");
+        let points =
+            expand(&experiment(r#"{ "ppo.kl.target": [3.0, 6.0], "seed": [1, 2] }"#).expect("valid")).expect("points");
         let names: Vec<&str> = points.iter().map(|p| p.run.as_str()).collect();
-        assert_eq!(names, ["ppo.kl.target=3.0-seed1", "ppo.kl.target=6.0-seed1", "ppo.kl.target=3.0-seed2", "ppo.kl.target=6.0-seed2"]);
+        assert_eq!(
+            names,
+            [
+                "ppo.kl.target=3.0-seed1",
+                "ppo.kl.target=6.0-seed1",
+                "ppo.kl.target=3.0-seed2",
+                "ppo.kl.target=6.0-seed2"
+            ]
+        );
         let Stage::Ppo(ppo) = &points[1].experiment.stages[1] else { panic!("a PPO stage") };
         assert!(matches!(ppo.kl, KlControl::Adaptive { target, .. } if target == 6.0));
         assert_eq!(points[3].experiment.seed, 2);

@@ -92,7 +92,9 @@ pub fn preflight(experiment: &Experiment, experiment_path: &Path) -> Result<(), 
             if kind != wanted {
                 return Err(StageError::Config {
                     stage: stage.name().to_string(),
-                    message: format!("plugin `{plugin}` is a {kind} plugin, but it is used where a {wanted} plugin goes"),
+                    message: format!(
+                        "plugin `{plugin}` is a {kind} plugin, but it is used where a {wanted} plugin goes"
+                    ),
                 });
             }
         }
@@ -101,7 +103,11 @@ pub fn preflight(experiment: &Experiment, experiment_path: &Path) -> Result<(), 
 }
 
 /// Run every point of `experiment` (read from `experiment_path`).
-pub fn run_experiment(experiment: &Experiment, experiment_path: &Path, options: &RunOptions) -> Result<Vec<RunOutcome>, StageError> {
+pub fn run_experiment(
+    experiment: &Experiment,
+    experiment_path: &Path,
+    options: &RunOptions,
+) -> Result<Vec<RunOutcome>, StageError> {
     preflight(experiment, experiment_path)?;
     let points = expand(experiment)?;
     // Held until every run is done; a sweep may name more than one experiment folder.
@@ -123,7 +129,11 @@ pub fn run_experiment(experiment: &Experiment, experiment_path: &Path, options: 
 }
 
 /// The plan of every run: each stage in order with what it would do now.
-pub fn plan(experiment: &Experiment, experiment_path: &Path, options: &RunOptions) -> Result<Vec<(String, Vec<(String, StageStatus)>)>, StageError> {
+pub fn plan(
+    experiment: &Experiment,
+    experiment_path: &Path,
+    options: &RunOptions,
+) -> Result<Vec<(String, Vec<(String, StageStatus)>)>, StageError> {
     preflight(experiment, experiment_path)?;
     let mut plans = Vec::new();
     let mut computed: BTreeSet<PathBuf> = BTreeSet::new();
@@ -241,12 +251,19 @@ fn run_point(point: &RunPoint<Stage>, experiment_path: &Path, options: &RunOptio
         let output = stage.run(&ctx, &dir)?;
         let jsonl = store.join("metrics.jsonl");
         if jsonl.is_file() {
-            crate::runs::table::write_metrics_parquet(&jsonl, &store.join("metrics.parquet"))
-                .map_err(|e| StageError::Data { stage: name.clone(), message: format!("writing metrics.parquet: {e}") })?;
+            crate::runs::table::write_metrics_parquet(&jsonl, &store.join("metrics.parquet")).map_err(|e| {
+                StageError::Data { stage: name.clone(), message: format!("writing metrics.parquet: {e}") }
+            })?;
         }
         let record = StageRecord { key: key.clone(), complete: true, metrics: output.metrics };
         record.write(&store)?;
-        outcomes.push(StageOutcome { stage: name, cached: false, resumed_from: output.resumed_from, metrics: record.metrics, dir });
+        outcomes.push(StageOutcome {
+            stage: name,
+            cached: false,
+            resumed_from: output.resumed_from,
+            metrics: record.metrics,
+            dir,
+        });
     }
     manifest.complete = true;
     manifest.write(run_dir)?;
@@ -254,7 +271,12 @@ fn run_point(point: &RunPoint<Stage>, experiment_path: &Path, options: &RunOptio
 }
 
 /// What the run is made from, before it runs (incomplete).
-fn manifest(ctx: &RunContext, point: &RunPoint<Stage>, order: &[&Stage], keys: &BTreeMap<String, String>) -> Result<Manifest, StageError> {
+fn manifest(
+    ctx: &RunContext,
+    point: &RunPoint<Stage>,
+    order: &[&Stage],
+    keys: &BTreeMap<String, String>,
+) -> Result<Manifest, StageError> {
     let experiment = ctx.experiment;
     let mut data = BTreeMap::new();
     let mut plugins = BTreeMap::new();
@@ -290,7 +312,9 @@ fn manifest(ctx: &RunContext, point: &RunPoint<Stage>, order: &[&Stage], keys: &
 /// has uncommitted changes).
 fn git_revision(dir: &Path) -> Option<String> {
     let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-    let run = |args: &[&str]| std::process::Command::new("git").args(args).current_dir(dir).output().ok().filter(|o| o.status.success());
+    let run = |args: &[&str]| {
+        std::process::Command::new("git").args(args).current_dir(dir).output().ok().filter(|o| o.status.success())
+    };
     let head = String::from_utf8(run(&["rev-parse", "HEAD"])?.stdout).ok()?.trim().to_string();
     let dirty = run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|o| !o.stdout.is_empty());
     Some(if dirty { format!("{head}-dirty") } else { head })

@@ -38,10 +38,10 @@ use crate::train::rl::advantages::{AdvantageConfig, kl_penalised_gae};
 use crate::train::rl::policy::{Critic, Learner, reference_logprobs};
 use crate::train::rl::rollout::{self, Sampled};
 use crate::train::rl::scoring::{DEFAULT_REWARD_LIMIT, RewardTerm, Scored, Scorer, score};
+use crate::train::rl::settings::PpoSettings;
 use crate::train::rl::update::{UpdateConfig, update};
 use crate::train::rl::{RlError, model as model_error};
 use crate::train::session::{Cadence, Session, config_key};
-use crate::train::rl::settings::PpoSettings;
 use crate::train::{AdamW, AdamWConfig};
 
 /// PPO with a KL penalty to the starting policy (the SFT model), as in InstructGPT.
@@ -198,7 +198,8 @@ pub fn run(ctx: &RunContext, stage: &PpoStage, dir: &Path) -> Result<StageOutput
     let scorers = scorers(ctx, stage, vocab)?;
     let loss_plugin: Option<LossPlugin> =
         stage.loss.as_deref().map(|l| ctx.plugin(l)?.into_loss().map_err(StageError::from)).transpose()?;
-    let setup = |e| StageError::Rl { stage: name.to_string(), step: 0, source: model_error("setting up the learner")(e) };
+    let setup =
+        |e| StageError::Rl { stage: name.to_string(), step: 0, source: model_error("setting up the learner")(e) };
     let reference = policy.try_clone().map_err(setup)?;
     let seed = ctx.experiment.seed;
     let d_model = policy.config().d_model();
@@ -206,12 +207,18 @@ pub fn run(ctx: &RunContext, stage: &PpoStage, dir: &Path) -> Result<StageOutput
         Critic::Shared => None,
         Critic::Separate => Some(policy.try_clone().map_err(setup)?),
     };
-    let learner =
-        Learner { value_head: ScalarHead::new(d_model, &ctx.device, seed ^ 0x7661_6c75).map_err(setup)?, policy, critic };
+    let learner = Learner {
+        value_head: ScalarHead::new(d_model, &ctx.device, seed ^ 0x7661_6c75).map_err(setup)?,
+        policy,
+        critic,
+    };
     let vars = learner.vars();
     let adamw = AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() };
-    let mut optimizer = AdamW::new(&vars, |_| false, adamw)
-        .map_err(|source| StageError::Rl { stage: name.to_string(), step: 0, source: RlError::Tensor { during: "creating the optimizer", source } })?;
+    let mut optimizer = AdamW::new(&vars, |_| false, adamw).map_err(|source| StageError::Rl {
+        stage: name.to_string(),
+        step: 0,
+        source: RlError::Tensor { during: "creating the optimizer", source },
+    })?;
     let eval_every = settings.eval_every.unwrap_or((settings.steps / 5).max(1));
     let cadence = Cadence {
         steps: settings.steps,
@@ -220,8 +227,8 @@ pub fn run(ctx: &RunContext, stage: &PpoStage, dir: &Path) -> Result<StageOutput
         keep_checkpoints: 2,
     };
     let train_error = |source| StageError::Train { stage: name.to_string(), source };
-    let (mut session, saved) =
-        Session::open(name, dir, &vars, &mut optimizer, cadence, config_key(stage), &ctx.device).map_err(train_error)?;
+    let (mut session, saved) = Session::open(name, dir, &vars, &mut optimizer, cadence, config_key(stage), &ctx.device)
+        .map_err(train_error)?;
     let start = session.start;
     let saved: Option<PpoState> = saved.and_then(|v| serde_json::from_value(v).ok());
     let (mut kl, mut reward_stats) = match saved {
@@ -247,18 +254,20 @@ pub fn run(ctx: &RunContext, stage: &PpoStage, dir: &Path) -> Result<StageOutput
     if !sampling.stop_tokens.contains(&end) {
         sampling.stop_tokens.push(end);
     }
-    let sample = |model: &Model, prompts: &[String], sampling: &SamplingConfig, step| -> Result<Vec<Sampled>, StageError> {
-        let tokens = prompts.iter().map(|p| layout.prompt_tokens_within(p, context)).collect::<Result<Vec<_>, _>>();
-        let tokens = tokens.map_err(config_error)?;
-        rollout::sample(model, prompts, tokens, sampling, |t| layout.response_text(t)).map_err(rl_error(step))
-    };
+    let sample =
+        |model: &Model, prompts: &[String], sampling: &SamplingConfig, step| -> Result<Vec<Sampled>, StageError> {
+            let tokens = prompts.iter().map(|p| layout.prompt_tokens_within(p, context)).collect::<Result<Vec<_>, _>>();
+            let tokens = tokens.map_err(config_error)?;
+            rollout::sample(model, prompts, tokens, sampling, |t| layout.response_text(t)).map_err(rl_error(step))
+        };
     // Held-out prompts, sampled as in training with a fixed seed, scored by the same reward.
     let evaluate = |model: &Model, step: u64| -> Result<Vec<(String, f64)>, StageError> {
         if held_out.is_empty() {
             return Ok(Vec::new());
         }
         let config = SamplingConfig { seed: sampling.seed ^ 0xe7a1, ..sampling.clone() };
-        let scored = score(&scorers, &sample(model, &held_out, &config, step)?, end, pad, stage.reward_limit).map_err(rl_error(step))?;
+        let scored = score(&scorers, &sample(model, &held_out, &config, step)?, end, pad, stage.reward_limit)
+            .map_err(rl_error(step))?;
         let mut evals = vec![("eval/reward".to_string(), scored.mean())];
         evals.extend(scored.terms.iter().map(|(n, v)| (format!("eval/reward/{n}"), *v)));
         Ok(evals)
@@ -277,7 +286,10 @@ pub fn run(ctx: &RunContext, stage: &PpoStage, dir: &Path) -> Result<StageOutput
         // 1. Rollouts.
         let indices = draw_indices(step, settings.rollouts, examples.train.len(), seed);
         let prompts: Vec<String> = indices.iter().map(|&i| examples.train[i].prompt.clone()).collect();
-        let config = SamplingConfig { seed: sampling.seed ^ seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15), ..sampling.clone() };
+        let config = SamplingConfig {
+            seed: sampling.seed ^ seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            ..sampling.clone()
+        };
         let episodes = sample(&learner.policy, &prompts, &config, step)?;
         let (rows, lens) = rollout::rows(&episodes);
 
@@ -286,7 +298,8 @@ pub fn run(ctx: &RunContext, stage: &PpoStage, dir: &Path) -> Result<StageOutput
         let totals = shaped_scores(&scored, stage, &mut reward_stats);
 
         // 3. Log-probs, values, KL, GAE.
-        let (old_logprob, old_value) = learner.old_logprobs_and_values(&rows, &lens, settings.minibatch, pad).map_err(rl)?;
+        let (old_logprob, old_value) =
+            learner.old_logprobs_and_values(&rows, &lens, settings.minibatch, pad).map_err(rl)?;
         let ref_logprob = reference_logprobs(&reference, &rows, &lens, settings.minibatch, pad).map_err(rl)?;
         let advantage_config = AdvantageConfig {
             kl_coef: kl.coef,
@@ -298,8 +311,9 @@ pub fn run(ctx: &RunContext, stage: &PpoStage, dir: &Path) -> Result<StageOutput
         let advantages = kl_penalised_gae(&lens, old_logprob, old_value, &ref_logprob, &totals, &advantage_config);
 
         // 4. PPO epochs.
-        let stats = update(&learner, &vars, &mut optimizer, &rows, &lens, &advantages.rollout, step, pad, &update_config)
-            .map_err(rl)?;
+        let stats =
+            update(&learner, &vars, &mut optimizer, &rows, &lens, &advantages.rollout, step, pad, &update_config)
+                .map_err(rl)?;
 
         // 5. KL controller, metrics.
         let sequence_kl = &advantages.sequence_kl;
@@ -334,7 +348,9 @@ pub fn run(ctx: &RunContext, stage: &PpoStage, dir: &Path) -> Result<StageOutput
             }
             if let Some((_, reward)) = evals.first() {
                 let beta = kl.coef;
-                session.bar.suspend(|| tracing::info!(stage = name, step = done, "eval reward {reward:.4}, kl {mean_kl:.3}, β {beta:.4}"));
+                session.bar.suspend(|| {
+                    tracing::info!(stage = name, step = done, "eval reward {reward:.4}, kl {mean_kl:.3}, β {beta:.4}")
+                });
             }
         }
         let state = PpoState { kl_coef: kl.coef, reward_stats };

@@ -91,7 +91,10 @@ impl Objective for CausalLm<'_> {
     fn loss(&self, step: u64, micro: usize) -> Result<(Tensor, Vec<(String, f64)>), TrainError> {
         let draw = step * self.accumulation as u64 + micro as u64;
         let tensor = |source| TrainError::Tensor { step, source };
-        let batch = self.train.batch(draw, self.seed, self.batch, self.context).map_err(|e| TrainError::Objective(e.to_string()))?;
+        let batch = self
+            .train
+            .batch(draw, self.seed, self.batch, self.context)
+            .map_err(|e| TrainError::Objective(e.to_string()))?;
         let (inputs, targets) = batch.to_tensors(self.device).map_err(tensor)?;
         self.model.seed_dropout(self.seed, draw);
         Ok((lm_loss(self.model, &inputs, &targets, true).map_err(tensor)?, Vec::new()))
@@ -114,12 +117,24 @@ impl SplitLoss for CausalLm<'_> {
         self.batch
     }
 
-    fn part_loss(&self, step: u64, micro: usize, part: usize, parts: usize) -> Result<(Tensor, Vec<(String, f64)>), TrainError> {
+    fn part_loss(
+        &self,
+        step: u64,
+        micro: usize,
+        part: usize,
+        parts: usize,
+    ) -> Result<(Tensor, Vec<(String, f64)>), TrainError> {
         let draw = step * self.accumulation as u64 + micro as u64;
         let tensor = |source| TrainError::Tensor { step, source };
-        let batch = self.train.batch(draw, self.seed, self.batch, self.context).map_err(|e| TrainError::Objective(e.to_string()))?;
+        let batch = self
+            .train
+            .batch(draw, self.seed, self.batch, self.context)
+            .map_err(|e| TrainError::Objective(e.to_string()))?;
         let (inputs, targets) = batch.to_tensors(self.device).map_err(tensor)?;
-        Ok((lm_loss_rows(self.model, &inputs, &targets, part_rows(self.batch, part, parts)).map_err(tensor)?, Vec::new()))
+        Ok((
+            lm_loss_rows(self.model, &inputs, &targets, part_rows(self.batch, part, parts)).map_err(tensor)?,
+            Vec::new(),
+        ))
     }
 }
 
@@ -135,7 +150,8 @@ pub fn validation_loss(
 ) -> Result<f64, TrainError> {
     let tensor = |source| TrainError::Tensor { step: 0, source };
     let (mut total, mut rows) = (0.0f64, 0usize);
-    let batches = valid.eval_batches(batch, context, Some(max_batches)).map_err(|e| TrainError::Objective(e.to_string()))?;
+    let batches =
+        valid.eval_batches(batch, context, Some(max_batches)).map_err(|e| TrainError::Objective(e.to_string()))?;
     for batch in batches {
         let (inputs, targets) = batch.to_tensors(device).map_err(tensor)?;
         let n = inputs.dim(0).map_err(tensor)?;
@@ -162,8 +178,10 @@ fn streams(ctx: &RunContext, stage: &PretrainStage, dir: &Path) -> Result<(Block
     let records = ctx.filtered_records(name, &stage.data, &stage.filters, dir)?;
     let parts = stage.split.apply(records).map_err(|e| data_error(e.to_string()))?;
     let tokenizer = ctx.tokenizer()?;
-    let train_blocks = Blocks::from_records(&tokenizer, &parts.train, Side::Train).map_err(|e| data_error(e.to_string()))?;
-    let valid_blocks = Blocks::from_records(&tokenizer, &parts.valid, Side::Valid).map_err(|e| data_error(e.to_string()))?;
+    let train_blocks =
+        Blocks::from_records(&tokenizer, &parts.train, Side::Train).map_err(|e| data_error(e.to_string()))?;
+    let valid_blocks =
+        Blocks::from_records(&tokenizer, &parts.valid, Side::Valid).map_err(|e| data_error(e.to_string()))?;
     tracing::info!(stage = name, train_tokens = train_blocks.len(), valid_tokens = valid_blocks.len(), "tokenized");
     Ok((train_blocks, valid_blocks))
 }

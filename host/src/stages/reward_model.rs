@@ -167,7 +167,13 @@ pub fn reward_quality(scores: &[f32], ratings: &[f64], gap: f64) -> RewardQualit
             }
             pairs += 1;
             let order = (scores[i] - scores[j]) as f64 * difference;
-            right += if order > 0.0 { 1.0 } else if order == 0.0 { 0.5 } else { 0.0 };
+            right += if order > 0.0 {
+                1.0
+            } else if order == 0.0 {
+                0.5
+            } else {
+                0.0
+            };
         }
     }
     let scores: Vec<f64> = scores.iter().map(|&s| s as f64).collect();
@@ -236,7 +242,8 @@ impl RewardTraining<'_> {
 
     fn scores(&self, rows: &[&Rated], step: u64) -> Result<Tensor, TrainError> {
         let sequences: Vec<Vec<u32>> = rows.iter().map(|r| r.tokens.clone()).collect();
-        let (tokens, lengths) = pad_rows(&sequences, self.pad, self.device).map_err(|e| TrainError::Objective(e.to_string()))?;
+        let (tokens, lengths) =
+            pad_rows(&sequences, self.pad, self.device).map_err(|e| TrainError::Objective(e.to_string()))?;
         self.model.trunk.seed_dropout(self.seed, step);
         self.model.forward(&tokens, &lengths, true).map_err(|e| TrainError::Objective(e.to_string()))
     }
@@ -245,7 +252,12 @@ impl RewardTraining<'_> {
 impl RewardTraining<'_> {
     /// The loss of micro-batch `micro` of step `step`, or of `part` of `parts` of it (its share
     /// of the micro-batch's mean, with its pair accuracy weighted alike: see [`SplitLoss`]).
-    fn loss_of(&self, step: u64, micro: usize, part: Option<(usize, usize)>) -> Result<(Tensor, Vec<(String, f64)>), TrainError> {
+    fn loss_of(
+        &self,
+        step: u64,
+        micro: usize,
+        part: Option<(usize, usize)>,
+    ) -> Result<(Tensor, Vec<(String, f64)>), TrainError> {
         let draw = step * self.accumulation as u64 + micro as u64;
         let tensor = |source| TrainError::Tensor { step, source };
         let indices = draw_indices(draw, self.batch, self.train.len(), self.seed);
@@ -255,7 +267,9 @@ impl RewardTraining<'_> {
             let share = range.len() as f64 / n as f64;
             (range, share)
         };
-        let nothing = || -> Result<(Tensor, Vec<(String, f64)>), TrainError> { Ok((Tensor::new(0f32, self.device).map_err(tensor)?, Vec::new())) };
+        let nothing = || -> Result<(Tensor, Vec<(String, f64)>), TrainError> {
+            Ok((Tensor::new(0f32, self.device).map_err(tensor)?, Vec::new()))
+        };
         match &self.objective {
             RewardObjective::Ratings { .. } => {
                 let (range, share) = span(indices.len());
@@ -266,7 +280,11 @@ impl RewardTraining<'_> {
                 let targets: Vec<f32> = rows.iter().map(|r| ((r.rating - self.mean) / self.std) as f32).collect();
                 let targets = Tensor::from_vec(targets, rows.len(), self.device).map_err(tensor)?;
                 let scores = self.scores(&rows, draw)?;
-                let loss = (scores - targets).and_then(|d| d.sqr()).and_then(|d| d.mean_all()).and_then(|l| l.affine(share, 0.0)).map_err(tensor)?;
+                let loss = (scores - targets)
+                    .and_then(|d| d.sqr())
+                    .and_then(|d| d.mean_all())
+                    .and_then(|l| l.affine(share, 0.0))
+                    .map_err(tensor)?;
                 Ok((loss, Vec::new()))
             }
             RewardObjective::Pairwise { min_gap, margin, .. } => {
@@ -288,21 +306,39 @@ impl RewardTraining<'_> {
                     return nothing();
                 }
                 let pairs = &pairs[range];
-                let rows: Vec<&Rated> =
-                    pairs.iter().map(|&(c, _)| &self.train[c]).chain(pairs.iter().map(|&(_, r)| &self.train[r])).collect();
+                let rows: Vec<&Rated> = pairs
+                    .iter()
+                    .map(|&(c, _)| &self.train[c])
+                    .chain(pairs.iter().map(|&(_, r)| &self.train[r]))
+                    .collect();
                 let scores = self.scores(&rows, draw)?;
                 let n = pairs.len();
                 let chosen = scores.narrow(0, 0, n).map_err(tensor)?;
                 let rejected = scores.narrow(0, n, n).map_err(tensor)?;
-                let margins: Vec<f32> = pairs
-                    .iter()
-                    .map(|&(c, r)| if *margin { ((self.train[c].rating - self.train[r].rating) / self.std) as f32 } else { 0.0 })
-                    .collect();
+                let margins: Vec<f32> =
+                    pairs
+                        .iter()
+                        .map(|&(c, r)| {
+                            if *margin {
+                                ((self.train[c].rating - self.train[r].rating) / self.std) as f32
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect();
                 let margins = Tensor::from_vec(margins, n, self.device).map_err(tensor)?;
                 let difference = ((chosen - rejected).map_err(tensor)? - margins).map_err(tensor)?;
                 // -log sigmoid(d) = softplus(-d) = log(1 + exp(-d)), written stably.
-                let loss = softplus(&difference.neg().map_err(tensor)?).and_then(|l| l.mean_all()).and_then(|l| l.affine(share, 0.0)).map_err(tensor)?;
-                let accuracy = difference.ge(0f32).and_then(|a| a.to_dtype(candle_core::DType::F32)).and_then(|a| a.mean_all()).and_then(|a| a.to_scalar::<f32>()).map_err(tensor)?;
+                let loss = softplus(&difference.neg().map_err(tensor)?)
+                    .and_then(|l| l.mean_all())
+                    .and_then(|l| l.affine(share, 0.0))
+                    .map_err(tensor)?;
+                let accuracy = difference
+                    .ge(0f32)
+                    .and_then(|a| a.to_dtype(candle_core::DType::F32))
+                    .and_then(|a| a.mean_all())
+                    .and_then(|a| a.to_scalar::<f32>())
+                    .map_err(tensor)?;
                 Ok((loss, vec![("pair_accuracy".into(), accuracy as f64 * share)]))
             }
         }
@@ -314,7 +350,13 @@ impl SplitLoss for RewardTraining<'_> {
         self.batch
     }
 
-    fn part_loss(&self, step: u64, micro: usize, part: usize, parts: usize) -> Result<(Tensor, Vec<(String, f64)>), TrainError> {
+    fn part_loss(
+        &self,
+        step: u64,
+        micro: usize,
+        part: usize,
+        parts: usize,
+    ) -> Result<(Tensor, Vec<(String, f64)>), TrainError> {
         self.loss_of(step, micro, Some((part, parts)))
     }
 }
@@ -335,7 +377,8 @@ impl Objective for RewardTraining<'_> {
             return Ok(Vec::new());
         }
         let sequences: Vec<Vec<u32>> = self.valid.iter().map(|r| r.tokens.clone()).collect();
-        let scores = self.model.score(&sequences, self.batch * 2, self.pad).map_err(|e| TrainError::Objective(e.to_string()))?;
+        let scores =
+            self.model.score(&sequences, self.batch * 2, self.pad).map_err(|e| TrainError::Objective(e.to_string()))?;
         let ratings: Vec<f64> = self.valid.iter().map(|r| r.rating).collect();
         let quality = reward_quality(&scores, &ratings, self.eval_gap);
         Ok(vec![
@@ -354,7 +397,13 @@ pub fn softplus(x: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 /// Records as rated token sequences: the text (cut to `max_len - 1` tokens) plus the end token.
-fn rate(records: &[Record], field: &str, tokenizer: &crate::data::tokenizer::Tokenizer, end: u32, max_len: usize) -> Result<Vec<Rated>, String> {
+fn rate(
+    records: &[Record],
+    field: &str,
+    tokenizer: &crate::data::tokenizer::Tokenizer,
+    end: u32,
+    max_len: usize,
+) -> Result<Vec<Rated>, String> {
     let texts: Vec<&str> = records.iter().map(|r| r.text.as_str()).collect();
     let encoded = tokenizer.encode_batch(&texts).map_err(|e| e.to_string())?;
     records
@@ -366,7 +415,8 @@ fn rate(records: &[Record], field: &str, tokenizer: &crate::data::tokenizer::Tok
                 let known: Vec<&str> = record.fields.keys().map(String::as_str).collect();
                 format!("{}: no field `{field}` to read a rating from (fields: {})", at(), known.join(", "))
             })?;
-            let rating: f64 = raw.trim().parse().map_err(|_| format!("{}: rating `{raw}` in `{field}` is not a number", at()))?;
+            let rating: f64 =
+                raw.trim().parse().map_err(|_| format!("{}: rating `{raw}` in `{field}` is not a number", at()))?;
             if !rating.is_finite() {
                 return Err(format!("{}: rating `{raw}` is not finite", at()));
             }
@@ -385,7 +435,9 @@ pub fn run(ctx: &RunContext, stage: &RewardModelStage, dir: &Path) -> Result<(Re
     let parts = stage.split.apply(records).map_err(|e| data_error(e.to_string()))?;
     let trunk = ctx.starting_model(stage.from.as_deref())?;
     let tokenizer = ctx.tokenizer()?;
-    let end = tokenizer.eos_id().ok_or_else(|| data_error("the tokenizer has no end-of-text token to end scored texts with".into()))?;
+    let end = tokenizer
+        .eos_id()
+        .ok_or_else(|| data_error("the tokenizer has no end-of-text token to end scored texts with".into()))?;
     let max_len = stage.max_len.unwrap_or(trunk.config().context()).min(trunk.config().context());
     let field = stage.objective.rating_field();
     let train_rows = rate(&parts.train, field, &tokenizer, end, max_len).map_err(&data_error)?;
@@ -447,10 +499,22 @@ mod tests {
         use crate::train::data_parallel_grads;
         use std::collections::HashMap;
         let device = Device::Cpu;
-        let config = ModelConfig::Gpt(GptConfig { vocab_size: 40, context: 16, layers: 1, heads: 2, d_model: 16, dropout: 0.0, bias: true });
+        let config = ModelConfig::Gpt(GptConfig {
+            vocab_size: 40,
+            context: 16,
+            layers: 1,
+            heads: 2,
+            d_model: 16,
+            dropout: 0.0,
+            bias: true,
+        });
         let model = RewardModel::new(Model::new(&config, &device, 5).expect("trunk"), 6).expect("reward model");
-        let records: Vec<Rated> =
-            (0..24).map(|i| Rated { tokens: (0..3 + i % 7).map(|j| ((i * 7 + j * 3) % 40) as u32).collect(), rating: (i % 5) as f64 }).collect();
+        let records: Vec<Rated> = (0..24)
+            .map(|i| Rated {
+                tokens: (0..3 + i % 7).map(|j| ((i * 7 + j * 3) % 40) as u32).collect(),
+                rating: (i % 5) as f64,
+            })
+            .collect();
         let objectives = [
             RewardObjective::Ratings { field: "rating".into() },
             RewardObjective::Pairwise { rating: "rating".into(), min_gap: 1.0, margin: true },
@@ -478,15 +542,20 @@ mod tests {
             for parts in [2, 3] {
                 let part_loss = |part| training.part_loss(4, 0, part, parts);
                 let mut grads = HashMap::new();
-                let (value, metrics) = pool.install(|| data_parallel_grads(4, &vars, parts, part_loss, &mut grads)).expect("parts");
-                assert!((value - whole_value).abs() < 1e-5, "{objective:?}, {parts} parts: loss {value} vs {whole_value}");
+                let (value, metrics) =
+                    pool.install(|| data_parallel_grads(4, &vars, parts, part_loss, &mut grads)).expect("parts");
+                assert!(
+                    (value - whole_value).abs() < 1e-5,
+                    "{objective:?}, {parts} parts: loss {value} vs {whole_value}"
+                );
                 assert_eq!(metrics.len(), whole_metrics.len());
                 for ((name, a), (_, b)) in metrics.iter().zip(&whole_metrics) {
                     assert!((a - b).abs() < 1e-6, "{objective:?}, {parts} parts: {name} {a} vs {b}");
                 }
                 for (name, var) in &vars {
                     let want = store.get(var.as_tensor()).expect("gradient");
-                    let diff = (&grads[name] - want).and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>()).expect("diff");
+                    let diff =
+                        (&grads[name] - want).and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>()).expect("diff");
                     assert!(diff < 1e-5, "{objective:?}, {parts} parts, {name}: gradients differ by {diff}");
                 }
             }

@@ -27,7 +27,8 @@ use crate::model::Model;
 use crate::plugins::{Feature, LossPlugin, PluginKind};
 use crate::train::plugin_loss::{Features, plugin_loss};
 use crate::train::{
-    Objective, SplitLoss, TrainError, masked_lm_loss, masked_lm_loss_rows, masked_mean, part_rows, token_logprobs, train,
+    Objective, SplitLoss, TrainError, masked_lm_loss, masked_lm_loss_rows, masked_mean, part_rows, token_logprobs,
+    train,
 };
 
 /// Supervised fine-tuning: next-token loss on response tokens only.
@@ -105,8 +106,10 @@ pub struct SftBatch {
 impl SftBatch {
     /// Rows of `tokens`, each scored from `prompt_len` on, right-padded with `pad`.
     pub fn from_rows(rows: &[&Encoded], pad: u32) -> SftBatch {
-        let scored: Vec<Vec<bool>> = rows.iter().map(|r| (0..r.tokens.len()).map(|j| j >= r.prompt_len).collect()).collect();
-        let sequences: Vec<(&[u32], &[bool])> = rows.iter().zip(&scored).map(|(r, s)| (r.tokens.as_slice(), s.as_slice())).collect();
+        let scored: Vec<Vec<bool>> =
+            rows.iter().map(|r| (0..r.tokens.len()).map(|j| j >= r.prompt_len).collect()).collect();
+        let sequences: Vec<(&[u32], &[bool])> =
+            rows.iter().zip(&scored).map(|(r, s)| (r.tokens.as_slice(), s.as_slice())).collect();
         SftBatch::from_sequences(&sequences, pad)
     }
 
@@ -147,9 +150,9 @@ impl SftBatch {
 pub fn encode_all(layout: &Layout, examples: &[examples::Example], max_len: usize) -> Result<Vec<Encoded>, String> {
     let mut encoded = Vec::with_capacity(examples.len());
     for example in examples {
-        let mut e = layout.encode(&example.prompt, &example.response).map_err(|message| {
-            format!("{}:{}: {message}", example.origin.file.display(), example.origin.line)
-        })?;
+        let mut e = layout
+            .encode(&example.prompt, &example.response)
+            .map_err(|message| format!("{}:{}: {message}", example.origin.file.display(), example.origin.line))?;
         // A prompt that fills the whole window leaves nothing to learn from: skip it.
         if e.prompt_len >= max_len {
             continue;
@@ -202,7 +205,8 @@ impl Rows {
                 SftBatch::from_rows(&rows, pad)
             }
             Rows::Packed(packed) => {
-                let rows: Vec<(&[u32], &[bool])> = indices.iter().map(|&i| (packed[i].0.as_slice(), packed[i].1.as_slice())).collect();
+                let rows: Vec<(&[u32], &[bool])> =
+                    indices.iter().map(|&i| (packed[i].0.as_slice(), packed[i].1.as_slice())).collect();
                 SftBatch::from_sequences(&rows, pad)
             }
         }
@@ -211,7 +215,12 @@ impl Rows {
 
 /// SFT's loss through a loss plugin: the features of the scored (response) tokens, flat and
 /// row after row, and the surrogate whose gradients are the plugin loss's.
-pub fn sft_plugin_loss(plugin: &LossPlugin, model: &Model, batch: &SftBatch, train: bool) -> Result<(Tensor, Vec<(String, f64)>), String> {
+pub fn sft_plugin_loss(
+    plugin: &LossPlugin,
+    model: &Model,
+    batch: &SftBatch,
+    train: bool,
+) -> Result<(Tensor, Vec<(String, f64)>), String> {
     let text = |e: candle_core::Error| e.to_string();
     let device = model.device();
     let (inputs, targets, _) = batch.to_tensors(device).map_err(text)?;
@@ -228,10 +237,14 @@ pub fn sft_plugin_loss(plugin: &LossPlugin, model: &Model, batch: &SftBatch, tra
     let index = Tensor::from_vec(scored.clone(), scored.len(), device).map_err(text)?;
     let flat = logits.reshape((b * t, v)).and_then(|l| l.index_select(&index, 0)).map_err(text)?;
     let logp = candle_nn::ops::log_softmax(&flat, candle_core::D::Minus1).map_err(text)?;
-    let chosen = targets.reshape(b * t).and_then(|x| x.index_select(&index, 0)).and_then(|x| x.unsqueeze(1)).map_err(text)?;
+    let chosen =
+        targets.reshape(b * t).and_then(|x| x.index_select(&index, 0)).and_then(|x| x.unsqueeze(1)).map_err(text)?;
     let logprob = logp.gather(&chosen, 1).and_then(|l| l.squeeze(1)).map_err(text)?;
     let mean_logprob = logp.mean(candle_core::D::Minus1).map_err(text)?;
-    let entropy = (logp.exp().map_err(text)? * &logp).and_then(|x| x.sum(candle_core::D::Minus1)).and_then(|x| x.neg()).map_err(text)?;
+    let entropy = (logp.exp().map_err(text)? * &logp)
+        .and_then(|x| x.sum(candle_core::D::Minus1))
+        .and_then(|x| x.neg())
+        .map_err(text)?;
     let mask = logprob.ones_like().map_err(text)?;
     let features = Features {
         offsets,
@@ -279,7 +292,8 @@ impl Objective for Sft<'_> {
         let loss = match &self.loss_plugin {
             None => masked_lm_loss(self.model, &inputs, &targets, &mask, true).map_err(tensor)?,
             Some(plugin) => {
-                let (surrogate, extra) = sft_plugin_loss(plugin, self.model, &batch, true).map_err(TrainError::Objective)?;
+                let (surrogate, extra) =
+                    sft_plugin_loss(plugin, self.model, &batch, true).map_err(TrainError::Objective)?;
                 metrics.extend(extra);
                 surrogate
             }
@@ -320,7 +334,13 @@ impl SplitLoss for Sft<'_> {
         self.batch
     }
 
-    fn part_loss(&self, step: u64, micro: usize, part: usize, parts: usize) -> Result<(Tensor, Vec<(String, f64)>), TrainError> {
+    fn part_loss(
+        &self,
+        step: u64,
+        micro: usize,
+        part: usize,
+        parts: usize,
+    ) -> Result<(Tensor, Vec<(String, f64)>), TrainError> {
         let tensor = |source| TrainError::Tensor { step, source };
         let (_, batch) = self.micro_batch(step, micro);
         let (inputs, targets, mask) = batch.to_tensors(self.device).map_err(tensor)?;
@@ -352,7 +372,8 @@ pub fn run(ctx: &RunContext, stage: &SftStage, dir: &Path) -> Result<(Model, Sta
     let rows = if stage.packing { Rows::Packed(pack(&train_rows, max_len, seed)) } else { Rows::Examples(train_rows) };
     tracing::info!(stage = name, rows = rows.len(), held_out = valid.len(), max_len, "SFT data ready");
 
-    let loss_plugin = stage.loss.as_deref().map(|l| ctx.plugin(l)?.into_loss().map_err(StageError::from)).transpose()?;
+    let loss_plugin =
+        stage.loss.as_deref().map(|l| ctx.plugin(l)?.into_loss().map_err(StageError::from)).transpose()?;
     let objective = Sft {
         model: &model,
         loss_plugin,
@@ -398,7 +419,9 @@ mod tests {
         let flat = model
             .vars()
             .iter()
-            .map(|(_, v)| grads.get(v.as_tensor()).expect("gradient").flatten_all().and_then(|g| g.to_vec1()).expect("values"))
+            .map(|(_, v)| {
+                grads.get(v.as_tensor()).expect("gradient").flatten_all().and_then(|g| g.to_vec1()).expect("values")
+            })
             .collect();
         (loss.to_scalar().expect("scalar"), flat)
     }
@@ -406,7 +429,15 @@ mod tests {
     #[test]
     fn changing_a_prompt_tokens_target_changes_neither_loss_nor_gradients() {
         use crate::model::{GptConfig, ModelConfig};
-        let config = ModelConfig::Gpt(GptConfig { vocab_size: 50, context: 16, layers: 2, heads: 2, d_model: 16, dropout: 0.0, bias: true });
+        let config = ModelConfig::Gpt(GptConfig {
+            vocab_size: 50,
+            context: 16,
+            layers: 2,
+            heads: 2,
+            d_model: 16,
+            dropout: 0.0,
+            bias: true,
+        });
         let model = Model::new(&config, &Device::Cpu, 3).expect("model");
         let example = Encoded { tokens: vec![5, 6, 7, 8, 30, 31, 32, 1], prompt_len: 4 };
         let batch = SftBatch::from_rows(&[&example], 0);

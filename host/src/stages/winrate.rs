@@ -124,7 +124,8 @@ pub fn write_label_files(
     for (id, prompt) in prompts.iter().enumerate() {
         let first_is_a = splitmix64(&mut state) & 1 == 1;
         let (one, two) = if first_is_a { (&answers_a[id], &answers_b[id]) } else { (&answers_b[id], &answers_a[id]) };
-        let item = LabelItem { id, prompt: prompt.clone(), answer_1: one.clone(), answer_2: two.clone(), preferred: None };
+        let item =
+            LabelItem { id, prompt: prompt.clone(), answer_1: one.clone(), answer_2: two.clone(), preferred: None };
         lines.push_str(&serde_json::to_string(&item).map_err(|e| FileError::new(labels, e))?);
         lines.push('\n');
         a_first.push(first_is_a);
@@ -147,10 +148,9 @@ pub fn read_labels(labels: &Path, key: &Path) -> Result<(LabelKey, WinRate), Lab
     for (index, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let error = |message: String| LabelError::Line { file: labels.display().to_string(), line: index + 1, message };
         let item: LabelItem = serde_json::from_str(line).map_err(|e| error(e.to_string()))?;
-        let a_first = *key_json
-            .a_first
-            .get(item.id)
-            .ok_or_else(|| error(format!("item {} is not in the key (it has {} items)", item.id, key_json.a_first.len())))?;
+        let a_first = *key_json.a_first.get(item.id).ok_or_else(|| {
+            error(format!("item {} is not in the key (it has {} items)", item.id, key_json.a_first.len()))
+        })?;
         let preferred = match &item.preferred {
             None | Some(serde_json::Value::Null) => continue,
             Some(serde_json::Value::Number(n)) if n.as_u64() == Some(1) => 1,

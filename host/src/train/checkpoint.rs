@@ -54,7 +54,13 @@ fn step_dir(root: &Path, step: u64) -> PathBuf {
 
 /// Save a checkpoint after `state.step` steps, then drop all but the newest `keep`.
 /// The optimizer's step count is recorded in `state.json` whatever `state` says.
-pub fn save(root: &Path, vars: &[(String, Var)], optimizer: &AdamW, state: &TrainState, keep: usize) -> Result<(), FileError> {
+pub fn save(
+    root: &Path,
+    vars: &[(String, Var)],
+    optimizer: &AdamW,
+    state: &TrainState,
+    keep: usize,
+) -> Result<(), FileError> {
     let state = &TrainState { optimizer_steps: Some(optimizer.steps), ..state.clone() };
     let final_dir = step_dir(root, state.step);
     let tmp_dir = root.join(format!("step-{:06}.tmp", state.step));

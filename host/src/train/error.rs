@@ -9,7 +9,9 @@ pub enum TrainError {
     Tensor { step: u64, source: candle_core::Error },
     #[error("at step {step}: the loss is {value}: training diverged (lower the learning rate?)")]
     Diverged { step: u64, value: f64 },
-    #[error("at step {step}: the gradient norm is {norm}: training diverged, no weight was updated (lower the learning rate?)")]
+    #[error(
+        "at step {step}: the gradient norm is {norm}: training diverged, no weight was updated (lower the learning rate?)"
+    )]
     DivergedGradient { step: u64, norm: f64 },
     #[error(transparent)]
     File(#[from] FileError),

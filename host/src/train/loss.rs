@@ -62,7 +62,9 @@ pub fn masked_lm_loss_rows(
     mask: &Tensor,
     rows: std::ops::Range<usize>,
 ) -> Result<Tensor, candle_core::Error> {
-    let scored = |mask: &Tensor| -> Result<f64, candle_core::Error> { Ok(mask.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as f64) };
+    let scored = |mask: &Tensor| -> Result<f64, candle_core::Error> {
+        Ok(mask.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as f64)
+    };
     let total = scored(mask)?.max(1.0);
     let part = |t: &Tensor| t.narrow(0, rows.start, rows.len());
     let part_mask = part(mask)?;

@@ -22,10 +22,10 @@ pub mod session;
 pub mod settings;
 pub mod trainer;
 
+pub use error::TrainError;
+pub use loss::{lm_loss, lm_loss_rows, masked_lm_loss, masked_lm_loss_rows, masked_mean, token_logprobs};
 pub use optimizer::{AdamW, AdamWConfig};
 pub use schedule::Schedule;
 pub use session::{Cadence, Session};
 pub use settings::TrainSettings;
-pub use loss::{lm_loss, lm_loss_rows, masked_lm_loss, masked_lm_loss_rows, masked_mean, token_logprobs};
-pub use error::TrainError;
 pub use trainer::{Objective, SplitLoss, TrainConfig, TrainSummary, data_parallel_grads, part_rows, train};

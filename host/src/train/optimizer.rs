@@ -146,9 +146,14 @@ impl AdamW {
             for (suffix, target) in [("m", &mut slot.m), ("v", &mut slot.v)] {
                 let key = format!("{}.{suffix}", slot.name);
                 let saved = state.get(&key).ok_or_else(|| format!("optimizer state has no `{key}`"))?;
-                let saved = &saved.to_dtype(candle_core::DType::F32).map_err(|e| format!("optimizer state `{key}`: {e}"))?;
+                let saved =
+                    &saved.to_dtype(candle_core::DType::F32).map_err(|e| format!("optimizer state `{key}`: {e}"))?;
                 if saved.dims() != target.dims() {
-                    return Err(format!("optimizer state `{key}` has shape {:?}, expected {:?}", saved.dims(), target.dims()));
+                    return Err(format!(
+                        "optimizer state `{key}` has shape {:?}, expected {:?}",
+                        saved.dims(),
+                        target.dims()
+                    ));
                 }
                 // A copy: the fused update writes the moments in place, and must not write into
                 // the caller's tensors.
@@ -199,7 +204,9 @@ mod tests {
                     .iter()
                     .zip(shapes)
                     .enumerate()
-                    .map(|(i, (n, s))| Ok((n.to_string(), Var::from_tensor(&tensor(random(20 + i as u64, s, 0.5), s))?)))
+                    .map(|(i, (n, s))| {
+                        Ok((n.to_string(), Var::from_tensor(&tensor(random(20 + i as u64, s, 0.5), s))?))
+                    })
                     .collect::<candle_core::Result<_>>()?;
                 let mut adam = AdamW::new(&vars, crate::model::decays, AdamWConfig::default())?;
                 for step in 0..5u64 {
@@ -237,7 +244,8 @@ mod tests {
         let w = Var::from_tensor(&tensor(vec![1.0, 2.0], &[2]))?;
         let mut adam = AdamW::new(&[("w".into(), w)], |_| true, AdamWConfig::default())?;
         let saved: HashMap<String, Tensor> =
-            [("w.m".to_string(), tensor(vec![0.1, 0.2], &[2])), ("w.v".to_string(), tensor(vec![0.01, 0.04], &[2]))].into();
+            [("w.m".to_string(), tensor(vec![0.1, 0.2], &[2])), ("w.v".to_string(), tensor(vec![0.01, 0.04], &[2]))]
+                .into();
         adam.load_state(&saved, 3).map_err(candle_core::Error::Msg)?;
         let grads: HashMap<String, Tensor> = [("w".to_string(), tensor(vec![1.0, -1.0], &[2]))].into();
         with_kernels(Kernels::Fused, || adam.step(&grads, 1e-2, None))?;

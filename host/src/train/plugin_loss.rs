@@ -28,7 +28,9 @@ pub struct Features<'a> {
 pub enum PluginLossError {
     #[error(transparent)]
     Plugin(#[from] PluginError),
-    #[error("loss plugin `{plugin}` reads the feature {feature:?}, which this stage does not provide (it provides: {provided})")]
+    #[error(
+        "loss plugin `{plugin}` reads the feature {feature:?}, which this stage does not provide (it provides: {provided})"
+    )]
     Missing { plugin: String, feature: Feature, provided: String },
     #[error("loss plugin `{plugin}`: {source}")]
     Tensor { plugin: String, source: candle_core::Error },
@@ -36,7 +38,10 @@ pub enum PluginLossError {
 
 /// The surrogate loss (to backpropagate; its value is the plugin's loss), the plugin's loss
 /// value and its diagnostics.
-pub fn plugin_loss(plugin: &LossPlugin, features: &Features) -> Result<(Tensor, f64, Vec<(String, f64)>), PluginLossError> {
+pub fn plugin_loss(
+    plugin: &LossPlugin,
+    features: &Features,
+) -> Result<(Tensor, f64, Vec<(String, f64)>), PluginLossError> {
     let tensor = |source| PluginLossError::Tensor { plugin: plugin.name().to_string(), source };
     let find = |feature: Feature| -> Result<&Tensor, PluginLossError> {
         features.values.iter().find(|(f, _)| *f == feature).map(|(_, t)| *t).ok_or_else(|| PluginLossError::Missing {

@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub enum KlControl {
-    Fixed { coef: f64 },
+    Fixed {
+        coef: f64,
+    },
     Adaptive {
         #[serde(default = "default_kl_init")]
         init: f64,
@@ -55,7 +57,6 @@ fn default_kl_init() -> f64 {
 fn default_kl_horizon() -> f64 {
     10_000.0
 }
-
 
 /// Per-token KL estimate between the sampling policy (`logp`) and the reference (`ref_logp`).
 pub fn kl_estimate(logp: f32, ref_logp: f32, estimator: KlEstimator) -> f32 {

@@ -13,8 +13,8 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 
 use super::checkpoint::{self, TrainState};
-use super::optimizer::AdamW;
 use super::error::TrainError;
+use super::optimizer::AdamW;
 use crate::runs::metrics::MetricsWriter;
 use crate::util::atomic::FileError;
 

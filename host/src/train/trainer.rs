@@ -15,9 +15,9 @@ use std::path::Path;
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use super::error::TrainError;
 use super::optimizer::{AdamW, AdamWConfig};
 use super::schedule::Schedule;
-use super::error::TrainError;
 use super::session::{Cadence, Session, config_key};
 use crate::model::kernels::on_one_core;
 use crate::runs::metrics::read_rows;
@@ -47,7 +47,13 @@ pub trait SplitLoss: Sync {
     /// The loss of `part` of `parts` of micro-batch `micro` of step `step`, weighted so that the
     /// parts sum to [`Objective::loss`] (a part's mean times its share of the rows), with its
     /// metrics weighted alike (so that they too add up to the micro-batch's).
-    fn part_loss(&self, step: u64, micro: usize, part: usize, parts: usize) -> Result<(Tensor, Vec<(String, f64)>), TrainError>;
+    fn part_loss(
+        &self,
+        step: u64,
+        micro: usize,
+        part: usize,
+        parts: usize,
+    ) -> Result<(Tensor, Vec<(String, f64)>), TrainError>;
 }
 
 /// Rows `part` of `parts` of `rows`, as even as they come.
@@ -92,7 +98,11 @@ pub fn data_parallel_grads(
 }
 
 /// Adds the gradients in `store` of each of `vars` into `grads`.
-fn add_grads(grads: &mut HashMap<String, Tensor>, vars: &[(String, Var)], store: &candle_core::backprop::GradStore) -> candle_core::Result<()> {
+fn add_grads(
+    grads: &mut HashMap<String, Tensor>,
+    vars: &[(String, Var)],
+    store: &candle_core::backprop::GradStore,
+) -> candle_core::Result<()> {
     for (name, var) in vars {
         if let Some(grad) = store.get(var.as_tensor()) {
             let summed = match grads.remove(name) {
@@ -155,12 +165,8 @@ pub fn train(
     };
     let (mut session, _) = Session::open(stage, dir, vars, &mut optimizer, cadence, config_key(config), device)?;
     let start = session.start;
-    let schedule = Schedule {
-        lr: config.lr,
-        min_lr: config.min_lr,
-        warmup_steps: config.warmup_steps,
-        decay_steps: config.steps,
-    };
+    let schedule =
+        Schedule { lr: config.lr, min_lr: config.min_lr, warmup_steps: config.warmup_steps, decay_steps: config.steps };
     let mut final_train_loss = f64::NAN;
     let mut final_eval = Vec::new();
     let accumulation = config.accumulation.max(1);
@@ -226,7 +232,9 @@ pub fn train(
                 session.write(done, &format!("eval/{name}"), *value)?;
             }
             let shown: Vec<String> = final_eval.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
-            session.bar.suspend(|| tracing::info!(stage, step = done, train_loss = step_loss, "eval: {}", shown.join(", ")));
+            session
+                .bar
+                .suspend(|| tracing::info!(stage, step = done, train_loss = step_loss, "eval: {}", shown.join(", ")));
         }
         session.checkpoint_if_due(done, vars, &optimizer, None::<&()>)?;
     }
@@ -266,7 +274,15 @@ mod tests {
     #[test]
     fn data_parallel_parts_sum_to_the_whole_batch() -> Result<(), TrainError> {
         let tensor = |source| TrainError::Tensor { step: 0, source };
-        let config = ModelConfig::Gpt(GptConfig { vocab_size: 50, context: 12, layers: 2, heads: 2, d_model: 16, dropout: 0.0, bias: true });
+        let config = ModelConfig::Gpt(GptConfig {
+            vocab_size: 50,
+            context: 12,
+            layers: 2,
+            heads: 2,
+            d_model: 16,
+            dropout: 0.0,
+            bias: true,
+        });
         let device = Device::Cpu;
         let model = Model::new(&config, &device, 3).map_err(|e| TrainError::Objective(e.to_string()))?;
         let vars = model.vars();
@@ -277,27 +293,41 @@ mod tests {
         let targets = Tensor::from_vec(tokens(), (rows, 12), &device).map_err(tensor)?;
         let scored: Vec<f32> = (0..rows * 12).map(|i| if i / 12 == 1 || i % 3 == 0 { 0.0 } else { 1.0 }).collect();
         let mask = Tensor::from_vec(scored, (rows, 12), &device).map_err(tensor)?;
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().map_err(|e| TrainError::Objective(e.to_string()))?;
+        let pool =
+            rayon::ThreadPoolBuilder::new().num_threads(2).build().map_err(|e| TrainError::Objective(e.to_string()))?;
         for masked in [false, true] {
             let run = |parts: usize| {
                 let part_loss = |part| {
                     let rows = part_rows(rows, part, parts);
-                    let loss = if masked { masked_lm_loss_rows(&model, &inputs, &targets, &mask, rows) } else { lm_loss_rows(&model, &inputs, &targets, rows) };
+                    let loss = if masked {
+                        masked_lm_loss_rows(&model, &inputs, &targets, &mask, rows)
+                    } else {
+                        lm_loss_rows(&model, &inputs, &targets, rows)
+                    };
                     Ok((loss.map_err(tensor)?, Vec::new()))
                 };
                 let mut grads = HashMap::new();
-                pool.install(|| data_parallel_grads(0, &vars, parts, part_loss, &mut grads)).map(|(loss, _)| (loss, grads))
+                pool.install(|| data_parallel_grads(0, &vars, parts, part_loss, &mut grads))
+                    .map(|(loss, _)| (loss, grads))
             };
             let (whole_loss, whole) = run(1)?;
-            let direct = if masked { masked_lm_loss(&model, &inputs, &targets, &mask, true) } else { lm_loss(&model, &inputs, &targets, true) };
+            let direct = if masked {
+                masked_lm_loss(&model, &inputs, &targets, &mask, true)
+            } else {
+                lm_loss(&model, &inputs, &targets, true)
+            };
             let direct = direct.and_then(|l| l.to_scalar::<f32>()).map_err(tensor)? as f64;
             assert!((whole_loss - direct).abs() < 1e-6, "masked {masked}: one part {whole_loss} vs the loss {direct}");
             for parts in [2, 3, 5] {
                 let (loss, grads) = run(parts)?;
-                assert!((loss - whole_loss).abs() < 1e-5, "masked {masked}, {parts} parts: loss {loss} vs {whole_loss}");
+                assert!(
+                    (loss - whole_loss).abs() < 1e-5,
+                    "masked {masked}, {parts} parts: loss {loss} vs {whole_loss}"
+                );
                 assert_eq!(grads.len(), whole.len());
                 for (name, g) in &grads {
-                    let diff = (g - &whole[name]).and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>()).map_err(tensor)?;
+                    let diff =
+                        (g - &whole[name]).and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>()).map_err(tensor)?;
                     assert!(diff < 1e-5, "masked {masked}, {parts} parts, {name}: gradients differ by {diff}");
                 }
             }

@@ -26,7 +26,6 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

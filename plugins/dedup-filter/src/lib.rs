@@ -129,11 +129,7 @@ fn universal_hash(a: u64, b: u64, x: u64) -> u64 {
     // x mod 2^61-1 = (low 61 bits) + (the rest), folded twice.
     let folded = (product as u64 & MERSENNE) + (product >> 61) as u64;
     let folded = (folded & MERSENNE) + (folded >> 61);
-    if folded >= MERSENNE {
-        folded - MERSENNE
-    } else {
-        folded
-    }
+    if folded >= MERSENNE { folded - MERSENNE } else { folded }
 }
 
 /// Hash of the text lowercased with whitespace runs collapsed, computed without building it.
@@ -174,9 +170,7 @@ pub fn shingles(text: &str, size: usize) -> Vec<u64> {
         .windows(size.min(words.len()))
         .map(|window| {
             // Order matters inside a shingle: combine positionally, then mix.
-            let h = window
-                .iter()
-                .fold(0u64, |h, &w| h.wrapping_mul(0x0000_0100_0000_01b3) ^ w);
+            let h = window.iter().fold(0u64, |h, &w| h.wrapping_mul(0x0000_0100_0000_01b3) ^ w);
             fmix64(h ^ window.len() as u64)
         })
         .collect()
@@ -204,11 +198,7 @@ impl DedupFilter {
                 .perms
                 .iter()
                 .map(|&(a, b)| {
-                    let min = reduced
-                        .iter()
-                        .map(|&x| universal_hash(a, b, x))
-                        .min()
-                        .unwrap_or(0);
+                    let min = reduced.iter().map(|&x| universal_hash(a, b, x)).min().unwrap_or(0);
                     // The low 32 bits are as uniform as the 61 and halve the memory.
                     min as u32
                 })
@@ -236,19 +226,14 @@ impl DedupFilter {
         let n = self.num_perm;
         let mut checked: Vec<u32> = Vec::new();
         for band in 0..state.bands {
-            let key =
-                Self::bucket_key(band, &signature[band * state.rows..(band + 1) * state.rows]);
+            let key = Self::bucket_key(band, &signature[band * state.rows..(band + 1) * state.rows]);
             let mut entry = state.buckets.get(&key).copied().unwrap_or(NONE);
             while entry != NONE {
                 let doc = entry / state.bands as u32;
                 if !checked.contains(&doc) {
                     checked.push(doc);
                     let kept = &state.signatures[doc as usize * n..(doc as usize + 1) * n];
-                    let equal = signature
-                        .iter()
-                        .zip(kept)
-                        .filter(|(a, b)| **a as u16 == **b)
-                        .count();
+                    let equal = signature.iter().zip(kept).filter(|(a, b)| **a as u16 == **b).count();
                     if equal as f64 / n as f64 >= self.threshold {
                         return true;
                     }
@@ -263,8 +248,7 @@ impl DedupFilter {
         let state = &mut self.state;
         let doc = (state.signatures.len() / self.num_perm) as u32;
         for band in 0..state.bands {
-            let key =
-                Self::bucket_key(band, &signature[band * state.rows..(band + 1) * state.rows]);
+            let key = Self::bucket_key(band, &signature[band * state.rows..(band + 1) * state.rows]);
             let entry = doc * state.bands as u32 + band as u32;
             let previous = state.buckets.insert(key, entry).unwrap_or(NONE);
             state.next.push(previous);
@@ -278,11 +262,7 @@ impl DedupFilter {
         if self.exact && self.state.exact.contains(&hash) {
             return Some("exact duplicate");
         }
-        let signature = if self.near {
-            self.signature(text)
-        } else {
-            None
-        };
+        let signature = if self.near { self.signature(text) } else { None };
         if let Some(signature) = &signature
             && self.has_near_duplicate(signature)
         {
@@ -305,19 +285,13 @@ impl DedupFilter {
 impl Plugin for DedupFilter {
     fn init(&mut self) -> Result<(), String> {
         if !(self.threshold > 0.0 && self.threshold <= 1.0) {
-            return Err(format!(
-                "threshold must lie in (0, 1], got {}",
-                self.threshold
-            ));
+            return Err(format!("threshold must lie in (0, 1], got {}", self.threshold));
         }
         if self.shingle == 0 {
             return Err("shingle must be at least 1 word".into());
         }
         if !(1..=1024).contains(&self.num_perm) {
-            return Err(format!(
-                "num_perm must lie in 1..=1024, got {}",
-                self.num_perm
-            ));
+            return Err(format!("num_perm must lie in 1..=1024, got {}", self.num_perm));
         }
         let (bands, rows) = match (self.bands, self.rows) {
             (None, None) => {
@@ -336,19 +310,9 @@ impl Plugin for DedupFilter {
         }
         let mut seed = SEED;
         let perms = (0..self.num_perm)
-            .map(|_| {
-                (
-                    1 + splitmix64(&mut seed) % (MERSENNE - 1),
-                    splitmix64(&mut seed) % MERSENNE,
-                )
-            })
+            .map(|_| (1 + splitmix64(&mut seed) % (MERSENNE - 1), splitmix64(&mut seed) % MERSENNE))
             .collect();
-        self.state = State {
-            perms,
-            bands,
-            rows,
-            ..State::default()
-        };
+        self.state = State { perms, bands, rows, ..State::default() };
         Ok(())
     }
 }
@@ -381,10 +345,7 @@ mod tests {
     /// similar distinct pair (ids 3888 and 4165, shingle Jaccard 0.5).
     const COPY_1: &str = "'Stock up on silver bullets for director Neil Marshall's intense freight train of a film.'";
     const COPY_2: &str = "...a pretentious mess...";
-    const SIMILAR: [&str; 2] = [
-        "A small movie with a big impact.",
-        "A small movie with a big heart.",
-    ];
+    const SIMILAR: [&str; 2] = ["A small movie with a big impact.", "A small movie with a big heart."];
 
     fn jaccard(a: &[u64], b: &[u64]) -> f64 {
         let a: HashSet<_> = a.iter().collect();
@@ -426,10 +387,7 @@ mod tests {
 
     #[test]
     fn near_duplicates_of_real_snippets_are_dropped() {
-        let texts: Vec<&str> = review_texts()
-            .into_iter()
-            .filter(|t| t.split_whitespace().count() >= 20)
-            .collect();
+        let texts: Vec<&str> = review_texts().into_iter().filter(|t| t.split_whitespace().count() >= 20).collect();
         assert!(texts.len() > 50);
         let mut f: DedupFilter = configure("{}").expect("defaults");
         for text in &texts {
@@ -441,10 +399,7 @@ mod tests {
             let variants = [
                 format!("\"{}\"", text.replace(['\'', ',', '.', '-'], " ")),
                 format!("{text} Recommended."),
-                text.split_whitespace()
-                    .skip(1)
-                    .collect::<Vec<_>>()
-                    .join(" "),
+                text.split_whitespace().skip(1).collect::<Vec<_>>().join(" "),
             ];
             for variant in variants {
                 assert_eq!(decide(&mut f, &variant), "near duplicate", "{variant}");
@@ -455,17 +410,11 @@ mod tests {
     #[test]
     fn below_threshold_pairs_are_kept() {
         let mut f: DedupFilter = configure("{}").expect("defaults");
-        assert_eq!(
-            jaccard(&shingles(SIMILAR[0], 5), &shingles(SIMILAR[1], 5)),
-            0.5
-        );
+        assert_eq!(jaccard(&shingles(SIMILAR[0], 5), &shingles(SIMILAR[1], 5)), 0.5);
         assert_eq!(decide(&mut f, SIMILAR[0]), "keep");
         assert_eq!(decide(&mut f, SIMILAR[1]), "keep");
         // Half of a long snippet is not a duplicate of it.
-        let long = review_texts()
-            .into_iter()
-            .max_by_key(|t| t.len())
-            .expect("snippets");
+        let long = review_texts().into_iter().max_by_key(|t| t.len()).expect("snippets");
         let words: Vec<&str> = long.split_whitespace().collect();
         assert_eq!(decide(&mut f, long), "keep");
         assert_eq!(decide(&mut f, &words[..words.len() / 2].join(" ")), "keep");
@@ -473,10 +422,7 @@ mod tests {
         // (a band of 2 rows is shared with probability 0.19 at J = 0.44, and there are 32).
         let mut loose: DedupFilter = configure(r#"{"threshold": 0.3, "rows": 2}"#).expect("config");
         assert_eq!(decide(&mut loose, long), "keep");
-        assert_eq!(
-            decide(&mut loose, &words[..words.len() / 2].join(" ")),
-            "near duplicate"
-        );
+        assert_eq!(decide(&mut loose, &words[..words.len() / 2].join(" ")), "near duplicate");
     }
 
     #[test]
@@ -494,10 +440,7 @@ mod tests {
             let a = words[..words.len() * 3 / 4].join(" ");
             let b = words[words.len() / 4..].join(" ");
             let exact = jaccard(&shingles(&a, 5), &shingles(&b, 5));
-            let (sa, sb) = (
-                f.signature(&a).expect("words"),
-                f.signature(&b).expect("words"),
-            );
+            let (sa, sb) = (f.signature(&a).expect("words"), f.signature(&b).expect("words"));
             let error = estimated_jaccard(&sa, &sb) - exact;
             bias += error;
             errors.push(error.abs());
@@ -505,9 +448,7 @@ mod tests {
         let n = errors.len() as f64;
         let (mean, bias) = (errors.iter().sum::<f64>() / n, bias / n);
         let worst = errors.iter().cloned().fold(0.0, f64::max);
-        eprintln!(
-            "MinHash estimate over {n} pairs: mean |error| {mean:.3}, bias {bias:+.4}, max {worst:.3}"
-        );
+        eprintln!("MinHash estimate over {n} pairs: mean |error| {mean:.3}, bias {bias:+.4}, max {worst:.3}");
         assert!(n > 100.0);
         // Expected mean |error| ~0.8 standard errors (0.05 at J = 0.5); bias ~0 (s.e. 0.005).
         assert!(mean < 0.07, "mean error {mean}");
@@ -535,16 +476,10 @@ mod tests {
         let text = "Effective but too tepid biopic";
         assert_eq!(exact_hash(""), 0);
         assert_eq!(exact_hash(text), 0x1b63_5fa2_7be0_1651);
-        assert_eq!(
-            shingles("good not bad", 2),
-            vec![0x94a0_89d0_9b2d_d871, 0xa717_1a29_7571_c265]
-        );
+        assert_eq!(shingles("good not bad", 2), vec![0x94a0_89d0_9b2d_d871, 0xa717_1a29_7571_c265]);
         let f: DedupFilter = configure("{}").expect("defaults");
         let signature = f.signature(text).expect("words");
-        assert_eq!(
-            signature[..4],
-            [36_846_481, 3_229_538_639, 3_350_782_001, 1_852_726_662]
-        );
+        assert_eq!(signature[..4], [36_846_481, 3_229_538_639, 3_350_782_001, 1_852_726_662]);
         assert_eq!(DedupFilter::bucket_key(3, &signature[12..16]), 0x08da_3b48);
     }
 
@@ -574,8 +509,7 @@ mod tests {
         let f: DedupFilter = configure(r#"{"num_perm": 2}"#).expect("config");
         assert_eq!((f.state.bands, f.state.rows), (1, 2));
         let mut f: DedupFilter =
-            configure(r#"{"exact": false, "num_perm": 16, "bands": 2, "rows": 8, "shingle": 2}"#)
-                .expect("config");
+            configure(r#"{"exact": false, "num_perm": 16, "bands": 2, "rows": 8, "shingle": 2}"#).expect("config");
         assert_eq!(decide(&mut f, COPY_1), "keep");
         assert_eq!(decide(&mut f, &COPY_1.to_uppercase()), "near duplicate");
         assert_eq!(decide(&mut f, SIMILAR[0]), "keep");
@@ -594,9 +528,7 @@ mod tests {
             (r#"{"rows": 65}"#, "rows"),
             (r#"{"shingles": 3}"#, "shingles"),
         ] {
-            let err = configure::<DedupFilter>(config)
-                .err()
-                .unwrap_or_else(|| panic!("{config} accepted"));
+            let err = configure::<DedupFilter>(config).err().unwrap_or_else(|| panic!("{config} accepted"));
             assert!(err.message.contains(field), "{config}: {}", err.message);
         }
     }

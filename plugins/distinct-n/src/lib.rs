@@ -32,10 +32,7 @@ pub struct DistinctN {
 
 impl Default for DistinctN {
     fn default() -> Self {
-        DistinctN {
-            orders: vec![1, 2],
-            seen: Vec::new(),
-        }
+        DistinctN { orders: vec![1, 2], seen: Vec::new() }
     }
 }
 
@@ -85,11 +82,7 @@ impl Metric for DistinctN {
             .iter()
             .zip(&self.seen)
             .map(|(n, (set, total))| {
-                let value = if *total == 0 {
-                    0.0
-                } else {
-                    set.len() as f64 / *total as f64
-                };
+                let value = if *total == 0 { 0.0 } else { set.len() as f64 / *total as f64 };
                 (format!("distinct_{n}"), value)
             })
             .collect();
@@ -120,10 +113,7 @@ mod tests {
     const FIXTURE: &str = include_str!("../tests/fixture.json");
 
     fn record(text: &str) -> MetricRecord {
-        MetricRecord {
-            prediction: text.to_string(),
-            references: vec![],
-        }
+        MetricRecord { prediction: text.to_string(), references: vec![] }
     }
 
     use triad_plugin_sdk::testing::metric as value;
@@ -131,44 +121,27 @@ mod tests {
     #[test]
     fn matches_independent_computation_on_real_snippets() {
         let fixture: Value = serde_json::from_str(FIXTURE).expect("fixture.json is valid JSON");
-        let texts: Vec<&str> = fixture["texts"]
-            .as_array()
-            .expect("texts")
-            .iter()
-            .map(|t| t.as_str().expect("text"))
-            .collect();
+        let texts: Vec<&str> =
+            fixture["texts"].as_array().expect("texts").iter().map(|t| t.as_str().expect("text")).collect();
         assert_eq!(texts.len(), 300);
         let corpora: [(&str, Vec<&str>); 3] = [
             ("first_50", texts[..50].to_vec()),
             ("all_300", texts.clone()),
-            (
-                "repeated",
-                texts.iter().chain(&texts[..100]).copied().collect(),
-            ),
+            ("repeated", texts.iter().chain(&texts[..100]).copied().collect()),
         ];
 
         // One instance across all three evaluations: finish must leave no state behind.
         let mut metric: DistinctN = configure(r#"{"orders": [1, 2, 3, 4]}"#).expect("config");
         for (name, corpus) in &corpora {
             for text in corpus {
-                assert!(
-                    metric
-                        .statistics(&record(text))
-                        .expect("statistics")
-                        .is_empty()
-                );
+                assert!(metric.statistics(&record(text)).expect("statistics").is_empty());
             }
             let values = metric.finish(&[]).expect("finish");
             assert_eq!(values.len(), 4);
             for n in 1..=4 {
-                let expected = fixture["expected"][name][n.to_string()]["value"]
-                    .as_f64()
-                    .expect("value");
+                let expected = fixture["expected"][name][n.to_string()]["value"].as_f64().expect("value");
                 let got = value(&values, &format!("distinct_{n}"));
-                assert!(
-                    (got - expected).abs() < 1e-12,
-                    "{name} distinct_{n}: {got} vs {expected}"
-                );
+                assert!((got - expected).abs() < 1e-12, "{name} distinct_{n}: {got} vs {expected}");
             }
         }
     }
@@ -177,19 +150,11 @@ mod tests {
     fn hand_checked_example() {
         let mut metric: DistinctN = configure("").expect("default config");
         // After case folding the tokens are [i, liked, it] and [liked, it].
-        metric
-            .statistics(&record("I liked it"))
-            .expect("statistics");
+        metric.statistics(&record("I liked it")).expect("statistics");
         metric.statistics(&record("Liked it")).expect("statistics");
         let values = metric.finish(&[]).expect("finish");
         // 5 unigrams, 3 distinct; 3 bigrams, 2 distinct ("i liked", "liked it").
-        assert_eq!(
-            values,
-            [
-                ("distinct_1".to_string(), 3.0 / 5.0),
-                ("distinct_2".to_string(), 2.0 / 3.0)
-            ]
-        );
+        assert_eq!(values, [("distinct_1".to_string(), 3.0 / 5.0), ("distinct_2".to_string(), 2.0 / 3.0)]);
         // Nothing seen since the last finish.
         assert_eq!(metric.finish(&[]).expect("finish")[0].1, 0.0);
     }

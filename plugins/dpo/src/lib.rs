@@ -89,7 +89,11 @@ impl Loss for Dpo {
         let logprob = batch.per_sequence(Feature::SequenceLogprob)?;
         let ref_logprob = batch.per_sequence(Feature::SequenceRefLogprob)?;
         let out = dpo_loss(self, logprob, ref_logprob)?;
-        Ok(LossOutput::new(out.value, vec![FeatureValues::new(Feature::SequenceLogprob, out.d_sequence_logprob)], out.metrics))
+        Ok(LossOutput::new(
+            out.value,
+            vec![FeatureValues::new(Feature::SequenceLogprob, out.d_sequence_logprob)],
+            out.metrics,
+        ))
     }
 }
 
@@ -150,9 +154,7 @@ pub fn dpo_loss(config: &Dpo, sequence_logprob: &[f32], sequence_ref_logprob: &[
         ));
     }
     if !n.is_multiple_of(2) {
-        return Err(format!(
-            "DPO needs sequences in (chosen, rejected) pairs, got an odd number of sequences: {n}"
-        ));
+        return Err(format!("DPO needs sequences in (chosen, rejected) pairs, got an odd number of sequences: {n}"));
     }
     let pairs = n / 2;
     let denom = pairs.max(1) as f64;
@@ -190,7 +192,7 @@ pub fn dpo_loss(config: &Dpo, sequence_logprob: &[f32], sequence_ref_logprob: &[
 mod tests {
     use super::*;
     use triad_plugin_sdk::configure;
-    use triad_plugin_sdk::testing::{assert_gradient, lm_logits, log_softmax, loss_batch, metric, sample, Rng};
+    use triad_plugin_sdk::testing::{Rng, assert_gradient, lm_logits, log_softmax, loss_batch, metric, sample};
 
     /// Summed response log-probabilities of `pairs` preference pairs, (policy, reference), as the
     /// host would compute them: responses of 20 to 60 tokens sampled from the reference model over
@@ -248,7 +250,10 @@ mod tests {
         let reference = [-121.0f32, -98.75, -64.5, -202.25];
         let mut dpo: Dpo = configure("").unwrap();
         let out = dpo
-            .compute(&loss_batch(&[0, 30, 55, 80, 130], &[(Feature::SequenceLogprob, &policy), (Feature::SequenceRefLogprob, &reference)]))
+            .compute(&loss_batch(
+                &[0, 30, 55, 80, 130],
+                &[(Feature::SequenceLogprob, &policy), (Feature::SequenceRefLogprob, &reference)],
+            ))
             .unwrap();
         assert!((out.value - std::f64::consts::LN_2).abs() < 1e-15);
         // d/dh of -log sigmoid(beta h) at 0 is -beta/2, shared over 2 pairs.
@@ -321,21 +326,32 @@ mod tests {
         let mut dpo: Dpo = configure("").unwrap();
         let three = [-10.0f32, -12.0, -9.0];
         let e = dpo
-            .compute(&loss_batch(&[0, 5, 9, 14], &[(Feature::SequenceLogprob, &three), (Feature::SequenceRefLogprob, &three)]))
+            .compute(&loss_batch(
+                &[0, 5, 9, 14],
+                &[(Feature::SequenceLogprob, &three), (Feature::SequenceRefLogprob, &three)],
+            ))
             .unwrap_err();
         assert!(e.contains("odd number of sequences: 3"), "{e}");
         let e = dpo
-            .compute(&loss_batch(&[0, 5, 9], &[(Feature::SequenceLogprob, &three[..2]), (Feature::SequenceRefLogprob, &three)]))
+            .compute(&loss_batch(
+                &[0, 5, 9],
+                &[(Feature::SequenceLogprob, &three[..2]), (Feature::SequenceRefLogprob, &three)],
+            ))
             .unwrap_err();
         assert!(e.contains("`sequence-ref-logprob` has 3 values, expected 2 (one per sequence)"), "{e}");
         let e = dpo.compute(&loss_batch(&[0, 5, 9], &[(Feature::SequenceLogprob, &three[..2])])).unwrap_err();
         assert!(e.contains("did not pass feature `sequence-ref-logprob`"), "{e}");
         let e = dpo
-            .compute(&loss_batch(&[0, 5, 4], &[(Feature::SequenceLogprob, &three[..2]), (Feature::SequenceRefLogprob, &three[..2])]))
+            .compute(&loss_batch(
+                &[0, 5, 4],
+                &[(Feature::SequenceLogprob, &three[..2]), (Feature::SequenceRefLogprob, &three[..2])],
+            ))
             .unwrap_err();
         assert!(e.contains("non-decreasing"), "{e}");
         // No pairs at all: loss 0, nothing to learn.
-        let out = dpo.compute(&loss_batch(&[0], &[(Feature::SequenceLogprob, &[]), (Feature::SequenceRefLogprob, &[])])).unwrap();
+        let out = dpo
+            .compute(&loss_batch(&[0], &[(Feature::SequenceLogprob, &[]), (Feature::SequenceRefLogprob, &[])]))
+            .unwrap();
         assert_eq!((out.value, out.gradients[0].values.len()), (0.0, 0));
     }
 }

@@ -39,12 +39,7 @@ pub struct Normalize {
 
 impl Default for Normalize {
     fn default() -> Self {
-        Normalize {
-            lowercase: true,
-            strip_punctuation: true,
-            strip_articles: true,
-            collapse_whitespace: true,
-        }
+        Normalize { lowercase: true, strip_punctuation: true, strip_articles: true, collapse_whitespace: true }
     }
 }
 
@@ -56,10 +51,7 @@ impl Metric for ExactMatch {
             return Err("exact match needs at least one reference per prediction".into());
         }
         let prediction = self.normalize.apply(&record.prediction);
-        let matched = record
-            .references
-            .iter()
-            .any(|r| self.normalize.apply(r) == prediction);
+        let matched = record.references.iter().any(|r| self.normalize.apply(r) == prediction);
         Ok(vec![if matched { 1.0 } else { 0.0 }, 1.0])
     }
 
@@ -67,16 +59,10 @@ impl Metric for ExactMatch {
         match totals {
             [matches, count] if *count > 0.0 => {
                 let score = matches / count;
-                Ok(vec![
-                    ("exact_match".to_string(), score),
-                    ("accuracy".to_string(), score),
-                ])
+                Ok(vec![("exact_match".to_string(), score), ("accuracy".to_string(), score)])
             }
             [] | [_, _] => Err("exact match saw no records".into()),
-            _ => Err(format!(
-                "exact match expects 2 statistics, got {}",
-                totals.len()
-            )),
+            _ => Err(format!("exact match expects 2 statistics, got {}", totals.len())),
         }
     }
 }
@@ -86,11 +72,7 @@ export_metric!(ExactMatch);
 impl Normalize {
     /// Normalise one text; with every step on this is SQuAD's `normalize_answer`.
     pub fn apply(&self, text: &str) -> String {
-        let mut text = if self.lowercase {
-            text.to_lowercase()
-        } else {
-            text.to_string()
-        };
+        let mut text = if self.lowercase { text.to_lowercase() } else { text.to_string() };
         if self.strip_punctuation {
             text.retain(|c| !c.is_ascii_punctuation());
         }
@@ -169,62 +151,30 @@ mod tests {
             for pair in pairs {
                 let stats = metric.statistics(&record(pair)).expect("statistics");
                 let expected = pair["match"][name].as_bool().expect("match");
-                assert_eq!(
-                    stats[0] == 1.0,
-                    expected,
-                    "config {name}: {:?} vs {:?}",
-                    pair["pred"],
-                    pair["refs"]
-                );
+                assert_eq!(stats[0] == 1.0, expected, "config {name}: {:?} vs {:?}", pair["pred"], pair["refs"]);
                 totals[0] += stats[0];
                 totals[1] += stats[1];
             }
             let values = metric.finish(&totals).expect("finish");
             let expected = fixture["matches"][name].as_f64().expect("matches") / pairs.len() as f64;
-            assert_eq!(
-                values[0],
-                ("exact_match".to_string(), expected),
-                "config {name}"
-            );
-            assert_eq!(
-                values[1],
-                ("accuracy".to_string(), expected),
-                "config {name}"
-            );
+            assert_eq!(values[0], ("exact_match".to_string(), expected), "config {name}");
+            assert_eq!(values[1], ("accuracy".to_string(), expected), "config {name}");
         }
     }
 
     #[test]
     fn squad_normalization_by_hand() {
         let squad = Normalize::default();
-        assert_eq!(
-            squad.apply("  The Soviet Union and the United States. "),
-            "soviet union and united states"
-        );
+        assert_eq!(squad.apply("  The Soviet Union and the United States. "), "soviet union and united states");
         assert_eq!(squad.apply("A. A. Milne"), "milne");
         // Curly quotes are not ASCII punctuation, and "a" next to one is still a whole word.
-        assert_eq!(
-            squad.apply("Snow White’s dwarfs: a’s"),
-            "snow white’s dwarfs ’s"
-        );
+        assert_eq!(squad.apply("Snow White’s dwarfs: a’s"), "snow white’s dwarfs ’s");
         assert_eq!(squad.apply("theatre another_a a_b"), "theatre anothera ab");
         // An underscore belongs to the word, so "a_b" is not the article "a".
-        let keep_punctuation = Normalize {
-            strip_punctuation: false,
-            ..Normalize::default()
-        };
-        assert_eq!(
-            keep_punctuation.apply("another_a a_b the-end"),
-            "another_a a_b -end"
-        );
-        let case_sensitive = Normalize {
-            lowercase: false,
-            ..Normalize::default()
-        };
-        assert_eq!(
-            case_sensitive.apply("The Andromeda Galaxy, the nearest"),
-            "The Andromeda Galaxy nearest"
-        );
+        let keep_punctuation = Normalize { strip_punctuation: false, ..Normalize::default() };
+        assert_eq!(keep_punctuation.apply("another_a a_b the-end"), "another_a a_b -end");
+        let case_sensitive = Normalize { lowercase: false, ..Normalize::default() };
+        assert_eq!(case_sensitive.apply("The Andromeda Galaxy, the nearest"), "The Andromeda Galaxy nearest");
     }
 
     #[test]
@@ -242,10 +192,7 @@ mod tests {
         assert!(configure::<ExactMatch>(r#"{"normalize": {"stem": true}}"#).is_err());
         assert!(configure::<ExactMatch>(r#"{"lowercase": true}"#).is_err());
         let mut metric = ExactMatch::default();
-        let orphan = MetricRecord {
-            prediction: "Paris".into(),
-            references: vec![],
-        };
+        let orphan = MetricRecord { prediction: "Paris".into(), references: vec![] };
         assert!(metric.statistics(&orphan).is_err());
         assert!(metric.finish(&[]).is_err());
         assert!(metric.finish(&[0.0, 0.0]).is_err());

@@ -132,7 +132,7 @@ pub fn focal_loss(logprob: &[f32], mask: Option<&[f32]>, gamma: f64) -> Result<F
 mod tests {
     use super::*;
     use triad_plugin_sdk::configure;
-    use triad_plugin_sdk::testing::{assert_gradient, lm_batch, loss_batch, LmBatch};
+    use triad_plugin_sdk::testing::{LmBatch, assert_gradient, lm_batch, loss_batch};
 
     #[test]
     fn gradients_match_finite_differences() {
@@ -153,7 +153,10 @@ mod tests {
                 assert!(l.is_finite() && g.is_finite(), "gamma {gamma} x {x}: {l} {g}");
                 // Near x = 0, q ~ -x, so l ~ (-x)^(gamma+1) and dl/dx ~ -(gamma+1) * (-x)^gamma.
                 let expected = if gamma == 0.0 { -1.0 } else { -(gamma + 1.0) * (-x).powf(gamma) };
-                assert!((g - expected).abs() <= 1e-5 * expected.abs() + 1e-300, "gamma {gamma} x {x}: {g} vs {expected}");
+                assert!(
+                    (g - expected).abs() <= 1e-5 * expected.abs() + 1e-300,
+                    "gamma {gamma} x {x}: {g} vs {expected}"
+                );
             }
             // Finite differences close to p = 1, where (1 - p)^(gamma - 1) alone would blow up.
             let x = -1e-6f32;
@@ -185,7 +188,8 @@ mod tests {
     #[test]
     fn gamma_zero_is_cross_entropy_and_focusing_favours_hard_tokens() {
         let LmBatch { offsets, logprob, mask, .. } = lm_batch(12, &[30, 20], 4);
-        let counted: Vec<f64> = logprob.iter().zip(&mask).filter(|(_, m)| **m == 1.0).map(|(l, _)| f64::from(*l)).collect();
+        let counted: Vec<f64> =
+            logprob.iter().zip(&mask).filter(|(_, m)| **m == 1.0).map(|(l, _)| f64::from(*l)).collect();
         let nll = -counted.iter().sum::<f64>() / counted.len() as f64;
 
         let mut ce: FocalLoss = configure(r#"{"gamma": 0}"#).unwrap();
@@ -200,9 +204,15 @@ mod tests {
         let mut focal: FocalLoss = configure("").unwrap();
         let out = focal.compute(&b).unwrap();
         assert!(out.value < nll);
-        let counted_grads: Vec<(f32, f32)> = logprob.iter().zip(&out.gradients[0].values).zip(&mask)
-            .filter(|(_, m)| **m == 1.0).map(|((l, g), _)| (*l, *g)).collect();
-        let easiest = counted_grads.iter().cloned().fold((f32::NEG_INFINITY, 0.0), |a, b| if b.0 > a.0 { b } else { a });
+        let counted_grads: Vec<(f32, f32)> = logprob
+            .iter()
+            .zip(&out.gradients[0].values)
+            .zip(&mask)
+            .filter(|(_, m)| **m == 1.0)
+            .map(|((l, g), _)| (*l, *g))
+            .collect();
+        let easiest =
+            counted_grads.iter().cloned().fold((f32::NEG_INFINITY, 0.0), |a, b| if b.0 > a.0 { b } else { a });
         let hardest = counted_grads.iter().cloned().fold((f32::INFINITY, 0.0), |a, b| if b.0 < a.0 { b } else { a });
         assert!(easiest.1.abs() * 5.0 < hardest.1.abs(), "easiest {easiest:?} hardest {hardest:?}");
         let metric = |name: &str| out.metrics.iter().find(|m| m.name == name).unwrap().value;

@@ -145,7 +145,9 @@ fn check_len(name: &str, values: Option<&[f32]>, n: usize) -> Result<(), String>
 mod tests {
     use super::*;
     use triad_plugin_sdk::configure;
-    use triad_plugin_sdk::testing::{assert_gradient, lm_batch, lm_logits, log_softmax, loss_batch, sample, LmBatch, Rng, VOCAB};
+    use triad_plugin_sdk::testing::{
+        LmBatch, Rng, VOCAB, assert_gradient, lm_batch, lm_logits, log_softmax, loss_batch, sample,
+    };
 
     #[test]
     fn realistic_inputs_look_like_a_language_model() {
@@ -174,7 +176,8 @@ mod tests {
     #[test]
     fn epsilon_zero_is_token_mean_nll() {
         let LmBatch { offsets, logprob, mask, .. } = lm_batch(2, &[30, 20], 4);
-        let counted: Vec<f64> = logprob.iter().zip(&mask).filter(|(_, m)| **m == 1.0).map(|(l, _)| f64::from(*l)).collect();
+        let counted: Vec<f64> =
+            logprob.iter().zip(&mask).filter(|(_, m)| **m == 1.0).map(|(l, _)| f64::from(*l)).collect();
         let nll = -counted.iter().sum::<f64>() / counted.len() as f64;
 
         let mut ce: LabelSmoothedCe = configure(r#"{"epsilon": 0.0}"#).unwrap();
@@ -215,7 +218,8 @@ mod tests {
     #[test]
     fn hand_checked_value() {
         // Two counted tokens and one padding token: ((0.9*2 + 0.1*8) + (0.9*1 + 0.1*9)) / 2 = 2.2.
-        let out = label_smoothed_ce(&[-2.0, -1.0, -50.0], Some(&[-8.0, -9.0, -9.0]), Some(&[1.0, 1.0, 0.0]), 0.1).unwrap();
+        let out =
+            label_smoothed_ce(&[-2.0, -1.0, -50.0], Some(&[-8.0, -9.0, -9.0]), Some(&[1.0, 1.0, 0.0]), 0.1).unwrap();
         assert!((out.value - 2.2).abs() < 1e-12);
         assert_eq!(out.d_logprob, vec![-0.45, -0.45, 0.0]);
         assert!((out.d_mean_logprob[0] + 0.05).abs() < 1e-15 && out.d_mean_logprob[2] == 0.0);
@@ -246,17 +250,29 @@ mod tests {
 
         let e = err(loss_batch(&[0, 3], &[(Feature::Logprob, &lp), (Feature::Mask, &m)]), &mut ce);
         assert!(e.contains("`mean-logprob`"), "{e}");
-        let e = err(loss_batch(&[0, 3], &[(Feature::Logprob, &lp), (Feature::MeanLogprob, &lp[..2]), (Feature::Mask, &m)]), &mut ce);
+        let e = err(
+            loss_batch(&[0, 3], &[(Feature::Logprob, &lp), (Feature::MeanLogprob, &lp[..2]), (Feature::Mask, &m)]),
+            &mut ce,
+        );
         assert!(e.contains("`mean-logprob` has 2 values, expected 3"), "{e}");
-        let e = err(loss_batch(&[0, 2, 1], &[(Feature::Logprob, &lp), (Feature::MeanLogprob, &lp), (Feature::Mask, &m)]), &mut ce);
+        let e = err(
+            loss_batch(&[0, 2, 1], &[(Feature::Logprob, &lp), (Feature::MeanLogprob, &lp), (Feature::Mask, &m)]),
+            &mut ce,
+        );
         assert!(e.contains("non-decreasing"), "{e}");
         let e = err(loss_batch(&[], &[]), &mut ce);
         assert!(e.contains("sequence-offsets is empty"), "{e}");
         let nan = [-1.0f32, f32::NAN, -3.0];
-        let e = err(loss_batch(&[0, 3], &[(Feature::Logprob, &nan), (Feature::MeanLogprob, &lp), (Feature::Mask, &m)]), &mut ce);
+        let e = err(
+            loss_batch(&[0, 3], &[(Feature::Logprob, &nan), (Feature::MeanLogprob, &lp), (Feature::Mask, &m)]),
+            &mut ce,
+        );
         assert!(e.contains("`logprob` has a non-finite value NaN at index 1"), "{e}");
         let neg = [1.0f32, -1.0, 1.0];
-        let e = err(loss_batch(&[0, 3], &[(Feature::Logprob, &lp), (Feature::MeanLogprob, &lp), (Feature::Mask, &neg)]), &mut ce);
+        let e = err(
+            loss_batch(&[0, 3], &[(Feature::Logprob, &lp), (Feature::MeanLogprob, &lp), (Feature::Mask, &neg)]),
+            &mut ce,
+        );
         assert!(e.contains("mask must be non-negative"), "{e}");
     }
 }

@@ -52,9 +52,9 @@ impl LengthFilter {
 
 fn check_range(min: Option<usize>, max: Option<usize>, unit: &str) -> Result<(), String> {
     match (min, max) {
-        (Some(min), Some(max)) if min > max => Err(format!(
-            "min_{unit} ({min}) is greater than max_{unit} ({max}): no text could pass"
-        )),
+        (Some(min), Some(max)) if min > max => {
+            Err(format!("min_{unit} ({min}) is greater than max_{unit} ({max}): no text could pass"))
+        }
         _ => Ok(()),
     }
 }
@@ -87,8 +87,7 @@ mod tests {
     #[test]
     fn counts_on_real_snippets_match_an_independent_count() {
         let mut f: LengthFilter =
-            configure(r#"{"min_chars": 40, "max_chars": 200, "min_words": 8, "max_words": 30}"#)
-                .expect("valid config");
+            configure(r#"{"min_chars": 40, "max_chars": 200, "min_words": 8, "max_words": 30}"#).expect("valid config");
         let mut counts = BTreeMap::new();
         for text in review_texts() {
             *counts.entry(decide(&mut f, text)).or_insert(0) += 1;
@@ -132,29 +131,13 @@ mod tests {
 
     #[test]
     fn bad_config_names_the_field() {
-        let err = configure::<LengthFilter>(r#"{"min_chars": 50, "max_chars": 20}"#)
-            .err()
-            .expect("min > max");
-        assert!(
-            err.message.contains("min_chars") && err.message.contains("max_chars"),
-            "{}",
-            err.message
-        );
-        let err = configure::<LengthFilter>(r#"{"min_words": 9, "max_words": 2}"#)
-            .err()
-            .expect("min > max");
+        let err = configure::<LengthFilter>(r#"{"min_chars": 50, "max_chars": 20}"#).err().expect("min > max");
+        assert!(err.message.contains("min_chars") && err.message.contains("max_chars"), "{}", err.message);
+        let err = configure::<LengthFilter>(r#"{"min_words": 9, "max_words": 2}"#).err().expect("min > max");
         assert!(err.message.contains("min_words (9)"), "{}", err.message);
-        let err = configure::<LengthFilter>(r#"{"max_tokens": 5}"#)
-            .err()
-            .expect("unknown field");
-        assert!(
-            err.message.contains("unknown field `max_tokens`"),
-            "{}",
-            err.message
-        );
-        let err = configure::<LengthFilter>(r#"{"min_chars": -1}"#)
-            .err()
-            .expect("negative");
+        let err = configure::<LengthFilter>(r#"{"max_tokens": 5}"#).err().expect("unknown field");
+        assert!(err.message.contains("unknown field `max_tokens`"), "{}", err.message);
+        let err = configure::<LengthFilter>(r#"{"min_chars": -1}"#).err().expect("negative");
         assert!(err.message.contains("invalid value"), "{}", err.message);
     }
 }

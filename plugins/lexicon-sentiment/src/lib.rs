@@ -80,11 +80,7 @@ mod tests {
     }
 
     fn episode(response: &str) -> Episode {
-        Episode {
-            prompt: "Write a movie review.".into(),
-            response: response.into(),
-            reference: None,
-        }
+        Episode { prompt: "Write a movie review.".into(), response: response.into(), reference: None }
     }
 
     fn pearson(x: &[f64], y: &[f64]) -> f64 {
@@ -109,10 +105,7 @@ mod tests {
     fn agrees_with_python_vader_on_movie_snippets() {
         let snippets = review_snippets();
         assert_eq!(snippets.len(), 303);
-        let diffs: Vec<f64> = snippets
-            .iter()
-            .map(|s| (compound(s.text) - s.vader_compound).abs())
-            .collect();
+        let diffs: Vec<f64> = snippets.iter().map(|s| (compound(s.text) - s.vader_compound).abs()).collect();
         let close = diffs.iter().filter(|&&d| d < 0.01).count();
         let exact = diffs.iter().filter(|&&d| d < 1e-12).count();
         let worst = diffs.iter().cloned().fold(0.0, f64::max);
@@ -120,20 +113,10 @@ mod tests {
             "VADER port vs Python on {} snippets: {close} within 0.01, {exact} within 1e-12, max |diff| {worst:e}",
             snippets.len()
         );
-        assert!(
-            close as f64 >= 0.95 * snippets.len() as f64,
-            "only {close} of {} within 0.01",
-            snippets.len()
-        );
+        assert!(close as f64 >= 0.95 * snippets.len() as f64, "only {close} of {} within 0.01", snippets.len());
         // The port is exact: same rules, same f64 arithmetic in the same order.
         for (s, d) in snippets.iter().zip(&diffs) {
-            assert!(
-                *d < 1e-12,
-                "{:?}: rust {} python {}",
-                s.text,
-                compound(s.text),
-                s.vader_compound
-            );
+            assert!(*d < 1e-12, "{:?}: rust {} python {}", s.text, compound(s.text), s.vader_compound);
         }
     }
 
@@ -145,10 +128,7 @@ mod tests {
             let python: f64 = python.parse().expect("python compound");
             let text = unescape(text);
             let rust = compound(&text);
-            assert!(
-                (rust - python).abs() < 1e-12,
-                "{text:?}: rust {rust} python {python}"
-            );
+            assert!((rust - python).abs() < 1e-12, "{text:?}: rust {rust} python {python}");
             n += 1;
         }
         assert_eq!(n, 88);
@@ -160,10 +140,7 @@ mod tests {
         let ours: Vec<f64> = snippets.iter().map(|s| compound(s.text)).collect();
         let human: Vec<f64> = snippets.iter().map(|s| s.human_mean).collect();
         let r = pearson(&ours, &human);
-        eprintln!(
-            "Pearson r(compound, human mean) over {} snippets: {r:.3}",
-            snippets.len()
-        );
+        eprintln!("Pearson r(compound, human mean) over {} snippets: {r:.3}", snippets.len());
         assert!(r > 0.4, "r = {r}");
         // And by sign: clearly positive snippets mostly score positive and vice versa.
         let agree = snippets
@@ -173,10 +150,7 @@ mod tests {
             .map(|(s, c)| (s.human_mean > 0.0) == (*c > 0.0))
             .collect::<Vec<_>>();
         let rate = agree.iter().filter(|&&a| a).count() as f64 / agree.len() as f64;
-        eprintln!(
-            "sign agreement on {} strongly rated snippets: {rate:.2}",
-            agree.len()
-        );
+        eprintln!("sign agreement on {} strongly rated snippets: {rate:.2}", agree.len());
         assert!(rate > 0.6);
     }
 
@@ -188,10 +162,7 @@ mod tests {
         assert_eq!(r, compound(text));
         assert!(r > 0.5);
         // The prompt does not count.
-        let e = Episode {
-            prompt: "awful terrible horrible".into(),
-            ..episode(text)
-        };
+        let e = Episode { prompt: "awful terrible horrible".into(), ..episode(text) };
         assert_eq!(plugin.score(&e).expect("score"), r);
 
         let mut negative: LexiconSentiment = configure(r#"{"scale": -1.0}"#).expect("scale -1");
@@ -201,17 +172,11 @@ mod tests {
 
     #[test]
     fn bad_config_names_the_field() {
-        let err = configure::<LexiconSentiment>(r#"{"scael": 2}"#)
-            .err()
-            .expect("unknown field");
+        let err = configure::<LexiconSentiment>(r#"{"scael": 2}"#).err().expect("unknown field");
         assert!(err.message.contains("scael"), "{}", err.message);
-        let err = configure::<LexiconSentiment>(r#"{"scale": "big"}"#)
-            .err()
-            .expect("bad type");
+        let err = configure::<LexiconSentiment>(r#"{"scale": "big"}"#).err().expect("bad type");
         assert!(err.message.contains("scale"), "{}", err.message);
-        let err = configure::<LexiconSentiment>(r#"{"scale": 1e999}"#)
-            .err()
-            .expect("infinite");
+        let err = configure::<LexiconSentiment>(r#"{"scale": 1e999}"#).err().expect("infinite");
         assert!(err.message.contains("scale"), "{}", err.message);
     }
 }

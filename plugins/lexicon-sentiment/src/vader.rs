@@ -101,21 +101,17 @@ const NEGATE: &[&str] = &[
 /// [`booster_bigram`] handles).
 fn booster(word: &str) -> Option<f64> {
     match word {
-        "absolutely" | "amazingly" | "awfully" | "completely" | "considerable" | "considerably"
-        | "decidedly" | "deeply" | "effing" | "enormous" | "enormously" | "entirely"
-        | "especially" | "exceptional" | "exceptionally" | "extreme" | "extremely"
-        | "fabulously" | "flipping" | "flippin" | "frackin" | "fracking" | "fricking"
-        | "frickin" | "frigging" | "friggin" | "fully" | "fuckin" | "fucking" | "fuggin"
-        | "fugging" | "greatly" | "hella" | "highly" | "hugely" | "incredible" | "incredibly"
-        | "intensely" | "major" | "majorly" | "more" | "most" | "particularly" | "purely"
-        | "quite" | "really" | "remarkably" | "so" | "substantially" | "thoroughly" | "total"
-        | "totally" | "tremendous" | "tremendously" | "uber" | "unbelievably" | "unusually"
-        | "utter" | "utterly" | "very" => Some(B_INCR),
-        "almost" | "barely" | "hardly" | "kinda" | "kindof" | "kind-of" | "less" | "little"
-        | "marginal" | "marginally" | "occasional" | "occasionally" | "partly" | "scarce"
-        | "scarcely" | "slight" | "slightly" | "somewhat" | "sorta" | "sortof" | "sort-of" => {
-            Some(B_DECR)
-        }
+        "absolutely" | "amazingly" | "awfully" | "completely" | "considerable" | "considerably" | "decidedly"
+        | "deeply" | "effing" | "enormous" | "enormously" | "entirely" | "especially" | "exceptional"
+        | "exceptionally" | "extreme" | "extremely" | "fabulously" | "flipping" | "flippin" | "frackin"
+        | "fracking" | "fricking" | "frickin" | "frigging" | "friggin" | "fully" | "fuckin" | "fucking" | "fuggin"
+        | "fugging" | "greatly" | "hella" | "highly" | "hugely" | "incredible" | "incredibly" | "intensely"
+        | "major" | "majorly" | "more" | "most" | "particularly" | "purely" | "quite" | "really" | "remarkably"
+        | "so" | "substantially" | "thoroughly" | "total" | "totally" | "tremendous" | "tremendously" | "uber"
+        | "unbelievably" | "unusually" | "utter" | "utterly" | "very" => Some(B_INCR),
+        "almost" | "barely" | "hardly" | "kinda" | "kindof" | "kind-of" | "less" | "little" | "marginal"
+        | "marginally" | "occasional" | "occasionally" | "partly" | "scarce" | "scarcely" | "slight" | "slightly"
+        | "somewhat" | "sorta" | "sortof" | "sort-of" => Some(B_DECR),
         _ => None,
     }
 }
@@ -176,18 +172,11 @@ fn is_upper(word: &str) -> bool {
 /// characters or fewer, which was probably an emoticon (":)", ":-D").
 fn strip_punctuation(token: &str) -> &str {
     let stripped = token.trim_matches(|c: char| c.is_ascii_punctuation());
-    if stripped.chars().count() <= 2 {
-        token
-    } else {
-        stripped
-    }
+    if stripped.chars().count() <= 2 { token } else { stripped }
 }
 
 fn lowercase(word: &str) -> Cow<'_, str> {
-    if word
-        .bytes()
-        .all(|b| b.is_ascii() && !b.is_ascii_uppercase())
-    {
+    if word.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
         Cow::Borrowed(word)
     } else {
         Cow::Owned(word.to_lowercase())
@@ -238,11 +227,7 @@ impl Vader {
             })
             .collect();
         let first_emoji = emojis.keys().copied().min().unwrap_or(char::MAX);
-        Vader {
-            lexicon,
-            emojis,
-            first_emoji,
-        }
+        Vader { lexicon, emojis, first_emoji }
     }
 
     /// Number of lexicon entries (distinct tokens).
@@ -266,11 +251,7 @@ impl Vader {
             .map(|word| {
                 let lower = lowercase(word);
                 let valence = self.valence(&lower);
-                Token {
-                    word,
-                    lower,
-                    valence,
-                }
+                Token { word, lower, valence }
             })
             .collect();
         if tokens.is_empty() {
@@ -283,8 +264,7 @@ impl Vader {
         let mut sentiments = Vec::with_capacity(tokens.len());
         for (i, token) in tokens.iter().enumerate() {
             // Modifiers carry no valence of their own.
-            let kind_of =
-                token.lower == "kind" && tokens.get(i + 1).is_some_and(|t| t.lower == "of");
+            let kind_of = token.lower == "kind" && tokens.get(i + 1).is_some_and(|t| t.lower == "of");
             if booster(&token.lower).is_some() || kind_of {
                 sentiments.push(0.0);
                 continue;
@@ -309,11 +289,7 @@ impl Vader {
         let mut out: Option<String> = None;
         let mut prev_space = true;
         for (at, c) in text.char_indices() {
-            let description = if c >= self.first_emoji {
-                self.emojis.get(&c)
-            } else {
-                None
-            };
+            let description = if c >= self.first_emoji { self.emojis.get(&c) } else { None };
             match description {
                 Some(description) => {
                     let out = out.get_or_insert_with(|| text[..at].to_string());
@@ -421,9 +397,7 @@ fn negation_check(valence: f64, tokens: &[Token], start: usize, i: usize) -> f64
             // Python's `a and b or c`: the second clause alone also triggers the 1.25.
             if (lower(i - 3) == "never" && so_or_this(lower(i - 2))) || so_or_this(lower(i - 1)) {
                 valence * 1.25
-            } else if lower(i - 3) == "without"
-                && (lower(i - 2) == "doubt" || lower(i - 1) == "doubt")
-            {
+            } else if lower(i - 3) == "without" && (lower(i - 2) == "doubt" || lower(i - 1) == "doubt") {
                 valence
             } else if negated(lower(i - 3)) {
                 valence * N_SCALAR
@@ -440,13 +414,7 @@ fn negation_check(valence: f64, tokens: &[Token], start: usize, i: usize) -> f64
 fn special_idioms_check(mut valence: f64, tokens: &[Token], i: usize) -> f64 {
     let w = |k: usize| -> &str { &tokens[k].lower };
     let (w3, w2, w1, w0) = (w(i - 3), w(i - 2), w(i - 1), w(i));
-    let before: [&[&str]; 5] = [
-        &[w1, w0],
-        &[w2, w1, w0],
-        &[w2, w1],
-        &[w3, w2, w1],
-        &[w3, w2],
-    ];
+    let before: [&[&str]; 5] = [&[w1, w0], &[w2, w1, w0], &[w2, w1], &[w3, w2, w1], &[w3, w2]];
     if let Some(v) = before.iter().find_map(|seq| special_case(seq)) {
         valence = v;
     }

@@ -179,11 +179,7 @@ pub fn policy_term(ratio: f64, advantage: f64, clip: f64) -> (f64, f64, bool) {
 pub fn value_term(value: f64, old_value: f64, ret: f64, value_clip: f64) -> (f64, f64, bool) {
     let unclipped = (value - ret).powi(2);
     let clipped = (value.clamp(old_value - value_clip, old_value + value_clip) - ret).powi(2);
-    if clipped > unclipped {
-        (0.5 * clipped, 0.0, true)
-    } else {
-        (0.5 * unclipped, value - ret, false)
-    }
+    if clipped > unclipped { (0.5 * clipped, 0.0, true) } else { (0.5 * unclipped, value - ret, false) }
 }
 
 /// The PPO loss and its gradients from plain arrays, with the plugin's config.
@@ -276,7 +272,7 @@ pub fn ppo_clip_loss(config: &PpoClip, inputs: &PpoInputs) -> Result<PpoOutput, 
 mod tests {
     use super::*;
     use triad_plugin_sdk::configure;
-    use triad_plugin_sdk::testing::{assert_gradient, lm_logits, log_softmax, loss_batch, metric, sample, Rng};
+    use triad_plugin_sdk::testing::{Rng, assert_gradient, lm_logits, log_softmax, loss_batch, metric, sample};
 
     /// The per-token arrays of a PPO minibatch.
     #[derive(Default)]
@@ -352,13 +348,17 @@ mod tests {
                 r.mask.push(if t + padding < len { 1.0 } else { 0.0 });
                 let (value, old_value, ret) = loop {
                     let old_value = 0.5 * rng.gaussian();
-                    let (value, ret) = ((old_value + 0.15 * rng.gaussian()) as f32, (old_value + 0.5 * rng.gaussian()) as f32);
+                    let (value, ret) =
+                        ((old_value + 0.15 * rng.gaussian()) as f32, (old_value + 0.5 * rng.gaussian()) as f32);
                     let old_value = old_value as f32;
                     let (v, vo, ret64) = (f64::from(value), f64::from(old_value), f64::from(ret));
                     let (lo, hi) = (vo - value_clip, vo + value_clip);
                     let midpoint = (v + v.clamp(lo, hi)) / 2.0;
                     let outside = v < lo || v > hi;
-                    if (v - lo).abs() > margin && (v - hi).abs() > margin && !(outside && (ret64 - midpoint).abs() <= margin) {
+                    if (v - lo).abs() > margin
+                        && (v - hi).abs() > margin
+                        && !(outside && (ret64 - midpoint).abs() <= margin)
+                    {
                         break (value, old_value, ret);
                     }
                 };
@@ -398,7 +398,8 @@ mod tests {
     fn ratio_one_gives_minus_mean_advantage() {
         let mut r = rollout(22, &[30, 20], 4, 0.2, 0.2, 0.0);
         r.old_logprob = r.logprob.clone();
-        let counted: Vec<f64> = r.advantage.iter().zip(&r.mask).filter(|(_, m)| **m == 1.0).map(|(a, _)| f64::from(*a)).collect();
+        let counted: Vec<f64> =
+            r.advantage.iter().zip(&r.mask).filter(|(_, m)| **m == 1.0).map(|(a, _)| f64::from(*a)).collect();
         let mean_advantage = counted.iter().sum::<f64>() / counted.len() as f64;
 
         let mut ppo: PpoClip = configure(r#"{"vf_coef": 0}"#).unwrap();
@@ -420,16 +421,19 @@ mod tests {
         let clip = 0.2;
         // (ratio, advantage) -> (loss, gradient, clipped)
         let cases = [
-            (1.5, 1.0, (-1.2, 0.0, true)),    // A > 0, ratio above 1 + clip: no incentive to push further
-            (0.5, 1.0, (-0.5, -0.5, false)),  // A > 0, ratio below 1 - clip: unclipped branch is larger
-            (1.5, -1.0, (1.5, 1.5, false)),   // A < 0, ratio above 1 + clip: still pulled back
-            (0.5, -1.0, (0.8, 0.0, true)),    // A < 0, ratio below 1 - clip: clipped
-            (1.0, 2.0, (-2.0, -2.0, false)),  // inside the bounds both branches agree
-            (1.5, 0.0, (0.0, 0.0, false)),    // zero advantage: nothing to learn
+            (1.5, 1.0, (-1.2, 0.0, true)), // A > 0, ratio above 1 + clip: no incentive to push further
+            (0.5, 1.0, (-0.5, -0.5, false)), // A > 0, ratio below 1 - clip: unclipped branch is larger
+            (1.5, -1.0, (1.5, 1.5, false)), // A < 0, ratio above 1 + clip: still pulled back
+            (0.5, -1.0, (0.8, 0.0, true)), // A < 0, ratio below 1 - clip: clipped
+            (1.0, 2.0, (-2.0, -2.0, false)), // inside the bounds both branches agree
+            (1.5, 0.0, (0.0, 0.0, false)), // zero advantage: nothing to learn
         ];
         for (ratio, advantage, (loss, grad, clipped)) in cases {
             let (l, g, c) = policy_term(ratio, advantage, clip);
-            assert!((l - loss).abs() < 1e-12 && (g - grad).abs() < 1e-12 && c == clipped, "r {ratio} A {advantage}: {l} {g} {c}");
+            assert!(
+                (l - loss).abs() < 1e-12 && (g - grad).abs() < 1e-12 && c == clipped,
+                "r {ratio} A {advantage}: {l} {g} {c}"
+            );
         }
         // Exactly on a bound the branches tie; PyTorch's gradient there is the unclipped -A * r.
         let (l, g, c) = policy_term(1.0 + clip, 1.0, clip);
@@ -451,7 +455,8 @@ mod tests {
         let r = rollout(23, &[20, 20], 3, 0.2, 0.2, 0.0);
         let config = PpoClip { vf_coef: 0.1, ent_coef: 0.01, ..PpoClip::default() };
         let out = ppo_clip_loss(&config, &r.inputs()).unwrap();
-        let (p, v, e) = (metric(&out.metrics, "policy_loss"), metric(&out.metrics, "value_loss"), metric(&out.metrics, "entropy"));
+        let (p, v, e) =
+            (metric(&out.metrics, "policy_loss"), metric(&out.metrics, "value_loss"), metric(&out.metrics, "entropy"));
         assert!((out.value - (p + 0.1 * v - 0.01 * e)).abs() < 1e-12);
 
         // Recompute the TRL quantities directly over the counted tokens.
@@ -479,8 +484,13 @@ mod tests {
         assert_eq!(
             ppo.features(),
             vec![
-                Feature::Logprob, Feature::OldLogprob, Feature::Advantage, Feature::Mask,
-                Feature::Value, Feature::OldValue, Feature::Return,
+                Feature::Logprob,
+                Feature::OldLogprob,
+                Feature::Advantage,
+                Feature::Mask,
+                Feature::Value,
+                Feature::OldValue,
+                Feature::Return,
             ]
         );
         let ppo: PpoClip = configure(r#"{"vf_coef": 0, "ent_coef": 0.01}"#).unwrap();
@@ -516,7 +526,14 @@ mod tests {
     fn malformed_batches_are_rejected_with_the_feature_named() {
         let mut ppo: PpoClip = configure("").unwrap();
         let r = rollout(25, &[6, 4], 1, 0.2, 0.2, 0.0);
-        let without_value = [Feature::Logprob, Feature::OldLogprob, Feature::Advantage, Feature::Mask, Feature::OldValue, Feature::Return];
+        let without_value = [
+            Feature::Logprob,
+            Feature::OldLogprob,
+            Feature::Advantage,
+            Feature::Mask,
+            Feature::OldValue,
+            Feature::Return,
+        ];
         let e = ppo.compute(&r.batch(&without_value)).unwrap_err();
         assert!(e.contains("did not pass feature `value`"), "{e}");
 

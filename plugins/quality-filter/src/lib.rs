@@ -60,8 +60,8 @@ use triad_plugin_sdk::prelude::*;
 const STOP_WORDS: [&str; 8] = ["the", "be", "to", "of", "and", "that", "have", "with"];
 /// First characters that make a line a bullet point.
 const BULLETS: &[char] = &[
-    '-', '*', '\u{2022}', '\u{2023}', '\u{25B6}', '\u{25C0}', '\u{25E6}', '\u{25A0}', '\u{25A1}',
-    '\u{25AA}', '\u{25AB}', '\u{25CF}', '\u{2013}', '\u{00B7}',
+    '-', '*', '\u{2022}', '\u{2023}', '\u{25B6}', '\u{25C0}', '\u{25E6}', '\u{25A0}', '\u{25A1}', '\u{25AA}',
+    '\u{25AB}', '\u{25CF}', '\u{2013}', '\u{00B7}',
 ];
 
 /// The quality filter; its fields are its config (see the module doc for each rule).
@@ -126,14 +126,7 @@ impl Default for QualityFilter {
             max_duplicate_paragraph_char_fraction: Some(0.2),
             top_ngrams: vec![(2, 0.20), (3, 0.18), (4, 0.16)],
             top_ngram_min_count: 3,
-            duplicate_ngrams: vec![
-                (5, 0.15),
-                (6, 0.14),
-                (7, 0.13),
-                (8, 0.12),
-                (9, 0.11),
-                (10, 0.10),
-            ],
+            duplicate_ngrams: vec![(5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10)],
         }
     }
 }
@@ -157,11 +150,7 @@ impl Words {
             .collect();
         let chars: Vec<usize> = words.iter().map(|w| w.chars().count()).collect();
         let total_chars = chars.iter().sum();
-        Words {
-            ids,
-            chars,
-            total_chars,
-        }
+        Words { ids, chars, total_chars }
     }
 
     fn ngram_counts(&self, n: usize) -> FastHashMap<&[u32], usize> {
@@ -205,12 +194,7 @@ impl Words {
                 covered[i..i + n].iter_mut().for_each(|c| *c = true);
             }
         }
-        let chars: usize = covered
-            .iter()
-            .zip(&self.chars)
-            .filter(|(c, _)| **c)
-            .map(|(_, n)| n)
-            .sum();
+        let chars: usize = covered.iter().zip(&self.chars).filter(|(c, _)| **c).map(|(_, n)| n).sum();
         chars as f64 / self.total_chars as f64
     }
 }
@@ -229,10 +213,7 @@ fn duplicate_fractions(items: &[&str]) -> (f64, f64) {
             chars += item.chars().count();
         }
     }
-    (
-        count as f64 / items.len() as f64,
-        chars as f64 / total_chars as f64,
-    )
+    (count as f64 / items.len() as f64, chars as f64 / total_chars as f64)
 }
 
 /// Paragraphs: runs of non-blank lines, separated by blank lines, each trimmed.
@@ -285,98 +266,59 @@ impl QualityFilter {
         if n_words > 0 {
             let mean = words.total_chars as f64 / n_words as f64;
             if let Some(min) = below(mean, self.min_mean_word_length) {
-                return Some(format!(
-                    "min_mean_word_length: mean word length below {min}"
-                ));
+                return Some(format!("min_mean_word_length: mean word length below {min}"));
             }
             if let Some(max) = above(mean, self.max_mean_word_length) {
-                return Some(format!(
-                    "max_mean_word_length: mean word length above {max}"
-                ));
+                return Some(format!("max_mean_word_length: mean word length above {max}"));
             }
             let per_word = n_words.max(self.symbol_ratio_min_words) as f64;
             let hashes = text.matches('#').count() as f64 / per_word;
             if let Some(max) = above(hashes, self.max_symbol_word_ratio) {
-                return Some(format!(
-                    "max_symbol_word_ratio: more than {max} '#' per word"
-                ));
+                return Some(format!("max_symbol_word_ratio: more than {max} '#' per word"));
             }
             let ellipses = (text.matches("...").count() + text.matches('\u{2026}').count()) as f64;
             if let Some(max) = above(ellipses / per_word, self.max_symbol_word_ratio) {
-                return Some(format!(
-                    "max_symbol_word_ratio: more than {max} ellipses per word"
-                ));
+                return Some(format!("max_symbol_word_ratio: more than {max} ellipses per word"));
             }
         }
         if !tokens.is_empty() {
-            let alpha = tokens
-                .iter()
-                .filter(|t| t.chars().any(char::is_alphabetic))
-                .count();
-            if let Some(min) = below(
-                alpha as f64 / tokens.len() as f64,
-                self.min_alpha_word_fraction,
-            ) {
-                return Some(format!(
-                    "min_alpha_word_fraction: fewer than {min} of words have a letter"
-                ));
+            let alpha = tokens.iter().filter(|t| t.chars().any(char::is_alphabetic)).count();
+            if let Some(min) = below(alpha as f64 / tokens.len() as f64, self.min_alpha_word_fraction) {
+                return Some(format!("min_alpha_word_fraction: fewer than {min} of words have a letter"));
             }
         }
         if let Some(min) = self.min_stop_words {
-            let present = STOP_WORDS
-                .iter()
-                .filter(|s| word_strings.iter().any(|w| w == *s))
-                .count();
+            let present = STOP_WORDS.iter().filter(|s| word_strings.iter().any(|w| w == *s)).count();
             if present < min {
-                return Some(format!(
-                    "min_stop_words: fewer than {min} of {}",
-                    STOP_WORDS.join(", ")
-                ));
+                return Some(format!("min_stop_words: fewer than {min} of {}", STOP_WORDS.join(", ")));
             }
         }
 
-        let lines: Vec<&str> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect();
+        let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
         if lines.len() >= self.line_rules_min_lines && !lines.is_empty() {
             let n = lines.len() as f64;
             let bullets = lines.iter().filter(|l| l.starts_with(BULLETS)).count() as f64;
             if let Some(max) = above(bullets / n, self.max_bullet_line_fraction) {
-                return Some(format!(
-                    "max_bullet_line_fraction: more than {max} of lines are bullets"
-                ));
+                return Some(format!("max_bullet_line_fraction: more than {max} of lines are bullets"));
             }
-            let ellipsis = lines
-                .iter()
-                .filter(|l| l.ends_with("...") || l.ends_with('\u{2026}'))
-                .count() as f64;
+            let ellipsis = lines.iter().filter(|l| l.ends_with("...") || l.ends_with('\u{2026}')).count() as f64;
             if let Some(max) = above(ellipsis / n, self.max_ellipsis_line_fraction) {
-                return Some(format!(
-                    "max_ellipsis_line_fraction: more than {max} of lines end with an ellipsis"
-                ));
+                return Some(format!("max_ellipsis_line_fraction: more than {max} of lines end with an ellipsis"));
             }
         }
 
         let (count, chars) = duplicate_fractions(&lines);
         if let Some(max) = above(count, self.max_duplicate_line_fraction) {
-            return Some(format!(
-                "max_duplicate_line_fraction: more than {max} of lines are repeats"
-            ));
+            return Some(format!("max_duplicate_line_fraction: more than {max} of lines are repeats"));
         }
         if let Some(max) = above(chars, self.max_duplicate_line_char_fraction) {
-            return Some(format!(
-                "max_duplicate_line_char_fraction: more than {max} of characters in repeated lines"
-            ));
+            return Some(format!("max_duplicate_line_char_fraction: more than {max} of characters in repeated lines"));
         }
         let paragraphs = paragraphs(text);
         let paragraphs: Vec<&str> = paragraphs.iter().map(String::as_str).collect();
         let (count, chars) = duplicate_fractions(&paragraphs);
         if let Some(max) = above(count, self.max_duplicate_paragraph_fraction) {
-            return Some(format!(
-                "max_duplicate_paragraph_fraction: more than {max} of paragraphs are repeats"
-            ));
+            return Some(format!("max_duplicate_paragraph_fraction: more than {max} of paragraphs are repeats"));
         }
         if let Some(max) = above(chars, self.max_duplicate_paragraph_char_fraction) {
             return Some(format!(
@@ -386,16 +328,12 @@ impl QualityFilter {
 
         for &(n, max) in &self.top_ngrams {
             if words.top_ngram_fraction(n, self.top_ngram_min_count) > max {
-                return Some(format!(
-                    "top_ngrams: most frequent {n}-gram holds more than {max} of characters"
-                ));
+                return Some(format!("top_ngrams: most frequent {n}-gram holds more than {max} of characters"));
             }
         }
         for &(n, max) in &self.duplicate_ngrams {
             if words.duplicate_ngram_fraction(n) > max {
-                return Some(format!(
-                    "duplicate_ngrams: repeated {n}-grams hold more than {max} of characters"
-                ));
+                return Some(format!("duplicate_ngrams: repeated {n}-grams hold more than {max} of characters"));
             }
         }
         None
@@ -424,14 +362,11 @@ impl Plugin for QualityFilter {
         if let (Some(min), Some(max)) = (self.min_words, self.max_words)
             && min > max
         {
-            return Err(format!(
-                "min_words ({min}) is greater than max_words ({max})"
-            ));
+            return Err(format!("min_words ({min}) is greater than max_words ({max})"));
         }
-        for (field, value) in [
-            ("min_mean_word_length", self.min_mean_word_length),
-            ("max_mean_word_length", self.max_mean_word_length),
-        ] {
+        for (field, value) in
+            [("min_mean_word_length", self.min_mean_word_length), ("max_mean_word_length", self.max_mean_word_length)]
+        {
             if let Some(v) = value
                 && !(v.is_finite() && v >= 0.0)
             {
@@ -441,47 +376,25 @@ impl Plugin for QualityFilter {
         if let (Some(min), Some(max)) = (self.min_mean_word_length, self.max_mean_word_length)
             && min > max
         {
-            return Err(format!(
-                "min_mean_word_length ({min}) is greater than max_mean_word_length ({max})"
-            ));
+            return Err(format!("min_mean_word_length ({min}) is greater than max_mean_word_length ({max})"));
         }
         if let Some(v) = self.max_symbol_word_ratio
             && !(v.is_finite() && v >= 0.0)
         {
-            return Err(format!(
-                "max_symbol_word_ratio must be a non-negative number, got {v}"
-            ));
+            return Err(format!("max_symbol_word_ratio must be a non-negative number, got {v}"));
         }
         check_fraction("min_alpha_word_fraction", self.min_alpha_word_fraction)?;
         if let Some(n) = self.min_stop_words
             && n > STOP_WORDS.len()
         {
-            return Err(format!(
-                "min_stop_words must be at most {}, got {n}",
-                STOP_WORDS.len()
-            ));
+            return Err(format!("min_stop_words must be at most {}, got {n}", STOP_WORDS.len()));
         }
         check_fraction("max_bullet_line_fraction", self.max_bullet_line_fraction)?;
-        check_fraction(
-            "max_ellipsis_line_fraction",
-            self.max_ellipsis_line_fraction,
-        )?;
-        check_fraction(
-            "max_duplicate_line_fraction",
-            self.max_duplicate_line_fraction,
-        )?;
-        check_fraction(
-            "max_duplicate_line_char_fraction",
-            self.max_duplicate_line_char_fraction,
-        )?;
-        check_fraction(
-            "max_duplicate_paragraph_fraction",
-            self.max_duplicate_paragraph_fraction,
-        )?;
-        check_fraction(
-            "max_duplicate_paragraph_char_fraction",
-            self.max_duplicate_paragraph_char_fraction,
-        )?;
+        check_fraction("max_ellipsis_line_fraction", self.max_ellipsis_line_fraction)?;
+        check_fraction("max_duplicate_line_fraction", self.max_duplicate_line_fraction)?;
+        check_fraction("max_duplicate_line_char_fraction", self.max_duplicate_line_char_fraction)?;
+        check_fraction("max_duplicate_paragraph_fraction", self.max_duplicate_paragraph_fraction)?;
+        check_fraction("max_duplicate_paragraph_char_fraction", self.max_duplicate_paragraph_char_fraction)?;
         check_ngrams("top_ngrams", &self.top_ngrams)?;
         check_ngrams("duplicate_ngrams", &self.duplicate_ngrams)
     }
@@ -507,19 +420,12 @@ mod tests {
 
     /// Real snippets with at least `words` words.
     fn long_snippets(words: usize) -> Vec<&'static str> {
-        review_texts()
-            .into_iter()
-            .filter(|t| t.split_whitespace().count() >= words)
-            .collect()
+        review_texts().into_iter().filter(|t| t.split_whitespace().count() >= words).collect()
     }
 
     /// The rule name: the reason up to its colon.
     fn rule(f: &mut QualityFilter, text: &str) -> String {
-        decide(f, text)
-            .split(':')
-            .next()
-            .unwrap_or_default()
-            .to_string()
+        decide(f, text).split(':').next().unwrap_or_default().to_string()
     }
 
     #[test]
@@ -543,8 +449,7 @@ mod tests {
         assert_eq!(decide(&mut f, twice), "keep");
         assert_eq!(decide(&mut f, ellipsis), "keep");
         let mut paper: QualityFilter =
-            configure(r#"{"top_ngram_min_count": 1, "symbol_ratio_min_words": 0}"#)
-                .expect("config");
+            configure(r#"{"top_ngram_min_count": 1, "symbol_ratio_min_words": 0}"#).expect("config");
         assert_eq!(rule(&mut paper, twice), "top_ngrams");
         assert_eq!(rule(&mut paper, ellipsis), "max_symbol_word_ratio");
     }
@@ -553,18 +458,11 @@ mod tests {
     fn paper_thresholds_are_too_strict_for_snippets() {
         // The paper's document-level settings would drop nearly every snippet: that is why the
         // defaults differ (see the module doc).
-        let mut paper: QualityFilter =
-            configure(r#"{"min_words": 50, "min_stop_words": 2}"#).expect("config");
-        let kept = review_texts()
-            .into_iter()
-            .filter(|t| decide(&mut paper, t) == "keep")
-            .count();
+        let mut paper: QualityFilter = configure(r#"{"min_words": 50, "min_stop_words": 2}"#).expect("config");
+        let kept = review_texts().into_iter().filter(|t| decide(&mut paper, t) == "keep").count();
         assert_eq!(kept, 0);
         let mut stop: QualityFilter = configure(r#"{"min_stop_words": 2}"#).expect("config");
-        let dropped = review_texts()
-            .into_iter()
-            .filter(|t| rule(&mut stop, t) == "min_stop_words")
-            .count();
+        let dropped = review_texts().into_iter().filter(|t| rule(&mut stop, t) == "min_stop_words").count();
         eprintln!("min_stop_words 2 drops {dropped} of 303 snippets");
         assert!((50..150).contains(&dropped), "{dropped}");
     }
@@ -577,39 +475,23 @@ mod tests {
         assert_eq!(rule(&mut f, "Wow -- terrific !!"), "min_words");
         assert_eq!(rule(&mut f, "a b c d e f g h i j"), "min_mean_word_length");
         assert_eq!(
-            rule(
-                &mut f,
-                "antidisestablishmentarianism supercalifragilistic incomprehensibilities"
-            ),
+            rule(&mut f, "antidisestablishmentarianism supercalifragilistic incomprehensibilities"),
             "max_mean_word_length"
         );
-        let mut loose: QualityFilter =
-            configure(r#"{"min_words": null, "max_words": 5}"#).expect("config");
+        let mut loose: QualityFilter = configure(r#"{"min_words": null, "max_words": 5}"#).expect("config");
         assert_eq!(decide(&mut loose, "Terrific film."), "keep");
-        assert_eq!(
-            decide(&mut loose, review_texts()[0]),
-            "max_words: more than 5 words"
-        );
+        assert_eq!(decide(&mut loose, review_texts()[0]), "max_words: more than 5 words");
     }
 
     #[test]
     fn symbols_and_letters() {
         let mut f: QualityFilter = configure("{}").expect("defaults");
-        assert_eq!(
-            rule(&mut f, "#great #movie tonight with #friends"),
-            "max_symbol_word_ratio"
-        );
+        assert_eq!(rule(&mut f, "#great #movie tonight with #friends"), "max_symbol_word_ratio");
         assert_eq!(
             decide(&mut f, "...a pretentious mess..."),
             "max_symbol_word_ratio: more than 0.1 ellipses per word"
         );
-        assert_eq!(
-            rule(
-                &mut f,
-                "Rated 1999 2001 2005 3000 4000 5000 6000 7000 by critics"
-            ),
-            "min_alpha_word_fraction"
-        );
+        assert_eq!(rule(&mut f, "Rated 1999 2001 2005 3000 4000 5000 6000 7000 by critics"), "min_alpha_word_fraction");
         // One ellipsis in a long snippet is fine.
         let long = long_snippets(20)[0];
         assert_eq!(decide(&mut f, &format!("{long}...")), "keep");
@@ -619,32 +501,14 @@ mod tests {
     fn bullet_and_ellipsis_lines() {
         let mut f: QualityFilter = configure("{}").expect("defaults");
         let texts = long_snippets(15);
-        let bullets = texts[..4]
-            .iter()
-            .map(|t| format!("- {t}"))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let bullets = texts[..4].iter().map(|t| format!("- {t}")).collect::<Vec<_>>().join("\n");
         assert_eq!(rule(&mut f, &bullets), "max_bullet_line_fraction");
         let cut = |t: &str| t.split_whitespace().take(12).collect::<Vec<_>>().join(" ") + "...";
-        let ellipses = texts[..3]
-            .iter()
-            .map(|t| cut(t))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let ellipses = texts[..3].iter().map(|t| cut(t)).collect::<Vec<_>>().join("\n");
         assert_eq!(rule(&mut f, &ellipses), "max_ellipsis_line_fraction");
         // One or two such lines are not a fraction worth judging.
         assert_eq!(decide(&mut f, &format!("- {}", texts[0])), "keep");
-        assert_eq!(
-            decide(
-                &mut f,
-                &texts[..2]
-                    .iter()
-                    .map(|t| cut(t))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            ),
-            "keep"
-        );
+        assert_eq!(decide(&mut f, &texts[..2].iter().map(|t| cut(t)).collect::<Vec<_>>().join("\n")), "keep");
         // Three distinct real snippets as three lines pass every rule.
         assert_eq!(decide(&mut f, &texts[..3].join("\n")), "keep");
     }
@@ -657,16 +521,12 @@ mod tests {
         assert_eq!(rule(&mut f, &repeated), "max_duplicate_line_char_fraction");
         let repeated = [texts[0], texts[0], texts[1], texts[0]].join("\n");
         assert_eq!(rule(&mut f, &repeated), "max_duplicate_line_fraction");
-        let lines_off =
-            r#"{"max_duplicate_line_fraction": null, "max_duplicate_line_char_fraction": null}"#;
+        let lines_off = r#"{"max_duplicate_line_fraction": null, "max_duplicate_line_char_fraction": null}"#;
         let mut paragraphs: QualityFilter = configure(lines_off).expect("config");
         let a = format!("{}\n{}", texts[0], texts[1]);
         let b = format!("{}\n{}", texts[2], texts[3]);
         let repeated = [a.as_str(), b.as_str(), a.as_str()].join("\n\n");
-        assert_eq!(
-            rule(&mut paragraphs, &repeated),
-            "max_duplicate_paragraph_fraction"
-        );
+        assert_eq!(rule(&mut paragraphs, &repeated), "max_duplicate_paragraph_fraction");
     }
 
     #[test]
@@ -675,26 +535,14 @@ mod tests {
         let long = long_snippets(30)[0];
         // A 2-gram said over and over.
         let spam = format!("{long} {}", ["very good"; 12].join(" "));
-        assert_eq!(
-            decide(&mut f, &spam),
-            "top_ngrams: most frequent 2-gram holds more than 0.2 of characters"
-        );
+        assert_eq!(decide(&mut f, &spam), "top_ngrams: most frequent 2-gram holds more than 0.2 of characters");
         // A 12-word phrase said twice around two snippets: no 2- to 4-gram dominates, but
         // repeated 5-grams cover over a quarter of the words.
-        let phrase: String = long_snippets(15)[3]
-            .split_whitespace()
-            .take(12)
-            .collect::<Vec<_>>()
-            .join(" ");
+        let phrase: String = long_snippets(15)[3].split_whitespace().take(12).collect::<Vec<_>>().join(" ");
         let twice = format!("{phrase} {long} {} {phrase}", long_snippets(30)[1]);
         assert_eq!(rule(&mut f, &twice), "duplicate_ngrams");
         // Each snippet alone has no repeated 5-gram.
-        let words = Words::new(
-            &long
-                .split_whitespace()
-                .map(str::to_lowercase)
-                .collect::<Vec<_>>(),
-        );
+        let words = Words::new(&long.split_whitespace().map(str::to_lowercase).collect::<Vec<_>>());
         assert_eq!(words.duplicate_ngram_fraction(5), 0.0);
     }
 
@@ -719,35 +567,18 @@ mod tests {
     fn bad_config_names_the_field() {
         for (config, field) in [
             (r#"{"min_words": 10, "max_words": 5}"#, "min_words"),
-            (
-                r#"{"min_mean_word_length": 8, "max_mean_word_length": 4}"#,
-                "min_mean_word_length",
-            ),
+            (r#"{"min_mean_word_length": 8, "max_mean_word_length": 4}"#, "min_mean_word_length"),
             (r#"{"max_mean_word_length": -1}"#, "max_mean_word_length"),
-            (
-                r#"{"max_symbol_word_ratio": -0.5}"#,
-                "max_symbol_word_ratio",
-            ),
-            (
-                r#"{"min_alpha_word_fraction": 1.5}"#,
-                "min_alpha_word_fraction",
-            ),
+            (r#"{"max_symbol_word_ratio": -0.5}"#, "max_symbol_word_ratio"),
+            (r#"{"min_alpha_word_fraction": 1.5}"#, "min_alpha_word_fraction"),
             (r#"{"min_stop_words": 9}"#, "min_stop_words"),
-            (
-                r#"{"max_ellipsis_line_fraction": 2}"#,
-                "max_ellipsis_line_fraction",
-            ),
-            (
-                r#"{"max_duplicate_paragraph_char_fraction": -0.1}"#,
-                "max_duplicate_paragraph_char_fraction",
-            ),
+            (r#"{"max_ellipsis_line_fraction": 2}"#, "max_ellipsis_line_fraction"),
+            (r#"{"max_duplicate_paragraph_char_fraction": -0.1}"#, "max_duplicate_paragraph_char_fraction"),
             (r#"{"top_ngrams": [[0, 0.2]]}"#, "top_ngrams"),
             (r#"{"duplicate_ngrams": [[5, 1.2]]}"#, "duplicate_ngrams"),
             (r#"{"min_word": 3}"#, "min_word"),
         ] {
-            let err = configure::<QualityFilter>(config)
-                .err()
-                .unwrap_or_else(|| panic!("{config} accepted"));
+            let err = configure::<QualityFilter>(config).err().unwrap_or_else(|| panic!("{config} accepted"));
             assert!(err.message.contains(field), "{config}: {}", err.message);
         }
     }

@@ -55,31 +55,19 @@ impl RegexMatch {
 
 impl Plugin for RegexMatch {
     fn init(&mut self) -> Result<(), String> {
-        let pattern = self
-            .pattern
-            .as_deref()
-            .ok_or("pattern is required (a regular expression)")?;
+        let pattern = self.pattern.as_deref().ok_or("pattern is required (a regular expression)")?;
         // Compile the pattern alone first: a valid pattern has balanced groups, so wrapping it
         // for "full" cannot change what it means ("a)|(b" would otherwise escape the wrapper).
-        let regex =
-            Regex::new(pattern).map_err(|e| format!("pattern is not a valid regex: {e}"))?;
+        let regex = Regex::new(pattern).map_err(|e| format!("pattern is not a valid regex: {e}"))?;
         self.regex = Some(match self.mode.as_str() {
             "find" => regex,
-            "full" => {
-                Regex::new(&format!(r"\A(?:{pattern})\z")).map_err(|e| format!("pattern: {e}"))?
-            }
+            "full" => Regex::new(&format!(r"\A(?:{pattern})\z")).map_err(|e| format!("pattern: {e}"))?,
             other => return Err(format!(r#"mode must be "find" or "full", got "{other}""#)),
         });
         if !matches!(self.on.as_str(), "response" | "prompt+response") {
-            return Err(format!(
-                r#"on must be "response" or "prompt+response", got "{}""#,
-                self.on
-            ));
+            return Err(format!(r#"on must be "response" or "prompt+response", got "{}""#, self.on));
         }
-        for (field, value) in [
-            ("reward_match", self.reward_match),
-            ("reward_miss", self.reward_miss),
-        ] {
+        for (field, value) in [("reward_match", self.reward_match), ("reward_miss", self.reward_miss)] {
             if !value.is_finite() {
                 return Err(format!("{field} must be a finite number, got {value}"));
             }
@@ -95,11 +83,7 @@ impl Reward for RegexMatch {
         } else {
             self.matches(&episode.response)
         };
-        Ok(if matched {
-            self.reward_match
-        } else {
-            self.reward_miss
-        })
+        Ok(if matched { self.reward_match } else { self.reward_miss })
     }
 }
 
@@ -112,18 +96,11 @@ mod tests {
     use triad_plugin_sdk::testing::review_texts;
 
     fn episode(prompt: &str, response: &str) -> Episode {
-        Episode {
-            prompt: prompt.into(),
-            response: response.into(),
-            reference: None,
-        }
+        Episode { prompt: prompt.into(), response: response.into(), reference: None }
     }
 
     fn total(plugin: &mut RegexMatch, prompt: &str) -> f64 {
-        review_texts()
-            .iter()
-            .map(|t| plugin.score(&episode(prompt, t)).expect("score"))
-            .sum()
+        review_texts().iter().map(|t| plugin.score(&episode(prompt, t)).expect("score")).sum()
     }
 
     // The expected counts below were computed independently with Python's `re` over the same
@@ -141,14 +118,12 @@ mod tests {
     #[test]
     fn full_mode_anchors_both_ends() {
         // A sentence: capital first, final punctuation last.
-        let mut sentence: RegexMatch =
-            configure(r#"{"pattern": "[A-Z].*[.!?]", "mode": "full"}"#).expect("config");
+        let mut sentence: RegexMatch = configure(r#"{"pattern": "[A-Z].*[.!?]", "mode": "full"}"#).expect("config");
         assert_eq!(total(&mut sentence, ""), 274.0);
         let mut anywhere: RegexMatch = configure(r#"{"pattern": "[A-Z].*[.!?]"}"#).expect("config");
         assert!(total(&mut anywhere, "") > 274.0);
         // Alternation stays inside the anchors.
-        let mut alt: RegexMatch =
-            configure(r#"{"pattern": "good|bad", "mode": "full"}"#).expect("config");
+        let mut alt: RegexMatch = configure(r#"{"pattern": "good|bad", "mode": "full"}"#).expect("config");
         assert_eq!(alt.score(&episode("", "good")).expect("score"), 1.0);
         assert_eq!(alt.score(&episode("", "not bad")).expect("score"), 0.0);
     }
@@ -161,70 +136,37 @@ mod tests {
         assert_eq!(total(&mut plugin, ""), 41.0 * 2.5 - 262.0);
         // A prompt ending mid-word joins the first response word.
         assert_eq!(plugin.score(&episode("Th", "e film")).expect("score"), 2.5);
-        assert_eq!(
-            plugin.score(&episode("A", "The film")).expect("score"),
-            -1.0
-        );
-        let mut response_only: RegexMatch =
-            configure(r#"{"pattern": "(?i)\\Athe\\b"}"#).expect("config");
-        assert_eq!(
-            response_only
-                .score(&episode("Th", "e film"))
-                .expect("score"),
-            0.0
-        );
+        assert_eq!(plugin.score(&episode("A", "The film")).expect("score"), -1.0);
+        let mut response_only: RegexMatch = configure(r#"{"pattern": "(?i)\\Athe\\b"}"#).expect("config");
+        assert_eq!(response_only.score(&episode("Th", "e film")).expect("score"), 0.0);
     }
 
     #[test]
     fn unicode_classes_and_case() {
-        let mut plugin: RegexMatch =
-            configure(r#"{"pattern": "(?i)^\\w+É$", "mode": "find"}"#).expect("config");
+        let mut plugin: RegexMatch = configure(r#"{"pattern": "(?i)^\\w+É$", "mode": "find"}"#).expect("config");
         assert_eq!(plugin.score(&episode("", "cliché")).expect("score"), 1.0);
     }
 
     #[test]
     fn bad_config_names_the_field() {
-        let err = configure::<RegexMatch>("{}")
-            .err()
-            .expect("missing pattern");
+        let err = configure::<RegexMatch>("{}").err().expect("missing pattern");
+        assert!(err.message.contains("pattern is required"), "{}", err.message);
+        let err = configure::<RegexMatch>(r#"{"pattern": "(unclosed"}"#).err().expect("bad regex");
         assert!(
-            err.message.contains("pattern is required"),
+            err.message.contains("pattern is not a valid regex") && err.message.contains("unclosed group"),
             "{}",
             err.message
         );
-        let err = configure::<RegexMatch>(r#"{"pattern": "(unclosed"}"#)
-            .err()
-            .expect("bad regex");
-        assert!(
-            err.message.contains("pattern is not a valid regex")
-                && err.message.contains("unclosed group"),
-            "{}",
-            err.message
-        );
-        let err = configure::<RegexMatch>(r#"{"pattern": "a)|(b", "mode": "full"}"#)
-            .err()
-            .expect("unbalanced");
+        let err = configure::<RegexMatch>(r#"{"pattern": "a)|(b", "mode": "full"}"#).err().expect("unbalanced");
         assert!(err.message.contains("pattern"), "{}", err.message);
-        let err = configure::<RegexMatch>(r#"{"pattern": "a", "mode": "exact"}"#)
-            .err()
-            .expect("bad mode");
+        let err = configure::<RegexMatch>(r#"{"pattern": "a", "mode": "exact"}"#).err().expect("bad mode");
         assert!(err.message.contains("mode must be"), "{}", err.message);
-        let err = configure::<RegexMatch>(r#"{"pattern": "a", "on": "prompt"}"#)
-            .err()
-            .expect("bad on");
+        let err = configure::<RegexMatch>(r#"{"pattern": "a", "on": "prompt"}"#).err().expect("bad on");
         assert!(err.message.contains("on must be"), "{}", err.message);
-        let err = configure::<RegexMatch>(r#"{"pattern": "a", "reward": 1}"#)
-            .err()
-            .expect("unknown field");
-        assert!(
-            err.message.contains("unknown field `reward`"),
-            "{}",
-            err.message
-        );
+        let err = configure::<RegexMatch>(r#"{"pattern": "a", "reward": 1}"#).err().expect("unknown field");
+        assert!(err.message.contains("unknown field `reward`"), "{}", err.message);
         // Look-around is not supported by the regex crate: a clear error, not a panic.
-        let err = configure::<RegexMatch>(r#"{"pattern": "(?=good)"}"#)
-            .err()
-            .expect("look-ahead");
+        let err = configure::<RegexMatch>(r#"{"pattern": "(?=good)"}"#).err().expect("look-ahead");
         assert!(err.message.contains("look-around"), "{}", err.message);
     }
 }

@@ -41,16 +41,8 @@ pub struct Score {
 
 impl Score {
     fn new(precision: f64, recall: f64) -> Score {
-        let f = if precision + recall > 0.0 {
-            2.0 * precision * recall / (precision + recall)
-        } else {
-            0.0
-        };
-        Score {
-            precision,
-            recall,
-            f,
-        }
+        let f = if precision + recall > 0.0 { 2.0 * precision * recall / (precision + recall) } else { 0.0 };
+        Score { precision, recall, f }
     }
 }
 
@@ -74,11 +66,7 @@ impl Metric for Rouge {
             return Err("ROUGE saw no records".into());
         }
         if totals.len() != 3 * TYPES.len() + 1 {
-            return Err(format!(
-                "ROUGE expects {} statistics, got {}",
-                3 * TYPES.len() + 1,
-                totals.len()
-            ));
+            return Err(format!("ROUGE expects {} statistics, got {}", 3 * TYPES.len() + 1, totals.len()));
         }
         let count = totals[3 * TYPES.len()];
         if count <= 0.0 {
@@ -113,11 +101,8 @@ pub fn score_multi(references: &[String], prediction: &[String]) -> [Score; 3] {
     let mut best: [Option<Score>; 3] = [None; 3];
     for reference in references {
         let reference = tokenize(reference);
-        let scores = [
-            rouge_n(&reference, prediction, 1),
-            rouge_n(&reference, prediction, 2),
-            rouge_l(&reference, prediction),
-        ];
+        let scores =
+            [rouge_n(&reference, prediction, 1), rouge_n(&reference, prediction, 2), rouge_l(&reference, prediction)];
         for (slot, score) in best.iter_mut().zip(scores) {
             if slot.is_none_or(|b| score.f > b.f) {
                 *slot = Some(score);
@@ -131,16 +116,11 @@ pub fn score_multi(references: &[String], prediction: &[String]) -> [Score; 3] {
 pub fn rouge_n(reference: &[String], prediction: &[String], n: usize) -> Score {
     let ref_ngrams = ngram_counts(reference, n);
     let pred_ngrams = ngram_counts(prediction, n);
-    let overlap: usize = ref_ngrams
-        .iter()
-        .map(|(ngram, &count)| count.min(pred_ngrams.get(ngram).copied().unwrap_or(0)))
-        .sum();
+    let overlap: usize =
+        ref_ngrams.iter().map(|(ngram, &count)| count.min(pred_ngrams.get(ngram).copied().unwrap_or(0))).sum();
     let ref_total = reference.len().saturating_sub(n - 1);
     let pred_total = prediction.len().saturating_sub(n - 1);
-    Score::new(
-        overlap as f64 / pred_total.max(1) as f64,
-        overlap as f64 / ref_total.max(1) as f64,
-    )
+    Score::new(overlap as f64 / pred_total.max(1) as f64, overlap as f64 / ref_total.max(1) as f64)
 }
 
 /// ROUGE-L: longest common subsequence over prediction and reference lengths.
@@ -167,11 +147,7 @@ fn lcs_length(a: &[String], b: &[String]) -> usize {
     let mut current = vec![0usize; b.len() + 1];
     for x in a {
         for (j, y) in b.iter().enumerate() {
-            current[j + 1] = if x == y {
-                previous[j] + 1
-            } else {
-                previous[j + 1].max(current[j])
-            };
+            current[j + 1] = if x == y { previous[j] + 1 } else { previous[j + 1].max(current[j]) };
         }
         std::mem::swap(&mut previous, &mut current);
     }
@@ -192,11 +168,7 @@ mod tests {
     }
 
     fn strings(v: &Value) -> Vec<String> {
-        v.as_array()
-            .expect("array")
-            .iter()
-            .map(|s| s.as_str().expect("string").to_string())
-            .collect()
+        v.as_array().expect("array").iter().map(|s| s.as_str().expect("string").to_string()).collect()
     }
 
     fn records(fixture: &Value) -> Vec<MetricRecord> {
@@ -218,11 +190,7 @@ mod tests {
         let fixture = fixture();
         for case in fixture["token_cases"].as_array().expect("token_cases") {
             let text = case["text"].as_str().expect("text");
-            assert_eq!(
-                tokenize(text),
-                strings(&case["tokens"]),
-                "tokenizing {text:?}"
-            );
+            assert_eq!(tokenize(text), strings(&case["tokens"]), "tokenizing {text:?}");
         }
         // Accented letters are not in [a-z0-9], so rouge-score splits words at them.
         assert_eq!(tokenize("Münch's Guzmán"), ["m", "nch", "s", "guzm", "n"]);
@@ -268,25 +236,16 @@ mod tests {
                 let mut part_totals = vec![0.0; 10];
                 for record in part {
                     let stats = rouge.statistics(record).expect("statistics");
-                    part_totals
-                        .iter_mut()
-                        .zip(&stats)
-                        .for_each(|(t, s)| *t += s);
+                    part_totals.iter_mut().zip(&stats).for_each(|(t, s)| *t += s);
                 }
-                totals
-                    .iter_mut()
-                    .zip(&part_totals)
-                    .for_each(|(t, s)| *t += s);
+                totals.iter_mut().zip(&part_totals).for_each(|(t, s)| *t += s);
             }
             assert_eq!(totals[9], records.len() as f64);
             let values = rouge.finish(&totals).expect("finish");
             for name in TYPES {
                 let expected = fixture["mean_f"][name].as_f64().expect("mean");
                 let got = value(&values, name);
-                assert!(
-                    (got - expected).abs() < 1e-9,
-                    "chunks of {chunk}: {name} {got} vs rouge-score {expected}"
-                );
+                assert!((got - expected).abs() < 1e-9, "chunks of {chunk}: {name} {got} vs rouge-score {expected}");
             }
         }
     }
@@ -308,10 +267,7 @@ mod tests {
     fn bad_input_is_rejected() {
         assert!(configure::<Rouge>(r#"{"use_stemmer": true}"#).is_err());
         let mut rouge = Rouge::default();
-        let orphan = MetricRecord {
-            prediction: "Sort of.".into(),
-            references: vec![],
-        };
+        let orphan = MetricRecord { prediction: "Sort of.".into(), references: vec![] };
         assert!(rouge.statistics(&orphan).is_err());
         assert!(rouge.finish(&[]).is_err());
         assert!(rouge.finish(&[0.5; 4]).is_err());

@@ -36,24 +36,14 @@ pub struct TargetLength {
 
 impl Default for TargetLength {
     fn default() -> Self {
-        TargetLength {
-            target_words: None,
-            target_chars: None,
-            tolerance: 0.0,
-            shape: "linear".into(),
-            sigma: None,
-        }
+        TargetLength { target_words: None, target_chars: None, tolerance: 0.0, shape: "linear".into(), sigma: None }
     }
 }
 
 impl TargetLength {
     /// The length of `text` in the configured unit.
     pub fn length(&self, text: &str) -> f64 {
-        if self.target_words.is_some() {
-            text.split_whitespace().count() as f64
-        } else {
-            text.chars().count() as f64
-        }
+        if self.target_words.is_some() { text.split_whitespace().count() as f64 } else { text.chars().count() as f64 }
     }
 
     /// The reward of a text of `length` units, in [-1, 0].
@@ -71,9 +61,7 @@ impl TargetLength {
 
 fn positive(field: &str, value: Option<f64>) -> Result<(), String> {
     match value {
-        Some(v) if !(v.is_finite() && v > 0.0) => {
-            Err(format!("{field} must be a positive number, got {v}"))
-        }
+        Some(v) if !(v.is_finite() && v > 0.0) => Err(format!("{field} must be a positive number, got {v}")),
         _ => Ok(()),
     }
 }
@@ -88,20 +76,13 @@ impl Plugin for TargetLength {
         positive("target_words", self.target_words)?;
         positive("target_chars", self.target_chars)?;
         if !(self.tolerance.is_finite() && self.tolerance >= 0.0) {
-            return Err(format!(
-                "tolerance must be a non-negative number, got {}",
-                self.tolerance
-            ));
+            return Err(format!("tolerance must be a non-negative number, got {}", self.tolerance));
         }
         match self.shape.as_str() {
-            "linear" if self.sigma.is_some() => {
-                Err(r#"sigma applies only to shape "gaussian""#.into())
-            }
+            "linear" if self.sigma.is_some() => Err(r#"sigma applies only to shape "gaussian""#.into()),
             "linear" => Ok(()),
             "gaussian" => positive("sigma", self.sigma),
-            other => Err(format!(
-                r#"shape must be "linear" or "gaussian", got "{other}""#
-            )),
+            other => Err(format!(r#"shape must be "linear" or "gaussian", got "{other}""#)),
         }
     }
 }
@@ -123,11 +104,7 @@ mod tests {
     // The 303 real review snippets have 3 to 45 words, median 19; 12 have 18 words.
 
     fn score(plugin: &mut TargetLength, response: &str) -> f64 {
-        let episode = Episode {
-            prompt: "Review the film.".into(),
-            response: response.into(),
-            reference: None,
-        };
+        let episode = Episode { prompt: "Review the film.".into(), response: response.into(), reference: None };
         plugin.score(&episode).expect("score")
     }
 
@@ -135,10 +112,7 @@ mod tests {
     fn linear_penalty_on_real_snippets() {
         let mut plugin: TargetLength = configure(r#"{"target_words": 18}"#).expect("config");
         let texts = review_texts();
-        let on_target = texts
-            .iter()
-            .filter(|t| score(&mut plugin, t) == 0.0)
-            .count();
+        let on_target = texts.iter().filter(|t| score(&mut plugin, t) == 0.0).count();
         assert_eq!(on_target, 12);
         for text in &texts {
             let words = text.split_whitespace().count() as f64;
@@ -146,16 +120,10 @@ mod tests {
             assert_eq!(score(&mut plugin, text), expected, "{text}");
         }
         // "Effective but too tepid biopic" (id 3): 5 words, 13 short of 18.
-        assert_eq!(
-            score(&mut plugin, "Effective but too tepid biopic"),
-            -13.0 / 18.0
-        );
+        assert_eq!(score(&mut plugin, "Effective but too tepid biopic"), -13.0 / 18.0);
         assert_eq!(score(&mut plugin, ""), -1.0);
         // The 45-word snippet is more than twice the target: clipped at -1.
-        let longest = texts
-            .iter()
-            .max_by_key(|t| t.split_whitespace().count())
-            .expect("snippets");
+        let longest = texts.iter().max_by_key(|t| t.split_whitespace().count()).expect("snippets");
         assert_eq!(score(&mut plugin, longest), -1.0);
     }
 
@@ -163,24 +131,15 @@ mod tests {
     fn rewards_order_snippets_by_distance_to_target() {
         for shape in ["linear", "gaussian"] {
             let mut plugin: TargetLength =
-                configure(&format!(r#"{{"target_chars": 100, "shape": "{shape}"}}"#))
-                    .expect("config");
+                configure(&format!(r#"{{"target_chars": 100, "shape": "{shape}"}}"#)).expect("config");
             let mut scored: Vec<(f64, f64)> = review_texts()
                 .iter()
-                .map(|t| {
-                    (
-                        (t.chars().count() as f64 - 100.0).abs(),
-                        score(&mut plugin, t),
-                    )
-                })
+                .map(|t| ((t.chars().count() as f64 - 100.0).abs(), score(&mut plugin, t)))
                 .collect();
             scored.sort_by(|a, b| a.0.total_cmp(&b.0));
             // Farther from the target never scores higher, and every score lies in [-1, 0].
             assert!(scored.windows(2).all(|w| w[1].1 <= w[0].1), "{shape}");
-            assert!(
-                scored.iter().all(|&(_, r)| (-1.0..=0.0).contains(&r)),
-                "{shape}"
-            );
+            assert!(scored.iter().all(|&(_, r)| (-1.0..=0.0).contains(&r)), "{shape}");
         }
     }
 
@@ -193,13 +152,11 @@ mod tests {
 
     #[test]
     fn tolerance_and_gaussian_shape() {
-        let plugin: TargetLength =
-            configure(r#"{"target_words": 20, "tolerance": 5}"#).expect("config");
+        let plugin: TargetLength = configure(r#"{"target_words": 20, "tolerance": 5}"#).expect("config");
         assert_eq!(plugin.reward(16.0), 0.0);
         assert_eq!(plugin.reward(25.0), 0.0);
         assert_eq!(plugin.reward(30.0), -0.25);
-        let gaussian: TargetLength =
-            configure(r#"{"target_words": 20, "shape": "gaussian"}"#).expect("config");
+        let gaussian: TargetLength = configure(r#"{"target_words": 20, "shape": "gaussian"}"#).expect("config");
         // sigma defaults to 10: one sigma away gives exp(-1/2) - 1.
         assert!((gaussian.reward(30.0) - ((-0.5f64).exp() - 1.0)).abs() < 1e-15);
         assert!((gaussian.reward(10.0) - gaussian.reward(30.0)).abs() < 1e-15);
@@ -220,15 +177,10 @@ mod tests {
             (r#"{"target_words": 10, "tolerance": -1}"#, "tolerance"),
             (r#"{"target_words": 10, "shape": "cubic"}"#, "shape"),
             (r#"{"target_words": 10, "sigma": 3}"#, "sigma"),
-            (
-                r#"{"target_words": 10, "shape": "gaussian", "sigma": 0}"#,
-                "sigma",
-            ),
+            (r#"{"target_words": 10, "shape": "gaussian", "sigma": 0}"#, "sigma"),
             (r#"{"target_word": 10}"#, "target_word"),
         ] {
-            let err = configure::<TargetLength>(config)
-                .err()
-                .unwrap_or_else(|| panic!("{config} accepted"));
+            let err = configure::<TargetLength>(config).err().unwrap_or_else(|| panic!("{config} accepted"));
             assert!(err.message.contains(field), "{config}: {}", err.message);
         }
     }

@@ -82,9 +82,15 @@ impl InplaceOp2 for Moment {
         }
         let (beta, one_minus, s) = (self.beta, 1.0 - self.beta, self.scale);
         if self.square {
-            wide(#[inline(always)] || m.iter_mut().zip(g).for_each(|(m, &g)| *m = beta * *m + one_minus * (s * g) * (s * g)));
+            wide(
+                #[inline(always)]
+                || m.iter_mut().zip(g).for_each(|(m, &g)| *m = beta * *m + one_minus * (s * g) * (s * g)),
+            );
         } else {
-            wide(#[inline(always)] || m.iter_mut().zip(g).for_each(|(m, &g)| *m = beta * *m + one_minus * (s * g)));
+            wide(
+                #[inline(always)]
+                || m.iter_mut().zip(g).for_each(|(m, &g)| *m = beta * *m + one_minus * (s * g)),
+            );
         }
         Ok(())
     }
@@ -114,12 +120,14 @@ impl InplaceOp3 for Apply {
         }
         let AdamWStep { lr, eps, decay, correction1, correction2, .. } = self.0;
         let (inv1, inv2) = (1.0 / correction1, 1.0 / correction2);
-        wide(#[inline(always)] || {
-            p.iter_mut().zip(m).zip(v).for_each(|((p, &m), &v)| {
-                *p = decay * *p - lr * (m * inv1) / ((v * inv2).sqrt() + eps);
-            })
-        });
+        wide(
+            #[inline(always)]
+            || {
+                p.iter_mut().zip(m).zip(v).for_each(|((p, &m), &v)| {
+                    *p = decay * *p - lr * (m * inv1) / ((v * inv2).sqrt() + eps);
+                })
+            },
+        );
         Ok(())
     }
 }
-

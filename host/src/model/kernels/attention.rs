@@ -82,7 +82,12 @@ impl Heads {
 
     /// Fails unless every element of `b` batches of `heads` (rows, d) matrices lies inside `len`:
     /// the kernel's raw-pointer products rely on it.
-    pub(super) fn check(&self, (b, heads, rows, d): (usize, usize, usize, usize), len: usize, what: &str) -> Result<()> {
+    pub(super) fn check(
+        &self,
+        (b, heads, rows, d): (usize, usize, usize, usize),
+        len: usize,
+        what: &str,
+    ) -> Result<()> {
         if b == 0 || heads == 0 || rows == 0 || d == 0 {
             return Ok(());
         }
@@ -156,7 +161,16 @@ type Operand = (*const f32, usize, usize);
 /// Every operand must address valid memory for its shape and strides, and `dst` no memory that
 /// another thread touches meanwhile.
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn product(m: usize, n: usize, k: usize, dst: (*mut f32, usize, usize), accumulate: bool, lhs: Operand, rhs: Operand, beta: f32) {
+pub(super) unsafe fn product(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: (*mut f32, usize, usize),
+    accumulate: bool,
+    lhs: Operand,
+    rhs: Operand,
+    beta: f32,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -259,7 +273,10 @@ pub(super) fn forward(inputs: &Inputs, out: Ptr, out_at: Heads, stats: Option<Pt
                         if visible == 0 {
                             continue;
                         }
-                        let alpha = wide(#[inline(always)] || stats.absorb(&mut row[..visible], bias.map(|bias| &bias[j0..j0 + visible])));
+                        let alpha = wide(
+                            #[inline(always)]
+                            || stats.absorb(&mut row[..visible], bias.map(|bias| &bias[j0..j0 + visible])),
+                        );
                         if j0 > 0 && alpha != 1.0 {
                             // SAFETY: output row r0 + i of (b, h) is this task's alone and
                             // inside the buffer (checked by the caller); it holds d values.
@@ -291,7 +308,9 @@ pub(super) fn forward(inputs: &Inputs, out: Ptr, out_at: Heads, stats: Option<Pt
                         let at = ((b * dims.h + h) * t + r0 + i) * 2;
                         // SAFETY: row r0 + i of (b, h) is this task's alone; the buffer holds
                         // B * H * T * 2 values.
-                        unsafe { std::slice::from_raw_parts_mut(ptr.at(at), 2).copy_from_slice(&[row.max, row.inv_sum()]) };
+                        unsafe {
+                            std::slice::from_raw_parts_mut(ptr.at(at), 2).copy_from_slice(&[row.max, row.inv_sum()])
+                        };
                     }
                 }
             }
@@ -304,7 +323,13 @@ pub(super) fn forward(inputs: &Inputs, out: Ptr, out_at: Heads, stats: Option<Pt
 ///
 /// # Safety
 /// q and k must have been checked by [`Inputs::check`], and `p` hold rows × that stride values.
-unsafe fn scores(inputs: &Inputs, (b, h, kv): (usize, usize, usize), (r0, rows): (usize, usize), (j0, cols): (usize, usize), p: &mut [f32]) {
+unsafe fn scores(
+    inputs: &Inputs,
+    (b, h, kv): (usize, usize, usize),
+    (r0, rows): (usize, usize),
+    (j0, cols): (usize, usize),
+    p: &mut [f32],
+) {
     let width = KEY_BLOCK.min(inputs.dims.s);
     debug_assert!(p.len() >= rows * width && cols <= width);
     // SAFETY: forwarded from the caller.
@@ -416,21 +441,37 @@ pub(super) fn backward(inputs: &Inputs, stats: &[f32], o: &[f32], go: &[f32], o_
                     unsafe {
                         scores(inputs, (b, h, kv), (r0, rows), (j0, cols), &mut p);
                         // dP = do vᵀ
-                        product(rows, cols, d, (ds.as_mut_ptr(), width, 1), false, (go_rows.as_ptr(), o_at.row, 1), (inputs.ptr(inputs.v, b, kv, j0), 1, inputs.v.1.row), 1.0);
+                        product(
+                            rows,
+                            cols,
+                            d,
+                            (ds.as_mut_ptr(), width, 1),
+                            false,
+                            (go_rows.as_ptr(), o_at.row, 1),
+                            (inputs.ptr(inputs.v, b, kv, j0), 1, inputs.v.1.row),
+                            1.0,
+                        );
                     }
                     for i in 0..rows {
                         let visible = (past + r0 + i + 1).saturating_sub(j0).min(cols);
                         let (max, inv_sum) = (head_stats[(r0 + i) * 2], head_stats[(r0 + i) * 2 + 1]);
-                        let (p_row, ds_row) = (&mut p[i * width..i * width + cols], &mut ds[i * width..i * width + cols]);
+                        let (p_row, ds_row) =
+                            (&mut p[i * width..i * width + cols], &mut ds[i * width..i * width + cols]);
                         let (bias, dot) = (bias.map(|bias| &bias[j0..j0 + visible]), dots[i]);
-                        wide(#[inline(always)] || {
-                            // P = e^(score + bias - max) / sum, dS = P ⊙ (dP - rowsum(do ⊙ o))
-                            if let Some(bias) = bias {
-                                p_row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
-                            }
-                            p_row[..visible].iter_mut().for_each(|x| *x = exp_nonpositive(*x - max) * inv_sum);
-                            ds_row[..visible].iter_mut().zip(&p_row[..visible]).for_each(|(g, &p)| *g = p * (*g - dot));
-                        });
+                        wide(
+                            #[inline(always)]
+                            || {
+                                // P = e^(score + bias - max) / sum, dS = P ⊙ (dP - rowsum(do ⊙ o))
+                                if let Some(bias) = bias {
+                                    p_row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
+                                }
+                                p_row[..visible].iter_mut().for_each(|x| *x = exp_nonpositive(*x - max) * inv_sum);
+                                ds_row[..visible]
+                                    .iter_mut()
+                                    .zip(&p_row[..visible])
+                                    .for_each(|(g, &p)| *g = p * (*g - dot));
+                            },
+                        );
                         p_row[visible..].fill(0.0);
                         ds_row[visible..].fill(0.0);
                     }
@@ -438,11 +479,38 @@ pub(super) fn backward(inputs: &Inputs, stats: &[f32], o: &[f32], go: &[f32], o_
                     // written by this task only. The first tile overwrites dq's rows.
                     unsafe {
                         // dq (+)= scale · dS k
-                        product(rows, d, cols, (dq.0.at(dq.1.start(b, h) + r0 * dq.1.row), dq.1.row, 1), j0 > 0, (ds.as_ptr(), width, 1), (inputs.ptr(inputs.k, b, kv, j0), inputs.k.1.row, 1), scale);
+                        product(
+                            rows,
+                            d,
+                            cols,
+                            (dq.0.at(dq.1.start(b, h) + r0 * dq.1.row), dq.1.row, 1),
+                            j0 > 0,
+                            (ds.as_ptr(), width, 1),
+                            (inputs.ptr(inputs.k, b, kv, j0), inputs.k.1.row, 1),
+                            scale,
+                        );
                         // dk += scale · dSᵀ q
-                        product(cols, d, rows, (dk.0.at(dk.1.start(b, kv) + j0 * dk.1.row), dk.1.row, 1), true, (ds.as_ptr(), 1, width), (inputs.ptr(inputs.q, b, h, r0), inputs.q.1.row, 1), scale);
+                        product(
+                            cols,
+                            d,
+                            rows,
+                            (dk.0.at(dk.1.start(b, kv) + j0 * dk.1.row), dk.1.row, 1),
+                            true,
+                            (ds.as_ptr(), 1, width),
+                            (inputs.ptr(inputs.q, b, h, r0), inputs.q.1.row, 1),
+                            scale,
+                        );
                         // dv += Pᵀ do
-                        product(cols, d, rows, (dv.0.at(dv.1.start(b, kv) + j0 * dv.1.row), dv.1.row, 1), true, (p.as_ptr(), 1, width), (go_rows.as_ptr(), o_at.row, 1), 1.0);
+                        product(
+                            cols,
+                            d,
+                            rows,
+                            (dv.0.at(dv.1.start(b, kv) + j0 * dv.1.row), dv.1.row, 1),
+                            true,
+                            (p.as_ptr(), 1, width),
+                            (go_rows.as_ptr(), o_at.row, 1),
+                            1.0,
+                        );
                     }
                 }
             }

@@ -14,10 +14,13 @@ use super::filled;
 /// H a multiple of KV, S >= T, query i at position S - T + i; `key_bias` additive (B, S).
 /// Returns (B, H, T, d). CPU f32 only (the caller checks with `kernels::fused`).
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, key_bias: Option<&Tensor>) -> Result<Tensor> {
-    let unit_last = |t: &Tensor| -> Result<Tensor> {
-        if Heads::of(t.layout()).is_some() { Ok(t.clone()) } else { t.contiguous() }
+    let unit_last =
+        |t: &Tensor| -> Result<Tensor> { if Heads::of(t.layout()).is_some() { Ok(t.clone()) } else { t.contiguous() } };
+    let op = Attention {
+        key_bias: bias_values(key_bias)?,
+        keep: q.track_op() || k.track_op() || v.track_op(),
+        stats: Mutex::new(None),
     };
-    let op = Attention { key_bias: bias_values(key_bias)?, keep: q.track_op() || k.track_op() || v.track_op(), stats: Mutex::new(None) };
     unit_last(q)?.apply_op3(&unit_last(k)?, &unit_last(v)?, op)
 }
 
@@ -39,8 +42,16 @@ fn cpu<'a>(storage: &'a CpuStorage, name: &str) -> Result<&'a [f32]> {
 }
 
 impl Attention {
-    fn inputs<'a>(&'a self, q: (&'a [f32], &Layout), k: (&'a [f32], &Layout), v: (&'a [f32], &Layout)) -> Result<Inputs<'a>> {
-        let heads = |l: &Layout| Heads::of(l).ok_or_else(|| candle_core::Error::Msg("fused attention: 4-D inputs with a unit last stride".into()));
+    fn inputs<'a>(
+        &'a self,
+        q: (&'a [f32], &Layout),
+        k: (&'a [f32], &Layout),
+        v: (&'a [f32], &Layout),
+    ) -> Result<Inputs<'a>> {
+        let heads = |l: &Layout| {
+            Heads::of(l)
+                .ok_or_else(|| candle_core::Error::Msg("fused attention: 4-D inputs with a unit last stride".into()))
+        };
         let (b, h, t, d) = q.1.shape().dims4()?;
         let (kb, kv, s, kd) = k.1.shape().dims4()?;
         if (kb, kd) != (b, d) || v.1.shape() != k.1.shape() {
@@ -63,8 +74,17 @@ impl CustomOp3 for Attention {
         "fused-causal-attention"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
-        let inputs = self.inputs((cpu(s1, self.name())?, l1), (cpu(s2, self.name())?, l2), (cpu(s3, self.name())?, l3))?;
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let inputs =
+            self.inputs((cpu(s1, self.name())?, l1), (cpu(s2, self.name())?, l2), (cpu(s3, self.name())?, l3))?;
         let Dims { b, h, t, d, .. } = inputs.dims;
         let (out, stats) = run_forward(&inputs, b * h * t * d, Heads::contiguous(h, t, d), self.keep);
         if let Some(stats) = stats {
@@ -73,7 +93,14 @@ impl CustomOp3 for Attention {
         Ok((CpuStorage::F32(out), Shape::from((b, h, t, d))))
     }
 
-    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         let Some(stats) = stats.as_ref() else { bail!("fused attention: no row stats kept for the backward pass") };
         let grad = grad.contiguous()?;
@@ -82,10 +109,13 @@ impl CustomOp3 for Attention {
         let (v_s, v_l) = v.storage_and_layout();
         let (o_s, _) = out.storage_and_layout();
         let (g_s, g_l) = grad.storage_and_layout();
-        let (Storage::Cpu(q_c), Storage::Cpu(k_c), Storage::Cpu(v_c), Storage::Cpu(o_c), Storage::Cpu(g_c)) = (&*q_s, &*k_s, &*v_s, &*o_s, &*g_s) else {
+        let (Storage::Cpu(q_c), Storage::Cpu(k_c), Storage::Cpu(v_c), Storage::Cpu(o_c), Storage::Cpu(g_c)) =
+            (&*q_s, &*k_s, &*v_s, &*o_s, &*g_s)
+        else {
             bail!("fused attention: CPU only")
         };
-        let inputs = self.inputs((cpu(q_c, self.name())?, q_l), (cpu(k_c, self.name())?, k_l), (cpu(v_c, self.name())?, v_l))?;
+        let inputs =
+            self.inputs((cpu(q_c, self.name())?, q_l), (cpu(k_c, self.name())?, k_l), (cpu(v_c, self.name())?, v_l))?;
         let Dims { b, h, kv, t, s, d } = inputs.dims;
         let o_at = Heads::contiguous(h, t, d);
         let (o, go) = (cpu(o_c, self.name())?, &cpu(g_c, self.name())?[g_l.start_offset()..]);
@@ -122,7 +152,10 @@ impl CustomOp3 for Attention {
 /// bias (B, T). Returns (B, T, C), heads side by side: `y.transpose(1, 2).reshape((B, T, C))` of
 /// the plain path, without its copies.
 pub fn causal_attention_qkv(qkv: &Tensor, heads: usize, key_bias: Option<&Tensor>) -> Result<Tensor> {
-    let op = AttentionQkv { heads, inner: Attention { key_bias: bias_values(key_bias)?, keep: qkv.track_op(), stats: Mutex::new(None) } };
+    let op = AttentionQkv {
+        heads,
+        inner: Attention { key_bias: bias_values(key_bias)?, keep: qkv.track_op(), stats: Mutex::new(None) },
+    };
     qkv.contiguous()?.apply_op1(op)
 }
 
@@ -147,7 +180,8 @@ impl AttentionQkv {
     }
 
     fn inputs<'a>(&'a self, data: &'a [f32], dims: Dims, [q, k, v]: [Heads; 3]) -> Result<Inputs<'a>> {
-        let inputs = Inputs { q: (data, q), k: (data, k), v: (data, v), key_bias: self.inner.key_bias.as_deref(), dims };
+        let inputs =
+            Inputs { q: (data, q), k: (data, k), v: (data, v), key_bias: self.inner.key_bias.as_deref(), dims };
         inputs.check()?;
         Ok(inputs)
     }

@@ -64,17 +64,39 @@ pub(super) type Operand<P> = (P, usize, usize);
 ///
 /// # Safety
 /// Every operand must address valid memory for its shape and strides.
-pub(super) unsafe fn product(m: usize, n: usize, k: usize, dst: Operand<*mut f32>, accumulate: bool, lhs: Operand<*const f32>, rhs: Operand<*const f32>) {
+pub(super) unsafe fn product(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: Operand<*mut f32>,
+    accumulate: bool,
+    lhs: Operand<*const f32>,
+    rhs: Operand<*const f32>,
+) {
     let threads = product_threads();
     let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
     // SAFETY: forwarded from the caller.
     unsafe {
         gemm(
-            m, n, k,
-            dst.0, dst.2 as isize, dst.1 as isize, accumulate,
-            lhs.0, lhs.2 as isize, lhs.1 as isize,
-            rhs.0, rhs.2 as isize, rhs.1 as isize,
-            1.0, 1.0, false, false, false, parallelism,
+            m,
+            n,
+            k,
+            dst.0,
+            dst.2 as isize,
+            dst.1 as isize,
+            accumulate,
+            lhs.0,
+            lhs.2 as isize,
+            lhs.1 as isize,
+            rhs.0,
+            rhs.2 as isize,
+            rhs.1 as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
         )
     }
 }
@@ -95,9 +117,15 @@ impl Affine {
         let rows = lead.iter().product();
         let (w0, w1) = w.shape().dims2()?;
         let [s0, s1] = w.stride() else { bail!("fused linear: a 2-D weight") };
-        let (wi, wo, d_out, i_stride, o_stride) = if self.out_in { (w1, w0, w0, *s1, *s0) } else { (w0, w1, w1, *s0, *s1) };
+        let (wi, wo, d_out, i_stride, o_stride) =
+            if self.out_in { (w1, w0, w0, *s1, *s0) } else { (w0, w1, w1, *s0, *s1) };
         if wi != d_in {
-            bail!("fused linear: input {:?} against weight {:?} ({})", x.shape(), w.shape(), if self.out_in { "out, in" } else { "in, out" });
+            bail!(
+                "fused linear: input {:?} against weight {:?} ({})",
+                x.shape(),
+                w.shape(),
+                if self.out_in { "out, in" } else { "in, out" }
+            );
         }
         // Every element the products read lies inside the weight's storage.
         if wi > 0 && wo > 0 && w.start_offset() + (wi - 1) * i_stride + (wo - 1) * o_stride >= w_len {
@@ -106,25 +134,43 @@ impl Affine {
         Ok(Sizes { rows, d_in, d_out, w_at: (w.start_offset(), i_stride, o_stride) })
     }
 
-    fn forward(&self, x: (&CpuStorage, &Layout), w: (&CpuStorage, &Layout), bias: Option<(&CpuStorage, &Layout)>) -> Result<(CpuStorage, Shape)> {
+    fn forward(
+        &self,
+        x: (&CpuStorage, &Layout),
+        w: (&CpuStorage, &Layout),
+        bias: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
         let (y, shape) = self.affine(x, w, bias)?;
         let Some(gelu) = &self.gelu else { return Ok((CpuStorage::F32(y), shape)) };
         if !gelu.keep {
             let mut y = y;
-            for_rows(&mut y, GELU_CHUNK, |_, chunk| wide(#[inline(always)] || chunk.iter_mut().for_each(|v| *v = super::gelu_of(*v))));
+            for_rows(&mut y, GELU_CHUNK, |_, chunk| {
+                wide(
+                    #[inline(always)]
+                    || chunk.iter_mut().for_each(|v| *v = super::gelu_of(*v)),
+                )
+            });
             return Ok((CpuStorage::F32(y), shape));
         }
         let mut out = vec![0f32; y.len()];
         for_rows(&mut out, GELU_CHUNK, |i, chunk| {
             let pre = &y[i * GELU_CHUNK..i * GELU_CHUNK + chunk.len()];
-            wide(#[inline(always)] || gelu_chunk(pre, chunk));
+            wide(
+                #[inline(always)]
+                || gelu_chunk(pre, chunk),
+            );
         });
         *gelu.pre.lock().unwrap_or_else(|e| e.into_inner()) = Some(y);
         Ok((CpuStorage::F32(out), shape))
     }
 
     /// x W + b, and its shape.
-    fn affine(&self, x: (&CpuStorage, &Layout), w: (&CpuStorage, &Layout), bias: Option<(&CpuStorage, &Layout)>) -> Result<(Vec<f32>, Shape)> {
+    fn affine(
+        &self,
+        x: (&CpuStorage, &Layout),
+        w: (&CpuStorage, &Layout),
+        bias: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(Vec<f32>, Shape)> {
         let xs = slice(x.0, x.1, "fused linear")?;
         let w_data = w.0.as_slice::<f32>()?;
         let Sizes { rows, d_in, d_out, w_at } = self.sizes(x.1, w.1, w_data.len())?;
@@ -142,14 +188,34 @@ impl Affine {
                 y.chunks_mut(d_out.max(1)).for_each(|row| row.copy_from_slice(b));
                 if rows > 0 && d_out > 0 {
                     // SAFETY: x is rows × d_in contiguous, W checked by `sizes`, y rows × d_out.
-                    unsafe { product(rows, d_out, d_in, (y.as_mut_ptr(), d_out, 1), true, (xs.as_ptr(), d_in, 1), (w_ptr, w_at.1, w_at.2)) };
+                    unsafe {
+                        product(
+                            rows,
+                            d_out,
+                            d_in,
+                            (y.as_mut_ptr(), d_out, 1),
+                            true,
+                            (xs.as_ptr(), d_in, 1),
+                            (w_ptr, w_at.1, w_at.2),
+                        )
+                    };
                 }
                 y
             }
             None if rows > 0 && d_out > 0 && d_in > 0 => {
                 // SAFETY: as above; the product overwrites all of y (no bias to start from).
                 unsafe {
-                    filled(rows * d_out, |y| product(rows, d_out, d_in, (y, d_out, 1), false, (xs.as_ptr(), d_in, 1), (w_ptr, w_at.1, w_at.2)))
+                    filled(rows * d_out, |y| {
+                        product(
+                            rows,
+                            d_out,
+                            d_in,
+                            (y, d_out, 1),
+                            false,
+                            (xs.as_ptr(), d_in, 1),
+                            (w_ptr, w_at.1, w_at.2),
+                        )
+                    })
                 }
             }
             None => vec![0f32; rows * d_out],
@@ -177,7 +243,10 @@ impl Affine {
                 with_data(grad, "fused linear", |g| {
                     for_rows(&mut pre, GELU_CHUNK, |i, chunk| {
                         let g = &g[i * GELU_CHUNK..i * GELU_CHUNK + chunk.len()];
-                        wide(#[inline(always)] || chunk.iter_mut().zip(g).for_each(|(v, &gv)| *v = super::gelu_grad_of(*v, gv)));
+                        wide(
+                            #[inline(always)]
+                            || chunk.iter_mut().zip(g).for_each(|(v, &gv)| *v = super::gelu_grad_of(*v, gv)),
+                        );
                     })
                 })?;
                 Tensor::from_vec(pre, grad.shape().clone(), &candle_core::Device::Cpu)?
@@ -199,9 +268,29 @@ impl Affine {
                 // each product overwrites all of its fresh buffer (every size is non-zero).
                 unsafe {
                     // dx = g Wᵀ: Wᵀ's element (o, i) is W's (i, o).
-                    let dx = filled(rows * d_in, |dx| product(rows, d_in, d_out, (dx, d_in, 1), false, (g.as_ptr(), d_out, 1), (w_ptr, w_at.2, w_at.1)));
+                    let dx = filled(rows * d_in, |dx| {
+                        product(
+                            rows,
+                            d_in,
+                            d_out,
+                            (dx, d_in, 1),
+                            false,
+                            (g.as_ptr(), d_out, 1),
+                            (w_ptr, w_at.2, w_at.1),
+                        )
+                    });
                     // dW (in × out) = xᵀ g, written through the stored orientation's strides.
-                    let dw = filled(d_in * d_out, |dw| product(d_in, d_out, rows, (dw, dw_at.0, dw_at.1), false, (xs.as_ptr(), 1, d_in), (g.as_ptr(), d_out, 1)));
+                    let dw = filled(d_in * d_out, |dw| {
+                        product(
+                            d_in,
+                            d_out,
+                            rows,
+                            (dw, dw_at.0, dw_at.1),
+                            false,
+                            (xs.as_ptr(), 1, d_in),
+                            (g.as_ptr(), d_out, 1),
+                        )
+                    });
                     (dx, dw)
                 }
             })
@@ -236,11 +325,26 @@ impl CustomOp3 for Affine {
         "fused-linear-bias"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         self.forward((s1, l1), (s2, l2), Some((s3, l3)))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dw, db) = self.backward(x, w, grad)?;
         Ok((Some(dx), Some(dw), Some(db.reshape(b.shape())?)))
     }

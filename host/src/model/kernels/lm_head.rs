@@ -58,7 +58,11 @@ fn logits(x: &[f32], w: &[f32], s: &Sizes) -> Vec<f32> {
     }
     // SAFETY: x is n × d contiguous (checked by the callers), W checked by `sizes`; the product
     // overwrites all of the fresh n × v buffer. Wᵀ's element (k, j) is W's (j, k).
-    unsafe { filled(n * v, |out| product(n, v, d, (out, v, 1), false, (x.as_ptr(), d, 1), (w[w_at.0..].as_ptr(), w_at.2, w_at.1))) }
+    unsafe {
+        filled(n * v, |out| {
+            product(n, v, d, (out, v, 1), false, (x.as_ptr(), d, 1), (w[w_at.0..].as_ptr(), w_at.2, w_at.1))
+        })
+    }
 }
 
 impl CustomOp3 for LmHeadLoss {
@@ -66,7 +70,15 @@ impl CustomOp3 for LmHeadLoss {
         "fused-lm-head-cross-entropy"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = slice(s1, l1, self.name())?;
         let w = s2.as_slice::<f32>()?;
         let s = sizes(l1, l2, w.len())?;
@@ -76,15 +88,31 @@ impl CustomOp3 for LmHeadLoss {
         let targets = targets_of(s3, l3, s.n, s.v)?;
         let logits = logits(x, w, &s);
         let v = s.v;
-        let row = |i: usize| wide(#[inline(always)] || row_loss(&logits[i * v..(i + 1) * v], targets[i]));
-        let loss: Vec<f32> = if s.n * v < PARALLEL_MIN { (0..s.n).map(row).collect() } else { (0..s.n).into_par_iter().map(row).collect() };
+        let row = |i: usize| {
+            wide(
+                #[inline(always)]
+                || row_loss(&logits[i * v..(i + 1) * v], targets[i]),
+            )
+        };
+        let loss: Vec<f32> = if s.n * v < PARALLEL_MIN {
+            (0..s.n).map(row).collect()
+        } else {
+            (0..s.n).into_par_iter().map(row).collect()
+        };
         if self.keep {
             *self.logits.lock().unwrap_or_else(|e| e.into_inner()) = Some(logits);
         }
         Ok((CpuStorage::F32(loss), l3.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, targets: &Tensor, _loss: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        targets: &Tensor,
+        _loss: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (x_s, x_l) = x.storage_and_layout();
         let (w_s, w_l) = w.storage_and_layout();
         let (Storage::Cpu(x_c), Storage::Cpu(w_c)) = (&*x_s, &*w_s) else { bail!("LM head loss: CPU only") };
@@ -105,7 +133,10 @@ impl CustomOp3 for LmHeadLoss {
         };
         // d loss / d logits = (softmax - onehot) * g, row by row, in place.
         let row = |(i, row): (usize, &mut [f32])| {
-            wide(#[inline(always)] || scaled_softmax_in_place(row, g[i]));
+            wide(
+                #[inline(always)]
+                || scaled_softmax_in_place(row, g[i]),
+            );
             row[targets[i]] -= g[i];
         };
         if n * v < PARALLEL_MIN {
@@ -121,9 +152,12 @@ impl CustomOp3 for LmHeadLoss {
         // overwrites all of its fresh buffer (n, v, d all non-zero).
         let (dx, dw) = unsafe {
             // dx = dlogits W (n × d)
-            let dx = filled(n * d, |dx| product(n, d, v, (dx, d, 1), false, (dlogits.as_ptr(), v, 1), (w_ptr, w_at.1, w_at.2)));
+            let dx = filled(n * d, |dx| {
+                product(n, d, v, (dx, d, 1), false, (dlogits.as_ptr(), v, 1), (w_ptr, w_at.1, w_at.2))
+            });
             // dW = dlogitsᵀ x (v × d)
-            let dw = filled(v * d, |dw| product(v, d, n, (dw, d, 1), false, (dlogits.as_ptr(), 1, v), (xs.as_ptr(), d, 1)));
+            let dw =
+                filled(v * d, |dw| product(v, d, n, (dw, d, 1), false, (dlogits.as_ptr(), 1, v), (xs.as_ptr(), d, 1)));
             (dx, dw)
         };
         let cpu = candle_core::Device::Cpu;

@@ -113,12 +113,15 @@ impl CustomOp3 for LayerNormOp {
         let mut out = vec![0f32; x.len()];
         for_rows(&mut out, cols, |i, row| {
             let xs = &x[i * cols..(i + 1) * cols];
-            wide(#[inline(always)] || {
-                let (mean, rstd) = moments(xs, self.eps);
-                for (((o, &xv), &wv), &bv) in row.iter_mut().zip(xs).zip(w).zip(b) {
-                    *o = (xv - mean) * rstd * wv + bv;
-                }
-            })
+            wide(
+                #[inline(always)]
+                || {
+                    let (mean, rstd) = moments(xs, self.eps);
+                    for (((o, &xv), &wv), &bv) in row.iter_mut().zip(xs).zip(w).zip(b) {
+                        *o = (xv - mean) * rstd * wv + bv;
+                    }
+                },
+            )
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -137,24 +140,29 @@ impl CustomOp3 for LayerNormOp {
         let (dx, partial) = with_data(x, self.name(), |x| {
             with_data(grad, self.name(), |dy| {
                 // partial = [dw (cols), db (cols)]
-                norm_backward(x, dy, cols, 2 * cols, |xs, dys, dx, partial| wide(#[inline(always)] || {
-                    let (mean, rstd) = moments(xs, eps);
-                    let d = cols as f32;
-                    let (mut a, mut c) = (0f32, 0f32);
-                    for ((&xv, &g), &wv) in xs.iter().zip(dys).zip(&w) {
-                        let xhat = (xv - mean) * rstd;
-                        a += g * wv;
-                        c += g * wv * xhat;
-                    }
-                    let (a, c) = (a / d, c / d);
-                    let (dw, db) = partial.split_at_mut(cols);
-                    for (k, ((&xv, &g), &wv)) in xs.iter().zip(dys).zip(&w).enumerate() {
-                        let xhat = (xv - mean) * rstd;
-                        dx[k] = rstd * (g * wv - a - xhat * c);
-                        dw[k] += g * xhat;
-                        db[k] += g;
-                    }
-                }))
+                norm_backward(x, dy, cols, 2 * cols, |xs, dys, dx, partial| {
+                    wide(
+                        #[inline(always)]
+                        || {
+                            let (mean, rstd) = moments(xs, eps);
+                            let d = cols as f32;
+                            let (mut a, mut c) = (0f32, 0f32);
+                            for ((&xv, &g), &wv) in xs.iter().zip(dys).zip(&w) {
+                                let xhat = (xv - mean) * rstd;
+                                a += g * wv;
+                                c += g * wv * xhat;
+                            }
+                            let (a, c) = (a / d, c / d);
+                            let (dw, db) = partial.split_at_mut(cols);
+                            for (k, ((&xv, &g), &wv)) in xs.iter().zip(dys).zip(&w).enumerate() {
+                                let xhat = (xv - mean) * rstd;
+                                dx[k] = rstd * (g * wv - a - xhat * c);
+                                dw[k] += g * xhat;
+                                db[k] += g;
+                            }
+                        },
+                    )
+                })
             })
         })??;
         let (dw, db) = partial.split_at(cols);
@@ -214,4 +222,3 @@ impl CustomOp2 for RmsNormOp {
         Ok((Some(cpu_tensor(dx, x.shape())?), Some(Tensor::from_vec(dw, cols, &Device::Cpu)?)))
     }
 }
-

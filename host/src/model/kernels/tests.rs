@@ -42,10 +42,7 @@ type Run = (Vec<f32>, Vec<Vec<f32>>);
 /// Runs `f` with the fused and then the plain kernels on fresh variables made from `inputs`,
 /// returning (output, gradient of each input) per path. The gradient flows from
 /// sum(output * coef) with a fixed random coef, so that no gradient vanishes by symmetry.
-fn both(
-    inputs: &[Tensor],
-    f: impl Fn(&[Tensor]) -> Result<Tensor>,
-) -> Result<[Run; 2]> {
+fn both(inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Result<Tensor>) -> Result<[Run; 2]> {
     let run = |kernels: Kernels| -> Result<Run> {
         with_kernels(kernels, || {
             let vars: Vec<Var> = inputs.iter().map(Var::from_tensor).collect::<Result<_>>()?;
@@ -53,10 +50,7 @@ fn both(
             let out = f(&tensors)?;
             let coef = tensor(random(99, out.dims(), 1.0), out.dims());
             let grads = (&out * &coef)?.sum_all()?.backward()?;
-            let grads = vars
-                .iter()
-                .map(|v| grads.get(v).map(flat).unwrap_or_default())
-                .collect();
+            let grads = vars.iter().map(|v| grads.get(v).map(flat).unwrap_or_default()).collect();
             Ok((flat(&out), grads))
         })
     };
@@ -171,7 +165,13 @@ fn layer_norm_matches_the_composition() -> Result<()> {
         ("random", 12, d, random(9, &[12, d], 1.0), 0.0),
         // Mean 1e4, spread 100: the plain and fused means differ by ulps of 1e4, which the
         // normalisation scales by 1/std.
-        ("offset 1e4", 6, d, random(10, &[6, d], 100.0).into_iter().map(|x| x + 1e4).collect(), 64.0 * f32::EPSILON * 1e2),
+        (
+            "offset 1e4",
+            6,
+            d,
+            random(10, &[6, d], 100.0).into_iter().map(|x| x + 1e4).collect(),
+            64.0 * f32::EPSILON * 1e2,
+        ),
         ("50,000 columns", 2, 50_000, random(11, &[2, 50_000], 2.0), 0.0),
         ("all equal", 3, d, vec![3.0; 3 * d], 0.0),
     ];
@@ -203,9 +203,8 @@ fn rms_norm_matches_the_composition() -> Result<()> {
     for (name, n, cols, x) in cases {
         let w = random(17, &[cols], 1.0);
         let inputs = [tensor(x, &[n, cols]), tensor(w, &[cols])];
-        let [fused, plain] = both(&inputs, |t| {
-            crate::model::norm::RmsNorm { weight: t[1].clone(), eps: 1e-5 }.forward(&t[0])
-        })?;
+        let [fused, plain] =
+            both(&inputs, |t| crate::model::norm::RmsNorm { weight: t[1].clone(), eps: 1e-5 }.forward(&t[0]))?;
         assert_close(&format!("{name}: rms norm"), &fused.0, &plain.0, 1e-5, 1e-6);
         for (i, part) in ["x", "weight"].iter().enumerate() {
             let atol = ulps(&plain.1[i], 64.0).max(1e-6);
@@ -237,9 +236,7 @@ fn gelu_matches_candles_tanh_gelu() -> Result<()> {
                 ((0.5 * v * (1.0 + t)) as f32, (c as f64 * d) as f32)
             })
             .collect();
-        let [fused, plain] = both(&[tensor(x, &shape)], |x| {
-            if fused(&[&x[0]]) { gelu(&x[0]) } else { x[0].gelu() }
-        })?;
+        let [fused, plain] = both(&[tensor(x, &shape)], |x| if fused(&[&x[0]]) { gelu(&x[0]) } else { x[0].gelu() })?;
         let (value, grad): (Vec<f32>, Vec<f32>) = exact.into_iter().unzip();
         // Against the exact values: 1e-5 relative, plus a few ulp of the input for the value.
         assert_close(&format!("{name}: gelu against f64"), &fused.0, &value, 1e-5, 1e-7 * scale);
@@ -257,14 +254,19 @@ fn gelu_matches_candles_tanh_gelu() -> Result<()> {
 fn add_bias_matches_broadcast_add() -> Result<()> {
     for (name, n, d, std) in [("random", 37, 24, 1.0), ("magnitude 1e4", 5, 8, 1e4), ("long rows", 2, 50_000, 2.0)] {
         let inputs = [tensor(random(50, &[n, d], std), &[n, d]), tensor(random(51, &[d], std), &[d])];
-        let [fused, plain] = both(&inputs, |t| {
-            if fused(&[&t[0]]) { add_bias(&t[0], &t[1]) } else { t[0].broadcast_add(&t[1]) }
-        })?;
+        let [fused, plain] =
+            both(&inputs, |t| if fused(&[&t[0]]) { add_bias(&t[0], &t[1]) } else { t[0].broadcast_add(&t[1]) })?;
         // The sum is exact up to one rounding either way; the bias gradient sums n rows in a
         // different order (a few ulp of the largest partial sum).
         assert_close(&format!("{name}: value"), &fused.0, &plain.0, 1e-6, 0.0);
         assert_close(&format!("{name}: gradient of x"), &fused.1[0], &plain.1[0], 0.0, 0.0);
-        assert_close(&format!("{name}: gradient of bias"), &fused.1[1], &plain.1[1], 1e-5, ulps(&plain.1[1], 4.0 * n as f32));
+        assert_close(
+            &format!("{name}: gradient of bias"),
+            &fused.1[1],
+            &plain.1[1],
+            1e-5,
+            ulps(&plain.1[1], 4.0 * n as f32),
+        );
     }
     Ok(())
 }
@@ -374,7 +376,11 @@ fn fused_qkv_attention_matches_the_gpt_composition() -> Result<()> {
         let inputs = [tensor(random(66, &[b, t, c3], std), &[b, t, c3])];
         let bias = pads.map(|pads: Vec<usize>| key_bias(&pads, t));
         let [fused_run, plain] = both(&inputs, |x| {
-            if fused(&[&x[0]]) { causal_attention_qkv(&x[0], heads, bias.as_ref()) } else { plain_qkv(&x[0], heads, bias.as_ref()) }
+            if fused(&[&x[0]]) {
+                causal_attention_qkv(&x[0], heads, bias.as_ref())
+            } else {
+                plain_qkv(&x[0], heads, bias.as_ref())
+            }
         })?;
         assert_attention_close(name, &fused_run, &plain, &["qkv"]);
     }
@@ -383,14 +389,23 @@ fn fused_qkv_attention_matches_the_gpt_composition() -> Result<()> {
 
 /// x (lead..., d_in) of the given spread, a weight stored in `layout`, and a bias when asked,
 /// all random from `seed` on.
-fn linear_inputs(seed: u64, lead: &[usize], d_in: usize, d_out: usize, layout: crate::model::linear::Layout, bias: bool, std: f64) -> Vec<Tensor> {
+fn linear_inputs(
+    seed: u64,
+    lead: &[usize],
+    d_in: usize,
+    d_out: usize,
+    layout: crate::model::linear::Layout,
+    bias: bool,
+    std: f64,
+) -> Vec<Tensor> {
     use crate::model::linear::Layout as WeightLayout;
     let x_shape: Vec<usize> = lead.iter().copied().chain([d_in]).collect();
     let w_shape = match layout {
         WeightLayout::InOut => vec![d_in, d_out],
         WeightLayout::OutIn => vec![d_out, d_in],
     };
-    let mut inputs = vec![tensor(random(seed, &x_shape, std), &x_shape), tensor(random(seed + 1, &w_shape, 1.0), &w_shape)];
+    let mut inputs =
+        vec![tensor(random(seed, &x_shape, std), &x_shape), tensor(random(seed + 1, &w_shape, 1.0), &w_shape)];
     if bias {
         inputs.push(tensor(random(seed + 2, &[d_out], 1.0), &[d_out]));
     }
@@ -434,7 +449,13 @@ fn fused_linear_matches_matmul_and_bias() -> Result<()> {
         })?;
         assert_close(&format!("{name}: value"), &fused_run.0, &plain.0, 1e-5, ulps(&plain.0, 16.0));
         for (i, part) in ["x", "weight", "bias"].iter().enumerate().take(inputs.len()) {
-            assert_close(&format!("{name}: gradient of {part}"), &fused_run.1[i], &plain.1[i], 1e-5, ulps(&plain.1[i], 64.0));
+            assert_close(
+                &format!("{name}: gradient of {part}"),
+                &fused_run.1[i],
+                &plain.1[i],
+                1e-5,
+                ulps(&plain.1[i], 64.0),
+            );
         }
     }
     Ok(())
@@ -453,10 +474,17 @@ fn fused_linear_gelu_matches_linear_then_candles_gelu() -> Result<()> {
     for (name, lead, d_in, d_out, layout, bias, std) in cases {
         let inputs = linear_inputs(73, &lead, d_in, d_out, layout, bias, std);
         // Fused: one op. Plain: candle's matmul, broadcast add and tanh GELU.
-        let [fused_run, plain] = both(&inputs, |t| Linear { weight: t[1].clone(), bias: t.get(2).cloned(), layout }.forward_gelu(&t[0]))?;
+        let [fused_run, plain] =
+            both(&inputs, |t| Linear { weight: t[1].clone(), bias: t.get(2).cloned(), layout }.forward_gelu(&t[0]))?;
         assert_close(&format!("{name}: value"), &fused_run.0, &plain.0, 1e-5, ulps(&plain.0, 64.0));
         for (i, part) in ["x", "weight", "bias"].iter().enumerate().take(inputs.len()) {
-            assert_close(&format!("{name}: gradient of {part}"), &fused_run.1[i], &plain.1[i], 1e-4, ulps(&plain.1[i], 64.0));
+            assert_close(
+                &format!("{name}: gradient of {part}"),
+                &fused_run.1[i],
+                &plain.1[i],
+                1e-4,
+                ulps(&plain.1[i], 64.0),
+            );
         }
     }
     Ok(())

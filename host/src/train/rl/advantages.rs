@@ -64,7 +64,8 @@ pub fn kl_penalised_gae(
     for (s, &len) in lens.iter().enumerate() {
         let start = offsets[s] as usize;
         let range = start..start + len;
-        let kls: Vec<f32> = range.clone().map(|i| kl_estimate(old_logprob[i], ref_logprob[i], config.estimator)).collect();
+        let kls: Vec<f32> =
+            range.clone().map(|i| kl_estimate(old_logprob[i], ref_logprob[i], config.estimator)).collect();
         sequence_kl.push(kls.iter().map(|&k| k as f64).sum::<f64>());
         let mut rewards: Vec<f32> = kls.iter().map(|k| -(config.kl_coef as f32) * k).collect();
         if let Some(last) = rewards.last_mut() {
@@ -79,7 +80,11 @@ pub fn kl_penalised_gae(
     if config.whiten {
         whiten(&mut advantage);
     }
-    Advantages { rollout: Rollout { offsets, old_logprob, old_value, advantage, returns }, sequence_kl, explained_variance }
+    Advantages {
+        rollout: Rollout { offsets, old_logprob, old_value, advantage, returns },
+        sequence_kl,
+        explained_variance,
+    }
 }
 
 /// 1 - Var(returns - values) / Var(returns): how much of the return the critic explains.

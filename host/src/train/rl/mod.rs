@@ -38,10 +38,14 @@ pub enum RlError {
     PluginLoss(#[from] PluginLossError),
     /// A gradient that is not finite (from a reward so large its returns overflow, say): no
     /// weight was updated.
-    #[error("epoch {epoch}: the gradient norm is {norm}: the update diverged, no weight was changed (are the rewards bounded?)")]
+    #[error(
+        "epoch {epoch}: the gradient norm is {norm}: the update diverged, no weight was changed (are the rewards bounded?)"
+    )]
     Diverged { epoch: usize, norm: f64 },
     /// A score past the range rewards may take.
-    #[error("{scorer} scored record {record} {score}, outside [-{limit}, {limit}]: rescale it, or raise the stage's reward_limit")]
+    #[error(
+        "{scorer} scored record {record} {score}, outside [-{limit}, {limit}]: rescale it, or raise the stage's reward_limit"
+    )]
     RewardOutOfRange { scorer: String, record: usize, score: f64, limit: f64 },
     /// A prompt or response the stage's layout cannot turn into tokens or text.
     #[error("{0}")]

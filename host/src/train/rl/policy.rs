@@ -73,7 +73,8 @@ impl Learner {
         let logprob =
             targets.unsqueeze(1).and_then(|t| logp.gather(&t, 1)).and_then(|l| l.squeeze(1)).map_err(&t_err)?;
         // H = -Σ_v p log p
-        let entropy = logp.exp().and_then(|p| p * &logp).and_then(|x| x.sum(D::Minus1)).and_then(|x| x.neg()).map_err(&t_err)?;
+        let entropy =
+            logp.exp().and_then(|p| p * &logp).and_then(|x| x.sum(D::Minus1)).and_then(|x| x.neg()).map_err(&t_err)?;
         let value = values.reshape(b * t).and_then(|v| v.index_select(&index, 0)).map_err(&t_err)?;
         Ok(Predicted { logprob, value, entropy })
     }

@@ -1,8 +1,8 @@
 //! Rollouts: a response to each prompt, sampled from the current policy.
 
 use super::{RlError, model};
-use crate::model::generate::{Generated, SamplingConfig, generate};
 use crate::model::Model;
+use crate::model::generate::{Generated, SamplingConfig, generate};
 
 /// One sampled episode: the prompt, its tokens, the response.
 pub struct Sampled {

@@ -67,7 +67,9 @@ impl PpoSettings {
         if !(0.0..=1.0).contains(&self.gamma) || !(0.0..=1.0).contains(&self.lam) {
             return Err("train.gamma and train.lam must be in [0, 1]".into());
         }
-        if !(self.value_coef >= 0.0 && self.value_coef.is_finite()) || !(self.entropy_coef >= 0.0 && self.entropy_coef.is_finite()) {
+        if !(self.value_coef >= 0.0 && self.value_coef.is_finite())
+            || !(self.entropy_coef >= 0.0 && self.entropy_coef.is_finite())
+        {
             return Err("train.value_coef and train.entropy_coef must be numbers >= 0".into());
         }
         check_grad_clip(self.grad_clip)?;
@@ -107,4 +109,3 @@ fn default_lam() -> f64 {
 fn default_eval_prompts() -> usize {
     64
 }
-

@@ -53,8 +53,10 @@ pub fn update(
     let mut updates = 0usize;
     let mut plugin_seconds = 0.0;
     for epoch in 0..config.epochs {
-        let order =
-            permutation(rows.len(), config.seed ^ step.wrapping_mul(31) ^ (epoch as u64).wrapping_mul(0x632b_e59b_d9b4_e019));
+        let order = permutation(
+            rows.len(),
+            config.seed ^ step.wrapping_mul(31) ^ (epoch as u64).wrapping_mul(0x632b_e59b_d9b4_e019),
+        );
         for members in order.chunks(config.minibatch) {
             let (loss, mut diagnostics, seconds) = minibatch_loss(learner, rows, lens, rollout, members, pad, config)?;
             plugin_seconds += seconds;
@@ -108,8 +110,12 @@ fn minibatch_loss(
         advantage: constant(&rollout.advantage)?,
         returns: constant(&rollout.returns)?,
     };
-    let entropy =
-        batch.entropy.as_ref().and_then(|e| e.mean_all().ok()).and_then(|e| e.to_scalar::<f32>().ok()).unwrap_or(f32::NAN);
+    let entropy = batch
+        .entropy
+        .as_ref()
+        .and_then(|e| e.mean_all().ok())
+        .and_then(|e| e.to_scalar::<f32>().ok())
+        .unwrap_or(f32::NAN);
     let started = Instant::now();
     let (loss, mut diagnostics) = match config.loss_plugin {
         None => ppo_loss(&batch, &config.loss).map_err(tensor("PPO loss"))?,
@@ -125,7 +131,11 @@ fn minibatch_loss(
 
 /// The minibatch's features as a loss plugin reads them, and its surrogate loss (with the
 /// plugin's loss value logged as `plugin_loss`).
-pub fn ppo_plugin_loss(plugin: &LossPlugin, batch: &PpoBatch, lens: &[usize]) -> Result<(Tensor, Vec<(String, f64)>), RlError> {
+pub fn ppo_plugin_loss(
+    plugin: &LossPlugin,
+    batch: &PpoBatch,
+    lens: &[usize],
+) -> Result<(Tensor, Vec<(String, f64)>), RlError> {
     let mut offsets = vec![0u32];
     for &len in lens {
         offsets.push(offsets.last().copied().unwrap_or(0) + len as u32);

@@ -67,9 +67,7 @@ mod export {
             }
         }
         fn configure(_config: String) -> Result<(), PluginError> {
-            std::panic::set_hook(Box::new(|info| {
-                triad_plugin_sdk::log::error(&format!("plugin panicked: {info}"))
-            }));
+            std::panic::set_hook(Box::new(|info| triad_plugin_sdk::log::error(&format!("plugin panicked: {info}"))));
             Ok(())
         }
         fn score(episodes: Vec<Episode>) -> Result<Vec<f64>, PluginError> {
@@ -78,7 +76,9 @@ mod export {
             for (i, episode) in episodes.iter().enumerate() {
                 match episode.response.as_str() {
                     "wrong-count" => continue,
-                    "blame-far" => return Err(PluginError { message: "not my fault".into(), record: Some(4_000_000_000) }),
+                    "blame-far" => {
+                        return Err(PluginError { message: "not my fault".into(), record: Some(4_000_000_000) });
+                    }
                     "escape" => {
                         let message = "\u{1b}[2J\u{1b}[31mred\nERROR triad: plugin panicked: forged".to_string();
                         return Err(PluginError { message, record: None });

@@ -175,13 +175,13 @@ fn a_sweep_gives_one_row_per_point_with_mean_and_std_over_seeds() {
 fn csv_and_parquet_outputs_read_back_with_the_same_numbers() {
     let root = scratch("files");
     let dir = sweep_runs(&root);
-    let runs = find_runs(&[dir.clone()]).expect("runs");
+    let runs = find_runs(std::slice::from_ref(&dir)).expect("runs");
     let table = final_table(&runs, &TableOptions::default()).expect("table");
     for name in ["table.csv", "table.parquet"] {
         let out = root.join(name);
         let output =
             compare(&CompareOptions { out: Some(out.clone()), ..options(vec![dir.clone()]) }).expect("compare");
-        assert_eq!(output.written, [out.clone()]);
+        assert_eq!(output.written, std::slice::from_ref(&out));
         let back = read_frame(&out).expect("read back");
         let names: Vec<String> = back.get_column_names().iter().map(|n| n.to_string()).collect();
         let expected: Vec<String> = table.frame.get_column_names().iter().map(|n| n.to_string()).collect();
@@ -270,7 +270,7 @@ fn a_run_that_did_not_reach_a_stage_leaves_its_cells_empty() {
         std::fs::read_to_string(&stage_json).expect("stage.json").replace("\"complete\": true", "\"complete\": false");
     std::fs::write(&stage_json, text).expect("rewrite stage.json");
 
-    let runs = find_runs(&[dir.clone()]).expect("runs");
+    let runs = find_runs(std::slice::from_ref(&dir)).expect("runs");
     let by_run = final_table(&runs, &TableOptions { by_run: true, ..TableOptions::default() }).expect("table");
     assert_eq!(f64s(&by_run.frame, "ppo/eval/reward"), [Some(final_metrics(0.0, 1)["ppo"]["eval/reward"]), None, None]);
     let markdown = by_run.to_markdown();
@@ -334,7 +334,7 @@ fn plots_are_written_as_valid_png_and_svg() {
         ..options(vec![dir])
     })
     .expect("svg plot");
-    assert_eq!(output.written, [svg_path.clone()]);
+    assert_eq!(output.written, std::slice::from_ref(&svg_path));
     let svg = std::fs::read_to_string(&svg_path).expect("svg written");
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{}", &svg[..200.min(svg.len())]);
     for kl in KL_TARGETS {

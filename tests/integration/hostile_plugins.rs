@@ -139,7 +139,7 @@ fn a_huge_finite_reward_is_refused_before_training() {
         response: Generated { prompt_len: 2, tokens: vec![3], logprobs: vec![-1.0], stopped: false },
         response_text: response.into(),
     };
-    let scorers = [Scorer::Plugin { name: "hostile".into(), weight: 1.0, plugin: hostile() }];
+    let scorers = [Scorer::Plugin { name: "hostile".into(), weight: 1.0, plugin: Box::new(hostile()) }];
     let fine =
         score(&scorers, &[sampled("fine"), sampled("ok")], 0, 0, DEFAULT_REWARD_LIMIT).expect("small scores pass");
     assert_eq!(fine.totals, vec![4.0, 2.0]);

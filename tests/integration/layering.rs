@@ -124,10 +124,10 @@ fn imports() -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
             targets.push(full);
         }
         for path in targets {
-            if let Some(target) = resolve(&path, &known) {
-                if !related(module, &target) {
-                    edges.entry(module.clone()).or_default().insert(target);
-                }
+            if let Some(target) = resolve(&path, &known)
+                && !related(module, &target)
+            {
+                edges.entry(module.clone()).or_default().insert(target);
             }
         }
     }

@@ -175,13 +175,13 @@ fn check<S: StageSpec>(experiment: &Experiment<S>) -> Result<(), String> {
             }
         }
     }
-    if let Some(corpus) = experiment.tokenizer.as_ref().and_then(|t| t.corpus()) {
-        if !experiment.data.contains_key(corpus) {
-            return Err(format!(
-                "the tokenizer is trained on data `{corpus}`, which is not declared in `data`{}",
-                declared(corpus, experiment.data.keys())
-            ));
-        }
+    if let Some(corpus) = experiment.tokenizer.as_ref().and_then(|t| t.corpus())
+        && !experiment.data.contains_key(corpus)
+    {
+        return Err(format!(
+            "the tokenizer is trained on data `{corpus}`, which is not declared in `data`{}",
+            declared(corpus, experiment.data.keys())
+        ));
     }
     let mut seen = std::collections::BTreeSet::new();
     for stage in &experiment.stages {
@@ -209,14 +209,14 @@ fn check<S: StageSpec>(experiment: &Experiment<S>) -> Result<(), String> {
     }
     for input in experiment.stages.iter().flat_map(|s| s.inputs().into_iter().map(move |i| (s, i))) {
         let (stage, from) = input;
-        if let Some(other) = experiment.stages.iter().find(|s| s.name() == from) {
-            if !other.produces_model() {
-                return Err(format!(
-                    "stage `{}` starts from stage `{from}`, a {} stage, which produces no model",
-                    stage.name(),
-                    other.kind()
-                ));
-            }
+        if let Some(other) = experiment.stages.iter().find(|s| s.name() == from)
+            && !other.produces_model()
+        {
+            return Err(format!(
+                "stage `{}` starts from stage `{from}`, a {} stage, which produces no model",
+                stage.name(),
+                other.kind()
+            ));
         }
     }
     Ok(())

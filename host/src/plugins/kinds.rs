@@ -178,7 +178,7 @@ impl LossPlugin {
                     values.len()
                 )));
             }
-            if let Some(i) = values.iter().position(|v| !(v.abs() <= MAX_GRADIENT)) {
+            if let Some(i) = values.iter().position(|v| !v.is_finite() || v.abs() > MAX_GRADIENT) {
                 return Err(invalid(format!(
                     "gradient for {feature:?} is {} at index {i}, outside [-{MAX_GRADIENT:e}, {MAX_GRADIENT:e}]",
                     values[i]

@@ -105,7 +105,7 @@ impl StageSpec for EvalStage {
             if win.a == win.b {
                 return Err("win_rate compares a model with itself: name two different models".into());
             }
-            if !(win.tie_tolerance >= 0.0 && win.tie_tolerance.is_finite()) {
+            if !crate::train::settings::non_negative(win.tie_tolerance) {
                 return Err(format!("win_rate.tie_tolerance must be a number >= 0, got {}", win.tie_tolerance));
             }
         }

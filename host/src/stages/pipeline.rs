@@ -128,12 +128,11 @@ pub fn run_experiment(
     Ok(outcomes)
 }
 
+/// Each run's name with each of its stages, in order, and what the stage would do now.
+pub type Plan = Vec<(String, Vec<(String, StageStatus)>)>;
+
 /// The plan of every run: each stage in order with what it would do now.
-pub fn plan(
-    experiment: &Experiment,
-    experiment_path: &Path,
-    options: &RunOptions,
-) -> Result<Vec<(String, Vec<(String, StageStatus)>)>, StageError> {
+pub fn plan(experiment: &Experiment, experiment_path: &Path, options: &RunOptions) -> Result<Plan, StageError> {
     preflight(experiment, experiment_path)?;
     let mut plans = Vec::new();
     let mut computed: BTreeSet<PathBuf> = BTreeSet::new();
@@ -215,11 +214,11 @@ fn run_point(point: &RunPoint<Stage>, experiment_path: &Path, options: &RunOptio
 
     // One attempt per run folder: a run of other keys moves to the history, then every link
     // and the manifest describe this attempt before anything trains.
-    if let Some(previous) = Manifest::read(run_dir)? {
-        if previous.keys != keys {
-            let kept = archive_run(&place.experiment, run_dir, &previous)?;
-            tracing::info!(run = point.run, "the experiment changed: the earlier run is kept in {}", kept.display());
-        }
+    if let Some(previous) = Manifest::read(run_dir)?
+        && previous.keys != keys
+    {
+        let kept = archive_run(&place.experiment, run_dir, &previous)?;
+        tracing::info!(run = point.run, "the experiment changed: the earlier run is kept in {}", kept.display());
     }
     let pretty = ron::ser::PrettyConfig::default();
     let resolved = crate::experiment::ron_options().to_string_pretty(experiment, pretty).unwrap_or_default();

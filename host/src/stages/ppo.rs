@@ -42,6 +42,7 @@ use crate::train::rl::settings::PpoSettings;
 use crate::train::rl::update::{UpdateConfig, update};
 use crate::train::rl::{RlError, model as model_error};
 use crate::train::session::{Cadence, Session, config_key};
+use crate::train::settings::{non_negative, positive};
 use crate::train::{AdamW, AdamWConfig};
 
 /// PPO with a KL penalty to the starting policy (the SFT model), as in InstructGPT.
@@ -140,24 +141,22 @@ impl StageSpec for PpoStage {
         }
         self.prompts.validate().map_err(|e| format!("prompts: {e}"))?;
         t.validate()?;
-        if !(self.reward_limit > 0.0 && self.reward_limit.is_finite()) {
+        if !positive(self.reward_limit) {
             return Err(format!("reward_limit must be a positive number, got {}", self.reward_limit));
         }
-        if let Some(clip) = self.reward_clip.filter(|c| !(*c > 0.0 && c.is_finite())) {
+        if let Some(clip) = self.reward_clip.filter(|c| !positive(*c)) {
             return Err(format!("reward_clip must be a positive number, got {clip}"));
         }
         match self.kl {
-            KlControl::Adaptive { target, .. } if !(target > 0.0 && target.is_finite()) => {
+            KlControl::Adaptive { target, .. } if !positive(target) => {
                 return Err(format!(
                     "kl: Adaptive(target: {target}) cannot be held: the target KL must be positive (use Fixed(coef: 0.0) for no KL penalty)"
                 ));
             }
-            KlControl::Adaptive { horizon, init, .. }
-                if !(horizon > 0.0 && horizon.is_finite()) || !(init >= 0.0 && init.is_finite()) =>
-            {
+            KlControl::Adaptive { horizon, init, .. } if !positive(horizon) || !non_negative(init) => {
                 return Err("kl: Adaptive needs init >= 0 and horizon > 0".into());
             }
-            KlControl::Fixed { coef } if !(coef >= 0.0 && coef.is_finite()) => {
+            KlControl::Fixed { coef } if !non_negative(coef) => {
                 return Err(format!("kl: Fixed(coef: {coef}) must be a number >= 0"));
             }
             _ => {}
@@ -390,10 +389,10 @@ fn scorers(ctx: &RunContext, stage: &PpoStage, vocab: usize) -> Result<Vec<Score
                         stage.policy
                     )));
                 }
-                Scorer::Model { name: rm.clone(), weight: *weight, model }
+                Scorer::Model { name: rm.clone(), weight: *weight, model: Box::new(model) }
             }
             RewardTerm::Plugin { name: plugin, weight } => {
-                Scorer::Plugin { name: plugin.clone(), weight: *weight, plugin: ctx.plugin(plugin)?.into_reward()? }
+                Scorer::Plugin { name: plugin.clone(), weight: *weight, plugin: Box::new(ctx.plugin(plugin)?.into_reward()?) }
             }
         });
     }

@@ -27,6 +27,7 @@ use crate::experiment::{StageSpec, TrainSettings};
 use crate::model::RewardModel;
 use crate::model::reward::pad_rows;
 use crate::plugins::PluginKind;
+use crate::train::settings::{non_negative, positive};
 use crate::train::{Objective, SplitLoss, TrainError, part_rows, train};
 
 /// A reward model: a scalar head on a backbone, trained on human feedback.
@@ -85,7 +86,7 @@ impl RewardObjective {
 
     fn validate(&self) -> Result<(), String> {
         match self {
-            RewardObjective::Pairwise { min_gap, .. } if !(*min_gap > 0.0 && min_gap.is_finite()) => {
+            RewardObjective::Pairwise { min_gap, .. } if !positive(*min_gap) => {
                 Err(format!("Pairwise(min_gap) must be a positive number, got {min_gap}"))
             }
             _ => Ok(()),
@@ -122,7 +123,7 @@ impl StageSpec for RewardModelStage {
     fn validate(&self) -> Result<(), String> {
         self.train.validate()?;
         self.objective.validate()?;
-        if !(self.eval_gap >= 0.0 && self.eval_gap.is_finite()) {
+        if !non_negative(self.eval_gap) {
             return Err(format!("eval_gap must be a number >= 0, got {}", self.eval_gap));
         }
         match self.max_len {
@@ -445,7 +446,7 @@ pub fn run(ctx: &RunContext, stage: &RewardModelStage, dir: &Path) -> Result<(Re
     let n = train_rows.len() as f64;
     let mean = train_rows.iter().map(|r| r.rating).sum::<f64>() / n;
     let std = (train_rows.iter().map(|r| (r.rating - mean).powi(2)).sum::<f64>() / n).sqrt();
-    if !(std > 0.0) {
+    if std.is_nan() || std <= 0.0 {
         return Err(data_error(format!("every training rating in `{field}` is the same: there is nothing to learn")));
     }
     tracing::info!(stage = name, train = train_rows.len(), held_out = valid.len(), mean, std, "ratings read");

@@ -255,7 +255,8 @@ pub fn sft_plugin_loss(
             (Feature::Mask, &mask),
         ],
     };
-    let (surrogate, value, mut metrics) = plugin_loss(plugin, &features).map_err(|e| e.to_string())?;
+    let loss = plugin_loss(plugin, &features).map_err(|e| e.to_string())?;
+    let (surrogate, value, mut metrics) = (loss.surrogate, loss.value, loss.metrics);
     metrics.push(("plugin_loss".into(), value));
     Ok((surrogate, metrics))
 }

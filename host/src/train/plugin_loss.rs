@@ -36,12 +36,18 @@ pub enum PluginLossError {
     Tensor { plugin: String, source: candle_core::Error },
 }
 
-/// The surrogate loss (to backpropagate; its value is the plugin's loss), the plugin's loss
-/// value and its diagnostics.
-pub fn plugin_loss(
-    plugin: &LossPlugin,
-    features: &Features,
-) -> Result<(Tensor, f64, Vec<(String, f64)>), PluginLossError> {
+/// What a loss plugin gives training.
+pub struct PluginLoss {
+    /// To backpropagate; its value is the plugin's loss.
+    pub surrogate: Tensor,
+    /// The plugin's loss value.
+    pub value: f64,
+    /// The plugin's diagnostics.
+    pub metrics: Vec<(String, f64)>,
+}
+
+/// The surrogate loss of a loss plugin on `features`.
+pub fn plugin_loss(plugin: &LossPlugin, features: &Features) -> Result<PluginLoss, PluginLossError> {
     let tensor = |source| PluginLossError::Tensor { plugin: plugin.name().to_string(), source };
     let find = |feature: Feature| -> Result<&Tensor, PluginLossError> {
         features.values.iter().find(|(f, _)| *f == feature).map(|(_, t)| *t).ok_or_else(|| PluginLossError::Missing {
@@ -76,5 +82,5 @@ pub fn plugin_loss(
     // that what training logs and checks for divergence is the loss itself.
     let surrogate = (&surrogate - surrogate.detach()).and_then(|s| s.affine(1.0, output.value)).map_err(tensor)?;
     let metrics = output.metrics.into_iter().map(|m| (m.name, m.value)).collect();
-    Ok((surrogate, output.value, metrics))
+    Ok(PluginLoss { surrogate, value: output.value, metrics })
 }

@@ -32,12 +32,12 @@ pub struct Cadence {
 impl Cadence {
     /// Whether to evaluate once `done` steps are complete.
     pub fn eval_due(&self, done: u64) -> bool {
-        done == self.steps || (self.eval_every > 0 && done % self.eval_every == 0)
+        done == self.steps || (self.eval_every > 0 && done.is_multiple_of(self.eval_every))
     }
 
     /// Whether to checkpoint once `done` steps are complete.
     pub fn checkpoint_due(&self, done: u64) -> bool {
-        done == self.steps || (self.checkpoint_every > 0 && done % self.checkpoint_every == 0)
+        done == self.steps || (self.checkpoint_every > 0 && done.is_multiple_of(self.checkpoint_every))
     }
 }
 

@@ -69,16 +69,16 @@ impl TrainSettings {
         if self.batch == 0 || self.accumulation == 0 {
             return Err("train.batch and train.accumulation must be at least 1".into());
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
+        if !positive(self.lr) {
             return Err(format!("train.lr must be a positive number, got {}", self.lr));
         }
-        if let Some(min_lr) = self.min_lr.filter(|m| !(m.is_finite() && *m >= 0.0)) {
+        if let Some(min_lr) = self.min_lr.filter(|m| !non_negative(*m)) {
             return Err(format!("train.min_lr must be a number >= 0, got {min_lr}"));
         }
         if !(0.0..1.0).contains(&self.beta2) {
             return Err(format!("train.beta2 must be in [0, 1), got {}", self.beta2));
         }
-        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+        if !non_negative(self.weight_decay) {
             return Err(format!("train.weight_decay must be a number >= 0, got {}", self.weight_decay));
         }
         check_grad_clip(self.grad_clip)?;
@@ -92,10 +92,20 @@ impl TrainSettings {
     }
 }
 
+/// Whether `x` is a finite number above 0 (NaN is not).
+pub fn positive(x: f64) -> bool {
+    x.is_finite() && x > 0.0
+}
+
+/// Whether `x` is a finite number at or above 0 (NaN is not).
+pub fn non_negative(x: f64) -> bool {
+    x.is_finite() && x >= 0.0
+}
+
 /// A gradient clip must be a positive number; leave it out (`None`) for no clipping.
 pub fn check_grad_clip(clip: Option<f64>) -> Result<(), String> {
     match clip {
-        Some(c) if !(c > 0.0 && c.is_finite()) => {
+        Some(c) if !positive(c) => {
             Err(format!("train.grad_clip must be a positive number, got {c} (write None for no clipping)"))
         }
         _ => Ok(()),

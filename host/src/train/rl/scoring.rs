@@ -33,8 +33,8 @@ fn one() -> f64 {
 
 /// A reward source, ready to score.
 pub enum Scorer {
-    Model { name: String, weight: f64, model: RewardModel },
-    Plugin { name: String, weight: f64, plugin: RewardPlugin },
+    Model { name: String, weight: f64, model: Box<RewardModel> },
+    Plugin { name: String, weight: f64, plugin: Box<RewardPlugin> },
 }
 
 /// The scores of a batch of episodes.
@@ -97,7 +97,7 @@ pub fn score(scorers: &[Scorer], episodes: &[Sampled], end: u32, pad: u32, limit
                 (name, *weight, scores)
             }
         };
-        if let Some(record) = scores.iter().position(|s| !(s.abs() <= limit)) {
+        if let Some(record) = scores.iter().position(|s| !s.is_finite() || s.abs() > limit) {
             let scorer = match scorer {
                 Scorer::Model { .. } => format!("reward model `{name}`"),
                 Scorer::Plugin { .. } => format!("reward plugin `{name}`"),

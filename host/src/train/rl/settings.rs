@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::train::settings::{check_every, check_grad_clip, default_grad_clip};
+use crate::train::settings::{check_every, check_grad_clip, default_grad_clip, non_negative, positive};
 
 /// PPO's optimisation settings (defaults from TRL and OpenRLHF).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,18 +58,16 @@ impl PpoSettings {
         if self.minibatch > self.rollouts {
             return Err(format!("train.minibatch {} is larger than train.rollouts {}", self.minibatch, self.rollouts));
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
+        if !positive(self.lr) {
             return Err(format!("train.lr must be a positive number, got {}", self.lr));
         }
-        if !(self.clip > 0.0 && self.clip.is_finite()) || !(self.value_clip > 0.0 && self.value_clip.is_finite()) {
+        if !positive(self.clip) || !positive(self.value_clip) {
             return Err("train.clip and train.value_clip must be positive numbers".into());
         }
         if !(0.0..=1.0).contains(&self.gamma) || !(0.0..=1.0).contains(&self.lam) {
             return Err("train.gamma and train.lam must be in [0, 1]".into());
         }
-        if !(self.value_coef >= 0.0 && self.value_coef.is_finite())
-            || !(self.entropy_coef >= 0.0 && self.entropy_coef.is_finite())
-        {
+        if !non_negative(self.value_coef) || !non_negative(self.entropy_coef) {
             return Err("train.value_coef and train.entropy_coef must be numbers >= 0".into());
         }
         check_grad_clip(self.grad_clip)?;

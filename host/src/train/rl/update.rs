@@ -58,7 +58,8 @@ pub fn update(
             config.seed ^ step.wrapping_mul(31) ^ (epoch as u64).wrapping_mul(0x632b_e59b_d9b4_e019),
         );
         for members in order.chunks(config.minibatch) {
-            let (loss, mut diagnostics, seconds) = minibatch_loss(learner, rows, lens, rollout, members, pad, config)?;
+            let MinibatchLoss { loss, mut diagnostics, plugin_seconds: seconds } =
+                minibatch_loss(learner, rows, lens, rollout, members, pad, config)?;
             plugin_seconds += seconds;
             let grads = loss.backward().map_err(tensor("backward pass"))?;
             let by_name: HashMap<String, Tensor> =
@@ -81,8 +82,14 @@ pub fn update(
     Ok(UpdateStats { metrics, plugin_seconds })
 }
 
-/// The loss of one minibatch (the rollout rows at `members`), its diagnostics, and the seconds
-/// spent inside the loss plugin.
+/// One minibatch's loss, its diagnostics, and the seconds spent inside the loss plugin.
+struct MinibatchLoss {
+    loss: Tensor,
+    diagnostics: Vec<(String, f64)>,
+    plugin_seconds: f64,
+}
+
+/// The loss of one minibatch (the rollout rows at `members`).
 fn minibatch_loss(
     learner: &Learner,
     rows: &[Vec<u32>],
@@ -91,7 +98,7 @@ fn minibatch_loss(
     members: &[usize],
     pad: u32,
     config: &UpdateConfig,
-) -> Result<(Tensor, Vec<(String, f64)>, f64), RlError> {
+) -> Result<MinibatchLoss, RlError> {
     let device = learner.policy.device();
     let picked_rows: Vec<Vec<u32>> = members.iter().map(|&m| rows[m].clone()).collect();
     let picked_lens: Vec<usize> = members.iter().map(|&m| lens[m]).collect();
@@ -126,7 +133,7 @@ fn minibatch_loss(
     // would otherwise be summed with it.
     diagnostics.retain(|(name, _)| name != "entropy");
     diagnostics.push(("entropy".into(), entropy as f64));
-    Ok((loss, diagnostics, plugin_seconds))
+    Ok(MinibatchLoss { loss, diagnostics, plugin_seconds })
 }
 
 /// The minibatch's features as a loss plugin reads them, and its surrogate loss (with the
@@ -155,7 +162,8 @@ pub fn ppo_plugin_loss(
     if let Some(entropy) = &batch.entropy {
         values.push((Feature::Entropy, entropy));
     }
-    let (surrogate, value, mut metrics) = plugin_loss(plugin, &Features { offsets, values })?;
+    let loss = plugin_loss(plugin, &Features { offsets, values })?;
+    let (surrogate, value, mut metrics) = (loss.surrogate, loss.value, loss.metrics);
     metrics.push(("plugin_loss".into(), value));
     Ok((surrogate, metrics))
 }

@@ -241,3 +241,28 @@ fn a_flood_of_log_lines_is_cut_and_the_call_still_answers() {
     assert_eq!(scores, vec![9.0]);
     assert!(started.elapsed() < Duration::from_secs(5), "100,000 lines took {:?}", started.elapsed());
 }
+
+/// A loss plugin's gradients and metrics cross into training: each is checked where it enters.
+#[test]
+fn a_loss_plugins_gradients_and_metrics_are_checked_where_they_enter() {
+    use triad::plugins::{Feature, FeatureValues, LossBatch};
+    let batch = LossBatch {
+        sequence_offsets: vec![0, 2, 3],
+        features: vec![FeatureValues { feature: Feature::Logprob, values: vec![-1.0, -2.0, -0.5] }],
+    };
+    let loss = |misdeed: &str| {
+        support::load("hostile-loss", &format!(r#"{{"misdeed": "{misdeed}"}}"#)).into_loss().expect("a loss plugin")
+    };
+    let fine = loss("none").compute(&batch).expect("a well-behaved batch");
+    assert!((fine.value - 3.5 / 3.0).abs() < 1e-9, "{}", fine.value);
+    for (misdeed, expected) in [
+        ("undeclared", "a feature it did not declare"),
+        ("duplicate", "two gradients for Logprob"),
+        ("huge", "outside [-1e6, 1e6]"),
+        ("names", "more than 64"),
+        ("bad-name", "names are 1-64 characters"),
+    ] {
+        let err = loss(misdeed).compute(&batch).expect_err(misdeed);
+        assert!(err.to_string().contains(expected), "{misdeed}: {err}");
+    }
+}

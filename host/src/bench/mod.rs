@@ -102,7 +102,7 @@ pub fn reference_model(
         dropout: 0.0,
         bias: true,
     });
-    Ok(Model::new(&config, device, 0).map_err(|e| e.to_string())?)
+    Ok(Model::new(&config, device, 0)?)
 }
 
 /// Times `warmup + steps` training steps of `model` on the batches `batch(step)` gives, each
@@ -117,11 +117,11 @@ fn time_training(
     mut batch: impl FnMut(usize) -> Result<(Tensor, Tensor), BenchError>,
 ) -> Result<(f64, f64), BenchError> {
     let vars = model.vars();
-    let mut optimizer = AdamW::new(&vars, decays, AdamWConfig::default()).map_err(|e| e.to_string())?;
+    let mut optimizer = AdamW::new(&vars, decays, AdamWConfig::default())?;
     let (mut times, mut first_loss) = (Vec::new(), f64::NAN);
     for step in 0..warmup + steps {
         let (inputs, targets) = batch(step)?;
-        let rows = inputs.dim(0).map_err(|e| e.to_string())?;
+        let rows = inputs.dim(0)?;
         let start = Instant::now();
         let parts = rayon::current_num_threads().clamp(1, rows);
         let part_loss = |part| {
@@ -129,10 +129,9 @@ fn time_training(
             Ok((loss.map_err(|source| TrainError::Tensor { step: step as u64, source })?, Vec::new()))
         };
         let mut grads = HashMap::new();
-        let (loss, _) =
-            data_parallel_grads(step as u64, &vars, parts, part_loss, &mut grads).map_err(|e| e.to_string())?;
-        optimizer.step(&grads, lr, Some(1.0)).map_err(|e| e.to_string())?;
-        model.device().synchronize().map_err(|e| e.to_string())?;
+        let (loss, _) = data_parallel_grads(step as u64, &vars, parts, part_loss, &mut grads)?;
+        optimizer.step(&grads, lr, Some(1.0))?;
+        model.device().synchronize()?;
         if step == 0 {
             first_loss = loss;
         }
@@ -152,7 +151,7 @@ pub fn bench_triad(config: &BenchConfig, device: &Device) -> Result<BenchResult,
     let batch = |_step| -> Result<(Tensor, Tensor), BenchError> {
         let mut tokens = || {
             let ids: Vec<u32> = (0..n).map(|_| rng.random_range(0..config.vocab as u32)).collect();
-            Tensor::from_vec(ids, shape, device).map_err(|e| BenchError::from(e.to_string()))
+            Tensor::from_vec(ids, shape, device).map_err(BenchError::from)
         };
         Ok((tokens()?, tokens()?))
     };
@@ -214,12 +213,23 @@ fn peak_rss_mib() -> f64 {
 
 /// A benchmark that could not run, with the reason.
 #[derive(Debug, thiserror::Error)]
-#[error("benchmark: {0}")]
-pub struct BenchError(String);
+pub enum BenchError {
+    #[error("benchmark: {0}")]
+    Tensor(#[from] candle_core::Error),
+    #[error("benchmark: {0}")]
+    Model(#[from] crate::model::ModelError),
+    #[error("benchmark: {0}")]
+    Train(#[from] TrainError),
+    #[error("benchmark: {0}")]
+    Pretrained(#[from] crate::model::pretrained::PretrainedError),
+    /// A reference script that failed, or a result that cannot be used.
+    #[error("benchmark: {0}")]
+    Failed(String),
+}
 
 impl From<String> for BenchError {
     fn from(message: String) -> Self {
-        BenchError(message)
+        BenchError::Failed(message)
     }
 }
 
@@ -284,8 +294,8 @@ pub fn bench_generate_triad(config: &GenerateBenchConfig, device: &Device) -> Re
     let mut times = Vec::new();
     for repeat in 0..config.warmup + config.repeats {
         let start = Instant::now();
-        let out = generate(&model, &prompts, &sampling).map_err(|e| e.to_string())?;
-        device.synchronize().map_err(|e| e.to_string())?;
+        let out = generate(&model, &prompts, &sampling)?;
+        device.synchronize()?;
         if out.iter().any(|g| g.tokens.len() != config.new_tokens) {
             return Err(format!("generation stopped short of {} tokens", config.new_tokens).into());
         }
@@ -367,15 +377,13 @@ pub fn bench_pretrained(
     device: &Device,
 ) -> Result<(BenchResult, BenchResult), BenchError> {
     let model = match config.name.as_str() {
-        "smollm2-135m-instruct" => {
-            crate::model::pretrained::load(&config.name, device).map_err(|e| e.to_string())?.model
-        }
+        "smollm2-135m-instruct" => crate::model::pretrained::load(&config.name, device)?.model,
         other => {
             return Err(format!("no benchmark for pretrained model `{other}` (known: smollm2-135m-instruct)").into());
         }
     };
     let weights_dir = std::env::temp_dir().join(format!("triad-bench-{}", std::process::id()));
-    model.save(&weights_dir).map_err(|e| e.to_string())?;
+    model.save(&weights_dir)?;
     let mut command = Command::new(python);
     command
         .arg(script)
@@ -392,7 +400,7 @@ pub fn bench_pretrained(
     let (vocab, shape) = (model.config().vocab_size(), (config.batch, config.context));
     let batch = |step| -> Result<(Tensor, Tensor), BenchError> {
         let (inputs, targets) = formula_batch(step, config.batch, config.context, vocab);
-        let tensor = |ids| Tensor::from_vec(ids, shape, device).map_err(|e| BenchError::from(e.to_string()));
+        let tensor = |ids| Tensor::from_vec(ids, shape, device).map_err(BenchError::from);
         Ok((tensor(inputs)?, tensor(targets)?))
     };
     let (median, first_loss) = time_training(&model, config.warmup, config.steps, 1e-5, batch)?;

@@ -642,4 +642,6 @@ impl CustomOp1 for Gelu {
 }
 
 #[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
 mod tests;

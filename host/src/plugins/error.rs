@@ -71,6 +71,11 @@ pub enum Problem {
     /// The plugin returned something the host refuses (wrong count, NaN, too large).
     #[error("invalid output: {0}")]
     InvalidOutput(String),
+    /// The plugin's `info` names a kind other than the interface it exports.
+    #[error(
+        "its `info` says it is a {claims} plugin, but it exports the {exports} interface: make `info` return the kind it implements"
+    )]
+    InfoKind { exports: PluginKind, claims: PluginKind },
     /// The experiment used a plugin of one kind where another was required.
     #[error("is a {actual} plugin, but a {expected} plugin is required here")]
     WrongKind { expected: PluginKind, actual: PluginKind },

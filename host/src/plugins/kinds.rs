@@ -115,6 +115,9 @@ impl RewardPlugin {
 pub struct LossPlugin {
     pub(crate) pool: Pool<bindings::loss::Loss>,
     features: Vec<Feature>,
+    /// Every metric name it has returned: its metrics become a stage's columns, so their number
+    /// is bounded over all calls, not only in one.
+    names: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// Whether the host can backpropagate through a feature.
@@ -138,7 +141,7 @@ impl LossPlugin {
         if features.is_empty() {
             return Err(pool.error("features", Problem::InvalidOutput("the loss declares no features".into())));
         }
-        Ok(LossPlugin { pool, features })
+        Ok(LossPlugin { pool, features, names: Default::default() })
     }
 
     /// The features the loss reads, as it declared them.
@@ -186,6 +189,14 @@ impl LossPlugin {
             }
         }
         check_named_values(pool, CALL, &output.metrics)?;
+        let mut names = self.names.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        names.extend(output.metrics.iter().map(|m| m.name.clone()));
+        if names.len() > MAX_NAMED_VALUES {
+            return Err(invalid(format!(
+                "returned {} distinct metric names over its calls, more than {MAX_NAMED_VALUES}",
+                names.len()
+            )));
+        }
         Ok(output)
     }
 }

@@ -278,7 +278,7 @@ pub(crate) fn read_info<W: World>(
         PluginError::new(name, Some(W::KIND), "info", classify(&e, last_error, limits))
     })?;
     if info.kind != W::KIND {
-        let problem = Problem::WrongKind { expected: W::KIND, actual: info.kind };
+        let problem = Problem::InfoKind { exports: W::KIND, claims: info.kind };
         return Err(PluginError::new(name, Some(W::KIND), "info", problem));
     }
     Ok(info)
@@ -307,6 +307,11 @@ fn classify(error: &wasmtime::Error, last_error: Option<String>, limits: &Limits
         Some(Trap::Interrupt) => Problem::Deadline(limits.deadline),
         Some(Trap::StackOverflow) => Problem::Stack,
         _ if panic.is_some() => Problem::Panic(printable(&panic.unwrap_or_default())),
+        Some(Trap::MemoryOutOfBounds) => Problem::Trap(
+            "out of bounds memory access (deep recursion that overflows the plugin's own stack, 1 MiB in Rust, ends \
+             this way too)"
+                .into(),
+        ),
         Some(trap) => Problem::Trap(trap.to_string()),
         None => {
             let text = format!("{error:#}");

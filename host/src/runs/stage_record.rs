@@ -46,3 +46,35 @@ impl StageRecord {
         Ok(write_atomically(&path, &json)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runs::metrics::{MetricsWriter, read_rows};
+
+    /// JSON has no NaN: a value that is not a number never becomes a `null` that every reader
+    /// of `stage.json` or `metrics.jsonl` would then refuse.
+    #[test]
+    fn values_that_are_not_numbers_are_left_out_of_both_files() {
+        let dir = std::env::temp_dir().join(format!("triad-stage-record-{}", std::process::id()));
+        let metrics = [("eval/pair_accuracy", f64::NAN), ("train/loss", 0.5), ("eval/huge", f64::INFINITY)];
+        let record = StageRecord {
+            key: "k".into(),
+            complete: true,
+            metrics: metrics.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+        };
+        record.write(&dir).expect("written");
+        let back = StageRecord::read(&dir).expect("readable").expect("present");
+        assert_eq!(back.metrics.keys().collect::<Vec<_>>(), ["train/loss"]);
+
+        let mut writer = MetricsWriter::open(&dir.join("metrics.jsonl"), "s", None).expect("open");
+        for (step, (name, value)) in metrics.iter().enumerate() {
+            writer.write(step as u64, name, *value).expect("write");
+        }
+        writer.write(9, "eval/pair_accuracy", f64::NAN).expect("a second NaN");
+        let rows = read_rows(&dir.join("metrics.jsonl")).expect("rows");
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert!(!std::fs::read_to_string(dir.join("metrics.jsonl")).expect("text").contains("null"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -39,6 +39,9 @@ pub enum StageError {
     Rl { stage: String, step: u64, source: RlError },
     #[error("stage `{stage}`: {source}")]
     Model { stage: String, source: ModelError },
+    /// Prompts or responses that cannot be laid out as tokens for the stage's model.
+    #[error("stage `{stage}`: {source}")]
+    Layout { stage: String, source: super::examples::LayoutError },
     #[error(transparent)]
     Pretrained(#[from] PretrainedError),
     #[error(transparent)]

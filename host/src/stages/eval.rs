@@ -17,7 +17,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::context::{RunContext, StageError};
-use super::examples::{self, Example, ExampleSet, Layout, Template};
+use super::examples::{self, Example, ExampleSet, Layout, LayoutError, Template};
 use super::winrate::{WinRate, write_label_files};
 use super::{Experiment, Stage, StageOutput};
 use crate::experiment::StageSpec;
@@ -156,14 +156,16 @@ pub fn prompts_of<'a>(experiment: &'a Experiment, name: &str) -> Option<(&'a Exa
     })
 }
 
-/// Answers of `model` to `prompts`: the response text and its tokens per prompt.
+/// Answers of `model` (stage `label`'s) to `prompts`: the response text and its tokens per
+/// prompt.
 pub fn answer(
     model: &Model,
     layout: &Layout,
     prompts: &[String],
     config: &SamplingConfig,
     label: &str,
-) -> Result<Vec<(String, Vec<u32>)>, String> {
+) -> Result<Vec<(String, Vec<u32>)>, StageError> {
+    let layout_error = |source| StageError::Layout { stage: label.to_string(), source };
     let mut config = config.clone();
     if !config.stop_tokens.contains(&layout.end_token()) {
         config.stop_tokens.push(layout.end_token());
@@ -172,10 +174,11 @@ pub fn answer(
     let bar = crate::util::progress::bar(label, prompts.len() as u64, 0);
     let mut answers = Vec::with_capacity(prompts.len());
     for chunk in prompts.chunks(GENERATION_BATCH) {
-        let tokens = chunk.iter().map(|p| layout.prompt_tokens_within(p, context)).collect::<Result<Vec<_>, _>>()?;
-        let generated = generate(model, &tokens, &config).map_err(|e| e.to_string())?;
+        let tokens = chunk.iter().map(|p| layout.prompt_tokens_within(p, context)).collect::<Result<Vec<_>, _>>();
+        let generated = generate(model, &tokens.map_err(layout_error)?, &config)
+            .map_err(|source| StageError::Model { stage: label.to_string(), source })?;
         for g in generated {
-            answers.push((layout.response_text(&g.tokens)?, g.tokens));
+            answers.push((layout.response_text(&g.tokens).map_err(layout_error)?, g.tokens));
         }
         bar.inc(chunk.len() as u64);
     }
@@ -202,17 +205,13 @@ pub fn judge_scores(
             Ok(plugin.score(&episodes)?)
         }
         Judge::RewardModel(stage) => {
-            let rm = RewardModel::load(&ctx.stage_dir(stage), &ctx.device).map_err(|e| StageError::Config {
-                stage: stage.clone(),
-                message: format!("loading the reward model: {e}"),
-            })?;
+            let model_error = |source| StageError::Model { stage: stage.clone(), source };
+            let rm = RewardModel::load(&ctx.stage_dir(stage), &ctx.device).map_err(model_error)?;
             let sequences = reward_inputs(layout, &rm, prompts, answers)
-                .map_err(|message| StageError::Data { stage: stage.clone(), message })?;
+                .map_err(|source| StageError::Layout { stage: stage.clone(), source })?;
             let tokenizer = ctx.tokenizer()?;
             let pad = tokenizer.pad_id().unwrap_or(layout.end_token());
-            let scores = rm
-                .score(&sequences, GENERATION_BATCH, pad)
-                .map_err(|e| StageError::Config { stage: stage.clone(), message: e.to_string() })?;
+            let scores = rm.score(&sequences, GENERATION_BATCH, pad).map_err(model_error)?;
             Ok(scores.into_iter().map(f64::from).collect())
         }
     }
@@ -225,7 +224,7 @@ pub fn reward_inputs(
     rm: &RewardModel,
     prompts: &[String],
     answers: &[String],
-) -> Result<Vec<Vec<u32>>, String> {
+) -> Result<Vec<Vec<u32>>, LayoutError> {
     let context = rm.trunk.config().context();
     prompts
         .iter()
@@ -257,7 +256,8 @@ pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<StageOutpu
     }
     let tokenizer = ctx.tokenizer()?;
     let chat = ctx.chat_template()?;
-    let layout = Layout::new(&tokenizer, template, chat.as_deref()).map_err(config_error)?;
+    let layout = Layout::new(&tokenizer, template, chat.as_deref())
+        .map_err(|source| StageError::Layout { stage: name.to_string(), source })?;
     let prompts: Vec<String> = held_out.iter().map(|e| e.prompt.clone()).collect();
     let references: Vec<String> = held_out.iter().map(|e| e.response.clone()).collect();
     let metric_plugins = stage
@@ -287,7 +287,7 @@ pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<StageOutpu
             .map_err(|source| StageError::Train { stage: name.into(), source })?;
             metrics.insert(format!("{model_name}/perplexity"), loss.exp());
         }
-        let generated = answer(&model, &layout, &prompts, &stage.generation, model_name).map_err(config_error)?;
+        let generated = answer(&model, &layout, &prompts, &stage.generation, model_name)?;
         let texts: Vec<String> = generated.into_iter().map(|(text, _)| text).collect();
         let lengths: Vec<f64> = texts.iter().map(|t| t.split_whitespace().count() as f64).collect();
         metrics.insert(format!("{model_name}/answer_words"), lengths.iter().sum::<f64>() / lengths.len() as f64);

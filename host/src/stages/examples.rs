@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::context::{RunContext, StageError};
 use crate::data::source::Origin;
 use crate::data::split::Split;
-use crate::data::tokenizer::Tokenizer;
+use crate::data::tokenizer::{Tokenizer, TokenizerError};
 use crate::model::chat::{ChatMessage, ChatTemplate};
 use crate::plugins::PluginKind;
 
@@ -189,6 +189,19 @@ pub struct Encoded {
     pub prompt_len: usize,
 }
 
+/// Why prompts and responses cannot be laid out as tokens for a model.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error("the tokenizer has no end-of-text token to end responses with")]
+    NoEndToken,
+    #[error("template Chat needs a model with a chat template (a Pretrained model); use Plain for models trained here")]
+    NoChatTemplate,
+    #[error("the chat template's end of turn `{0}` is not a single token")]
+    EndOfTurn(String),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+}
+
 /// How prompts and responses become tokens for one model: the tokenizer, the template, the
 /// end-of-response token.
 pub struct Layout<'a> {
@@ -200,20 +213,21 @@ pub struct Layout<'a> {
 
 impl<'a> Layout<'a> {
     /// A layout for `template`; a chat template needs the model's `chat` template.
-    pub fn new(tokenizer: &'a Tokenizer, template: &Template, chat: Option<&'a ChatTemplate>) -> Result<Self, String> {
+    pub fn new(
+        tokenizer: &'a Tokenizer,
+        template: &Template,
+        chat: Option<&'a ChatTemplate>,
+    ) -> Result<Self, LayoutError> {
         match template {
             Template::Plain => {
-                let end = tokenizer.eos_id().ok_or("the tokenizer has no end-of-text token to end responses with")?;
+                let end = tokenizer.eos_id().ok_or(LayoutError::NoEndToken)?;
                 Ok(Layout { tokenizer, chat: None, end })
             }
             Template::Chat { system } => {
-                let chat = chat.ok_or(
-                    "template Chat needs a model with a chat template (a Pretrained model); use Plain for models trained here",
-                )?;
+                let chat = chat.ok_or(LayoutError::NoChatTemplate)?;
                 let end_text = chat.end_of_turn();
-                let end = tokenizer
-                    .token_to_id(end_text)
-                    .ok_or_else(|| format!("the chat template's end of turn `{end_text}` is not a single token"))?;
+                let end =
+                    tokenizer.token_to_id(end_text).ok_or_else(|| LayoutError::EndOfTurn(end_text.to_string()))?;
                 Ok(Layout { tokenizer, chat: Some((chat, system.clone())), end })
             }
         }
@@ -240,13 +254,13 @@ impl<'a> Layout<'a> {
     }
 
     /// The prompt's tokens.
-    pub fn prompt_tokens(&self, prompt: &str) -> Result<Vec<u32>, String> {
-        self.tokenizer.encode(&self.prompt_text(prompt)).map_err(|e| e.to_string())
+    pub fn prompt_tokens(&self, prompt: &str) -> Result<Vec<u32>, LayoutError> {
+        Ok(self.tokenizer.encode(&self.prompt_text(prompt))?)
     }
 
     /// The prompt's tokens for a model of `context` positions: a prompt longer than half the
     /// context keeps its end (the part the answer continues), leaving room for the answer.
-    pub fn prompt_tokens_within(&self, prompt: &str, context: usize) -> Result<Vec<u32>, String> {
+    pub fn prompt_tokens_within(&self, prompt: &str, context: usize) -> Result<Vec<u32>, LayoutError> {
         let mut tokens = self.prompt_tokens(prompt)?;
         let room = (context / 2).max(1);
         if tokens.len() > room {
@@ -256,18 +270,18 @@ impl<'a> Layout<'a> {
     }
 
     /// Prompt and response as one sequence, the response ended by the end token.
-    pub fn encode(&self, prompt: &str, response: &str) -> Result<Encoded, String> {
+    pub fn encode(&self, prompt: &str, response: &str) -> Result<Encoded, LayoutError> {
         let mut tokens = self.prompt_tokens(prompt)?;
         let prompt_len = tokens.len();
-        tokens.extend(self.tokenizer.encode(response).map_err(|e| e.to_string())?);
+        tokens.extend(self.tokenizer.encode(response)?);
         tokens.push(self.end);
         Ok(Encoded { tokens, prompt_len })
     }
 
     /// Generated tokens as text: everything before the end token.
-    pub fn response_text(&self, tokens: &[u32]) -> Result<String, String> {
+    pub fn response_text(&self, tokens: &[u32]) -> Result<String, LayoutError> {
         let end = tokens.iter().position(|&t| t == self.end).unwrap_or(tokens.len());
-        self.tokenizer.decode(&tokens[..end]).map_err(|e| e.to_string())
+        Ok(self.tokenizer.decode(&tokens[..end])?)
     }
 }
 

@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod ppo;
 pub mod pretrain;
 pub mod reward_model;
+pub mod rewards;
 pub mod sft;
 pub mod winrate;
 

@@ -28,16 +28,17 @@ use serde::{Deserialize, Serialize};
 use super::StageOutput;
 use super::context::{RunContext, StageError};
 use super::examples::{self, ExampleSet, Layout, Template};
+use super::rewards;
 use crate::data::blocks::draw_indices;
 use crate::experiment::{KlControl, KlEstimator, StageSpec};
 use crate::model::generate::SamplingConfig;
-use crate::model::{Model, RewardModel, ScalarHead};
+use crate::model::{Model, ScalarHead};
 use crate::plugins::{LossPlugin, PluginKind};
 use crate::train::ppo::{KlController, PpoLossConfig, RunningStats};
 use crate::train::rl::advantages::{AdvantageConfig, kl_penalised_gae};
 use crate::train::rl::policy::{Critic, Learner, reference_logprobs};
 use crate::train::rl::rollout::{self, Sampled};
-use crate::train::rl::scoring::{DEFAULT_REWARD_LIMIT, RewardTerm, Scored, Scorer, score};
+use crate::train::rl::scoring::{DEFAULT_REWARD_LIMIT, RewardTerm, score, shape};
 use crate::train::rl::settings::PpoSettings;
 use crate::train::rl::update::{UpdateConfig, update};
 use crate::train::rl::{RlError, model as model_error};
@@ -181,20 +182,20 @@ struct PpoState {
 /// Run the stage into `dir`.
 pub fn run(ctx: &RunContext, stage: &PpoStage, dir: &Path) -> Result<StageOutput, StageError> {
     let name = stage.name.as_str();
-    let config_error = |message: String| StageError::Config { stage: name.to_string(), message };
     let rl_error = |step: u64| move |source: RlError| StageError::Rl { stage: name.to_string(), step, source };
     let settings = &stage.train;
     let examples = examples::load(ctx, &stage.prompts, name, dir)?;
     let tokenizer = ctx.tokenizer()?;
     let chat = ctx.chat_template()?;
-    let layout = Layout::new(&tokenizer, &stage.template, chat.as_deref()).map_err(config_error)?;
+    let layout_error = |source| StageError::Layout { stage: name.to_string(), source };
+    let layout = Layout::new(&tokenizer, &stage.template, chat.as_deref()).map_err(layout_error)?;
     let end = layout.end_token();
     let pad = tokenizer.pad_id().unwrap_or(end);
 
     let policy = ctx.starting_model(Some(&stage.policy))?;
     let vocab = policy.config().vocab_size();
     let context = policy.config().context();
-    let scorers = scorers(ctx, stage, vocab)?;
+    let scorers = rewards::scorers(ctx, name, &stage.reward, (&stage.policy, vocab))?;
     let loss_plugin: Option<LossPlugin> =
         stage.loss.as_deref().map(|l| ctx.plugin(l)?.into_loss().map_err(StageError::from)).transpose()?;
     let setup =
@@ -256,7 +257,7 @@ pub fn run(ctx: &RunContext, stage: &PpoStage, dir: &Path) -> Result<StageOutput
     let sample =
         |model: &Model, prompts: &[String], sampling: &SamplingConfig, step| -> Result<Vec<Sampled>, StageError> {
             let tokens = prompts.iter().map(|p| layout.prompt_tokens_within(p, context)).collect::<Result<Vec<_>, _>>();
-            let tokens = tokens.map_err(config_error)?;
+            let tokens = tokens.map_err(layout_error)?;
             rollout::sample(model, prompts, tokens, sampling, |t| layout.response_text(t)).map_err(rl_error(step))
         };
     // Held-out prompts, sampled as in training with a fixed seed, scored by the same reward.
@@ -294,7 +295,7 @@ pub fn run(ctx: &RunContext, stage: &PpoStage, dir: &Path) -> Result<StageOutput
 
         // 2. Scores.
         let scored = score(&scorers, &episodes, end, pad, stage.reward_limit).map_err(rl)?;
-        let totals = shaped_scores(&scored, stage, &mut reward_stats);
+        let totals = shape(&scored, stage.normalize_reward, stage.reward_clip, &mut reward_stats);
 
         // 3. Log-probs, values, KL, GAE.
         let (old_logprob, old_value) =
@@ -371,50 +372,4 @@ pub fn run(ctx: &RunContext, stage: &PpoStage, dir: &Path) -> Result<StageOutput
     learner.value_head.save(&dir.join("value_head.safetensors")).map_err(save_error)?;
     crate::runs::report::write_training_report(dir, name, &final_metrics, session.seconds())?;
     Ok(StageOutput { metrics: final_metrics, resumed_from: start })
-}
-
-/// The reward sources of the stage, loaded; a reward model must read the policy's vocabulary.
-fn scorers(ctx: &RunContext, stage: &PpoStage, vocab: usize) -> Result<Vec<Scorer>, StageError> {
-    let config_error = |message: String| StageError::Config { stage: stage.name.clone(), message };
-    let mut scorers = Vec::new();
-    for term in &stage.reward {
-        scorers.push(match term {
-            RewardTerm::Model { stage: rm, weight } => {
-                let model = RewardModel::load(&ctx.stage_dir(rm), &ctx.device)
-                    .map_err(|e| config_error(format!("loading reward model `{rm}`: {e}")))?;
-                let rm_vocab = model.trunk.config().vocab_size();
-                if rm_vocab != vocab {
-                    return Err(config_error(format!(
-                        "reward model `{rm}` reads a vocabulary of {rm_vocab} tokens, the policy `{}` {vocab}: they must share a tokenizer",
-                        stage.policy
-                    )));
-                }
-                Scorer::Model { name: rm.clone(), weight: *weight, model: Box::new(model) }
-            }
-            RewardTerm::Plugin { name: plugin, weight } => {
-                Scorer::Plugin { name: plugin.clone(), weight: *weight, plugin: Box::new(ctx.plugin(plugin)?.into_reward()?) }
-            }
-        });
-    }
-    Ok(scorers)
-}
-
-/// The scores PPO optimises: standardised by the running statistics of every score so far
-/// (with `normalize_reward`), then clipped (with `reward_clip`).
-fn shaped_scores(scored: &Scored, stage: &PpoStage, stats: &mut RunningStats) -> Vec<f64> {
-    let mut totals = scored.totals.clone();
-    if stage.normalize_reward {
-        for &t in &scored.totals {
-            stats.push(t);
-        }
-        for t in &mut totals {
-            *t = (*t - stats.mean) / stats.std();
-        }
-    }
-    if let Some(clip) = stage.reward_clip {
-        for t in &mut totals {
-            *t = t.clamp(-clip, clip);
-        }
-    }
-    totals
 }

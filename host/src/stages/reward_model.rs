@@ -406,7 +406,7 @@ fn rate(
     max_len: usize,
 ) -> Result<Vec<Rated>, String> {
     let texts: Vec<&str> = records.iter().map(|r| r.text.as_str()).collect();
-    let encoded = tokenizer.encode_batch(&texts).map_err(|e| e.to_string())?;
+    let encoded = tokenizer.encode_batch(&texts).map_err(|error| format!("tokenizing the records: {error}"))?;
     records
         .iter()
         .zip(encoded)

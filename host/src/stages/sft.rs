@@ -25,7 +25,7 @@ use crate::data::blocks::{draw_indices, permutation};
 use crate::experiment::{StageSpec, TrainSettings};
 use crate::model::Model;
 use crate::plugins::{Feature, LossPlugin, PluginKind};
-use crate::train::plugin_loss::{Features, plugin_loss};
+use crate::train::plugin_loss::{Features, PluginLossError, plugin_loss};
 use crate::train::{
     Objective, SplitLoss, TrainError, masked_lm_loss, masked_lm_loss_rows, masked_mean, part_rows, token_logprobs,
     train,
@@ -220,15 +220,15 @@ pub fn sft_plugin_loss(
     model: &Model,
     batch: &SftBatch,
     train: bool,
-) -> Result<(Tensor, Vec<(String, f64)>), String> {
-    let text = |e: candle_core::Error| e.to_string();
+) -> Result<(Tensor, Vec<(String, f64)>), PluginLossError> {
+    let text = |source| PluginLossError::Tensor { plugin: plugin.name().to_string(), source };
     let device = model.device();
     let (inputs, targets, _) = batch.to_tensors(device).map_err(text)?;
-    let logits = model.forward(&inputs, train).map_err(|e| e.to_string())?;
+    let logits = model.forward(&inputs, train)?;
     let (b, t, v) = logits.dims3().map_err(text)?;
     let scored: Vec<u32> = (0..b * t).filter(|&i| batch.mask[i] > 0.0).map(|i| i as u32).collect();
     if scored.is_empty() {
-        return Err("the batch has no response tokens to score".into());
+        return Err(PluginLossError::NothingToScore { plugin: plugin.name().to_string() });
     }
     let mut offsets = vec![0u32];
     for row in batch.mask.chunks(t) {
@@ -255,7 +255,7 @@ pub fn sft_plugin_loss(
             (Feature::Mask, &mask),
         ],
     };
-    let loss = plugin_loss(plugin, &features).map_err(|e| e.to_string())?;
+    let loss = plugin_loss(plugin, &features)?;
     let (surrogate, value, mut metrics) = (loss.surrogate, loss.value, loss.metrics);
     metrics.push(("plugin_loss".into(), value));
     Ok((surrogate, metrics))
@@ -293,8 +293,8 @@ impl Objective for Sft<'_> {
         let loss = match &self.loss_plugin {
             None => masked_lm_loss(self.model, &inputs, &targets, &mask, true).map_err(tensor)?,
             Some(plugin) => {
-                let (surrogate, extra) =
-                    sft_plugin_loss(plugin, self.model, &batch, true).map_err(TrainError::Objective)?;
+                let (surrogate, extra) = sft_plugin_loss(plugin, self.model, &batch, true)
+                    .map_err(|source| TrainError::PluginLoss { step, source })?;
                 metrics.extend(extra);
                 surrogate
             }
@@ -360,7 +360,8 @@ pub fn run(ctx: &RunContext, stage: &SftStage, dir: &Path) -> Result<(Model, Sta
     let model = ctx.starting_model(stage.from.as_deref())?;
     let tokenizer = ctx.tokenizer()?;
     let chat = ctx.chat_template()?;
-    let layout = Layout::new(&tokenizer, &stage.template, chat.as_deref()).map_err(config_error)?;
+    let layout = Layout::new(&tokenizer, &stage.template, chat.as_deref())
+        .map_err(|source| StageError::Layout { stage: name.to_string(), source })?;
     let context = model.config().context();
     let max_len = stage.max_len.unwrap_or(context).min(context);
     let train_rows = encode_all(&layout, &examples.train, max_len).map_err(config_error)?;

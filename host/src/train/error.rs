@@ -15,6 +15,8 @@ pub enum TrainError {
     DivergedGradient { step: u64, norm: f64 },
     #[error(transparent)]
     File(#[from] FileError),
+    #[error("at step {step}: {source}")]
+    PluginLoss { step: u64, source: super::plugin_loss::PluginLossError },
     #[error("{0}")]
     Objective(String),
 }

@@ -168,29 +168,9 @@ impl AdamW {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::init::{normal_values, stream};
+    use crate::model::kernels::testing::{assert_close, flat, random, tensor};
     use crate::model::kernels::{Kernels, with_kernels};
     use candle_core::Device;
-
-    fn random(seed: u64, shape: &[usize], std: f64) -> Vec<f32> {
-        normal_values(&mut stream(seed, "kernels"), shape.iter().product(), std)
-    }
-
-    fn tensor(values: Vec<f32>, shape: &[usize]) -> Tensor {
-        Tensor::from_vec(values, shape, &Device::Cpu).expect("a tensor of matching size")
-    }
-
-    fn flat(t: &Tensor) -> Vec<f32> {
-        t.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("f32 values")
-    }
-
-    /// |a - b| <= rtol |b| + atol elementwise.
-    fn assert_close(what: &str, a: &[f32], b: &[f32], rtol: f32, atol: f32) {
-        assert_eq!(a.len(), b.len(), "{what}: lengths");
-        for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
-            assert!((x - y).abs() <= rtol * y.abs() + atol, "{what}[{i}]: {x} vs {y}");
-        }
-    }
 
     #[test]
     fn fused_adamw_matches_the_plain_update_and_keeps_its_state_format() -> candle_core::Result<()> {

@@ -34,6 +34,10 @@ pub enum PluginLossError {
     Missing { plugin: String, feature: Feature, provided: String },
     #[error("loss plugin `{plugin}`: {source}")]
     Tensor { plugin: String, source: candle_core::Error },
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    #[error("loss plugin `{plugin}`: the batch has no response tokens to score")]
+    NothingToScore { plugin: String },
 }
 
 /// What a loss plugin gives training.

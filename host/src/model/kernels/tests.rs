@@ -8,33 +8,9 @@
 //! difference of inputs of magnitude M (a logit of 1e4 minus the log-sum-exp) is only known to
 //! about M * 2^-23, so that term is a few ulp of the largest input in the row.
 
+use super::testing::{assert_close, flat, random, tensor};
 use super::*;
-use crate::model::init::{normal_values, stream};
 use candle_core::Var;
-
-fn random(seed: u64, shape: &[usize], std: f64) -> Vec<f32> {
-    normal_values(&mut stream(seed, "kernels"), shape.iter().product(), std)
-}
-
-fn tensor(values: Vec<f32>, shape: &[usize]) -> Tensor {
-    Tensor::from_vec(values, shape, &Device::Cpu).expect("a tensor of matching size")
-}
-
-fn flat(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("f32 values")
-}
-
-/// |a - b| <= rtol |b| + atol elementwise, NaN only where both are NaN.
-fn assert_close(what: &str, a: &[f32], b: &[f32], rtol: f32, atol: f32) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths");
-    for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
-        if x.is_nan() || y.is_nan() {
-            assert!(x.is_nan() && y.is_nan(), "{what}[{i}]: {x} vs {y}");
-            continue;
-        }
-        assert!((x - y).abs() <= rtol * y.abs() + atol, "{what}[{i}]: fused {x} vs plain {y} (diff {})", (x - y).abs());
-    }
-}
 
 /// One path's output and the gradient of each input, flattened.
 type Run = (Vec<f32>, Vec<Vec<f32>>);

@@ -47,9 +47,9 @@ pub enum RlError {
         "{scorer} scored record {record} {score}, outside [-{limit}, {limit}]: rescale it, or raise the stage's reward_limit"
     )]
     RewardOutOfRange { scorer: String, record: usize, score: f64, limit: f64 },
-    /// A prompt or response the stage's layout cannot turn into tokens or text.
-    #[error("{0}")]
-    Layout(String),
+    /// Response tokens the stage's layout cannot turn into text.
+    #[error("decoding a response: {0}")]
+    Decode(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Attaches what was being done to a candle error.

@@ -14,19 +14,19 @@ pub struct Sampled {
 
 /// Sample one response per prompt (prompts already tokenized, in the same order) with
 /// `sampling`; `decode` turns response tokens into the text rewards read.
-pub fn sample(
+pub fn sample<E: std::error::Error + Send + Sync + 'static>(
     policy: &Model,
     prompts: &[String],
     prompt_tokens: Vec<Vec<u32>>,
     sampling: &SamplingConfig,
-    decode: impl Fn(&[u32]) -> Result<String, String>,
+    decode: impl Fn(&[u32]) -> Result<String, E>,
 ) -> Result<Vec<Sampled>, RlError> {
     let generated = generate(policy, &prompt_tokens, sampling).map_err(model("sampling"))?;
     generated
         .into_iter()
         .zip(prompts.iter().zip(prompt_tokens))
         .map(|(response, (prompt, prompt_tokens))| {
-            let response_text = decode(&response.tokens).map_err(RlError::Layout)?;
+            let response_text = decode(&response.tokens).map_err(|e| RlError::Decode(Box::new(e)))?;
             Ok(Sampled { prompt: prompt.clone(), prompt_tokens, response, response_text })
         })
         .collect()

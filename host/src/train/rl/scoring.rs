@@ -8,6 +8,7 @@ use super::RlError;
 use super::rollout::Sampled;
 use crate::model::RewardModel;
 use crate::plugins::{Episode, RewardPlugin};
+use crate::train::ppo::RunningStats;
 
 /// One part of a reward, as experiment files write it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,4 +111,25 @@ pub fn score(scorers: &[Scorer], episodes: &[Sampled], end: u32, pad: u32, limit
         terms.push((name.to_string(), scores.iter().sum::<f64>() / scores.len() as f64));
     }
     Ok(Scored { totals, terms, plugin_seconds })
+}
+
+/// The scores an update optimises: standardised by the running statistics of every score so far
+/// (with `normalize`, the statistics updated with this batch first), then clipped to
+/// `[-clip, clip]` (with a `clip`).
+pub fn shape(scored: &Scored, normalize: bool, clip: Option<f64>, stats: &mut RunningStats) -> Vec<f64> {
+    let mut totals = scored.totals.clone();
+    if normalize {
+        for &t in &scored.totals {
+            stats.push(t);
+        }
+        for t in &mut totals {
+            *t = (*t - stats.mean) / stats.std();
+        }
+    }
+    if let Some(clip) = clip {
+        for t in &mut totals {
+            *t = t.clamp(-clip, clip);
+        }
+    }
+    totals
 }

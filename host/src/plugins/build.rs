@@ -15,6 +15,7 @@
 //! namespaces cannot be made, building fails with what to do, unless the user says
 //! `TRIAD_PLUGIN_BUILD=trusted` (the build then runs with their rights).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
@@ -24,11 +25,23 @@ use super::error::Problem;
 const TARGET: &str = "wasm32-unknown-unknown";
 
 /// Build the plugin crates in `dirs` (one cargo invocation per workspace, so cargo builds them
-/// in parallel) and return the path of each crate's `.wasm`, in the order of `dirs`.
+/// in parallel) and return the path of each crate's `.wasm`, in the order of `dirs`. A crate is
+/// built once per process: a run asks for each plugin from several stages, and a build that
+/// finds nothing to do still costs cargo's start and the isolation's set-up.
 pub fn build_crates(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, Problem> {
     // Builds from several threads of one process would only queue on cargo's lock.
-    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    static BUILT: Mutex<BTreeMap<PathBuf, PathBuf>> = Mutex::new(BTreeMap::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    let canonical = |dir: &PathBuf| std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+    let pending: Vec<PathBuf> = dirs.iter().filter(|d| !built.contains_key(&canonical(d))).cloned().collect();
+    for (dir, wasm) in pending.iter().zip(build_now(&pending)?) {
+        built.insert(canonical(dir), wasm);
+    }
+    Ok(dirs.iter().map(|d| built[&canonical(d)].clone()).collect())
+}
+
+/// Build the crates in `dirs` now, whatever was built before.
+fn build_now(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, Problem> {
     let Some(first) = dirs.first() else { return Ok(Vec::new()) };
     ensure_wasm_target(first)?;
 

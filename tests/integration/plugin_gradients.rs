@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use candle_core::{D, Device, Tensor};
 use triad::model::{GptConfig, Model, ModelConfig, ScalarHead};
-use triad::stages::examples::Encoded;
+use triad::stages::layout::Encoded;
 use triad::stages::sft::{SftBatch, sft_plugin_loss};
 use triad::train::masked_lm_loss;
 use triad::train::ppo::{PpoBatch, PpoLossConfig, ppo_loss};

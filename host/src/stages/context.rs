@@ -41,7 +41,7 @@ pub enum StageError {
     Model { stage: String, source: ModelError },
     /// Prompts or responses that cannot be laid out as tokens for the stage's model.
     #[error("stage `{stage}`: {source}")]
-    Layout { stage: String, source: super::examples::LayoutError },
+    Layout { stage: String, source: super::layout::LayoutError },
     #[error(transparent)]
     Pretrained(#[from] PretrainedError),
     #[error(transparent)]

@@ -17,7 +17,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::context::{RunContext, StageError};
-use super::examples::{self, Example, ExampleSet, Layout, LayoutError, Template};
+use super::examples::{self, Example, ExampleSet};
+use super::layout::{Layout, LayoutError, Template};
 use super::winrate::{WinRate, write_label_files};
 use super::{Experiment, Stage, StageOutput};
 use crate::experiment::StageSpec;

@@ -9,6 +9,7 @@
 pub mod context;
 pub mod eval;
 pub mod examples;
+pub mod layout;
 pub mod pipeline;
 pub mod ppo;
 pub mod pretrain;

@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 
 use super::StageOutput;
 use super::context::{RunContext, StageError};
-use super::examples::{self, ExampleSet, Layout, Template};
+use super::examples::{self, ExampleSet};
+use super::layout::{Layout, Template};
 use super::rewards;
 use crate::data::blocks::draw_indices;
 use crate::experiment::{KlControl, KlEstimator, StageSpec};

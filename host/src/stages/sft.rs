@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use super::StageOutput;
 use super::context::{RunContext, StageError};
-use super::examples::{self, Encoded, ExampleSet, Layout, Template};
+use super::examples::{self, ExampleSet};
+use super::layout::{Encoded, Layout, Template};
 use crate::data::blocks::{draw_indices, permutation};
 use crate::experiment::{StageSpec, TrainSettings};
 use crate::model::Model;

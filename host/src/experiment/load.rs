@@ -97,11 +97,12 @@ pub fn parse_experiment<S: StageSpec>(path: &Path, text: &str) -> Result<Experim
     for (name, plugin) in &experiment.plugins {
         let resolved = base.join(&plugin.path);
         if !resolved.exists() {
-            return Err(invalid(format!(
-                "plugin `{name}`: `{}` does not exist ({} is relative to the experiment file's folder)",
-                plugin.path.display(),
-                resolved.display()
-            )));
+            let place = if plugin.path.is_absolute() {
+                String::new()
+            } else {
+                format!(" ({} is relative to the experiment file's folder)", resolved.display())
+            };
+            return Err(invalid(format!("plugin `{name}`: `{}` does not exist{place}", plugin.path.display())));
         }
     }
     Ok(experiment)

@@ -346,7 +346,8 @@ fn machine_peak(given: Option<f64>, threads: usize) -> f64 {
         return peak;
     }
     let (peak, isa) = triad::bench::peak::measure_peak_gflops(threads);
-    println!("peak: {peak:.0} GFLOP/s f32, measured ({isa} FMA loop on {threads} threads)");
+    let plural = if threads == 1 { "" } else { "s" };
+    println!("peak: {peak:.0} GFLOP/s f32, measured (an {isa} loop on {threads} thread{plural})");
     peak
 }
 

@@ -1,4 +1,4 @@
-//! Killed with SIGKILL in the middle of a stage, a run resumes from that stage's last checkpoint
+//! Killed with SIGKILL early or late in a stage, a run resumes from that stage's last checkpoint
 //! and ends bit for bit where an uninterrupted run ends: the same final metrics and the same
 //! saved weights. Pretraining has its own such test (`pretrain.rs`); here every other kind: SFT
 //! (the example order), the reward model, PPO (the optimizer's own step count, the KL
@@ -100,25 +100,27 @@ fn outcome(dir: &Path, name: &str) -> (serde_json::Value, Vec<u8>) {
     (serde_json::Value::Object(metrics), bytes)
 }
 
-/// Whether the run is inside stage `name`: past its 4th step (a training stage), or started
+/// Whether the run is inside stage `name`: past checkpoint `at` (a training stage), or started
 /// (evaluation, which keeps no checkpoint).
-fn reached(dir: &Path, name: &str) -> bool {
+fn reached(dir: &Path, name: &str, at: u64) -> bool {
     if name == "eval" {
         return stage(dir, name).join("stage.json").is_file();
     }
-    latest_checkpoint(dir, name) >= 4
+    latest_checkpoint(dir, name) >= at
 }
 
 #[test]
 fn every_stage_kind_killed_mid_stage_resumes_bit_for_bit() {
     const STAGES: [&str; 4] = ["sft", "rm", "ppo", "eval"];
+    // Early and late in each training stage; evaluation as soon as it starts.
+    const KILLS: [(&str, u64); 7] = [("sft", 2), ("sft", 6), ("rm", 2), ("rm", 8), ("ppo", 2), ("ppo", 6), ("eval", 0)];
     let whole = scratch("whole");
     run_to_end(&whole);
-    for name in STAGES {
-        let killed = scratch(&format!("killed-{name}"));
+    for (name, at) in KILLS {
+        let killed = scratch(&format!("killed-{name}-{at}"));
         let mut child = triad(&killed).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn triad");
         let started = Instant::now();
-        while !reached(&killed, name) {
+        while !reached(&killed, name, at) {
             assert!(started.elapsed() < Duration::from_secs(900), "{name} not reached after 15 minutes");
             assert!(child.try_wait().expect("child state").is_none(), "the run ended before {name} could be killed");
             std::thread::sleep(Duration::from_millis(5));

@@ -142,8 +142,11 @@ pub trait StageSpec: Clone + Debug + Serialize + DeserializeOwned {
         self.plugin_slots().into_iter().map(|(name, _)| name).collect()
     }
 
-    /// Whether later stages can start from this stage's output model.
-    fn produces_model(&self) -> bool;
+    /// Whether later stages can start from this stage's output model (every training stage
+    /// does; an evaluation does not).
+    fn produces_model(&self) -> bool {
+        true
+    }
 
     /// A problem with the stage's own settings, in words that say the fix.
     fn validate(&self) -> Result<(), String>;

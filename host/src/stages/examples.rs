@@ -45,6 +45,11 @@ pub enum ExampleFormat {
     Continuation { words: usize },
 }
 
+/// Filter plugins named by a stage, as plugin slots.
+pub fn filter_slots(filters: &[String]) -> impl Iterator<Item = (&str, PluginKind)> {
+    filters.iter().map(|f| (f.as_str(), PluginKind::DataFilter))
+}
+
 /// 10% held out by hash: stable under any other change to the data.
 pub fn default_hash_split() -> Split {
     Split::Hash { valid_fraction: 0.1, seed: 0 }
@@ -53,7 +58,7 @@ pub fn default_hash_split() -> Split {
 impl ExampleSet {
     /// The set's filter plugins, as plugin slots.
     pub fn filter_slots(&self) -> impl Iterator<Item = (&str, PluginKind)> {
-        self.filters.iter().map(|f| (f.as_str(), PluginKind::DataFilter))
+        filter_slots(&self.filters)
     }
 
     /// What is wrong with the set's settings, if anything.

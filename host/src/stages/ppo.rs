@@ -127,9 +127,6 @@ impl StageSpec for PpoStage {
         slots.extend(self.loss.as_deref().map(|l| (l, PluginKind::Loss)));
         slots
     }
-    fn produces_model(&self) -> bool {
-        true
-    }
     fn validate(&self) -> Result<(), String> {
         let t = &self.train;
         if self.reward.is_empty() {
@@ -231,7 +228,10 @@ pub fn run(ctx: &RunContext, stage: &PpoStage, dir: &Path) -> Result<StageOutput
     let (mut session, saved) = Session::open(name, dir, &vars, &mut optimizer, cadence, config_key(stage), &ctx.device)
         .map_err(train_error)?;
     let start = session.start;
-    let saved: Option<PpoState> = saved.and_then(|v| serde_json::from_value(v).ok());
+    let saved: Option<PpoState> = saved.map(serde_json::from_value).transpose().map_err(|e| StageError::Config {
+        stage: name.to_string(),
+        message: format!("the checkpoint's PPO state (KL coefficient, reward statistics) is unreadable: {e}"),
+    })?;
     let (mut kl, mut reward_stats) = match saved {
         Some(s) => (KlController::with_coef(stage.kl, s.kl_coef), s.reward_stats),
         None => (KlController::new(stage.kl), RunningStats::default()),

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::StageOutput;
 use super::context::{RunContext, StageError};
+use super::examples::filter_slots;
 use crate::data::blocks::{Blocks, Side};
 use crate::data::split::Split;
 use crate::experiment::{StageSpec, TrainSettings};
@@ -57,10 +58,7 @@ impl StageSpec for PretrainStage {
         vec![&self.data]
     }
     fn plugin_slots(&self) -> Vec<(&str, PluginKind)> {
-        self.filters.iter().map(|f| (f.as_str(), PluginKind::DataFilter)).collect()
-    }
-    fn produces_model(&self) -> bool {
-        true
+        filter_slots(&self.filters).collect()
     }
     fn validate(&self) -> Result<(), String> {
         self.train.validate()?;

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::StageOutput;
 use super::context::{RunContext, StageError};
-use super::examples::default_hash_split;
+use super::examples::{default_hash_split, filter_slots};
 use crate::data::blocks::{draw_indices, splitmix64};
 use crate::data::source::Record;
 use crate::data::split::Split;
@@ -115,10 +115,7 @@ impl StageSpec for RewardModelStage {
         vec![&self.data]
     }
     fn plugin_slots(&self) -> Vec<(&str, PluginKind)> {
-        self.filters.iter().map(|f| (f.as_str(), PluginKind::DataFilter)).collect()
-    }
-    fn produces_model(&self) -> bool {
-        true
+        filter_slots(&self.filters).collect()
     }
     fn validate(&self) -> Result<(), String> {
         self.train.validate()?;

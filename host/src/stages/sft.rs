@@ -76,9 +76,6 @@ impl StageSpec for SftStage {
     fn plugin_slots(&self) -> Vec<(&str, PluginKind)> {
         self.examples.filter_slots().chain(self.loss.as_deref().map(|l| (l, PluginKind::Loss))).collect()
     }
-    fn produces_model(&self) -> bool {
-        true
-    }
     fn validate(&self) -> Result<(), String> {
         self.train.validate()?;
         self.examples.validate()?;

@@ -109,6 +109,32 @@ impl Split {
     }
 }
 
+/// Items split as records would be, by a key of each instead of a record's text: `Hash` by
+/// the key (items sharing a key land on one side), `Tail` the last fraction of the items.
+/// Returns (train, valid); either side may be empty.
+pub fn partition_by_key<T>(
+    split: &Split,
+    items: Vec<T>,
+    key: impl Fn(&T) -> &str,
+) -> Result<(Vec<T>, Vec<T>), SplitError> {
+    let fraction = split.valid_fraction();
+    if !(0.0..1.0).contains(&fraction) {
+        return Err(SplitError::Fraction(fraction));
+    }
+    Ok(match *split {
+        Split::Hash { seed, .. } => {
+            let (valid, train) = items.into_iter().partition(|item| hash_unit(seed, key(item)) < fraction);
+            (train, valid)
+        }
+        Split::Tail { .. } => {
+            let mut train = items;
+            let cut = (train.len() as f64 * (1.0 - fraction)) as usize;
+            let valid = train.split_off(cut);
+            (train, valid)
+        }
+    })
+}
+
 /// sha256(seed as 8 little-endian bytes, text) read as a number in [0, 1).
 fn hash_unit(seed: u64, text: &str) -> f64 {
     use sha2::{Digest, Sha256};

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::source::SourceSpec;
 use crate::data::tokenizer::TokenizerSpec;
 use crate::model::{GptConfig, LlamaConfig, ModelConfig};
-use crate::plugins::PluginKind;
+use crate::plugins::{Feature, PluginKind};
 
 pub use crate::model::pretrained::PRETRAINED_MODELS;
 pub use crate::train::ppo::{KlControl, KlEstimator};
@@ -146,6 +146,12 @@ pub trait StageSpec: Clone + Debug + Serialize + DeserializeOwned {
     /// does; an evaluation does not).
     fn produces_model(&self) -> bool {
         true
+    }
+
+    /// The features this stage computes for a loss plugin (none for a stage without a loss
+    /// slot); a loss plugin that declares any other is refused before anything trains.
+    fn loss_features(&self) -> &'static [Feature] {
+        &[]
     }
 
     /// A problem with the stage's own settings, in words that say the fix.

@@ -7,6 +7,7 @@ use super::bindings::{
 };
 use super::error::{PluginError, Problem};
 use super::pool::Pool;
+use super::records::feature_name;
 
 /// Shared accessors of every typed handle.
 macro_rules! common_accessors {
@@ -164,26 +165,27 @@ impl LossPlugin {
         let sequences = batch.sequence_offsets.len().saturating_sub(1);
         let mut seen = Vec::new();
         for FeatureValues { feature, values } in &output.gradients {
+            let name = feature_name(*feature);
             if !is_differentiable(*feature) {
-                return Err(invalid(format!("returned a gradient for {feature:?}, which is not differentiable")));
+                return Err(invalid(format!("returned a gradient for `{name}`, which is not differentiable")));
             }
             if !self.features.contains(feature) {
-                return Err(invalid(format!("returned a gradient for {feature:?}, a feature it did not declare")));
+                return Err(invalid(format!("returned a gradient for `{name}`, a feature it did not declare")));
             }
             if seen.contains(feature) {
-                return Err(invalid(format!("returned two gradients for {feature:?}")));
+                return Err(invalid(format!("returned two gradients for `{name}`")));
             }
             seen.push(*feature);
             let expected = if is_per_sequence(*feature) { sequences } else { tokens };
             if values.len() != expected {
                 return Err(invalid(format!(
-                    "gradient for {feature:?} has {} values, the batch has {expected}",
+                    "gradient for `{name}` has {} values, the batch has {expected}",
                     values.len()
                 )));
             }
             if let Some(i) = values.iter().position(|v| !v.is_finite() || v.abs() > MAX_GRADIENT) {
                 return Err(invalid(format!(
-                    "gradient for {feature:?} is {} at index {i}, outside [-{MAX_GRADIENT:e}, {MAX_GRADIENT:e}]",
+                    "gradient for `{name}` is {} at index {i}, outside [-{MAX_GRADIENT:e}, {MAX_GRADIENT:e}]",
                     values[i]
                 )));
             }

@@ -137,6 +137,11 @@ pub fn feature_name(feature: Feature) -> &'static str {
     FEATURE_NAMES.iter().find(|(f, _)| *f == feature).map(|(_, n)| *n).unwrap_or("?")
 }
 
+/// Features by their WIT names, comma-separated: `logprob, ref-logprob, mask`.
+pub fn feature_list(features: &[Feature]) -> String {
+    features.iter().map(|f| feature_name(*f)).collect::<Vec<_>>().join(", ")
+}
+
 /// A feature from its WIT name (underscores accepted for dashes).
 pub fn feature_from_name(name: &str) -> Option<Feature> {
     let name = name.replace('_', "-");

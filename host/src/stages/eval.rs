@@ -25,6 +25,7 @@ use crate::experiment::StageSpec;
 use crate::model::generate::{SamplingConfig, generate};
 use crate::model::{Model, RewardModel};
 use crate::plugins::{Episode, MetricRecord, PluginKind};
+use crate::train::rl::policy::sequence_kl;
 use crate::util::atomic::write_atomically;
 
 /// Evaluation of one or more models on held-out data.
@@ -49,9 +50,44 @@ pub struct EvalStage {
     /// A Pretrain stage whose validation text each model's perplexity is measured on.
     #[serde(default)]
     pub perplexity_of: Option<String>,
-    /// Compare two of the models under a judge.
-    #[serde(default)]
-    pub win_rate: Option<WinRateSpec>,
+    /// Compare two of the models under a judge: one comparison, whose metrics are `win_rate`,
+    /// `win_rate_low`, `win_rate_high` and `ties`; or a list of them, whose metrics are
+    /// `<a>/win_rate_over_<b>` (and `_low`, `_high`, `_ties`).
+    #[serde(default, skip_serializing_if = "WinRates::is_none")]
+    pub win_rate: WinRates,
+    /// A stage whose model is the reference each model's KL is measured against, along its
+    /// own answers (`<model>/kl`): see [`sequence_kl`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl_to: Option<String>,
+    /// Further judges that score every model's answers (`<model>/score/<judge>`), for
+    /// example the reward model an RL stage optimised.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub score_with: Vec<Judge>,
+}
+
+/// One win-rate comparison, or several.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum WinRates {
+    #[default]
+    None,
+    One(WinRateSpec),
+    Many(Vec<WinRateSpec>),
+}
+
+impl WinRates {
+    fn is_none(&self) -> bool {
+        matches!(self, WinRates::None)
+    }
+
+    /// Every comparison, each with the prefix of its metric names.
+    pub fn comparisons(&self) -> Vec<(&WinRateSpec, String)> {
+        match self {
+            WinRates::None => Vec::new(),
+            WinRates::One(spec) => vec![(spec, "win_rate".to_string())],
+            WinRates::Many(specs) => specs.iter().map(|s| (s, format!("{}/win_rate_over_{}", s.a, s.b))).collect(),
+        }
+    }
 }
 
 impl StageSpec for EvalStage {
@@ -65,8 +101,11 @@ impl StageSpec for EvalStage {
         let mut inputs: Vec<&str> = self.models.iter().map(String::as_str).collect();
         inputs.push(&self.prompts_of);
         inputs.extend(self.perplexity_of.as_deref());
-        if let Some(WinRateSpec { judge: Judge::RewardModel(rm), .. }) = &self.win_rate {
-            inputs.push(rm);
+        inputs.extend(self.kl_to.as_deref());
+        for judge in self.judges() {
+            if let Judge::RewardModel(rm) = judge {
+                inputs.push(rm);
+            }
         }
         let mut seen = std::collections::BTreeSet::new();
         inputs.retain(|name| seen.insert(*name));
@@ -78,8 +117,10 @@ impl StageSpec for EvalStage {
     }
     fn plugin_slots(&self) -> Vec<(&str, PluginKind)> {
         let mut slots: Vec<_> = self.metrics.iter().map(|m| (m.as_str(), PluginKind::Metric)).collect();
-        if let Some(WinRateSpec { judge: Judge::Plugin(judge), .. }) = &self.win_rate {
-            slots.push((judge.as_str(), PluginKind::Reward));
+        for judge in self.judges() {
+            if let Judge::Plugin(plugin) = judge {
+                slots.push((plugin.as_str(), PluginKind::Reward));
+            }
         }
         slots
     }
@@ -94,7 +135,11 @@ impl StageSpec for EvalStage {
             return Err("max_prompts must be at least 1".into());
         }
         self.generation.validate().map_err(|e| format!("generation: {e}"))?;
-        if let Some(win) = &self.win_rate {
+        let mut prefixes = std::collections::BTreeSet::new();
+        for (win, prefix) in self.win_rate.comparisons() {
+            if !prefixes.insert(prefix.clone()) {
+                return Err(format!("win_rate compares `{}` with `{}` twice", win.a, win.b));
+            }
             for side in [&win.a, &win.b] {
                 if !self.models.contains(side) {
                     return Err(format!(
@@ -117,6 +162,39 @@ impl StageSpec for EvalStage {
     }
 }
 
+impl EvalStage {
+    /// Every judge the stage uses: those of its win-rates, then `score_with`.
+    fn judges(&self) -> Vec<&Judge> {
+        self.win_rate.comparisons().into_iter().map(|(w, _)| &w.judge).chain(&self.score_with).collect()
+    }
+}
+
+/// KL to `reference` of `model` along its answers (mean over prompts of the summed per-token
+/// KL; see [`sequence_kl`]).
+fn answer_kl(
+    model: &Model,
+    reference: &Model,
+    layout: &Layout,
+    prompts: &[String],
+    answers: &[(String, Vec<u32>)],
+    pad: u32,
+) -> Result<f64, crate::train::rl::RlError> {
+    let context = model.config().context();
+    let mut rows = Vec::with_capacity(prompts.len());
+    let mut lens = Vec::with_capacity(prompts.len());
+    for (prompt, (_, tokens)) in prompts.iter().zip(answers) {
+        if tokens.is_empty() {
+            continue;
+        }
+        let prompt =
+            layout.prompt_tokens_within(prompt, context).map_err(|e| crate::train::rl::RlError::Decode(Box::new(e)))?;
+        rows.push([prompt, tokens.clone()].concat());
+        lens.push(tokens.len());
+    }
+    let kl = sequence_kl(model, reference, &rows, &lens, GENERATION_BATCH, pad)?;
+    Ok(kl.iter().sum::<f64>() / kl.len().max(1) as f64)
+}
+
 /// Model `a` against model `b` on the same prompts, both answers scored by `judge`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -130,12 +208,21 @@ pub struct WinRateSpec {
 }
 
 /// What scores answers in a win-rate comparison.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Judge {
     /// A reward plugin, by its name in `plugins`.
     Plugin(String),
     /// A RewardModel stage, by name.
     RewardModel(String),
+}
+
+impl Judge {
+    /// The plugin's or the stage's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Judge::Plugin(name) | Judge::RewardModel(name) => name,
+        }
+    }
 }
 
 fn default_max_prompts() -> usize {
@@ -267,6 +354,8 @@ pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<StageOutpu
         .map(|m| ctx.plugin(m)?.into_metric().map_err(StageError::from))
         .collect::<Result<Vec<_>, _>>()?;
 
+    let reference = stage.kl_to.as_deref().map(|r| ctx.starting_model(Some(r))).transpose()?;
+    let pad = tokenizer.pad_id().unwrap_or(layout.end_token());
     let mut metrics = BTreeMap::new();
     let mut answers: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for model_name in &stage.models {
@@ -289,6 +378,11 @@ pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<StageOutpu
             metrics.insert(format!("{model_name}/perplexity"), loss.exp());
         }
         let generated = answer(&model, &layout, &prompts, &stage.generation, model_name)?;
+        if let Some(reference) = &reference {
+            let kl = answer_kl(&model, reference, &layout, &prompts, &generated, pad)
+                .map_err(|source| StageError::Rl { stage: name.to_string(), step: 0, source })?;
+            metrics.insert(format!("{model_name}/kl"), kl);
+        }
         let texts: Vec<String> = generated.into_iter().map(|(text, _)| text).collect();
         let lengths: Vec<f64> = texts.iter().map(|t| t.split_whitespace().count() as f64).collect();
         metrics.insert(format!("{model_name}/answer_words"), lengths.iter().sum::<f64>() / lengths.len() as f64);
@@ -305,30 +399,47 @@ pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<StageOutpu
         answers.insert(model_name, texts);
     }
 
-    let mut judged: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    let mut comparison = None;
-    if let Some(win) = &stage.win_rate {
-        for side in [&win.a, &win.b] {
-            let scores = judge_scores(ctx, &win.judge, &layout, &prompts, &answers[side.as_str()])?;
-            metrics.insert(format!("{side}/judge"), scores.iter().sum::<f64>() / scores.len() as f64);
-            judged.insert(side, scores);
+    for judge in &stage.score_with {
+        for model_name in &stage.models {
+            let scores = judge_scores(ctx, judge, &layout, &prompts, &answers[model_name.as_str()])?;
+            let mean = scores.iter().sum::<f64>() / scores.len() as f64;
+            metrics.insert(format!("{model_name}/score/{}", judge.name()), mean);
         }
-        let rate = WinRate::from_scores(&judged[win.a.as_str()], &judged[win.b.as_str()], win.tie_tolerance);
+    }
+
+    let mut judged: BTreeMap<(&str, &Judge), Vec<f64>> = BTreeMap::new();
+    let mut comparisons = Vec::new();
+    let single = matches!(stage.win_rate, WinRates::One(_));
+    for (win, prefix) in stage.win_rate.comparisons() {
+        for side in [&win.a, &win.b] {
+            if let std::collections::btree_map::Entry::Vacant(entry) = judged.entry((side.as_str(), &win.judge)) {
+                entry.insert(judge_scores(ctx, &win.judge, &layout, &prompts, &answers[side.as_str()])?);
+            }
+        }
+        let (a, b) = (&judged[&(win.a.as_str(), &win.judge)], &judged[&(win.b.as_str(), &win.judge)]);
+        if single {
+            for (side, scores) in [(&win.a, a), (&win.b, b)] {
+                metrics.insert(format!("{side}/judge"), scores.iter().sum::<f64>() / scores.len() as f64);
+            }
+        }
+        let rate = WinRate::from_scores(a, b, win.tie_tolerance);
         let (low, high) = rate.interval();
-        metrics.insert("win_rate".into(), rate.rate());
-        metrics.insert("win_rate_low".into(), low);
-        metrics.insert("win_rate_high".into(), high);
-        metrics.insert("ties".into(), rate.ties as f64);
+        let ties = if single { "ties".to_string() } else { format!("{prefix}_ties") };
+        metrics.insert(prefix.clone(), rate.rate());
+        metrics.insert(format!("{prefix}_low"), low);
+        metrics.insert(format!("{prefix}_high"), high);
+        metrics.insert(ties, rate.ties as f64);
+        let labels = if single { String::new() } else { format!("-{}-vs-{}", win.a, win.b) };
         write_label_files(
-            &dir.join("human-labels.jsonl"),
-            &dir.join("human-key.json"),
+            &dir.join(format!("human-labels{labels}.jsonl")),
+            &dir.join(format!("human-key{labels}.json")),
             &prompts,
             (&win.a, &answers[win.a.as_str()]),
             (&win.b, &answers[win.b.as_str()]),
             ctx.experiment.seed,
         )?;
         tracing::info!(stage = name, "win-rate of `{}` over `{}`: {}", win.a, win.b, rate.describe());
-        comparison = Some((win, rate));
+        comparisons.push((win, rate));
     }
 
     let mut samples = String::new();
@@ -336,8 +447,10 @@ pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<StageOutpu
         let mut line = serde_json::json!({ "prompt": example.prompt, "reference": example.response });
         for (model_name, texts) in &answers {
             line[*model_name] = serde_json::json!(texts[i]);
-            if let Some(scores) = judged.get(model_name) {
-                line[format!("{model_name}/judge")] = serde_json::json!(scores[i]);
+            for ((judged_model, judge), scores) in &judged {
+                if judged_model == model_name {
+                    line[format!("{model_name}/judge/{}", judge.name())] = serde_json::json!(scores[i]);
+                }
             }
         }
         samples.push_str(&line.to_string());
@@ -347,7 +460,7 @@ pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<StageOutpu
     let seconds = started.elapsed().as_secs_f64();
     write_atomically(
         &dir.join("report.md"),
-        report(stage, &metrics, comparison, &held_out, &answers, seconds).as_bytes(),
+        report(stage, &metrics, &comparisons, &held_out, &answers, seconds).as_bytes(),
     )?;
     Ok(StageOutput { metrics, resumed_from: 0 })
 }
@@ -355,7 +468,7 @@ pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<StageOutpu
 fn report(
     stage: &EvalStage,
     metrics: &BTreeMap<String, f64>,
-    comparison: Option<(&WinRateSpec, WinRate)>,
+    comparisons: &[(&WinRateSpec, WinRate)],
     held_out: &[Example],
     answers: &BTreeMap<&str, Vec<String>>,
     seconds: f64,
@@ -370,13 +483,15 @@ fn report(
         let (model, metric) = name.split_once('/').unwrap_or(("", name));
         out.push_str(&format!("| {model} | {metric} | {value:.4} |\n"));
     }
-    if let Some((win, rate)) = comparison {
+    for (win, rate) in comparisons {
         let judge = match &win.judge {
             Judge::Plugin(p) => format!("reward plugin `{p}`"),
             Judge::RewardModel(r) => format!("reward model `{r}`"),
         };
         out.push_str(&format!("\nWin-rate of `{}` over `{}` judged by {judge}: {}.\n", win.a, win.b, rate.describe()));
-        out.push_str("A person can judge the same pairs blind: label `human-labels.jsonl` (\"preferred\": 1, 2 or \"tie\"), then run `triad labels <this folder>`.\n");
+    }
+    if !comparisons.is_empty() {
+        out.push_str("A person can judge the same pairs blind: label a `human-labels*.jsonl` file (\"preferred\": 1, 2 or \"tie\"), then run `triad labels <this folder>`.\n");
     }
     out.push_str("\n## Samples\n");
     for (i, example) in held_out.iter().take(5).enumerate() {

@@ -12,7 +12,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::context::{RunContext, StageError};
-use crate::data::source::Origin;
+use crate::data::source::{Origin, Record};
 use crate::data::split::Split;
 use crate::plugins::PluginKind;
 
@@ -93,7 +93,7 @@ pub fn load(ctx: &RunContext, set: &ExampleSet, stage: &str, dir: &Path) -> Resu
     let data_error = |message: String| StageError::Data { stage: stage.to_string(), message };
     let records = ctx.filtered_records(stage, &set.data, &set.filters, dir)?;
     let parts = set.split.apply(records).map_err(|e| data_error(e.to_string()))?;
-    let to_examples = |records: Vec<crate::data::source::Record>| -> Result<Vec<Example>, StageError> {
+    let to_examples = |records: Vec<Record>| -> Result<Vec<Example>, StageError> {
         let mut examples = Vec::with_capacity(records.len());
         for record in records {
             if let Some(example) = format_record(&set.format, &record).map_err(&data_error)? {
@@ -119,17 +119,8 @@ pub fn load(ctx: &RunContext, set: &ExampleSet, stage: &str, dir: &Path) -> Resu
 
 /// One record as an example; `None` when it cannot make one (a continuation record too short
 /// to cut). A field that is not there is an error naming the record.
-fn format_record(format: &ExampleFormat, record: &crate::data::source::Record) -> Result<Option<Example>, String> {
-    let at = || format!("{}:{}", record.origin.file.display(), record.origin.line);
-    let field = |name: &str| -> Result<String, String> {
-        if name == "text" {
-            return Ok(record.text.clone());
-        }
-        record.fields.get(name).cloned().ok_or_else(|| {
-            let known: Vec<&str> = std::iter::once("text").chain(record.fields.keys().map(String::as_str)).collect();
-            format!("{}: the record has no field `{name}` (it has: {})", at(), known.join(", "))
-        })
-    };
+fn format_record(format: &ExampleFormat, record: &Record) -> Result<Option<Example>, String> {
+    let field = |name: &str| record_field(record, name);
     match format {
         ExampleFormat::Fields { prompt, response } => {
             let (prompt, response) = (field(prompt)?, field(response)?);
@@ -141,6 +132,23 @@ fn format_record(format: &ExampleFormat, record: &crate::data::source::Record) -
         ExampleFormat::Continuation { words } => Ok(cut_after_words(&record.text, *words)
             .map(|(prompt, response)| Example { prompt, response, origin: record.origin.clone() })),
     }
+}
+
+/// The field `name` of a record (`text` names the record's text); an error naming the record
+/// and the fields it has when it has no such field.
+pub fn record_field(record: &Record, name: &str) -> Result<String, String> {
+    if name == "text" {
+        return Ok(record.text.clone());
+    }
+    record.fields.get(name).cloned().ok_or_else(|| {
+        let known: Vec<&str> = std::iter::once("text").chain(record.fields.keys().map(String::as_str)).collect();
+        format!(
+            "{}:{}: the record has no field `{name}` (it has: {})",
+            record.origin.file.display(),
+            record.origin.line,
+            known.join(", ")
+        )
+    })
 }
 
 /// Split `text` after its first `words` words: the prompt keeps the words, the response starts

@@ -7,9 +7,11 @@
 //! [`Stage`] and to the `delegate!` list below.
 
 pub mod context;
+pub mod dpo;
 pub mod eval;
 pub mod examples;
 pub mod layout;
+pub mod pairs;
 pub mod pipeline;
 pub mod ppo;
 pub mod pretrain;
@@ -27,7 +29,7 @@ pub use context::{RunContext, StageError};
 pub use pipeline::{RunOptions, RunOutcome, StageOutcome, run_experiment};
 
 use crate::experiment::{ExperimentError, StageSpec};
-use crate::plugins::PluginKind;
+use crate::plugins::{Feature, PluginKind};
 use crate::runs::report::write_training_report;
 use crate::train::TrainSummary;
 
@@ -51,6 +53,9 @@ pub enum Stage {
     /// RLHF: PPO on the policy's own samples, rewarded by reward models and reward plugins,
     /// under a KL penalty to the frozen starting policy.
     Ppo(ppo::PpoStage),
+    /// Direct preference optimisation (DPO, IPO, conservative DPO) on preference pairs, under
+    /// an implicit KL constraint to a frozen reference.
+    Dpo(dpo::DpoStage),
     /// Evaluation: perplexity, generation scored by metric plugins, win-rate under a judge.
     Eval(eval::EvalStage),
 }
@@ -63,6 +68,7 @@ macro_rules! delegate {
             Stage::Sft($config) => $call,
             Stage::RewardModel($config) => $call,
             Stage::Ppo($config) => $call,
+            Stage::Dpo($config) => $call,
             Stage::Eval($config) => $call,
         }
     };
@@ -86,6 +92,9 @@ impl StageSpec for Stage {
     }
     fn produces_model(&self) -> bool {
         delegate!(self, s => s.produces_model())
+    }
+    fn loss_features(&self) -> &'static [Feature] {
+        delegate!(self, s => s.loss_features())
     }
     fn validate(&self) -> Result<(), String> {
         delegate!(self, s => s.validate())
@@ -123,6 +132,7 @@ impl Stage {
             Stage::Sft(config) => sft::run(ctx, config, dir).map(|(_, output)| output),
             Stage::RewardModel(config) => reward_model::run(ctx, config, dir).map(|(_, output)| output),
             Stage::Ppo(config) => ppo::run(ctx, config, dir),
+            Stage::Dpo(config) => dpo::run(ctx, config, dir).map(|(_, output)| output),
             Stage::Eval(config) => eval::run(ctx, config, dir),
         }
     }

@@ -21,6 +21,8 @@ use super::context::{RunContext, StageError, check_pinned, plugin_spec};
 use super::{Experiment, Stage};
 use crate::experiment::sweep::{RunPoint, expand};
 use crate::experiment::{StageSpec, stage_key, stage_order};
+use crate::plugins::PluginKind;
+use crate::plugins::records::{feature_list, feature_name};
 use crate::runs::layout::{ExperimentDir, archive_run, link_stage};
 use crate::runs::manifest::Manifest;
 use crate::runs::stage_record::StageRecord;
@@ -86,14 +88,31 @@ pub fn preflight(experiment: &Experiment, experiment_path: &Path) -> Result<(), 
             if !kinds.contains_key(plugin) {
                 let loaded = crate::plugins::Plugin::load(&sandbox, &plugin_spec(plugin, decl, &base_dir)?)?;
                 check_pinned(plugin, decl, loaded.sha256())?;
-                kinds.insert(plugin, loaded.info().kind);
+                let features = match &loaded {
+                    crate::plugins::Plugin::Loss(loss) => loss.features().to_vec(),
+                    _ => Vec::new(),
+                };
+                kinds.insert(plugin, (loaded.info().kind, features));
             }
-            let kind = kinds[plugin];
+            let (kind, features) = &kinds[plugin];
+            let kind = *kind;
             if kind != wanted {
                 return Err(StageError::Config {
                     stage: stage.name().to_string(),
                     message: format!(
                         "plugin `{plugin}` is a {kind} plugin, but it is used where a {wanted} plugin goes"
+                    ),
+                });
+            }
+            let provided = stage.loss_features();
+            if let Some(missing) = features.iter().find(|f| kind == PluginKind::Loss && !provided.contains(f)) {
+                return Err(StageError::Config {
+                    stage: stage.name().to_string(),
+                    message: format!(
+                        "loss plugin `{plugin}` reads the feature `{}`, which a {} stage does not provide (it provides: {})",
+                        feature_name(*missing),
+                        stage.kind(),
+                        feature_list(provided)
                     ),
                 });
             }
@@ -247,7 +266,10 @@ fn run_point(point: &RunPoint<Stage>, experiment_path: &Path, options: &RunOptio
             continue;
         }
         StageRecord { key: key.clone(), complete: false, metrics: BTreeMap::new() }.write(&store)?;
-        let output = stage.run(&ctx, &dir)?;
+        let started = std::time::Instant::now();
+        let mut output = stage.run(&ctx, &dir)?;
+        // Wall time of this attempt (a resumed stage counts from its resume).
+        output.metrics.insert("time/seconds".into(), started.elapsed().as_secs_f64());
         let jsonl = store.join("metrics.jsonl");
         if jsonl.is_file() {
             crate::runs::table::write_metrics_parquet(&jsonl, &store.join("metrics.parquet")).map_err(|e| {

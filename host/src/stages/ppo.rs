@@ -34,7 +34,7 @@ use crate::data::blocks::draw_indices;
 use crate::experiment::{KlControl, KlEstimator, StageSpec};
 use crate::model::generate::SamplingConfig;
 use crate::model::{Model, ScalarHead};
-use crate::plugins::{LossPlugin, PluginKind};
+use crate::plugins::{Feature, LossPlugin, PluginKind};
 use crate::train::ppo::{KlController, PpoLossConfig, RunningStats};
 use crate::train::rl::advantages::{AdvantageConfig, kl_penalised_gae};
 use crate::train::rl::policy::{Critic, Learner, reference_logprobs};
@@ -126,6 +126,18 @@ impl StageSpec for PpoStage {
         }
         slots.extend(self.loss.as_deref().map(|l| (l, PluginKind::Loss)));
         slots
+    }
+    fn loss_features(&self) -> &'static [Feature] {
+        &[
+            Feature::Logprob,
+            Feature::OldLogprob,
+            Feature::OldValue,
+            Feature::Advantage,
+            Feature::Return,
+            Feature::Mask,
+            Feature::Value,
+            Feature::Entropy,
+        ]
     }
     fn validate(&self) -> Result<(), String> {
         let t = &self.train;

@@ -76,6 +76,9 @@ impl StageSpec for SftStage {
     fn plugin_slots(&self) -> Vec<(&str, PluginKind)> {
         self.examples.filter_slots().chain(self.loss.as_deref().map(|l| (l, PluginKind::Loss))).collect()
     }
+    fn loss_features(&self) -> &'static [Feature] {
+        &[Feature::Logprob, Feature::MeanLogprob, Feature::Entropy, Feature::Mask]
+    }
     fn validate(&self) -> Result<(), String> {
         self.train.validate()?;
         self.examples.validate()?;

@@ -79,3 +79,26 @@ pub fn masked_mean(values: &Tensor, mask: &Tensor) -> Result<Tensor, candle_core
     let count = mask.sum_all()?.to_scalar::<f32>()?.max(1.0);
     (values * &mask)?.sum_all()?.affine(1.0 / count as f64, 0.0)
 }
+
+/// log(1 + exp(x)), stable for large |x|: max(x, 0) + log(1 + exp(-|x|)).
+pub fn softplus(x: &Tensor) -> candle_core::Result<Tensor> {
+    let positive = x.relu()?;
+    let rest = x.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
+    positive + rest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn softplus_is_stable_and_exact() {
+        let x = Tensor::new(&[-100f32, -1.0, 0.0, 1.0, 100.0], &Device::Cpu).expect("tensor");
+        let y = softplus(&x).and_then(|y| y.to_vec1::<f32>()).expect("softplus");
+        let want = [0.0f32, 0.313_261_7, std::f32::consts::LN_2, 1.313_261_7, 100.0];
+        for (a, b) in y.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+    }
+}

@@ -11,6 +11,7 @@
 //! moments and the step number to continue bit for bit.
 
 pub mod checkpoint;
+pub mod dpo;
 pub mod error;
 pub mod loss;
 pub mod optimizer;

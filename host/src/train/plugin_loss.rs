@@ -13,6 +13,7 @@
 
 use candle_core::Tensor;
 
+use crate::plugins::records::{feature_list, feature_name};
 use crate::plugins::{Feature, FeatureValues, LossBatch, LossPlugin, PluginError};
 
 /// Feature tensors of one batch: per-token features flat over the response tokens (N), per
@@ -29,7 +30,8 @@ pub enum PluginLossError {
     #[error(transparent)]
     Plugin(#[from] PluginError),
     #[error(
-        "loss plugin `{plugin}` reads the feature {feature:?}, which this stage does not provide (it provides: {provided})"
+        "loss plugin `{plugin}` reads the feature `{}`, which this stage does not provide (it provides: {provided})",
+        feature_name(*feature)
     )]
     Missing { plugin: String, feature: Feature, provided: String },
     #[error("loss plugin `{plugin}`: {source}")]
@@ -57,7 +59,7 @@ pub fn plugin_loss(plugin: &LossPlugin, features: &Features) -> Result<PluginLos
         features.values.iter().find(|(f, _)| *f == feature).map(|(_, t)| *t).ok_or_else(|| PluginLossError::Missing {
             plugin: plugin.name().to_string(),
             feature,
-            provided: features.values.iter().map(|(f, _)| format!("{f:?}")).collect::<Vec<_>>().join(", "),
+            provided: feature_list(&features.values.iter().map(|(f, _)| *f).collect::<Vec<_>>()),
         })
     };
     let mut sent = Vec::with_capacity(plugin.features().len());

@@ -149,6 +149,50 @@ pub fn reference_logprobs(
     Ok(out)
 }
 
+/// KL(policy || reference) summed along each row's response: at every position that predicts
+/// a response token, the exact KL between the two next-token distributions,
+/// `Σ_v p(v) (log p(v) - log q(v))`, summed over the response; `chunk` rows at a time, without
+/// gradients. On responses sampled from the policy at temperature 1 its mean over rows
+/// estimates the sequence-level KL; on any responses it measures how far the policy has moved
+/// from the reference where it answered.
+pub fn sequence_kl(
+    policy: &Model,
+    reference: &Model,
+    rows: &[Vec<u32>],
+    lens: &[usize],
+    chunk: usize,
+    pad: u32,
+) -> Result<Vec<f64>, RlError> {
+    let t_err = tensor("KL to the reference");
+    let m_err = model("KL to the reference");
+    let device = policy.device();
+    let mut out = Vec::with_capacity(rows.len());
+    for (rows, lens) in rows.chunks(chunk.max(1)).zip(lens.chunks(chunk.max(1))) {
+        let (tokens, _) = pad_rows(rows, pad, device).map_err(&m_err)?;
+        let (b, t) = tokens.dims2().map_err(&t_err)?;
+        let positions = prediction_positions(rows, lens, t);
+        let index = Tensor::from_vec(positions.clone(), positions.len(), device).map_err(&t_err)?;
+        // (B, T, V) -> (N, V) log-probs at the positions predicting response tokens.
+        let at_positions = |model: &Model| -> Result<Tensor, RlError> {
+            let logits = model.forward(&tokens, false).map_err(&m_err)?;
+            let v = logits.dim(2).map_err(&t_err)?;
+            let flat = logits.reshape((b * t, v)).and_then(|l| l.index_select(&index, 0)).map_err(&t_err)?;
+            candle_nn::ops::log_softmax(&flat, D::Minus1).map_err(&t_err)
+        };
+        let (logp, logq) = (at_positions(policy)?, at_positions(reference)?);
+        let per_token = (logp.exp().map_err(&t_err)? * (logp - logq).map_err(&t_err)?)
+            .and_then(|x| x.sum(D::Minus1))
+            .and_then(|x| x.to_vec1::<f32>())
+            .map_err(&t_err)?;
+        let mut offset = 0;
+        for &len in lens {
+            out.push(per_token[offset..offset + len].iter().map(|&k| f64::from(k)).sum());
+            offset += len;
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -174,7 +174,31 @@ enum PluginCommand {
 /// back to the OS, -1 for never.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("Error: {}", said_once(&error));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes, each said once: most errors already include their cause's text,
+/// and a cause whose text is already there is left out.
+fn said_once(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str("\n  caused by: ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+fn run() -> Result<()> {
     // candle frees and reallocates the same large tensors every step; by default mimalloc hands
     // freed memory back to the OS after 10 ms, and the next step faults it in again (the kernel
     // zeroing pages was 19% of a training step's profile). Keeping it measured 1.3-1.8x training
@@ -206,14 +230,29 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Labels { dir } => {
-            let (key, rate) = read_labels(&dir.join("human-labels.jsonl"), &dir.join("human-key.json"))?;
-            if rate.total() == 0 {
-                bail!(
-                    "{}: no line is labelled yet: set \"preferred\" to 1, 2 or \"tie\"",
-                    dir.join("human-labels.jsonl").display()
-                );
+            // One file per comparison: `human-labels.jsonl`, or `human-labels-<a>-vs-<b>.jsonl`.
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .with_context(|| format!("reading {}", dir.display()))?
+                .flatten()
+                .map(|entry| entry.path())
+                .filter(|p| {
+                    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    name.starts_with("human-labels") && name.ends_with(".jsonl")
+                })
+                .collect();
+            files.sort();
+            if files.is_empty() {
+                bail!("{}: no human-labels*.jsonl here: name an evaluation stage's folder", dir.display());
             }
-            println!("human win-rate of `{}` over `{}`: {}", key.model_a, key.model_b, rate.describe());
+            for labels in files {
+                let name = labels.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let key = dir.join(name.replacen("human-labels", "human-key", 1).replace(".jsonl", ".json"));
+                let (key, rate) = read_labels(&labels, &key)?;
+                if rate.total() == 0 {
+                    bail!("{}: no line is labelled yet: set \"preferred\" to 1, 2 or \"tie\"", labels.display());
+                }
+                println!("human win-rate of `{}` over `{}`: {}", key.model_a, key.model_b, rate.describe());
+            }
             Ok(())
         }
         Command::Plugin(command) => plugin_command(command),

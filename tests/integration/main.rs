@@ -7,6 +7,7 @@ mod support;
 mod cli;
 mod compare;
 mod data_prep;
+mod dpo;
 mod experiments;
 mod fused_kernels;
 mod hostile_plugins;

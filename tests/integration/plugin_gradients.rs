@@ -1,6 +1,7 @@
 //! A loss plugin in training gives the same parameter gradients as the host's native loss on the
-//! same batch: `ppo-clip` against native PPO (policy, clipped value and entropy terms), and
-//! `label-smoothed-ce` (epsilon 0) against native SFT cross-entropy. Both run a real model
+//! same batch: `ppo-clip` against native PPO (policy, clipped value and entropy terms),
+//! `label-smoothed-ce` (epsilon 0) against native SFT cross-entropy, and `dpo` against the DPO
+//! stage's native DPO, IPO and conservative DPO losses. Both run a real model
 //! forward and backward; the plugin runs in the sandbox through the surrogate-gradient contract.
 
 use crate::support;
@@ -9,8 +10,10 @@ use std::collections::HashMap;
 
 use candle_core::{D, Device, Tensor};
 use triad::model::{GptConfig, Model, ModelConfig, ScalarHead};
+use triad::stages::dpo::{EncodedPair, preference_loss};
 use triad::stages::layout::Encoded;
 use triad::stages::sft::{SftBatch, sft_plugin_loss};
+use triad::train::dpo::{DpoConfig, DpoLossType};
 use triad::train::masked_lm_loss;
 use triad::train::ppo::{PpoBatch, PpoLossConfig, ppo_loss};
 use triad::train::rl::update::ppo_plugin_loss;
@@ -129,4 +132,48 @@ fn a_cross_entropy_plugin_and_native_sft_loss_give_the_same_parameter_gradients(
     let (value, want) = (surrogate.to_scalar::<f32>().expect("value"), native_loss.to_scalar::<f32>().expect("native"));
     assert!((value - want).abs() < 1e-5, "plugin loss {value} vs native {want}");
     assert_same_gradients(&native, &gradients(&surrogate, &vars), vars.len());
+}
+
+#[test]
+fn the_dpo_plugin_and_the_native_dpo_ipo_and_conservative_losses_give_the_same_parameter_gradients() {
+    let policy = model();
+    let reference = Model::new(policy.config(), &Device::Cpu, 12).expect("reference");
+    let vars = policy.vars();
+    // Three pairs of different prompt and response lengths (63 ends a response).
+    let encoded = |tokens: &[u32], prompt_len| Encoded { tokens: tokens.to_vec(), prompt_len };
+    let pairs = [
+        (encoded(&[1, 2, 3, 30, 31, 63], 3), encoded(&[1, 2, 3, 40, 63], 3)),
+        (encoded(&[5, 6, 7, 8, 9, 33, 63], 5), encoded(&[5, 6, 7, 8, 9, 44, 45, 46, 47, 63], 5)),
+        (encoded(&[11, 12, 50, 51, 52, 63], 2), encoded(&[11, 12, 20, 63], 2)),
+    ];
+    let pairs: Vec<&EncodedPair> = pairs.iter().collect();
+    for (native_config, plugin_config) in [
+        (DpoConfig { beta: 0.1, label_smoothing: 0.0, loss_type: DpoLossType::Sigmoid }, r#"{"beta": 0.1}"#),
+        (
+            DpoConfig { beta: 0.5, label_smoothing: 0.1, loss_type: DpoLossType::Sigmoid },
+            r#"{"beta": 0.5, "label_smoothing": 0.1}"#,
+        ),
+        (
+            DpoConfig { beta: 0.1, label_smoothing: 0.0, loss_type: DpoLossType::Ipo },
+            r#"{"beta": 0.1, "loss_type": "ipo"}"#,
+        ),
+    ] {
+        let plugin = support::load("dpo", plugin_config).into_loss().expect("a loss plugin");
+        let (native_loss, native_metrics) =
+            preference_loss((&policy, &reference), &pairs, &native_config, None, 0, false).expect("native loss");
+        let (surrogate, plugin_metrics) =
+            preference_loss((&policy, &reference), &pairs, &native_config, Some(&plugin), 0, false).expect("plugin");
+        let (value, want) =
+            (surrogate.to_scalar::<f32>().expect("value"), native_loss.to_scalar::<f32>().expect("native"));
+        assert!((value - want).abs() < 1e-5, "{plugin_config}: plugin loss {value} vs native {want}");
+        // The host's implicit rewards are the plugin's own figures.
+        for name in ["chosen_reward", "rejected_reward", "reward_margin", "reward_accuracy"] {
+            let find = |metrics: &[(String, f64)], name: &str| {
+                metrics.iter().find(|(n, _)| n == name).map(|(_, v)| *v).unwrap_or_else(|| panic!("{name} logged"))
+            };
+            let (host, guest) = (find(&native_metrics, name), find(&plugin_metrics, &format!("plugin/{name}")));
+            assert!((host - guest).abs() < 1e-5, "{plugin_config}: {name} host {host} vs plugin {guest}");
+        }
+        assert_same_gradients(&gradients(&native_loss, &vars), &gradients(&surrogate, &vars), vars.len());
+    }
 }

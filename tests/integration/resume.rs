@@ -2,8 +2,9 @@
 //! and ends bit for bit where an uninterrupted run ends: the same final metrics and the same
 //! saved weights. Pretraining has its own such test (`pretrain.rs`); here every other kind: SFT
 //! (the example order), the reward model, PPO (the optimizer's own step count, the KL
-//! coefficient, the reward statistics, the sampling and shuffling seeds) and evaluation (which
-//! keeps no checkpoint: killed, it runs again and writes the same answers and figures).
+//! coefficient, the reward statistics, the sampling and shuffling seeds), DPO (its judged pairs
+//! read back from the stage folder) and evaluation (which keeps no checkpoint: killed, it runs
+//! again and writes the same answers and figures).
 
 use crate::support;
 
@@ -37,6 +38,10 @@ Experiment(
             reward: [Model(stage: "rm"), Plugin(name: "length", weight: 0.5)], normalize_reward: true,
             kl: Adaptive(init: 0.1, target: 2.0, horizon: 50), generation: (max_new_tokens: 10),
             train: (steps: 10, rollouts: 8, minibatch: 4, epochs: 2, lr: 1e-3, eval_prompts: 8, checkpoint_every: 2)),
+        Dpo(name: "dpo", policy: "sft",
+            pairs: Judged(prompts: (data: "reviews", format: Continuation(words: 3), limit: 32), samples: 3,
+                judge: [Model(stage: "rm"), Plugin(name: "length", weight: 0.5)], generation: (max_new_tokens: 10), held_out: 16),
+            train: (steps: 10, batch: 4, lr: 1e-3, eval_batches: 2, checkpoint_every: 2)),
         Eval(name: "eval", models: ["sft", "ppo"], prompts_of: "ppo", max_prompts: 64,
             generation: (max_new_tokens: 10), win_rate: (a: "ppo", b: "sft", judge: RewardModel("rm"))),
     ],
@@ -91,6 +96,7 @@ fn outcome(dir: &Path, name: &str) -> (serde_json::Value, Vec<u8>) {
     let saved: &[&str] = match name {
         "eval" => &["samples.jsonl"],
         "rm" => &["model/model.safetensors", "reward_head.safetensors"],
+        "dpo" => &["model/model.safetensors", "pairs.jsonl"],
         _ => &["model/model.safetensors"],
     };
     let mut bytes = Vec::new();
@@ -111,9 +117,10 @@ fn reached(dir: &Path, name: &str, at: u64) -> bool {
 
 #[test]
 fn every_stage_kind_killed_mid_stage_resumes_bit_for_bit() {
-    const STAGES: [&str; 4] = ["sft", "rm", "ppo", "eval"];
+    const STAGES: [&str; 5] = ["sft", "rm", "ppo", "dpo", "eval"];
     // Early and late in each training stage; evaluation as soon as it starts.
-    const KILLS: [(&str, u64); 7] = [("sft", 2), ("sft", 6), ("rm", 2), ("rm", 8), ("ppo", 2), ("ppo", 6), ("eval", 0)];
+    const KILLS: [(&str, u64); 9] =
+        [("sft", 2), ("sft", 6), ("rm", 2), ("rm", 8), ("ppo", 2), ("ppo", 6), ("dpo", 2), ("dpo", 6), ("eval", 0)];
     let whole = scratch("whole");
     run_to_end(&whole);
     for (name, at) in KILLS {

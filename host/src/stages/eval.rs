@@ -35,7 +35,8 @@ pub struct EvalStage {
     pub name: String,
     /// The models to evaluate, by the stage that made them.
     pub models: Vec<String>,
-    /// The Sft or Ppo stage whose held-out prompts (and template) are used.
+    /// The Sft or Ppo stage (or Dpo stage with Judged pairs) whose held-out prompts (and
+    /// template) are used.
     pub prompts_of: String,
     /// Held-out prompts evaluated at most.
     #[serde(default = "default_max_prompts")]
@@ -65,14 +66,42 @@ pub struct EvalStage {
     pub score_with: Vec<Judge>,
 }
 
-/// One win-rate comparison, or several.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// One win-rate comparison, or several: `win_rate: (a: ..)` or `win_rate: [(a: ..), (a: ..)]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum WinRates {
     #[default]
     None,
     One(WinRateSpec),
     Many(Vec<WinRateSpec>),
+}
+
+impl<'de> Deserialize<'de> for WinRates {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // serde's untagged enums buffer their input, which loses RON's struct syntax: read the
+        // two shapes directly instead.
+        struct Shapes;
+        impl<'de> serde::de::Visitor<'de> for Shapes {
+            type Value = WinRates;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a comparison `(a: .., b: .., judge: ..)` or a list of them")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<WinRates, A::Error> {
+                let mut specs = Vec::new();
+                while let Some(spec) = seq.next_element()? {
+                    specs.push(spec);
+                }
+                Ok(WinRates::Many(specs))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<WinRates, A::Error> {
+                WinRateSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(WinRates::One)
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<WinRates, D::Error> {
+                d.deserialize_any(Shapes)
+            }
+        }
+        deserializer.deserialize_any(Shapes)
+    }
 }
 
 impl WinRates {
@@ -163,6 +192,23 @@ impl StageSpec for EvalStage {
 }
 
 impl EvalStage {
+    /// What is wrong with the stages it names, if anything: `prompts_of` must name a stage with
+    /// prompts, `perplexity_of` a Pretrain stage.
+    pub fn check_references(&self, experiment: &Experiment) -> Result<(), String> {
+        if prompts_of(experiment, &self.prompts_of).is_none() {
+            return Err(format!(
+                "prompts_of `{}` must name an Sft or Ppo stage, or a Dpo stage with Judged pairs",
+                self.prompts_of
+            ));
+        }
+        if let Some(pretrain) = &self.perplexity_of
+            && !experiment.stages.iter().any(|s| matches!(s, Stage::Pretrain(p) if p.name == *pretrain))
+        {
+            return Err(format!("perplexity_of `{pretrain}` must name a Pretrain stage"));
+        }
+        Ok(())
+    }
+
     /// Every judge the stage uses: those of its win-rates, then `score_with`.
     fn judges(&self) -> Vec<&Judge> {
         self.win_rate.comparisons().into_iter().map(|(w, _)| &w.judge).chain(&self.score_with).collect()
@@ -235,11 +281,16 @@ fn default_eval_generation() -> SamplingConfig {
 /// Prompts generated for at once: bounds the KV cache's memory.
 const GENERATION_BATCH: usize = 32;
 
-/// The example set and template of the stage named `name` (an Sft or Ppo stage).
+/// The example set and template of the stage named `name` (an Sft or Ppo stage, or a Dpo stage
+/// whose pairs are judged responses to prompts).
 pub fn prompts_of<'a>(experiment: &'a Experiment, name: &str) -> Option<(&'a ExampleSet, &'a Template)> {
     experiment.stages.iter().find(|s| s.name() == name).and_then(|stage| match stage {
         Stage::Sft(sft) => Some((&sft.examples, &sft.template)),
         Stage::Ppo(ppo) => Some((&ppo.prompts, &ppo.template)),
+        Stage::Dpo(dpo) => match &dpo.pairs {
+            super::pairs::PairSource::Judged { prompts, .. } => Some((prompts, &dpo.template)),
+            _ => None,
+        },
         _ => None,
     })
 }
@@ -333,7 +384,10 @@ pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<StageOutpu
     let name = stage.name.as_str();
     let config_error = |message: String| StageError::Config { stage: name.to_string(), message };
     let (set, template) = prompts_of(ctx.experiment, &stage.prompts_of)
-        .ok_or_else(|| config_error(format!("prompts_of `{}` must name an Sft or Ppo stage", stage.prompts_of)))?;
+        .ok_or_else(|| config_error(format!(
+            "prompts_of `{}` must name an Sft or Ppo stage, or a Dpo stage with Judged pairs",
+            stage.prompts_of
+        )))?;
     let examples = examples::load(ctx, set, name, dir)?;
     let held_out: Vec<Example> = examples.valid.into_iter().take(stage.max_prompts).collect();
     if held_out.is_empty() {

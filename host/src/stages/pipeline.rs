@@ -71,14 +71,20 @@ pub struct RunOptions {
     pub force: Vec<String>,
 }
 
-/// Checks that need the plugins themselves, made before anything trains: every plugin a stage
-/// names builds, loads, accepts its config block, and is of the kind its slot needs (a filter
-/// where filters go, a reward plugin as a reward or a judge, ...).
+/// Checks that need the plugins themselves or the other stages, made before anything trains:
+/// every plugin a stage names builds, loads, accepts its config block, and is of the kind its
+/// slot needs (a filter where filters go, a reward plugin as a reward or a judge, ...); a loss
+/// plugin reads only features its stage provides; an evaluation's `prompts_of` and
+/// `perplexity_of` name stages of the right kinds.
 pub fn preflight(experiment: &Experiment, experiment_path: &Path) -> Result<(), StageError> {
     let base_dir = experiment_path.parent().map(Path::to_path_buf).unwrap_or_default();
     let sandbox = crate::plugins::Sandbox::shared();
     let mut kinds = BTreeMap::new();
     for stage in &experiment.stages {
+        if let Stage::Eval(eval) = stage {
+            eval.check_references(experiment)
+                .map_err(|message| StageError::Config { stage: eval.name.clone(), message })?;
+        }
         for (plugin, wanted) in stage.plugin_slots() {
             let decl = experiment.plugins.get(plugin).ok_or_else(|| StageError::Undeclared {
                 what: "plugin",

@@ -257,7 +257,7 @@ fn a_loss_plugins_gradients_and_metrics_are_checked_where_they_enter() {
     assert!((fine.value - 3.5 / 3.0).abs() < 1e-9, "{}", fine.value);
     for (misdeed, expected) in [
         ("undeclared", "a feature it did not declare"),
-        ("duplicate", "two gradients for Feature::Logprob"),
+        ("duplicate", "two gradients for `logprob`"),
         ("huge", "outside [-1e6, 1e6]"),
         ("names", "more than 64"),
         ("bad-name", "names are 1-64 characters"),

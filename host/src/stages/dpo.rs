@@ -201,13 +201,7 @@ pub fn preference_loss(
     let Some(plugin) = plugin else {
         return Ok((dpo_loss(&sequence, &ref_sequence, config).map_err(tensor)?, metrics));
     };
-    // The scored tokens, flat row after row, with each row's start.
-    let (b, t) = mask.dims2().map_err(tensor)?;
-    let scored: Vec<u32> = (0..b * t).filter(|&i| batch.mask[i] > 0.0).map(|i| i as u32).collect();
-    let mut offsets = vec![0u32];
-    for row in batch.mask.chunks(t) {
-        offsets.push(offsets[offsets.len() - 1] + row.iter().filter(|&&m| m > 0.0).count() as u32);
-    }
+    let (scored, offsets) = batch.scored_positions();
     let index = Tensor::from_vec(scored.clone(), scored.len(), device).map_err(tensor)?;
     let flat = |x: &Tensor| x.flatten_all().and_then(|x| x.index_select(&index, 0)).map_err(tensor);
     let (logprob, ref_logprob) = (flat(&policy_tokens)?, flat(&reference_tokens)?);

@@ -383,11 +383,12 @@ pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<StageOutpu
     let started = Instant::now();
     let name = stage.name.as_str();
     let config_error = |message: String| StageError::Config { stage: name.to_string(), message };
-    let (set, template) = prompts_of(ctx.experiment, &stage.prompts_of)
-        .ok_or_else(|| config_error(format!(
+    let (set, template) = prompts_of(ctx.experiment, &stage.prompts_of).ok_or_else(|| {
+        config_error(format!(
             "prompts_of `{}` must name an Sft or Ppo stage, or a Dpo stage with Judged pairs",
             stage.prompts_of
-        )))?;
+        ))
+    })?;
     let examples = examples::load(ctx, set, name, dir)?;
     let held_out: Vec<Example> = examples.valid.into_iter().take(stage.max_prompts).collect();
     if held_out.is_empty() {

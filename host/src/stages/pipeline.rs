@@ -111,7 +111,9 @@ pub fn preflight(experiment: &Experiment, experiment_path: &Path) -> Result<(), 
                 });
             }
             let provided = stage.loss_features();
-            if let Some(missing) = features.iter().find(|f| kind == PluginKind::Loss && !provided.contains(f)) {
+            if kind == PluginKind::Loss
+                && let Some(missing) = features.iter().find(|f| !provided.contains(f))
+            {
                 return Err(StageError::Config {
                     stage: stage.name().to_string(),
                     message: format!(

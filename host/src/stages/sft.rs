@@ -137,6 +137,18 @@ impl SftBatch {
         batch
     }
 
+    /// The flat indices (row * len + position) of the scored positions, row after row, and
+    /// where each row's start in them: `rows + 1` offsets, the last one their count (the
+    /// layout loss plugins receive per-token features in).
+    pub fn scored_positions(&self) -> (Vec<u32>, Vec<u32>) {
+        let scored: Vec<u32> = (0..self.mask.len()).filter(|&i| self.mask[i] > 0.0).map(|i| i as u32).collect();
+        let mut offsets = vec![0u32];
+        for row in self.mask.chunks(self.len.max(1)) {
+            offsets.push(offsets[offsets.len() - 1] + row.iter().filter(|&&m| m > 0.0).count() as u32);
+        }
+        (scored, offsets)
+    }
+
     pub fn to_tensors(&self, device: &Device) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let shape = (self.rows, self.len);
         Ok((
@@ -227,13 +239,9 @@ pub fn sft_plugin_loss(
     let (inputs, targets, _) = batch.to_tensors(device).map_err(text)?;
     let logits = model.forward(&inputs, train)?;
     let (b, t, v) = logits.dims3().map_err(text)?;
-    let scored: Vec<u32> = (0..b * t).filter(|&i| batch.mask[i] > 0.0).map(|i| i as u32).collect();
+    let (scored, offsets) = batch.scored_positions();
     if scored.is_empty() {
         return Err(PluginLossError::NothingToScore { plugin: plugin.name().to_string() });
-    }
-    let mut offsets = vec![0u32];
-    for row in batch.mask.chunks(t) {
-        offsets.push(offsets.last().copied().unwrap_or(0) + row.iter().filter(|&&m| m > 0.0).count() as u32);
     }
     let index = Tensor::from_vec(scored.clone(), scored.len(), device).map_err(text)?;
     let flat = logits.reshape((b * t, v)).and_then(|l| l.index_select(&index, 0)).map_err(text)?;

@@ -39,6 +39,13 @@ enum Command {
         /// Print the plan (every run's stages in order, and which are cached) and stop.
         #[arg(long)]
         dry_run: bool,
+        /// Print every final metric of every stage (each stage's `stage.json` holds them).
+        #[arg(long)]
+        all_metrics: bool,
+        /// Show the detailed log on the terminal too (it always goes to
+        /// `runs/<experiment>/triad.log`; `TRIAD_LOG` sets the level: `debug`, `warn`, ...).
+        #[arg(long, short)]
+        verbose: bool,
     },
     /// Check an experiment file without running it: its settings, and every plugin it names
     /// (built, loaded in the sandbox and configured with its config block).
@@ -211,17 +218,13 @@ fn run() -> Result<()> {
         _ => None,
     };
     fix_thread_count(threads);
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TRIAD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    // `triad run` keeps the terminal to progress bars, warnings and its tables; its detailed log
+    // goes to a file in the runs folder (`--verbose` shows it too). Other commands log at info.
+    let quiet = matches!(cli.command, Command::Run { verbose: false, .. });
+    init_logging(quiet);
     match cli.command {
-        Command::Run { experiment, runs, force, dry_run } => {
-            run_command(&experiment, &RunOptions { runs_root: runs, force }, dry_run)
+        Command::Run { experiment, runs, force, dry_run, all_metrics, verbose: _ } => {
+            run_command(&experiment, &RunOptions { runs_root: runs, force }, dry_run, all_metrics)
         }
         Command::Validate { experiment } => {
             let loaded = load_experiment(&experiment)?;
@@ -424,7 +427,60 @@ fn bench_train(
     Ok(())
 }
 
-fn run_command(path: &Path, options: &RunOptions, dry_run: bool) -> Result<()> {
+/// The detailed log's file, once `triad run` knows its runs folder.
+static LOG_FILE: std::sync::Mutex<Option<std::fs::File>> = std::sync::Mutex::new(None);
+
+/// Writes log lines to [`LOG_FILE`] when one is open, else nowhere.
+struct LogFile;
+
+impl std::io::Write for LogFile {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        match LOG_FILE.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_mut() {
+            Some(file) => file.write(bytes),
+            None => Ok(bytes.len()),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The terminal gets `TRIAD_LOG`'s level, else warnings only when `quiet`, else info; the log
+/// file (opened later by `triad run`) gets `TRIAD_LOG`'s level, else info.
+fn init_logging(quiet: bool) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let level = |default: &str| {
+        tracing_subscriber::EnvFilter::try_from_env("TRIAD_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+    };
+    let terminal = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_filter(level(if quiet { "warn" } else { "info" }));
+    let file = tracing_subscriber::fmt::layer()
+        .with_writer(|| LogFile)
+        .with_ansi(false)
+        .with_filter(level("info"));
+    tracing_subscriber::registry().with(terminal).with(file).init();
+}
+
+/// Send the detailed log to `path` (appended), from now on.
+fn open_log_file(path: &Path) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    *LOG_FILE.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(file);
+    Ok(())
+}
+
+fn run_command(path: &Path, options: &RunOptions, dry_run: bool, all_metrics: bool) -> Result<()> {
     let experiment = load_experiment(path)?;
     for stage in &options.force {
         if !experiment.stages.iter().any(|s| s.name() == stage) {
@@ -447,23 +503,39 @@ fn run_command(path: &Path, options: &RunOptions, dry_run: bool) -> Result<()> {
         }
         return Ok(());
     }
+    let experiment_runs = options.runs_root.join(&experiment.name);
+    let log = experiment_runs.join("triad.log");
+    open_log_file(&log)?;
+    tracing::info!(experiment = %path.display(), "triad run");
     let runs = run_experiment(&experiment, path, options)?;
-    println!("\n| run | stage | status | metric | value |\n|---|---|---|---|---|");
-    for run in &runs {
-        for outcome in &run.stages {
-            let status = if outcome.cached {
-                "cached".to_string()
-            } else if outcome.resumed_from > 0 {
-                format!("resumed at step {}", outcome.resumed_from)
-            } else {
-                "trained".to_string()
-            };
-            for (metric, value) in &outcome.metrics {
-                println!("| {} | {} | {status} | {metric} | {value:.4} |", run.run, outcome.stage);
+    let status = |outcome: &pipeline::StageOutcome| {
+        if outcome.cached {
+            "cached".to_string()
+        } else if outcome.resumed_from > 0 {
+            format!("resumed at step {}", outcome.resumed_from)
+        } else {
+            "trained".to_string()
+        }
+    };
+    if all_metrics {
+        println!("\n| run | stage | status | metric | value |\n|---|---|---|---|---|");
+        for run in &runs {
+            for outcome in &run.stages {
+                for (metric, value) in &outcome.metrics {
+                    println!("| {} | {} | {} | {metric} | {value:.4} |", run.run, outcome.stage, status(outcome));
+                }
+            }
+        }
+    } else {
+        println!("\n| run | stage | status | seconds |\n|---|---|---|---|");
+        for run in &runs {
+            for outcome in &run.stages {
+                // A cached stage's time is the one it took when it ran.
+                let seconds = outcome.metrics.get("time/seconds").map_or("".to_string(), |s| format!("{s:.1}"));
+                println!("| {} | {} | {} | {seconds} |", run.run, outcome.stage, status(outcome));
             }
         }
     }
-    let experiment_runs = options.runs_root.join(&experiment.name);
     let last_stage = stage_order(&experiment.stages).ok().and_then(|order| order.last().map(|s| s.name().to_string()));
     // This invocation's runs only: a folder left by an earlier sweep is not part of this table.
     let run_dirs: Vec<PathBuf> = runs.iter().map(|run| run.dir.clone()).collect();
@@ -473,9 +545,10 @@ fn run_command(path: &Path, options: &RunOptions, dry_run: bool) -> Result<()> {
         Err(e) => eprintln!("warning: no summary table: {e}"),
     }
     println!(
-        "\noutputs: {} (compare them with `triad compare {}`)",
+        "\noutputs: {} (compare them with `triad compare {}`; every metric: --all-metrics; the log: {})",
         experiment_runs.display(),
-        experiment_runs.display()
+        experiment_runs.display(),
+        log.display()
     );
     Ok(())
 }

@@ -85,10 +85,21 @@ fn a_whole_pipeline_runs_caches_and_reruns_only_what_a_change_touches() {
     let dir = scratch("pipeline");
     std::fs::write(dir.join("e.ron"), pipeline("1e-4", r#"[Model(stage: "rm")]"#).replace("STEPS", "3"))
         .expect("write");
-    let first = stdout(&triad(&dir, &["run", "e.ron"]));
+    let out = triad(&dir, &["run", "e.ron"]);
+    let first = stdout(&out);
     for stage in ["base", "sft", "rm", "ppo", "eval"] {
         assert!(first.contains(&format!("| seed3 | {stage} | trained |")), "{stage} trained:\n{first}");
     }
+    // Quiet: a line per stage and the summary on stdout, nothing else on the terminal; the
+    // detail goes to the log file, each thing once (the four stages filtering the same source
+    // with the same filter run it once; each plugin is built once).
+    assert_eq!(first.lines().filter(|l| l.contains(" | trained | ")).count(), 5, "{first}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.trim().is_empty(), "nothing but progress bars and warnings on the terminal:\n{stderr}");
+    let log = std::fs::read_to_string(dir.join("runs/pipeline/triad.log")).expect("triad.log");
+    assert_eq!(log.matches("`length`: ").count(), 1, "the filter ran once:\n{log}");
+    assert!(log.matches("building plugin crates").count() <= 3, "{log}");
+    assert!(log.contains("eval: loss") && log.contains("win-rate of `ppo` over `sft`"), "{log}");
     let run = dir.join("runs/pipeline/seed3");
     // A training stage's report sets each held-out figure beside its value before training.
     let sft = std::fs::read_to_string(run.join("sft/report.md")).expect("sft report");

@@ -78,7 +78,12 @@ pub struct RunContext<'a> {
     tokenizer: OnceCell<Rc<Tokenizer>>,
     pretrained: OnceCell<Pretrained>,
     plugin_hashes: RefCell<HashMap<String, String>>,
+    /// Records kept by (source, filters), with the filter report in Markdown.
+    filtered: RefCell<HashMap<(String, Vec<String>), FilteredRecords>>,
 }
+
+/// What a source's filters kept, and their report.
+type FilteredRecords = (Rc<Vec<Record>>, Rc<String>);
 
 /// A pretrained model as loaded, kept for the stages that start from it.
 struct Pretrained {
@@ -107,6 +112,7 @@ impl<'a> RunContext<'a> {
             tokenizer: OnceCell::new(),
             pretrained: OnceCell::new(),
             plugin_hashes: RefCell::new(HashMap::new()),
+            filtered: RefCell::new(HashMap::new()),
         })
     }
 
@@ -223,17 +229,29 @@ impl<'a> RunContext<'a> {
         if filters.is_empty() {
             return Ok(records);
         }
-        let plugins = filters
-            .iter()
-            .map(|f| self.plugin(f)?.into_filter().map_err(StageError::from))
-            .collect::<Result<Vec<_>, _>>()?;
-        let refs: Vec<_> = plugins.iter().collect();
-        let (kept, report) = apply_filters(records, &refs, DEFAULT_BATCH)
-            .map_err(|e| StageError::Data { stage: stage.to_string(), message: e.to_string() })?;
+        // Several stages filter the same source with the same filters: run them once per run,
+        // and give each stage its copy of the report.
+        let memo_key = (data.to_string(), filters.to_vec());
+        let memo = self.filtered.borrow().get(&memo_key).cloned();
+        let (kept, report) = match memo {
+            Some(memo) => memo,
+            None => {
+                let plugins = filters
+                    .iter()
+                    .map(|f| self.plugin(f)?.into_filter().map_err(StageError::from))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let refs: Vec<_> = plugins.iter().collect();
+                let (kept, report) = apply_filters(records, &refs, DEFAULT_BATCH)
+                    .map_err(|e| StageError::Data { stage: stage.to_string(), message: e.to_string() })?;
+                tracing::info!(stage, "{}", report.summary());
+                let memo = (Rc::new(kept), Rc::new(report.to_markdown()));
+                self.filtered.borrow_mut().insert(memo_key, memo.clone());
+                memo
+            }
+        };
         std::fs::create_dir_all(dir).map_err(|e| FileError::new(dir, e))?;
-        write_atomically(&dir.join("filter-report.md"), report.to_markdown().as_bytes())?;
-        tracing::info!(stage, "{}", report.summary());
-        Ok(kept)
+        write_atomically(&dir.join("filter-report.md"), report.as_bytes())?;
+        Ok(kept.as_ref().clone())
     }
 
     /// The sha256 of a declared plugin's wasm (building a plugin crate first if need be), for

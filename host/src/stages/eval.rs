@@ -413,17 +413,23 @@ pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<StageOutpu
     let pad = tokenizer.pad_id().unwrap_or(layout.end_token());
     let mut metrics = BTreeMap::new();
     let mut answers: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for model_name in &stage.models {
-        let model = ctx.starting_model(Some(model_name))?;
-        if let Some(pretrain) = &stage.perplexity_of {
+    // The validation text every model's perplexity is measured on, read once.
+    let perplexity_text = match &stage.perplexity_of {
+        Some(pretrain) => {
             let Some(Stage::Pretrain(p)) = ctx.experiment.stages.iter().find(|s| s.name() == pretrain) else {
                 return Err(config_error(format!("perplexity_of `{pretrain}` must name a Pretrain stage")));
             };
-            let blocks = super::pretrain::validation_blocks(ctx, p, dir)?;
+            Some((p, super::pretrain::validation_blocks(ctx, p, dir)?))
+        }
+        None => None,
+    };
+    for model_name in &stage.models {
+        let model = ctx.starting_model(Some(model_name))?;
+        if let Some((p, blocks)) = &perplexity_text {
             let context = p.context.unwrap_or(model.config().context()).min(model.config().context());
             let loss = super::pretrain::validation_loss(
                 &model,
-                &blocks,
+                blocks,
                 p.train.batch,
                 context,
                 p.train.eval_batches,

@@ -272,6 +272,9 @@ fn run() -> Result<()> {
             };
             let output = triad::runs::compare::compare(&options)?;
             print!("{}", output.markdown);
+            if let Some(note) = &output.note {
+                eprintln!("{note}");
+            }
             for path in &output.written {
                 eprintln!("wrote {}", path.display());
             }
@@ -459,10 +462,7 @@ fn init_logging(quiet: bool) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_filter(level(if quiet { "warn" } else { "info" }));
-    let file = tracing_subscriber::fmt::layer()
-        .with_writer(|| LogFile)
-        .with_ansi(false)
-        .with_filter(level("info"));
+    let file = tracing_subscriber::fmt::layer().with_writer(|| LogFile).with_ansi(false).with_filter(level("info"));
     tracing_subscriber::registry().with(terminal).with(file).init();
 }
 

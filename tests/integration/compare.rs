@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use polars::prelude::*;
-use triad::runs::compare::{CompareError, CompareOptions, TableOptions, compare, final_table, step_table};
+use triad::runs::compare::{
+    CompareError, CompareOptions, TableOptions, compare, default_metrics, final_table, step_table,
+};
 use triad::runs::metrics::{MetricRow, MetricsWriter, read_rows};
 use triad::runs::table::{find_runs, read_frame, read_metrics_parquet, write_metrics_parquet};
 
@@ -172,11 +174,32 @@ fn a_sweep_gives_one_row_per_point_with_mean_and_std_over_seeds() {
 }
 
 #[test]
+fn without_metrics_named_the_table_shows_the_experiments_summary() {
+    let root = scratch("summary");
+    let dir = sweep_runs(&root);
+    for entry in std::fs::read_dir(&dir).expect("runs").flatten() {
+        let path = entry.path().join("manifest.json");
+        let mut manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("manifest")).expect("JSON");
+        // A summary metric no run has is left out rather than refused.
+        manifest["summary"] = serde_json::json!(["ppo/train/kl", "base/eval/loss", "eval/win_rate"]);
+        write_json(&path, &manifest);
+    }
+    let output = compare(&options(vec![dir])).expect("compare");
+    let header = output.markdown.lines().next().expect("a header");
+    assert_eq!(header, "| ppo.kl.target | seeds | ppo/train/kl | base/eval/loss |", "{}", output.markdown);
+    assert!(output.note.as_deref().is_some_and(|n| n.starts_with("2 of 4 metrics shown")), "{:?}", output.note);
+}
+
+#[test]
 fn csv_and_parquet_outputs_read_back_with_the_same_numbers() {
     let root = scratch("files");
     let dir = sweep_runs(&root);
     let runs = find_runs(std::slice::from_ref(&dir)).expect("runs");
-    let table = final_table(&runs, &TableOptions::default()).expect("table");
+    // Without --metrics, and with no summary in the manifests: the last stage's metrics.
+    let shown = default_metrics(&runs);
+    assert_eq!(shown, ["ppo/eval/reward", "ppo/train/kl"]);
+    let table = final_table(&runs, &TableOptions { metrics: Some(shown), ..TableOptions::default() }).expect("table");
     for name in ["table.csv", "table.parquet"] {
         let out = root.join(name);
         let output =

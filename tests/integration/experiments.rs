@@ -115,6 +115,11 @@ fn a_whole_pipeline_runs_caches_and_reruns_only_what_a_change_touches() {
         serde_json::from_slice(&std::fs::read(run.join("manifest.json")).expect("manifest")).expect("JSON");
     assert_eq!(manifest["stages"], serde_json::json!(["base", "sft", "rm", "ppo", "eval"]));
     assert_eq!(manifest["plugins"].as_object().expect("plugins").len(), 3);
+    // triad's own revision comes from the binary, though the experiment is outside any checkout.
+    let revision = manifest["triad_revision"].as_str().expect("triad_revision");
+    assert!(revision.len() >= 40 && revision[..40].chars().all(|c| c.is_ascii_hexdigit()), "{revision}");
+    assert!(manifest["git_revision"].is_null(), "the scratch folder is no checkout");
+    assert!(manifest["triad_build"].as_str().is_some_and(|b| b.contains("features")), "{manifest}");
     let ppo_metrics = std::fs::read_to_string(run.join("ppo/metrics.jsonl")).expect("ppo metrics");
     for metric in [
         "train/reward",

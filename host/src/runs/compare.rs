@@ -109,12 +109,15 @@ pub struct CompareOutput {
     pub markdown: String,
     /// Files written (`--out`, `--plot`).
     pub written: Vec<PathBuf>,
+    /// What was left out, when the columns were chosen for the user.
+    pub note: Option<String>,
 }
 
 /// Run `triad compare`: find the runs, build the table (final or per step), write what was asked.
 pub fn compare(options: &CompareOptions) -> Result<CompareOutput, CompareError> {
     let runs = find_runs(&options.paths)?;
     let mut written = Vec::new();
+    let mut note = None;
     let markdown = if let Some(metric) = &options.step_metric {
         let mut table = step_table(&runs, metric, options.by_run)?;
         let markdown = table.to_markdown();
@@ -124,8 +127,20 @@ pub fn compare(options: &CompareOptions) -> Result<CompareOutput, CompareError> 
         }
         markdown
     } else {
+        let metrics = match &options.metrics {
+            Some(metrics) => metrics.clone(),
+            None => {
+                let shown = default_metrics(&runs);
+                let all = available_final_metrics(&runs).len();
+                note = Some(format!(
+                    "{} of {all} metrics shown (the experiment's summary, or the last stage's); name others with --metrics",
+                    shown.len()
+                ));
+                shown
+            }
+        };
         let table_options = TableOptions {
-            metrics: options.metrics.clone(),
+            metrics: Some(metrics),
             sort: options.sort.clone(),
             descending: options.descending,
             by_run: options.by_run,
@@ -152,7 +167,7 @@ pub fn compare(options: &CompareOptions) -> Result<CompareOutput, CompareError> 
         plot_curves(&table.curves, &title, "step", &metric, path)?;
         written.push(path.clone());
     }
-    Ok(CompareOutput { markdown, written })
+    Ok(CompareOutput { markdown, written, note })
 }
 
 /// The table `triad run` prints when it ends: over the runs in `run_dirs`, a row per sweep point
@@ -160,14 +175,35 @@ pub fn compare(options: &CompareOptions) -> Result<CompareOutput, CompareError> 
 /// metric of `last_stage`.
 pub fn run_summary(run_dirs: &[PathBuf], summary: &[String], last_stage: &str) -> Result<String, CompareError> {
     let runs = find_runs(run_dirs)?;
-    let metrics = if summary.is_empty() {
-        let prefix = format!("{last_stage}/");
-        available_final_metrics(&runs).into_iter().filter(|m| m.starts_with(&prefix)).collect()
-    } else {
-        summary.to_vec()
-    };
+    let metrics = if summary.is_empty() { stage_metrics(&runs, last_stage) } else { summary.to_vec() };
     let options = TableOptions { metrics: Some(metrics), sort: None, descending: false, by_run: false };
     Ok(final_table(&runs, &options)?.to_markdown())
+}
+
+/// Every final metric of `stage` found in the runs.
+fn stage_metrics(runs: &[Run], stage: &str) -> Vec<String> {
+    let prefix = format!("{stage}/");
+    available_final_metrics(runs).into_iter().filter(|m| m.starts_with(&prefix)).collect()
+}
+
+/// The columns of a table when none are named: the experiment's `summary` metrics as the runs'
+/// manifests record them (those any run has), else the last stage's final metrics, as
+/// `triad run` ends by showing.
+pub fn default_metrics(runs: &[Run]) -> Vec<String> {
+    let available: BTreeSet<String> = available_final_metrics(runs).into_iter().collect();
+    let mut summary: Vec<String> = Vec::new();
+    for run in runs {
+        for metric in &run.manifest.summary {
+            if available.contains(metric) && !summary.contains(metric) {
+                summary.push(metric.clone());
+            }
+        }
+    }
+    if !summary.is_empty() {
+        return summary;
+    }
+    let last_stage = runs.iter().filter_map(|r| r.stage_names().last().cloned()).next().unwrap_or_default();
+    stage_metrics(runs, &last_stage)
 }
 
 /// `<first stage>/train/loss` of the first run.

@@ -22,6 +22,11 @@ pub struct Manifest {
     /// The sweep point's settings, seed excluded (empty without a sweep).
     pub sweep: BTreeMap<String, serde_json::Value>,
     pub triad_version: String,
+    /// The git revision triad itself was built from (`-dirty` with uncommitted changes), its
+    /// build profile and features: recorded by the binary, wherever the experiment lives.
+    pub triad_revision: String,
+    pub triad_build: String,
+    /// The git revision of the checkout holding the experiment file, when it is in one.
     pub git_revision: Option<String>,
     pub device: String,
     /// Data sources read, by sha256.
@@ -30,6 +35,9 @@ pub struct Manifest {
     pub plugins: BTreeMap<String, String>,
     /// Stage names in the order they run.
     pub stages: Vec<String>,
+    /// The experiment's `summary` metrics: what `triad compare` shows by default.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub summary: Vec<String>,
     /// Each stage's output key.
     pub keys: BTreeMap<String, String>,
     /// Whether every stage of the run finished (older manifests were written only then).
@@ -48,11 +56,14 @@ impl Default for Manifest {
             seed: 0,
             sweep: BTreeMap::new(),
             triad_version: String::new(),
+            triad_revision: String::new(),
+            triad_build: String::new(),
             git_revision: None,
             device: String::new(),
             data: BTreeMap::new(),
             plugins: BTreeMap::new(),
             stages: Vec::new(),
+            summary: Vec::new(),
             keys: BTreeMap::new(),
             complete: true,
             archived: None,

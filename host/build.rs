@@ -1,0 +1,39 @@
+//! Records what this binary was built from, for run manifests: the git revision of triad's own
+//! source (with `-dirty` when the checkout had uncommitted changes), the build profile and the
+//! enabled features. A build outside a git checkout records `unknown`.
+
+use std::process::Command;
+
+fn main() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(&root)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let revision = match git(&["rev-parse", "HEAD"]) {
+        Some(head) => {
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+            if dirty { format!("{head}-dirty") } else { head }
+        }
+        None => "unknown".to_string(),
+    };
+    println!("cargo:rustc-env=TRIAD_GIT_REVISION={revision}");
+    let profile = std::env::var("PROFILE").unwrap_or_default();
+    let features: Vec<String> = std::env::vars()
+        .filter_map(|(k, _)| k.strip_prefix("CARGO_FEATURE_").map(|f| f.to_lowercase().replace('_', "-")))
+        .collect();
+    let features = if features.is_empty() { "none".to_string() } else { features.join(",") };
+    println!("cargo:rustc-env=TRIAD_BUILD={profile}, features: {features}");
+    // A new commit, a checkout or a staged change: look again.
+    if let Some(git_dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+        for file in ["HEAD", "index"] {
+            println!("cargo:rerun-if-changed={git_dir}/{file}");
+        }
+    }
+    println!("cargo:rerun-if-changed=build.rs");
+}

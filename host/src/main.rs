@@ -146,8 +146,12 @@ enum PluginCommand {
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
     },
-    /// List the plugins bundled in this workspace's plugins/ folder: kind, version, sha256.
-    List,
+    /// List plugin crates: kind, version, sha256. Default: the bundled plugins (this
+    /// workspace's plugins/ folder, else the one triad was built from).
+    List {
+        /// A folder of plugin crates (one per subfolder).
+        dir: Option<PathBuf>,
+    },
     /// Load a plugin (crate, module or component) in the sandbox and report what it is.
     Check {
         path: PathBuf,
@@ -563,10 +567,15 @@ fn plugin_command(command: PluginCommand) -> Result<()> {
             }
             Ok(())
         }
-        PluginCommand::List => {
-            let workspace = find_workspace()?;
-            let dirs = load::bundled_plugin_dirs(&workspace)
-                .with_context(|| format!("reading {}", workspace.join("plugins").display()))?;
+        PluginCommand::List { dir } => {
+            let folder = match dir {
+                Some(dir) => dir,
+                None => bundled_plugins()?,
+            };
+            let dirs = load::plugin_dirs(&folder).with_context(|| format!("reading {}", folder.display()))?;
+            if dirs.is_empty() {
+                bail!("{}: no plugin crates here (a plugin crate is a folder with a Cargo.toml)", folder.display());
+            }
             let built = build::build_crates(&dirs).map_err(|p| anyhow::anyhow!("{p}"))?;
             let sandbox = Sandbox::shared();
             println!("| name | kind | version | stateful | sha256 | description |");
@@ -677,6 +686,23 @@ fn read_input(path: &Path) -> Result<String> {
 
 /// The triad workspace: the nearest folder upwards from here with a `plugins/` folder and a
 /// workspace `Cargo.toml`.
+/// The bundled plugins: this workspace's plugins/ folder, else the one this binary was built
+/// from, when it is still there.
+fn bundled_plugins() -> Result<PathBuf> {
+    if let Ok(workspace) = find_workspace() {
+        return Ok(workspace.join("plugins"));
+    }
+    let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("plugins");
+    if built_from.is_dir() {
+        return Ok(built_from.canonicalize().unwrap_or(built_from));
+    }
+    bail!(
+        "no triad workspace above {} and the plugins triad was built from ({}) are gone: name a folder of plugin crates",
+        std::env::current_dir().unwrap_or_default().display(),
+        built_from.display()
+    )
+}
+
 fn find_workspace() -> Result<PathBuf> {
     let start = std::env::current_dir()?;
     for dir in start.ancestors() {

@@ -5,9 +5,13 @@ use crate::support;
 use std::process::{Command, Output};
 
 fn triad(args: &[&str]) -> Output {
+    triad_in(&support::workspace(), args)
+}
+
+fn triad_in(dir: &std::path::Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_triad"))
         .args(args)
-        .current_dir(support::workspace())
+        .current_dir(dir)
         .env("RUST_BACKTRACE", "0")
         .output()
         .expect("running triad")
@@ -64,7 +68,11 @@ fn plugin_list_shows_every_bundled_plugin_with_kind_and_sha256() {
     let out = triad(&["plugin", "list"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let table = text(&out.stdout);
-    for dir in triad::plugins::load::bundled_plugin_dirs(&support::workspace()).expect("plugins/") {
+    // Outside the repository it lists the plugins the binary was built from.
+    let elsewhere = triad_in(&std::env::temp_dir(), &["plugin", "list"]);
+    assert!(elsewhere.status.success(), "{}", text(&elsewhere.stderr));
+    assert_eq!(text(&elsewhere.stdout), table);
+    for dir in triad::plugins::load::plugin_dirs(&support::workspace().join("plugins")).expect("plugins/") {
         let name = dir.file_name().expect("named").to_string_lossy().into_owned();
         let row = table
             .lines()
@@ -73,4 +81,13 @@ fn plugin_list_shows_every_bundled_plugin_with_kind_and_sha256() {
         let sha = row.split('|').nth(5).expect("sha256 column").trim();
         assert_eq!(sha.len(), 64, "{row}");
     }
+}
+
+#[test]
+fn a_library_crate_is_not_taken_for_a_plugin() {
+    let out = triad(&["plugin", "check", "plugin-sdk"]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("`triad-plugin-sdk` is a library crate, not a plugin"), "{stderr}");
+    assert!(!stderr.contains("No such file"), "{stderr}");
 }

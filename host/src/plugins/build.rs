@@ -255,13 +255,21 @@ fn metadata(dir: &Path) -> Result<Metadata, Problem> {
     let json: serde_json::Value =
         serde_json::from_slice(&stdout).map_err(|e| fail(format!("unreadable cargo metadata: {e}")))?;
     let manifest = std::fs::canonicalize(&manifest).unwrap_or(manifest);
-    let package = json["packages"]
-        .as_array()
-        .and_then(|packages| {
-            packages.iter().find(|p| p["manifest_path"].as_str().map(Path::new) == Some(manifest.as_path()))
-        })
-        .and_then(|p| p["name"].as_str())
-        .ok_or_else(|| fail("Cargo.toml has no [package]".into()))?;
+    let found = json["packages"].as_array().and_then(|packages| {
+        packages.iter().find(|p| p["manifest_path"].as_str().map(Path::new) == Some(manifest.as_path()))
+    });
+    let package = found.and_then(|p| p["name"].as_str()).ok_or_else(|| fail("Cargo.toml has no [package]".into()))?;
+    // Only a cdylib becomes a .wasm component: a library crate (the SDK, a helper) is no plugin.
+    let is_cdylib = found.and_then(|p| p["targets"].as_array()).is_some_and(|targets| {
+        targets.iter().any(|t| t["crate_types"].as_array().is_some_and(|c| c.iter().any(|c| c == "cdylib")))
+    });
+    if !is_cdylib {
+        return Err(fail(format!(
+            "`{package}` is a library crate, not a plugin: a plugin crate builds a cdylib (`[lib] crate-type = \
+             [\"cdylib\"]` in its Cargo.toml) and exports its kind with `export_reward!`, `export_loss!`, \
+             `export_data_filter!` or `export_metric!` (see plugins/README.md)"
+        )));
+    }
     let workspace_root = json["workspace_root"].as_str().map(PathBuf::from).unwrap_or_else(|| dir.to_path_buf());
     let target_dir =
         json["target_directory"].as_str().map(PathBuf::from).unwrap_or_else(|| workspace_root.join("target"));

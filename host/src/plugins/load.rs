@@ -91,9 +91,9 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The plugin crates bundled with triad, `plugins/*` of the workspace.
-pub fn bundled_plugin_dirs(workspace: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(workspace.join("plugins"))?
+/// The plugin crates in `folder`: its subfolders that hold a Cargo.toml, sorted.
+pub fn plugin_dirs(folder: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(folder)?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|path| path.join("Cargo.toml").is_file())
         .collect();

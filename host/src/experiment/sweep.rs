@@ -117,12 +117,23 @@ fn set_path(json: &mut Value, path: &str, value: Value) -> Result<(), SweepError
     let mut node = find_top(json, first)
         .ok_or_else(|| SweepError::UnknownTop { path: path.to_string(), first: first.to_string() })?;
     let mut walked = first.to_string();
-    for segment in segments {
-        node = step_into(node, segment).ok_or_else(|| SweepError::UnknownField {
-            path: path.to_string(),
-            walked: walked.clone(),
-            field: segment.to_string(),
-        })?;
+    for (depth, segment) in segments.enumerate() {
+        // A plugin's config block is the plugin's to check (when it is configured, before
+        // anything runs): a field it leaves at its default can be swept without writing it out.
+        let in_plugin_config = first == "plugins" && depth >= 2 && walked.split('.').nth(2) == Some("config");
+        if in_plugin_config && node.is_null() {
+            *node = Value::Object(serde_json::Map::new());
+        }
+        node = if in_plugin_config && node.is_object() {
+            let Value::Object(fields) = node else { unreachable!("checked to be an object") };
+            fields.entry(segment.to_string()).or_insert(Value::Null)
+        } else {
+            step_into(node, segment).ok_or_else(|| SweepError::UnknownField {
+                path: path.to_string(),
+                walked: walked.clone(),
+                field: segment.to_string(),
+            })?
+        };
         walked = format!("{walked}.{segment}");
     }
     *node = value;

@@ -184,6 +184,33 @@ mod sweep_tests {
     }
 
     #[test]
+    fn a_plugin_config_field_left_at_its_default_can_be_swept() {
+        let text = r#"Experiment(
+            name: "s", seed: 1,
+            data: { "d": Text(path: "d.txt") },
+            plugins: { "a": (path: "plugins/length-filter", config: (min_chars: 5)), "b": (path: "plugins/quality-filter") },
+            tokenizer: Char(on: "d"),
+            model: Gpt(layers: 1, heads: 1, d_model: 8, context: 8),
+            stages: [Pretrain(name: "base", data: "d", filters: ["a", "b"], train: (steps: 1, batch: 2, lr: 1e-3))],
+            sweep: { "plugins.a.config.max_chars": [40, 80], "plugins.b.config.threshold": [0.5] },
+        )"#;
+        // The experiment file sits at the repository root, where the bundled plugins are.
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../s.ron");
+        let experiment: Experiment = parse_experiment(&file, text).expect("valid");
+        let points = expand(&experiment).expect("points");
+        assert_eq!(points.len(), 2);
+        let config = |point: usize, plugin: &str| {
+            serde_json::to_value(&points[point].experiment.plugins[plugin].config).expect("JSON")
+        };
+        assert_eq!(config(1, "a"), serde_json::json!({ "min_chars": 5, "max_chars": 80 }));
+        assert_eq!(config(0, "b"), serde_json::json!({ "threshold": 0.5 }));
+        // Outside a plugin's config, a field that is not there is still refused.
+        let refused = text.replace("plugins.b.config.threshold", "plugins.b.configs.threshold");
+        let error = parse_experiment::<Stage>(&file, &refused).expect_err("invalid");
+        assert!(error.to_string().contains("has no field `configs`"), "{error}");
+    }
+
+    #[test]
     fn a_path_that_names_nothing_is_refused_with_where_it_stopped() {
         let error = experiment(r#"{ "ppo.kl.targt": [3.0] }"#).expect_err("invalid").to_string();
         assert!(error.contains("`ppo.kl` has no field `targt`"), "{error}");

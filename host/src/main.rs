@@ -87,9 +87,15 @@ enum Command {
         /// Show this metric per step (<stage>/<metric>, e.g. pretrain/train/loss).
         #[arg(long)]
         step_metric: Option<String>,
-        /// Plot the step metric's curves (default <first stage>/train/loss) to FILE.png or FILE.svg.
+        /// Plot the step metric to FILE.png or FILE.svg: a line per sweep point, the mean over its
+        /// seeds in a band over them (default metric: the loss, else the reward, of the first
+        /// stage the sweep changes).
         #[arg(long)]
         plot: Option<PathBuf>,
+        /// Plot each seed's curve as the mean of its last N recorded steps (a trailing moving
+        /// average; 1 plots the values as recorded).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), requires = "plot")]
+        smooth: u32,
     },
     /// Benchmarks that print ratios against a reference measured in the same run.
     #[command(subcommand)]
@@ -263,7 +269,7 @@ fn run() -> Result<()> {
             Ok(())
         }
         Command::Plugin(command) => plugin_command(command),
-        Command::Compare { paths, runs, metrics, sort, desc, by_run, out, step_metric, plot } => {
+        Command::Compare { paths, runs, metrics, sort, desc, by_run, out, step_metric, plot, smooth } => {
             let options = triad::runs::compare::CompareOptions {
                 paths: run_folders(paths, runs)?,
                 metrics,
@@ -273,6 +279,7 @@ fn run() -> Result<()> {
                 out,
                 step_metric,
                 plot,
+                smooth: smooth as usize,
             };
             let output = triad::runs::compare::compare(&options)?;
             print!("{}", output.markdown);

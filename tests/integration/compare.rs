@@ -11,7 +11,8 @@ use std::process::Command;
 
 use polars::prelude::*;
 use triad::runs::compare::{
-    CompareError, CompareOptions, TableOptions, compare, default_metrics, final_table, step_table,
+    CompareError, CompareOptions, TableOptions, compare, default_metrics, default_plot_metric, figure, final_table,
+    step_table,
 };
 use triad::runs::metrics::{MetricRow, MetricsWriter, read_rows};
 use triad::runs::table::{find_runs, read_frame, read_metrics_parquet, write_metrics_parquet};
@@ -324,8 +325,49 @@ fn the_step_view_has_a_column_per_point_or_run() {
     assert_eq!(per_run.frame.width(), 5);
     let values = f64s(&per_run.frame, "ppo.kl.target=6-seed2");
     assert_eq!(values[7], Some(0.01 * 7.0 * 2.0 - 6.0));
-    assert_eq!(per_run.curves.len(), 4);
-    assert_eq!(per_run.curves[3].points[7], (7.0, 0.01 * 7.0 * 2.0 - 6.0));
+}
+
+#[test]
+fn a_plot_has_a_line_per_sweep_point_with_its_seeds_band() {
+    let root = scratch("figure");
+    let dir = sweep_runs(&root);
+    let runs = find_runs(std::slice::from_ref(&dir)).expect("runs");
+    // Every stage differs between points here (each run has its own stage keys): the first.
+    assert_eq!(default_plot_metric(&runs).expect("default"), "base/train/loss");
+    let reward = figure(&runs, "ppo/train/reward", 1).expect("figure");
+    assert_eq!(reward.title, "kl-sweep: ppo/train/reward");
+    assert_eq!(reward.legend_title, "ppo.kl.target");
+    assert_eq!(reward.legend_notes, ["line: mean of 2 seeds", "band: lowest to highest seed"]);
+    let labels: Vec<&str> = reward.series.iter().map(|s| s.label.as_str()).collect();
+    assert_eq!(labels, ["3", "6"]);
+    for (series, kl) in reward.series.iter().zip(KL_TARGETS) {
+        let at_7 = SEEDS.map(|s| 0.01 * 7.0 * s as f64 - kl);
+        assert_eq!(series.mean.len(), STEPS as usize);
+        assert_eq!(series.mean[7].0, 7.0);
+        assert!(close(series.mean[7].1, mean(&at_7)), "{kl}: {:?}", series.mean[7]);
+        assert_eq!(series.band[7], (7.0, at_7[0], at_7[1]));
+        assert!(!series.shared);
+    }
+
+    // A sweep over PPO shares the stages before it (one key per seed): the base curves of every
+    // point are one line, and PPO is what the plot shows by default.
+    for entry in std::fs::read_dir(&dir).expect("runs").flatten() {
+        let stage_json = entry.path().join("base").join("stage.json");
+        let mut record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&stage_json).expect("stage.json")).expect("JSON");
+        let seed = if entry.file_name().to_string_lossy().ends_with("seed1") { 1 } else { 2 };
+        record["key"] = serde_json::json!(format!("base-seed{seed}"));
+        write_json(&stage_json, &record);
+    }
+    let runs = find_runs(std::slice::from_ref(&dir)).expect("runs");
+    assert_eq!(default_plot_metric(&runs).expect("default"), "ppo/train/reward");
+    let shared = figure(&runs, "base/train/loss", 1).expect("figure");
+    assert_eq!(shared.series.len(), 1);
+    assert_eq!(shared.series[0].label, "every point (one base stage)");
+    assert!(shared.series[0].shared);
+
+    let error = figure(&runs, "ppo/train/rewrad", 1).expect_err("a misspelt metric");
+    assert!(error.to_string().contains("did you mean `ppo/train/reward`?"), "{error}");
 }
 
 #[test]
@@ -340,15 +382,20 @@ fn plots_are_written_as_valid_png_and_svg() {
     let mut reader = decoder.read_info().expect("png header");
     let mut pixels = vec![0; reader.output_buffer_size().expect("size")];
     let info = reader.next_frame(&mut pixels).expect("png decodes");
-    assert_eq!((info.width, info.height), (1024, 640));
-    // Text and lines were drawn: the title band (top 40 rows) has dark pixels, and the plot has
-    // more than one colour besides black and white.
+    assert_eq!((info.width, info.height), (1024, 600));
     let row_bytes = info.line_size;
-    let dark = pixels[..40 * row_bytes].chunks(3).filter(|p| p.iter().all(|c| *c < 100)).count();
+    let dark = pixels[..36 * row_bytes].chunks(3).filter(|p| p.iter().all(|c| *c < 100)).count();
     assert!(dark > 100, "title text not drawn: {dark} dark pixels");
-    let colours: std::collections::BTreeSet<&[u8]> =
-        pixels.chunks(3).filter(|p| p.iter().max() != p.iter().min()).collect();
-    assert!(colours.len() > 4, "no coloured curves");
+    // The two points' lines in their own colours (tab10 blue and orange), each also in the
+    // legend column at the right, which no line reaches.
+    let width = info.width as usize;
+    for colour in [[0x1f, 0x77, 0xb4], [0xff, 0x7f, 0x0e]] {
+        let columns: Vec<usize> =
+            pixels.chunks(3).enumerate().filter(|(_, p)| *p == colour).map(|(i, _)| i % width).collect();
+        assert!(columns.len() > 60, "{colour:?} drawn {} times", columns.len());
+        let (leftmost, rightmost) = (columns.iter().min().expect("some"), columns.iter().max().expect("some"));
+        assert!(*leftmost < width / 4 && *rightmost > width * 3 / 4, "{colour:?} spans {leftmost}..{rightmost}");
+    }
 
     let svg_path = root.join("curves.svg");
     let output = compare(&CompareOptions {
@@ -360,11 +407,9 @@ fn plots_are_written_as_valid_png_and_svg() {
     assert_eq!(output.written, std::slice::from_ref(&svg_path));
     let svg = std::fs::read_to_string(&svg_path).expect("svg written");
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{}", &svg[..200.min(svg.len())]);
-    for kl in KL_TARGETS {
-        for seed in SEEDS {
-            assert!(svg.contains(&format!("ppo.kl.target={kl}-seed{seed}")), "legend lacks kl {kl} seed {seed}");
-        }
-    }
+    assert!(svg.contains("\nppo.kl.target\n"), "legend heading missing");
+    assert!(svg.contains("\nline: mean of 2 seeds\n"), "legend note missing");
+    assert!(!svg.contains("seed1"), "runs are not legend entries");
     assert!(svg.contains("kl-sweep: ppo/train/reward"), "title missing");
 }
 

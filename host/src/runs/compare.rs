@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use polars::prelude::*;
 use serde_json::Value;
 
-use super::plot::{Curve, PlotError, plot_curves};
+use super::plot::{Figure, PlotError, Series, plot};
 use super::table::{Run, TableError, TableFormat, find_runs, write_frame};
 use crate::util::atomic::{FileError, write_atomically};
 
@@ -36,8 +36,6 @@ pub enum CompareError {
     Polars { what: &'static str, source: PolarsError },
     #[error(transparent)]
     Plot(#[from] PlotError),
-    #[error("nothing to plot: no run recorded `{metric}` at any step")]
-    NothingToPlot { metric: String },
     #[error("no stage to plot: the runs list no stages (name a metric with --step-metric)")]
     NoStages,
 }
@@ -98,8 +96,12 @@ pub struct CompareOptions {
     pub out: Option<PathBuf>,
     /// Show this metric per step instead of the final table.
     pub step_metric: Option<String>,
-    /// Plot the step metric's curves (default `<first stage>/train/loss`) to this `.png`/`.svg`.
+    /// Plot the step metric per sweep point to this `.png`/`.svg` (default metric: the loss,
+    /// else the reward, of the first stage the sweep changes).
     pub plot: Option<PathBuf>,
+    /// Plot each seed's curve as the mean of its last `smooth` steps (0 and 1 plot it as
+    /// recorded).
+    pub smooth: usize,
 }
 
 /// What `triad compare` produced.
@@ -156,15 +158,9 @@ pub fn compare(options: &CompareOptions) -> Result<CompareOutput, CompareError> 
     if let Some(path) = &options.plot {
         let metric = match &options.step_metric {
             Some(metric) => metric.clone(),
-            None => default_step_metric(&runs)?,
+            None => default_plot_metric(&runs)?,
         };
-        // Curves per run: the legend names runs, and seeds' spread stays visible.
-        let table = step_table(&runs, &metric, true)?;
-        if table.curves.iter().all(|c| c.points.is_empty()) {
-            return Err(CompareError::NothingToPlot { metric });
-        }
-        let title = format!("{}: {metric}", experiments_label(&runs));
-        plot_curves(&table.curves, &title, "step", &metric, path)?;
+        plot(&figure(&runs, &metric, options.smooth)?, path)?;
         written.push(path.clone());
     }
     Ok(CompareOutput { markdown, written, note })
@@ -204,12 +200,6 @@ pub fn default_metrics(runs: &[Run]) -> Vec<String> {
     }
     let last_stage = runs.iter().filter_map(|r| r.stage_names().last().cloned()).next().unwrap_or_default();
     stage_metrics(runs, &last_stage)
-}
-
-/// `<first stage>/train/loss` of the first run.
-pub fn default_step_metric(runs: &[Run]) -> Result<String, CompareError> {
-    let stage = runs.iter().find_map(|r| r.stage_names().into_iter().next()).ok_or(CompareError::NoStages)?;
-    Ok(format!("{stage}/train/loss"))
 }
 
 fn experiments_label(runs: &[Run]) -> String {
@@ -559,8 +549,6 @@ impl ResultTable {
 pub struct StepTable {
     pub metric: String,
     pub frame: DataFrame,
-    /// The same numbers as curves (absent steps left out), in column order.
-    pub curves: Vec<Curve>,
 }
 
 impl StepTable {
@@ -671,12 +659,196 @@ pub fn step_table(runs: &[Run], metric: &str, by_run: bool) -> Result<StepTable,
     let steps: Vec<u64> =
         series.iter().flat_map(|(_, c)| c.keys().copied()).collect::<BTreeSet<_>>().into_iter().collect();
     let mut columns = vec![Column::new("step".into(), steps.clone())];
-    let mut curves = Vec::with_capacity(series.len());
     for (label, (_, curve)) in labels.iter().zip(&series) {
         columns
             .push(Column::new(label.as_str().into(), steps.iter().map(|s| curve.get(s).copied()).collect::<Vec<_>>()));
-        curves.push(Curve { label: label.clone(), points: curve.iter().map(|(s, v)| (*s as f64, *v)).collect() });
     }
     let frame = DataFrame::new(steps.len(), columns).map_err(polars_err("per-step"))?;
-    Ok(StepTable { metric: metric.to_string(), frame, curves })
+    Ok(StepTable { metric: metric.to_string(), frame })
+}
+
+/// A run's stage key (stages with one key were computed once and shared); a run that never
+/// recorded the stage is its own.
+fn stage_key(run: &Run, stage: &str) -> String {
+    match run.stages.iter().find(|(name, _)| name == stage) {
+        Some((_, record)) => record.key.clone(),
+        None => run.dir.display().to_string(),
+    }
+}
+
+/// The metric `--plot` draws when none is named: of the first stage whose runs differ between
+/// sweep points (the first stage the sweep changes; the first stage without a sweep), its
+/// `train/loss`, else its `train/reward`, else its first metric.
+pub fn default_plot_metric(runs: &[Run]) -> Result<String, CompareError> {
+    let stages = runs.iter().map(Run::stage_names).find(|names| !names.is_empty()).ok_or(CompareError::NoStages)?;
+    let param_names: Vec<String> =
+        runs.iter().flat_map(|r| r.manifest.sweep.keys().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
+    let points = group_points(runs, &param_names);
+    let changed = stages.iter().find(|stage| {
+        let keys: BTreeSet<Vec<String>> =
+            points.iter().map(|p| p.runs.iter().map(|run| stage_key(run, stage)).collect()).collect();
+        keys.len() > 1
+    });
+    let stage = changed.unwrap_or(&stages[0]);
+    let prefix = format!("{stage}/");
+    let recorded: Vec<String> =
+        available_step_metrics(runs)?.into_iter().filter(|m| m.starts_with(&prefix)).collect();
+    let preferred = ["train/loss", "train/reward"].map(|m| format!("{prefix}{m}"));
+    Ok(preferred
+        .into_iter()
+        .find(|m| recorded.contains(m))
+        .or_else(|| recorded.first().cloned())
+        .unwrap_or_else(|| format!("{prefix}train/loss")))
+}
+
+/// Names for sweep parameters in a legend: each path's last segment, or as many trailing
+/// segments as it takes to tell the paths apart (`plugins.clip-higher.config.clip_high` is
+/// `clip_high`; `ppo.kl.target` beside `rm.kl.target` is `ppo.kl.target`).
+fn short_names(paths: &[String]) -> Vec<String> {
+    let tail = |path: &str, n: usize| {
+        let segments: Vec<&str> = path.split('.').collect();
+        segments[segments.len().saturating_sub(n)..].join(".")
+    };
+    paths
+        .iter()
+        .map(|path| {
+            let depth = path.split('.').count();
+            (1..=depth)
+                .map(|n| tail(path, n))
+                .find(|short| paths.iter().filter(|other| other.ends_with(short.as_str())).count() == 1)
+                .unwrap_or_else(|| path.clone())
+        })
+        .collect()
+}
+
+/// The plot of `metric` (`<stage>/<name>`) per step: a series per sweep point, the mean over its
+/// seeds in a band from the lowest to the highest seed, labelled by the point's values. Points
+/// whose runs share the stage (the same stage keys: a sweep over a later stage computes the
+/// earlier ones once) drew the same curves, and are one series. With `smooth` above 1, each
+/// seed's curve is first the mean of its last `smooth` recorded steps.
+pub fn figure(runs: &[Run], metric: &str, smooth: usize) -> Result<Figure, CompareError> {
+    // The per-step table checks the metric (and suggests a near name) the same way.
+    step_table(runs, metric, false)?;
+    let (stage, name) = metric.split_once('/').unwrap_or((metric, ""));
+    let param_names: Vec<String> =
+        runs.iter().flat_map(|r| r.manifest.sweep.keys().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
+    let short = short_names(&param_names);
+    let several = runs.iter().map(Run::experiment).collect::<BTreeSet<_>>().len() > 1;
+    let points = group_points(runs, &param_names);
+    let label = |point: &Point| {
+        let values: Vec<String> = param_names
+            .iter()
+            .zip(&short)
+            .filter_map(|(path, short)| {
+                let value = value_text(point.params.get(path)?);
+                Some(if param_names.len() == 1 { value } else { format!("{short}={value}") })
+            })
+            .collect();
+        match (values.is_empty(), several) {
+            (true, _) => point.experiment.clone(),
+            (false, false) => values.join(", "),
+            (false, true) => format!("{}: {}", point.experiment, values.join(", ")),
+        }
+    };
+    let mut groups: Vec<(Vec<String>, Vec<&Point>)> = Vec::new();
+    for point in &points {
+        let keys: Vec<String> = point.runs.iter().map(|run| stage_key(run, stage)).collect();
+        match groups.iter_mut().find(|(k, _)| *k == keys) {
+            Some((_, members)) => members.push(point),
+            None => groups.push((keys, vec![point])),
+        }
+    }
+    let mut series = Vec::with_capacity(groups.len());
+    for (_, members) in &groups {
+        let shared = members.len() > 1 && members.len() == points.len();
+        let listed = members.iter().map(|p| label(p)).collect::<Vec<_>>().join("; ");
+        let label = match members.len() {
+            _ if shared => format!("every point (one {stage} stage)"),
+            1 => listed,
+            n if listed.chars().count() > 40 => format!("{n} points (one {stage} stage)"),
+            _ => format!("{listed} (one {stage} stage)"),
+        };
+        let curves: Vec<BTreeMap<u64, f64>> = members[0]
+            .runs
+            .iter()
+            .map(|run| Ok(trailing_mean(&run_curve(run, stage, name)?, smooth)))
+            .collect::<Result<_, CompareError>>()?;
+        series.push(seed_series(label, shared, &curves));
+    }
+    let seeds: BTreeSet<usize> = points.iter().map(|p| p.runs.len()).collect();
+    let (fewest, most) = (seeds.first().copied().unwrap_or(1), seeds.last().copied().unwrap_or(1));
+    let mut legend_notes = match (fewest, most) {
+        (_, 1) => vec!["one seed per point".to_string()],
+        (n, m) if n == m => vec![format!("line: mean of {m} seeds"), "band: lowest to highest seed".to_string()],
+        (n, m) => vec![format!("line: mean of {n}-{m} seeds"), "band: lowest to highest seed".to_string()],
+    };
+    if smooth > 1 {
+        legend_notes.push(format!("each seed: mean of its last {smooth} steps"));
+    }
+    let legend_title = match param_names.as_slice() {
+        [] => "experiment".to_string(),
+        [only] => only.clone(),
+        _ => "sweep point".to_string(),
+    };
+    Ok(Figure {
+        title: format!("{}: {metric}", experiments_label(runs)),
+        x_label: "step".into(),
+        y_label: metric.to_string(),
+        legend_title,
+        legend_notes,
+        series,
+    })
+}
+
+/// A curve whose value at each step is the mean of its values over the last `window` recorded
+/// steps up to that one (fewer at the start).
+fn trailing_mean(curve: &BTreeMap<u64, f64>, window: usize) -> BTreeMap<u64, f64> {
+    let window = window.max(1);
+    let values: Vec<f64> = curve.values().copied().collect();
+    curve
+        .keys()
+        .enumerate()
+        .map(|(i, step)| {
+            let recent = &values[(i + 1).saturating_sub(window)..=i];
+            (*step, recent.iter().sum::<f64>() / recent.len() as f64)
+        })
+        .collect()
+}
+
+/// One series from the seeds' curves: the mean at every step some seed has, and the band where
+/// two or more do.
+fn seed_series(label: String, shared: bool, curves: &[BTreeMap<u64, f64>]) -> Series {
+    let steps: BTreeSet<u64> = curves.iter().flat_map(|c| c.keys().copied()).collect();
+    let (mut mean, mut band) = (Vec::new(), Vec::new());
+    for step in steps {
+        let values: Vec<f64> = curves.iter().filter_map(|c| c.get(&step).copied()).collect();
+        let x = step as f64;
+        mean.push((x, values.iter().sum::<f64>() / values.len() as f64));
+        if values.len() > 1 {
+            let low = values.iter().copied().fold(f64::INFINITY, f64::min);
+            let high = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            band.push((x, low, high));
+        }
+    }
+    Series { label, mean, band, shared }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{short_names, trailing_mean};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn the_trailing_mean_averages_the_last_recorded_steps() {
+        let curve = BTreeMap::from([(1, 4.0), (2, 2.0), (5, 6.0), (9, 1.0)]);
+        assert_eq!(trailing_mean(&curve, 1), curve);
+        assert_eq!(trailing_mean(&curve, 3), BTreeMap::from([(1, 4.0), (2, 3.0), (5, 4.0), (9, 3.0)]));
+    }
+
+    #[test]
+    fn legend_names_keep_the_segments_that_tell_paths_apart() {
+        let paths = ["plugins.clip-higher.config.clip_high", "ppo.kl.target", "rm.kl.target", "dpo.train.lr"];
+        let short = short_names(&paths.map(String::from));
+        assert_eq!(short, ["clip_high", "ppo.kl.target", "rm.kl.target", "lr"]);
+    }
 }

@@ -242,6 +242,7 @@ fn malformed_experiments_fail_before_training_with_where_and_how() {
         ("unknown field", valid().replace("min_gap: 1.5", "min_gapp: 1.5"), vec!["bad.ron:", "min_gapp", "did you mean `min_gap`"]),
         ("misspelt stage kind", valid().replace("RewardModel(", "RewardModle("), vec!["bad.ron:", "RewardModle", "did you mean `RewardModel`"]),
         ("missing plugin file", valid().replace("plugins/rouge", "plugins/no-such-plugin"), vec!["bad.ron:", "plugin `rouge`", "no-such-plugin", "does not exist"]),
+        ("missing plugin file, relative path", valid().replace(&plugin_dir("rouge"), "no-such-plugin"), vec!["bad.ron:", "`no-such-plugin` does not exist", "no-such-plugin is relative to the experiment file's folder)"]),
         ("unknown stage", valid().replace(r#"policy: "sft""#, r#"policy: "sfy""#), vec!["bad.ron:", "`ppo` reads stage `sfy`", "does not exist", "did you mean `sft`?"]),
         ("a cycle", valid().replace(r#"Sft(name: "sft", from: "base""#, r#"Sft(name: "sft", from: "ppo""#), vec!["bad.ron:", "cycle", "`sft` -> `ppo` -> `sft`"]),
         ("wrong type", valid().replace("steps: 30,", r#"steps: "thirty","#), vec!["bad.ron:20:", "`steps`", "whole number"]),
@@ -260,6 +261,9 @@ fn malformed_experiments_fail_before_training_with_where_and_how() {
         ("a name that leaves the runs folder", valid().replace(r#"name: "pipeline""#, r#"name: "../../x""#), vec!["bad.ron:", "cannot name the experiment's runs folder"]),
         ("a bad config of a plugin only the evaluation uses", valid().replace(r#""rouge": (path: "#, r#""rouge": (config: (no_such_option: 1), path: "#), vec!["plugin `rouge`", "configure", "no_such_option"]),
     ];
+    // An absolute path is not said to be relative to anything.
+    let absolute = error_for(&valid().replace("plugins/rouge", "plugins/no-such-plugin"));
+    assert!(!absolute.contains("relative"), "{absolute}");
     for (what, text, expected) in cases {
         let message = error_for(&text);
         for part in &expected {

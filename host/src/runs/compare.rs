@@ -691,8 +691,7 @@ pub fn default_plot_metric(runs: &[Run]) -> Result<String, CompareError> {
     });
     let stage = changed.unwrap_or(&stages[0]);
     let prefix = format!("{stage}/");
-    let recorded: Vec<String> =
-        available_step_metrics(runs)?.into_iter().filter(|m| m.starts_with(&prefix)).collect();
+    let recorded: Vec<String> = available_step_metrics(runs)?.into_iter().filter(|m| m.starts_with(&prefix)).collect();
     let preferred = ["train/loss", "train/reward"].map(|m| format!("{prefix}{m}"));
     Ok(preferred
         .into_iter()

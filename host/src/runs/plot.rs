@@ -159,9 +159,8 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, figure: &Figure) -> R
     // The legend gets a column of its own to the right, as wide as its longest line, so it
     // never covers data.
     let legend_font = TextStyle::from(("sans-serif", 16).into_font());
-    let lines = std::iter::once(&figure.legend_title)
-        .chain(figure.series.iter().map(|s| &s.label))
-        .chain(&figure.legend_notes);
+    let lines =
+        std::iter::once(&figure.legend_title).chain(figure.series.iter().map(|s| &s.label)).chain(&figure.legend_notes);
     let mut widest = 0;
     for line in lines {
         widest = widest.max(body.estimate_text_size(line, &legend_font).map_err(error)?.0);
@@ -170,9 +169,10 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, figure: &Figure) -> R
     let (plot_area, legend_area) = body.split_horizontally(SIZE.0 - legend_width);
 
     let x_range = padded_range(figure.series.iter().flat_map(|s| s.mean.iter().map(|p| p.0)), 0.0);
-    let y_values = figure.series.iter().flat_map(|s| {
-        s.mean.iter().map(|p| p.1).chain(s.band.iter().flat_map(|&(_, low, high)| [low, high]))
-    });
+    let y_values = figure
+        .series
+        .iter()
+        .flat_map(|s| s.mean.iter().map(|p| p.1).chain(s.band.iter().flat_map(|&(_, low, high)| [low, high])));
     let y_range = padded_range(y_values, 0.05);
     let mut chart = ChartBuilder::on(&plot_area)
         .margin(12)

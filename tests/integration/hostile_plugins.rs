@@ -138,6 +138,7 @@ fn a_huge_finite_reward_is_refused_before_training() {
         prompt_tokens: vec![1, 2],
         response: Generated { prompt_len: 2, tokens: vec![3], logprobs: vec![-1.0], stopped: false },
         response_text: response.into(),
+        reference: None,
     };
     let scorers = [Scorer::Plugin { name: "hostile".into(), weight: 1.0, plugin: Box::new(hostile()) }];
     let fine =

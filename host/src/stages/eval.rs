@@ -35,7 +35,7 @@ pub struct EvalStage {
     pub name: String,
     /// The models to evaluate, by the stage that made them.
     pub models: Vec<String>,
-    /// The Sft or Ppo stage (or Dpo stage with Judged pairs) whose held-out prompts (and
+    /// The Sft, Ppo or Grpo stage (or Dpo stage with Judged pairs) whose held-out prompts (and
     /// template) are used.
     pub prompts_of: String,
     /// Held-out prompts evaluated at most.
@@ -197,7 +197,7 @@ impl EvalStage {
     pub fn check_references(&self, experiment: &Experiment) -> Result<(), String> {
         if prompts_of(experiment, &self.prompts_of).is_none() {
             return Err(format!(
-                "prompts_of `{}` must name an Sft or Ppo stage, or a Dpo stage with Judged pairs",
+                "prompts_of `{}` must name an Sft, Ppo or Grpo stage, or a Dpo stage with Judged pairs",
                 self.prompts_of
             ));
         }
@@ -281,12 +281,13 @@ fn default_eval_generation() -> SamplingConfig {
 /// Prompts generated for at once: bounds the KV cache's memory.
 const GENERATION_BATCH: usize = 32;
 
-/// The example set and template of the stage named `name` (an Sft or Ppo stage, or a Dpo stage
+/// The example set and template of the stage named `name` (an Sft, Ppo or Grpo stage, or a Dpo stage
 /// whose pairs are judged responses to prompts).
 pub fn prompts_of<'a>(experiment: &'a Experiment, name: &str) -> Option<(&'a ExampleSet, &'a Template)> {
     experiment.stages.iter().find(|s| s.name() == name).and_then(|stage| match stage {
         Stage::Sft(sft) => Some((&sft.examples, &sft.template)),
         Stage::Ppo(ppo) => Some((&ppo.prompts, &ppo.template)),
+        Stage::Grpo(grpo) => Some((&grpo.prompts, &grpo.template)),
         Stage::Dpo(dpo) => match &dpo.pairs {
             super::pairs::PairSource::Judged { prompts, .. } => Some((prompts, &dpo.template)),
             _ => None,
@@ -325,12 +326,13 @@ pub fn answer(
     Ok(answers)
 }
 
-/// Judge scores of answers to prompts.
+/// Judge scores of answers to prompts (a plugin judge also reads each prompt's reference
+/// answer, as a math reward does).
 pub fn judge_scores(
     ctx: &RunContext,
     judge: &Judge,
     layout: &Layout,
-    prompts: &[String],
+    (prompts, references): (&[String], &[String]),
     answers: &[String],
 ) -> Result<Vec<f64>, StageError> {
     match judge {
@@ -338,8 +340,9 @@ pub fn judge_scores(
             let plugin = ctx.plugin(name)?.into_reward()?;
             let episodes: Vec<Episode> = prompts
                 .iter()
+                .zip(references)
                 .zip(answers)
-                .map(|(p, a)| Episode { prompt: p.clone(), response: a.clone(), reference: None })
+                .map(|((p, r), a)| Episode { prompt: p.clone(), response: a.clone(), reference: Some(r.clone()) })
                 .collect();
             Ok(plugin.score(&episodes)?)
         }
@@ -354,6 +357,23 @@ pub fn judge_scores(
             Ok(scores.into_iter().map(f64::from).collect())
         }
     }
+}
+
+/// The mean of scores and its 95% interval: Wilson's for scores that are all 0 or 1 (an
+/// accuracy), else the normal approximation `mean ± 1.96 s / √n`.
+pub fn mean_interval(scores: &[f64]) -> (f64, f64, f64) {
+    let n = scores.len() as f64;
+    if n == 0.0 {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let mean = scores.iter().sum::<f64>() / n;
+    if scores.iter().all(|&s| s == 0.0 || s == 1.0) {
+        let (low, high) = super::winrate::wilson_interval(mean, n);
+        return (mean, low, high);
+    }
+    let variance = scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    let half = 1.96 * (variance / n).sqrt();
+    (mean, mean - half, mean + half)
 }
 
 /// What a reward model reads for a prompt and an answer: the prompt's text and the answer,
@@ -385,7 +405,7 @@ pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<StageOutpu
     let config_error = |message: String| StageError::Config { stage: name.to_string(), message };
     let (set, template) = prompts_of(ctx.experiment, &stage.prompts_of).ok_or_else(|| {
         config_error(format!(
-            "prompts_of `{}` must name an Sft or Ppo stage, or a Dpo stage with Judged pairs",
+            "prompts_of `{}` must name an Sft, Ppo or Grpo stage, or a Dpo stage with Judged pairs",
             stage.prompts_of
         ))
     })?;
@@ -462,9 +482,12 @@ pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<StageOutpu
 
     for judge in &stage.score_with {
         for model_name in &stage.models {
-            let scores = judge_scores(ctx, judge, &layout, &prompts, &answers[model_name.as_str()])?;
-            let mean = scores.iter().sum::<f64>() / scores.len() as f64;
-            metrics.insert(format!("{model_name}/score/{}", judge.name()), mean);
+            let scores = judge_scores(ctx, judge, &layout, (&prompts, &references), &answers[model_name.as_str()])?;
+            let (mean, low, high) = mean_interval(&scores);
+            let metric = format!("{model_name}/score/{}", judge.name());
+            metrics.insert(format!("{metric}_low"), low);
+            metrics.insert(format!("{metric}_high"), high);
+            metrics.insert(metric, mean);
         }
     }
 
@@ -474,7 +497,7 @@ pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<StageOutpu
     for (win, prefix) in stage.win_rate.comparisons() {
         for side in [&win.a, &win.b] {
             if let std::collections::btree_map::Entry::Vacant(entry) = judged.entry((side.as_str(), &win.judge)) {
-                entry.insert(judge_scores(ctx, &win.judge, &layout, &prompts, &answers[side.as_str()])?);
+                entry.insert(judge_scores(ctx, &win.judge, &layout, (&prompts, &references), &answers[side.as_str()])?);
             }
         }
         let (a, b) = (&judged[&(win.a.as_str(), &win.judge)], &judged[&(win.b.as_str(), &win.judge)]);

@@ -10,6 +10,7 @@ pub mod context;
 pub mod dpo;
 pub mod eval;
 pub mod examples;
+pub mod grpo;
 pub mod layout;
 pub mod pairs;
 pub mod pipeline;
@@ -56,6 +57,9 @@ pub enum Stage {
     /// Direct preference optimisation (DPO, IPO, conservative DPO) on preference pairs, under
     /// an implicit KL constraint to a frozen reference.
     Dpo(dpo::DpoStage),
+    /// Group-relative RL (GRPO, Dr. GRPO, RLOO): groups of responses to each prompt, rewarded
+    /// by reward plugins and models, advantages relative to the group, no critic.
+    Grpo(grpo::GrpoStage),
     /// Evaluation: perplexity, generation scored by metric plugins, win-rate under a judge.
     Eval(eval::EvalStage),
 }
@@ -69,6 +73,7 @@ macro_rules! delegate {
             Stage::RewardModel($config) => $call,
             Stage::Ppo($config) => $call,
             Stage::Dpo($config) => $call,
+            Stage::Grpo($config) => $call,
             Stage::Eval($config) => $call,
         }
     };
@@ -133,6 +138,7 @@ impl Stage {
             Stage::RewardModel(config) => reward_model::run(ctx, config, dir).map(|(_, output)| output),
             Stage::Ppo(config) => ppo::run(ctx, config, dir),
             Stage::Dpo(config) => dpo::run(ctx, config, dir).map(|(_, output)| output),
+            Stage::Grpo(config) => grpo::run(ctx, config, dir),
             Stage::Eval(config) => eval::run(ctx, config, dir),
         }
     }

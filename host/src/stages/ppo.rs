@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use super::StageOutput;
 use super::context::{RunContext, StageError};
-use super::examples::{self, ExampleSet};
+use super::examples::{self, Example, ExampleSet};
 use super::layout::{Layout, Template};
 use super::rewards;
 use crate::data::blocks::draw_indices;
@@ -38,7 +38,7 @@ use crate::plugins::{Feature, LossPlugin, PluginKind};
 use crate::train::ppo::{KlController, PpoLossConfig, RunningStats};
 use crate::train::rl::advantages::{AdvantageConfig, kl_penalised_gae};
 use crate::train::rl::policy::{Critic, Learner, reference_logprobs};
-use crate::train::rl::rollout::{self, Sampled};
+use crate::train::rl::rollout;
 use crate::train::rl::scoring::{DEFAULT_REWARD_LIMIT, RewardTerm, score, shape};
 use crate::train::rl::settings::PpoSettings;
 use crate::train::rl::update::{UpdateConfig, update};
@@ -204,7 +204,6 @@ pub fn run(ctx: &RunContext, stage: &PpoStage, dir: &Path) -> Result<StageOutput
 
     let policy = ctx.starting_model(Some(&stage.policy))?;
     let vocab = policy.config().vocab_size();
-    let context = policy.config().context();
     let scorers = rewards::scorers(ctx, name, &stage.reward, (&stage.policy, vocab))?;
     let loss_plugin: Option<LossPlugin> =
         stage.loss.as_deref().map(|l| ctx.plugin(l)?.into_loss().map_err(StageError::from)).transpose()?;
@@ -262,17 +261,14 @@ pub fn run(ctx: &RunContext, stage: &PpoStage, dir: &Path) -> Result<StageOutput
         loss_plugin: loss_plugin.as_ref(),
         seed,
     };
-    let held_out: Vec<String> = examples.valid.iter().take(settings.eval_prompts).map(|e| e.prompt.clone()).collect();
+    let held_out: Vec<&Example> = examples.valid.iter().take(settings.eval_prompts).collect();
     let mut sampling = stage.generation.clone();
     if !sampling.stop_tokens.contains(&end) {
         sampling.stop_tokens.push(end);
     }
-    let sample =
-        |model: &Model, prompts: &[String], sampling: &SamplingConfig, step| -> Result<Vec<Sampled>, StageError> {
-            let tokens = prompts.iter().map(|p| layout.prompt_tokens_within(p, context)).collect::<Result<Vec<_>, _>>();
-            let tokens = tokens.map_err(layout_error)?;
-            rollout::sample(model, prompts, tokens, sampling, |t| layout.response_text(t)).map_err(rl_error(step))
-        };
+    let sample = |model: &Model, picked: &[&Example], config: &SamplingConfig, step| {
+        rewards::sample_episodes(model, &layout, picked, config, (name, step))
+    };
     // Held-out prompts, sampled as in training with a fixed seed, scored by the same reward.
     let evaluate = |model: &Model, step: u64| -> Result<Vec<(String, f64)>, StageError> {
         if held_out.is_empty() {
@@ -282,7 +278,7 @@ pub fn run(ctx: &RunContext, stage: &PpoStage, dir: &Path) -> Result<StageOutput
         let scored = score(&scorers, &sample(model, &held_out, &config, step)?, end, pad, stage.reward_limit)
             .map_err(rl_error(step))?;
         let mut evals = vec![("eval/reward".to_string(), scored.mean())];
-        evals.extend(scored.terms.iter().map(|(n, v)| (format!("eval/reward/{n}"), *v)));
+        evals.extend(scored.term_means().into_iter().map(|(n, v)| (format!("eval/reward/{n}"), v)));
         Ok(evals)
     };
     let file_error = |e| train_error(crate::train::TrainError::File(e));
@@ -298,12 +294,12 @@ pub fn run(ctx: &RunContext, stage: &PpoStage, dir: &Path) -> Result<StageOutput
         let rl = rl_error(step);
         // 1. Rollouts.
         let indices = draw_indices(step, settings.rollouts, examples.train.len(), seed);
-        let prompts: Vec<String> = indices.iter().map(|&i| examples.train[i].prompt.clone()).collect();
+        let picked: Vec<&Example> = indices.iter().map(|&i| &examples.train[i]).collect();
         let config = SamplingConfig {
             seed: sampling.seed ^ seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15),
             ..sampling.clone()
         };
-        let episodes = sample(&learner.policy, &prompts, &config, step)?;
+        let episodes = sample(&learner.policy, &picked, &config, step)?;
         let (rows, lens) = rollout::rows(&episodes);
 
         // 2. Scores.
@@ -341,7 +337,7 @@ pub fn run(ctx: &RunContext, stage: &PpoStage, dir: &Path) -> Result<StageOutput
             ("train/response_length".to_string(), lens.iter().sum::<usize>() as f64 / lens.len() as f64),
             ("train/explained_variance".to_string(), advantages.explained_variance),
         ];
-        row.extend(scored.terms.iter().map(|(n, v)| (format!("train/reward/{n}"), *v)));
+        row.extend(scored.term_means().into_iter().map(|(n, v)| (format!("train/reward/{n}"), v)));
         let iteration_seconds = iteration_started.elapsed().as_secs_f64();
         row.push(("time/iteration_seconds".into(), iteration_seconds));
         row.push(("time/plugin_share".into(), (scored.plugin_seconds + stats.plugin_seconds) / iteration_seconds));

@@ -1,10 +1,39 @@
 //! The reward of an RL stage, from its config to scorers: each `Model(stage: ...)` term loads
-//! that RewardModel stage's output, each `Plugin(name: ...)` term the reward plugin. Every RL
-//! stage kind (PPO now; the group-relative ones after it) reads its rewards through here.
+//! that RewardModel stage's output, each `Plugin(name: ...)` term the reward plugin; and the
+//! episodes they score, sampled from a model for examples' prompts, each carrying its example's
+//! reference answer. Every RL stage kind (PPO, GRPO) reads its rewards through here.
 
 use super::context::{RunContext, StageError};
-use crate::model::RewardModel;
+use super::examples::Example;
+use super::layout::Layout;
+use crate::model::generate::SamplingConfig;
+use crate::model::{Model, RewardModel};
+use crate::train::rl::rollout::{self, Sampled};
 use crate::train::rl::scoring::{RewardTerm, Scorer};
+
+/// A response from `model` to each example's prompt (cut from the left to the model's context),
+/// sampled with `config`; each episode carries the example's response as its reference answer.
+/// Errors name `stage` and its iteration `step`.
+pub fn sample_episodes(
+    model: &Model,
+    layout: &Layout,
+    picked: &[&Example],
+    config: &SamplingConfig,
+    (stage, step): (&str, u64),
+) -> Result<Vec<Sampled>, StageError> {
+    let layout_error = |source| StageError::Layout { stage: stage.to_string(), source };
+    let context = model.config().context();
+    let prompts: Vec<String> = picked.iter().map(|e| e.prompt.clone()).collect();
+    let tokens = prompts.iter().map(|p| layout.prompt_tokens_within(p, context)).collect::<Result<Vec<_>, _>>();
+    let mut episodes = rollout::sample(model, &prompts, tokens.map_err(layout_error)?, config, |t| {
+        layout.response_text(t)
+    })
+    .map_err(|source| StageError::Rl { stage: stage.to_string(), step, source })?;
+    for (episode, example) in episodes.iter_mut().zip(picked) {
+        episode.reference = Some(example.response.clone());
+    }
+    Ok(episodes)
+}
 
 /// The scorers of `terms` for stage `stage`, whose policy `(name, vocabulary size)` every
 /// reward model must share a tokenizer with.

@@ -56,15 +56,7 @@ impl WinRate {
 
     /// Wilson's 95% score interval around [`rate`](Self::rate).
     pub fn interval(&self) -> (f64, f64) {
-        let n = self.total() as f64;
-        if n == 0.0 {
-            return (f64::NAN, f64::NAN);
-        }
-        let p = self.rate();
-        let z2 = Z95 * Z95;
-        let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
-        let half = Z95 / (1.0 + z2 / n) * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
-        ((centre - half).max(0.0), (centre + half).min(1.0))
+        wilson_interval(self.rate(), self.total() as f64)
     }
 
     /// `0.712 (95% CI 0.646-0.770; 142 wins, 6 ties, 52 losses)`.
@@ -166,6 +158,17 @@ pub fn read_labels(labels: &Path, key: &Path) -> Result<(LabelKey, WinRate), Lab
         }
     }
     Ok((key_json, rate))
+}
+
+/// The 95% Wilson score interval of a proportion `p` observed over `n` trials (NaN for none).
+pub fn wilson_interval(p: f64, n: f64) -> (f64, f64) {
+    if n == 0.0 {
+        return (f64::NAN, f64::NAN);
+    }
+    let z2 = Z95 * Z95;
+    let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
+    let half = Z95 / (1.0 + z2 / n) * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    ((centre - half).max(0.0), (centre + half).min(1.0))
 }
 
 #[cfg(test)]

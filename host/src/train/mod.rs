@@ -12,6 +12,7 @@
 
 pub mod checkpoint;
 pub mod dpo;
+pub mod grpo;
 pub mod error;
 pub mod loss;
 pub mod optimizer;

@@ -2,7 +2,7 @@
 //! that reads like its equation:
 //!
 //! ```text
-//! kl_t      = log π(a_t) - log π_ref(a_t)                       (k1; k3 = (q/p - 1) - log(q/p))
+//! kl_t      = log π(a_t) - log π_ref(a_t)          (k1; k2 = ½ kl_t²; k3 = (q/p - 1) - log(q/p))
 //! r_t       = -β kl_t  (+ score on the last response token)
 //! δ_t       = r_t + γ V_{t+1} - V_t,   A_t = δ_t + γλ A_{t+1},   R_t = A_t + V_t     (GAE)
 //! L_policy  = mean_t max(-A_t ρ_t, -A_t clip(ρ_t, 1-ε, 1+ε)),   ρ_t = exp(log π - log π_old)
@@ -41,12 +41,15 @@ impl Default for KlControl {
     }
 }
 
-/// How the per-token KL to the reference is estimated from samples (Schulman's k1 and k3).
+/// How the per-token KL to the reference is estimated from samples (Schulman's k1, k2, k3).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KlEstimator {
     /// log p - log q: unbiased, can be negative per token.
     #[default]
     K1,
+    /// ½ (log p - log q)²: biased, never negative, low variance; its gradient is that of the
+    /// reverse KL.
+    K2,
     /// (r - 1) - log r with r = q / p: unbiased, never negative, lower variance.
     K3,
 }
@@ -63,6 +66,7 @@ pub fn kl_estimate(logp: f32, ref_logp: f32, estimator: KlEstimator) -> f32 {
     let log_ratio = ref_logp - logp;
     match estimator {
         KlEstimator::K1 => -log_ratio,
+        KlEstimator::K2 => 0.5 * log_ratio * log_ratio,
         KlEstimator::K3 => log_ratio.exp() - 1.0 - log_ratio,
     }
 }

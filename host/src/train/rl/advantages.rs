@@ -21,11 +21,23 @@ pub struct Rollout {
 impl Rollout {
     /// The values of the sequences `members`, in that order, flat.
     pub fn gather(&self, values: &[f32], members: &[usize]) -> Vec<f32> {
-        members
-            .iter()
-            .flat_map(|&m| values[self.offsets[m] as usize..self.offsets[m + 1] as usize].iter().copied())
-            .collect()
+        gather(values, &self.offsets, members)
     }
+}
+
+/// The values of the sequences `members` of a flat array with `offsets`, in that order, flat.
+pub fn gather(values: &[f32], offsets: &[u32], members: &[usize]) -> Vec<f32> {
+    members.iter().flat_map(|&m| values[offsets[m] as usize..offsets[m + 1] as usize].iter().copied()).collect()
+}
+
+/// The offsets of sequences of lengths `lens` laid end to end: `[0, l0, l0 + l1, ...]`.
+pub fn offsets(lens: &[usize]) -> Vec<u32> {
+    let mut offsets = Vec::with_capacity(lens.len() + 1);
+    offsets.push(0u32);
+    for &len in lens {
+        offsets.push(offsets[offsets.len() - 1] + len as u32);
+    }
+    offsets
 }
 
 /// How advantages are made from scores.

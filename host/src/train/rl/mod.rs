@@ -7,12 +7,14 @@
 //!    values and entropies it predicts over response tokens, and the frozen reference's log-probs;
 //! 4. [`advantages`]: per-token KL penalties, GAE advantages and returns;
 //! 5. [`update`]: epochs of shuffled minibatches of the clipped loss (native, or a loss plugin),
-//!    one optimizer step each.
+//!    one optimizer step each; [`group`]: the same for the critic-free group-relative methods
+//!    (GRPO, RLOO), whose advantages come from groups of responses to one prompt.
 //!
 //! Per-token quantities are flat arrays over the response tokens of a batch, sequence after
 //! sequence, with offsets: the layout loss plugins receive.
 
 pub mod advantages;
+pub mod group;
 pub mod policy;
 pub mod rollout;
 pub mod scoring;

@@ -50,33 +50,16 @@ impl Learner {
 
     /// Log-probs, values and entropies at the positions predicting each row's response.
     pub fn predict(&self, rows: &[Vec<u32>], response_lens: &[usize], pad: u32) -> Result<Predicted, RlError> {
-        let t_err = tensor("predicting log-probs and values");
-        let m_err = model("predicting log-probs and values");
-        let device = self.policy.device();
-        let (tokens, _) = pad_rows(rows, pad, device).map_err(&m_err)?;
-        let (b, t) = tokens.dims2().map_err(&t_err)?;
-        let positions = prediction_positions(rows, response_lens, t);
-        let index = Tensor::from_vec(positions.clone(), positions.len(), device).map_err(&t_err)?;
-        let hidden = self.policy.hidden(&tokens, false).map_err(&m_err)?;
-        let logits = self.policy.lm_logits(&hidden).map_err(&m_err)?;
+        let t_err = tensor("predicting values");
+        let m_err = model("predicting values");
+        let pass = policy_pass(&self.policy, rows, response_lens, pad)?;
         let value_hidden = match &self.critic {
-            Some(critic) => critic.hidden(&tokens, false).map_err(&m_err)?,
-            None => hidden,
+            Some(critic) => critic.hidden(&pass.tokens, false).map_err(&m_err)?,
+            None => pass.hidden,
         };
         let values = self.value_head.forward(&value_hidden).map_err(&m_err)?;
-        let v = logits.dim(2).map_err(&t_err)?;
-        let next = Tensor::from_vec(next_tokens(rows, t, pad), b * t, device).map_err(&t_err)?;
-        // (B*T, V) -> the (N, V) rows that predict response tokens.
-        let flat_logits = logits.reshape((b * t, v)).and_then(|l| l.index_select(&index, 0)).map_err(&t_err)?;
-        let logp = candle_nn::ops::log_softmax(&flat_logits, D::Minus1).map_err(&t_err)?;
-        let targets = next.index_select(&index, 0).map_err(&t_err)?;
-        let logprob =
-            targets.unsqueeze(1).and_then(|t| logp.gather(&t, 1)).and_then(|l| l.squeeze(1)).map_err(&t_err)?;
-        // H = -Σ_v p log p
-        let entropy =
-            logp.exp().and_then(|p| p * &logp).and_then(|x| x.sum(D::Minus1)).and_then(|x| x.neg()).map_err(&t_err)?;
-        let value = values.reshape(b * t).and_then(|v| v.index_select(&index, 0)).map_err(&t_err)?;
-        Ok(Predicted { logprob, value, entropy })
+        let value = values.flatten_all().and_then(|v| v.index_select(&pass.index, 0)).map_err(&t_err)?;
+        Ok(Predicted { logprob: pass.logprob, value, entropy: pass.entropy })
     }
 
     /// The sampling policy's log-probs and values over a whole rollout batch, without
@@ -96,6 +79,44 @@ impl Learner {
         }
         Ok((logprob, value))
     }
+}
+
+/// One differentiable forward pass of a policy over padded rows, at the positions predicting
+/// response tokens.
+pub struct PolicyPass {
+    /// log π of each response token, (N).
+    pub logprob: Tensor,
+    /// The entropy of π at each of those positions, (N).
+    pub entropy: Tensor,
+    /// The padded rows, (B, T), and the trunk's states over them, (B, T, D).
+    pub tokens: Tensor,
+    pub hidden: Tensor,
+    /// The flat (row * T + position) indices of the N positions.
+    pub index: Tensor,
+}
+
+/// Log-probs and entropies of `policy` at the positions predicting each row's response.
+pub fn policy_pass(policy: &Model, rows: &[Vec<u32>], response_lens: &[usize], pad: u32) -> Result<PolicyPass, RlError> {
+    let t_err = tensor("predicting log-probs");
+    let m_err = model("predicting log-probs");
+    let device = policy.device();
+    let (tokens, _) = pad_rows(rows, pad, device).map_err(&m_err)?;
+    let (b, t) = tokens.dims2().map_err(&t_err)?;
+    let positions = prediction_positions(rows, response_lens, t);
+    let index = Tensor::from_vec(positions.clone(), positions.len(), device).map_err(&t_err)?;
+    let hidden = policy.hidden(&tokens, false).map_err(&m_err)?;
+    let logits = policy.lm_logits(&hidden).map_err(&m_err)?;
+    let v = logits.dim(2).map_err(&t_err)?;
+    let next = Tensor::from_vec(next_tokens(rows, t, pad), b * t, device).map_err(&t_err)?;
+    // (B*T, V) -> the (N, V) rows that predict response tokens.
+    let flat_logits = logits.reshape((b * t, v)).and_then(|l| l.index_select(&index, 0)).map_err(&t_err)?;
+    let logp = candle_nn::ops::log_softmax(&flat_logits, D::Minus1).map_err(&t_err)?;
+    let targets = next.index_select(&index, 0).map_err(&t_err)?;
+    let logprob = targets.unsqueeze(1).and_then(|t| logp.gather(&t, 1)).and_then(|l| l.squeeze(1)).map_err(&t_err)?;
+    // H = -Σ_v p log p
+    let entropy =
+        logp.exp().and_then(|p| p * &logp).and_then(|x| x.sum(D::Minus1)).and_then(|x| x.neg()).map_err(&t_err)?;
+    Ok(PolicyPass { logprob, entropy, tokens, hidden, index })
 }
 
 /// Flat indices (row * T + position) of the positions whose next token is a response token,

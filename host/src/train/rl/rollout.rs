@@ -10,6 +10,8 @@ pub struct Sampled {
     pub prompt_tokens: Vec<u32>,
     pub response: Generated,
     pub response_text: String,
+    /// The prompt's reference answer, for rewards that check against one (a math answer).
+    pub reference: Option<String>,
 }
 
 /// Sample one response per prompt (prompts already tokenized, in the same order) with
@@ -27,7 +29,7 @@ pub fn sample<E: std::error::Error + Send + Sync + 'static>(
         .zip(prompts.iter().zip(prompt_tokens))
         .map(|(response, (prompt, prompt_tokens))| {
             let response_text = decode(&response.tokens).map_err(|e| RlError::Decode(Box::new(e)))?;
-            Ok(Sampled { prompt: prompt.clone(), prompt_tokens, response, response_text })
+            Ok(Sampled { prompt: prompt.clone(), prompt_tokens, response, response_text, reference: None })
         })
         .collect()
 }

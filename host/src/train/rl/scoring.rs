@@ -42,8 +42,8 @@ pub enum Scorer {
 pub struct Scored {
     /// Each episode's weighted total.
     pub totals: Vec<f64>,
-    /// Mean of each term over the batch, by name.
-    pub terms: Vec<(String, f64)>,
+    /// Each term's (unweighted) score of every episode, by name.
+    pub terms: Vec<(String, Vec<f64>)>,
     /// Time spent inside reward plugins.
     pub plugin_seconds: f64,
 }
@@ -52,6 +52,11 @@ impl Scored {
     /// The mean total over the batch.
     pub fn mean(&self) -> f64 {
         self.totals.iter().sum::<f64>() / self.totals.len() as f64
+    }
+
+    /// Each term's mean score over the batch, by name.
+    pub fn term_means(&self) -> Vec<(String, f64)> {
+        self.terms.iter().map(|(name, scores)| (name.clone(), scores.iter().sum::<f64>() / scores.len() as f64)).collect()
     }
 }
 
@@ -90,7 +95,11 @@ pub fn score(scorers: &[Scorer], episodes: &[Sampled], end: u32, pad: u32, limit
             Scorer::Plugin { name, weight, plugin } => {
                 let batch: Vec<Episode> = episodes
                     .iter()
-                    .map(|e| Episode { prompt: e.prompt.clone(), response: e.response_text.clone(), reference: None })
+                    .map(|e| Episode {
+                        prompt: e.prompt.clone(),
+                        response: e.response_text.clone(),
+                        reference: e.reference.clone(),
+                    })
                     .collect();
                 let started = Instant::now();
                 let scores = plugin.score(&batch)?;
@@ -108,7 +117,7 @@ pub fn score(scorers: &[Scorer], episodes: &[Sampled], end: u32, pad: u32, limit
         for (total, s) in totals.iter_mut().zip(&scores) {
             *total += weight * s;
         }
-        terms.push((name.to_string(), scores.iter().sum::<f64>() / scores.len() as f64));
+        terms.push((name.to_string(), scores));
     }
     Ok(Scored { totals, terms, plugin_seconds })
 }

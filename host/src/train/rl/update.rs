@@ -49,37 +49,77 @@ pub fn update(
     pad: u32,
     config: &UpdateConfig,
 ) -> Result<UpdateStats, RlError> {
-    let mut sums: Vec<(String, f64)> = Vec::new();
-    let mut updates = 0usize;
+    let mut averages = Averages::default();
     let mut plugin_seconds = 0.0;
     for epoch in 0..config.epochs {
-        let order = permutation(
-            rows.len(),
-            config.seed ^ step.wrapping_mul(31) ^ (epoch as u64).wrapping_mul(0x632b_e59b_d9b4_e019),
-        );
-        for members in order.chunks(config.minibatch) {
-            let MinibatchLoss { loss, mut diagnostics, plugin_seconds: seconds } =
-                minibatch_loss(learner, rows, lens, rollout, members, pad, config)?;
+        for members in minibatches(rows.len(), config.minibatch, config.seed, step, epoch) {
+            let MinibatchLoss { loss, diagnostics, plugin_seconds: seconds } =
+                minibatch_loss(learner, rows, lens, rollout, &members, pad, config)?;
             plugin_seconds += seconds;
-            let grads = loss.backward().map_err(tensor("backward pass"))?;
-            let by_name: HashMap<String, Tensor> =
-                vars.iter().filter_map(|(n, v)| grads.get(v.as_tensor()).map(|g| (n.clone(), g.clone()))).collect();
-            let norm = optimizer.step(&by_name, config.lr, config.grad_clip).map_err(tensor("optimizer step"))?;
-            if !norm.is_finite() {
-                return Err(RlError::Diverged { epoch, norm });
-            }
-            diagnostics.push(("grad_norm".into(), norm));
-            for (name, value) in diagnostics {
-                match sums.iter_mut().find(|(n, _)| *n == name) {
-                    Some((_, sum)) => *sum += value,
-                    None => sums.push((name, value)),
-                }
-            }
-            updates += 1;
+            let norm = optimizer_step(&loss, vars, optimizer, config.lr, config.grad_clip, epoch)?;
+            averages.add(diagnostics);
+            averages.add(vec![("grad_norm".into(), norm)]);
+            averages.count_step();
         }
     }
-    let metrics = sums.into_iter().map(|(n, v)| (n, v / updates.max(1) as f64)).collect();
-    Ok(UpdateStats { metrics, plugin_seconds })
+    Ok(UpdateStats { metrics: averages.means(), plugin_seconds })
+}
+
+/// The minibatches of one epoch over `n` sequences: a shuffled order (a pure function of the
+/// seed, the iteration and the epoch) cut into chunks of `size`.
+pub fn minibatches(n: usize, size: usize, seed: u64, step: u64, epoch: usize) -> Vec<Vec<usize>> {
+    let order = permutation(n, seed ^ step.wrapping_mul(31) ^ (epoch as u64).wrapping_mul(0x632b_e59b_d9b4_e019));
+    order.chunks(size.max(1)).map(<[usize]>::to_vec).collect()
+}
+
+/// Backpropagate `loss` and take one optimizer step; the gradient norm, which must be finite
+/// (else no weight changes).
+pub fn optimizer_step(
+    loss: &Tensor,
+    vars: &[(String, Var)],
+    optimizer: &mut AdamW,
+    lr: f64,
+    grad_clip: Option<f64>,
+    epoch: usize,
+) -> Result<f64, RlError> {
+    let grads = loss.backward().map_err(tensor("backward pass"))?;
+    let by_name: HashMap<String, Tensor> =
+        vars.iter().filter_map(|(n, v)| grads.get(v.as_tensor()).map(|g| (n.clone(), g.clone()))).collect();
+    let norm = optimizer.step(&by_name, lr, grad_clip).map_err(tensor("optimizer step"))?;
+    if !norm.is_finite() {
+        return Err(RlError::Diverged { epoch, norm });
+    }
+    Ok(norm)
+}
+
+/// Diagnostics summed over an update's optimizer steps, then averaged.
+#[derive(Debug, Default)]
+pub struct Averages {
+    sums: Vec<(String, f64)>,
+    steps: usize,
+}
+
+impl Averages {
+    /// Add one step's diagnostics (call [`Averages::count_step`] once per step).
+    pub fn add(&mut self, diagnostics: Vec<(String, f64)>) {
+        for (name, value) in diagnostics {
+            match self.sums.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, sum)) => *sum += value,
+                None => self.sums.push((name, value)),
+            }
+        }
+    }
+
+    /// One more optimizer step.
+    pub fn count_step(&mut self) {
+        self.steps += 1;
+    }
+
+    /// Each diagnostic's mean over the steps.
+    pub fn means(self) -> Vec<(String, f64)> {
+        let steps = self.steps.max(1) as f64;
+        self.sums.into_iter().map(|(n, v)| (n, v / steps)).collect()
+    }
 }
 
 /// One minibatch's loss, its diagnostics, and the seconds spent inside the loss plugin.
@@ -143,10 +183,7 @@ pub fn ppo_plugin_loss(
     batch: &PpoBatch,
     lens: &[usize],
 ) -> Result<(Tensor, Vec<(String, f64)>), RlError> {
-    let mut offsets = vec![0u32];
-    for &len in lens {
-        offsets.push(offsets.last().copied().unwrap_or(0) + len as u32);
-    }
+    let offsets = super::advantages::offsets(lens);
     let mask = batch.logprob.ones_like().map_err(tensor("loss plugin mask"))?;
     let mut values: Vec<(Feature, &Tensor)> = vec![
         (Feature::Logprob, &batch.logprob),

@@ -1,7 +1,8 @@
 //! A loss plugin in training gives the same parameter gradients as the host's native loss on the
 //! same batch: `ppo-clip` against native PPO (policy, clipped value and entropy terms),
 //! `label-smoothed-ce` (epsilon 0) against native SFT cross-entropy, and `dpo` against the DPO
-//! stage's native DPO, IPO and conservative DPO losses. Both run a real model
+//! stage's native DPO, IPO and conservative DPO losses, and `ppo-clip` against native GRPO (token
+//! and sequence normalisation: the weights reach the plugin as its mask). Both run a real model
 //! forward and backward; the plugin runs in the sandbox through the surrogate-gradient contract.
 
 use crate::support;
@@ -175,5 +176,51 @@ fn the_dpo_plugin_and_the_native_dpo_ipo_and_conservative_losses_give_the_same_p
             assert!((host - guest).abs() < 1e-5, "{plugin_config}: {name} host {host} vs plugin {guest}");
         }
         assert_same_gradients(&gradients(&native_loss, &vars), &gradients(&surrogate, &vars), vars.len());
+    }
+}
+
+#[test]
+fn the_ppo_clip_plugin_and_native_grpo_give_the_same_parameter_gradients() {
+    use triad::train::grpo::{GrpoBatch, GrpoLossConfig, LossNorm, grpo_loss, token_weights};
+    use triad::train::ppo::KlEstimator;
+    use triad::train::rl::group::group_plugin_loss;
+    use triad::train::rl::policy::policy_pass;
+
+    let model = model();
+    let vars = model.vars();
+    // Two responses of one group (lengths 4 and 2) and one of another (3), as GRPO samples them.
+    let rows = vec![vec![3u32, 9, 12, 40, 41, 42, 43], vec![3, 9, 12, 50, 51], vec![5, 6, 7, 8, 60, 61, 62]];
+    let lens = [4usize, 2, 3];
+    let plugin = support::load("ppo-clip", r#"{"clip": 0.2, "vf_coef": 0.0}"#).into_loss().expect("a loss plugin");
+    for norm in [LossNorm::Token, LossNorm::Sequence] {
+        let batch = || {
+            let pass = policy_pass(&model, &rows, &lens, 0).expect("forward");
+            let n = lens.iter().sum::<usize>();
+            let shift = [0.3f32, -0.25, 0.05, -0.4, 0.1, 0.35, -0.02, 0.2, -0.3];
+            let old_logprob = (pass.logprob.detach() + Tensor::from_slice(&shift, n, &Device::Cpu).expect("shift"))
+                .expect("old");
+            // Sequence advantages 1.2, -0.8, 0.4, on every token of each.
+            let advantage: Vec<f32> =
+                [1.2f32, -0.8, 0.4].iter().zip(lens).flat_map(|(&a, len)| std::iter::repeat_n(a, len)).collect();
+            let batch = GrpoBatch {
+                logprob: pass.logprob,
+                old_logprob,
+                ref_logprob: None,
+                advantage: Tensor::from_vec(advantage, n, &Device::Cpu).expect("advantage"),
+                weight: Tensor::from_vec(token_weights(&lens, norm), n, &Device::Cpu).expect("weights"),
+            };
+            (batch, pass.entropy)
+        };
+        let config = GrpoLossConfig { clip_low: 0.2, clip_high: 0.2, kl_coef: 0.0, estimator: KlEstimator::K3 };
+        let (native_batch, _) = batch();
+        let (native_loss, metrics) = grpo_loss(&native_batch, &config).expect("native loss");
+        let clipped = metrics.iter().find(|(n, _)| n == "clip_fraction").map(|(_, v)| *v).expect("clip fraction");
+        assert!(clipped > 0.0 && clipped < 1.0, "some ratios clipped, some not: {clipped}");
+        let native = gradients(&native_loss, &vars);
+        let (plugin_batch, entropy) = batch();
+        let (surrogate, _) = group_plugin_loss(&plugin, &plugin_batch, &entropy, &lens).expect("plugin loss");
+        let (value, want) = (surrogate.to_scalar::<f32>().expect("value"), native_loss.to_scalar::<f32>().expect("v"));
+        assert!((value - want).abs() < 1e-5, "{norm:?}: plugin loss {value} vs native {want}");
+        assert_same_gradients(&native, &gradients(&surrogate, &vars), vars.len());
     }
 }

@@ -64,6 +64,138 @@ fn lexicon_reward_in_the_sandbox_equals_the_native_function_on_real_reviews() {
     assert_eq!(negated.score(&episodes[..50]).expect("scores"), scores[..50].iter().map(|s| -s).collect::<Vec<_>>());
 }
 
+/// Math word problems and answers to them: right, wrong, malformed, with and without a stated
+/// format, with commas, decimals, fractions and signs; GSM8K-style references ("... #### 72") and
+/// plain ones ("The answer is 40.").
+fn math_episodes() -> Vec<Episode> {
+    let natalia =
+        "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips.\n#### 72";
+    let weng = "Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\nFor 50 minutes she earned 0.2 x 50 = $<<0.2*50=10>>10.\n#### 10";
+    let cases: &[(&str, &str)] = &[
+        ("She sold 24 in May, so 48 + 24 = 72 in all.\n#### 72", natalia),
+        ("48 + 24 = 72. The answer is 72.", natalia),
+        ("The answer is 72", natalia),
+        ("48 + 24 = 72", natalia),
+        ("#### 72.0", natalia),
+        ("#### 72 clips", natalia),
+        ("####72", natalia),
+        ("#### 70", natalia),
+        ("The answer is 24. She sold 72 in all.", natalia),
+        ("She sold 72 clips. #### 24", natalia),
+        ("I am not sure.", natalia),
+        ("#### seventy-two", natalia),
+        ("", natalia),
+        ("0.2 x 50 = 10 dollars.\n#### 10", weng),
+        ("She earned $10.", weng),
+        ("#### 10.0000001", weng),
+        ("#### 10.001", weng),
+        ("#### 1,0", weng),
+        ("The answer is $1,234.50.", "#### 1,234.5"),
+        ("#### 1,234.5", "Total: 1234.50 dollars."),
+        ("#### 1234", "#### 1,234"),
+        ("#### 1,234", "#### 1,234"),
+        ("The answer is 3/4.", "#### 0.75"),
+        ("#### 0.75", "3 of 4 slices: 3/4"),
+        ("#### 6/8", "#### 3/4"),
+        ("#### 1/3", "#### 0.3333333"),
+        ("#### 1/0", "#### 0"),
+        ("The temperature fell to -5 degrees.", "5 - 10 = -5. The answer is -5."),
+        ("The answer is 5", "5 - 10 = -5. The answer is -5."),
+        ("10-15", "#### -5"),
+        ("The answer is: -5", "#### -5"),
+        ("THE ANSWER IS 12 apples.", "4 * 3 = 12"),
+        ("The answer is unclear. 12?", "4 * 3 = 12"),
+        ("The answer is 12. The other answer is wrong.", "4 * 3 = 12"),
+        ("3 + 4 = 7, 7 * 2 = 14.", "(3 + 4) * 2 = 14."),
+        ("#### 14\n#### 15", "#### 14"),
+        ("#### 15\nActually the answer is 14", "#### 14"),
+        ("≈ 1,000,000 people", "#### 1000000"),
+        ("007", "#### 7"),
+    ];
+    cases
+        .iter()
+        .map(|&(response, reference)| Episode {
+            prompt: "Solve the problem.".into(),
+            response: response.into(),
+            reference: Some(reference.into()),
+        })
+        .collect()
+}
+
+#[test]
+fn math_answer_in_the_sandbox_equals_the_native_function() {
+    let episodes = math_episodes();
+    assert!(episodes.len() >= 30);
+    let configs = [
+        ("{}", math_answer::MathAnswer::default()),
+        (
+            r#"{"correct": 2, "incorrect": -1, "format_bonus": 0.5, "format": "answer-is", "fallback": "none", "tolerance": 0.01}"#,
+            math_answer::MathAnswer {
+                correct: 2.0,
+                incorrect: -1.0,
+                format_bonus: 0.5,
+                format: math_answer::Format::AnswerIs,
+                fallback: math_answer::Fallback::None,
+                tolerance: 0.01,
+            },
+        ),
+        (
+            r#"{"format_bonus": 0.25}"#,
+            math_answer::MathAnswer { format_bonus: 0.25, ..math_answer::MathAnswer::default() },
+        ),
+    ];
+    let mut all = Vec::new();
+    for (config, native) in &configs {
+        let reward = support::load_with("math-answer", config, small_calls()).into_reward().expect("a reward");
+        let scores = reward.score(&episodes).expect("scoring math answers");
+        assert_eq!(scores.len(), episodes.len());
+        for (episode, score) in episodes.iter().zip(&scores) {
+            let expected = native.score_texts(&episode.response, episode.reference.as_deref()).expect("native score");
+            assert_eq!(
+                score.to_bits(),
+                expected.to_bits(),
+                "{config}: {episode:?}: sandbox {score}, native {expected}"
+            );
+        }
+        all.push(scores);
+    }
+    // Hand-computed: default config (1 right, 0 wrong, no bonus).
+    let default: Vec<f64> = all[0][..13].to_vec();
+    assert_eq!(default, [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+    assert_eq!(all[0][16], 0.0, "10.001 is 1e-3 away from 10");
+    assert_eq!(all[0][15], 1.0, "10.0000001 is within 1e-6 of 10");
+    assert_eq!(all[0][24], 1.0, "6/8 = 3/4");
+    assert_eq!(all[0][26], 0.0, "1/0 is no answer");
+    assert_eq!(all[0][29], 0.0, "10-15 is 10 and 15, not -15");
+    // Custom: "answer is" earns 0.5 right or wrong, no last-number fallback, tolerance 0.01.
+    assert_eq!(all[1][1], 2.5, "right, stated as 'The answer is 72.'");
+    assert_eq!(all[1][3], -1.0, "no marker and no fallback");
+    assert_eq!(all[1][8], -0.5, "'The answer is 24' is wrong (-1) but well formed (+0.5)");
+    assert_eq!(all[1][0], 2.0, "right, but stated with ####");
+    assert_eq!(all[1][16], 2.0, "10.001 is within 0.01 of 10");
+    assert_eq!(all[1][28], -0.5, "5 is not -5");
+    // `####` format bonus.
+    assert_eq!(all[2][0], 1.25);
+    assert_eq!(all[2][7], 0.25, "#### 70 is wrong but well formed");
+    assert_eq!(all[2][11], 0.0, "#### seventy-two states no number");
+    assert_eq!(all[2][2], 1.0, "right, but not in the #### form");
+
+    // An episode without a reference, or whose reference has no number, is an error naming it
+    // (index 9: in the second call of 7).
+    let reward = support::load_with("math-answer", "{}", small_calls()).into_reward().expect("a reward");
+    for (reference, says) in [(None, "no reference"), (Some("no number here"), "no final number")] {
+        let mut broken = episodes[..12].to_vec();
+        broken[9].reference = reference.map(String::from);
+        let err = reward.score(&broken).expect_err("a broken reference must fail");
+        let message = err.to_string();
+        assert_eq!(err.record, Some(9), "{message}");
+        assert!(
+            message.contains("math-answer") && message.contains("at record 9") && message.contains(says),
+            "{message}"
+        );
+    }
+}
+
 #[test]
 fn one_instance_and_one_per_core_give_the_same_results() {
     let episodes: Vec<Episode> = support::movie_snippets()

@@ -165,7 +165,7 @@ fn minibatch_loss(
 /// `advantage`, `entropy`, `ref-logprob` (when there is a reference), and the loss weights as
 /// `mask`, scaled so that a token mean over the mask is the weighted sum the native loss takes.
 /// The plugin's own loss value is logged as `plugin_loss`.
-fn group_plugin_loss(
+pub fn group_plugin_loss(
     plugin: &LossPlugin,
     batch: &GrpoBatch,
     entropy: &Tensor,

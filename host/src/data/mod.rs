@@ -1,8 +1,9 @@
 //! Data: where training and evaluation text comes from, and how it becomes batches of token ids.
 //!
 //! The path of a corpus through this module, one concept per file:
-//! 1. [`source`]: a [`SourceSpec`] (a file, or a file inside a pip, npm or apt package) loads
-//!    as [`Record`]s, each with its text, its other columns and the file and line it came from,
+//! 1. [`source`]: a [`SourceSpec`] (a file, a file inside a pip, npm or apt package, or
+//!    arithmetic word problems that [`arithmetic`] generates from a seed) loads as
+//!    [`Record`]s, each with its text, its other columns and the file and line it came from,
 //!    plus the sha256 of the bytes read (for run manifests and cache keys);
 //! 2. [`filter`]: the experiment's filter plugins run over the records in order, in batches,
 //!    and leave a [`FilterReport`] of what they kept, dropped (and why) and rewrote;
@@ -16,6 +17,7 @@
 //! The spec types ([`SourceSpec`], [`TokenizerSpec`], [`Split`]) are what an experiment file
 //! embeds: serde, RON-friendly, unknown fields rejected.
 
+pub mod arithmetic;
 pub mod blocks;
 pub mod filter;
 pub mod formats;
@@ -23,6 +25,7 @@ pub mod source;
 pub mod split;
 pub mod tokenizer;
 
+pub use arithmetic::ArithOp;
 pub use blocks::{Batch, Blocks, BlocksError, EvalBatches, Side};
 pub use filter::{FilterError, FilterReport, FilterStep, apply_filters};
 pub use source::{Format, LoadedSource, Origin, Record, SourceError, SourceSpec, TextSplit};

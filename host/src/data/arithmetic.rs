@@ -24,7 +24,7 @@
 //!   never appears) and at most `max_operand`; a first result may exceed it, and a second
 //!   step works on that result as it is.
 //! - The problems are generated as JSON Lines in memory (keys `text`: the question and its
-//!   solution, `question`, `solution`, `answer`) and parsed by the ordinary JSONL reader, so records, origins (file
+//!   solution, `question`, `prompt`: the question ending in a line break, `solution`, `answer`) and parsed by the ordinary JSONL reader, so records, origins (file
 //!   `arithmetic(seed=N)`, 1-based line) and the sha256 come out exactly as for a file.
 //! - The bytes are a function of the options alone: SplitMix64 draws (the generator of
 //!   [`super::blocks::splitmix64`]), fixed template tables, no floats and no hash-map order.
@@ -142,13 +142,15 @@ pub fn no_file(seed: u64) -> SourceError {
 }
 
 /// The problems as JSON Lines: one object a line, keys `text` (the worked problem: the question,
-/// a line break, the solution: what pretraining reads), `question`, `solution` and `answer` (the
-/// number as text), each line ending in `\n`.
+/// a line break, the solution: what pretraining reads), `question`, `prompt` (the question and
+/// the line break: with the solution as the response, a prompt/response example is the text),
+/// `solution` and `answer` (the number as text), each line ending in `\n`.
 pub fn jsonl(options: &Options) -> Result<Vec<u8>, SourceError> {
     #[derive(Serialize)]
     struct Line<'a> {
         text: String,
         question: &'a str,
+        prompt: String,
         solution: &'a str,
         answer: String,
     }
@@ -157,6 +159,7 @@ pub fn jsonl(options: &Options) -> Result<Vec<u8>, SourceError> {
         let line = Line {
             text: format!("{}\n{}", problem.question, problem.solution),
             question: &problem.question,
+            prompt: format!("{}\n", problem.question),
             solution: &problem.solution,
             answer: problem.answer.to_string(),
         };
@@ -961,7 +964,7 @@ mod tests {
         let loaded = spec("Arithmetic(seed: 1, count: 50, operations: [Add, Subtract, Multiply, Divide], steps: 2)")
             .load(Path::new("."))
             .expect("loads");
-        assert_eq!(loaded.sha256, "6da029c5740e3b96af95b1f81ebffaa32288dac97e14a54300182bb078160219");
+        assert_eq!(loaded.sha256, "a5ba801e1795faee921c592dff7d3ca1f548972e73e668f954b276f95aadce4d");
     }
 
     #[test]
@@ -979,7 +982,8 @@ mod tests {
             assert_eq!(record.origin.line, i + 1);
             assert_eq!(record.text, format!("{}\n{}", problem.question, problem.solution));
             let keys: Vec<&str> = record.fields.keys().map(String::as_str).collect();
-            assert_eq!(keys, ["answer", "question", "solution"]);
+            assert_eq!(keys, ["answer", "prompt", "question", "solution"]);
+            assert_eq!(format!("{}{}", record.fields["prompt"], record.fields["solution"]), record.text);
             assert_eq!(record.fields["question"], problem.question);
             assert_eq!(record.fields["solution"], problem.solution);
             assert_eq!(record.fields["answer"], problem.answer.to_string());

@@ -10,6 +10,7 @@ mod data_prep;
 mod dpo;
 mod experiments;
 mod fused_kernels;
+mod grpo;
 mod hostile_plugins;
 mod layering;
 mod loss_plugins;

@@ -196,10 +196,7 @@ impl EvalStage {
     /// prompts, `perplexity_of` a Pretrain stage.
     pub fn check_references(&self, experiment: &Experiment) -> Result<(), String> {
         if prompts_of(experiment, &self.prompts_of).is_none() {
-            return Err(format!(
-                "prompts_of `{}` must name an Sft, Ppo or Grpo stage, or a Dpo stage with Judged pairs",
-                self.prompts_of
-            ));
+            return Err(no_prompts(&self.prompts_of));
         }
         if let Some(pretrain) = &self.perplexity_of
             && !experiment.stages.iter().any(|s| matches!(s, Stage::Pretrain(p) if p.name == *pretrain))
@@ -218,12 +215,11 @@ impl EvalStage {
 /// KL to `reference` of `model` along its answers (mean over prompts of the summed per-token
 /// KL; see [`sequence_kl`]).
 fn answer_kl(
-    model: &Model,
-    reference: &Model,
+    (model, reference): (&Model, &Model),
     layout: &Layout,
     prompts: &[String],
     answers: &[(String, Vec<u32>)],
-    pad: u32,
+    (max_new_tokens, pad): (usize, u32),
 ) -> Result<f64, crate::train::rl::RlError> {
     let context = model.config().context();
     let mut rows = Vec::with_capacity(prompts.len());
@@ -233,7 +229,7 @@ fn answer_kl(
             continue;
         }
         let prompt =
-            layout.prompt_tokens_within(prompt, context).map_err(|e| crate::train::rl::RlError::Decode(Box::new(e)))?;
+            layout.prompt_tokens_within(prompt, context, max_new_tokens).map_err(|e| crate::train::rl::RlError::Decode(Box::new(e)))?;
         rows.push([prompt, tokens.clone()].concat());
         lens.push(tokens.len());
     }
@@ -281,6 +277,11 @@ fn default_eval_generation() -> SamplingConfig {
 /// Prompts generated for at once: bounds the KV cache's memory.
 const GENERATION_BATCH: usize = 32;
 
+/// Why `prompts_of: name` names no prompts.
+fn no_prompts(name: &str) -> String {
+    format!("prompts_of `{name}` must name an Sft, Ppo or Grpo stage, or a Dpo stage with Judged pairs")
+}
+
 /// The example set and template of the stage named `name` (an Sft, Ppo or Grpo stage, or a Dpo stage
 /// whose pairs are judged responses to prompts).
 pub fn prompts_of<'a>(experiment: &'a Experiment, name: &str) -> Option<(&'a ExampleSet, &'a Template)> {
@@ -314,7 +315,7 @@ pub fn answer(
     let bar = crate::util::progress::bar(label, prompts.len() as u64, 0);
     let mut answers = Vec::with_capacity(prompts.len());
     for chunk in prompts.chunks(GENERATION_BATCH) {
-        let tokens = chunk.iter().map(|p| layout.prompt_tokens_within(p, context)).collect::<Result<Vec<_>, _>>();
+        let tokens = chunk.iter().map(|p| layout.prompt_tokens_within(p, context, config.max_new_tokens)).collect::<Result<Vec<_>, _>>();
         let generated = generate(model, &tokens.map_err(layout_error)?, &config)
             .map_err(|source| StageError::Model { stage: label.to_string(), source })?;
         for g in generated {
@@ -403,12 +404,8 @@ pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<StageOutpu
     let started = Instant::now();
     let name = stage.name.as_str();
     let config_error = |message: String| StageError::Config { stage: name.to_string(), message };
-    let (set, template) = prompts_of(ctx.experiment, &stage.prompts_of).ok_or_else(|| {
-        config_error(format!(
-            "prompts_of `{}` must name an Sft, Ppo or Grpo stage, or a Dpo stage with Judged pairs",
-            stage.prompts_of
-        ))
-    })?;
+    let (set, template) =
+        prompts_of(ctx.experiment, &stage.prompts_of).ok_or_else(|| config_error(no_prompts(&stage.prompts_of)))?;
     let examples = examples::load(ctx, set, name, dir)?;
     let held_out: Vec<Example> = examples.valid.into_iter().take(stage.max_prompts).collect();
     if held_out.is_empty() {
@@ -460,7 +457,7 @@ pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<StageOutpu
         }
         let generated = answer(&model, &layout, &prompts, &stage.generation, model_name)?;
         if let Some(reference) = &reference {
-            let kl = answer_kl(&model, reference, &layout, &prompts, &generated, pad)
+            let kl = answer_kl((&model, reference), &layout, &prompts, &generated, (stage.generation.max_new_tokens, pad))
                 .map_err(|source| StageError::Rl { stage: name.to_string(), step: 0, source })?;
             metrics.insert(format!("{model_name}/kl"), kl);
         }

@@ -197,7 +197,8 @@ impl StageSpec for GrpoStage {
         if self.group < 2 {
             return Err(format!("group must be at least 2 (responses compared per prompt), got {}", self.group));
         }
-        if !(positive(self.clip_low) && self.clip_low < 1.0) || !positive(self.clip_high) {
+        let clip_low_in_range = positive(self.clip_low) && self.clip_low < 1.0;
+        if !clip_low_in_range || !positive(self.clip_high) {
             return Err(format!(
                 "clip_low must be in (0, 1) and clip_high positive, got {} and {}",
                 self.clip_low, self.clip_high

@@ -100,11 +100,17 @@ impl<'a> Layout<'a> {
         Ok(self.tokenizer.encode(&self.prompt_text(prompt))?)
     }
 
-    /// The prompt's tokens for a model of `context` positions: a prompt longer than half the
-    /// context keeps its end (the part the answer continues), leaving room for the answer.
-    pub fn prompt_tokens_within(&self, prompt: &str, context: usize) -> Result<Vec<u32>, LayoutError> {
+    /// The prompt's tokens for a model of `context` positions that will answer in up to
+    /// `max_new_tokens`: a prompt that would not leave that room keeps its end (the part the
+    /// answer continues).
+    pub fn prompt_tokens_within(
+        &self,
+        prompt: &str,
+        context: usize,
+        max_new_tokens: usize,
+    ) -> Result<Vec<u32>, LayoutError> {
         let mut tokens = self.prompt_tokens(prompt)?;
-        let room = (context / 2).max(1);
+        let room = context.saturating_sub(max_new_tokens).max(1);
         if tokens.len() > room {
             tokens.drain(..tokens.len() - room);
         }

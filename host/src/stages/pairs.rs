@@ -378,7 +378,7 @@ impl Judge<'_> {
                 chunk.iter().flat_map(|p| std::iter::repeat_n(p.clone(), self.samples)).collect();
             let tokens = repeated
                 .iter()
-                .map(|p| self.layout.prompt_tokens_within(p, context))
+                .map(|p| self.layout.prompt_tokens_within(p, context, sampling.max_new_tokens))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(JudgeError::Layout)?;
             let config = SamplingConfig {

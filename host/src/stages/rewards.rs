@@ -11,7 +11,7 @@ use crate::model::{Model, RewardModel};
 use crate::train::rl::rollout::{self, Sampled};
 use crate::train::rl::scoring::{RewardTerm, Scorer};
 
-/// A response from `model` to each example's prompt (cut from the left to the model's context),
+/// A response from `model` to each example's prompt (cut from the left to leave the answer room),
 /// sampled with `config`; each episode carries the example's response as its reference answer.
 /// Errors name `stage` and its iteration `step`.
 pub fn sample_episodes(
@@ -24,7 +24,7 @@ pub fn sample_episodes(
     let layout_error = |source| StageError::Layout { stage: stage.to_string(), source };
     let context = model.config().context();
     let prompts: Vec<String> = picked.iter().map(|e| e.prompt.clone()).collect();
-    let tokens = prompts.iter().map(|p| layout.prompt_tokens_within(p, context)).collect::<Result<Vec<_>, _>>();
+    let tokens = prompts.iter().map(|p| layout.prompt_tokens_within(p, context, config.max_new_tokens)).collect::<Result<Vec<_>, _>>();
     let mut episodes = rollout::sample(model, &prompts, tokens.map_err(layout_error)?, config, |t| {
         layout.response_text(t)
     })

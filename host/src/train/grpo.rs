@@ -301,11 +301,14 @@ mod tests {
         let reference = [-1.5f32, -1.0, -0.5];
         let d: Vec<f64> = logprob.iter().zip(&reference).map(|(p, q)| (p - q) as f64).collect();
         let weight = [0.5f32, 0.25, 0.25];
-        for (estimator, value, slope) in [
-            (KlEstimator::K1, Box::new(|d: f64| d) as Box<dyn Fn(f64) -> f64>, Box::new(|_: f64| 1.0) as Box<dyn Fn(f64) -> f64>),
-            (KlEstimator::K2, Box::new(|d: f64| 0.5 * d * d), Box::new(|d: f64| d)),
-            (KlEstimator::K3, Box::new(|d: f64| (-d).exp() + d - 1.0), Box::new(|d: f64| 1.0 - (-d).exp())),
-        ] {
+        // Each estimator's value and derivative as functions of d.
+        type Of = fn(f64) -> f64;
+        let cases: [(KlEstimator, Of, Of); 3] = [
+            (KlEstimator::K1, |d| d, |_| 1.0),
+            (KlEstimator::K2, |d| 0.5 * d * d, |d| d),
+            (KlEstimator::K3, |d| (-d).exp() + d - 1.0, |d| 1.0 - (-d).exp()),
+        ];
+        for (estimator, value, slope) in cases {
             let config = GrpoLossConfig { clip_low: 0.2, clip_high: 0.2, kl_coef: 0.1, estimator };
             let (loss, grad, _) = loss_and_grad(&logprob, &logprob, &reference, &[0.0; 3], &weight, &config);
             let want: f64 = d.iter().zip(weight).map(|(&d, w)| 0.1 * w as f64 * value(d)).sum();

@@ -27,7 +27,7 @@ fn plugin_dir(name: &str) -> String {
     support::workspace().join("plugins").join(name).display().to_string()
 }
 
-fn experiment(grpo_extra: &str) -> String {
+fn experiment() -> String {
     r#"
 Experiment(
     name: "grpo-test",
@@ -44,7 +44,7 @@ Experiment(
         Sft(name: "sft", from: "base", examples: (data: "problems", format: Fields(prompt: "prompt", response: "solution")),
             train: (steps: 30, batch: 8, lr: 2e-3, eval_batches: 2)),
         Grpo(name: "grpo", policy: "sft", prompts: (data: "problems", format: Fields(prompt: "prompt", response: "solution")),
-            reward: [Plugin(name: "math")], accuracy: (reward: "math"), group: 4, kl_coef: 0.05 EXTRA,
+            reward: [Plugin(name: "math")], accuracy: (reward: "math"), group: 4, kl_coef: 0.05,
             generation: (max_new_tokens: 12), train: (steps: 3, prompts: 4, lr: 1e-3, eval_every: 3, eval_prompts: 8)),
         Grpo(name: "rloo", policy: "sft", prompts: (data: "problems", format: Fields(prompt: "prompt", response: "solution")),
             reward: [Plugin(name: "math")], accuracy: (reward: "math"), group: 4, baseline: LeaveOneOut,
@@ -57,7 +57,6 @@ Experiment(
 "#
     .replace("{MATH}", &plugin_dir("math-answer"))
     .replace("{CLIP}", &plugin_dir("ppo-clip"))
-    .replace("EXTRA", grpo_extra)
 }
 
 fn triad(dir: &Path, args: &[&str]) -> Output {
@@ -85,7 +84,7 @@ fn stage_json(stage_dir: &Path) -> serde_json::Value {
 #[test]
 fn grpo_and_rloo_train_on_a_verifiable_reward_and_log_every_diagnostic() {
     let dir = scratch("run");
-    std::fs::write(dir.join("g.ron"), experiment("")).expect("write");
+    std::fs::write(dir.join("g.ron"), experiment()).expect("write");
     let out = triad(&dir, &["run", "g.ron"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let run = dir.join("runs/grpo-test/seed3");
@@ -157,7 +156,8 @@ fn grpo_and_rloo_train_on_a_verifiable_reward_and_log_every_diagnostic() {
         let accuracy = scores.iter().sum::<f64>() / scores.len() as f64;
         let got = eval[format!("{model}/score/math")].as_f64().expect("accuracy");
         assert!((got - accuracy).abs() < 1e-12, "{model}: {got} vs {accuracy}");
-        let (low, high) = (eval[format!("{model}/score/math_low")].as_f64(), eval[format!("{model}/score/math_high")].as_f64());
+        let (low, high) =
+            (eval[format!("{model}/score/math_low")].as_f64(), eval[format!("{model}/score/math_high")].as_f64());
         let (low, high) = (low.expect("low"), high.expect("high"));
         assert!(low <= accuracy && accuracy <= high && low >= 0.0 && high <= 1.0, "{model}: {low} {accuracy} {high}");
         models.insert(model);
@@ -168,23 +168,27 @@ fn grpo_and_rloo_train_on_a_verifiable_reward_and_log_every_diagnostic() {
 #[test]
 fn bad_group_settings_are_refused_before_anything_trains() {
     let dir = scratch("bad");
-    for (extra, expected) in [
-        (", group: 1", "group must be at least 2"),
-        (", clip_low: 1.5", "clip_low must be in (0, 1)"),
-        (", kl_coef: -0.1", "kl_coef must be a number >= 0"),
+    for (from, to, expected) in [
+        ("group: 4, kl_coef: 0.05", "group: 1, kl_coef: 0.05", "group must be at least 2"),
+        ("kl_coef: 0.05", "kl_coef: 0.05, clip_low: 1.5", "clip_low must be in (0, 1)"),
+        ("kl_coef: 0.05", "kl_coef: -0.1", "kl_coef must be a number >= 0"),
     ] {
-        // `group` is already set in the experiment: replace it rather than repeat it.
-        let text = experiment(extra).replacen("group: 4, kl_coef: 0.05 , group: 1", "group: 1, kl_coef: 0.05", 1);
-        std::fs::write(dir.join("bad.ron"), text).expect("write");
+        std::fs::write(dir.join("bad.ron"), experiment().replacen(from, to, 1)).expect("write");
         let out = triad(&dir, &["validate", "bad.ron"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && stderr.contains(expected), "{extra}: {stderr}");
+        assert!(!out.status.success() && stderr.contains(expected), "{to}: {stderr}");
         assert_eq!(stderr.matches(expected).count(), 1, "said once: {stderr}");
     }
-    let text = experiment("").replace(r#"accuracy: (reward: "math"), group: 4, kl_coef"#, r#"accuracy: (reward: "maths"), group: 4, kl_coef"#);
+    let text = experiment().replace(
+        r#"accuracy: (reward: "math"), group: 4, kl_coef"#,
+        r#"accuracy: (reward: "maths"), group: 4, kl_coef"#,
+    );
     std::fs::write(dir.join("bad.ron"), text).expect("write");
     let out = triad(&dir, &["validate", "bad.ron"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("accuracy reads reward `maths`, which is not a term of the reward (terms: math)"), "{stderr}");
+    assert!(
+        stderr.contains("accuracy reads reward `maths`, which is not a term of the reward (terms: math)"),
+        "{stderr}"
+    );
     assert!(!dir.join("runs").exists(), "nothing ran");
 }

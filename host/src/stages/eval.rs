@@ -228,8 +228,9 @@ fn answer_kl(
         if tokens.is_empty() {
             continue;
         }
-        let prompt =
-            layout.prompt_tokens_within(prompt, context, max_new_tokens).map_err(|e| crate::train::rl::RlError::Decode(Box::new(e)))?;
+        let prompt = layout
+            .prompt_tokens_within(prompt, context, max_new_tokens)
+            .map_err(|e| crate::train::rl::RlError::Decode(Box::new(e)))?;
         rows.push([prompt, tokens.clone()].concat());
         lens.push(tokens.len());
     }
@@ -315,7 +316,10 @@ pub fn answer(
     let bar = crate::util::progress::bar(label, prompts.len() as u64, 0);
     let mut answers = Vec::with_capacity(prompts.len());
     for chunk in prompts.chunks(GENERATION_BATCH) {
-        let tokens = chunk.iter().map(|p| layout.prompt_tokens_within(p, context, config.max_new_tokens)).collect::<Result<Vec<_>, _>>();
+        let tokens = chunk
+            .iter()
+            .map(|p| layout.prompt_tokens_within(p, context, config.max_new_tokens))
+            .collect::<Result<Vec<_>, _>>();
         let generated = generate(model, &tokens.map_err(layout_error)?, &config)
             .map_err(|source| StageError::Model { stage: label.to_string(), source })?;
         for g in generated {
@@ -457,8 +461,9 @@ pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<StageOutpu
         }
         let generated = answer(&model, &layout, &prompts, &stage.generation, model_name)?;
         if let Some(reference) = &reference {
-            let kl = answer_kl((&model, reference), &layout, &prompts, &generated, (stage.generation.max_new_tokens, pad))
-                .map_err(|source| StageError::Rl { stage: name.to_string(), step: 0, source })?;
+            let kl =
+                answer_kl((&model, reference), &layout, &prompts, &generated, (stage.generation.max_new_tokens, pad))
+                    .map_err(|source| StageError::Rl { stage: name.to_string(), step: 0, source })?;
             metrics.insert(format!("{model_name}/kl"), kl);
         }
         let texts: Vec<String> = generated.into_iter().map(|(text, _)| text).collect();

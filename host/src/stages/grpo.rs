@@ -39,13 +39,13 @@ use crate::model::generate::SamplingConfig;
 use crate::plugins::{Feature, LossPlugin, PluginKind};
 use crate::train::grpo::{GroupBaseline, GrpoLossConfig, LossNorm, group_advantages, uniform_groups};
 use crate::train::ppo::kl_estimate;
+use crate::train::rl::RlError;
 use crate::train::rl::advantages::{gather, offsets};
 use crate::train::rl::group::{GroupBatch, GroupUpdateConfig, update_group};
 use crate::train::rl::policy::reference_logprobs;
 use crate::train::rl::rollout;
 use crate::train::rl::scoring::{DEFAULT_REWARD_LIMIT, RewardTerm, Scored, score};
 use crate::train::rl::settings::GroupSettings;
-use crate::train::rl::RlError;
 use crate::train::session::{Cadence, Session, config_key};
 use crate::train::settings::{non_negative, positive};
 use crate::train::{AdamW, AdamWConfig};
@@ -182,7 +182,14 @@ impl StageSpec for GrpoStage {
         slots
     }
     fn loss_features(&self) -> &'static [Feature] {
-        &[Feature::Logprob, Feature::OldLogprob, Feature::Advantage, Feature::Entropy, Feature::Mask, Feature::RefLogprob]
+        &[
+            Feature::Logprob,
+            Feature::OldLogprob,
+            Feature::Advantage,
+            Feature::Entropy,
+            Feature::Mask,
+            Feature::RefLogprob,
+        ]
     }
     fn validate(&self) -> Result<(), String> {
         if self.reward.is_empty() {
@@ -437,12 +444,7 @@ pub fn run(ctx: &RunContext, stage: &GrpoStage, dir: &Path) -> Result<StageOutpu
             session.write(done, metric, *value).map_err(file_error)?;
         }
         let accuracy = row.iter().find(|(n, _)| n == "train/accuracy").map(|(_, v)| format!("  acc {v:.2}"));
-        session.bar.set_message(format!(
-            "reward {:.3}{}  kl {:.2}",
-            row[0].1,
-            accuracy.unwrap_or_default(),
-            row[3].1
-        ));
+        session.bar.set_message(format!("reward {:.3}{}  kl {:.2}", row[0].1, accuracy.unwrap_or_default(), row[3].1));
         session.bar.inc(1);
         final_metrics.extend(row);
 

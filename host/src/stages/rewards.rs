@@ -24,11 +24,13 @@ pub fn sample_episodes(
     let layout_error = |source| StageError::Layout { stage: stage.to_string(), source };
     let context = model.config().context();
     let prompts: Vec<String> = picked.iter().map(|e| e.prompt.clone()).collect();
-    let tokens = prompts.iter().map(|p| layout.prompt_tokens_within(p, context, config.max_new_tokens)).collect::<Result<Vec<_>, _>>();
-    let mut episodes = rollout::sample(model, &prompts, tokens.map_err(layout_error)?, config, |t| {
-        layout.response_text(t)
-    })
-    .map_err(|source| StageError::Rl { stage: stage.to_string(), step, source })?;
+    let tokens = prompts
+        .iter()
+        .map(|p| layout.prompt_tokens_within(p, context, config.max_new_tokens))
+        .collect::<Result<Vec<_>, _>>();
+    let mut episodes =
+        rollout::sample(model, &prompts, tokens.map_err(layout_error)?, config, |t| layout.response_text(t))
+            .map_err(|source| StageError::Rl { stage: stage.to_string(), step, source })?;
     for (episode, example) in episodes.iter_mut().zip(picked) {
         episode.reference = Some(example.response.clone());
     }

@@ -137,7 +137,10 @@ pub struct GrpoLossConfig {
 /// of tokens whose ratio was cut below (`clip_fraction/low`: ρ < 1 - ε_low, A < 0), above
 /// (`clip_fraction/high`: ρ > 1 + ε_high, A > 0) and in all (`clip_fraction`), and the k3
 /// approximate KL to the sampling policy (`approx_kl`).
-pub fn clipped_surrogate(batch: &GrpoBatch, config: &GrpoLossConfig) -> candle_core::Result<(Tensor, Vec<(String, f64)>)> {
+pub fn clipped_surrogate(
+    batch: &GrpoBatch,
+    config: &GrpoLossConfig,
+) -> candle_core::Result<(Tensor, Vec<(String, f64)>)> {
     let log_ratio = (&batch.logprob - &batch.old_logprob)?;
     let ratio = log_ratio.exp()?;
     let neg_advantage = batch.advantage.neg()?;
@@ -222,7 +225,8 @@ mod tests {
             1e-12,
         );
         // RLOO is the mean baseline scaled by G / (G - 1).
-        let scaled: Vec<f64> = group_advantages(&rewards, 4, GroupBaseline::Mean).iter().map(|a| a * 4.0 / 3.0).collect();
+        let scaled: Vec<f64> =
+            group_advantages(&rewards, 4, GroupBaseline::Mean).iter().map(|a| a * 4.0 / 3.0).collect();
         close(&group_advantages(&rewards, 4, GroupBaseline::LeaveOneOut), &scaled, 1e-12);
     }
 
@@ -291,7 +295,11 @@ mod tests {
         // dℓ/dlog π = -A ρ where the unclipped branch is taken, else 0; times w.
         close(&grad, &[0.0, 0.0, -0.2 * 0.5 * 1.1, 0.2 * 3.0 * 0.9, 0.2 * 1.5], 1e-5);
         let metric = |name: &str| metrics.iter().find(|(n, _)| n == name).map(|(_, v)| *v).expect(name);
-        close(&[metric("clip_fraction/high"), metric("clip_fraction/low"), metric("clip_fraction")], &[0.2, 0.2, 0.4], 1e-7);
+        close(
+            &[metric("clip_fraction/high"), metric("clip_fraction/low"), metric("clip_fraction")],
+            &[0.2, 0.2, 0.4],
+            1e-7,
+        );
     }
 
     #[test]

@@ -12,8 +12,8 @@
 
 pub mod checkpoint;
 pub mod dpo;
-pub mod grpo;
 pub mod error;
+pub mod grpo;
 pub mod loss;
 pub mod optimizer;
 pub mod plugin_loss;

@@ -96,7 +96,12 @@ pub struct PolicyPass {
 }
 
 /// Log-probs and entropies of `policy` at the positions predicting each row's response.
-pub fn policy_pass(policy: &Model, rows: &[Vec<u32>], response_lens: &[usize], pad: u32) -> Result<PolicyPass, RlError> {
+pub fn policy_pass(
+    policy: &Model,
+    rows: &[Vec<u32>],
+    response_lens: &[usize],
+    pad: u32,
+) -> Result<PolicyPass, RlError> {
     let t_err = tensor("predicting log-probs");
     let m_err = model("predicting log-probs");
     let device = policy.device();

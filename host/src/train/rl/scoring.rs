@@ -56,7 +56,10 @@ impl Scored {
 
     /// Each term's mean score over the batch, by name.
     pub fn term_means(&self) -> Vec<(String, f64)> {
-        self.terms.iter().map(|(name, scores)| (name.clone(), scores.iter().sum::<f64>() / scores.len() as f64)).collect()
+        self.terms
+            .iter()
+            .map(|(name, scores)| (name.clone(), scores.iter().sum::<f64>() / scores.len() as f64))
+            .collect()
     }
 }
 

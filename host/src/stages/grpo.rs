@@ -32,6 +32,7 @@ use super::context::{RunContext, StageError};
 use super::examples::{self, Example, ExampleSet};
 use super::layout::{Layout, Template};
 use super::rewards;
+use super::winrate::wilson_interval;
 use crate::data::blocks::draw_indices;
 use crate::experiment::{KlEstimator, StageSpec};
 use crate::model::Model;
@@ -55,9 +56,12 @@ use crate::train::{AdamW, AdamWConfig};
 #[serde(deny_unknown_fields)]
 pub struct GrpoStage {
     pub name: String,
-    /// The stage whose model is the initial policy.
-    pub policy: String,
-    /// The stage whose model is the frozen reference of the KL penalty (default: the policy's).
+    /// The stage whose model is the initial policy (default: the experiment's model, a
+    /// pretrained one for example).
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// The stage whose model is the frozen reference of the KL penalty (default: the policy's
+    /// starting model).
     #[serde(default)]
     pub reference: Option<String>,
     /// Where prompts (and, for rewards that check answers, their reference answers) come from;
@@ -138,8 +142,9 @@ fn default_grpo_generation() -> SamplingConfig {
 }
 
 impl GrpoStage {
-    fn reference_stage(&self) -> &str {
-        self.reference.as_deref().unwrap_or(&self.policy)
+    /// The stage the frozen reference comes from (none: the experiment's model).
+    fn reference_stage(&self) -> Option<&str> {
+        self.reference.as_deref().or(self.policy.as_deref())
     }
 }
 
@@ -159,7 +164,7 @@ impl StageSpec for GrpoStage {
         "Grpo"
     }
     fn inputs(&self) -> Vec<&str> {
-        let mut inputs = vec![self.policy.as_str(), self.reference_stage()];
+        let mut inputs: Vec<&str> = self.policy.iter().map(String::as_str).chain(self.reference_stage()).collect();
         inputs.extend(self.reward.iter().filter_map(|term| match term {
             RewardTerm::Model { stage, .. } => Some(stage.as_str()),
             RewardTerm::Plugin { .. } => None,
@@ -237,7 +242,11 @@ impl StageSpec for GrpoStage {
     fn describe(&self) -> String {
         format!(
             "policy `{}` on prompts of `{}`: {} iterations x {} prompts x {} responses",
-            self.policy, self.prompts.data, self.train.steps, self.train.prompts, self.group
+            self.policy.as_deref().unwrap_or("model"),
+            self.prompts.data,
+            self.train.steps,
+            self.train.prompts,
+            self.group
         )
     }
 }
@@ -261,10 +270,10 @@ pub fn run(ctx: &RunContext, stage: &GrpoStage, dir: &Path) -> Result<StageOutpu
     let end = layout.end_token();
     let pad = tokenizer.pad_id().unwrap_or(end);
 
-    let policy = ctx.starting_model(Some(&stage.policy))?;
-    let reference = ctx.starting_model(Some(stage.reference_stage()))?;
+    let policy = ctx.starting_model(stage.policy.as_deref())?;
+    let reference = ctx.starting_model(stage.reference_stage())?;
     let vocab = policy.config().vocab_size();
-    let scorers = rewards::scorers(ctx, name, &stage.reward, (&stage.policy, vocab))?;
+    let scorers = rewards::scorers(ctx, name, &stage.reward, (stage.policy.as_deref().unwrap_or("model"), vocab))?;
     let loss_plugin: Option<LossPlugin> =
         stage.loss.as_deref().map(|l| ctx.plugin(l)?.into_loss().map_err(StageError::from)).transpose()?;
     let seed = ctx.experiment.seed;
@@ -326,7 +335,10 @@ pub fn run(ctx: &RunContext, stage: &GrpoStage, dir: &Path) -> Result<StageOutpu
         let mut evals = vec![("eval/reward".to_string(), scored.mean())];
         evals.extend(scored.term_means().into_iter().map(|(n, v)| (format!("eval/reward/{n}"), v)));
         if let Some(accuracy) = stage.accuracy.as_ref().and_then(|a| accuracy_of(&scored, a)) {
+            let (low, high) = wilson_interval(accuracy, held_out.len() as f64);
             evals.push(("eval/accuracy".to_string(), accuracy));
+            evals.push(("eval/accuracy_low".to_string(), low));
+            evals.push(("eval/accuracy_high".to_string(), high));
         }
         Ok(evals)
     };

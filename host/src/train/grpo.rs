@@ -133,6 +133,9 @@ pub struct GrpoLossConfig {
     pub estimator: KlEstimator,
 }
 
+/// A loss term and its diagnostics.
+pub type LossTerm = (Tensor, Vec<(String, f64)>);
+
 /// The clipped surrogate `Σ_t w_t max(-ρ_t A_t, -clip(ρ_t) A_t)` and its diagnostics: the share
 /// of tokens whose ratio was cut below (`clip_fraction/low`: ρ < 1 - ε_low, A < 0), above
 /// (`clip_fraction/high`: ρ > 1 + ε_high, A > 0) and in all (`clip_fraction`), and the k3
@@ -166,10 +169,7 @@ pub fn clipped_surrogate(
 
 /// The weighted KL penalty `β Σ_t w_t k(t)` (nothing when β is 0 or there is no reference) and
 /// its unweighted per-token mean, logged as `kl_penalty`.
-pub fn weighted_kl_penalty(
-    batch: &GrpoBatch,
-    config: &GrpoLossConfig,
-) -> candle_core::Result<Option<(Tensor, Vec<(String, f64)>)>> {
+pub fn weighted_kl_penalty(batch: &GrpoBatch, config: &GrpoLossConfig) -> candle_core::Result<Option<LossTerm>> {
     let Some(ref_logprob) = batch.ref_logprob.as_ref().filter(|_| config.kl_coef > 0.0) else {
         return Ok(None);
     };
@@ -180,7 +180,7 @@ pub fn weighted_kl_penalty(
 }
 
 /// The native GRPO loss: the clipped surrogate plus the KL penalty, and their diagnostics.
-pub fn grpo_loss(batch: &GrpoBatch, config: &GrpoLossConfig) -> candle_core::Result<(Tensor, Vec<(String, f64)>)> {
+pub fn grpo_loss(batch: &GrpoBatch, config: &GrpoLossConfig) -> candle_core::Result<LossTerm> {
     let (mut loss, mut metrics) = clipped_surrogate(batch, config)?;
     if let Some((penalty, more)) = weighted_kl_penalty(batch, config)? {
         loss = (loss + penalty)?;

@@ -870,14 +870,7 @@ const SECOND_STEPS: &[SecondStep] = &[
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
-    use crate::data::source::SourceSpec;
-
-    fn spec(ron_text: &str) -> SourceSpec {
-        ron::from_str(ron_text).unwrap_or_else(|e| panic!("{ron_text}: {e}"))
-    }
 
     fn options(seed: u64, count: usize, max_operand: u64, operations: &[ArithOp], steps: usize) -> Options {
         Options { seed, count, max_operand, operations: operations.to_vec(), steps }
@@ -940,58 +933,6 @@ mod tests {
                 eqs
             })
             .collect()
-    }
-
-    #[test]
-    fn same_seed_same_bytes_other_seed_other_problems() {
-        let source = spec("Arithmetic(seed: 1, count: 200)");
-        let (one, two) =
-            (source.load(Path::new("/nowhere")).expect("loads"), source.load(Path::new(".")).expect("loads"));
-        assert_eq!(one.sha256, two.sha256);
-        assert_eq!(one.records, two.records);
-        assert_eq!(one.records.len(), 200);
-        let other = spec("Arithmetic(seed: 2, count: 200)").load(Path::new(".")).expect("loads");
-        assert_ne!(other.sha256, one.sha256);
-        assert_ne!(other.texts(), one.texts());
-        let more = spec("Arithmetic(seed: 1, count: 200, max_operand: 60)").load(Path::new(".")).expect("loads");
-        assert_ne!(more.sha256, one.sha256);
-    }
-
-    /// The bytes of a fixed spec, pinned: a change to the generator or its templates changes
-    /// every data hash made with it (and so run keys), so it must be deliberate.
-    #[test]
-    fn the_bytes_of_a_fixed_spec_are_pinned() {
-        let loaded = spec("Arithmetic(seed: 1, count: 50, operations: [Add, Subtract, Multiply, Divide], steps: 2)")
-            .load(Path::new("."))
-            .expect("loads");
-        assert_eq!(loaded.sha256, "a5ba801e1795faee921c592dff7d3ca1f548972e73e668f954b276f95aadce4d");
-    }
-
-    #[test]
-    fn records_read_as_a_jsonl_file_would() {
-        let source = spec("Arithmetic(seed: 3, count: 25)");
-        assert_eq!(source.format(), Format::Jsonl { text_field: "text".into(), fields: vec![] });
-        let loaded = source.load(Path::new(".")).expect("loads");
-        let bytes = jsonl(&options(3, 25, 50, &[Add, Subtract], 1)).expect("generates");
-        assert_eq!(loaded.sha256, crate::util::sha256_hex(&bytes));
-        assert_eq!(loaded.bytes, bytes.len());
-        assert_eq!(loaded.path, Path::new("arithmetic(seed=3)"));
-        let problems = generate(&options(3, 25, 50, &[Add, Subtract], 1)).expect("generates");
-        for (i, (record, problem)) in loaded.records.iter().zip(&problems).enumerate() {
-            assert_eq!(record.origin.file, Path::new("arithmetic(seed=3)"));
-            assert_eq!(record.origin.line, i + 1);
-            assert_eq!(record.text, format!("{}\n{}", problem.question, problem.solution));
-            let keys: Vec<&str> = record.fields.keys().map(String::as_str).collect();
-            assert_eq!(keys, ["answer", "prompt", "question", "solution"]);
-            assert_eq!(format!("{}{}", record.fields["prompt"], record.fields["solution"]), record.text);
-            assert_eq!(record.fields["question"], problem.question);
-            assert_eq!(record.fields["solution"], problem.solution);
-            assert_eq!(record.fields["answer"], problem.answer.to_string());
-        }
-        // No file behind it: resolving says so, and names no package.
-        let err = source.resolve(Path::new(".")).expect_err("no file").to_string();
-        assert!(err.contains("arithmetic(seed=3)") && err.contains("no file"), "{err}");
-        assert!(source.registry_file().expect("valid").is_none());
     }
 
     #[test]
@@ -1085,46 +1026,6 @@ mod tests {
             let opts = options(1, 1, max, ops, steps);
             let limits = check(&opts).expect("valid");
             assert_eq!(enumerate(&opts, limits).len() as u128, super::space(&opts, limits));
-        }
-    }
-
-    #[test]
-    fn ron_specs_take_defaults_and_refuse_unknown_fields_and_bad_options() {
-        let defaults = spec("Arithmetic(seed: 1, count: 100)");
-        assert_eq!(
-            defaults,
-            SourceSpec::Arithmetic { seed: 1, count: 100, max_operand: 50, operations: vec![Add, Subtract], steps: 1 }
-        );
-        let full = spec("Arithmetic(seed: 7, count: 10, max_operand: 100, operations: [Multiply, Divide], steps: 2)");
-        assert_eq!(
-            full,
-            SourceSpec::Arithmetic {
-                seed: 7,
-                count: 10,
-                max_operand: 100,
-                operations: vec![Multiply, Divide],
-                steps: 2
-            }
-        );
-        let again: SourceSpec = ron::from_str(&ron::to_string(&full).expect("serializes")).expect("parses again");
-        assert_eq!(again, full);
-        let err = ron::from_str::<SourceSpec>("Arithmetic(seed: 1, count: 5, step: 2)").expect_err("typo").to_string();
-        assert!(err.contains("step"), "{err}");
-        let err =
-            ron::from_str::<SourceSpec>("Arithmetic(seed: 1, count: 5, operations: [Modulo])").expect_err("no such op");
-        assert!(err.to_string().contains("Modulo"), "{err}");
-        assert!(ron::from_str::<SourceSpec>("Arithmetic(count: 5)").is_err(), "the seed is required");
-
-        for (bad, says) in [
-            ("Arithmetic(seed: 1, count: 5, steps: 3)", "`steps` must be 1 or 2"),
-            ("Arithmetic(seed: 1, count: 0)", "`count`"),
-            ("Arithmetic(seed: 1, count: 5, operations: [])", "`operations` is empty"),
-            ("Arithmetic(seed: 1, count: 5, operations: [Add, Add])", "Add twice"),
-            ("Arithmetic(seed: 1, count: 5, max_operand: 1)", "`max_operand`"),
-            ("Arithmetic(seed: 1, count: 5, max_operand: 100000)", "`max_operand`"),
-        ] {
-            let err = spec(bad).load(Path::new(".")).expect_err(bad).to_string();
-            assert!(err.contains(says), "{bad}: {err}");
         }
     }
 }

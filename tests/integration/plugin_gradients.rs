@@ -197,8 +197,8 @@ fn the_ppo_clip_plugin_and_native_grpo_give_the_same_parameter_gradients() {
             let pass = policy_pass(&model, &rows, &lens, 0).expect("forward");
             let n = lens.iter().sum::<usize>();
             let shift = [0.3f32, -0.25, 0.05, -0.4, 0.1, 0.35, -0.02, 0.2, -0.3];
-            let old_logprob = (pass.logprob.detach() + Tensor::from_slice(&shift, n, &Device::Cpu).expect("shift"))
-                .expect("old");
+            let old_logprob =
+                (pass.logprob.detach() + Tensor::from_slice(&shift, n, &Device::Cpu).expect("shift")).expect("old");
             // Sequence advantages 1.2, -0.8, 0.4, on every token of each.
             let advantage: Vec<f32> =
                 [1.2f32, -0.8, 0.4].iter().zip(lens).flat_map(|(&a, len)| std::iter::repeat_n(a, len)).collect();

@@ -45,7 +45,7 @@ use crate::train::rl::advantages::{gather, offsets};
 use crate::train::rl::group::{GroupBatch, GroupUpdateConfig, update_group};
 use crate::train::rl::policy::reference_logprobs;
 use crate::train::rl::rollout;
-use crate::train::rl::scoring::{DEFAULT_REWARD_LIMIT, RewardTerm, Scored, score};
+use crate::train::rl::scoring::{DEFAULT_REWARD_LIMIT, RewardTerm, Scored, check_terms, score};
 use crate::train::rl::settings::GroupSettings;
 use crate::train::session::{Cadence, Session, config_key};
 use crate::train::settings::{non_negative, positive};
@@ -148,14 +148,6 @@ impl GrpoStage {
     }
 }
 
-/// A reward term's name, as scores and `accuracy` name it.
-fn term_name(term: &RewardTerm) -> &str {
-    match term {
-        RewardTerm::Model { stage, .. } => stage,
-        RewardTerm::Plugin { name, .. } => name,
-    }
-}
-
 impl StageSpec for GrpoStage {
     fn name(&self) -> &str {
         &self.name
@@ -165,10 +157,7 @@ impl StageSpec for GrpoStage {
     }
     fn inputs(&self) -> Vec<&str> {
         let mut inputs: Vec<&str> = self.policy.iter().map(String::as_str).chain(self.reference_stage()).collect();
-        inputs.extend(self.reward.iter().filter_map(|term| match term {
-            RewardTerm::Model { stage, .. } => Some(stage.as_str()),
-            RewardTerm::Plugin { .. } => None,
-        }));
+        inputs.extend(self.reward.iter().filter_map(RewardTerm::model_stage));
         let mut seen = std::collections::BTreeSet::new();
         inputs.retain(|name| seen.insert(*name));
         inputs
@@ -178,11 +167,7 @@ impl StageSpec for GrpoStage {
     }
     fn plugin_slots(&self) -> Vec<(&str, PluginKind)> {
         let mut slots: Vec<(&str, PluginKind)> = self.prompts.filter_slots().collect();
-        for term in &self.reward {
-            if let RewardTerm::Plugin { name, .. } = term {
-                slots.push((name.as_str(), PluginKind::Reward));
-            }
-        }
+        slots.extend(self.reward.iter().filter_map(RewardTerm::plugin).map(|name| (name, PluginKind::Reward)));
         slots.extend(self.loss.as_deref().map(|l| (l, PluginKind::Loss)));
         slots
     }
@@ -197,15 +182,7 @@ impl StageSpec for GrpoStage {
         ]
     }
     fn validate(&self) -> Result<(), String> {
-        if self.reward.is_empty() {
-            return Err("reward is empty: add Plugin(name: ...) or Model(stage: ...)".into());
-        }
-        for term in &self.reward {
-            let (RewardTerm::Model { weight, .. } | RewardTerm::Plugin { weight, .. }) = term;
-            if !weight.is_finite() {
-                return Err(format!("reward weights must be finite numbers, got {weight}"));
-            }
-        }
+        check_terms(&self.reward)?;
         if self.group < 2 {
             return Err(format!("group must be at least 2 (responses compared per prompt), got {}", self.group));
         }
@@ -223,7 +200,7 @@ impl StageSpec for GrpoStage {
             return Err(format!("reward_limit must be a positive number, got {}", self.reward_limit));
         }
         if let Some(accuracy) = &self.accuracy {
-            let names: Vec<&str> = self.reward.iter().map(term_name).collect();
+            let names: Vec<&str> = self.reward.iter().map(RewardTerm::name).collect();
             if !names.contains(&accuracy.reward.as_str()) {
                 return Err(format!(
                     "accuracy reads reward `{}`, which is not a term of the reward (terms: {})",

@@ -29,7 +29,7 @@ use crate::data::split::{Split, partition_by_key};
 use crate::model::generate::SamplingConfig;
 use crate::plugins::PluginKind;
 use crate::train::rl::rollout;
-use crate::train::rl::scoring::{DEFAULT_REWARD_LIMIT, RewardTerm, score};
+use crate::train::rl::scoring::{DEFAULT_REWARD_LIMIT, RewardTerm, check_terms, score};
 use crate::train::settings::non_negative;
 use crate::util::atomic::{FileError, write_atomically};
 
@@ -117,10 +117,7 @@ impl PairSource {
     /// reward models.
     pub fn stages(&self) -> Vec<&str> {
         let PairSource::Judged { model, judge, .. } = self else { return Vec::new() };
-        let models = judge.iter().filter_map(|term| match term {
-            RewardTerm::Model { stage, .. } => Some(stage.as_str()),
-            RewardTerm::Plugin { .. } => None,
-        });
+        let models = judge.iter().filter_map(RewardTerm::model_stage);
         model.as_deref().into_iter().chain(models).collect()
     }
 
@@ -130,10 +127,7 @@ impl PairSource {
             PairSource::Fields { filters, .. } | PairSource::Ratings { filters, .. } => filter_slots(filters).collect(),
             PairSource::Judged { prompts, judge, .. } => prompts
                 .filter_slots()
-                .chain(judge.iter().filter_map(|term| match term {
-                    RewardTerm::Plugin { name, .. } => Some((name.as_str(), PluginKind::Reward)),
-                    RewardTerm::Model { .. } => None,
-                }))
+                .chain(judge.iter().filter_map(RewardTerm::plugin).map(|name| (name, PluginKind::Reward)))
                 .collect(),
         }
     }
@@ -152,15 +146,7 @@ impl PairSource {
                 if *samples < 2 {
                     return Err(format!("pairs: Judged(samples: {samples}) needs at least 2 responses per prompt"));
                 }
-                if judge.is_empty() {
-                    return Err("pairs: Judged(judge) is empty: add Model(stage: ...) or Plugin(name: ...)".into());
-                }
-                for term in judge {
-                    let (RewardTerm::Model { weight, .. } | RewardTerm::Plugin { weight, .. }) = term;
-                    if !weight.is_finite() {
-                        return Err(format!("pairs: judge weights must be finite numbers, got {weight}"));
-                    }
-                }
+                check_terms(judge).map_err(|e| format!("pairs: Judged(judge): {e}"))?;
                 if !non_negative(*min_gap) {
                     return Err(format!("pairs: Judged(min_gap) must be a number >= 0, got {min_gap}"));
                 }

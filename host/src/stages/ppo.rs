@@ -39,7 +39,7 @@ use crate::train::ppo::{KlController, PpoLossConfig, RunningStats};
 use crate::train::rl::advantages::{AdvantageConfig, kl_penalised_gae};
 use crate::train::rl::policy::{Critic, Learner, reference_logprobs};
 use crate::train::rl::rollout;
-use crate::train::rl::scoring::{DEFAULT_REWARD_LIMIT, RewardTerm, score, shape};
+use crate::train::rl::scoring::{DEFAULT_REWARD_LIMIT, RewardTerm, check_terms, score, shape};
 use crate::train::rl::settings::PpoSettings;
 use crate::train::rl::update::{UpdateConfig, update};
 use crate::train::rl::{RlError, model as model_error};
@@ -106,10 +106,7 @@ impl StageSpec for PpoStage {
     }
     fn inputs(&self) -> Vec<&str> {
         let mut inputs = vec![self.policy.as_str()];
-        inputs.extend(self.reward.iter().filter_map(|term| match term {
-            RewardTerm::Model { stage, .. } => Some(stage.as_str()),
-            RewardTerm::Plugin { .. } => None,
-        }));
+        inputs.extend(self.reward.iter().filter_map(RewardTerm::model_stage));
         let mut seen = std::collections::BTreeSet::new();
         inputs.retain(|name| seen.insert(*name));
         inputs
@@ -119,11 +116,7 @@ impl StageSpec for PpoStage {
     }
     fn plugin_slots(&self) -> Vec<(&str, PluginKind)> {
         let mut slots: Vec<(&str, PluginKind)> = self.prompts.filter_slots().collect();
-        for term in &self.reward {
-            if let RewardTerm::Plugin { name, .. } = term {
-                slots.push((name.as_str(), PluginKind::Reward));
-            }
-        }
+        slots.extend(self.reward.iter().filter_map(RewardTerm::plugin).map(|name| (name, PluginKind::Reward)));
         slots.extend(self.loss.as_deref().map(|l| (l, PluginKind::Loss)));
         slots
     }
@@ -141,15 +134,7 @@ impl StageSpec for PpoStage {
     }
     fn validate(&self) -> Result<(), String> {
         let t = &self.train;
-        if self.reward.is_empty() {
-            return Err("reward is empty: add Model(stage: ...) or Plugin(name: ...)".into());
-        }
-        for term in &self.reward {
-            let (RewardTerm::Model { weight, .. } | RewardTerm::Plugin { weight, .. }) = term;
-            if !weight.is_finite() {
-                return Err(format!("reward weights must be finite numbers, got {weight}"));
-            }
-        }
+        check_terms(&self.reward)?;
         self.prompts.validate().map_err(|e| format!("prompts: {e}"))?;
         t.validate()?;
         if !positive(self.reward_limit) {

@@ -32,6 +32,46 @@ fn one() -> f64 {
     1.0
 }
 
+impl RewardTerm {
+    /// The term's name, as scores are reported under it: the stage's or the plugin's.
+    pub fn name(&self) -> &str {
+        match self {
+            RewardTerm::Model { stage, .. } => stage,
+            RewardTerm::Plugin { name, .. } => name,
+        }
+    }
+
+    /// The RewardModel stage the term reads, if it reads one.
+    pub fn model_stage(&self) -> Option<&str> {
+        match self {
+            RewardTerm::Model { stage, .. } => Some(stage),
+            RewardTerm::Plugin { .. } => None,
+        }
+    }
+
+    /// The reward plugin the term runs, if it runs one.
+    pub fn plugin(&self) -> Option<&str> {
+        match self {
+            RewardTerm::Plugin { name, .. } => Some(name),
+            RewardTerm::Model { .. } => None,
+        }
+    }
+}
+
+/// What is wrong with a stage's reward terms, if anything: none, or a weight that is not finite.
+pub fn check_terms(terms: &[RewardTerm]) -> Result<(), String> {
+    if terms.is_empty() {
+        return Err("reward is empty: add Model(stage: ...) or Plugin(name: ...)".into());
+    }
+    for term in terms {
+        let (RewardTerm::Model { weight, .. } | RewardTerm::Plugin { weight, .. }) = term;
+        if !weight.is_finite() {
+            return Err(format!("reward weights must be finite numbers, got {weight}"));
+        }
+    }
+    Ok(())
+}
+
 /// A reward source, ready to score.
 pub enum Scorer {
     Model { name: String, weight: f64, model: Box<RewardModel> },

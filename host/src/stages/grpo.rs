@@ -297,8 +297,16 @@ pub fn run(ctx: &RunContext, stage: &GrpoStage, dir: &Path) -> Result<StageOutpu
         sampling.stop_tokens.push(end);
     }
     let chunk = 32;
+    // At most an iteration's responses at once (what training samples together), each chunk
+    // with its own seed: a held-out set of any size fits in memory.
     let sample = |model: &Model, picked: &[&Example], config: &SamplingConfig, step| {
-        rewards::sample_episodes(model, &layout, picked, config, (name, step))
+        let mut episodes = Vec::with_capacity(picked.len());
+        for (k, chunk) in picked.chunks(responses).enumerate() {
+            let config =
+                SamplingConfig { seed: config.seed ^ (k as u64).wrapping_mul(0xd1b5_4a32_d192_ed03), ..config.clone() };
+            episodes.extend(rewards::sample_episodes(model, &layout, chunk, &config, (name, step))?);
+        }
+        Ok::<_, StageError>(episodes)
     };
     let held_out: Vec<&Example> = examples.valid.iter().take(settings.eval_prompts).collect();
     // Held-out prompts, one response each, sampled as in training with a fixed seed.

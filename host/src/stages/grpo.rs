@@ -296,7 +296,8 @@ pub fn run(ctx: &RunContext, stage: &GrpoStage, dir: &Path) -> Result<StageOutpu
     if !sampling.stop_tokens.contains(&end) {
         sampling.stop_tokens.push(end);
     }
-    let chunk = 32;
+    // Rows per forward pass when computing log-probs without gradients.
+    let logprob_rows = 32;
     // At most an iteration's responses at once (what training samples together), each chunk
     // with its own seed: a held-out set of any size fits in memory.
     let sample = |model: &Model, picked: &[&Example], config: &SamplingConfig, step| {
@@ -352,8 +353,9 @@ pub fn run(ctx: &RunContext, stage: &GrpoStage, dir: &Path) -> Result<StageOutpu
         let (scored, logprobs) = std::thread::scope(|scope| {
             let scoring = scope.spawn(|| score(&scorers, &episodes, end, pad, stage.reward_limit));
             let logprobs = (|| -> Result<(Option<Vec<f32>>, Vec<f32>), RlError> {
-                let old = if one_step { None } else { Some(reference_logprobs(&policy, &rows, &lens, chunk, pad)?) };
-                Ok((old, reference_logprobs(&reference, &rows, &lens, chunk, pad)?))
+                let old =
+                    if one_step { None } else { Some(reference_logprobs(&policy, &rows, &lens, logprob_rows, pad)?) };
+                Ok((old, reference_logprobs(&reference, &rows, &lens, logprob_rows, pad)?))
             })();
             let scored = scoring.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             (scored, logprobs)
@@ -366,8 +368,8 @@ pub fn run(ctx: &RunContext, stage: &GrpoStage, dir: &Path) -> Result<StageOutpu
         let uniform = uniform_groups(&scored.totals, stage.group);
         let keep: Vec<usize> =
             (0..rows.len()).filter(|i| !(stage.drop_uniform_groups && uniform[i / stage.group])).collect();
-        let offsets = offsets(&lens);
-        let kept = |values: &[f32]| gather(values, &offsets, &keep);
+        let all_offsets = offsets(&lens);
+        let kept = |values: &[f32]| gather(values, &all_offsets, &keep);
         let kept_rows: Vec<Vec<u32>> = keep.iter().map(|&i| rows[i].clone()).collect();
         let kept_lens: Vec<usize> = keep.iter().map(|&i| lens[i]).collect();
         let kept_old = old_logprob.as_deref().map(kept);
@@ -393,7 +395,7 @@ pub fn run(ctx: &RunContext, stage: &GrpoStage, dir: &Path) -> Result<StageOutpu
         let sampler_logprob = kept_old.or_else(|| update.as_ref().and_then(|u| u.sampled_logprob.clone()));
         let sequence_kl: Vec<f64> = match &sampler_logprob {
             Some(logprob) => {
-                let kept_offsets = crate::train::rl::advantages::offsets(&kept_lens);
+                let kept_offsets = offsets(&kept_lens);
                 kept_offsets
                     .windows(2)
                     .map(|w| {

@@ -142,6 +142,19 @@ enum BenchCommand {
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
+    /// GRPO steps/s and generated tokens/s of SmolLM2-135M-Instruct on arithmetic problems,
+    /// against TRL's GRPOTrainer on the same weights, prompts and reward (bench/grpo_reference.py).
+    Grpo {
+        /// Python with torch and trl installed (default: the venv bench/setup.sh makes in the cache).
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// Timed steps on each side (after one warm-up step).
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Threads on each side (PyTorch's intra-op threads, candle's pool).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -224,7 +237,11 @@ fn run() -> Result<()> {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     let cli = Cli::parse();
     let threads = match &cli.command {
-        Command::Bench(BenchCommand::Generate { threads, .. } | BenchCommand::Train { threads, .. }) => Some(*threads),
+        Command::Bench(
+            BenchCommand::Generate { threads, .. }
+            | BenchCommand::Train { threads, .. }
+            | BenchCommand::Grpo { threads, .. },
+        ) => Some(*threads),
         _ => None,
     };
     fix_thread_count(threads);
@@ -303,6 +320,7 @@ fn run() -> Result<()> {
             bench_train(python, steps, peak_gflops, threads, profile)
         }
         Command::Bench(BenchCommand::Generate { python, repeats, threads }) => bench_generate(python, repeats, threads),
+        Command::Bench(BenchCommand::Grpo { python, steps, threads }) => bench_grpo(python, steps, threads),
     }
 }
 
@@ -342,6 +360,41 @@ fn bench_generate(python: Option<PathBuf>, repeats: usize, threads: usize) -> Re
         println!("| {} | {:.0} | {:.0} |", r.implementation, r.tokens_per_s, r.peak_rss_mib);
     }
     println!("\ntriad / PyTorch = {:.2}x tokens/s", ours.tokens_per_s / reference.tokens_per_s);
+    Ok(())
+}
+
+fn bench_grpo(python: Option<PathBuf>, steps: usize, threads: usize) -> Result<()> {
+    use triad::bench::grpo::{self, GrpoBenchConfig};
+    let config = GrpoBenchConfig::smollm2(steps, threads);
+    println!(
+        "workload: GRPO of smollm2-135m-instruct on arithmetic problems in its chat template, {} prompts x {} \
+         responses of at most {} tokens a step (temperature {}), math-answer reward, KL {} (k3), one AdamW step a \
+         batch; mean of {steps} steps after {} warm-up; {threads} threads",
+        config.prompts, config.group, config.max_new_tokens, config.temperature, config.kl_coef, config.warmup
+    );
+    let (python, script) = reference_script(python, "grpo_reference.py")?;
+    let (ours, reference) =
+        grpo::bench_grpo(&config, &python, &script, &find_workspace()?).with_context(|| reference_help(&python))?;
+    println!(
+        "| implementation | s/step | generated tokens/s | mean response tokens | reward share | peak RSS MiB |\n\
+         |---|---|---|---|---|---|"
+    );
+    for r in [&ours, &reference] {
+        println!(
+            "| {} | {:.2} | {:.1} | {:.1} | {:.3}% | {:.0} |",
+            r.implementation,
+            r.seconds_per_step,
+            r.tokens_per_s,
+            r.response_length,
+            100.0 * r.reward_share,
+            r.peak_rss_mib
+        );
+    }
+    println!(
+        "\ntriad / TRL = {:.2}x steps/s, {:.2}x generated tokens/s",
+        reference.seconds_per_step / ours.seconds_per_step,
+        ours.tokens_per_s / reference.tokens_per_s
+    );
     Ok(())
 }
 

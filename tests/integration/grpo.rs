@@ -99,6 +99,8 @@ fn grpo_and_rloo_train_on_a_verifiable_reward_and_log_every_diagnostic() {
         "train/accuracy",
         "time/iteration_seconds",
         "time/plugin_share",
+        "time/generation_seconds",
+        "time/update_seconds",
         "train/policy_loss",
         "train/clip_fraction",
         "train/clip_fraction/low",

@@ -3,7 +3,8 @@
 //! saved weights. Pretraining has its own such test (`pretrain.rs`); here every other kind: SFT
 //! (the example order), the reward model, PPO (the optimizer's own step count, the KL
 //! coefficient, the reward statistics, the sampling and shuffling seeds), DPO (its judged pairs
-//! read back from the stage folder) and evaluation (which keeps no checkpoint: killed, it runs
+//! read back from the stage folder), GRPO (groups of samples, several epochs of minibatches) and
+//! evaluation (which keeps no checkpoint: killed, it runs
 //! again and writes the same answers and figures).
 
 use crate::support;
@@ -42,6 +43,10 @@ Experiment(
             pairs: Judged(prompts: (data: "reviews", format: Continuation(words: 3), limit: 32), samples: 3,
                 judge: [Model(stage: "rm"), Plugin(name: "length", weight: 0.5)], generation: (max_new_tokens: 10), held_out: 16),
             train: (steps: 10, batch: 4, lr: 1e-3, eval_batches: 2, checkpoint_every: 2)),
+        Grpo(name: "grpo", policy: "sft", prompts: (data: "reviews", format: Continuation(words: 3)),
+            reward: [Model(stage: "rm"), Plugin(name: "length", weight: 0.5)], group: 4, kl_coef: 0.05,
+            generation: (max_new_tokens: 10),
+            train: (steps: 10, prompts: 2, epochs: 2, minibatch: 4, lr: 1e-3, eval_prompts: 8, checkpoint_every: 2)),
         Eval(name: "eval", models: ["sft", "ppo"], prompts_of: "ppo", max_prompts: 64,
             generation: (max_new_tokens: 10), win_rate: (a: "ppo", b: "sft", judge: RewardModel("rm"))),
     ],
@@ -117,10 +122,21 @@ fn reached(dir: &Path, name: &str, at: u64) -> bool {
 
 #[test]
 fn every_stage_kind_killed_mid_stage_resumes_bit_for_bit() {
-    const STAGES: [&str; 5] = ["sft", "rm", "ppo", "dpo", "eval"];
+    const STAGES: [&str; 6] = ["sft", "rm", "ppo", "dpo", "grpo", "eval"];
     // Early and late in each training stage; evaluation as soon as it starts.
-    const KILLS: [(&str, u64); 9] =
-        [("sft", 2), ("sft", 6), ("rm", 2), ("rm", 8), ("ppo", 2), ("ppo", 6), ("dpo", 2), ("dpo", 6), ("eval", 0)];
+    const KILLS: [(&str, u64); 11] = [
+        ("sft", 2),
+        ("sft", 6),
+        ("rm", 2),
+        ("rm", 8),
+        ("ppo", 2),
+        ("ppo", 6),
+        ("dpo", 2),
+        ("dpo", 6),
+        ("grpo", 2),
+        ("grpo", 6),
+        ("eval", 0),
+    ];
     let whole = scratch("whole");
     run_to_end(&whole);
     for (name, at) in KILLS {

@@ -3,7 +3,8 @@
 //! `triad bench generate`: the same for batched greedy generation with a KV cache
 //! (`bench/generate_reference.py`). `triad bench train --pretrained smollm2-135m-instruct`: training
 //! a real pretrained model, PyTorch running the same weights on the same batches
-//! (`bench/train_pretrained_reference.py`).
+//! (`bench/train_pretrained_reference.py`). `triad bench grpo`: the GRPO stage against TRL's
+//! `GRPOTrainer` ([`grpo`]). The benchmarks sit above the stages: they run what users run.
 //!
 //! Workload: GPT-2 style, vocabulary 4096, context 256, 4 layers, 4 heads, width 256, batch 8,
 //! f32, AdamW with decoupled weight decay, clipping at 1.0. Each side times the whole step
@@ -18,6 +19,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 
+pub mod grpo;
 pub mod peak;
 pub mod profile;
 

@@ -17,9 +17,10 @@
 //!
 //! Logged every iteration: reward (and each term), the within-group spread, the share of groups
 //! without signal, accuracy (when a reward term says what is correct), KL to the reference
-//! (summed over each response), clip fractions, entropy, response length, and the share of the
-//! iteration spent inside plugins. Held-out prompts are scored every `eval_every` iterations.
-//! Checkpoints hold the weights and the optimizer, so an interrupted run resumes where it stopped.
+//! (summed over each response), clip fractions, entropy, response length, the seconds spent
+//! sampling and updating, and the share of the iteration spent inside plugins. Held-out prompts
+//! are scored every `eval_every` iterations. Checkpoints hold the weights and the optimizer, so
+//! an interrupted run resumes where it stopped.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -347,6 +348,7 @@ pub fn run(ctx: &RunContext, stage: &GrpoStage, dir: &Path) -> Result<StageOutpu
             ..sampling.clone()
         };
         let episodes = sample(&policy, &picked, &config, step)?;
+        let generation_seconds = iteration_started.elapsed().as_secs_f64();
         let (rows, lens) = rollout::rows(&episodes);
 
         // 2. Rewards, scored by the plugins' pool while the host computes log-probs.
@@ -385,11 +387,13 @@ pub fn run(ctx: &RunContext, stage: &GrpoStage, dir: &Path) -> Result<StageOutpu
             advantages: &kept_advantages,
         };
         let config = GroupUpdateConfig { minibatch: minibatch.min(keep.len().max(1)), ..update_config };
+        let update_started = Instant::now();
         let update = if keep.is_empty() {
             None
         } else {
             Some(update_group(&policy, &vars, &mut optimizer, &batch, step, pad, &config).map_err(&rl)?)
         };
+        let update_seconds = update_started.elapsed().as_secs_f64();
         // The KL of each response the update used to the reference, under the policy that
         // sampled it (in one step, the update's own pass was that policy's).
         let sampler_logprob = kept_old.or_else(|| update.as_ref().and_then(|u| u.sampled_logprob.clone()));
@@ -435,6 +439,8 @@ pub fn run(ctx: &RunContext, stage: &GrpoStage, dir: &Path) -> Result<StageOutpu
         let iteration_seconds = iteration_started.elapsed().as_secs_f64();
         let update_plugin_seconds = stats.as_ref().map_or(0.0, |s| s.plugin_seconds);
         row.push(("time/iteration_seconds".into(), iteration_seconds));
+        row.push(("time/generation_seconds".into(), generation_seconds));
+        row.push(("time/update_seconds".into(), update_seconds));
         row.push(("time/plugin_share".into(), (scored.plugin_seconds + update_plugin_seconds) / iteration_seconds));
         if let Some(stats) = stats {
             row.extend(stats.metrics.into_iter().map(|(n, v)| (format!("train/{n}"), v)));

@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 use super::{RlError, model, tensor};
 use crate::model::reward::pad_rows;
 use crate::model::{Model, ScalarHead};
-use crate::train::token_logprobs;
 
 /// Where the value estimate comes from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,11 +109,11 @@ pub fn policy_pass(
     let positions = prediction_positions(rows, response_lens, t);
     let index = Tensor::from_vec(positions.clone(), positions.len(), device).map_err(&t_err)?;
     let hidden = policy.hidden(&tokens, false).map_err(&m_err)?;
-    let logits = policy.lm_logits(&hidden).map_err(&m_err)?;
-    let v = logits.dim(2).map_err(&t_err)?;
+    // The LM head only where a response token is predicted: (B, T, D) -> (1, N, D) -> (N, V).
+    // Prompts and padding are about half of a batch, and (B, T, V) logits its largest tensor.
+    let at_response = response_states(&hidden, &index).map_err(&t_err)?;
+    let flat_logits = policy.lm_logits(&at_response).map_err(&m_err)?.squeeze(0).map_err(&t_err)?;
     let next = Tensor::from_vec(next_tokens(rows, t, pad), b * t, device).map_err(&t_err)?;
-    // (B*T, V) -> the (N, V) rows that predict response tokens.
-    let flat_logits = logits.reshape((b * t, v)).and_then(|l| l.index_select(&index, 0)).map_err(&t_err)?;
     let logp = candle_nn::ops::log_softmax(&flat_logits, D::Minus1).map_err(&t_err)?;
     let targets = next.index_select(&index, 0).map_err(&t_err)?;
     let logprob = targets.unsqueeze(1).and_then(|t| logp.gather(&t, 1)).and_then(|l| l.squeeze(1)).map_err(&t_err)?;
@@ -122,6 +121,12 @@ pub fn policy_pass(
     let entropy =
         logp.exp().and_then(|p| p * &logp).and_then(|x| x.sum(D::Minus1)).and_then(|x| x.neg()).map_err(&t_err)?;
     Ok(PolicyPass { logprob, entropy, tokens, hidden, index })
+}
+
+/// The states (1, N, D) at flat positions `index` (N) of `hidden` (B, T, D).
+fn response_states(hidden: &Tensor, index: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, t, d) = hidden.dims3()?;
+    hidden.reshape((b * t, d))?.index_select(index, 0)?.unsqueeze(0)
 }
 
 /// Flat indices (row * T + position) of the positions whose next token is a response token,
@@ -165,12 +170,16 @@ pub fn reference_logprobs(
     for (rows, lens) in rows.chunks(chunk).zip(lens.chunks(chunk)) {
         let (tokens, _) = pad_rows(rows, pad, device).map_err(&m_err)?;
         let (b, t) = tokens.dims2().map_err(&t_err)?;
-        let next = Tensor::from_vec(next_tokens(rows, t, pad), (b, t), device).map_err(&t_err)?;
-        let logits = reference.forward(&tokens, false).map_err(&m_err)?;
-        let logprobs = token_logprobs(&logits, &next).and_then(|l| l.flatten_all()).map_err(&t_err)?;
         let positions = prediction_positions(rows, lens, t);
         let index = Tensor::from_vec(positions.clone(), positions.len(), device).map_err(&t_err)?;
-        out.extend(logprobs.index_select(&index, 0).and_then(|l| l.to_vec1::<f32>()).map_err(&t_err)?);
+        let next = Tensor::from_vec(next_tokens(rows, t, pad), b * t, device)
+            .and_then(|n| n.index_select(&index, 0)?.unsqueeze(0))
+            .map_err(&t_err)?;
+        // The fused LM head and cross-entropy at the response positions: no logits are made.
+        let hidden = reference.hidden(&tokens, false).map_err(&m_err)?;
+        let at_response = response_states(&hidden, &index).map_err(&t_err)?;
+        let nll = reference.token_nll(&at_response, &next).map_err(&m_err)?;
+        out.extend(nll.neg().and_then(|l| l.flatten_all()?.to_vec1::<f32>()).map_err(&t_err)?);
     }
     Ok(out)
 }
@@ -195,15 +204,15 @@ pub fn sequence_kl(
     let mut out = Vec::with_capacity(rows.len());
     for (rows, lens) in rows.chunks(chunk.max(1)).zip(lens.chunks(chunk.max(1))) {
         let (tokens, _) = pad_rows(rows, pad, device).map_err(&m_err)?;
-        let (b, t) = tokens.dims2().map_err(&t_err)?;
+        let t = tokens.dim(1).map_err(&t_err)?;
         let positions = prediction_positions(rows, lens, t);
         let index = Tensor::from_vec(positions.clone(), positions.len(), device).map_err(&t_err)?;
-        // (B, T, V) -> (N, V) log-probs at the positions predicting response tokens.
+        // (N, V) log-probs at the positions predicting response tokens.
         let at_positions = |model: &Model| -> Result<Tensor, RlError> {
-            let logits = model.forward(&tokens, false).map_err(&m_err)?;
-            let v = logits.dim(2).map_err(&t_err)?;
-            let flat = logits.reshape((b * t, v)).and_then(|l| l.index_select(&index, 0)).map_err(&t_err)?;
-            candle_nn::ops::log_softmax(&flat, D::Minus1).map_err(&t_err)
+            let hidden = model.hidden(&tokens, false).map_err(&m_err)?;
+            let at_response = response_states(&hidden, &index).map_err(&t_err)?;
+            let logits = model.lm_logits(&at_response).map_err(&m_err)?;
+            logits.squeeze(0).and_then(|l| candle_nn::ops::log_softmax(&l, D::Minus1)).map_err(&t_err)
         };
         let (logp, logq) = (at_positions(policy)?, at_positions(reference)?);
         let per_token = (logp.exp().map_err(&t_err)? * (logp - logq).map_err(&t_err)?)
@@ -222,6 +231,55 @@ pub fn sequence_kl(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// log_softmax of the full (B, T, V) logits, read at the positions predicting responses:
+    /// what the passes compute, the long way.
+    fn plain_logprobs(model: &Model, rows: &[Vec<u32>], lens: &[usize], pad: u32) -> Vec<f32> {
+        let (tokens, _) = pad_rows(rows, pad, model.device()).unwrap();
+        let t = tokens.dim(1).unwrap();
+        let logp = candle_nn::ops::log_softmax(&model.forward(&tokens, false).unwrap(), D::Minus1).unwrap();
+        let logp: Vec<Vec<Vec<f32>>> = logp.to_vec3().unwrap();
+        let next = next_tokens(rows, t, pad);
+        prediction_positions(rows, lens, t)
+            .into_iter()
+            .map(|p| {
+                let (r, i) = (p as usize / t, p as usize % t);
+                logp[r][i][next[p as usize] as usize]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn response_logprobs_equal_the_full_logits_long_way() {
+        use crate::model::{GptConfig, ModelConfig};
+        let config = ModelConfig::Gpt(GptConfig {
+            vocab_size: 61,
+            context: 16,
+            layers: 2,
+            heads: 2,
+            d_model: 16,
+            dropout: 0.0,
+            bias: true,
+        });
+        let model = Model::new(&config, &candle_core::Device::Cpu, 5).unwrap();
+        let reference = Model::new(&config, &candle_core::Device::Cpu, 6).unwrap();
+        // Rows of different lengths (padding), prompts of 3 and 1 tokens.
+        let rows = vec![vec![1, 2, 3, 40, 41, 42, 43], vec![7, 8, 9], vec![5, 60, 59, 58, 57, 56]];
+        let lens = [4, 2, 5];
+        let expected = plain_logprobs(&model, &rows, &lens, 0);
+        let pass = policy_pass(&model, &rows, &lens, 0).unwrap().logprob.to_vec1::<f32>().unwrap();
+        let fused = reference_logprobs(&model, &rows, &lens, 2, 0).unwrap();
+        assert_eq!(expected.len(), 11);
+        for (i, e) in expected.iter().enumerate() {
+            assert!((pass[i] - e).abs() < 1e-5, "policy pass at {i}: {} vs {e}", pass[i]);
+            assert!((fused[i] - e).abs() < 1e-5, "reference log-probs at {i}: {} vs {e}", fused[i]);
+        }
+        // KL of a model to itself is 0; to another model, positive.
+        let to_itself = sequence_kl(&model, &model, &rows, &lens, 2, 0).unwrap();
+        assert!(to_itself.iter().all(|k| k.abs() < 1e-5), "{to_itself:?}");
+        let to_other = sequence_kl(&model, &reference, &rows, &lens, 2, 0).unwrap();
+        assert!(to_other.iter().all(|&k| k > 0.0), "{to_other:?}");
+    }
 
     #[test]
     fn response_tokens_are_predicted_one_position_earlier() {

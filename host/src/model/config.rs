@@ -187,6 +187,22 @@ fn positive(family: &str, sizes: &[(&str, usize)]) -> Result<(), ModelError> {
     Ok(())
 }
 
+#[cfg(test)]
+impl ModelConfig {
+    /// A GPT small enough for unit tests: 2 layers, 2 heads, width 16, context 16, no dropout.
+    pub(crate) fn tiny_gpt(vocab_size: usize) -> ModelConfig {
+        ModelConfig::Gpt(GptConfig {
+            vocab_size,
+            context: 16,
+            layers: 2,
+            heads: 2,
+            d_model: 16,
+            dropout: 0.0,
+            bias: true,
+        })
+    }
+}
+
 impl ModelConfig {
     /// Refuses sizes the model cannot be built with, naming the field.
     pub fn validate(&self) -> Result<(), ModelError> {

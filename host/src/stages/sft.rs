@@ -439,16 +439,7 @@ mod tests {
 
     #[test]
     fn changing_a_prompt_tokens_target_changes_neither_loss_nor_gradients() {
-        use crate::model::{GptConfig, ModelConfig};
-        let config = ModelConfig::Gpt(GptConfig {
-            vocab_size: 50,
-            context: 16,
-            layers: 2,
-            heads: 2,
-            d_model: 16,
-            dropout: 0.0,
-            bias: true,
-        });
+        let config = crate::model::ModelConfig::tiny_gpt(50);
         let model = Model::new(&config, &Device::Cpu, 3).expect("model");
         let example = Encoded { tokens: vec![5, 6, 7, 8, 30, 31, 32, 1], prompt_len: 4 };
         let batch = SftBatch::from_rows(&[&example], 0);

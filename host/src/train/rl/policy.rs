@@ -251,16 +251,7 @@ mod tests {
 
     #[test]
     fn response_logprobs_equal_the_full_logits_long_way() {
-        use crate::model::{GptConfig, ModelConfig};
-        let config = ModelConfig::Gpt(GptConfig {
-            vocab_size: 61,
-            context: 16,
-            layers: 2,
-            heads: 2,
-            d_model: 16,
-            dropout: 0.0,
-            bias: true,
-        });
+        let config = crate::model::ModelConfig::tiny_gpt(61);
         let model = Model::new(&config, &candle_core::Device::Cpu, 5).unwrap();
         let reference = Model::new(&config, &candle_core::Device::Cpu, 6).unwrap();
         // Rows of different lengths (padding), prompts of 3 and 1 tokens.

@@ -175,15 +175,18 @@ impl<W: World> Pool<W> {
         Ok(Instance { store, world })
     }
 
-    /// Split `items` into calls of at most `max_records_per_call`, spread them over the workers
-    /// (all on worker 0, in order, for a stateful plugin), and return the per-chunk results in
-    /// the order of the chunks. `body` gets the chunk and its offset in `items`.
+    /// Split `items` into calls of at most `max_records_per_call`, and into at least one call
+    /// per worker, spread them over the workers (all on worker 0, in order, for a stateful
+    /// plugin), and return the per-chunk results in the order of the chunks. `body` gets the
+    /// chunk and its offset in `items`.
     pub fn map_chunks<T: Sync, R: Send>(
         &self,
         items: &[T],
         body: impl Fn(&Self, usize, &[T], usize) -> Result<R, PluginError> + Sync,
     ) -> Result<Vec<R>, PluginError> {
-        let chunk_size = self.limits.max_records_per_call.max(1);
+        // A batch below the record cap (a GRPO step's answers) still spreads over every worker.
+        let per_worker = items.len().div_ceil(self.workers.len()).max(1);
+        let chunk_size = self.limits.max_records_per_call.max(1).min(per_worker);
         let chunks: Vec<(usize, &[T])> =
             items.chunks(chunk_size).enumerate().map(|(i, c)| (i * chunk_size, c)).collect();
         let workers = self.workers.len().min(chunks.len());

@@ -7,9 +7,9 @@
 //! 1. draws `prompts` training prompts (a pure function of seed and iteration) and samples a
 //!    group of `group` responses to each from the current policy;
 //! 2. scores every response with the weighted sum of reward plugins and reward models (a reward
-//!    plugin checks a response against the prompt's reference answer, as a math reward does),
-//!    while the host computes the log-probs of the sampled tokens under the sampling policy and
-//!    the reference;
+//!    plugin checks a response against the prompt's reference answer, as a math reward does) on
+//!    the plugin pool, and computes the log-probs of the sampled tokens under the sampling policy
+//!    and the reference (on a GPU, while the pool scores);
 //! 3. turns each group's rewards into advantages ([`crate::train::grpo`]), optionally leaving
 //!    out the groups whose rewards are all equal;
 //! 4. runs `epochs` passes of minibatches of the clipped loss plus the KL penalty (native, or a
@@ -351,17 +351,23 @@ pub fn run(ctx: &RunContext, stage: &GrpoStage, dir: &Path) -> Result<StageOutpu
         let generation_seconds = iteration_started.elapsed().as_secs_f64();
         let (rows, lens) = rollout::rows(&episodes);
 
-        // 2. Rewards, scored by the plugins' pool while the host computes log-probs.
-        let (scored, logprobs) = std::thread::scope(|scope| {
-            let scoring = scope.spawn(|| score(&scorers, &episodes, end, pad, stage.reward_limit));
-            let logprobs = (|| -> Result<(Option<Vec<f32>>, Vec<f32>), RlError> {
-                let old =
-                    if one_step { None } else { Some(reference_logprobs(&policy, &rows, &lens, logprob_rows, pad)?) };
-                Ok((old, reference_logprobs(&reference, &rows, &lens, logprob_rows, pad)?))
-            })();
-            let scored = scoring.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            (scored, logprobs)
-        });
+        // 2. Rewards, scored by the plugins' pool on every core, and the log-probs of the
+        // sampling policy and the reference. On a GPU the host's passes run while the pool
+        // scores; on the CPU both want every core, and taking turns beats sharing them.
+        let logprobs = || -> Result<(Option<Vec<f32>>, Vec<f32>), RlError> {
+            let old = if one_step { None } else { Some(reference_logprobs(&policy, &rows, &lens, logprob_rows, pad)?) };
+            Ok((old, reference_logprobs(&reference, &rows, &lens, logprob_rows, pad)?))
+        };
+        let scoring = || score(&scorers, &episodes, end, pad, stage.reward_limit);
+        let (scored, logprobs) = if ctx.device.is_cpu() {
+            (scoring(), logprobs())
+        } else {
+            std::thread::scope(|scope| {
+                let scored = scope.spawn(scoring);
+                let logprobs = logprobs();
+                (scored.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), logprobs)
+            })
+        };
         let scored = scored.map_err(&rl)?;
         let (old_logprob, ref_logprob) = logprobs.map_err(&rl)?;
 

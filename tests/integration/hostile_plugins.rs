@@ -24,6 +24,11 @@ fn hostile() -> triad::plugins::RewardPlugin {
     support::load("hostile-reward", "{}").into_reward().expect("hostile-reward is a reward plugin")
 }
 
+/// The hostile reward on one instance, so that a batch is one call and a message can name its size.
+fn hostile_one_call() -> triad::plugins::RewardPlugin {
+    support::load_one_instance("hostile-reward", "{}").into_reward().expect("hostile-reward is a reward plugin")
+}
+
 #[test]
 fn infinite_loop_is_stopped_by_the_deadline() {
     let plugin = hostile();
@@ -83,7 +88,7 @@ fn non_finite_scores_are_refused_with_their_record() {
 
 #[test]
 fn a_wrong_number_of_outputs_is_refused() {
-    let plugin = hostile();
+    let plugin = hostile_one_call();
     let err = plugin.score(&[episode("a"), episode("wrong-count"), episode("c")]).expect_err("2 outputs for 3");
     assert!(err.to_string().contains("returned 2 outputs for 3 inputs"), "{err}");
     still_serving(&plugin);
@@ -219,7 +224,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn a_blame_outside_the_batch_is_reported_not_believed() {
-    let plugin = hostile();
+    let plugin = hostile_one_call();
     let err = plugin.score(&[episode("a"), episode("blame-far"), episode("b")]).expect_err("an error");
     assert_eq!(err.record, None, "{err}");
     assert!(err.to_string().contains("it blamed record 4000000000 of a call of 3"), "{err}");

@@ -3,7 +3,7 @@
 //! top-level module sits on a floor,
 //!
 //! ```text
-//! main -> stages, bench -> experiment -> train -> model, data -> plugins -> runs -> util
+//! main -> bench -> stages -> experiment -> train -> model, data -> plugins -> runs -> util
 //! ```
 //!
 //! and may import only modules on floors below its own; modules on one floor never import each
@@ -18,7 +18,8 @@ use crate::support;
 /// Floors, highest first.
 const FLOORS: &[&[&str]] = &[
     &["main"],
-    &["stages", "bench"],
+    &["bench"],
+    &["stages"],
     &["experiment"],
     &["train"],
     &["model", "data"],

@@ -43,6 +43,19 @@ pub fn load_with(name: &str, config: &str, limits: Limits) -> Plugin {
     Plugin::load(&Sandbox::shared(), &spec).unwrap_or_else(|e| panic!("loading {name}: {e}"))
 }
 
+/// Load a plugin by crate name with a JSON config on one instance: a batch is one call (below
+/// the record cap), whatever the machine's cores.
+pub fn load_one_instance(name: &str, config: &str) -> Plugin {
+    let spec = PluginSpec {
+        name: name.into(),
+        path: wasm(name),
+        config: config.into(),
+        limits: Limits::default(),
+        workers: Some(1),
+    };
+    Plugin::load(&Sandbox::shared(), &spec).unwrap_or_else(|e| panic!("loading {name}: {e}"))
+}
+
 /// The human-rated movie review snippets: (mean rating, text).
 pub fn movie_snippets() -> Vec<(f64, String)> {
     let path = triad::util::packages::MOVIE_REVIEW_SNIPPETS.fetch().expect("fetching review snippets");

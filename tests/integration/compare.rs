@@ -23,10 +23,7 @@ const STEPS: u64 = 20;
 
 /// A fresh, empty folder for one test.
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("triad-compare-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch folder");
-    dir
+    support::scratch(&format!("compare-{name}"))
 }
 
 /// The pretraining loss curve of a run: decays with the step, offset by seed and KL target so

@@ -66,10 +66,7 @@ fn bpe() -> &'static Tokenizer {
 
 /// A fresh folder for one test's files.
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("triad-data-prep-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp folder");
-    dir
+    support::scratch(&format!("data-prep-{name}"))
 }
 
 #[test]

@@ -18,14 +18,7 @@ use triad::runs::metrics::read_rows;
 use triad::stages::pairs::{Pair, read_pairs};
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("triad-dpo-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
-}
-
-fn plugin_dir(name: &str) -> String {
-    support::workspace().join("plugins").join(name).display().to_string()
+    support::scratch(&format!("dpo-{name}"))
 }
 
 /// The experiment's head: the review snippets, the plugins, a small model.
@@ -52,9 +45,9 @@ Experiment(
         Pretrain(name: "base", data: "reviews", filters: ["length"], train: (steps: 30, batch: 8, lr: 3e-3, eval_batches: 2)),
 "#
     .replace("NAME", name)
-    .replace("{LENGTH}", &plugin_dir("length-filter"))
-    .replace("{VADER}", &plugin_dir("lexicon-sentiment"))
-    .replace("{DPO}", &plugin_dir("dpo"))
+    .replace("{LENGTH}", &support::plugin_dir("length-filter"))
+    .replace("{VADER}", &support::plugin_dir("lexicon-sentiment"))
+    .replace("{DPO}", &support::plugin_dir("dpo"))
 }
 
 const JUDGED: &str = r#"

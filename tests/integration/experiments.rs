@@ -11,14 +11,7 @@ use std::process::{Command, Output};
 use triad::experiment::parse_experiment;
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("triad-experiments-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
-}
-
-fn plugin_dir(name: &str) -> String {
-    support::workspace().join("plugins").join(name).display().to_string()
+    support::scratch(&format!("experiments-{name}"))
 }
 
 /// A small but complete pipeline on the real review snippets, from `{PLUGINS}` paths.
@@ -58,9 +51,9 @@ Experiment(
     ],
 )
 "#
-    .replace("{LENGTH}", &plugin_dir("length-filter"))
-    .replace("{VADER}", &plugin_dir("lexicon-sentiment"))
-    .replace("{ROUGE}", &plugin_dir("rouge"))
+    .replace("{LENGTH}", &support::plugin_dir("length-filter"))
+    .replace("{VADER}", &support::plugin_dir("lexicon-sentiment"))
+    .replace("{ROUGE}", &support::plugin_dir("rouge"))
     .replace("PPO_LR", ppo_lr)
     .replace("REWARD", reward)
 }
@@ -242,7 +235,7 @@ fn malformed_experiments_fail_before_training_with_where_and_how() {
         ("unknown field", valid().replace("min_gap: 1.5", "min_gapp: 1.5"), vec!["bad.ron:", "min_gapp", "did you mean `min_gap`"]),
         ("misspelt stage kind", valid().replace("RewardModel(", "RewardModle("), vec!["bad.ron:", "RewardModle", "did you mean `RewardModel`"]),
         ("missing plugin file", valid().replace("plugins/rouge", "plugins/no-such-plugin"), vec!["bad.ron:", "plugin `rouge`", "no-such-plugin", "does not exist"]),
-        ("missing plugin file, relative path", valid().replace(&plugin_dir("rouge"), "no-such-plugin"), vec!["bad.ron:", "`no-such-plugin` does not exist", "no-such-plugin is relative to the experiment file's folder)"]),
+        ("missing plugin file, relative path", valid().replace(&support::plugin_dir("rouge"), "no-such-plugin"), vec!["bad.ron:", "`no-such-plugin` does not exist", "no-such-plugin is relative to the experiment file's folder)"]),
         ("unknown stage", valid().replace(r#"policy: "sft""#, r#"policy: "sfy""#), vec!["bad.ron:", "`ppo` reads stage `sfy`", "does not exist", "did you mean `sft`?"]),
         ("a cycle", valid().replace(r#"Sft(name: "sft", from: "base""#, r#"Sft(name: "sft", from: "ppo""#), vec!["bad.ron:", "cycle", "`sft` -> `ppo` -> `sft`"]),
         ("wrong type", valid().replace("steps: 30,", r#"steps: "thirty","#), vec!["bad.ron:20:", "`steps`", "whole number"]),

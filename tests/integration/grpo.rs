@@ -17,14 +17,7 @@ use std::process::{Command, Output};
 use triad::runs::metrics::read_rows;
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("triad-grpo-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
-}
-
-fn plugin_dir(name: &str) -> String {
-    support::workspace().join("plugins").join(name).display().to_string()
+    support::scratch(&format!("grpo-{name}"))
 }
 
 fn experiment() -> String {
@@ -55,8 +48,8 @@ Experiment(
     ],
 )
 "#
-    .replace("{MATH}", &plugin_dir("math-answer"))
-    .replace("{CLIP}", &plugin_dir("ppo-clip"))
+    .replace("{MATH}", &support::plugin_dir("math-answer"))
+    .replace("{CLIP}", &support::plugin_dir("ppo-clip"))
 }
 
 fn triad(dir: &Path, args: &[&str]) -> Output {

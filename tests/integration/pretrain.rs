@@ -24,9 +24,7 @@ Experiment(
 "#;
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("triad-pretrain-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let dir = support::scratch(&format!("pretrain-{name}"));
     std::fs::write(dir.join("experiment.ron"), EXPERIMENT).expect("write experiment");
     dir
 }

@@ -56,9 +56,7 @@ Experiment(
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("triad-resume-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let dir = support::scratch(&format!("resume-{name}"));
     std::fs::write(dir.join("e.ron"), experiment()).expect("write experiment");
     dir
 }

@@ -1,4 +1,5 @@
-//! Shared by the integration tests: where the workspace is, and every plugin crate built once.
+//! Shared by the integration tests: where the workspace is, scratch folders, and every plugin
+//! crate built once.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -9,6 +10,19 @@ use triad::plugins::{Limits, Plugin, PluginSpec, Sandbox, build};
 /// The workspace root.
 pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ has a parent").to_path_buf()
+}
+
+/// An empty folder for one test, `triad-<name>-<pid>` in the system's temporary folder.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("triad-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch folder");
+    dir
+}
+
+/// The folder of bundled plugin `name`, as an experiment file names it.
+pub fn plugin_dir(name: &str) -> String {
+    workspace().join("plugins").join(name).display().to_string()
 }
 
 /// The `.wasm` of a bundled plugin (`plugins/<name>`) or hostile test plugin

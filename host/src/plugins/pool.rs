@@ -190,7 +190,8 @@ impl<W: World> Pool<W> {
         let chunks: Vec<(usize, &[T])> =
             items.chunks(chunk_size).enumerate().map(|(i, c)| (i * chunk_size, c)).collect();
         let workers = self.workers.len().min(chunks.len());
-        // A batch call that traps names no record: run its records one by one to find which.
+        // A batch call that traps or overruns names no record: run its records one by one to
+        // find which.
         let body = |pool: &Self, worker: usize, chunk: &[T], offset: usize| {
             body(pool, worker, chunk, offset).map_err(|error| pool.blame(error, worker, chunk, offset, &body))
         };
@@ -225,10 +226,11 @@ impl<W: World> Pool<W> {
         results.into_iter().map(|r| r.expect("every chunk was assigned to a worker")).collect()
     }
 
-    /// The record to blame for a trap (a panic, an out-of-bounds access...) in a batch call that
-    /// did not say: the first record that traps alone, each on a fresh instance (a trap discards
-    /// the instance it happened in). Other errors, and traps no single record repeats, are
-    /// returned as they were.
+    /// The record to blame for a trap (a panic, an out-of-bounds access...) or an overrun
+    /// deadline in a batch call that did not say: the call's record when it had one, else the
+    /// first record that fails alone, each on a fresh instance (a trap discards the instance it
+    /// happened in). Other errors, and failures no single record repeats (a call whose records
+    /// together overran the deadline), are returned as they were.
     fn blame<T, R>(
         &self,
         error: PluginError,
@@ -237,9 +239,13 @@ impl<W: World> Pool<W> {
         offset: usize,
         body: &impl Fn(&Self, usize, &[T], usize) -> Result<R, PluginError>,
     ) -> PluginError {
-        let traps = matches!(error.problem, Problem::Panic(_) | Problem::Trap(_) | Problem::Stack);
-        if error.record.is_some() || !traps || chunk.len() < 2 {
+        let stopped =
+            matches!(error.problem, Problem::Panic(_) | Problem::Trap(_) | Problem::Stack | Problem::Deadline(_));
+        if error.record.is_some() || !stopped || chunk.is_empty() {
             return error;
+        }
+        if chunk.len() == 1 {
+            return error.at_record(offset);
         }
         (0..chunk.len())
             .find_map(|i| body(self, worker, &chunk[i..=i], offset + i).err().map(|e| (i, e)))

@@ -49,8 +49,9 @@ pub struct GrpoBenchConfig {
 }
 
 impl GrpoBenchConfig {
-    /// SmolLM2-135M-Instruct's GRPO on arithmetic as `experiments/arithmetic-grpo-smollm2.ron`
-    /// runs it: 4 problems x 8 responses of at most 64 tokens a step.
+    /// SmolLM2-135M-Instruct's GRPO on arithmetic in the shape of
+    /// `experiments/arithmetic-grpo-smollm2.ron`: 4 problems x 8 responses of at most 64 tokens a
+    /// step, temperature 0.7, KL 0.04 (the learning rate does not change a step's work).
     pub fn smollm2(steps: usize, threads: usize) -> Self {
         GrpoBenchConfig {
             prompts: 4,
@@ -68,6 +69,18 @@ impl GrpoBenchConfig {
 
     fn iterations(&self) -> usize {
         self.warmup + self.steps
+    }
+
+    /// The problems both sides draw from: twice those a run uses, as `Tail(valid_fraction: 0.5)`
+    /// leaves the first half to train.
+    fn problems(&self) -> arithmetic::Options {
+        arithmetic::Options {
+            seed: self.seed,
+            count: 2 * self.prompts * self.iterations(),
+            max_operand: 20,
+            operations: vec![ArithOp::Add, ArithOp::Subtract],
+            steps: 1,
+        }
     }
 }
 
@@ -114,7 +127,6 @@ fn bench_in(
     workspace: &Path,
     scratch: &Path,
 ) -> Result<(GrpoBenchResult, GrpoBenchResult), BenchError> {
-    let io = |what: &str, path: &Path, e: std::io::Error| BenchError::Failed(format!("{what} {}: {e}", path.display()));
     let model_dir = scratch.join("model");
     let loaded = pretrained::load("smollm2-135m-instruct", &candle_core::Device::Cpu)?;
     loaded.model.save(&model_dir)?;
@@ -122,15 +134,8 @@ fn bench_in(
     let tokenizer_path = model_dir.join("tokenizer.json");
     tokenizer.save(&tokenizer_path).map_err(|e| format!("writing {}: {e}", tokenizer_path.display()))?;
 
-    // Twice the problems a run uses: `Tail(valid_fraction: 0.5)` leaves the first half to train.
-    let train_count = config.prompts * config.iterations();
-    let options = arithmetic::Options {
-        seed: config.seed,
-        count: 2 * train_count,
-        max_operand: 20,
-        operations: vec![ArithOp::Add, ArithOp::Subtract],
-        steps: 1,
-    };
+    let options = config.problems();
+    let train_count = options.count / 2;
     let problems = arithmetic::generate(&options).map_err(|e| format!("generating problems: {e}"))?;
     let layout = Layout::new(&tokenizer, &Template::Chat { system: Some(SYSTEM.into()) }, Some(&loaded.chat))
         .map_err(|e| format!("the chat template: {e}"))?;
@@ -148,7 +153,8 @@ fn bench_in(
     }
     let prompts_path = scratch.join("prompts.jsonl");
     let lines: Vec<String> = rows.iter().map(|row| serde_json::to_string(row).expect("strings and numbers")).collect();
-    std::fs::write(&prompts_path, lines.join("\n") + "\n").map_err(|e| io("writing", &prompts_path, e))?;
+    std::fs::write(&prompts_path, lines.join("\n") + "\n")
+        .map_err(|e| format!("writing {}: {e}", prompts_path.display()))?;
 
     // TRL first: its process then starts from a small parent, not from ours at its peak.
     let mut command = Command::new(python);
@@ -165,6 +171,8 @@ fn bench_in(
         .args(["--steps", &config.steps.to_string(), "--threads", &config.threads.to_string()])
         .args(["--seed", &config.seed.to_string(), "--output-dir"])
         .arg(scratch.join("trl"));
+    // The reference prints nothing until it ends: say what is running.
+    tracing::info!(steps = config.iterations(), "TRL's side: GRPOTrainer on the same prompts");
     let reference: GrpoBenchResult = run_reference(&mut command, script)?;
 
     let ours = run_triad(config, workspace, scratch)?;
@@ -173,13 +181,30 @@ fn bench_in(
 
 /// triad's side: the GRPO stage of an experiment written to match the reference.
 fn run_triad(config: &GrpoBenchConfig, workspace: &Path, scratch: &Path) -> Result<GrpoBenchResult, BenchError> {
-    let plugin = workspace.join("plugins").join("math-answer");
-    let text = format!(
+    let text = experiment_text(config, &workspace.join("plugins").join("math-answer"));
+    let path = scratch.join("bench-grpo.ron");
+    std::fs::write(&path, &text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    let experiment = load_experiment(&path).map_err(|e| format!("the benchmark's experiment: {e}"))?;
+    let options = RunOptions { runs_root: scratch.join("runs"), force: Vec::new() };
+    let outcomes = run_experiment(&experiment, &path, &options).map_err(|e| format!("triad's GRPO stage: {e}"))?;
+    let stage_dir = outcomes
+        .first()
+        .and_then(|run| run.stages.first())
+        .map(|stage| stage.dir.clone())
+        .ok_or_else(|| "triad's run produced no stage".to_string())?;
+    summarise(config, &stage_dir)
+}
+
+/// The experiment triad's side runs: one Grpo stage matching the reference, rewarded by the
+/// `math-answer` plugin at `plugin`, never evaluating or checkpointing inside the timed steps.
+fn experiment_text(config: &GrpoBenchConfig, plugin: &Path) -> String {
+    let problems = config.problems();
+    format!(
         r#"Experiment(
     name: "bench-grpo",
     seed: {seed},
     data: {{
-        "problems": Arithmetic(seed: {seed}, count: {count}, max_operand: 20, operations: [Add, Subtract]),
+        "problems": Arithmetic(seed: {seed}, count: {count}, max_operand: {max_operand}, operations: {operations:?}),
     }},
     plugins: {{ "math": (path: {plugin:?}) }},
     model: Pretrained("smollm2-135m-instruct"),
@@ -197,7 +222,9 @@ fn run_triad(config: &GrpoBenchConfig, workspace: &Path, scratch: &Path) -> Resu
     ],
 )"#,
         seed = config.seed,
-        count = 2 * config.prompts * config.iterations(),
+        count = problems.count,
+        max_operand = problems.max_operand,
+        operations = problems.operations,
         plugin = plugin.display().to_string(),
         group = config.group,
         kl_coef = config.kl_coef,
@@ -207,18 +234,7 @@ fn run_triad(config: &GrpoBenchConfig, workspace: &Path, scratch: &Path) -> Resu
         prompts = config.prompts,
         lr = config.lr,
         never = config.iterations() + 1,
-    );
-    let path = scratch.join("bench-grpo.ron");
-    std::fs::write(&path, &text).map_err(|e| format!("writing {}: {e}", path.display()))?;
-    let experiment = load_experiment(&path).map_err(|e| format!("the benchmark's experiment: {e}"))?;
-    let options = RunOptions { runs_root: scratch.join("runs"), force: Vec::new() };
-    let outcomes = run_experiment(&experiment, &path, &options).map_err(|e| format!("triad's GRPO stage: {e}"))?;
-    let stage_dir = outcomes
-        .first()
-        .and_then(|run| run.stages.first())
-        .map(|stage| stage.dir.clone())
-        .ok_or_else(|| "triad's run produced no stage".to_string())?;
-    summarise(config, &stage_dir)
+    )
 }
 
 /// The timed steps' figures from the stage's metrics stream.
@@ -248,4 +264,23 @@ fn summarise(config: &GrpoBenchConfig, stage_dir: &Path) -> Result<GrpoBenchResu
         peak_rss_mib: peak_rss_mib(),
         reward_share: plugin_seconds / total,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stages::Stage;
+
+    #[test]
+    fn the_benchmark_experiment_is_a_valid_grpo_stage_of_the_configured_shape() {
+        let config = GrpoBenchConfig::smollm2(3, 2);
+        let plugin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/math-answer");
+        let text = experiment_text(&config, &plugin);
+        let experiment: crate::stages::Experiment =
+            crate::experiment::load::parse_experiment(Path::new("bench-grpo.ron"), &text).expect("valid experiment");
+        let [Stage::Grpo(grpo)] = experiment.stages.as_slice() else { panic!("one Grpo stage: {text}") };
+        assert_eq!((grpo.group, grpo.train.prompts, grpo.train.steps), (8, 4, 4));
+        assert_eq!(grpo.train.eval_prompts, 0);
+        assert_eq!(grpo.generation.max_new_tokens, 64);
+    }
 }

@@ -2,7 +2,7 @@
 //! trunk) and what it predicts at the positions that produced the response tokens; the frozen
 //! reference's log-probs at the same positions.
 
-use candle_core::{D, Tensor, Var};
+use candle_core::{D, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::{RlError, model, tensor};
@@ -106,8 +106,7 @@ pub fn policy_pass(
     let device = policy.device();
     let (tokens, _) = pad_rows(rows, pad, device).map_err(&m_err)?;
     let (b, t) = tokens.dims2().map_err(&t_err)?;
-    let positions = prediction_positions(rows, response_lens, t);
-    let index = Tensor::from_vec(positions.clone(), positions.len(), device).map_err(&t_err)?;
+    let index = response_index(rows, response_lens, t, device).map_err(&t_err)?;
     let hidden = policy.hidden(&tokens, false).map_err(&m_err)?;
     // The LM head only where a response token is predicted: (B, T, D) -> (1, N, D) -> (N, V).
     // Prompts and padding are about half of a batch, and (B, T, V) logits its largest tensor.
@@ -121,6 +120,13 @@ pub fn policy_pass(
     let entropy =
         logp.exp().and_then(|p| p * &logp).and_then(|x| x.sum(D::Minus1)).and_then(|x| x.neg()).map_err(&t_err)?;
     Ok(PolicyPass { logprob, entropy, tokens, hidden, index })
+}
+
+/// [`prediction_positions`] as a (N) u32 tensor on `device`.
+fn response_index(rows: &[Vec<u32>], lens: &[usize], width: usize, device: &Device) -> candle_core::Result<Tensor> {
+    let positions = prediction_positions(rows, lens, width);
+    let n = positions.len();
+    Tensor::from_vec(positions, n, device)
 }
 
 /// The states (1, N, D) at flat positions `index` (N) of `hidden` (B, T, D).
@@ -170,8 +176,7 @@ pub fn reference_logprobs(
     for (rows, lens) in rows.chunks(chunk).zip(lens.chunks(chunk)) {
         let (tokens, _) = pad_rows(rows, pad, device).map_err(&m_err)?;
         let (b, t) = tokens.dims2().map_err(&t_err)?;
-        let positions = prediction_positions(rows, lens, t);
-        let index = Tensor::from_vec(positions.clone(), positions.len(), device).map_err(&t_err)?;
+        let index = response_index(rows, lens, t, device).map_err(&t_err)?;
         let next = Tensor::from_vec(next_tokens(rows, t, pad), b * t, device)
             .and_then(|n| n.index_select(&index, 0)?.unsqueeze(0))
             .map_err(&t_err)?;
@@ -205,8 +210,7 @@ pub fn sequence_kl(
     for (rows, lens) in rows.chunks(chunk.max(1)).zip(lens.chunks(chunk.max(1))) {
         let (tokens, _) = pad_rows(rows, pad, device).map_err(&m_err)?;
         let t = tokens.dim(1).map_err(&t_err)?;
-        let positions = prediction_positions(rows, lens, t);
-        let index = Tensor::from_vec(positions.clone(), positions.len(), device).map_err(&t_err)?;
+        let index = response_index(rows, lens, t, device).map_err(&t_err)?;
         // (N, V) log-probs at the positions predicting response tokens.
         let at_positions = |model: &Model| -> Result<Tensor, RlError> {
             let hidden = model.hidden(&tokens, false).map_err(&m_err)?;

@@ -47,6 +47,49 @@ enum Command {
         #[arg(long, short)]
         verbose: bool,
     },
+    /// Evaluate one model without writing an experiment file: the perplexity of a text file,
+    /// and/or answers to the prompts of a JSONL file scored by metric plugins. It trains
+    /// nothing and writes no checkpoint; the run lands in `runs/eval/` with its experiment.
+    Eval {
+        /// A pretrained model's name (smollm2-135m-instruct), a Hugging Face model folder (also
+        /// a stage's `model` folder) or a `.gguf` file.
+        #[arg(long)]
+        model: String,
+        /// A UTF-8 text file whose perplexity to measure.
+        #[arg(long, required_unless_present = "prompts")]
+        text: Option<PathBuf>,
+        /// How the text file becomes passages, each measured on its own: whole, lines or
+        /// paragraphs.
+        #[arg(long, default_value = "whole", value_parser = parse_split)]
+        split: triad::data::source::TextSplit,
+        /// Tokens per window (default: the model's context).
+        #[arg(long)]
+        window: Option<usize>,
+        /// What goes in front of each passage: model (what its tokenizer does), always, never.
+        #[arg(long, default_value = "model", value_parser = parse_bos)]
+        bos: triad::stages::perplexity::Bos,
+        /// Measure at most this many tokens.
+        #[arg(long)]
+        max_tokens: Option<usize>,
+        /// A JSONL file of prompts with reference answers.
+        #[arg(long)]
+        prompts: Option<PathBuf>,
+        /// The prompt's and the reference's keys in the JSONL file.
+        #[arg(long, num_args = 2, value_names = ["PROMPT", "REFERENCE"], default_values = ["prompt", "reference"])]
+        fields: Vec<String>,
+        /// A metric plugin folder that scores the answers (repeatable).
+        #[arg(long, requires = "prompts")]
+        metric: Vec<PathBuf>,
+        /// Prompts answered at most.
+        #[arg(long, default_value_t = 200)]
+        max_prompts: usize,
+        /// Tokens per answer at most (greedy decoding).
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        /// Where run folders go.
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
+    },
     /// Check an experiment file without running it: its settings, and every plugin it names
     /// (built, loaded in the sandbox and configured with its config block).
     Validate { experiment: PathBuf },
@@ -247,11 +290,40 @@ fn run() -> Result<()> {
     fix_thread_count(threads);
     // `triad run` keeps the terminal to progress bars, warnings and its tables; its detailed log
     // goes to a file in the runs folder (`--verbose` shows it too). Other commands log at info.
-    let quiet = matches!(cli.command, Command::Run { verbose: false, .. });
+    let quiet = matches!(cli.command, Command::Run { verbose: false, .. } | Command::Eval { .. });
     init_logging(quiet);
     match cli.command {
         Command::Run { experiment, runs, force, dry_run, all_metrics, verbose: _ } => {
             run_command(&experiment, &RunOptions { runs_root: runs, force }, dry_run, all_metrics)
+        }
+        Command::Eval {
+            model,
+            text,
+            split,
+            window,
+            bos,
+            max_tokens,
+            prompts,
+            fields,
+            metric,
+            max_prompts,
+            max_new_tokens,
+            runs,
+        } => {
+            let (prompt_field, reference_field) = (fields[0].clone(), fields[1].clone());
+            let question = triad::stages::eval::Question {
+                model,
+                text,
+                split,
+                window,
+                bos,
+                max_tokens,
+                prompts: prompts.map(|p| (p, prompt_field, reference_field)),
+                metrics: metric,
+                max_prompts,
+                max_new_tokens,
+            };
+            eval_command(&question, runs)
         }
         Command::Validate { experiment } => {
             let loaded = load_experiment(&experiment)?;
@@ -614,6 +686,51 @@ fn run_command(path: &Path, options: &RunOptions, dry_run: bool, all_metrics: bo
         experiment_runs.display(),
         log.display()
     );
+    Ok(())
+}
+
+fn parse_split(text: &str) -> Result<triad::data::source::TextSplit, String> {
+    use triad::data::source::TextSplit;
+    match text {
+        "whole" => Ok(TextSplit::Whole),
+        "lines" => Ok(TextSplit::Lines),
+        "paragraphs" => Ok(TextSplit::Paragraphs),
+        other => Err(format!("`{other}`: expected whole, lines or paragraphs")),
+    }
+}
+
+fn parse_bos(text: &str) -> Result<triad::stages::perplexity::Bos, String> {
+    use triad::stages::perplexity::Bos;
+    match text {
+        "model" => Ok(Bos::Model),
+        "always" => Ok(Bos::Always),
+        "never" => Ok(Bos::Never),
+        other => Err(format!("`{other}`: expected model, always or never")),
+    }
+}
+
+/// `triad eval`: the question as an experiment with one Eval stage, run like any other, then
+/// its report.
+fn eval_command(question: &triad::stages::eval::Question, runs_root: PathBuf) -> Result<()> {
+    let text = question.experiment_text();
+    // Paths in the text are absolute; the name only appears in messages.
+    let path = Path::new("triad-eval.ron");
+    let experiment: triad::stages::Experiment = triad::experiment::parse_experiment(path, &text)?;
+    let options = RunOptions { runs_root, force: Vec::new() };
+    open_log_file(&options.runs_root.join(&experiment.name).join("triad.log"))?;
+    let runs = run_experiment(&experiment, path, &options)?;
+    for run in &runs {
+        for outcome in &run.stages {
+            let report = outcome.dir.join("report.md");
+            let text = std::fs::read_to_string(&report).with_context(|| format!("reading {}", report.display()))?;
+            println!(
+                "{}\n(report: {}; the experiment: {})",
+                text.trim_end(),
+                report.display(),
+                run.dir.join("experiment.ron").display()
+            );
+        }
+    }
     Ok(())
 }
 

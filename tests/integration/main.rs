@@ -8,6 +8,7 @@ mod cli;
 mod compare;
 mod data_prep;
 mod dpo;
+mod eval;
 mod experiments;
 mod fused_kernels;
 mod grpo;

@@ -39,10 +39,14 @@ fn loaded() -> &'static Loaded {
     static LOADED: OnceLock<Loaded> = OnceLock::new();
     LOADED.get_or_init(|| {
         let started = Instant::now();
-        let loaded =
-            triad::model::pretrained::load("smollm2-135m-instruct", &Device::Cpu).expect("load SmolLM2-135M-Instruct");
+        let loaded = triad::model::pretrained::load("smollm2-135m-instruct", std::path::Path::new(""), &Device::Cpu)
+            .expect("load SmolLM2-135M-Instruct");
         eprintln!("load: {:.2} s", started.elapsed().as_secs_f64());
-        Loaded { model: loaded.model, tokenizer: loaded.tokenizer, template: loaded.chat }
+        Loaded {
+            model: loaded.model,
+            tokenizer: loaded.tokenizer,
+            template: loaded.chat.expect("SmolLM2 has a chat template"),
+        }
     })
 }
 
@@ -196,4 +200,48 @@ fn greedy_chat_answer_names_paris() {
         assert!((a - b).abs() < 1e-3, "batched logprob {a} vs alone {b}");
     }
     eprintln!("beside it: {:?}", l.tokenizer.decode(&batch[1].tokens, true).unwrap());
+}
+
+/// `triad eval` measures a text file's perplexity in one command, equal to the reference's on
+/// the same passage, and writes no checkpoint.
+#[test]
+fn triad_eval_gives_the_reference_perplexity_of_a_text_file_without_checkpoints() {
+    let f = &fixture()["passage"];
+    let dir = crate::support::scratch("smollm2-eval");
+    let text = dir.join("passage.txt");
+    std::fs::write(&text, f["text"].as_str().unwrap()).unwrap();
+    let runs = dir.join("runs");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_triad"))
+        .args(["eval", "--model", "smollm2-135m-instruct", "--text"])
+        .arg(&text)
+        .arg("--runs")
+        .arg(&runs)
+        .output()
+        .expect("running triad eval");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "triad eval failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    // The report says what was measured: 255 predicted tokens of one passage, no start token
+    // (SmolLM2's tokenizer adds none).
+    assert!(stdout.contains("over 255 predicted tokens of 1 passage(s), 256 tokens with no start token"), "{stdout}");
+
+    let mut found = Vec::new();
+    let mut folders = vec![runs.clone()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                folders.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    assert!(!found.iter().any(|p| p.extension().is_some_and(|e| e == "safetensors")), "checkpoints written: {found:?}");
+    let record = found.iter().find(|p| p.ends_with("eval/stage.json")).expect("the Eval stage's stage.json");
+    let record: Value = serde_json::from_str(&std::fs::read_to_string(record).unwrap()).unwrap();
+    let ppl = record["metrics"]["model/perplexity"].as_f64().expect("model/perplexity");
+    let ppl_ref = f["perplexity"].as_f64().unwrap();
+    eprintln!("triad eval: perplexity {ppl:.6}, reference {ppl_ref:.6}");
+    assert!(((ppl - ppl_ref) / ppl_ref).abs() < 1e-3, "perplexity {ppl} vs {ppl_ref}");
+    assert_eq!(record["metrics"]["model/perplexity_tokens"].as_f64(), Some(255.0));
 }

@@ -128,7 +128,7 @@ fn bench_in(
     scratch: &Path,
 ) -> Result<(GrpoBenchResult, GrpoBenchResult), BenchError> {
     let model_dir = scratch.join("model");
-    let loaded = pretrained::load("smollm2-135m-instruct", &candle_core::Device::Cpu)?;
+    let loaded = pretrained::load("smollm2-135m-instruct", Path::new(""), &candle_core::Device::Cpu)?;
     loaded.model.save(&model_dir)?;
     let tokenizer = Tokenizer::from_inner(loaded.tokenizer);
     let tokenizer_path = model_dir.join("tokenizer.json");
@@ -137,7 +137,7 @@ fn bench_in(
     let options = config.problems();
     let train_count = options.count / 2;
     let problems = arithmetic::generate(&options).map_err(|e| format!("generating problems: {e}"))?;
-    let layout = Layout::new(&tokenizer, &Template::Chat { system: Some(SYSTEM.into()) }, Some(&loaded.chat))
+    let layout = Layout::new(&tokenizer, &Template::Chat { system: Some(SYSTEM.into()) }, loaded.chat.as_ref())
         .map_err(|e| format!("the chat template: {e}"))?;
     let mut rows = Vec::new();
     for step in 0..config.iterations() as u64 {

@@ -379,7 +379,7 @@ pub fn bench_pretrained(
     device: &Device,
 ) -> Result<(BenchResult, BenchResult), BenchError> {
     let model = match config.name.as_str() {
-        "smollm2-135m-instruct" => crate::model::pretrained::load(&config.name, device)?.model,
+        "smollm2-135m-instruct" => crate::model::pretrained::load(&config.name, Path::new(""), device)?.model,
         other => {
             return Err(format!("no benchmark for pretrained model `{other}` (known: smollm2-135m-instruct)").into());
         }

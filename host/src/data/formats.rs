@@ -300,41 +300,123 @@ fn conversation_records(text: &str, file: &Path) -> Result<Vec<Record>, SourceEr
 }
 
 fn jsonl_records(text: &str, file: &Path, text_field: &str, keep: &[String]) -> Result<Vec<Record>, SourceError> {
+    // A list of strings is a text in lines (a poem's); other values keep their JSON text.
     let as_text = |value: &Value| match value {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+        Value::String(s) => Some(s.clone()),
+        Value::Array(items) => {
+            items.iter().map(|i| i.as_str()).collect::<Option<Vec<&str>>>().map(|lines| lines.join("\n"))
+        }
+        _ => None,
     };
+    let to_record = |line: usize, value: Value| {
+        let malformed = |message: String| SourceError::Malformed { file: file.to_path_buf(), line, message };
+        let Value::Object(object) = value else {
+            return Err(malformed(format!("expected a JSON object, found {}", kind_of(&value))));
+        };
+        let text = match object.get(text_field) {
+            Some(value) => as_text(value).ok_or_else(|| {
+                malformed(format!(
+                    "field `{text_field}` must be a string or a list of strings, found {}",
+                    kind_of(value)
+                ))
+            })?,
+            None => return Err(malformed(format!("missing the text field `{text_field}`"))),
+        };
+        let field = |v: &Value| as_text(v).unwrap_or_else(|| v.to_string());
+        let fields = match keep {
+            [] => object.iter().filter(|(k, _)| k.as_str() != text_field).map(|(k, v)| (k.clone(), field(v))).collect(),
+            keep => keep
+                .iter()
+                .map(|k| match object.get(k) {
+                    Some(v) => Ok((k.clone(), field(v))),
+                    None => Err(malformed(format!("missing field `{k}` (listed in `fields`)"))),
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(record(text, fields, file, line))
+    };
+    if text.trim_start().starts_with('[') {
+        return json_array_records(text, file, to_record);
+    }
     lines(text)
         .map(|(line, raw)| {
-            let malformed = |message: String| SourceError::Malformed { file: file.to_path_buf(), line, message };
-            let value: Value = serde_json::from_str(raw).map_err(|e| malformed(format!("not valid JSON: {e}")))?;
-            let Value::Object(object) = value else {
-                return Err(malformed(format!("expected a JSON object, found {}", kind_of(&value))));
-            };
-            let text = match object.get(text_field) {
-                Some(Value::String(s)) => s.clone(),
-                Some(other) => {
-                    return Err(malformed(format!("field `{text_field}` must be a string, found {}", kind_of(other))));
-                }
-                None => return Err(malformed(format!("missing the text field `{text_field}`"))),
-            };
-            let fields = match keep {
-                [] => object
-                    .iter()
-                    .filter(|(k, _)| k.as_str() != text_field)
-                    .map(|(k, v)| (k.clone(), as_text(v)))
-                    .collect(),
-                keep => keep
-                    .iter()
-                    .map(|k| match object.get(k) {
-                        Some(v) => Ok((k.clone(), as_text(v))),
-                        None => Err(malformed(format!("missing field `{k}` (listed in `fields`)"))),
-                    })
-                    .collect::<Result<_, _>>()?,
-            };
-            Ok(record(text, fields, file, line))
+            let value: Value = serde_json::from_str(raw).map_err(|e| SourceError::Malformed {
+                file: file.to_path_buf(),
+                line,
+                message: format!("not valid JSON: {e}"),
+            })?;
+            to_record(line, value)
         })
         .collect()
+}
+
+/// The elements of a JSON array (or of several, as a packaged glob of `.json` files joins them),
+/// each made a record by `to_record` with the line its element starts on.
+fn json_array_records(
+    text: &str,
+    file: &Path,
+    to_record: impl Fn(usize, Value) -> Result<Record, SourceError>,
+) -> Result<Vec<Record>, SourceError> {
+    let malformed = |line: usize, message: String| SourceError::Malformed { file: file.to_path_buf(), line, message };
+    let mut records = Vec::new();
+    for (start, end) in array_elements(text).map_err(|(at, message)| malformed(line_at(text, at), message))? {
+        let line = line_at(text, start);
+        let value: Value =
+            serde_json::from_str(&text[start..end]).map_err(|e| malformed(line, format!("not valid JSON: {e}")))?;
+        records.push(to_record(line, value)?);
+    }
+    Ok(records)
+}
+
+/// The 1-based line of byte offset `at`.
+fn line_at(text: &str, at: usize) -> usize {
+    text[..at].matches('\n').count() + 1
+}
+
+/// Byte ranges of the elements of the top-level JSON arrays in `text` (one or several in a
+/// row), found by tracking nesting outside strings; `(offset, message)` where the text is not
+/// a sequence of arrays of objects.
+fn array_elements(text: &str) -> Result<Vec<(usize, usize)>, (usize, String)> {
+    let not_objects = |i: usize| Err((i, "expected a JSON array of objects".to_string()));
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let mut start = None;
+    let mut elements = Vec::new();
+    for (i, &b) in text.as_bytes().iter().enumerate() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b' ' | b'\n' | b'\r' | b'\t' | b',' if depth <= 1 => {}
+            b'[' if depth == 0 => depth = 1,
+            b'{' | b'[' if depth >= 1 => {
+                if depth == 1 {
+                    start = Some(i);
+                }
+                depth += 1;
+            }
+            b'}' | b']' if depth >= 1 => {
+                depth -= 1;
+                if depth == 1
+                    && let Some(s) = start.take()
+                {
+                    elements.push((s, i + 1));
+                }
+            }
+            b'"' if depth >= 2 => in_string = true,
+            _ if depth <= 1 => return not_objects(i),
+            _ => {}
+        }
+    }
+    if depth != 0 || in_string {
+        return Err((text.len(), "the JSON array is not closed".into()));
+    }
+    Ok(elements)
 }
 
 fn kind_of(value: &Value) -> &'static str {
@@ -608,6 +690,30 @@ mod tests {
         assert!(err.starts_with("test.csv:2: field 2: a quote inside an unquoted field"), "{err}");
         let err = csv_rows("a,b\n\"1\"x,2\n", &file()).expect_err("junk after quote").to_string();
         assert!(err.starts_with("test.csv:2: field 1: `x` after the closing quote"), "{err}");
+    }
+
+    #[test]
+    fn json_arrays_of_objects_are_records_with_their_lines_and_joined_string_lists() {
+        // Two arrays in a row, as a glob of `.json` files joins them; strings holding brackets,
+        // braces and escaped quotes do not confuse the element scanner.
+        let text = "[\n  {\"title\": \"靜夜思\", \"paragraphs\": [\"床前明月光，疑是地上霜。\", \"舉頭望明月，低頭思故鄉。\"]},\n  {\"title\": \"a ] } \\\" [\", \"paragraphs\": [\"x\"], \"n\": 3}\n]\n[{\"title\": \"t\", \"paragraphs\": \"one line\"}]\n";
+        let format = Format::Jsonl { text_field: "paragraphs".into(), fields: vec![] };
+        let loaded = parse(text.as_bytes(), &file(), &format).unwrap_or_else(|e| panic!("{e}"));
+        let got: Vec<(usize, &str, &str)> =
+            loaded.records.iter().map(|r| (r.origin.line, r.text.as_str(), r.fields["title"].as_str())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (2, "床前明月光，疑是地上霜。\n舉頭望明月，低頭思故鄉。", "靜夜思"),
+                (3, "x", "a ] } \" ["),
+                (5, "one line", "t")
+            ]
+        );
+        assert_eq!(loaded.records[1].fields["n"], "3");
+        let err = |text: &str| parse(text.as_bytes(), &file(), &format).expect_err("malformed").to_string();
+        assert_eq!(err("[\n{\"paragraphs\": \"a\"},\n 7]"), "test.csv:3: expected a JSON array of objects");
+        assert_eq!(err("[{\"paragraphs\": \"a\"}"), "test.csv:1: the JSON array is not closed");
+        assert!(err("[{\"paragraphs\": 5}]").contains("must be a string or a list of strings, found a number"));
     }
 
     #[test]

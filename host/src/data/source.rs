@@ -40,10 +40,13 @@ pub enum SourceSpec {
         #[serde(default)]
         split: TextSplit,
     },
-    /// JSON Lines, one object per line: `Jsonl(path: "qa.jsonl", text_field: "question")`.
+    /// JSON Lines, one object per line: `Jsonl(path: "qa.jsonl", text_field: "question")`; or
+    /// a JSON array of objects (a packaged glob of `.json` files reads every file's objects,
+    /// in file name order).
     Jsonl {
         path: PathBuf,
-        /// The key holding the record's text (a JSON string).
+        /// The key holding the record's text (a JSON string, or a list of strings: a poem's
+        /// lines, joined by newlines).
         #[serde(default = "default_text_field")]
         text_field: String,
         /// The keys kept as fields (each must be present); empty or absent: every other key.

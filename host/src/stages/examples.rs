@@ -117,6 +117,27 @@ pub fn load(ctx: &RunContext, set: &ExampleSet, stage: &str, dir: &Path) -> Resu
     Ok(Examples { train, valid })
 }
 
+/// Every example the records of `data` (through `filters`) make with `format`, unsplit: what
+/// an evaluation on a source of its own reads; the filter report goes into `dir`.
+pub fn every(
+    ctx: &RunContext,
+    data: &str,
+    filters: &[String],
+    format: &ExampleFormat,
+    stage: &str,
+    dir: &Path,
+) -> Result<Vec<Example>, StageError> {
+    let data_error = |message: String| StageError::Data { stage: stage.to_string(), message };
+    let mut examples = Vec::new();
+    for record in ctx.filtered_records(stage, data, filters, dir)? {
+        examples.extend(format_record(format, &record).map_err(&data_error)?);
+    }
+    if examples.is_empty() {
+        return Err(data_error(format!("no prompt/reference pairs could be made from `{data}` with {format:?}")));
+    }
+    Ok(examples)
+}
+
 /// One record as an example; `None` when it cannot make one (a continuation record too short
 /// to cut). A field that is not there is an error naming the record.
 fn format_record(format: &ExampleFormat, record: &Record) -> Result<Option<Example>, String> {

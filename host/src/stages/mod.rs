@@ -13,6 +13,7 @@ pub mod examples;
 pub mod grpo;
 pub mod layout;
 pub mod pairs;
+pub mod perplexity;
 pub mod pipeline;
 pub mod ppo;
 pub mod pretrain;

@@ -133,15 +133,19 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     }
 }
 
-/// The files a glob matched, in name order, as one YAML stream: each file one document
+/// The files a glob matched, in name order, as one stream: JSON arrays one after another (each
+/// file's array on its own lines), anything else as a YAML stream with each file one document
 /// (`---` between them). `None` when nothing matched.
 fn join_documents(files: Vec<Vec<u8>>) -> Option<Vec<u8>> {
     if files.is_empty() {
         return None;
     }
+    let json_arrays = files.iter().all(|f| f.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'['));
     let mut joined = Vec::new();
     for file in files {
-        joined.extend_from_slice(b"---\n");
+        if !json_arrays {
+            joined.extend_from_slice(b"---\n");
+        }
         joined.extend_from_slice(&file);
         if !file.ends_with(b"\n") {
             joined.push(b'\n');

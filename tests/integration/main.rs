@@ -11,6 +11,7 @@ mod dpo;
 mod experiments;
 mod fused_kernels;
 mod grpo;
+mod hf_compat;
 mod hostile_plugins;
 mod layering;
 mod loss_plugins;

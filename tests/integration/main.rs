@@ -12,6 +12,7 @@ mod eval;
 mod experiments;
 mod fused_kernels;
 mod grpo;
+mod hf_compat;
 mod hostile_plugins;
 mod layering;
 mod loss_plugins;

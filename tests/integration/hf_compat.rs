@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use serde_json::{Value, json};
 use tokenizers::Tokenizer;
-use triad::model::chat::{ChatMessage, ChatTemplate};
+use triad::model::chat::ChatMessage;
 use triad::model::{GptConfig, LlamaConfig, Model, ModelConfig, decays};
 use triad::train::{AdamW, AdamWConfig, lm_loss};
 
@@ -96,7 +96,7 @@ fn log_sum_exp(row: &[f32]) -> f64 {
 fn worst_difference_from_transformers(name: &str) -> f64 {
     let dir = fixture_dir(name);
     let expected = read_json(&dir.join("expected.json"));
-    let model = Model::load(&dir, &Device::Cpu).unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()));
+    let model = load(&dir).model;
     let columns: Vec<usize> = u32s(&expected["columns"]).into_iter().map(|c| c as usize).collect();
     let mut worst = 0.0f64;
     let cases = expected["cases"].as_object().expect("cases by name");
@@ -145,14 +145,11 @@ fn tied_llama_written_by_transformers_gives_its_logits() {
     assert!(worst_difference_from_transformers("llama-tied") <= TOLERANCE);
 }
 
-/// The chat template of a Hugging Face folder: `chat_template.jinja` (what transformers 5
-/// writes), else `chat_template` in `tokenizer_config.json` (older writers, most Hub models).
-fn chat_template_of(dir: &Path) -> Option<String> {
-    let jinja = dir.join("chat_template.jinja");
-    if jinja.is_file() {
-        return Some(std::fs::read_to_string(&jinja).expect("a readable template"));
-    }
-    read_json(&dir.join("tokenizer_config.json"))["chat_template"].as_str().map(str::to_string)
+/// A folder as `Pretrained("<folder>")` loads it: the model, its tokenizer, its chat template.
+fn load(dir: &Path) -> triad::model::pretrained::Loaded {
+    let spec = dir.to_str().expect("a UTF-8 path");
+    triad::model::pretrained::load(spec, Path::new(""), &Device::Cpu)
+        .unwrap_or_else(|e| panic!("loading {}: {e}", dir.display()))
 }
 
 #[test]
@@ -160,7 +157,10 @@ fn tokenizers_and_chat_templates_of_transformers_folders_agree_with_transformers
     for name in ["gpt2", "llama", "llama-tied"] {
         let dir = fixture_dir(name);
         let expected = read_json(&dir.join("expected.json"));
-        let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).expect("a tokenizer");
+        // The chat template is in `chat_template.jinja` (what transformers 5 writes) in one
+        // folder and in `tokenizer_config.json` (older writers, most Hub models) in another.
+        let loaded = load(&dir);
+        let tokenizer = loaded.tokenizer;
         for case in expected["cases"].as_object().expect("cases").values() {
             for row in case.as_array().expect("rows") {
                 let text = row["text"].as_str().expect("a text");
@@ -169,9 +169,8 @@ fn tokenizers_and_chat_templates_of_transformers_folders_agree_with_transformers
                 assert_eq!(ids, u32s(&row["ids"])[pad..], "{name}: {text:?}");
             }
         }
-        match (chat_template_of(&dir), expected.get("chat")) {
-            (Some(source), Some(chat)) => {
-                let template = ChatTemplate::from_jinja(&source).unwrap_or_else(|e| panic!("{name}: {e}"));
+        match (loaded.chat, expected.get("chat")) {
+            (Some(template), Some(chat)) => {
                 let messages: Vec<ChatMessage> = chat["messages"]
                     .as_array()
                     .expect("messages")

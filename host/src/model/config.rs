@@ -327,9 +327,19 @@ impl ModelConfig {
                 .ok_or_else(|| format!("missing or non-integer `{key}`"))
         };
         let float = |key: &str, default: f64| json.get(key).and_then(serde_json::Value::as_f64).unwrap_or(default);
+        // A setting triad's blocks do not implement would load into a different model with no
+        // error: refuse it by name instead.
+        let only = |key: &str, allowed: &[serde_json::Value]| match json.get(key) {
+            Some(v) if !v.is_null() && !allowed.contains(v) => {
+                Err(format!("`{key}` {v} is not supported (only {})", serde_json::json!(allowed)))
+            }
+            _ => Ok(()),
+        };
         match json.get("model_type").and_then(serde_json::Value::as_str) {
             Some("gpt2") => {
                 let d_model = int("n_embd")?;
+                only("activation_function", &[serde_json::json!("gelu_new"), serde_json::json!("gelu_pytorch_tanh")])?;
+                only("layer_norm_epsilon", &[serde_json::json!(super::norm::LAYER_NORM_EPS)])?;
                 if json.get("n_inner").is_some_and(|v| !v.is_null() && v.as_u64() != Some(4 * d_model as u64)) {
                     return Err("n_inner other than 4 * n_embd is not supported".into());
                 }
@@ -345,6 +355,29 @@ impl ModelConfig {
             }
             Some("llama") => {
                 let heads = int("num_attention_heads")?;
+                only("hidden_act", &[serde_json::json!("silu")])?;
+                only("attention_bias", &[serde_json::json!(false)])?;
+                only("mlp_bias", &[serde_json::json!(false)])?;
+                let head_dim = int("hidden_size")? / heads.max(1);
+                if json.get("head_dim").is_some_and(|v| !v.is_null() && v.as_u64() != Some(head_dim as u64)) {
+                    return Err("head_dim other than hidden_size / num_attention_heads is not supported".into());
+                }
+                // transformers 5 writes RoPE settings under `rope_parameters`; older writers put
+                // `rope_theta` (and any `rope_scaling`) at the top level. Scaled RoPE (llama3,
+                // linear, yarn, ...) is other math: refuse it rather than load a different model.
+                let rope =
+                    ["rope_parameters", "rope_scaling"].iter().filter_map(|k| json.get(*k)).find(|v| !v.is_null());
+                if let Some(kind) =
+                    rope.and_then(|r| r.get("rope_type").or_else(|| r.get("type"))).and_then(serde_json::Value::as_str)
+                    && kind != "default"
+                {
+                    return Err(format!("RoPE type `{kind}` is not supported (default only)"));
+                }
+                let rope_theta = json
+                    .get("rope_theta")
+                    .or_else(|| json.pointer("/rope_parameters/rope_theta"))
+                    .and_then(serde_json::Value::as_f64)
+                    .unwrap_or(default_rope_theta());
                 Ok(ModelConfig::Llama(LlamaConfig {
                     vocab_size: int("vocab_size")?,
                     context: int("max_position_embeddings")?,
@@ -353,7 +386,7 @@ impl ModelConfig {
                     kv_heads: int("num_key_value_heads").unwrap_or(heads),
                     d_model: int("hidden_size")?,
                     ffn_hidden: int("intermediate_size")?,
-                    rope_theta: float("rope_theta", default_rope_theta()),
+                    rope_theta,
                     rms_eps: float("rms_norm_eps", default_rms_eps()),
                     tie_embeddings: json
                         .get("tie_word_embeddings")
@@ -583,6 +616,76 @@ mod tests {
         let mut hf = gpt2_124m().to_hf_json();
         hf.as_object_mut().unwrap().remove("triad_config");
         assert_eq!(ModelConfig::from_hf_json(&hf).unwrap(), gpt2_124m());
+    }
+
+    #[test]
+    fn transformers_5_rope_parameters_are_read_and_scaled_rope_refused() {
+        let mut hf = ModelConfig::Llama(LlamaConfig {
+            vocab_size: 10,
+            context: 8,
+            layers: 1,
+            heads: 2,
+            kv_heads: 1,
+            d_model: 8,
+            ffn_hidden: 12,
+            rope_theta: 50_000.0,
+            rms_eps: 1e-6,
+            tie_embeddings: false,
+        })
+        .to_hf_json();
+        let hf = hf.as_object_mut().unwrap();
+        hf.remove("triad_config");
+        hf.remove("rope_theta");
+        hf.insert("rope_parameters".into(), serde_json::json!({"rope_theta": 50000.0, "rope_type": "default"}));
+        let json = serde_json::Value::Object(hf.clone());
+        let ModelConfig::Llama(l) = ModelConfig::from_hf_json(&json).unwrap() else { panic!() };
+        assert_eq!(l.rope_theta, 50_000.0);
+        hf.insert(
+            "rope_parameters".into(),
+            serde_json::json!({"rope_theta": 5e5, "rope_type": "llama3", "factor": 8.0}),
+        );
+        let e = ModelConfig::from_hf_json(&serde_json::Value::Object(hf.clone())).unwrap_err();
+        assert!(e.contains("llama3"), "{e}");
+    }
+
+    #[test]
+    fn settings_the_blocks_do_not_implement_are_refused_by_name() {
+        let mut gpt = gpt2_124m().to_hf_json();
+        gpt.as_object_mut().unwrap().remove("triad_config");
+        for (key, value, says) in [
+            ("activation_function", serde_json::json!("relu"), "`activation_function` \"relu\" is not supported"),
+            ("layer_norm_epsilon", serde_json::json!(1e-6), "`layer_norm_epsilon` 1e-6 is not supported"),
+        ] {
+            let mut bad = gpt.clone();
+            bad[key] = value;
+            let e = ModelConfig::from_hf_json(&bad).unwrap_err();
+            assert!(e.contains(says), "{e}");
+        }
+        let mut llama = ModelConfig::Llama(LlamaConfig {
+            vocab_size: 10,
+            context: 8,
+            layers: 1,
+            heads: 2,
+            kv_heads: 1,
+            d_model: 8,
+            ffn_hidden: 12,
+            rope_theta: 1e4,
+            rms_eps: 1e-6,
+            tie_embeddings: true,
+        })
+        .to_hf_json();
+        llama.as_object_mut().unwrap().remove("triad_config");
+        assert!(ModelConfig::from_hf_json(&llama).is_ok());
+        for (key, value) in [
+            ("hidden_act", serde_json::json!("gelu")),
+            ("mlp_bias", serde_json::json!(true)),
+            ("head_dim", serde_json::json!(8)),
+        ] {
+            let mut bad = llama.clone();
+            bad[key] = value;
+            let e = ModelConfig::from_hf_json(&bad).unwrap_err();
+            assert!(e.contains(key), "{key}: {e}");
+        }
     }
 
     #[test]

@@ -252,6 +252,9 @@ fn malformed_experiments_fail_before_training_with_where_and_how() {
         ("more minimum than maximum new tokens", valid().replacen("generation: (max_new_tokens: 8),", "generation: (max_new_tokens: 8, min_new_tokens: 9),", 1), vec!["min_new_tokens (9) is more than max_new_tokens (8)"]),
         ("a context no machine here can hold", valid().replace("context: 48", "context: 100000000"), vec!["GiB for weights, gradients and AdamW moments", "more than this machine's"]),
         ("a name that leaves the runs folder", valid().replace(r#"name: "pipeline""#, r#"name: "../../x""#), vec!["bad.ron:", "cannot name the experiment's runs folder"]),
+        ("a pretrained model that is no name, folder or GGUF file", valid().replace("tokenizer: TrainBpe(vocab_size: 512, on: \"reviews\"),\n    model: Gpt(layers: 1, heads: 2, d_model: 32, context: 48),", "model: Pretrained(\"no-such-model\"),"), vec!["bad.ron:", "no pretrained model `no-such-model`", "nor a Hugging Face folder with config.json, nor a .gguf file"]),
+        ("an evaluation's metrics without prompts", valid().replace("prompts_of: \"ppo\", ", ""), vec!["bad.ron:", "metrics scores answers to prompts: set prompts_of (a stage) or prompts (a data source)"]),
+        ("an evaluation with two sources of prompts", valid().replace("prompts_of: \"ppo\", ", "prompts_of: \"ppo\", prompts: (data: \"reviews\", format: Continuation(words: 3)), "), vec!["prompts_of and prompts are both set"]),
         ("a bad config of a plugin only the evaluation uses", valid().replace(r#""rouge": (path: "#, r#""rouge": (config: (no_such_option: 1), path: "#), vec!["plugin `rouge`", "configure", "no_such_option"]),
     ];
     // An absolute path is not said to be relative to anything.

@@ -211,18 +211,27 @@ fn triad_eval_gives_the_reference_perplexity_of_a_text_file_without_checkpoints(
     let text = dir.join("passage.txt");
     std::fs::write(&text, f["text"].as_str().unwrap()).unwrap();
     let runs = dir.join("runs");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_triad"))
-        .args(["eval", "--model", "smollm2-135m-instruct", "--text"])
-        .arg(&text)
-        .arg("--runs")
-        .arg(&runs)
-        .output()
-        .expect("running triad eval");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "triad eval failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let eval = |model: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_triad"))
+            .args(["eval", "--model", model, "--text"])
+            .arg(&text)
+            .arg("--runs")
+            .arg(&runs)
+            .output()
+            .expect("running triad eval");
+        assert!(out.status.success(), "triad eval failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The same model named by its GGUF file's path (the cached download) first.
+    let gguf = triad::model::pretrained::SMOLLM2_135M_INSTRUCT.fetch().expect("the cached GGUF");
+    let by_path = eval(gguf.to_str().expect("a UTF-8 path"));
+    let stdout = eval("smollm2-135m-instruct");
     // The report says what was measured: 255 predicted tokens of one passage, no start token
     // (SmolLM2's tokenizer adds none).
+    let line = "`model`: perplexity 44.9";
     assert!(stdout.contains("over 255 predicted tokens of 1 passage(s), 256 tokens with no start token"), "{stdout}");
+    let said = |out: &str| out.lines().find(|l| l.starts_with(line)).map(str::to_string);
+    assert_eq!(said(&by_path), said(&stdout), "the GGUF path and the name give the same model");
 
     let mut found = Vec::new();
     let mut folders = vec![runs.clone()];

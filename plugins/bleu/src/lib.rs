@@ -694,7 +694,7 @@ mod tests {
 
     #[test]
     fn bad_configs_and_records_are_rejected() {
-        let err = configure::<Bleu>(r#"{"tokenize": "ja-mecab"}"#).err().expect("unknown tokenizer").message;
+        let err = configure::<Bleu>(r#"{"tokenize": "ja-mecab"}"#).expect_err("unknown tokenizer").message;
         assert!(
             err.contains("tokenize") && err.contains("ja-mecab") && err.contains(r#""zh", "intl", "char""#),
             "{err}"

@@ -400,7 +400,7 @@ mod tests {
 
     #[test]
     fn bad_input_is_rejected() {
-        let err = configure::<Rouge>(r#"{"tokenizer": "jieba"}"#).err().expect("unknown tokenizer").message;
+        let err = configure::<Rouge>(r#"{"tokenizer": "jieba"}"#).expect_err("unknown tokenizer").message;
         assert!(err.contains("tokenizer") && err.contains("jieba") && err.contains("\"char\""), "{err}");
         assert!(configure::<Rouge>(r#"{"use_stemer": true}"#).is_err());
         assert!(configure::<Rouge>(r#"{"use_stemmer": "yes"}"#).is_err());

@@ -70,7 +70,9 @@ fn is_consonant(word: &[u8], i: usize) -> bool {
         negate = !negate;
         i -= 1;
     }
-    !is_vowel(word[i]) != negate
+    // The letter the run of y's follows decides, flipped once per y.
+    let consonant = !is_vowel(word[i]);
+    consonant != negate
 }
 
 /// `_consonant_flags`: `is_consonant` of every position in one pass.

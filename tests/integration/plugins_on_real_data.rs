@@ -210,43 +210,58 @@ fn one_instance_and_one_per_core_give_the_same_results() {
     assert_eq!(load(1).score(&episodes).expect("serial"), load(4).score(&episodes).expect("parallel"));
 }
 
+/// Corpus BLEU in the sandbox on every subset of the fixture, with sacrebleu's default and each of
+/// its tokenizers alone (the other configs are checked natively in the plugin's own tests).
 #[test]
 fn bleu_through_the_host_equals_sacrebleu() {
     let fixture = fixture("bleu");
     let records = fixture_records(&fixture, "hyp");
-    let bleu = support::load_with("bleu", "{}", small_calls()).into_metric().expect("a metric");
-    let mut checked = 0;
-    for case in fixture["corpus"].as_array().expect("corpus cases") {
-        if case["config"].as_object().is_some_and(|c| !c.is_empty()) {
-            continue; // other configs are checked natively in the plugin's own tests
+    let mut checked = std::collections::BTreeMap::new();
+    for tokenize in ["13a", "zh", "intl", "char"] {
+        let config = serde_json::json!({ "tokenize": tokenize });
+        let bleu = support::load_with("bleu", &config.to_string(), small_calls()).into_metric().expect("a metric");
+        for case in fixture["corpus"].as_array().expect("corpus cases") {
+            let default = tokenize == "13a" && case["config"] == serde_json::json!({});
+            if !(default || case["config"] == config) {
+                continue;
+            }
+            let subset: Vec<MetricRecord> = fixture["subsets"][case["subset"].as_str().expect("subset")]
+                .as_array()
+                .expect("indices")
+                .iter()
+                .map(|i| records[i.as_u64().expect("index") as usize].clone())
+                .collect();
+            let values = bleu.evaluate(&subset).expect("BLEU");
+            let (got, expected) = (value_of(&values, "bleu"), case["bleu"].as_f64().expect("bleu"));
+            assert!((got - expected).abs() < 1e-9, "{tokenize}, {}: {got} vs sacrebleu {expected}", case["subset"]);
+            *checked.entry(tokenize).or_insert(0) += 1;
         }
-        let subset: Vec<MetricRecord> = case["indices"]
-            .as_array()
-            .expect("indices")
-            .iter()
-            .map(|i| records[i.as_u64().expect("index") as usize].clone())
-            .collect();
-        let values = bleu.evaluate(&subset).expect("BLEU");
-        let expected = case["bleu"].as_f64().expect("bleu");
-        assert!(
-            (value_of(&values, "bleu") - expected).abs() < 0.01,
-            "{} vs sacrebleu {expected}",
-            value_of(&values, "bleu")
-        );
-        checked += 1;
     }
-    assert!(checked >= 5, "only {checked} default-config cases");
+    // Each tokenizer on the whole corpus, the English and Chinese halves and smaller subsets.
+    assert!(checked.values().all(|&n| n >= 30), "cases per tokenizer: {checked:?}");
 }
 
+/// Mean ROUGE in the sandbox under each config of the fixture: the default, the Porter stemmer,
+/// and the "char" tokenizer on English and Chinese pairs, with and without the stemmer.
 #[test]
 fn rouge_through_the_host_equals_rouge_score() {
     let fixture = fixture("rouge");
-    let records = fixture_records(&fixture, "pred");
-    let rouge = support::load_with("rouge", "{}", small_calls()).into_metric().expect("a metric");
-    let values = rouge.evaluate(&records).expect("ROUGE");
-    for name in ["rouge1", "rouge2", "rougeL"] {
-        let expected = fixture["mean_f"][name].as_f64().expect("mean F1");
-        assert!((value_of(&values, name) - expected).abs() < 1e-3, "{name}: {} vs {expected}", value_of(&values, name));
+    let pairs = fixture["pairs"].as_array().expect("pairs");
+    let all = fixture_records(&fixture, "pred");
+    let configs = fixture["configs"].as_object().expect("configs");
+    assert_eq!(configs.len(), 4);
+    for (name, config) in configs {
+        // The pairs rouge-score scored under this config.
+        let records: Vec<MetricRecord> =
+            pairs.iter().zip(&all).filter(|(p, _)| p["scores"].get(name).is_some()).map(|(_, r)| r.clone()).collect();
+        assert!(records.len() > 200, "{name}: {} pairs", records.len());
+        let rouge = support::load_with("rouge", &config.to_string(), small_calls()).into_metric().expect("a metric");
+        let values = rouge.evaluate(&records).expect("ROUGE");
+        for rouge_type in ["rouge1", "rouge2", "rougeL"] {
+            let expected = fixture["mean_f"][name][rouge_type].as_f64().expect("mean F1");
+            let got = value_of(&values, rouge_type);
+            assert!((got - expected).abs() < 1e-9, "{name} {rouge_type}: {got} vs rouge-score {expected}");
+        }
     }
 }
 

@@ -12,11 +12,19 @@
 //!
 //! Config (defaults are sacrebleu's):
 //! - `lowercase` (bool, false): lowercase predictions and references first.
-//! - `tokenize` ("13a" | "none", "13a"): the mteval-v13a tokenizer, or whitespace only.
+//! - `tokenize` ("13a" | "zh" | "intl" | "char" | "none", "13a"): sacrebleu 2.4.3's tokenizer of
+//!   that name. "13a": mteval-v13a, splitting ASCII punctuation from words. "zh": for Chinese,
+//!   every character in sacrebleu's CJK ranges is a token and the rest is tokenized like 13a
+//!   (`TokenizerZh`). "intl": mteval-v14's international tokenizer, splitting off every Unicode
+//!   punctuation mark not between digits and every Unicode symbol (`TokenizerV14International`).
+//!   "char": every character other than whitespace is a token (`TokenizerChar`). "none": split on
+//!   whitespace only.
 //! - `smooth` ("exp" | "none" | "floor" | "add-k", "exp"): smoothing of zero n-gram counts.
 //! - `smooth_value` (number, optional): epsilon for "floor" (0.1) and k for "add-k" (1).
 //! - `max_order` (integer, 4): the largest n-gram order.
 //! - `effective_order` (bool, false): average only over orders the corpus has n-grams of.
+
+mod categories;
 
 use std::collections::HashMap;
 
@@ -27,14 +35,40 @@ const LOG_ZERO: f64 = -9_999_999_999.0;
 
 /// The tokenizer applied after optional lowercasing.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub enum Tokenize {
     /// mteval-v13a, sacrebleu's default: splits punctuation from words.
     #[default]
-    #[serde(rename = "13a")]
     Mteval13a,
+    /// sacrebleu's `zh`: CJK characters one by one, the rest as in 13a.
+    Zh,
+    /// sacrebleu's `intl` (mteval-v14 international): Unicode punctuation and symbols split off.
+    Intl,
+    /// sacrebleu's `char`: every non-whitespace character is a token.
+    Char,
     /// Split on whitespace only.
-    #[serde(rename = "none")]
     None,
+}
+
+impl Tokenize {
+    const NAMES: [(&'static str, Tokenize); 5] = [
+        ("13a", Tokenize::Mteval13a),
+        ("zh", Tokenize::Zh),
+        ("intl", Tokenize::Intl),
+        ("char", Tokenize::Char),
+        ("none", Tokenize::None),
+    ];
+}
+
+impl TryFrom<String> for Tokenize {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        Tokenize::NAMES.iter().find(|(n, _)| *n == name).map(|&(_, t)| t).ok_or_else(|| {
+            let names: Vec<String> = Tokenize::NAMES.iter().map(|(n, _)| format!("{n:?}")).collect();
+            format!("tokenize must be one of {}, got {name:?}", names.join(", "))
+        })
+    }
 }
 
 /// How n-gram orders with no matches are smoothed (Chen and Cherry 2014).
@@ -183,6 +217,9 @@ impl Bleu {
         let text = text.trim_end_matches(is_py_space);
         match self.tokenize {
             Tokenize::Mteval13a => tokenize_13a(text),
+            Tokenize::Zh => tokenize_zh(text),
+            Tokenize::Intl => tokenize_intl(text),
+            Tokenize::Char => tokenize_char(text),
             Tokenize::None => text.to_string(),
         }
     }
@@ -271,20 +308,25 @@ fn closest_ref_len(hyp_len: usize, ref_lens: &[usize]) -> usize {
     best.map_or(0, |(_, len)| len)
 }
 
-/// The mteval-v13a tokenizer as sacrebleu implements it (`Tokenizer13a` then
-/// `TokenizerRegexp`): the result is tokens joined by single spaces.
-///
-/// sacrebleu's four regexes each match exactly two characters (or one), so they are applied here
-/// as left-to-right scans with the same non-overlapping semantics as Python's `re.sub`.
+/// The mteval-v13a tokenizer as sacrebleu implements it (`Tokenizer13a`): entities and line
+/// breaks first, then [`tokenize_regexp`] on the line padded with a space on each side. The
+/// result is tokens joined by single spaces.
 pub fn tokenize_13a(line: &str) -> String {
     let mut line = line.replace("<skipped>", "").replace("-\n", "").replace('\n', " ");
     if line.contains('&') {
         line = line.replace("&quot;", "\"").replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">");
     }
+    // The padding matters: it lets a period or comma at either end of the line be split off.
+    tokenize_regexp(&format!(" {line} "))
+}
 
+/// sacrebleu's `TokenizerRegexp`, the part of 13a that `zh` shares.
+///
+/// sacrebleu's four regexes each match exactly two characters (or one), so they are applied here
+/// as left-to-right scans with the same non-overlapping semantics as Python's `re.sub`.
+fn tokenize_regexp(line: &str) -> String {
     // ([\{-\~\[-\` -\&\(-\+\:-\@\/]) -> " \1 ": ASCII symbols other than ' , - . become tokens.
-    let mut chars: Vec<char> = Vec::with_capacity(line.len() * 2 + 2);
-    chars.push(' ');
+    let mut chars: Vec<char> = Vec::with_capacity(line.len() * 2);
     for c in line.chars() {
         if matches!(c, '{'..='~' | '['..='`' | ' '..='&' | '('..='+' | ':'..='@' | '/') {
             chars.extend([' ', c, ' ']);
@@ -292,7 +334,6 @@ pub fn tokenize_13a(line: &str) -> String {
             chars.push(c);
         }
     }
-    chars.push(' ');
 
     let is_digit = |c: char| c.is_ascii_digit();
     let is_period_comma = |c: char| c == '.' || c == ',';
@@ -302,8 +343,104 @@ pub fn tokenize_13a(line: &str) -> String {
     let chars = sub_pairs(&chars, is_period_comma, |c| !is_digit(c), |a, b| [' ', a, ' ', b]);
     // ([0-9])(-) -> "\1 \2 ": a dash after a digit.
     let chars = sub_pairs(&chars, is_digit, |c| c == '-', |a, b| [a, ' ', b, ' ']);
+    join_tokens(&chars)
+}
 
-    let text: String = chars.into_iter().collect();
+/// sacrebleu's `TokenizerZh`: the line stripped of whitespace at both ends, every character in
+/// sacrebleu's CJK ranges padded with spaces, then [`tokenize_regexp`] without 13a's padding.
+pub fn tokenize_zh(line: &str) -> String {
+    let mut padded = String::with_capacity(line.len() * 2);
+    for c in line.trim_matches(is_py_space).chars() {
+        if is_zh_char(c) {
+            padded.extend([' ', c, ' ']);
+        } else {
+            padded.push(c);
+        }
+    }
+    tokenize_regexp(&padded)
+}
+
+/// sacrebleu's `TokenizerZh._is_chinese_char`: membership in its `_UCODE_RANGES`.
+///
+/// Two of those ranges are written as `u'\u20000'` and `u'\u2f800'`, which Python reads as a
+/// four-digit escape followed by a digit: two-character strings, which compare against one
+/// character as U+2001..=U+2A6D and U+2F81..=U+2FA1. So sacrebleu treats general punctuation
+/// (U+2001..), arrows and mathematical symbols as Chinese, and CJK Extension B (U+20000..) as
+/// not: kept here as sacrebleu has it, since matching sacrebleu is the point.
+fn is_zh_char(c: char) -> bool {
+    const RANGES: [(u32, u32); 22] = [
+        (0x3400, 0x4DB5),
+        (0x4E00, 0x9FA5),
+        (0x9FA6, 0x9FBB),
+        (0xF900, 0xFA2D),
+        (0xFA30, 0xFA6A),
+        (0xFA70, 0xFAD9),
+        (0x2001, 0x2A6D),
+        (0x2F81, 0x2FA1),
+        (0xFF00, 0xFFEF),
+        (0x2E80, 0x2EFF),
+        (0x3000, 0x303F),
+        (0x31C0, 0x31EF),
+        (0x2F00, 0x2FDF),
+        (0x2FF0, 0x2FFF),
+        (0x3100, 0x312F),
+        (0x31A0, 0x31BF),
+        (0xFE10, 0xFE1F),
+        (0xFE30, 0xFE4F),
+        (0x2600, 0x26FF),
+        (0x2700, 0x27BF),
+        (0x3200, 0x32FF),
+        (0x3300, 0x33FF),
+    ];
+    let c = u32::from(c);
+    RANGES.iter().any(|&(start, end)| (start..=end).contains(&c))
+}
+
+/// sacrebleu's `TokenizerV14International` (mteval-v14's international tokenization):
+/// `(\P{N})(\p{P})` -> "\1 \2 ", then `(\p{P})(\P{N})` -> " \1 \2", then `(\p{S})` -> " \1 ".
+pub fn tokenize_intl(line: &str) -> String {
+    let chars: Vec<char> = line.chars().collect();
+    let is_number = |c: char| in_table(categories::NUMBER, c);
+    let is_punctuation = |c: char| in_table(categories::PUNCTUATION, c);
+    let chars = sub_pairs(&chars, |c| !is_number(c), is_punctuation, |a, b| [a, ' ', b, ' ']);
+    let chars = sub_pairs(&chars, is_punctuation, |c| !is_number(c), |a, b| [' ', a, ' ', b]);
+    let mut spaced = Vec::with_capacity(chars.len() + chars.len() / 4);
+    for c in chars {
+        if in_table(categories::SYMBOL, c) {
+            spaced.extend([' ', c, ' ']);
+        } else {
+            spaced.push(c);
+        }
+    }
+    join_tokens(&spaced)
+}
+
+/// sacrebleu's `TokenizerChar`: every character joined by spaces; BLEU then splits on whitespace,
+/// so every non-whitespace character is one token.
+pub fn tokenize_char(line: &str) -> String {
+    let chars: Vec<char> = line.chars().filter(|&c| !is_py_space(c)).flat_map(|c| [c, ' ']).collect();
+    join_tokens(&chars)
+}
+
+/// Whether a character is in a sorted table of inclusive code point ranges.
+fn in_table(table: &[(u32, u32)], c: char) -> bool {
+    let c = u32::from(c);
+    table
+        .binary_search_by(|&(start, end)| {
+            if end < c {
+                std::cmp::Ordering::Less
+            } else if start > c {
+                std::cmp::Ordering::Greater
+            } else {
+                std::cmp::Ordering::Equal
+            }
+        })
+        .is_ok()
+}
+
+/// `' '.join(line.split())`: the tokens of a character sequence, joined by single spaces.
+fn join_tokens(chars: &[char]) -> String {
+    let text: String = chars.iter().collect();
     py_split(&text).collect::<Vec<_>>().join(" ")
 }
 
@@ -335,12 +472,21 @@ mod tests {
     use serde_json::Value;
     use triad_plugin_sdk::configure;
 
-    /// Real movie-review snippets and sacrebleu's scores on them; see tests/make_fixture.py.
+    /// Real movie-review snippets, Chinese reviews and Tang poems, and sacrebleu's scores on them;
+    /// see tests/make_fixture.py.
     const FIXTURE: &str = include_str!("../tests/fixture.json");
+
+    /// The tokenizers whose per-pair statistics the fixture holds.
+    const TOKENIZERS: [&str; 4] = ["13a", "zh", "intl", "char"];
 
     struct Pair {
         record: MetricRecord,
-        stats: Vec<f64>,
+        /// sacrebleu's statistics of the pair under each of [`TOKENIZERS`].
+        stats: Vec<Vec<f64>>,
+    }
+
+    fn with_tokenizer(name: &str) -> Bleu {
+        configure(&format!(r#"{{"tokenize": "{name}"}}"#)).expect("tokenizer config")
     }
 
     fn fixture() -> Value {
@@ -362,7 +508,13 @@ mod tests {
                         .map(|r| r.as_str().expect("ref").to_string())
                         .collect(),
                 },
-                stats: p["stats"].as_array().expect("stats").iter().map(|x| x.as_f64().expect("stat")).collect(),
+                stats: TOKENIZERS
+                    .iter()
+                    .map(|t| {
+                        let stats = p["stats"][t].as_str().expect("stats");
+                        stats.split(' ').map(|x| x.parse().expect("integer statistic")).collect()
+                    })
+                    .collect(),
             })
             .collect()
     }
@@ -379,25 +531,61 @@ mod tests {
     use triad_plugin_sdk::testing::metric as value;
 
     #[test]
-    fn tokenizer_matches_sacrebleu_13a() {
+    fn tokenizers_match_sacrebleu() {
         let fixture = fixture();
         let cases = fixture["token_cases"].as_array().expect("token_cases");
-        assert!(cases.len() > 40);
-        for case in cases {
-            let text = case["text"].as_str().expect("text");
-            let expected = case["tokens"].as_str().expect("tokens");
-            let bleu = Bleu::default();
-            assert_eq!(bleu.preprocess(text), expected, "tokenizing {text:?}");
+        assert!(cases.len() > 60);
+        for name in TOKENIZERS {
+            let bleu = with_tokenizer(name);
+            for case in cases {
+                let text = case["text"].as_str().expect("text");
+                let expected = case["tokens"][name].as_str().expect("tokens");
+                assert_eq!(bleu.preprocess(text), expected, "{name}: tokenizing {text:?}");
+            }
+        }
+        assert_eq!(Bleu::default().tokenize, with_tokenizer("13a").tokenize);
+    }
+
+    #[test]
+    fn segment_statistics_match_sacrebleu_for_every_tokenizer() {
+        let fixture = fixture();
+        let pairs = pairs(&fixture);
+        assert!(pairs.len() > 300);
+        for (k, name) in TOKENIZERS.iter().enumerate() {
+            let mut bleu = with_tokenizer(name);
+            for pair in &pairs {
+                let stats = bleu.statistics(&pair.record).expect("statistics");
+                assert_eq!(stats, pair.stats[k], "{name}: statistics of {:?}", pair.record);
+            }
         }
     }
 
     #[test]
-    fn segment_statistics_match_sacrebleu() {
-        let fixture = fixture();
-        let mut bleu: Bleu = configure("{}").expect("default config");
-        for pair in pairs(&fixture) {
-            let stats = bleu.statistics(&pair.record).expect("statistics");
-            assert_eq!(stats, pair.stats, "statistics of {:?}", pair.record);
+    fn chinese_needs_a_chinese_tokenizer() {
+        // 13a sees a Chinese sentence as one or a few long tokens; zh and char see characters.
+        let text = "房间设施还可以，床上被褥很干净";
+        assert_eq!(with_tokenizer("13a").preprocess(text), text);
+        assert_eq!(with_tokenizer("zh").preprocess(text), "房 间 设 施 还 可 以 ， 床 上 被 褥 很 干 净");
+        assert_eq!(with_tokenizer("intl").preprocess(text), "房间设施还可以 ， 床上被褥很干净");
+        assert_eq!(with_tokenizer("char").preprocess("a b，c"), "a b ， c");
+    }
+
+    #[test]
+    fn category_tables_are_sorted_disjoint_ranges() {
+        for table in [categories::PUNCTUATION, categories::SYMBOL, categories::NUMBER] {
+            assert!(table.iter().all(|&(start, end)| start <= end));
+            assert!(table.windows(2).all(|w| w[0].1 + 1 < w[1].0), "sorted, disjoint and merged");
+        }
+        for (c, p, s, n) in [('，', true, false, false), ('$', false, true, false), ('²', false, false, true)] {
+            assert_eq!(
+                (
+                    in_table(categories::PUNCTUATION, c),
+                    in_table(categories::SYMBOL, c),
+                    in_table(categories::NUMBER, c)
+                ),
+                (p, s, n),
+                "{c}"
+            );
         }
     }
 
@@ -406,11 +594,15 @@ mod tests {
         let fixture = fixture();
         let pairs = pairs(&fixture);
         let cases = fixture["corpus"].as_array().expect("corpus");
-        assert!(cases.len() > 50);
+        assert!(cases.len() > 200);
+        for tokenizer in ["zh", "intl", "char"] {
+            assert!(cases.iter().filter(|c| c["config"]["tokenize"] == tokenizer).count() >= 30, "{tokenizer}");
+        }
+        let mut max_difference: f64 = 0.0;
         for case in cases {
             let config = case["config"].to_string();
             let mut bleu: Bleu = configure(&config).expect("config");
-            let indices: Vec<usize> = case["indices"]
+            let indices: Vec<usize> = fixture["subsets"][case["subset"].as_str().expect("subset")]
                 .as_array()
                 .expect("indices")
                 .iter()
@@ -424,6 +616,7 @@ mod tests {
             let expected = case["bleu"].as_f64().expect("bleu");
             let got = value(&values, "bleu");
             assert!((got - expected).abs() < 1e-9, "{what}: BLEU {got} vs sacrebleu {expected}");
+            max_difference = max_difference.max((got - expected).abs());
             let bp = case["bp"].as_f64().expect("bp");
             assert!((value(&values, "bleu_bp") - bp).abs() < 1e-12, "{what}: brevity penalty");
             for (n, p) in case["precisions"].as_array().expect("precisions").iter().enumerate() {
@@ -434,6 +627,7 @@ mod tests {
             assert_eq!(value(&values, "bleu_hyp_len"), case["sys_len"].as_f64().expect("sys_len"), "{what}");
             assert_eq!(value(&values, "bleu_ref_len"), case["ref_len"].as_f64().expect("ref_len"), "{what}");
         }
+        eprintln!("{} corpus cases, largest |BLEU - sacrebleu| {max_difference:e}", cases.len());
     }
 
     /// The host sums statistics per chunk on each core and then sums the chunks, in any order.
@@ -500,7 +694,11 @@ mod tests {
 
     #[test]
     fn bad_configs_and_records_are_rejected() {
-        assert!(configure::<Bleu>(r#"{"tokenize": "intl"}"#).is_err());
+        let err = configure::<Bleu>(r#"{"tokenize": "ja-mecab"}"#).expect_err("unknown tokenizer").message;
+        assert!(
+            err.contains("tokenize") && err.contains("ja-mecab") && err.contains(r#""zh", "intl", "char""#),
+            "{err}"
+        );
         assert!(configure::<Bleu>(r#"{"max_order": 0}"#).is_err());
         assert!(configure::<Bleu>(r#"{"smooth": "exp", "smooth_value": 0.5}"#).is_err());
         assert!(configure::<Bleu>(r#"{"smoothing": "exp"}"#).is_err());

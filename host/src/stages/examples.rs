@@ -43,6 +43,15 @@ pub enum ExampleFormat {
     /// A continuation task cut from plain text: the prompt is the first `words` words of the
     /// record, the response the rest (records with fewer than `words + 1` words are skipped).
     Continuation { words: usize },
+    /// A next-line task cut from a text in lines (a poem): the prompt is the field `title` (if
+    /// named) on a line of its own, then the record's first `given` lines; the response is
+    /// the line after them: `NextLine(given: 1, title: "title")`. Records with fewer than
+    /// `given + 1` non-empty lines are skipped.
+    NextLine {
+        given: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        title: Option<String>,
+    },
 }
 
 /// Filter plugins named by a stage, as plugin slots.
@@ -65,6 +74,7 @@ impl ExampleSet {
     pub fn validate(&self) -> Result<(), String> {
         match self.format {
             ExampleFormat::Continuation { words: 0 } => Err("Continuation(words) must be at least 1".into()),
+            ExampleFormat::NextLine { given: 0, .. } => Err("NextLine(given) must be at least 1".into()),
             _ if self.limit == Some(0) => Err("limit must be at least 1 (leave it out for every example)".into()),
             _ => Ok(()),
         }
@@ -152,6 +162,19 @@ fn format_record(format: &ExampleFormat, record: &Record) -> Result<Option<Examp
         }
         ExampleFormat::Continuation { words } => Ok(cut_after_words(&record.text, *words)
             .map(|(prompt, response)| Example { prompt, response, origin: record.origin.clone() })),
+        ExampleFormat::NextLine { given, title } => {
+            let lines: Vec<&str> = record.text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            let Some(response) = lines.get(*given) else { return Ok(None) };
+            let mut prompt = match title {
+                Some(name) => format!("{}\n", field(name)?.trim()),
+                None => String::new(),
+            };
+            for line in &lines[..*given] {
+                prompt.push_str(line);
+                prompt.push('\n');
+            }
+            Ok(Some(Example { prompt, response: response.to_string(), origin: record.origin.clone() }))
+        }
     }
 }
 
@@ -208,5 +231,23 @@ mod tests {
         assert_eq!(response, " film that never drags.");
         assert_eq!(cut_after_words("too short", 2), None);
         assert_eq!(cut_after_words("too short", 5), None);
+    }
+
+    #[test]
+    fn next_line_prompts_are_the_title_and_the_given_lines() {
+        let record = Record {
+            text: "床前明月光，疑是地上霜。\n舉頭望明月，低頭思故鄉。".into(),
+            fields: [("title".to_string(), "靜夜思".to_string())].into(),
+            origin: Origin { file: "poet.tang.json".into(), line: 3 },
+        };
+        let format = ExampleFormat::NextLine { given: 1, title: Some("title".into()) };
+        let example = format_record(&format, &record).expect("formats").expect("long enough");
+        assert_eq!(example.prompt, "靜夜思\n床前明月光，疑是地上霜。\n");
+        assert_eq!(example.response, "舉頭望明月，低頭思故鄉。");
+        let untitled = ExampleFormat::NextLine { given: 1, title: None };
+        assert_eq!(format_record(&untitled, &record).unwrap().unwrap().prompt, "床前明月光，疑是地上霜。\n");
+        assert_eq!(format_record(&ExampleFormat::NextLine { given: 2, title: None }, &record).unwrap(), None);
+        let missing = ExampleFormat::NextLine { given: 1, title: Some("name".into()) };
+        assert!(format_record(&missing, &record).unwrap_err().contains("name"));
     }
 }

@@ -80,6 +80,9 @@ enum Command {
         /// A metric plugin folder that scores the answers (repeatable).
         #[arg(long, requires = "prompts")]
         metric: Vec<PathBuf>,
+        /// Lay the prompts out in the model's chat template (else as plain text).
+        #[arg(long, requires = "prompts")]
+        chat: bool,
         /// Prompts answered at most.
         #[arg(long, default_value_t = 200)]
         max_prompts: usize,
@@ -306,6 +309,7 @@ fn run() -> Result<()> {
             prompts,
             fields,
             metric,
+            chat,
             max_prompts,
             max_new_tokens,
             runs,
@@ -320,6 +324,7 @@ fn run() -> Result<()> {
                 max_tokens,
                 prompts: prompts.map(|p| (p, prompt_field, reference_field)),
                 metrics: metric,
+                chat,
                 max_prompts,
                 max_new_tokens,
             };

@@ -369,7 +369,10 @@ fn malformed_lines_are_errors_naming_file_and_line() {
     let dir = scratch("malformed");
     let jsonl = write(&dir, "qa.jsonl", "{\"text\": \"fine\", \"id\": 1}\n\n{\"text\": 5}\n");
     let err = load_error(&dir, r#"Jsonl(path: "qa.jsonl")"#);
-    assert_eq!(err, format!("{}:3: field `text` must be a string, found a number", jsonl.display()));
+    assert_eq!(
+        err,
+        format!("{}:3: field `text` must be a string or a list of strings, found a number", jsonl.display())
+    );
     write(&dir, "broken.jsonl", "{\"text\": \"a\"}\n{\"text\": \"b\"\n");
     let err = load_error(&dir, r#"Jsonl(path: "broken.jsonl")"#);
     assert!(err.contains("broken.jsonl:2: not valid JSON"), "{err}");

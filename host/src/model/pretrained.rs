@@ -205,3 +205,52 @@ fn leading_special_token(tokenizer: &Tokenizer) -> Option<u32> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use super::*;
+
+    /// A word-level tokenizer over `a`, `b`, with `post_processor` as given.
+    fn tokenizer(post_processor: serde_json::Value) -> Tokenizer {
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": [{"id": 2, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false,
+                              "normalized": false, "special": true}],
+            "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": post_processor,
+            "decoder": null, "model": {"type": "WordLevel", "vocab": {"a": 0, "b": 1, "<s>": 2}, "unk_token": "a"},
+        });
+        Tokenizer::from_str(&json.to_string()).expect("a valid tokenizer")
+    }
+
+    #[test]
+    fn the_start_token_is_what_the_post_processor_puts_in_front() {
+        let llama_style = serde_json::json!({
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"<s>": {"id": "<s>", "ids": [2], "tokens": ["<s>"]}},
+        });
+        assert_eq!(leading_special_token(&tokenizer(llama_style)), Some(2));
+        assert_eq!(leading_special_token(&tokenizer(serde_json::Value::Null)), None);
+    }
+
+    #[test]
+    fn a_spec_is_a_name_a_folder_or_a_gguf_file() {
+        let dir = std::env::temp_dir().join(format!("triad-pretrained-resolve-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("folder")).unwrap();
+        std::fs::write(dir.join("folder").join(CONFIG_FILE), "{}").unwrap();
+        std::fs::write(dir.join("m.gguf"), b"GGUF").unwrap();
+        let resolve = |spec: &str| PretrainedSource::resolve(spec, &dir);
+        assert_eq!(resolve("smollm2-135m-instruct").unwrap(), PretrainedSource::Named("smollm2-135m-instruct".into()));
+        assert_eq!(resolve("folder").unwrap(), PretrainedSource::Folder(dir.join("folder")));
+        assert_eq!(resolve("m.gguf").unwrap(), PretrainedSource::Gguf(dir.join("m.gguf")));
+        let message = resolve("nothing-here").unwrap_err().to_string();
+        assert!(
+            message.contains("no pretrained model `nothing-here`") && message.contains("nothing-here"),
+            "{message}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -778,6 +778,8 @@ pub struct Question {
     /// A JSONL file of prompts with references, its two field names, and metric plugin folders.
     pub prompts: Option<(std::path::PathBuf, String, String)>,
     pub metrics: Vec<std::path::PathBuf>,
+    /// Lay the prompts out in the model's chat template (else as plain text).
+    pub chat: bool,
     pub max_prompts: usize,
     pub max_new_tokens: usize,
 }
@@ -813,6 +815,9 @@ impl Question {
             stage.push(format!(
                 "prompts: (data: \"prompts\", format: Fields(prompt: {prompt:?}, response: {reference:?}))"
             ));
+            if self.chat {
+                stage.push("template: Chat()".to_string());
+            }
             stage.push(format!("max_prompts: {}", self.max_prompts));
             stage.push(format!("generation: (max_new_tokens: {}, temperature: 0.0)", self.max_new_tokens));
             let mut names = Vec::new();

@@ -359,8 +359,11 @@ fn json_array_records(
 ) -> Result<Vec<Record>, SourceError> {
     let malformed = |line: usize, message: String| SourceError::Malformed { file: file.to_path_buf(), line, message };
     let mut records = Vec::new();
+    // Lines counted from one element's start to the next's, so the whole text is scanned once.
+    let (mut line, mut counted_to) = (1, 0);
     for (start, end) in array_elements(text).map_err(|(at, message)| malformed(line_at(text, at), message))? {
-        let line = line_at(text, start);
+        line += text[counted_to..start].matches('\n').count();
+        counted_to = start;
         let value: Value =
             serde_json::from_str(&text[start..end]).map_err(|e| malformed(line, format!("not valid JSON: {e}")))?;
         records.push(to_record(line, value)?);

@@ -134,10 +134,53 @@ impl ChatTemplate {
         out
     }
 
+    /// The template as Jinja source that renders exactly as [`ChatTemplate::render`] does,
+    /// both in `transformers` and in [`ChatTemplate::from_jinja`]: what a saved model folder's
+    /// `chat_template.jinja` holds.
+    pub fn to_jinja(&self) -> String {
+        let mut out = String::from("{% for message in messages %}");
+        if let Some(system) = &self.default_system {
+            out.push_str(&format!(
+                "{{% if loop.first and messages[0]['role'] != 'system' %}}{{{{ {} }}}}{{% endif %}}",
+                jinja_string(system)
+            ));
+        }
+        out.push_str(&format!(
+            "{{{{ {} + message['role'] + {} + message['content'] + {} }}}}{{% endfor %}}",
+            jinja_string(&self.before_role),
+            jinja_string(&self.after_role),
+            jinja_string(&self.after_content)
+        ));
+        if !self.generation_prompt.is_empty() {
+            out.push_str(&format!(
+                "{{% if add_generation_prompt %}}{{{{ {} }}}}{{% endif %}}",
+                jinja_string(&self.generation_prompt)
+            ));
+        }
+        out
+    }
+
     /// The token text that ends a turn (`<|im_end|>`): generation stops there.
     pub fn end_of_turn(&self) -> &str {
         self.after_content.trim_end()
     }
+}
+
+/// `text` as a single-quoted Jinja string literal.
+fn jinja_string(text: &str) -> String {
+    let mut out = String::from("'");
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
 }
 
 /// One term of a `+` concatenation.
@@ -305,6 +348,21 @@ mod tests {
     /// SmolLM2-135M-Instruct's `tokenizer.chat_template`, byte for byte as its GGUF stores it
     /// (real newlines inside the string literals).
     const SMOLLM2: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    #[test]
+    fn to_jinja_reads_back_as_the_same_template() {
+        let smollm2 = ChatTemplate::from_jinja(SMOLLM2).unwrap();
+        assert_eq!(ChatTemplate::from_jinja(&smollm2.to_jinja()).unwrap(), smollm2);
+        // Quotes, backslashes and tabs survive; no default system message, no generation prompt.
+        let odd = ChatTemplate {
+            default_system: None,
+            before_role: "<'\\\t".into(),
+            after_role: ": ".into(),
+            after_content: "\r\n".into(),
+            generation_prompt: String::new(),
+        };
+        assert_eq!(ChatTemplate::from_jinja(&odd.to_jinja()).unwrap(), odd);
+    }
 
     #[test]
     fn smollm2_template_adds_its_default_system_prompt() {

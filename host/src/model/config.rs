@@ -509,6 +509,22 @@ impl<'de> Deserialize<'de> for ModelConfig {
 mod tests {
     use super::*;
 
+    /// A tiny Llama: 2 heads sharing 1 key/value head, RoPE base `rope_theta`.
+    fn tiny_llama(rope_theta: f64, tie_embeddings: bool) -> ModelConfig {
+        ModelConfig::Llama(LlamaConfig {
+            vocab_size: 10,
+            context: 8,
+            layers: 1,
+            heads: 2,
+            kv_heads: 1,
+            d_model: 8,
+            ffn_hidden: 12,
+            rope_theta,
+            rms_eps: 1e-6,
+            tie_embeddings,
+        })
+    }
+
     fn gpt2_124m() -> ModelConfig {
         ModelConfig::Gpt(GptConfig {
             vocab_size: 50257,
@@ -586,21 +602,7 @@ mod tests {
 
     #[test]
     fn ron_and_json_round_trip() {
-        for c in [
-            gpt2_124m(),
-            ModelConfig::Llama(LlamaConfig {
-                vocab_size: 10,
-                context: 8,
-                layers: 1,
-                heads: 2,
-                kv_heads: 1,
-                d_model: 8,
-                ffn_hidden: 12,
-                rope_theta: 500.0,
-                rms_eps: 1e-6,
-                tie_embeddings: false,
-            }),
-        ] {
+        for c in [gpt2_124m(), tiny_llama(500.0, false)] {
             let ron_text = ron::to_string(&c).unwrap();
             let variant = if c.family() == "gpt" { "Gpt(" } else { "Llama(" };
             assert!(ron_text.starts_with(variant), "{ron_text}");
@@ -620,19 +622,7 @@ mod tests {
 
     #[test]
     fn transformers_5_rope_parameters_are_read_and_scaled_rope_refused() {
-        let mut hf = ModelConfig::Llama(LlamaConfig {
-            vocab_size: 10,
-            context: 8,
-            layers: 1,
-            heads: 2,
-            kv_heads: 1,
-            d_model: 8,
-            ffn_hidden: 12,
-            rope_theta: 50_000.0,
-            rms_eps: 1e-6,
-            tie_embeddings: false,
-        })
-        .to_hf_json();
+        let mut hf = tiny_llama(50_000.0, false).to_hf_json();
         let hf = hf.as_object_mut().unwrap();
         hf.remove("triad_config");
         hf.remove("rope_theta");
@@ -661,19 +651,7 @@ mod tests {
             let e = ModelConfig::from_hf_json(&bad).unwrap_err();
             assert!(e.contains(says), "{e}");
         }
-        let mut llama = ModelConfig::Llama(LlamaConfig {
-            vocab_size: 10,
-            context: 8,
-            layers: 1,
-            heads: 2,
-            kv_heads: 1,
-            d_model: 8,
-            ffn_hidden: 12,
-            rope_theta: 1e4,
-            rms_eps: 1e-6,
-            tie_embeddings: true,
-        })
-        .to_hf_json();
+        let mut llama = tiny_llama(1e4, true).to_hf_json();
         llama.as_object_mut().unwrap().remove("triad_config");
         assert!(ModelConfig::from_hf_json(&llama).is_ok());
         for (key, value) in [

@@ -19,6 +19,10 @@ pub const PRETRAINED_MODELS: &[&str] = &["smollm2-135m-instruct"];
 /// The tokenizer file of a Hugging Face model folder.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
+/// The chat template of a Hugging Face model folder (transformers 5; older writers put it in
+/// `tokenizer_config.json`).
+pub const CHAT_TEMPLATE_FILE: &str = "chat_template.jinja";
+
 /// Where a `Pretrained("...")` model comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PretrainedSource {
@@ -168,7 +172,7 @@ fn load_folder(dir: &Path, device: &Device) -> Result<Loaded, PretrainedError> {
 /// `chat_template` of `tokenizer_config.json`. A template triad cannot follow is left out with
 /// a warning: the model still loads, and a stage that needs the template says so.
 fn chat_template(dir: &Path) -> Result<Option<ChatTemplate>, PretrainedError> {
-    let jinja = dir.join("chat_template.jinja");
+    let jinja = dir.join(CHAT_TEMPLATE_FILE);
     let config = dir.join("tokenizer_config.json");
     let (path, source) = if jinja.is_file() {
         let text = std::fs::read_to_string(&jinja)

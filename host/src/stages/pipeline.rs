@@ -277,10 +277,16 @@ fn run_point(point: &RunPoint<Stage>, experiment_path: &Path, options: &RunOptio
         let started = std::time::Instant::now();
         let mut output = stage.run(&ctx, &dir)?;
         // A stage's model folder is a whole Hugging Face model folder: `transformers` and
-        // `Pretrained("<folder>")` read the tokenizer beside the weights.
+        // `Pretrained("<folder>")` read the tokenizer and the chat template beside the weights.
         let model_dir = dir.join("model");
         if stage.produces_model() && model_dir.join(crate::model::checkpoint::CONFIG_FILE).is_file() {
             ctx.tokenizer()?.save(&model_dir.join(crate::model::pretrained::TOKENIZER_FILE))?;
+            if let Some(chat) = ctx.chat_template()? {
+                write_atomically(
+                    &model_dir.join(crate::model::pretrained::CHAT_TEMPLATE_FILE),
+                    chat.to_jinja().as_bytes(),
+                )?;
+            }
         }
         // Wall time of this attempt (a resumed stage counts from its resume).
         output.metrics.insert("time/seconds".into(), started.elapsed().as_secs_f64());

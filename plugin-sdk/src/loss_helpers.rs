@@ -21,6 +21,15 @@ pub fn feature_name(feature: Feature) -> &'static str {
     }
 }
 
+/// Whether the host backpropagates through a feature: a loss may return gradients for these
+/// only (`logprob`, `mean-logprob`, `entropy`, `value`, `sequence-logprob`).
+pub fn is_differentiable(feature: Feature) -> bool {
+    matches!(
+        feature,
+        Feature::Logprob | Feature::MeanLogprob | Feature::Entropy | Feature::Value | Feature::SequenceLogprob
+    )
+}
+
 /// Read access to the features of a loss batch.
 ///
 /// A loss usually calls only [`per_token`](Self::per_token) and

@@ -10,6 +10,7 @@
 
 pub mod bindings;
 pub mod build;
+pub mod compiled_cache;
 mod error;
 pub mod kinds;
 pub mod load;

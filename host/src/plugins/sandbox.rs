@@ -1,5 +1,5 @@
 //! The sandbox: one wasmtime engine per process, its epoch ticker, the limits applied to every
-//! instance, and the cache of compiled plugins.
+//! instance, and the caches of compiled plugins (in this process, and on disk across processes).
 //!
 //! Security model: a plugin gets nothing but `host.log`. No WASI is linked, so a plugin has no
 //! files, sockets, environment, clock or randomness. Every call runs under a deadline enforced by
@@ -18,6 +18,7 @@ use wasmtime::component::Component;
 use wasmtime::{Config, Engine, StoreLimits, StoreLimitsBuilder};
 
 use super::bindings::{Host, Level, PluginKind};
+use super::compiled_cache::CompiledCache;
 
 /// How often the ticker advances the engine's epoch: the resolution of every deadline.
 const TICK: Duration = Duration::from_millis(5);
@@ -127,6 +128,7 @@ pub struct Sandbox {
 struct Inner {
     engine: Engine,
     compiled: Mutex<HashMap<[u8; 32], Component>>,
+    on_disk: CompiledCache,
     stop_ticker: Arc<AtomicBool>,
 }
 
@@ -158,7 +160,8 @@ impl Sandbox {
         let engine = Engine::new(&config)?;
         let stop_ticker = Arc::new(AtomicBool::new(false));
         spawn_ticker(engine.weak(), stop_ticker.clone());
-        Ok(Sandbox { inner: Arc::new(Inner { engine, compiled: Mutex::new(HashMap::new()), stop_ticker }) })
+        let on_disk = CompiledCache::in_triad_cache(&engine);
+        Ok(Sandbox { inner: Arc::new(Inner { engine, compiled: Mutex::new(HashMap::new()), on_disk, stop_ticker }) })
     }
 
     /// The wasmtime engine.
@@ -166,13 +169,21 @@ impl Sandbox {
         &self.inner.engine
     }
 
-    /// Compile a component, or return the copy compiled earlier in this process.
+    /// Compile a component, or return the copy compiled earlier in this process, or read the
+    /// one an earlier process compiled from triad's cache (see [`CompiledCache`]).
     pub(crate) fn compile(&self, component_bytes: &[u8]) -> wasmtime::Result<Component> {
         let key: [u8; 32] = Sha256::digest(component_bytes).into();
         if let Some(found) = self.lock_cache().get(&key) {
             return Ok(found.clone());
         }
-        let component = Component::new(&self.inner.engine, component_bytes)?;
+        let started = std::time::Instant::now();
+        let (component, outcome) = self.inner.on_disk.load_or_compile(&self.inner.engine, component_bytes)?;
+        tracing::debug!(
+            bytes = component_bytes.len(),
+            ?outcome,
+            seconds = started.elapsed().as_secs_f64(),
+            "plugin component ready"
+        );
         self.lock_cache().insert(key, component.clone());
         Ok(component)
     }

@@ -288,6 +288,9 @@ impl ModelConfig {
                 "initializer_range": super::init::INIT_STD,
                 "tie_word_embeddings": true,
                 "torch_dtype": "float32",
+                // GPT2Config's defaults (50256) lie outside a vocabulary trained here.
+                "bos_token_id": null,
+                "eos_token_id": null,
             }),
             ModelConfig::Llama(c) => serde_json::json!({
                 "architectures": ["LlamaForCausalLM"],

@@ -694,24 +694,21 @@ fn run_command(path: &Path, options: &RunOptions, dry_run: bool, all_metrics: bo
     Ok(())
 }
 
+/// `text` as one of `choices`, by name; else an error listing the names.
+fn one_of<T: Clone>(text: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+    let found = choices.iter().find(|(name, _)| *name == text).map(|(_, value)| value.clone());
+    found.ok_or_else(|| format!("`{text}`: expected {}", names.join(", ")))
+}
+
 fn parse_split(text: &str) -> Result<triad::data::source::TextSplit, String> {
     use triad::data::source::TextSplit;
-    match text {
-        "whole" => Ok(TextSplit::Whole),
-        "lines" => Ok(TextSplit::Lines),
-        "paragraphs" => Ok(TextSplit::Paragraphs),
-        other => Err(format!("`{other}`: expected whole, lines or paragraphs")),
-    }
+    one_of(text, &[("whole", TextSplit::Whole), ("lines", TextSplit::Lines), ("paragraphs", TextSplit::Paragraphs)])
 }
 
 fn parse_bos(text: &str) -> Result<triad::stages::perplexity::Bos, String> {
     use triad::stages::perplexity::Bos;
-    match text {
-        "model" => Ok(Bos::Model),
-        "always" => Ok(Bos::Always),
-        "never" => Ok(Bos::Never),
-        other => Err(format!("`{other}`: expected model, always or never")),
-    }
+    one_of(text, &[("model", Bos::Model), ("always", Bos::Always), ("never", Bos::Never)])
 }
 
 /// `triad eval`: the question as an experiment with one Eval stage, run like any other, then

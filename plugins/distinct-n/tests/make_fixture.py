@@ -11,21 +11,14 @@ vadersentiment==3.3.2. Distinct-n (Li et al. 2016) = distinct n-grams / all n-gr
 corpus, tokens = `text.lower().split()`. The "repeated" corpus adds the first 100 snippets a
 second time, as a model that repeats itself would.
 """
-import io
 import json
 import sys
-import tarfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from fixture_texts import snippets  # noqa: E402  (plugins/fixture_texts.py, shared with bleu and rouge)
 
 OUT = __file__.rsplit("/", 1)[0] + "/fixture.json"
-
-
-def snippets(sdist):
-    with tarfile.open(sdist) as outer:
-        inner_bytes = outer.extractfile(
-            "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz").read()
-    with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
-        raw = inner.extractfile("hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt").read()
-    return [line.split("\t", 2)[2].strip() for line in raw.decode("utf-8").splitlines()]
 
 
 def distinct(texts, n):

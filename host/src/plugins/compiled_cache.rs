@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use crate::util::atomic::write_atomically;
+use crate::util::atomic::{FileError, write_atomically};
 
 /// Where the cache's entries live, and the part of their key that comes from the engine.
 pub struct CompiledCache {
@@ -98,23 +98,32 @@ impl CompiledCache {
 
     /// Write the entry: the precompiled bytes, then their sha256 (so a crash between the two
     /// leaves an entry without a hash, which is never read).
-    fn store(&self, cwasm: &Path, hash: &Path, precompiled: &[u8]) -> Result<(), String> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
-        write_atomically(cwasm, precompiled).map_err(|e| e.to_string())?;
-        write_atomically(hash, hex(&Sha256::digest(precompiled)).as_bytes()).map_err(|e| e.to_string())
+    fn store(&self, cwasm: &Path, hash: &Path, precompiled: &[u8]) -> Result<(), FileError> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| FileError::new(&self.dir, e))?;
+        write_atomically(cwasm, precompiled)?;
+        write_atomically(hash, hex(&Sha256::digest(precompiled)).as_bytes())
     }
+}
+
+/// Why an entry on disk is not used.
+#[derive(Debug, thiserror::Error)]
+enum Unusable {
+    #[error("unreadable: {0}")]
+    Unreadable(std::io::Error),
+    #[error("its sha256 is {actual}, but the cache recorded {recorded}")]
+    Changed { actual: String, recorded: String },
 }
 
 /// The entry's bytes when they have the sha256 recorded beside them; `None` when there is no
 /// entry; why not, when there is one that cannot be used.
-fn read_checked(cwasm: &Path, hash: &Path) -> Result<Option<Vec<u8>>, String> {
+fn read_checked(cwasm: &Path, hash: &Path) -> Result<Option<Vec<u8>>, Unusable> {
     let Ok(recorded) = std::fs::read_to_string(hash) else {
         return Ok(None);
     };
-    let bytes = std::fs::read(cwasm).map_err(|e| format!("unreadable: {e}"))?;
+    let bytes = std::fs::read(cwasm).map_err(Unusable::Unreadable)?;
     let actual = hex(&Sha256::digest(&bytes));
     if actual != recorded.trim() {
-        return Err(format!("its sha256 is {actual}, but the cache recorded {}", recorded.trim()));
+        return Err(Unusable::Changed { actual, recorded: recorded.trim().to_string() });
     }
     Ok(Some(bytes))
 }
@@ -155,7 +164,7 @@ mod tests {
         let last = tampered.len() - 1;
         tampered[last] ^= 1;
         std::fs::write(&cwasm, &tampered).unwrap();
-        let reason = read_checked(&cwasm, &cwasm.with_extension("sha256")).unwrap_err();
+        let reason = read_checked(&cwasm, &cwasm.with_extension("sha256")).unwrap_err().to_string();
         assert!(reason.contains("but the cache recorded"), "{reason}");
         assert_eq!(cache.load_or_compile(&engine, &bytes).unwrap().1, Outcome::Compiled);
         assert_eq!(cache.load_or_compile(&engine, &bytes).unwrap().1, Outcome::Cached);

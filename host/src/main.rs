@@ -205,6 +205,18 @@ enum BenchCommand {
 
 #[derive(Subcommand)]
 enum PluginCommand {
+    /// Write a new plugin crate that builds anywhere on the machine (the SDK comes from triad's
+    /// cache; plugins outside this repository share one build folder there).
+    New {
+        /// reward, filter, metric or loss.
+        #[arg(value_parser = parse_kind)]
+        kind: triad::plugins::PluginKind,
+        /// The new crate's folder; its name is the crate's name.
+        dir: PathBuf,
+        /// The plugin's language.
+        #[arg(long, default_value = "rust")]
+        lang: String,
+    },
     /// Build plugin crates for wasm32-unknown-unknown and print where each .wasm is.
     Build {
         /// Plugin crate directories.
@@ -701,6 +713,19 @@ fn one_of<T: Clone>(text: &str, choices: &[(&str, T)]) -> Result<T, String> {
     found.ok_or_else(|| format!("`{text}`: expected {}", names.join(", ")))
 }
 
+fn parse_kind(text: &str) -> Result<triad::plugins::PluginKind, String> {
+    use triad::plugins::PluginKind;
+    one_of(
+        text,
+        &[
+            ("reward", PluginKind::Reward),
+            ("filter", PluginKind::DataFilter),
+            ("metric", PluginKind::Metric),
+            ("loss", PluginKind::Loss),
+        ],
+    )
+}
+
 fn parse_split(text: &str) -> Result<triad::data::source::TextSplit, String> {
     use triad::data::source::TextSplit;
     one_of(text, &[("whole", TextSplit::Whole), ("lines", TextSplit::Lines), ("paragraphs", TextSplit::Paragraphs)])
@@ -738,6 +763,14 @@ fn eval_command(question: &triad::stages::eval::Question, runs_root: PathBuf) ->
 
 fn plugin_command(command: PluginCommand) -> Result<()> {
     match command {
+        PluginCommand::New { kind, dir, lang } => {
+            triad::plugins::scaffold::new_plugin(kind, &lang, &dir)?;
+            println!(
+                "{kind} plugin written to {d}: edit {d}/src/lib.rs, then `triad plugin check {d}` (and `cargo test` in it)",
+                d = dir.display()
+            );
+            Ok(())
+        }
         PluginCommand::Build { dirs } => {
             let outputs = build::build_crates(&dirs).map_err(|p| anyhow::anyhow!("{p}"))?;
             for (dir, wasm) in dirs.iter().zip(outputs) {

@@ -91,3 +91,35 @@ fn a_library_crate_is_not_taken_for_a_plugin() {
     assert!(stderr.contains("`triad-plugin-sdk` is a library crate, not a plugin"), "{stderr}");
     assert!(!stderr.contains("No such file"), "{stderr}");
 }
+
+/// `triad plugin new` writes, outside the repository, a crate of each kind that builds (in the
+/// shared plugin build folder) and that `triad plugin check` loads as that kind.
+#[test]
+fn scaffolded_plugins_of_every_kind_build_outside_the_repository() {
+    let dir = support::scratch("plugin-new");
+    assert!(!dir.starts_with(support::workspace()), "the scratch folder must lie outside the repository");
+    for (kind, name, says) in [
+        ("reward", "caps-penalty", "reward"),
+        ("filter", "short-filter", "data-filter"),
+        ("metric", "contains-metric", "metric"),
+        ("loss", "nll-loss", "loss"),
+    ] {
+        let crate_dir = dir.join(name);
+        let path = crate_dir.to_str().expect("utf-8 path");
+        let out = triad_in(&dir, &["plugin", "new", kind, path]);
+        assert!(out.status.success(), "{kind}: {}", text(&out.stderr));
+        let out = triad_in(&dir, &["plugin", "check", path]);
+        assert!(out.status.success(), "{kind}: {}", text(&out.stderr));
+        let report = text(&out.stdout);
+        assert!(report.contains(&format!("name:        {name}\nkind:        {says}\n")), "{report}");
+    }
+    let again = triad_in(&dir, &["plugin", "new", "reward", dir.join("caps-penalty").to_str().unwrap()]);
+    assert!(!again.status.success());
+    assert!(text(&again.stderr).contains("already holds a Cargo.toml"), "{}", text(&again.stderr));
+    let python = triad_in(&dir, &["plugin", "new", "reward", dir.join("py").to_str().unwrap(), "--lang", "python"]);
+    assert!(
+        text(&python.stderr).contains("--lang python: only `rust` plugins exist so far"),
+        "{}",
+        text(&python.stderr)
+    );
+}

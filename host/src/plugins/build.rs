@@ -274,12 +274,16 @@ fn metadata(dir: &Path) -> Result<Metadata, Problem> {
     let target_dir =
         json["target_directory"].as_str().map(PathBuf::from).unwrap_or_else(|| workspace_root.join("target"));
     let local_dirs = local_dependency_dirs(&manifest, &workspace_root)?;
-    Ok(Metadata {
-        workspace_root,
-        plugin_target_dir: target_dir.join("wasm-plugins"),
-        package: package.to_string(),
-        local_dirs,
-    })
+    // Crates of triad's own workspace build beside its target; any other crate in one folder
+    // shared by all of them, so the SDK's dependencies build once (each crate's own `target/`
+    // would build them again).
+    let ours = Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(|root| std::fs::canonicalize(root).ok());
+    let plugin_target_dir = if ours.flatten() == std::fs::canonicalize(&workspace_root).ok() {
+        target_dir.join("wasm-plugins")
+    } else {
+        crate::util::packages::cache_dir().join("plugin-build")
+    };
+    Ok(Metadata { workspace_root, plugin_target_dir, package: package.to_string(), local_dirs })
 }
 
 /// The folders of the path dependencies of the crate at `manifest` that lie outside

@@ -17,6 +17,7 @@ pub mod load;
 mod pool;
 pub mod records;
 pub mod sandbox;
+pub mod scaffold;
 
 use std::path::{Path, PathBuf};
 

@@ -82,7 +82,10 @@ impl StoreState {
             limits: StoreLimitsBuilder::new()
                 .memory_size(limits.memory_bytes)
                 .table_elements(MAX_TABLE_ELEMENTS)
-                .instances(4)
+                // Core instances hold no memory of their own (memories and tables are capped
+                // below); a Python component made by componentize-py instantiates between 33 and
+                // 64 of them (its libc, interpreter and adapter shims), a Rust plugin one or two.
+                .instances(64)
                 .tables(8)
                 .memories(2)
                 .trap_on_grow_failure(true)

@@ -50,49 +50,7 @@ enum Command {
     /// Evaluate one model without writing an experiment file: the perplexity of a text file,
     /// and/or answers to the prompts of a JSONL file scored by metric plugins. It trains
     /// nothing and writes no checkpoint; the run lands in `runs/eval/` with its experiment.
-    Eval {
-        /// A pretrained model's name (smollm2-135m-instruct), a Hugging Face model folder (also
-        /// a stage's `model` folder) or a `.gguf` file.
-        #[arg(long)]
-        model: String,
-        /// A UTF-8 text file whose perplexity to measure.
-        #[arg(long, required_unless_present = "prompts")]
-        text: Option<PathBuf>,
-        /// How the text file becomes passages, each measured on its own: whole, lines or
-        /// paragraphs.
-        #[arg(long, default_value = "whole", value_parser = parse_split)]
-        split: triad::data::source::TextSplit,
-        /// Tokens per window (default: the model's context).
-        #[arg(long)]
-        window: Option<usize>,
-        /// What goes in front of each passage: model (what its tokenizer does), always, never.
-        #[arg(long, default_value = "model", value_parser = parse_bos)]
-        bos: triad::stages::perplexity::Bos,
-        /// Measure at most this many tokens.
-        #[arg(long)]
-        max_tokens: Option<usize>,
-        /// A JSONL file of prompts with reference answers.
-        #[arg(long)]
-        prompts: Option<PathBuf>,
-        /// The prompt's and the reference's keys in the JSONL file.
-        #[arg(long, num_args = 2, value_names = ["PROMPT", "REFERENCE"], default_values = ["prompt", "reference"])]
-        fields: Vec<String>,
-        /// A metric plugin folder that scores the answers (repeatable).
-        #[arg(long, requires = "prompts")]
-        metric: Vec<PathBuf>,
-        /// Lay the prompts out in the model's chat template (else as plain text).
-        #[arg(long, requires = "prompts")]
-        chat: bool,
-        /// Prompts answered at most.
-        #[arg(long, default_value_t = 200)]
-        max_prompts: usize,
-        /// Tokens per answer at most (greedy decoding).
-        #[arg(long, default_value_t = 64)]
-        max_new_tokens: usize,
-        /// Where run folders go.
-        #[arg(long, default_value = "runs")]
-        runs: PathBuf,
-    },
+    Eval(EvalArgs),
     /// Check an experiment file without running it: its settings, and every plugin it names
     /// (built, loaded in the sandbox and configured with its config block).
     Validate { experiment: PathBuf },
@@ -146,6 +104,51 @@ enum Command {
     /// Benchmarks that print ratios against a reference measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// A pretrained model's name (smollm2-135m-instruct), a Hugging Face model folder (also
+    /// a stage's `model` folder) or a `.gguf` file.
+    #[arg(long)]
+    model: String,
+    /// A UTF-8 text file whose perplexity to measure.
+    #[arg(long, required_unless_present = "prompts")]
+    text: Option<PathBuf>,
+    /// How the text file becomes passages, each measured on its own: whole, lines or
+    /// paragraphs.
+    #[arg(long, default_value = "whole", value_parser = parse_split)]
+    split: triad::data::source::TextSplit,
+    /// Tokens per window (default: the model's context).
+    #[arg(long)]
+    window: Option<usize>,
+    /// What goes in front of each passage: model (what its tokenizer does), always, never.
+    #[arg(long, default_value = "model", value_parser = parse_bos)]
+    bos: triad::stages::perplexity::Bos,
+    /// Measure at most this many tokens.
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// A JSONL file of prompts with reference answers.
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// The prompt's and the reference's keys in the JSONL file.
+    #[arg(long, num_args = 2, value_names = ["PROMPT", "REFERENCE"], default_values = ["prompt", "reference"])]
+    fields: Vec<String>,
+    /// A metric plugin folder that scores the answers (repeatable).
+    #[arg(long, requires = "prompts")]
+    metric: Vec<PathBuf>,
+    /// Lay the prompts out in the model's chat template (else as plain text).
+    #[arg(long, requires = "prompts")]
+    chat: bool,
+    /// Prompts answered at most.
+    #[arg(long, default_value_t = 200)]
+    max_prompts: usize,
+    /// Tokens per answer at most (greedy decoding).
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// Where run folders go.
+    #[arg(long, default_value = "runs")]
+    runs: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -305,42 +308,15 @@ fn run() -> Result<()> {
     fix_thread_count(threads);
     // `triad run` keeps the terminal to progress bars, warnings and its tables; its detailed log
     // goes to a file in the runs folder (`--verbose` shows it too). Other commands log at info.
-    let quiet = matches!(cli.command, Command::Run { verbose: false, .. } | Command::Eval { .. });
+    let quiet = matches!(cli.command, Command::Run { verbose: false, .. } | Command::Eval(_));
     init_logging(quiet);
     match cli.command {
         Command::Run { experiment, runs, force, dry_run, all_metrics, verbose: _ } => {
             run_command(&experiment, &RunOptions { runs_root: runs, force }, dry_run, all_metrics)
         }
-        Command::Eval {
-            model,
-            text,
-            split,
-            window,
-            bos,
-            max_tokens,
-            prompts,
-            fields,
-            metric,
-            chat,
-            max_prompts,
-            max_new_tokens,
-            runs,
-        } => {
-            let (prompt_field, reference_field) = (fields[0].clone(), fields[1].clone());
-            let question = triad::stages::eval::Question {
-                model,
-                text,
-                split,
-                window,
-                bos,
-                max_tokens,
-                prompts: prompts.map(|p| (p, prompt_field, reference_field)),
-                metrics: metric,
-                chat,
-                max_prompts,
-                max_new_tokens,
-            };
-            eval_command(&question, runs)
+        Command::Eval(args) => {
+            let runs = args.runs.clone();
+            eval_command(&args.question(), runs)
         }
         Command::Validate { experiment } => {
             let loaded = load_experiment(&experiment)?;
@@ -704,6 +680,27 @@ fn run_command(path: &Path, options: &RunOptions, dry_run: bool, all_metrics: bo
         log.display()
     );
     Ok(())
+}
+
+impl EvalArgs {
+    /// The library's form of the question.
+    fn question(self) -> triad::stages::eval::Question {
+        let [prompt_field, reference_field]: [String; 2] =
+            self.fields.try_into().unwrap_or_else(|_| ["prompt".into(), "reference".into()]);
+        triad::stages::eval::Question {
+            model: self.model,
+            text: self.text,
+            split: self.split,
+            window: self.window,
+            bos: self.bos,
+            max_tokens: self.max_tokens,
+            prompts: self.prompts.map(|p| (p, prompt_field, reference_field)),
+            metrics: self.metric,
+            chat: self.chat,
+            max_prompts: self.max_prompts,
+            max_new_tokens: self.max_new_tokens,
+        }
+    }
 }
 
 /// `text` as one of `choices`, by name; else an error listing the names.

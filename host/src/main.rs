@@ -208,28 +208,29 @@ enum BenchCommand {
 
 #[derive(Subcommand)]
 enum PluginCommand {
-    /// Write a new plugin crate that builds anywhere on the machine (the SDK comes from triad's
-    /// cache; plugins outside this repository share one build folder there).
+    /// Write a new plugin that builds anywhere on the machine: a Rust crate (the SDK comes from
+    /// triad's cache; crates outside this repository share one build folder there), or a folder
+    /// with plugin.py or plugin.js.
     New {
         /// reward, filter, metric or loss.
         #[arg(value_parser = parse_kind)]
         kind: triad::plugins::PluginKind,
-        /// The new crate's folder; its name is the crate's name.
+        /// The new plugin's folder; its name is the plugin's name.
         dir: PathBuf,
-        /// The plugin's language.
+        /// The plugin's language: rust, python or js.
         #[arg(long, default_value = "rust")]
         lang: String,
     },
-    /// Build plugin crates for wasm32-unknown-unknown and print where each .wasm is.
+    /// Build plugins (Rust crates, Python and JavaScript folders) and print where each .wasm is.
     Build {
-        /// Plugin crate directories.
+        /// Plugin folders.
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
     },
-    /// List plugin crates: kind, version, sha256. Default: the bundled plugins (this
+    /// List plugins: kind, version, sha256. Default: the bundled plugins (this
     /// workspace's plugins/ folder, else the one triad was built from).
     List {
-        /// A folder of plugin crates (one per subfolder).
+        /// A folder of plugins (one per subfolder).
         dir: Option<PathBuf>,
     },
     /// Load a plugin (crate, module or component) in the sandbox and report what it is.
@@ -244,7 +245,7 @@ enum PluginCommand {
     /// Filters read {"text": ...}; rewards {"prompt", "response", "reference"?}; metrics
     /// {"prediction", "references": [...]}; losses {"sequence_offsets", "features": {...}}.
     Run {
-        /// Plugin crate directory, .wasm module or component.
+        /// Plugin folder (Rust crate, Python or JavaScript), .wasm module or component.
         plugin: PathBuf,
         /// JSON Lines input ("-" for standard input).
         #[arg(long)]
@@ -761,15 +762,17 @@ fn eval_command(question: &triad::stages::eval::Question, runs_root: PathBuf) ->
 fn plugin_command(command: PluginCommand) -> Result<()> {
     match command {
         PluginCommand::New { kind, dir, lang } => {
-            triad::plugins::scaffold::new_plugin(kind, &lang, &dir)?;
+            let file = triad::plugins::scaffold::new_plugin(kind, &lang, &dir)?;
+            let test = if lang == "rust" { " (and `cargo test` in it)" } else { "" };
             println!(
-                "{kind} plugin written to {d}: edit {d}/src/lib.rs, then `triad plugin check {d}` (and `cargo test` in it)",
-                d = dir.display()
+                "{kind} plugin written to {d}: edit {f}, then `triad plugin check {d}`{test}",
+                d = dir.display(),
+                f = file.display()
             );
             Ok(())
         }
         PluginCommand::Build { dirs } => {
-            let outputs = build::build_crates(&dirs).map_err(|p| anyhow::anyhow!("{p}"))?;
+            let outputs = build::build_plugins(&dirs).map_err(|p| anyhow::anyhow!("{p}"))?;
             for (dir, wasm) in dirs.iter().zip(outputs) {
                 let size = std::fs::metadata(&wasm).map(|m| m.len()).unwrap_or(0);
                 println!("{}\t{}\t{} KB", dir.display(), wasm.display(), size / 1024);
@@ -783,9 +786,12 @@ fn plugin_command(command: PluginCommand) -> Result<()> {
             };
             let dirs = load::plugin_dirs(&folder).with_context(|| format!("reading {}", folder.display()))?;
             if dirs.is_empty() {
-                bail!("{}: no plugin crates here (a plugin crate is a folder with a Cargo.toml)", folder.display());
+                bail!(
+                    "{}: no plugins here (a plugin is a folder with a Cargo.toml, a plugin.py or a plugin.js)",
+                    folder.display()
+                );
             }
-            let built = build::build_crates(&dirs).map_err(|p| anyhow::anyhow!("{p}"))?;
+            let built = build::build_plugins(&dirs).map_err(|p| anyhow::anyhow!("{p}"))?;
             let sandbox = Sandbox::shared();
             println!("| name | kind | version | stateful | sha256 | description |");
             println!("|---|---|---|---|---|---|");
@@ -814,7 +820,7 @@ fn plugin_command(command: PluginCommand) -> Result<()> {
             }
             println!("imports:     triad:plugin/host only (checked)");
             if path.is_dir() {
-                println!("build:       {}", build::isolation().describe());
+                println!("build:       {}", triad::plugins::isolate::isolation().describe());
             }
             println!(
                 "loaded in:   {:.0} ms (build, componentize, compile, instantiate, configure)",

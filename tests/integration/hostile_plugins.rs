@@ -183,7 +183,8 @@ fn escaping_crate(dir: &std::path::Path, name: &str, marker: &std::path::Path, l
 
 #[test]
 fn building_a_plugin_crate_runs_its_code_in_isolation() {
-    use triad::plugins::build::{Isolation, build_crates, isolation};
+    use triad::plugins::build::build_crates;
+    use triad::plugins::isolate::{Isolation, isolation};
     assert_eq!(isolation(), Isolation::Namespaces, "this machine can isolate plugin builds");
     let root = std::env::temp_dir().join(format!("triad-escape-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);

@@ -1,28 +1,39 @@
-//! Building plugin crates for `wasm32-unknown-unknown` with cargo, isolated.
+//! Building plugin folders: Rust crates for `wasm32-unknown-unknown` with cargo here, Python
+//! and JavaScript plugins in `componentize`; all isolated (`isolate`).
 //!
 //! Plugins build in release mode with `panic = "abort"` and LTO, into their own target folder
 //! (`<target dir>/wasm-plugins`), so a plugin build never waits on, or invalidates, the host's
 //! own build. The wasm32 target is installed with rustup when it is missing.
 //!
 //! Building a crate runs code: its build scripts and procedural macros run natively, and
-//! `include_str!` reads any path. So cargo runs in new user, mount, network, PID, IPC and UTS
-//! namespaces (util-linux's `unshare`, on every Linux), chrooted into a fresh file system that
-//! holds only the system's programs and libraries (the linker build scripts need), the
-//! toolchain, cargo's registry cache and the crate's workspace (and its local path
-//! dependencies), all read-only, with the plugin target folder the one place it can write: no
-//! network, no other process, no environment variable, no home folder, no `/etc`. Dependencies
-//! are downloaded first, outside, by `cargo fetch`, which runs no code of theirs. Where the
-//! namespaces cannot be made, building fails with what to do, unless the user says
-//! `TRIAD_PLUGIN_BUILD=trusted` (the build then runs with their rights).
+//! `include_str!` reads any path. So cargo runs in the build jail with the toolchain, cargo's
+//! registry cache and the crate's workspace (and its local path dependencies) read-only, and the
+//! plugin target folder the one place it can write. Dependencies are downloaded first, outside,
+//! by `cargo fetch`, which runs no code of theirs.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
+use super::componentize::{self, Script};
 use super::error::Problem;
+use super::isolate::{self, Jail, which};
 
 const TARGET: &str = "wasm32-unknown-unknown";
+
+/// Build the plugin folders in `dirs`, Rust crates, Python and JavaScript plugins alike, and
+/// return the path of each one's `.wasm`, in the order of `dirs`.
+pub fn build_plugins(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, Problem> {
+    let crates: Vec<PathBuf> = dirs.iter().filter(|dir| Script::of(dir).is_none()).cloned().collect();
+    let mut crates = build_crates(&crates)?.into_iter();
+    dirs.iter()
+        .map(|dir| match Script::of(dir) {
+            Some(script) => componentize::build(dir, script),
+            None => Ok(crates.next().unwrap_or_default()),
+        })
+        .collect()
+}
 
 /// Build the plugin crates in `dirs` (one cargo invocation per workspace, so cargo builds them
 /// in parallel) and return the path of each crate's `.wasm`, in the order of `dirs`. A crate is
@@ -61,7 +72,7 @@ fn build_now(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, Problem> {
         // Downloads only: no code of the dependencies runs.
         let mut fetch = Command::new(cargo_bin());
         fetch.current_dir(root).args(["fetch", "--manifest-path"]).arg(root.join("Cargo.toml"));
-        run(&mut fetch, root)?;
+        run(&mut fetch, root, "cargo fetch")?;
         let mut args: Vec<String> =
             ["build", "--offline", "--release", "--target", TARGET].iter().map(|a| a.to_string()).collect();
         for package in packages {
@@ -79,152 +90,40 @@ fn build_now(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, Problem> {
             dir: root.clone(),
             message: format!("cannot create {}: {e}", metadata.plugin_target_dir.display()),
         })?;
-        let mut cargo = match isolation() {
-            Isolation::Namespaces => sandboxed(metadata, &args, &env)?,
-            Isolation::Trusted => {
-                let mut cargo = Command::new(cargo_bin());
-                cargo.current_dir(root).args(&args).envs(env.iter().map(|(k, v)| (k, v)));
-                cargo
-            }
-            Isolation::Missing => {
-                return Err(Problem::Build {
-                    dir: root.clone(),
-                    message: "building a plugin crate runs its build scripts and macros, and triad runs them \
-                              in new Linux namespaces, which util-linux's `unshare` could not create here (no \
-                              `unshare`, or unprivileged user namespaces are off): build the plugin yourself and \
-                              give the experiment its .wasm, or set TRIAD_PLUGIN_BUILD=trusted to build it with \
-                              your own rights"
-                        .into(),
-                });
-            }
-        };
+        // As found, not resolved: rustup's proxies are links whose name says what to run.
+        let cargo = which(&cargo_bin())
+            .ok_or_else(|| Problem::Build { dir: root.clone(), message: format!("no `{}` on PATH", cargo_bin()) })?;
+        let mut cargo = jail(metadata, &env)
+            .command(root, &cargo, &args)
+            .map_err(|message| Problem::Build { dir: root.clone(), message: message.into() })?;
         tracing::info!(plugins = packages.join(", "), "building plugin crates for {TARGET}");
-        run(&mut cargo, root)?;
+        run(&mut cargo, root, &format!("cargo {}", args.join(" ")))?;
     }
     Ok(outputs)
 }
 
-/// How plugin builds are isolated on this machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isolation {
-    /// In new user, mount, network, PID, IPC and UTS namespaces (see the module docs).
-    Namespaces,
-    /// With the user's rights, because the user said so (`TRIAD_PLUGIN_BUILD=trusted`).
-    Trusted,
-    /// Neither: builds are refused.
-    Missing,
-}
-
-impl Isolation {
-    /// What `triad plugin check` says about a build.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Isolation::Namespaces => "isolated (no network, no environment, read-only sources and toolchain)",
-            Isolation::Trusted => "NOT isolated: TRIAD_PLUGIN_BUILD=trusted, build scripts ran with your rights",
-            Isolation::Missing => "refused: this machine cannot isolate builds",
-        }
-    }
-}
-
-/// The isolation plugin builds get here: namespaces when util-linux's `unshare` can make them
-/// (checked once per process), else none.
-pub fn isolation() -> Isolation {
-    static WORKS: OnceLock<bool> = OnceLock::new();
-    if std::env::var("TRIAD_PLUGIN_BUILD").is_ok_and(|v| v == "trusted") {
-        return Isolation::Trusted;
-    }
-    let works = *WORKS.get_or_init(|| {
-        let mut probe = Command::new("unshare");
-        probe.args(UNSHARE).args(["true"]);
-        probe.output().is_ok_and(|o| o.status.success())
-    });
-    if works { Isolation::Namespaces } else { Isolation::Missing }
-}
-
-/// New namespaces for everything a build could reach beyond its files: the network, other
-/// processes, IPC, the host name; root inside maps to the user outside.
-const UNSHARE: &[&str] =
-    ["--user", "--map-root-user", "--mount", "--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child"].as_slice();
-
-/// `cargo args` in new namespaces, chrooted into a fresh file system that holds, read-only, the
-/// system's programs and libraries, the toolchain, cargo's registry cache and the sources, with
-/// the plugin target folder the one writable place, and no environment but `env`.
-fn sandboxed(metadata: &Metadata, args: &[String], env: &[(&str, String)]) -> Result<Command, Problem> {
-    let root = &metadata.workspace_root;
-    let fail = |message: String| Problem::Build { dir: root.clone(), message };
+/// The jail a cargo build runs in: the toolchain, cargo's registry cache and the sources
+/// read-only, the plugin target folder writable.
+fn jail(metadata: &Metadata, env: &[(&str, String)]) -> Jail {
     let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
     let cargo_home = std::env::var_os("CARGO_HOME").map(PathBuf::from).unwrap_or_else(|| home.join(".cargo"));
     let rustup_home = std::env::var_os("RUSTUP_HOME").map(PathBuf::from).unwrap_or_else(|| home.join(".rustup"));
-    // As found, not resolved: rustup's proxies are links whose name says what to run.
-    let cargo = which(&cargo_bin()).ok_or_else(|| fail(format!("no `{}` on PATH", cargo_bin())))?;
-    let q = |path: &Path| shell_quote(&path.display().to_string());
-    let mut script = String::from(
-        "set -e\n\
-         R=$(mktemp -d)\n\
-         mount -t tmpfs -o mode=755 triad-plugin-build \"$R\"\n\
-         ro() { mkdir -p \"$R$1\"; mount --rbind \"$1\" \"$R$1\"; mount -o remount,bind,ro \"$R$1\"; }\n\
-         dev() { touch \"$R/dev/$1\"; mount --bind \"/dev/$1\" \"$R/dev/$1\"; }\n\
-         ro /usr\n\
-         for top in bin sbin lib lib32 lib64; do\n\
-           if [ -L \"/$top\" ]; then ln -s \"$(readlink \"/$top\")\" \"$R/$top\"; elif [ -d \"/$top\" ]; then ro \"/$top\"; fi\n\
-         done\n\
-         if [ -d /etc/alternatives ]; then ro /etc/alternatives; fi\n\
-         mkdir -p \"$R/tmp\" \"$R/proc\" \"$R/dev\"\n\
-         mount -t tmpfs tmpfs \"$R/tmp\"\n\
-         mount -t proc proc \"$R/proc\"\n\
-         for d in null zero full random urandom; do dev $d; done\n",
-    );
     // cargo's home: scratch (its package-cache lock) over read-only registry cache and binaries.
-    script.push_str(&format!("mkdir -p \"$R\"{ch}\nmount -t tmpfs tmpfs \"$R\"{ch}\n", ch = q(&cargo_home)));
-    for part in ["registry", "git", "bin"] {
-        let dir = cargo_home.join(part);
-        if dir.is_dir() {
-            script.push_str(&format!("ro {}\n", q(&dir)));
-        }
-    }
-    script.push_str(&format!("ro {}\n", q(&rustup_home)));
-    for dir in std::iter::once(root).chain(&metadata.local_dirs) {
-        script.push_str(&format!("ro {}\n", q(dir)));
-    }
-    let target = &metadata.plugin_target_dir;
-    script.push_str(&format!("mkdir -p \"$R\"{t}\nmount --rbind {t} \"$R\"{t}\n", t = q(target)));
-    let mut vars = vec![
-        format!("PATH={}:/usr/local/bin:/usr/bin:/bin", cargo_home.join("bin").display()),
-        "HOME=/tmp".to_string(),
-        format!("CARGO_HOME={}", cargo_home.display()),
-        format!("RUSTUP_HOME={}", rustup_home.display()),
+    let mut read_only: Vec<PathBuf> =
+        ["registry", "git", "bin"].iter().map(|part| cargo_home.join(part)).filter(|dir| dir.is_dir()).collect();
+    read_only.push(rustup_home.clone());
+    read_only.push(metadata.workspace_root.clone());
+    read_only.extend(metadata.local_dirs.iter().cloned());
+    let mut base_env = vec![
+        ("PATH".to_string(), format!("{}:/usr/local/bin:/usr/bin:/bin", cargo_home.join("bin").display())),
+        ("CARGO_HOME".to_string(), cargo_home.display().to_string()),
+        ("RUSTUP_HOME".to_string(), rustup_home.display().to_string()),
     ];
     if let Ok(toolchain) = std::env::var("RUSTUP_TOOLCHAIN") {
-        vars.push(format!("RUSTUP_TOOLCHAIN={toolchain}"));
+        base_env.push(("RUSTUP_TOOLCHAIN".to_string(), toolchain));
     }
-    vars.extend(env.iter().map(|(key, value)| format!("{key}={value}")));
-    let vars: Vec<String> = vars.iter().map(|v| shell_quote(v)).collect();
-    let args: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
-    script.push_str(&format!(
-        "cd /\nstatus=0\nchroot \"$R\" /usr/bin/env -i {} /bin/sh -c 'cd \"$0\" && exec \"$@\"' {} {} {} || status=$?\n\
-         umount -l \"$R\"\nrmdir \"$R\"\nexit $status\n",
-        vars.join(" "),
-        q(root),
-        q(&cargo),
-        args.join(" ")
-    ));
-    let mut command = Command::new("unshare");
-    command.args(UNSHARE).args(["sh", "-c", &script]);
-    Ok(command)
-}
-
-/// `text` as one word for `sh`.
-fn shell_quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "'\\''"))
-}
-
-/// The program `name` resolves to on PATH (or `name` itself when it is a path).
-fn which(name: &str) -> Option<PathBuf> {
-    let path = Path::new(name);
-    if path.components().count() > 1 {
-        return Some(path.to_path_buf());
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?).map(|dir| dir.join(name)).find(|p| p.is_file())
+    let env = env.iter().map(|(key, value)| (key.to_string(), value.clone())).collect();
+    Jail { scratch: vec![cargo_home], read_only, writable: vec![metadata.plugin_target_dir.clone()], env, base_env }
 }
 
 struct Metadata {
@@ -251,7 +150,7 @@ fn metadata(dir: &Path) -> Result<Metadata, Problem> {
     }
     let mut cargo = Command::new(cargo_bin());
     cargo.args(["metadata", "--no-deps", "--format-version", "1", "--manifest-path"]).arg(&manifest);
-    let stdout = run(&mut cargo, dir)?;
+    let stdout = run(&mut cargo, dir, "cargo metadata")?;
     let json: serde_json::Value =
         serde_json::from_slice(&stdout).map_err(|e| fail(format!("unreadable cargo metadata: {e}")))?;
     let manifest = std::fs::canonicalize(&manifest).unwrap_or(manifest);
@@ -322,7 +221,7 @@ fn ensure_wasm_target(dir: &Path) -> Result<(), Problem> {
             tracing::info!("installing the {TARGET} target with rustup");
             let mut add = Command::new("rustup");
             add.current_dir(dir).args(["target", "add", TARGET]);
-            run(&mut add, dir).map(drop)
+            run(&mut add, dir, &format!("rustup target add {TARGET}")).map(drop)
         }
         // No rustup: the toolchain may still have the target; cargo will say if it does not.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -335,16 +234,6 @@ fn cargo_bin() -> String {
 }
 
 /// Run a command, returning its stdout, or its last lines of stderr as the error.
-fn run(command: &mut Command, dir: &Path) -> Result<Vec<u8>, Problem> {
-    let shown = format!("{command:?}");
-    let output = command
-        .output()
-        .map_err(|e| Problem::Build { dir: dir.to_path_buf(), message: format!("cannot run {shown}: {e}") })?;
-    if output.status.success() {
-        return Ok(output.stdout);
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let tail: Vec<&str> = stderr.lines().rev().take(40).collect();
-    let tail: Vec<&str> = tail.into_iter().rev().collect();
-    Err(Problem::Build { dir: dir.to_path_buf(), message: format!("{shown} failed:\n{}", tail.join("\n")) })
+fn run(command: &mut Command, dir: &Path, shown: &str) -> Result<Vec<u8>, Problem> {
+    isolate::run(command, shown).map_err(|message| Problem::Build { dir: dir.to_path_buf(), message })
 }

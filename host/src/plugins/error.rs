@@ -32,8 +32,8 @@ pub struct PluginError {
 /// What went wrong in a plugin.
 #[derive(Debug, thiserror::Error)]
 pub enum Problem {
-    /// The plugin crate did not build.
-    #[error("cannot build plugin crate {dir}: {message}")]
+    /// The plugin folder did not build.
+    #[error("cannot build plugin {dir}: {message}")]
     Build { dir: PathBuf, message: String },
     /// A file could not be read.
     #[error("cannot read {path}: {source}")]

@@ -23,11 +23,11 @@ pub struct CompiledPlugin {
     pub component: Component,
 }
 
-/// Load a plugin from a crate directory (built first), a core wasm module or a component.
+/// Load a plugin from a plugin folder (built first), a core wasm module or a component.
 pub fn compile(sandbox: &Sandbox, path: &Path) -> Result<CompiledPlugin, PluginError> {
     let (label, wasm_path) = if path.is_dir() {
         let label = file_label(path);
-        let wasm = build::build_crates(&[path.to_path_buf()])
+        let wasm = build::build_plugins(&[path.to_path_buf()])
             .map_err(|problem| PluginError::new(&label, None, "build", problem))?;
         (label, wasm.into_iter().next().unwrap_or_default())
     } else {
@@ -91,11 +91,12 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The plugin crates in `folder`: its subfolders that hold a Cargo.toml, sorted.
+/// The plugins in `folder`: its subfolders that hold a Cargo.toml, a plugin.py or a
+/// plugin.js, sorted.
 pub fn plugin_dirs(folder: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(folder)?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.join("Cargo.toml").is_file())
+        .filter(|path| path.join("Cargo.toml").is_file() || super::componentize::Script::of(path).is_some())
         .collect();
     dirs.sort();
     Ok(dirs)

@@ -11,13 +11,16 @@
 pub mod bindings;
 pub mod build;
 pub mod compiled_cache;
+pub mod componentize;
 mod error;
+pub mod isolate;
 pub mod kinds;
 pub mod load;
 mod pool;
 pub mod records;
 pub mod sandbox;
 pub mod scaffold;
+pub mod sdk;
 
 use std::path::{Path, PathBuf};
 

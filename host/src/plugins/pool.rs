@@ -227,7 +227,7 @@ impl<W: World> Pool<W> {
     }
 
     /// The record to blame for a trap (a panic, an out-of-bounds access...) or an overrun
-    /// deadline in a batch call that did not say: the call's record when it had one, else the
+    /// deadline or memory limit in a batch call that did not say: the call's record when it had one, else the
     /// first record that fails alone, each on a fresh instance (a trap discards the instance it
     /// happened in). Other errors, and failures no single record repeats (a call whose records
     /// together overran the deadline), are returned as they were.
@@ -239,8 +239,10 @@ impl<W: World> Pool<W> {
         offset: usize,
         body: &impl Fn(&Self, usize, &[T], usize) -> Result<R, PluginError>,
     ) -> PluginError {
-        let stopped =
-            matches!(error.problem, Problem::Panic(_) | Problem::Trap(_) | Problem::Stack | Problem::Deadline(_));
+        let stopped = matches!(
+            error.problem,
+            Problem::Panic(_) | Problem::Trap(_) | Problem::Stack | Problem::Deadline(_) | Problem::Memory { .. }
+        );
         if error.record.is_some() || !stopped || chunk.is_empty() {
             return error;
         }

@@ -1,4 +1,6 @@
-//! `triad plugin new`: a Rust plugin crate that builds anywhere on the machine.
+//! `triad plugin new`: a plugin that builds anywhere on the machine, in Rust, Python or
+//! JavaScript. A Python or JavaScript plugin is one file (`plugin.py`, `plugin.js`) in a folder;
+//! the rest of this concerns Rust.
 //!
 //! A crate outside this repository cannot inherit its workspace or name the SDK by a relative
 //! path, so the SDK's sources travel inside the `triad` binary and are written once into
@@ -10,76 +12,55 @@
 use std::path::{Path, PathBuf};
 
 use super::bindings::PluginKind;
-use crate::util::atomic::{FileError, write_atomically};
-
-/// The SDK's files, as the binary was built with them: (path in the crate, contents).
-const SDK_FILES: &[(&str, &str)] = &[
-    ("src/lib.rs", include_str!("../../../plugin-sdk/src/lib.rs")),
-    ("src/autodiff.rs", include_str!("../../../plugin-sdk/src/autodiff.rs")),
-    ("src/glue.rs", include_str!("../../../plugin-sdk/src/glue.rs")),
-    ("src/hash.rs", include_str!("../../../plugin-sdk/src/hash.rs")),
-    ("src/log.rs", include_str!("../../../plugin-sdk/src/log.rs")),
-    ("src/loss_helpers.rs", include_str!("../../../plugin-sdk/src/loss_helpers.rs")),
-    ("src/testing.rs", include_str!("../../../plugin-sdk/src/testing.rs")),
-    ("wit/plugin.wit", include_str!("../../../plugin-sdk/wit/plugin.wit")),
-    ("testdata/review-snippets.tsv", include_str!("../../../plugin-sdk/testdata/review-snippets.tsv")),
-];
-
-/// The SDK's manifest outside the workspace: the workspace's settings written out.
-const SDK_MANIFEST: &str = r#"[package]
-name = "triad-plugin-sdk"
-description = "Write triad plugins as WebAssembly components in a few lines (written by triad)."
-version = "0.1.0"
-edition = "2024"
-license = "MIT OR Apache-2.0"
-publish = false
-
-[dependencies]
-wit-bindgen = { version = "0.60", default-features = false, features = ["macros", "realloc"] }
-serde = { version = "1", default-features = false, features = ["derive", "std"] }
-serde_json = { version = "1", default-features = false, features = ["std", "float_roundtrip"] }
-"#;
+use super::componentize::Script;
+use super::sdk::{sdk_dir, write_file};
+use crate::util::atomic::FileError;
 
 /// Why a plugin could not be scaffolded.
 #[derive(Debug, thiserror::Error)]
 pub enum ScaffoldError {
     #[error("{0}")]
     File(#[from] FileError),
-    #[error("{dir} already holds a Cargo.toml: choose a new folder")]
-    Exists { dir: PathBuf },
+    #[error("{dir} already holds a plugin ({file}): choose a new folder")]
+    Exists { dir: PathBuf, file: &'static str },
     #[error("{dir}: `{name}` cannot name a crate: use letters, digits, `-` and `_`, starting with a letter")]
     Name { dir: PathBuf, name: String },
-    #[error("--lang {lang}: only `rust` plugins exist so far")]
+    #[error("--lang {lang}: plugins are written in `rust`, `python` or `js`")]
     Language { lang: String },
+    #[error("loss plugins are written in Rust (its SDK derives their gradients): use --lang rust")]
+    ScriptLoss,
 }
 
-/// The SDK as a standalone crate in triad's cache, written on first use; its folder.
-pub fn sdk_dir() -> Result<PathBuf, ScaffoldError> {
-    let mut all = String::from(SDK_MANIFEST);
-    for (path, text) in SDK_FILES {
-        all.push_str(path);
-        all.push_str(text);
-    }
-    let hash = crate::util::sha256_hex(all.as_bytes());
-    let dir = crate::util::packages::cache_dir().join("plugin-sdk").join(&hash[..16]);
-    if !dir.join("Cargo.toml").is_file() {
-        for (path, text) in SDK_FILES {
-            write_file(&dir.join(path), text)?;
+/// Write a new plugin of `kind` in `dir` (created), in `lang` (`rust`, `python` or `js`), and
+/// return the file to edit.
+pub fn new_plugin(kind: PluginKind, lang: &str, dir: &Path) -> Result<PathBuf, ScaffoldError> {
+    for file in ["Cargo.toml", "plugin.py", "plugin.js"] {
+        if dir.join(file).exists() {
+            return Err(ScaffoldError::Exists { dir: dir.to_path_buf(), file });
         }
-        // The manifest last: its presence says the copy is whole.
-        write_file(&dir.join("Cargo.toml"), SDK_MANIFEST)?;
     }
-    Ok(dir)
+    let script = match lang {
+        "rust" => return new_crate(kind, dir),
+        "python" | "py" => Script::Python,
+        "js" | "javascript" => Script::JavaScript,
+        _ => return Err(ScaffoldError::Language { lang: lang.to_string() }),
+    };
+    let source = match (script, kind) {
+        (_, PluginKind::Loss) => return Err(ScaffoldError::ScriptLoss),
+        (Script::Python, PluginKind::Reward) => PYTHON_REWARD,
+        (Script::Python, PluginKind::DataFilter) => PYTHON_FILTER,
+        (Script::Python, PluginKind::Metric) => PYTHON_METRIC,
+        (Script::JavaScript, PluginKind::Reward) => JS_REWARD,
+        (Script::JavaScript, PluginKind::DataFilter) => JS_FILTER,
+        (Script::JavaScript, PluginKind::Metric) => JS_METRIC,
+    };
+    let file = dir.join(script.entry());
+    write_file(&file, source)?;
+    Ok(file)
 }
 
-/// Write a new plugin crate of `kind` in `dir` (created), in `lang` (only `rust`).
-pub fn new_plugin(kind: PluginKind, lang: &str, dir: &Path) -> Result<(), ScaffoldError> {
-    if lang != "rust" {
-        return Err(ScaffoldError::Language { lang: lang.to_string() });
-    }
-    if dir.join("Cargo.toml").exists() {
-        return Err(ScaffoldError::Exists { dir: dir.to_path_buf() });
-    }
+/// Write a new plugin crate of `kind` in `dir` and return its `src/lib.rs`.
+fn new_crate(kind: PluginKind, dir: &Path) -> Result<PathBuf, ScaffoldError> {
     let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
@@ -108,16 +89,10 @@ serde = {{ version = "1", default-features = false, features = ["derive", "std"]
         sdk = sdk.display().to_string(),
     );
     write_file(&dir.join("Cargo.toml"), &manifest)?;
-    write_file(&dir.join("src/lib.rs"), &source(kind, &type_name(&name)))?;
     write_file(&dir.join(".gitignore"), "/target\n/Cargo.lock\n")?;
-    Ok(())
-}
-
-fn write_file(path: &Path, text: &str) -> Result<(), FileError> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| FileError::new(parent, e))?;
-    }
-    write_atomically(path, text.as_bytes())
+    let lib = dir.join("src/lib.rs");
+    write_file(&lib, &source(kind, &type_name(&name)))?;
+    Ok(lib)
 }
 
 /// `my-reward` as `MyReward`.
@@ -130,6 +105,83 @@ fn type_name(crate_name: &str) -> String {
         })
         .collect()
 }
+
+/// The shortest honest Python reward.
+const PYTHON_REWARD: &str = r#"""Reward: minus the share of letters written in capitals."""
+import triad
+
+
+@triad.reward
+def score(episode: triad.Episode, config: dict) -> float:
+    letters = [c for c in episode.response if c.isalpha()]
+    capitals = sum(c.isupper() for c in letters)
+    return -config.get("weight", 1.0) * capitals / max(len(letters), 1)
+"#;
+
+/// The shortest honest Python data filter.
+const PYTHON_FILTER: &str = r#"""Data filter: drops texts shorter than `min_chars` characters."""
+import triad
+
+
+@triad.data_filter
+def filter(sample: triad.Sample, config: dict):
+    if len(sample.text) < config.get("min_chars", 0):
+        return triad.drop("too short")
+    return triad.KEEP
+"#;
+
+/// The shortest honest Python metric.
+const PYTHON_METRIC: &str = r#"""Metric: the share of predictions that contain their first reference."""
+import triad
+
+
+@triad.metric
+class Contains:
+    def statistics(self, record: triad.MetricRecord) -> list[float]:
+        return [float(record.references[0] in record.prediction), 1.0]
+
+    def finish(self, totals: list[float]) -> dict[str, float]:
+        hits, count = totals
+        return {"contains": hits / max(count, 1.0)}
+"#;
+
+/// The shortest honest JavaScript reward.
+const JS_REWARD: &str = r#"// Reward: minus the share of letters written in capitals.
+import { reward } from "triad";
+
+export default reward({
+  score(episode, config) {
+    const letters = [...episode.response].filter((c) => /\p{L}/u.test(c));
+    const capitals = letters.filter((c) => c !== c.toLowerCase()).length;
+    return -(config.weight ?? 1) * capitals / Math.max(letters.length, 1);
+  },
+});
+"#;
+
+/// The shortest honest JavaScript data filter.
+const JS_FILTER: &str = r#"// Data filter: drops texts shorter than `min_chars` characters.
+import { dataFilter } from "triad";
+
+export default dataFilter({
+  filter(sample, config) {
+    return [...sample.text].length >= (config.min_chars ?? 0) ? true : { drop: "too short" };
+  },
+});
+"#;
+
+/// The shortest honest JavaScript metric.
+const JS_METRIC: &str = r#"// Metric: the share of predictions that contain their first reference.
+import { metric } from "triad";
+
+export default metric({
+  statistics(record) {
+    return [record.prediction.includes(record.references[0]) ? 1 : 0, 1];
+  },
+  finish([hits, count]) {
+    return { contains: hits / Math.max(count, 1) };
+  },
+});
+"#;
 
 /// A working plugin of `kind`, the shortest honest one, with a native test.
 fn source(kind: PluginKind, ty: &str) -> String {
@@ -263,23 +315,6 @@ export_loss!({ty});
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Every file of the SDK's source folder travels in the binary (a new file must be added to
-    /// `SDK_FILES`, or plugins outside the repository would not build).
-    #[test]
-    fn the_binary_carries_every_sdk_file() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin-sdk");
-        let mut on_disk = Vec::new();
-        for folder in ["src", "wit", "testdata"] {
-            for entry in std::fs::read_dir(root.join(folder)).unwrap().flatten() {
-                on_disk.push(format!("{folder}/{}", entry.file_name().to_string_lossy()));
-            }
-        }
-        on_disk.sort();
-        let mut carried: Vec<String> = SDK_FILES.iter().map(|(path, _)| path.to_string()).collect();
-        carried.sort();
-        assert_eq!(carried, on_disk);
-    }
 
     #[test]
     fn crate_names_become_type_names() {

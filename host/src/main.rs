@@ -191,6 +191,13 @@ enum BenchCommand {
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
+    /// Records/s of the same lexicon reward written natively, as a Rust, a Python and a
+    /// JavaScript plugin (bench/plugins/lexicon-*), on the review snippets, with load times.
+    Plugins {
+        /// Timed passes over the snippets for each implementation (after one untimed pass).
+        #[arg(long, default_value_t = 5)]
+        passes: usize,
+    },
     /// GRPO steps/s and generated tokens/s of SmolLM2-135M-Instruct on arithmetic problems,
     /// against TRL's GRPOTrainer on the same weights, prompts and reward (bench/grpo_reference.py).
     Grpo {
@@ -387,6 +394,7 @@ fn run() -> Result<()> {
         }
         Command::Bench(BenchCommand::Generate { python, repeats, threads }) => bench_generate(python, repeats, threads),
         Command::Bench(BenchCommand::Grpo { python, steps, threads }) => bench_grpo(python, steps, threads),
+        Command::Bench(BenchCommand::Plugins { passes }) => bench_plugins(passes),
     }
 }
 
@@ -426,6 +434,47 @@ fn bench_generate(python: Option<PathBuf>, repeats: usize, threads: usize) -> Re
         println!("| {} | {:.0} | {:.0} |", r.implementation, r.tokens_per_s, r.peak_rss_mib);
     }
     println!("\ntriad / PyTorch = {:.2}x tokens/s", ours.tokens_per_s / reference.tokens_per_s);
+    Ok(())
+}
+
+fn bench_plugins(passes: usize) -> Result<()> {
+    use triad::bench::plugins::bench_plugins;
+    let path = triad::util::packages::MOVIE_REVIEW_SNIPPETS.fetch()?;
+    let text = String::from_utf8_lossy(&std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?)
+        .into_owned();
+    let episodes: Vec<triad::plugins::Episode> = text
+        .lines()
+        .filter_map(|line| line.splitn(3, '\t').nth(2))
+        .map(|snippet| triad::plugins::Episode {
+            prompt: String::new(),
+            response: snippet.trim().into(),
+            reference: None,
+        })
+        .collect();
+    println!(
+        "workload: the lexicon reward (bench/plugins/lexicon-*) on {} movie-review snippets, one batch per pass as a \
+         stage sends it (one instance per core, {} cores); median of {passes} passes after one",
+        episodes.len(),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let results = bench_plugins(&find_workspace()?, &episodes, passes)?;
+    let native = results[0].records_per_s;
+    println!(
+        "| implementation | records/s | native / this | first load s | cached load s | wasm MB | scores differing |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for r in &results {
+        println!(
+            "| {} | {:.0} | {:.1}x | {:.2} | {:.3} | {:.1} | {} |",
+            r.implementation,
+            r.records_per_s,
+            native / r.records_per_s,
+            r.first_load_s,
+            r.cached_load_s,
+            r.wasm_bytes as f64 / 1e6,
+            r.mismatches
+        );
+    }
     Ok(())
 }
 

@@ -113,13 +113,25 @@ fn scaffolded_plugins_of_every_kind_build_outside_the_repository() {
         let report = text(&out.stdout);
         assert!(report.contains(&format!("name:        {name}\nkind:        {says}\n")), "{report}");
     }
+    // Python and JavaScript: one folder, one file (each language's other kinds are checked in
+    // plugins/README.md's workflow; a build here costs tens of seconds).
+    for (lang, kind, name, says, file) in [
+        ("python", "reward", "py-caps", "reward", "plugin.py"),
+        ("js", "filter", "js-short", "data-filter", "plugin.js"),
+    ] {
+        let plugin_dir = dir.join(name);
+        let path = plugin_dir.to_str().expect("utf-8 path");
+        let out = triad_in(&dir, &["plugin", "new", kind, path, "--lang", lang]);
+        assert!(out.status.success(), "{lang}: {}", text(&out.stderr));
+        assert!(plugin_dir.join(file).is_file(), "{lang} writes {file}");
+        let out = triad_in(&dir, &["plugin", "check", path]);
+        assert!(out.status.success(), "{lang}: {}", text(&out.stderr));
+        let report = text(&out.stdout);
+        assert!(report.contains(&format!("name:        {name}\nkind:        {says}\n")), "{report}");
+    }
     let again = triad_in(&dir, &["plugin", "new", "reward", dir.join("caps-penalty").to_str().unwrap()]);
     assert!(!again.status.success());
-    assert!(text(&again.stderr).contains("already holds a Cargo.toml"), "{}", text(&again.stderr));
-    let python = triad_in(&dir, &["plugin", "new", "reward", dir.join("py").to_str().unwrap(), "--lang", "python"]);
-    assert!(
-        text(&python.stderr).contains("--lang python: only `rust` plugins exist so far"),
-        "{}",
-        text(&python.stderr)
-    );
+    assert!(text(&again.stderr).contains("already holds a plugin (Cargo.toml)"), "{}", text(&again.stderr));
+    let loss = triad_in(&dir, &["plugin", "new", "loss", dir.join("py-loss").to_str().unwrap(), "--lang", "python"]);
+    assert!(text(&loss.stderr).contains("loss plugins are written in Rust"), "{}", text(&loss.stderr));
 }

@@ -210,6 +210,39 @@ fn ppo_rewarded_by_a_plugin_alone_raises_that_reward() {
     assert!(late > early + 0.05, "the plugin's reward rises: first 10 iterations {early:.3}, last 10 {late:.3}");
 }
 
+#[test]
+fn python_and_javascript_plugins_serve_a_pipeline_like_rust_ones() {
+    let dir = scratch("script-plugins");
+    // PPO rewarded by the reward model and the Python length reward; the evaluation scored by
+    // the JavaScript word-overlap metric beside ROUGE.
+    let plugins = format!(
+        r#""py-length": (path: "{}", config: (target_words: 10, tolerance: 2)),
+        "overlap": (path: "{}"),
+        "rouge": (path: "#,
+        support::plugin_dir("py-length-reward"),
+        support::plugin_dir("js-word-overlap")
+    );
+    let text = pipeline("1e-4", r#"[Model(stage: "rm"), Plugin(name: "py-length", weight: 0.5)]"#)
+        .replace("STEPS", "3")
+        .replace(r#""rouge": (path: "#, &plugins)
+        .replace(r#"metrics: ["rouge"]"#, r#"metrics: ["rouge", "overlap"]"#);
+    std::fs::write(dir.join("e.ron"), text).expect("write");
+    triad(&dir, &["run", "e.ron"]);
+    let run = dir.join("runs/pipeline/seed3");
+    let rows = triad::runs::metrics::read_rows(&run.join("ppo/metrics.jsonl")).expect("metrics");
+    let length: Vec<f64> = rows.iter().filter(|r| r.metric == "train/reward/py-length").map(|r| r.value).collect();
+    assert_eq!(length.len(), 3, "PPO logs the Python reward each iteration");
+    assert!(length.iter().all(|r| (-1.0..=0.0).contains(r)), "{length:?}");
+    let eval = std::fs::read_to_string(run.join("eval/report.md")).expect("eval report");
+    assert!(eval.contains("word_f1"), "the JavaScript metric is reported:\n{eval}");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("manifest.json")).expect("manifest")).expect("JSON");
+    for name in ["py-length", "overlap"] {
+        let sha = manifest["plugins"][name].as_str().unwrap_or_else(|| panic!("{name} in {manifest}"));
+        assert_eq!(sha.len(), 64, "{name}: {sha}");
+    }
+}
+
 /// The error for an experiment text, written next to the real plugins.
 fn error_for(text: &str) -> String {
     let dir = scratch("malformed");

@@ -276,3 +276,92 @@ fn a_loss_plugins_gradients_and_metrics_are_checked_where_they_enter() {
         assert!(err.to_string().contains(expected), "{misdeed}: {err}");
     }
 }
+
+/// Load a Python or JavaScript hostile reward (`tests/hostile-plugins/<name>`), on one instance
+/// so that a batch is one call.
+fn script_hostile(name: &str, config: &str) -> Result<triad::plugins::RewardPlugin, triad::plugins::PluginError> {
+    // A deadline well above the slowest misdeed that must end another way (Python's C recursion
+    // takes half a second to overflow the stack on a busy machine).
+    let limits = Limits { deadline: Duration::from_secs(3), ..Limits::default() };
+    let spec = PluginSpec::at(support::wasm(name)).with_config(config).with_workers(1).with_limits(limits);
+    Plugin::load(&Sandbox::shared(), &spec)?.into_reward()
+}
+
+/// A misdeed and what the host must say to it: (the response that asks for it, the problem, the
+/// record blamed in a batch of a benign record and the misdeed).
+type Misdeed = (&'static str, fn(&Problem) -> bool, Option<usize>);
+
+/// Commit each misdeed in a batch after a benign record; each is contained, and the plugin
+/// serves the next call; a configure that raises is reported as the plugin's error.
+fn contain_misdeeds(name: &str, misdeeds: &[Misdeed]) {
+    let plugin = script_hostile(name, "{}").unwrap_or_else(|e| panic!("{name} loads: {e}"));
+    for (misdeed, expected, record) in misdeeds {
+        let started = Instant::now();
+        let err = plugin.score(&[episode("fine"), episode(misdeed)]).expect_err(misdeed);
+        assert!(expected(&err.problem), "{name} `{misdeed}`: {err}");
+        assert_eq!(err.record, *record, "{name} `{misdeed}`: {err}");
+        assert!(err.to_string().contains(name) && err.to_string().contains("in `score`"), "{err}");
+        // A deadline costs at most two deadlines (the batch, then the record alone).
+        assert!(started.elapsed() < Duration::from_secs(9), "{name} `{misdeed}` took {:?}", started.elapsed());
+        // The same plugin, re-instantiated, serves the next call.
+        let scores = plugin.score(&[episode("fine"), episode("also fine")]).expect("serves after the misdeed");
+        assert_eq!(scores, vec![4.0, 9.0], "{name} after `{misdeed}`");
+    }
+    let err = match script_hostile(name, r#"{"fail_configure": true}"#) {
+        Ok(_) => panic!("{name}: configure raises on purpose"),
+        Err(err) => err,
+    };
+    assert!(matches!(err.problem, Problem::Reported(_)), "{err}");
+    assert!(
+        err.to_string().contains("in `configure`: invalid config") && err.to_string().contains("on purpose"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_hostile_python_plugin_is_contained_like_a_rust_one() {
+    let deadline = |p: &Problem| matches!(p, Problem::Deadline(_));
+    let memory = |p: &Problem| matches!(p, Problem::Memory { limit_mib: 64 });
+    let stack = |p: &Problem| matches!(p, Problem::Stack);
+    let recursion = |p: &Problem| p.to_string().starts_with("RecursionError: maximum recursion depth exceeded");
+    let raised = |p: &Problem| p.to_string().starts_with("ValueError: hostile plugin raises on purpose");
+    let no_clock = |p: &Problem| matches!(p, Problem::Trap(t) if t.contains("files, the clock, randomness"));
+    let nan = |p: &Problem| p.to_string().contains("score returned nan");
+    contain_misdeeds(
+        "py-hostile",
+        &[
+            ("loop", deadline, Some(1)),
+            ("grow-memory", memory, Some(1)),
+            // Python's own limit, then the interpreter's frames on the heap, then C recursion on
+            // the wasm stack.
+            ("recurse", recursion, Some(1)),
+            ("recurse-deep", memory, Some(1)),
+            ("recurse-c", stack, Some(1)),
+            // A 100 MB line for the host's log cannot even be built in 64 MiB.
+            ("huge", memory, Some(1)),
+            ("raise", raised, Some(1)),
+            ("time", no_clock, Some(1)),
+            ("open", no_clock, Some(1)),
+            ("nan", nan, Some(1)),
+        ],
+    );
+}
+
+#[test]
+fn a_hostile_javascript_plugin_is_contained_like_a_rust_one() {
+    let deadline = |p: &Problem| matches!(p, Problem::Deadline(_));
+    let memory = |p: &Problem| matches!(p, Problem::Memory { limit_mib: 64 });
+    let recursion = |p: &Problem| p.to_string() == "InternalError: too much recursion";
+    let thrown = |p: &Problem| p.to_string().starts_with("TypeError: ");
+    contain_misdeeds(
+        "js-hostile",
+        &[
+            ("loop", deadline, Some(1)),
+            ("grow-memory", memory, Some(1)),
+            ("recurse", recursion, Some(1)),
+            // Encoding a 100 MB line for the host's log outlasts the deadline.
+            ("huge", deadline, Some(1)),
+            ("throw", thrown, Some(1)),
+        ],
+    );
+}

@@ -20,5 +20,6 @@ mod plugin_gradients;
 mod plugins_on_real_data;
 mod pretrain;
 mod resume;
+mod script_plugins;
 mod smollm2;
 mod sweep;

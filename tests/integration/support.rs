@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use triad::plugins::componentize::Script;
 use triad::plugins::{Limits, Plugin, PluginSpec, Sandbox, build};
 
 /// The workspace root.
@@ -25,14 +26,25 @@ pub fn plugin_dir(name: &str) -> String {
     workspace().join("plugins").join(name).display().to_string()
 }
 
-/// The `.wasm` of a bundled plugin (`plugins/<name>`) or hostile test plugin
-/// (`tests/hostile-plugins/<name>`). All of them are built in one cargo call, once per test run.
+/// The folders plugins lie in: bundled, hostile (for tests), benchmark.
+const PLUGIN_FOLDERS: [&str; 3] = ["plugins", "tests/hostile-plugins", "bench/plugins"];
+
+/// The `.wasm` of a bundled plugin (`plugins/<name>`), hostile test plugin
+/// (`tests/hostile-plugins/<name>`) or benchmark plugin (`bench/plugins/<name>`). The Rust crates
+/// are built in one cargo call, once per test run; a Python or JavaScript plugin when it is
+/// first asked for (triad keeps its build in its cache).
 pub fn wasm(name: &str) -> PathBuf {
+    let script =
+        PLUGIN_FOLDERS.iter().map(|folder| workspace().join(folder).join(name)).find(|dir| Script::of(dir).is_some());
+    if let Some(dir) = script {
+        let built = build::build_plugins(std::slice::from_ref(&dir)).unwrap_or_else(|e| panic!("building {name}: {e}"));
+        return built.into_iter().next().expect("one plugin, one wasm");
+    }
     static BUILT: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
     let built = BUILT.get_or_init(|| {
         let root = workspace();
         let mut dirs = Vec::new();
-        for folder in ["plugins", "tests/hostile-plugins"] {
+        for folder in PLUGIN_FOLDERS {
             for entry in std::fs::read_dir(root.join(folder)).expect("plugin folder exists") {
                 let path = entry.expect("readable folder").path();
                 if path.join("Cargo.toml").is_file() {

@@ -21,6 +21,7 @@ use rand::{Rng, SeedableRng};
 
 pub mod grpo;
 pub mod peak;
+pub mod plugins;
 pub mod profile;
 
 use crate::model::{GptConfig, Model, ModelConfig, decays};

@@ -13,7 +13,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 
 use super::bindings::PluginKind;
 use super::error::Problem;
@@ -152,9 +151,9 @@ pub fn build(dir: &Path, script: Script) -> Result<PathBuf, Problem> {
     if wasm.is_file() {
         return Ok(wasm);
     }
-    // One build at a time per process: stages ask for the same plugin from several threads.
-    static BUILDING: Mutex<()> = Mutex::new(());
-    let _one = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
+    // One build of a plugin at a time on the machine: stages ask for it from several threads,
+    // tests from several processes.
+    let _one = lock_file(&out_dir.with_extension("lock")).map_err(fail)?;
     if wasm.is_file() {
         return Ok(wasm);
     }
@@ -222,7 +221,11 @@ pub fn build(dir: &Path, script: Script) -> Result<PathBuf, Problem> {
     };
     let mut command = jail.command(&dir, &program, &args).map_err(|m| fail(m.into()))?;
     tracing::info!(plugin = name, "building a {} plugin ({kind}) with componentize", script.name());
-    isolate::run(&mut command, &format!("{} {}", program.display(), args.join(" "))).map_err(fail)?;
+    let tool = match script {
+        Script::Python => "componentize-py",
+        Script::JavaScript => "componentize-js",
+    };
+    isolate::run(&mut command, &format!("{tool} (building {})", script.entry())).map_err(fail)?;
     if !out.is_file() {
         return Err(fail(format!("the build wrote no {}", out.display())));
     }
@@ -262,6 +265,22 @@ fn build_key(dir: &Path, sdk: &Path, parts: &[&str]) -> Result<String, String> {
     Ok(crate::util::sha256_hex(&all))
 }
 
+/// An exclusive lock on `path` (created), held until the file is dropped: tool installs and
+/// builds are shared by every triad process on the machine.
+fn lock_file(path: &Path) -> Result<std::fs::File, String> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    file.lock().map_err(|e| format!("cannot lock {}: {e}", path.display()))?;
+    Ok(file)
+}
+
 /// A build tool as installed: what to run, its folder, what the jail must show it.
 struct Tools {
     program: PathBuf,
@@ -275,6 +294,7 @@ fn python_tools() -> Result<Tools, String> {
     let home = cache_dir().join("plugin-tools").join(format!("componentize-py-{COMPONENTIZE_PY}"));
     let program = home.join("bin").join("componentize-py");
     let complete = home.join(".complete");
+    let _one = lock_file(&home.with_extension("lock"))?;
     if !complete.is_file() {
         let python = isolate::which("python3")
             .ok_or("Python plugins need python3 (3.9 or newer) on PATH, to install componentize-py")?;
@@ -306,6 +326,7 @@ fn js_tools() -> Result<Tools, String> {
     let home = cache_dir().join("plugin-tools").join(format!("componentize-js-{COMPONENTIZE_JS}"));
     let node = isolate::which("node").ok_or("JavaScript plugins need Node.js (18 or newer) on PATH")?;
     let complete = home.join(".complete");
+    let _one = lock_file(&home.with_extension("lock"))?;
     if !complete.is_file() {
         let npm = isolate::which("npm").ok_or("JavaScript plugins need npm on PATH, to install componentize-js")?;
         tracing::info!(

@@ -323,6 +323,13 @@ fn classify(error: &wasmtime::Error, last_error: Option<String>, limits: &Limits
              this way too)"
                 .into(),
         ),
+        // Rust plugins abort on panic (reported above); Python and JavaScript plugins reach
+        // `unreachable` where their runtime calls a stubbed-out system interface.
+        Some(Trap::UnreachableCodeReached) => Problem::Trap(format!(
+            "{} (a Python or JavaScript plugin ends this way when it asks for what the sandbox does not have: \
+             files, the clock, randomness, standard input)",
+            Trap::UnreachableCodeReached
+        )),
         Some(trap) => Problem::Trap(trap.to_string()),
         None => {
             let text = format!("{error:#}");

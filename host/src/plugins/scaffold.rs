@@ -107,7 +107,7 @@ fn type_name(crate_name: &str) -> String {
 }
 
 /// The shortest honest Python reward.
-const PYTHON_REWARD: &str = r#"""Reward: minus the share of letters written in capitals."""
+const PYTHON_REWARD: &str = r#""""Reward: minus the share of letters written in capitals."""
 import triad
 
 
@@ -119,7 +119,7 @@ def score(episode: triad.Episode, config: dict) -> float:
 "#;
 
 /// The shortest honest Python data filter.
-const PYTHON_FILTER: &str = r#"""Data filter: drops texts shorter than `min_chars` characters."""
+const PYTHON_FILTER: &str = r#""""Data filter: drops texts shorter than `min_chars` characters."""
 import triad
 
 
@@ -131,7 +131,7 @@ def filter(sample: triad.Sample, config: dict):
 "#;
 
 /// The shortest honest Python metric.
-const PYTHON_METRIC: &str = r#"""Metric: the share of predictions that contain their first reference."""
+const PYTHON_METRIC: &str = r#""""Metric: the share of predictions that contain their first reference."""
 import triad
 
 

@@ -1,7 +1,7 @@
 """Reward: (positive words - negative words) / words, the benchmark's shared lexicon reward.
 
 Words are maximal runs of alphanumeric characters or apostrophes in the lowercased response;
-the lists are those of bench/plugins/lexicon-words.txt.
+the lists are those of bench/plugins/lexicon-rust/src/lexicon.rs (a test checks the four implementations agree).
 """
 import re
 

@@ -29,10 +29,15 @@ fn main() {
         .collect();
     let features = if features.is_empty() { "none".to_string() } else { features.join(",") };
     println!("cargo:rustc-env=TRIAD_BUILD={profile}, features: {features}");
-    // A new commit, a checkout or a staged change: look again.
-    if let Some(git_dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+    // A new commit, a checkout or a staged change: look again. Where git could not answer this
+    // time, the checkout's usual files still say when to ask again (else an `unknown` from one
+    // failed call would stay in every later build).
+    let git_dir = git(&["rev-parse", "--absolute-git-dir"])
+        .map(std::path::PathBuf::from)
+        .or_else(|| Some(root.join(".git")).filter(|dir| dir.is_dir()));
+    if let Some(git_dir) = git_dir {
         for file in ["HEAD", "index"] {
-            println!("cargo:rerun-if-changed={git_dir}/{file}");
+            println!("cargo:rerun-if-changed={}", git_dir.join(file).display());
         }
     }
     println!("cargo:rerun-if-changed=build.rs");

@@ -23,3 +23,4 @@ mod resume;
 mod script_plugins;
 mod smollm2;
 mod sweep;
+mod t5_compat;

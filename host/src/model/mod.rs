@@ -36,6 +36,7 @@ pub mod norm;
 pub mod pretrained;
 pub mod reward;
 pub mod rope;
+pub mod t5;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;

@@ -1,0 +1,498 @@
+//! T5, the encoder-decoder Transformer (Raffel et al. 2020): T5 v1.1 (gated-GELU feed-forward,
+//! untied LM head) and the original T5 (ReLU feed-forward, LM head tied to the embedding with
+//! the `d_model^-0.5` rescale), under Hugging Face `T5ForConditionalGeneration`'s parameter
+//! names, so that its folders load as they are.
+//!
+//! Each stack is a pre-norm residual Transformer:
+//!
+//! ```text
+//! h = embed(ids)                                            (B, T, D)
+//! for each block:
+//!     h = h + SelfAttention(norm(h), bias)                  encoder: every key; decoder: causal
+//!     h = h + CrossAttention(norm(h), encoder output)       decoder only
+//!     h = h + FeedForward(norm(h))
+//! out = norm(h)
+//! logits = out · lm_headᵀ          (tied: (out · D^-0.5) · embedᵀ)
+//! ```
+//!
+//! with RMS norms (no mean subtraction, no bias), no biases anywhere, and unscaled attention
+//! scores `q·kᵀ` (T5 folds `1/sqrt(d_kv)` into its initialisation) plus a learned bias per head
+//! and relative-position bucket, made by the first block of a stack and shared by all its blocks
+//! (cross-attention has none). Everything is plain differentiable tensor ops.
+
+use std::collections::HashMap;
+
+use candle_core::{D, DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::linear::{Layout, Linear};
+use super::norm::RmsNorm;
+use super::{ModelError, WithContext};
+
+/// The feed-forward half of a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FeedForward {
+    /// T5 v1.1: `wo(gelu_tanh(wi_0 x) * wi_1 x)`.
+    GatedGelu,
+    /// The original T5: `wo(relu(wi x))`.
+    Relu,
+}
+
+/// The shape of a T5 model; the fields are Hugging Face's `T5Config` names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct T5Config {
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub d_model: usize,
+    /// Width of one attention head's queries, keys and values.
+    pub d_kv: usize,
+    /// Width of the feed-forward layer.
+    pub d_ff: usize,
+    /// Encoder blocks.
+    pub num_layers: usize,
+    /// Decoder blocks.
+    pub num_decoder_layers: usize,
+    pub num_heads: usize,
+    /// Relative-position buckets (half of them per direction in the encoder).
+    pub relative_attention_num_buckets: usize,
+    /// Distances from here on share the last bucket.
+    pub relative_attention_max_distance: usize,
+    pub layer_norm_epsilon: f64,
+    pub feed_forward: FeedForward,
+    /// The LM head is the embedding (the original T5) or a matrix of its own (v1.1).
+    pub tie_word_embeddings: bool,
+    /// The token the decoder starts from (the pad token, 0, in every released T5).
+    pub decoder_start_token_id: u32,
+}
+
+impl T5Config {
+    /// Read a Hugging Face `config.json` of `model_type` "t5", refusing what the blocks here do
+    /// not implement.
+    pub fn from_hf_json(json: &serde_json::Value) -> Result<T5Config, String> {
+        if json.get("model_type").and_then(serde_json::Value::as_str) != Some("t5") {
+            return Err(format!(
+                "`model_type` is {}, not \"t5\"",
+                json.get("model_type").unwrap_or(&serde_json::Value::Null)
+            ));
+        }
+        let int = |key: &str| -> Result<usize, String> {
+            json.get(key)
+                .and_then(serde_json::Value::as_u64)
+                .map(|v| v as usize)
+                .ok_or_else(|| format!("missing or non-integer `{key}`"))
+        };
+        let feed_forward = match json.get("feed_forward_proj").and_then(serde_json::Value::as_str).unwrap_or("relu") {
+            "relu" => FeedForward::Relu,
+            "gated-gelu" => FeedForward::GatedGelu,
+            other => {
+                return Err(format!(
+                    "`feed_forward_proj` \"{other}\" is not supported (only \"relu\", \"gated-gelu\")"
+                ));
+            }
+        };
+        let tie_word_embeddings = json.get("tie_word_embeddings").and_then(serde_json::Value::as_bool).unwrap_or(true);
+        // transformers 5 says apart whether the head is tied and whether the output is rescaled;
+        // every released T5 does both (the original) or neither (v1.1, flan-t5).
+        if let Some(scale) = json.get("scale_decoder_outputs").and_then(serde_json::Value::as_bool)
+            && scale != tie_word_embeddings
+        {
+            return Err(format!(
+                "`scale_decoder_outputs` {scale} with `tie_word_embeddings` {tie_word_embeddings} is not supported \
+                 (a tied head is rescaled, an untied one is not)"
+            ));
+        }
+        let num_layers = int("num_layers")?;
+        Ok(T5Config {
+            vocab_size: int("vocab_size")?,
+            d_model: int("d_model")?,
+            d_kv: int("d_kv")?,
+            d_ff: int("d_ff")?,
+            num_layers,
+            num_decoder_layers: json
+                .get("num_decoder_layers")
+                .and_then(serde_json::Value::as_u64)
+                .map_or(num_layers, |v| v as usize),
+            num_heads: int("num_heads")?,
+            relative_attention_num_buckets: int("relative_attention_num_buckets")?,
+            relative_attention_max_distance: json
+                .get("relative_attention_max_distance")
+                .and_then(serde_json::Value::as_u64)
+                .map_or(128, |v| v as usize),
+            layer_norm_epsilon: json.get("layer_norm_epsilon").and_then(serde_json::Value::as_f64).unwrap_or(1e-6),
+            feed_forward,
+            tie_word_embeddings,
+            decoder_start_token_id: json.get("decoder_start_token_id").and_then(serde_json::Value::as_u64).unwrap_or(0)
+                as u32,
+        })
+    }
+
+    /// Width of all heads together.
+    pub fn inner(&self) -> usize {
+        self.num_heads * self.d_kv
+    }
+
+    /// Every parameter's Hugging Face name and shape, sorted by name.
+    pub fn param_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let (d, inner, ff) = (self.d_model, self.inner(), self.d_ff);
+        let mut shapes = vec![("shared.weight".to_string(), vec![self.vocab_size, d])];
+        if !self.tie_word_embeddings {
+            shapes.push(("lm_head.weight".into(), vec![self.vocab_size, d]));
+        }
+        for (stack, layers) in [("encoder", self.num_layers), ("decoder", self.num_decoder_layers)] {
+            shapes.push((format!("{stack}.final_layer_norm.weight"), vec![d]));
+            shapes.push((
+                format!("{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+                vec![self.relative_attention_num_buckets, self.num_heads],
+            ));
+            for block in 0..layers {
+                let layer = |i: usize, rest: &str| format!("{stack}.block.{block}.layer.{i}.{rest}");
+                let mut attention = |i: usize, name: &str| {
+                    for (w, shape) in [("q", [inner, d]), ("k", [inner, d]), ("v", [inner, d]), ("o", [d, inner])] {
+                        shapes.push((layer(i, &format!("{name}.{w}.weight")), shape.to_vec()));
+                    }
+                    shapes.push((layer(i, "layer_norm.weight"), vec![d]));
+                };
+                attention(0, "SelfAttention");
+                let ff_layer = if stack == "decoder" {
+                    attention(1, "EncDecAttention");
+                    2
+                } else {
+                    1
+                };
+                match self.feed_forward {
+                    FeedForward::GatedGelu => {
+                        shapes.push((layer(ff_layer, "DenseReluDense.wi_0.weight"), vec![ff, d]));
+                        shapes.push((layer(ff_layer, "DenseReluDense.wi_1.weight"), vec![ff, d]));
+                    }
+                    FeedForward::Relu => shapes.push((layer(ff_layer, "DenseReluDense.wi.weight"), vec![ff, d])),
+                }
+                shapes.push((layer(ff_layer, "DenseReluDense.wo.weight"), vec![d, ff]));
+                shapes.push((layer(ff_layer, "layer_norm.weight"), vec![d]));
+            }
+        }
+        shapes.sort();
+        shapes
+    }
+}
+
+/// T5's bucket for the key at `relative` = key position - query position: exact up to half
+/// the buckets (of a direction), then logarithmic up to `max_distance`, then the last bucket.
+/// The encoder tells the two directions apart; the decoder sees only the past.
+pub fn relative_position_bucket(relative: i64, bidirectional: bool, num_buckets: usize, max_distance: usize) -> usize {
+    let (mut buckets, mut bucket) = (num_buckets, 0);
+    let distance = if bidirectional {
+        buckets /= 2;
+        if relative > 0 {
+            bucket += buckets;
+        }
+        relative.unsigned_abs() as usize
+    } else {
+        (-relative).max(0) as usize
+    };
+    let max_exact = buckets / 2;
+    if distance < max_exact {
+        return bucket + distance;
+    }
+    // In f32, as transformers computes it, so that a distance on a bucket's edge falls the same way.
+    let log_ratio = (distance as f32 / max_exact as f32).ln() / (max_distance as f64 / max_exact as f64).ln() as f32;
+    let large = max_exact + (log_ratio * (buckets - max_exact) as f32) as usize;
+    bucket + large.min(buckets - 1)
+}
+
+/// Multi-head attention without biases or score scaling.
+#[derive(Debug, Clone)]
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    heads: usize,
+    d_kv: usize,
+}
+
+impl Attention {
+    /// x (B, Tq, D) attends to kv (B, Tk, D) with `bias` (broadcast to (B, H, Tq, Tk)) added to
+    /// the scores; (B, Tq, D).
+    fn forward(&self, x: &Tensor, kv: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, tq, _) = x.dims3()?;
+        let tk = kv.dim(1)?;
+        let heads = |t: Tensor, len: usize| t.reshape((b, len, self.heads, self.d_kv))?.transpose(1, 2)?.contiguous();
+        let q = heads(self.q.forward(x)?, tq)?; // (B, H, Tq, d_kv)
+        let k = heads(self.k.forward(kv)?, tk)?; // (B, H, Tk, d_kv)
+        let v = heads(self.v.forward(kv)?, tk)?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?; // (B, H, Tq, Tk)
+        let max = scores.max_keepdim(D::Minus1)?;
+        let e = scores.broadcast_sub(&max)?.exp()?;
+        let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+        let y = p.matmul(&v)?.transpose(1, 2)?.reshape((b, tq, self.heads * self.d_kv))?;
+        self.o.forward(&y)
+    }
+}
+
+/// One block: self-attention, cross-attention (decoder), feed-forward, each pre-normed.
+#[derive(Debug, Clone)]
+struct Block {
+    self_norm: RmsNorm,
+    self_attention: Attention,
+    cross: Option<(RmsNorm, Attention)>,
+    ff_norm: RmsNorm,
+    /// `wi` (ReLU) or `wi_0` (gated GELU).
+    wi: Linear,
+    /// `wi_1`, the gated GELU's linear half.
+    wi_gate: Option<Linear>,
+    wo: Linear,
+}
+
+impl Block {
+    fn forward(
+        &self,
+        h: &Tensor,
+        self_bias: &Tensor,
+        cross: Option<(&Tensor, &Tensor)>,
+    ) -> candle_core::Result<Tensor> {
+        let x = self.self_norm.forward(h)?;
+        let mut h = (h + self.self_attention.forward(&x, &x, self_bias)?)?;
+        if let (Some((norm, attention)), Some((encoded, bias))) = (&self.cross, cross) {
+            h = (&h + attention.forward(&norm.forward(&h)?, encoded, bias)?)?;
+        }
+        let x = self.ff_norm.forward(&h)?;
+        let inner = match &self.wi_gate {
+            Some(linear) => (self.wi.forward(&x)?.gelu()? * linear.forward(&x)?)?,
+            None => self.wi.forward(&x)?.relu()?,
+        };
+        h + self.wo.forward(&inner)?
+    }
+}
+
+/// The encoder or the decoder.
+#[derive(Debug, Clone)]
+struct Stack {
+    blocks: Vec<Block>,
+    final_norm: RmsNorm,
+    /// (buckets, heads): the score bias of each relative-position bucket.
+    relative_bias: Tensor,
+    /// The encoder's attention looks both ways; the decoder's self-attention only back.
+    bidirectional: bool,
+}
+
+impl Stack {
+    /// The position bias (1, H, Tq, Tk) of queries 0..tq over keys 0..tk.
+    fn position_bias(&self, tq: usize, tk: usize, config: &T5Config) -> candle_core::Result<Tensor> {
+        let buckets: Vec<u32> = (0..tq)
+            .flat_map(|q| {
+                (0..tk).map(move |k| {
+                    relative_position_bucket(
+                        k as i64 - q as i64,
+                        self.bidirectional,
+                        config.relative_attention_num_buckets,
+                        config.relative_attention_max_distance,
+                    ) as u32
+                })
+            })
+            .collect();
+        let buckets = Tensor::from_vec(buckets, tq * tk, self.relative_bias.device())?;
+        let heads = self.relative_bias.dim(1)?;
+        self.relative_bias.index_select(&buckets, 0)?.reshape((tq, tk, heads))?.permute((2, 0, 1))?.unsqueeze(0)
+    }
+}
+
+/// A T5 model with its LM head.
+#[derive(Debug, Clone)]
+pub struct T5 {
+    pub config: T5Config,
+    /// (vocab, D): the embedding of both stacks (and the head, when tied).
+    shared: Tensor,
+    encoder: Stack,
+    decoder: Stack,
+    /// (vocab, D) of its own, untied.
+    lm_head: Option<Tensor>,
+}
+
+/// Scores added where attention must not look: large and finite, so that a row never becomes
+/// NaN.
+const MASKED: f64 = -1e9;
+
+impl T5 {
+    /// A model from tensors under Hugging Face's names (a `model.safetensors` of
+    /// `T5ForConditionalGeneration`). The stacks' own copies of the embedding
+    /// (`encoder.embed_tokens.weight`, `decoder.embed_tokens.weight`), where a file holds them,
+    /// must equal `shared.weight`'s shape and are not read.
+    pub fn from_weights(config: T5Config, tensors: &HashMap<String, Tensor>) -> Result<T5, ModelError> {
+        let shapes: HashMap<String, Vec<usize>> = config.param_shapes().into_iter().collect();
+        for (name, tensor) in tensors {
+            let expected = shapes.get(name).cloned().or_else(|| {
+                let copy = name == "encoder.embed_tokens.weight" || name == "decoder.embed_tokens.weight";
+                copy.then(|| vec![config.vocab_size, config.d_model])
+            });
+            match expected {
+                Some(expected) if tensor.dims() != expected.as_slice() => {
+                    return Err(ModelError::ShapeMismatch {
+                        name: name.clone(),
+                        expected,
+                        actual: tensor.dims().to_vec(),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    let hint = if name == "lm_head.weight" && config.tie_word_embeddings {
+                        ": the config ties the LM head to the embedding (`tie_word_embeddings`)".to_string()
+                    } else {
+                        String::new()
+                    };
+                    return Err(ModelError::UnexpectedTensor {
+                        name: name.clone(),
+                        shape: tensor.dims().to_vec(),
+                        hint,
+                    });
+                }
+            }
+        }
+        let get = |name: &str| -> Result<Tensor, ModelError> {
+            let tensor = tensors.get(name).ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_string(),
+                expected: shapes.get(name).cloned().unwrap_or_default(),
+            })?;
+            tensor.to_dtype(DType::F32).ctx(|| format!("reading `{name}` as f32"))
+        };
+        let linear = |name: &str| -> Result<Linear, ModelError> {
+            Ok(Linear { weight: get(name)?, bias: None, layout: Layout::OutIn })
+        };
+        let norm = |name: &str| -> Result<RmsNorm, ModelError> {
+            Ok(RmsNorm { weight: get(name)?, eps: config.layer_norm_epsilon })
+        };
+        let attention = |prefix: &str| -> Result<Attention, ModelError> {
+            Ok(Attention {
+                q: linear(&format!("{prefix}.q.weight"))?,
+                k: linear(&format!("{prefix}.k.weight"))?,
+                v: linear(&format!("{prefix}.v.weight"))?,
+                o: linear(&format!("{prefix}.o.weight"))?,
+                heads: config.num_heads,
+                d_kv: config.d_kv,
+            })
+        };
+        let stack = |stack: &str, layers: usize| -> Result<Stack, ModelError> {
+            let decoder = stack == "decoder";
+            let blocks = (0..layers)
+                .map(|block| {
+                    let layer = |i: usize| format!("{stack}.block.{block}.layer.{i}");
+                    let ff = layer(if decoder { 2 } else { 1 });
+                    let gated = config.feed_forward == FeedForward::GatedGelu;
+                    Ok(Block {
+                        self_norm: norm(&format!("{}.layer_norm.weight", layer(0)))?,
+                        self_attention: attention(&format!("{}.SelfAttention", layer(0)))?,
+                        cross: if decoder {
+                            Some((
+                                norm(&format!("{}.layer_norm.weight", layer(1)))?,
+                                attention(&format!("{}.EncDecAttention", layer(1)))?,
+                            ))
+                        } else {
+                            None
+                        },
+                        ff_norm: norm(&format!("{ff}.layer_norm.weight"))?,
+                        wi: linear(&format!("{ff}.DenseReluDense.{}.weight", if gated { "wi_0" } else { "wi" }))?,
+                        wi_gate: if gated { Some(linear(&format!("{ff}.DenseReluDense.wi_1.weight"))?) } else { None },
+                        wo: linear(&format!("{ff}.DenseReluDense.wo.weight"))?,
+                    })
+                })
+                .collect::<Result<Vec<Block>, ModelError>>()?;
+            Ok(Stack {
+                blocks,
+                final_norm: norm(&format!("{stack}.final_layer_norm.weight"))?,
+                relative_bias: get(&format!("{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"))?,
+                bidirectional: !decoder,
+            })
+        };
+        Ok(T5 {
+            shared: get("shared.weight")?,
+            encoder: stack("encoder", config.num_layers)?,
+            decoder: stack("decoder", config.num_decoder_layers)?,
+            lm_head: if config.tie_word_embeddings { None } else { Some(get("lm_head.weight")?) },
+            config,
+        })
+    }
+
+    /// The device the weights are on.
+    pub fn device(&self) -> &Device {
+        self.shared.device()
+    }
+
+    /// (B, S) encoder token ids and their (B, S) mask (1 real, 0 padding; `None`: all real) to
+    /// the encoder's output (B, S, D).
+    pub fn encode(&self, input_ids: &Tensor, mask: Option<&Tensor>) -> Result<Tensor, ModelError> {
+        let (b, s) = input_ids.dims2().ctx(|| "encoder input ids must be (batch, length)".into())?;
+        let run = || -> candle_core::Result<Tensor> {
+            let mut h = self.shared.embedding(&input_ids.flatten_all()?)?.reshape((b, s, self.config.d_model))?;
+            // (1, H, S, S) + (B, 1, 1, S)
+            let bias =
+                self.encoder.position_bias(s, s, &self.config)?.broadcast_add(&key_mask(mask, b, s, self.device())?)?;
+            for block in &self.encoder.blocks {
+                h = block.forward(&h, &bias, None)?;
+            }
+            self.encoder.final_norm.forward(&h)
+        };
+        run().ctx(|| "T5 encoder".into())
+    }
+
+    /// (B, T) decoder token ids (starting with `decoder_start_token_id`), the encoder's output
+    /// (B, S, D) and its mask to the logits (B, T, vocab) of each next token.
+    pub fn decode(&self, decoder_ids: &Tensor, encoded: &Tensor, mask: Option<&Tensor>) -> Result<Tensor, ModelError> {
+        let (b, t) = decoder_ids.dims2().ctx(|| "decoder input ids must be (batch, length)".into())?;
+        let run = || -> candle_core::Result<Tensor> {
+            let s = encoded.dim(1)?;
+            let d = self.config.d_model;
+            let mut h = self.shared.embedding(&decoder_ids.flatten_all()?)?.reshape((b, t, d))?;
+            let causal: Vec<f32> =
+                (0..t).flat_map(|q| (0..t).map(move |k| if k > q { MASKED as f32 } else { 0.0 })).collect();
+            let causal = Tensor::from_vec(causal, (1, 1, t, t), self.device())?;
+            let self_bias = self.decoder.position_bias(t, t, &self.config)?.broadcast_add(&causal)?;
+            let cross_bias = key_mask(mask, b, s, self.device())?;
+            for block in &self.decoder.blocks {
+                h = block.forward(&h, &self_bias, Some((encoded, &cross_bias)))?;
+            }
+            let out = self.decoder.final_norm.forward(&h)?;
+            match &self.lm_head {
+                Some(head) => Linear { weight: head.clone(), bias: None, layout: Layout::OutIn }.forward(&out),
+                // The original T5 scales the output before its tied head.
+                None => Linear { weight: self.shared.clone(), bias: None, layout: Layout::OutIn }
+                    .forward(&(out * (d as f64).powf(-0.5))?),
+            }
+        };
+        run().ctx(|| "T5 decoder".into())
+    }
+
+    /// Encode, then decode: the logits (B, T, vocab) of `decoder_ids`' next tokens.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        mask: Option<&Tensor>,
+        decoder_ids: &Tensor,
+    ) -> Result<Tensor, ModelError> {
+        let encoded = self.encode(input_ids, mask)?;
+        self.decode(decoder_ids, &encoded, mask)
+    }
+}
+
+/// The additive key mask (B, 1, 1, S): 0 on real keys, `MASKED` on padding.
+fn key_mask(mask: Option<&Tensor>, b: usize, s: usize, device: &Device) -> candle_core::Result<Tensor> {
+    match mask {
+        Some(mask) => ((mask.to_dtype(DType::F32)?.affine(-1.0, 1.0)? * MASKED)?).reshape((b, 1, 1, s)),
+        None => Tensor::zeros((b, 1, 1, s), DType::F32, device),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// transformers' `T5Attention._relative_position_bucket` on the same distances (32 buckets,
+    /// max distance 128, its defaults), as printed by transformers 5.25.0.
+    #[test]
+    fn buckets_follow_transformers() {
+        let distances = [-200i64, -128, -100, -64, -20, -9, -8, -7, -1, 0, 1, 7, 8, 9, 20, 64, 100, 128, 200];
+        let both: Vec<usize> = distances.iter().map(|&d| relative_position_bucket(d, true, 32, 128)).collect();
+        let back: Vec<usize> = distances.iter().map(|&d| relative_position_bucket(d, false, 32, 128)).collect();
+        assert_eq!(both, [15, 15, 15, 14, 10, 8, 8, 7, 1, 0, 17, 23, 24, 24, 26, 30, 31, 31, 31]);
+        assert_eq!(back, [31, 31, 30, 26, 17, 9, 8, 7, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    }
+}

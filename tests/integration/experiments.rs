@@ -1,7 +1,8 @@
 //! Experiment files end to end: twenty kinds of malformed file fail before any training with a
 //! message that says where and how to fix it; a whole pipeline (pretrain, SFT, reward model,
 //! PPO, evaluation) runs through the `triad` binary, a second run trains nothing, and changing a
-//! PPO setting reruns PPO and evaluation only; a PPO run rewarded by a plugin alone raises it.
+//! PPO setting reruns PPO and evaluation only; a PPO run rewarded by a plugin alone (Rust or
+//! Python) raises it; Python and JavaScript plugins serve a pipeline as Rust ones do.
 
 use crate::support;
 
@@ -189,12 +190,14 @@ fn a_whole_pipeline_runs_caches_and_reruns_only_what_a_change_touches() {
     assert_eq!(before.lines().filter(|l| l.starts_with("| pipeline@")).count(), 2, "{before}");
 }
 
-#[test]
-fn ppo_rewarded_by_a_plugin_alone_raises_that_reward() {
-    let dir = scratch("plugin-reward");
-    // Reward: the VADER sentiment of the continuation, no reward model at all.
-    let text = pipeline("2e-3", r#"[Plugin(name: "vader")], kl: Fixed(coef: 0.01)"#)
+/// PPO for 40 iterations rewarded by one plugin alone (`reward`, declared by `declaration`
+/// beside the pipeline's plugins, or one of them): the mean reward of the first ten iterations
+/// and of the last ten.
+fn ppo_on_a_plugin_alone(name: &str, declaration: &str, reward: &str) -> (f64, f64) {
+    let dir = scratch(name);
+    let text = pipeline("2e-3", &format!(r#"[Plugin(name: "{reward}")], kl: Fixed(coef: 0.01)"#))
         .replace("STEPS", "40")
+        .replace(r#""rouge": (path: "#, &format!("{declaration}\"rouge\": (path: "))
         .replace(
             "generation: (max_new_tokens: 8),\n            train",
             "generation: (max_new_tokens: 12),\n            train",
@@ -206,8 +209,26 @@ fn ppo_rewarded_by_a_plugin_alone_raises_that_reward() {
     let reward: Vec<f64> = rows.iter().filter(|r| r.metric == "train/reward").map(|r| r.value).collect();
     assert_eq!(reward.len(), 40);
     let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
-    let (early, late) = (mean(&reward[..10]), mean(&reward[30..]));
+    (mean(&reward[..10]), mean(&reward[30..]))
+}
+
+#[test]
+fn ppo_rewarded_by_a_plugin_alone_raises_that_reward() {
+    // Reward: the VADER sentiment of the continuation, no reward model at all.
+    let (early, late) = ppo_on_a_plugin_alone("plugin-reward", "", "vader");
     assert!(late > early + 0.05, "the plugin's reward rises: first 10 iterations {early:.3}, last 10 {late:.3}");
+}
+
+#[test]
+fn ppo_rewarded_by_a_python_plugin_alone_raises_that_reward() {
+    // Reward: the 14-line Python length reward, answers of about 5 words, no reward model.
+    let declaration = format!(
+        r#""py-length": (path: "{}", config: (target_words: 5, tolerance: 0)),
+        "#,
+        support::plugin_dir("py-length-reward")
+    );
+    let (early, late) = ppo_on_a_plugin_alone("python-reward", &declaration, "py-length");
+    assert!(late > early + 0.05, "the Python reward rises: first 10 iterations {early:.3}, last 10 {late:.3}");
 }
 
 #[test]

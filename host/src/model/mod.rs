@@ -12,6 +12,8 @@
 //! The model code follows the math (nanoGPT style): `gpt.rs` and `llama.rs` hold the two trunks,
 //! `attention.rs` the causal attention they share (grouped-query heads, KV cache), `norm.rs`,
 //! `mlp.rs`, `rope.rs` and `linear.rs` the pieces, `init.rs` the seeded GPT-2 initialisation.
+//! `t5.rs` holds the encoder-decoder (T5), on its own so far: it loads, trains and saves
+//! Hugging Face T5 folders, but is no [`Model`] family yet, so no stage takes it.
 //!
 //! Everything in a training path is built from differentiable tensor ops: candle's fused
 //! LayerNorm, RmsNorm and `softmax_last_dim` kernels have no backward pass and would silently

@@ -20,11 +20,14 @@
 //! and relative-position bucket, made by the first block of a stack and shared by all its blocks
 //! (cross-attention has none). Everything is plain differentiable tensor ops.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{D, DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use super::checkpoint::{load_tensors, save_tensors_atomically};
+use super::init::{self, Init, ParamSpec};
 use super::linear::{Layout, Linear};
 use super::norm::RmsNorm;
 use super::{ModelError, WithContext};
@@ -132,26 +135,33 @@ impl T5Config {
         self.num_heads * self.d_kv
     }
 
-    /// Every parameter's Hugging Face name and shape, sorted by name.
-    pub fn param_shapes(&self) -> Vec<(String, Vec<usize>)> {
+    /// Every parameter: its Hugging Face name, shape and T5's initialisation (transformers'
+    /// `_init_weights` at `initializer_factor` 1: attention queries N(0, (d_model·d_kv)^-1/2),
+    /// keys and values N(0, d_model^-1/2), outputs N(0, inner^-1/2), the feed-forward's input
+    /// N(0, d_model^-1/2) and output N(0, d_ff^-1/2), embeddings N(0, 1), norm gains 1);
+    /// sorted by name.
+    pub fn param_specs(&self) -> Vec<ParamSpec> {
         let (d, inner, ff) = (self.d_model, self.inner(), self.d_ff);
-        let mut shapes = vec![("shared.weight".to_string(), vec![self.vocab_size, d])];
+        let std = |fan: usize| Init::Normal { std: (fan as f64).powf(-0.5) };
+        let mut specs = vec![ParamSpec::new("shared.weight", &[self.vocab_size, d], Init::Normal { std: 1.0 })];
         if !self.tie_word_embeddings {
-            shapes.push(("lm_head.weight".into(), vec![self.vocab_size, d]));
+            specs.push(ParamSpec::new("lm_head.weight", &[self.vocab_size, d], Init::Normal { std: 1.0 }));
         }
         for (stack, layers) in [("encoder", self.num_layers), ("decoder", self.num_decoder_layers)] {
-            shapes.push((format!("{stack}.final_layer_norm.weight"), vec![d]));
-            shapes.push((
+            specs.push(ParamSpec::new(format!("{stack}.final_layer_norm.weight"), &[d], Init::Ones));
+            specs.push(ParamSpec::new(
                 format!("{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
-                vec![self.relative_attention_num_buckets, self.num_heads],
+                &[self.relative_attention_num_buckets, self.num_heads],
+                std(d),
             ));
             for block in 0..layers {
                 let layer = |i: usize, rest: &str| format!("{stack}.block.{block}.layer.{i}.{rest}");
                 let mut attention = |i: usize, name: &str| {
-                    for (w, shape) in [("q", [inner, d]), ("k", [inner, d]), ("v", [inner, d]), ("o", [d, inner])] {
-                        shapes.push((layer(i, &format!("{name}.{w}.weight")), shape.to_vec()));
-                    }
-                    shapes.push((layer(i, "layer_norm.weight"), vec![d]));
+                    specs.push(ParamSpec::new(layer(i, &format!("{name}.q.weight")), &[inner, d], std(d * self.d_kv)));
+                    specs.push(ParamSpec::new(layer(i, &format!("{name}.k.weight")), &[inner, d], std(d)));
+                    specs.push(ParamSpec::new(layer(i, &format!("{name}.v.weight")), &[inner, d], std(d)));
+                    specs.push(ParamSpec::new(layer(i, &format!("{name}.o.weight")), &[d, inner], std(inner)));
+                    specs.push(ParamSpec::new(layer(i, "layer_norm.weight"), &[d], Init::Ones));
                 };
                 attention(0, "SelfAttention");
                 let ff_layer = if stack == "decoder" {
@@ -160,19 +170,53 @@ impl T5Config {
                 } else {
                     1
                 };
-                match self.feed_forward {
-                    FeedForward::GatedGelu => {
-                        shapes.push((layer(ff_layer, "DenseReluDense.wi_0.weight"), vec![ff, d]));
-                        shapes.push((layer(ff_layer, "DenseReluDense.wi_1.weight"), vec![ff, d]));
-                    }
-                    FeedForward::Relu => shapes.push((layer(ff_layer, "DenseReluDense.wi.weight"), vec![ff, d])),
+                let inputs: &[&str] = match self.feed_forward {
+                    FeedForward::GatedGelu => &["wi_0", "wi_1"],
+                    FeedForward::Relu => &["wi"],
+                };
+                for input in inputs {
+                    specs.push(ParamSpec::new(
+                        layer(ff_layer, &format!("DenseReluDense.{input}.weight")),
+                        &[ff, d],
+                        std(d),
+                    ));
                 }
-                shapes.push((layer(ff_layer, "DenseReluDense.wo.weight"), vec![d, ff]));
-                shapes.push((layer(ff_layer, "layer_norm.weight"), vec![d]));
+                specs.push(ParamSpec::new(layer(ff_layer, "DenseReluDense.wo.weight"), &[d, ff], std(ff)));
+                specs.push(ParamSpec::new(layer(ff_layer, "layer_norm.weight"), &[d], Init::Ones));
             }
         }
-        shapes.sort();
-        shapes
+        specs.sort_by(|a, b| a.name.cmp(&b.name));
+        specs
+    }
+
+    /// The `config.json` `transformers` reads this model from (`T5ForConditionalGeneration`).
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        let gated = self.feed_forward == FeedForward::GatedGelu;
+        serde_json::json!({
+            "architectures": ["T5ForConditionalGeneration"],
+            "model_type": "t5",
+            "is_encoder_decoder": true,
+            "vocab_size": self.vocab_size,
+            "d_model": self.d_model,
+            "d_kv": self.d_kv,
+            "d_ff": self.d_ff,
+            "num_layers": self.num_layers,
+            "num_decoder_layers": self.num_decoder_layers,
+            "num_heads": self.num_heads,
+            "relative_attention_num_buckets": self.relative_attention_num_buckets,
+            "relative_attention_max_distance": self.relative_attention_max_distance,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "feed_forward_proj": if gated { "gated-gelu" } else { "relu" },
+            "dense_act_fn": if gated { "gelu_new" } else { "relu" },
+            "is_gated_act": gated,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "scale_decoder_outputs": self.tie_word_embeddings,
+            "dropout_rate": 0.0,
+            "decoder_start_token_id": self.decoder_start_token_id,
+            "pad_token_id": 0,
+            "eos_token_id": 1,
+            "dtype": "float32",
+        })
     }
 }
 
@@ -301,6 +345,8 @@ impl Stack {
 #[derive(Debug, Clone)]
 pub struct T5 {
     pub config: T5Config,
+    /// Every parameter by its Hugging Face name, trainable.
+    vars: BTreeMap<String, Var>,
     /// (vocab, D): the embedding of both stacks (and the head, when tied).
     shared: Tensor,
     encoder: Stack,
@@ -319,7 +365,8 @@ impl T5 {
     /// (`encoder.embed_tokens.weight`, `decoder.embed_tokens.weight`), where a file holds them,
     /// must equal `shared.weight`'s shape and are not read.
     pub fn from_weights(config: T5Config, tensors: &HashMap<String, Tensor>) -> Result<T5, ModelError> {
-        let shapes: HashMap<String, Vec<usize>> = config.param_shapes().into_iter().collect();
+        let shapes: BTreeMap<String, Vec<usize>> =
+            config.param_specs().into_iter().map(|spec| (spec.name, spec.shape)).collect();
         for (name, tensor) in tensors {
             let expected = shapes.get(name).cloned().or_else(|| {
                 let copy = name == "encoder.embed_tokens.weight" || name == "decoder.embed_tokens.weight";
@@ -348,12 +395,61 @@ impl T5 {
                 }
             }
         }
+        let mut vars = BTreeMap::new();
+        for (name, shape) in &shapes {
+            let tensor = tensors
+                .get(name)
+                .ok_or_else(|| ModelError::MissingTensor { name: name.clone(), expected: shape.clone() })?;
+            let tensor = tensor.to_dtype(DType::F32).ctx(|| format!("reading `{name}` as f32"))?;
+            vars.insert(name.clone(), Var::from_tensor(&tensor).ctx(|| format!("`{name}` as a variable"))?);
+        }
+        T5::build(config, vars)
+    }
+
+    /// A new model, initialised as T5 is, deterministic from `seed`.
+    pub fn new(config: T5Config, seed: u64, device: &Device) -> Result<T5, ModelError> {
+        let mut vars = BTreeMap::new();
+        for spec in config.param_specs() {
+            let var = init::init_var(&spec, seed, device).ctx(|| format!("initialising `{}`", spec.name))?;
+            vars.insert(spec.name, var);
+        }
+        T5::build(config, vars)
+    }
+
+    /// The model read from a Hugging Face folder (`config.json`, `model.safetensors`).
+    pub fn load(dir: &Path, device: &Device) -> Result<T5, ModelError> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| ModelError::Format { path: path.clone(), message: e.to_string() })?;
+        let config = T5Config::from_hf_json(&json).map_err(|message| ModelError::Format { path, message })?;
+        T5::from_weights(config, &load_tensors(&dir.join("model.safetensors"), device)?)
+    }
+
+    /// Write the model as a Hugging Face folder `transformers` loads
+    /// (`T5ForConditionalGeneration.from_pretrained(dir)`).
+    pub fn save(&self, dir: &Path) -> Result<(), ModelError> {
+        std::fs::create_dir_all(dir).map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
+        let tensors: HashMap<String, Tensor> =
+            self.vars.iter().map(|(name, var)| (name.clone(), var.as_tensor().clone())).collect();
+        save_tensors_atomically(&dir.join("model.safetensors"), &tensors)?;
+        let path = dir.join("config.json");
+        let text = serde_json::to_string_pretty(&self.config.to_hf_json()).unwrap_or_default();
+        crate::util::atomic::write_atomically(&path, text.as_bytes())
+            .map_err(|e| ModelError::Format { path, message: e.to_string() })
+    }
+
+    /// Every parameter by name, for an optimizer.
+    pub fn vars(&self) -> Vec<(String, Var)> {
+        self.vars.iter().map(|(name, var)| (name.clone(), var.clone())).collect()
+    }
+
+    /// The modules over `vars` (every parameter of `config.param_specs()`, checked).
+    fn build(config: T5Config, vars: BTreeMap<String, Var>) -> Result<T5, ModelError> {
         let get = |name: &str| -> Result<Tensor, ModelError> {
-            let tensor = tensors.get(name).ok_or_else(|| ModelError::MissingTensor {
-                name: name.to_string(),
-                expected: shapes.get(name).cloned().unwrap_or_default(),
-            })?;
-            tensor.to_dtype(DType::F32).ctx(|| format!("reading `{name}` as f32"))
+            vars.get(name)
+                .map(|var| var.as_tensor().clone())
+                .ok_or_else(|| ModelError::MissingTensor { name: name.to_string(), expected: Vec::new() })
         };
         let linear = |name: &str| -> Result<Linear, ModelError> {
             Ok(Linear { weight: get(name)?, bias: None, layout: Layout::OutIn })
@@ -409,6 +505,7 @@ impl T5 {
             decoder: stack("decoder", config.num_decoder_layers)?,
             lm_head: if config.tie_word_embeddings { None } else { Some(get("lm_head.weight")?) },
             config,
+            vars,
         })
     }
 
@@ -459,6 +556,28 @@ impl T5 {
             }
         };
         run().ctx(|| "T5 decoder".into())
+    }
+
+    /// The mean cross-entropy of `labels` (B, T) under the logits of `decoder_ids` (B, T):
+    /// teacher forcing, the decoder reading the labels shifted right behind its start token.
+    pub fn loss(
+        &self,
+        input_ids: &Tensor,
+        mask: Option<&Tensor>,
+        decoder_ids: &Tensor,
+        labels: &Tensor,
+    ) -> Result<Tensor, ModelError> {
+        let logits = self.forward(input_ids, mask, decoder_ids)?;
+        let run = || -> candle_core::Result<Tensor> {
+            let (b, t, v) = logits.dims3()?;
+            let logits = logits.reshape((b * t, v))?;
+            let max = logits.max_keepdim(D::Minus1)?;
+            let shifted = logits.broadcast_sub(&max)?;
+            let log_sum = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+            let picked = shifted.gather(&labels.reshape((b * t, 1))?, 1)?;
+            (log_sum - picked)?.mean_all()
+        };
+        run().ctx(|| "T5 cross-entropy".into())
     }
 
     /// Encode, then decode: the logits (B, T, vocab) of `decoder_ids`' next tokens.

@@ -31,7 +31,13 @@ TOLERANCE = 1e-4
 def check(folder: str) -> float:
     with open(os.path.join(folder, "triad_logits.json")) as f:
         ours = json.load(f)
-    model = T5ForConditionalGeneration.from_pretrained(folder, attn_implementation="eager").eval()
+    model, info = T5ForConditionalGeneration.from_pretrained(
+        folder, attn_implementation="eager", output_loading_info=True
+    )
+    model.eval()
+    left = {key: sorted(value) for key, value in info.items() if value and key in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if left:
+        raise SystemExit(f"{folder}: {left}")
     with torch.no_grad():
         logits = model(
             input_ids=torch.tensor(ours["input_ids"]),

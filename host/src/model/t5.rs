@@ -18,16 +18,20 @@
 //! with RMS norms (no mean subtraction, no bias), no biases anywhere, and unscaled attention
 //! scores `q·kᵀ` (T5 folds `1/sqrt(d_kv)` into its initialisation) plus a learned bias per head
 //! and relative-position bucket, made by the first block of a stack and shared by all its blocks
-//! (cross-attention has none). Everything is plain differentiable tensor ops.
+//! (cross-attention has none). On the CPU the fused kernels of `kernels` run the linear maps,
+//! norms, softmax, GELU and cross-entropy (with their own backward passes); `TRIAD_KERNELS=plain`
+//! keeps the plain differentiable tensor ops.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use candle_core::{D, DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use super::attention::softmax_last_dim;
 use super::checkpoint::{load_tensors, save_tensors_atomically};
 use super::init::{self, Init, ParamSpec};
+use super::kernels;
 use super::linear::{Layout, Linear};
 use super::norm::RmsNorm;
 use super::{ModelError, WithContext};
@@ -266,9 +270,7 @@ impl Attention {
         let k = heads(self.k.forward(kv)?, tk)?; // (B, H, Tk, d_kv)
         let v = heads(self.v.forward(kv)?, tk)?;
         let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?; // (B, H, Tq, Tk)
-        let max = scores.max_keepdim(D::Minus1)?;
-        let e = scores.broadcast_sub(&max)?.exp()?;
-        let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+        let p = softmax_last_dim(&scores)?;
         let y = p.matmul(&v)?.transpose(1, 2)?.reshape((b, tq, self.heads * self.d_kv))?;
         self.o.forward(&y)
     }
@@ -302,7 +304,7 @@ impl Block {
         }
         let x = self.ff_norm.forward(&h)?;
         let inner = match &self.wi_gate {
-            Some(linear) => (self.wi.forward(&x)?.gelu()? * linear.forward(&x)?)?,
+            Some(linear) => (self.wi.forward_gelu(&x)? * linear.forward(&x)?)?,
             None => self.wi.forward(&x)?.relu()?,
         };
         h + self.wo.forward(&inner)?
@@ -568,15 +570,7 @@ impl T5 {
         labels: &Tensor,
     ) -> Result<Tensor, ModelError> {
         let logits = self.forward(input_ids, mask, decoder_ids)?;
-        let run = || -> candle_core::Result<Tensor> {
-            let (b, t, v) = logits.dims3()?;
-            let logits = logits.reshape((b * t, v))?;
-            let max = logits.max_keepdim(D::Minus1)?;
-            let shifted = logits.broadcast_sub(&max)?;
-            let log_sum = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-            let picked = shifted.gather(&labels.reshape((b * t, 1))?, 1)?;
-            (log_sum - picked)?.mean_all()
-        };
+        let run = || kernels::cross_entropy_rows(&logits, labels)?.mean_all();
         run().ctx(|| "T5 cross-entropy".into())
     }
 

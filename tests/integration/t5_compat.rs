@@ -173,3 +173,50 @@ fn a_fresh_t5_trains_every_parameter_and_saves_a_folder_it_loads_again() {
         }
     }
 }
+
+/// Greedy generation with the encoder run once, cached cross-attention keys and values and a
+/// growing self-attention cache picks, at every step, the argmax of the full decoder run over
+/// the tokens so far (and reports its log-probability); a prompt gives the same tokens in a
+/// batch of prompts of other lengths as alone.
+#[test]
+fn t5_generation_with_its_caches_follows_the_full_decoder() {
+    use triad::model::SamplingConfig;
+    let (model, expected) = load("t5");
+    let rows: Vec<Vec<u32>> = expected["cases"][1]["input_ids"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|row| {
+            row.as_array().expect("row").iter().map(|x| x.as_u64().expect("id") as u32).filter(|&id| id != 0).collect()
+        })
+        .collect();
+    let prompts = vec![rows[0].clone(), rows[1].clone(), rows[1][..5].to_vec()];
+    let greedy = SamplingConfig::greedy(12);
+    let batch = model.generate(&prompts, &greedy).expect("generate");
+    for (prompt, generated) in prompts.iter().zip(&batch) {
+        assert_eq!(generated.tokens.len(), 12);
+        let alone = model.generate(std::slice::from_ref(prompt), &greedy).expect("generate alone");
+        assert_eq!(alone[0].tokens, generated.tokens, "a prompt's tokens do not depend on its batch");
+        let decoder: Vec<u32> = std::iter::once(0).chain(generated.tokens[..11].iter().copied()).collect();
+        let input = Tensor::from_vec(prompt.clone(), (1, prompt.len()), &Device::Cpu).expect("input");
+        let decoder = Tensor::from_vec(decoder, (1, 12), &Device::Cpu).expect("decoder");
+        let logits = model.forward(&input, None, &decoder).expect("logits");
+        let logits = logits.squeeze(0).and_then(|l| l.to_vec2::<f32>()).expect("rows");
+        for (step, row) in logits.iter().enumerate() {
+            let best = (0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b])).expect("a vocabulary");
+            assert_eq!(generated.tokens[step] as usize, best, "step {step}");
+            let log_sum = row.iter().map(|&x| (x - row[best]).exp()).sum::<f32>().ln() + row[best];
+            let logprob = row[best] - log_sum;
+            assert!(
+                (generated.logprobs[step] - logprob).abs() < 1e-4,
+                "step {step}: {} vs {logprob}",
+                generated.logprobs[step]
+            );
+        }
+    }
+    // Sampling: reproducible from its seed, and not the greedy answer.
+    let sampled = SamplingConfig { temperature: 1.0, seed: 9, ..SamplingConfig::greedy(12) };
+    let first = model.generate(&prompts, &sampled).expect("sample");
+    assert_eq!(model.generate(&prompts, &sampled).expect("sample again"), first);
+    assert_ne!(first, batch);
+}

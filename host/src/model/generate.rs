@@ -231,19 +231,7 @@ fn decode(
             if generated.stopped {
                 continue;
             }
-            let (token, logprob) = if step < config.min_new_tokens && !config.stop_tokens.is_empty() {
-                // Drawn as if the stop tokens did not exist; the log-prob stays the model's own.
-                let mut allowed = logits[row].clone();
-                for &stop in &config.stop_tokens {
-                    if let Some(l) = allowed.get_mut(stop as usize) {
-                        *l = f32::NEG_INFINITY;
-                    }
-                }
-                let (token, _) = sample(&allowed, config, rng);
-                (token, log_softmax_at(&logits[row], token as usize))
-            } else {
-                sample(&logits[row], config, rng)
-            };
+            let (token, logprob) = next_token(&logits[row], step, config, rng);
             generated.tokens.push(token);
             generated.logprobs.push(logprob);
             generated.stopped = config.stop_tokens.contains(&token);
@@ -271,6 +259,24 @@ fn last_logits(model: &Model, input: &Tensor, cache: &mut KvCache, rows: &Rows) 
     let last = hidden.narrow(1, t - 1, 1).ctx(|| "last position".into())?;
     let logits = model.lm_logits(&last)?;
     logits.squeeze(1).and_then(|l| l.to_vec2::<f32>()).ctx(|| "logits to the host".into())
+}
+
+/// The token a row draws at decoding `step` from its logits, and its log-probability at
+/// temperature 1: before `min_new_tokens`, drawn as if the stop tokens did not exist (the
+/// log-probability stays the model's own).
+pub(crate) fn next_token(logits: &[f32], step: usize, config: &SamplingConfig, rng: &mut StdRng) -> (u32, f32) {
+    if step < config.min_new_tokens && !config.stop_tokens.is_empty() {
+        let mut allowed = logits.to_vec();
+        for &stop in &config.stop_tokens {
+            if let Some(l) = allowed.get_mut(stop as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+        let (token, _) = sample(&allowed, config, rng);
+        (token, log_softmax_at(logits, token as usize))
+    } else {
+        sample(logits, config, rng)
+    }
 }
 
 /// Picks the next token from one row's logits; returns it with its log-probability at

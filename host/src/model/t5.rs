@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::attention::softmax_last_dim;
 use super::checkpoint::{load_tensors, save_tensors_atomically};
+use super::generate::{Generated, SamplingConfig, next_token};
 use super::init::{self, Init, ParamSpec};
 use super::kernels;
 use super::linear::{Layout, Linear};
@@ -263,15 +264,28 @@ impl Attention {
     /// x (B, Tq, D) attends to kv (B, Tk, D) with `bias` (broadcast to (B, H, Tq, Tk)) added to
     /// the scores; (B, Tq, D).
     fn forward(&self, x: &Tensor, kv: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+        let (k, v) = self.keys_values(kv)?;
+        self.attend(x, &k, &v, bias)
+    }
+
+    /// (B, T, D) -> `linear(x)` split into heads, (B, H, T, d_kv).
+    fn heads(&self, linear: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        linear.forward(x)?.reshape((b, t, self.heads, self.d_kv))?.transpose(1, 2)?.contiguous()
+    }
+
+    /// The keys and values of kv (B, Tk, D), each (B, H, Tk, d_kv).
+    fn keys_values(&self, kv: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        Ok((self.heads(&self.k, kv)?, self.heads(&self.v, kv)?))
+    }
+
+    /// x (B, Tq, D) attends over keys and values (B, H, Tk, d_kv); (B, Tq, D).
+    fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
         let (b, tq, _) = x.dims3()?;
-        let tk = kv.dim(1)?;
-        let heads = |t: Tensor, len: usize| t.reshape((b, len, self.heads, self.d_kv))?.transpose(1, 2)?.contiguous();
-        let q = heads(self.q.forward(x)?, tq)?; // (B, H, Tq, d_kv)
-        let k = heads(self.k.forward(kv)?, tk)?; // (B, H, Tk, d_kv)
-        let v = heads(self.v.forward(kv)?, tk)?;
+        let q = self.heads(&self.q, x)?; // (B, H, Tq, d_kv)
         let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?; // (B, H, Tq, Tk)
         let p = softmax_last_dim(&scores)?;
-        let y = p.matmul(&v)?.transpose(1, 2)?.reshape((b, tq, self.heads * self.d_kv))?;
+        let y = p.matmul(v)?.transpose(1, 2)?.reshape((b, tq, self.heads * self.d_kv))?;
         self.o.forward(&y)
     }
 }
@@ -302,7 +316,12 @@ impl Block {
         if let (Some((norm, attention)), Some((encoded, bias))) = (&self.cross, cross) {
             h = (&h + attention.forward(&norm.forward(&h)?, encoded, bias)?)?;
         }
-        let x = self.ff_norm.forward(&h)?;
+        self.feed_forward(&h)
+    }
+
+    /// h + FeedForward(norm(h)).
+    fn feed_forward(&self, h: &Tensor) -> candle_core::Result<Tensor> {
+        let x = self.ff_norm.forward(h)?;
         let inner = match &self.wi_gate {
             Some(linear) => (self.wi.forward_gelu(&x)? * linear.forward(&x)?)?,
             None => self.wi.forward(&x)?.relu()?,
@@ -323,9 +342,16 @@ struct Stack {
 }
 
 impl Stack {
-    /// The position bias (1, H, Tq, Tk) of queries 0..tq over keys 0..tk.
-    fn position_bias(&self, tq: usize, tk: usize, config: &T5Config) -> candle_core::Result<Tensor> {
-        let buckets: Vec<u32> = (0..tq)
+    /// The position bias (1, H, Tq, Tk) of queries `first_query..first_query + tq` over keys
+    /// 0..tk.
+    fn position_bias(
+        &self,
+        first_query: usize,
+        tq: usize,
+        tk: usize,
+        config: &T5Config,
+    ) -> candle_core::Result<Tensor> {
+        let buckets: Vec<u32> = (first_query..first_query + tq)
             .flat_map(|q| {
                 (0..tk).map(move |k| {
                     relative_position_bucket(
@@ -523,8 +549,12 @@ impl T5 {
         let run = || -> candle_core::Result<Tensor> {
             let mut h = self.shared.embedding(&input_ids.flatten_all()?)?.reshape((b, s, self.config.d_model))?;
             // (1, H, S, S) + (B, 1, 1, S)
-            let bias =
-                self.encoder.position_bias(s, s, &self.config)?.broadcast_add(&key_mask(mask, b, s, self.device())?)?;
+            let bias = self.encoder.position_bias(0, s, s, &self.config)?.broadcast_add(&key_mask(
+                mask,
+                b,
+                s,
+                self.device(),
+            )?)?;
             for block in &self.encoder.blocks {
                 h = block.forward(&h, &bias, None)?;
             }
@@ -544,20 +574,119 @@ impl T5 {
             let causal: Vec<f32> =
                 (0..t).flat_map(|q| (0..t).map(move |k| if k > q { MASKED as f32 } else { 0.0 })).collect();
             let causal = Tensor::from_vec(causal, (1, 1, t, t), self.device())?;
-            let self_bias = self.decoder.position_bias(t, t, &self.config)?.broadcast_add(&causal)?;
+            let self_bias = self.decoder.position_bias(0, t, t, &self.config)?.broadcast_add(&causal)?;
             let cross_bias = key_mask(mask, b, s, self.device())?;
             for block in &self.decoder.blocks {
                 h = block.forward(&h, &self_bias, Some((encoded, &cross_bias)))?;
             }
-            let out = self.decoder.final_norm.forward(&h)?;
-            match &self.lm_head {
-                Some(head) => Linear { weight: head.clone(), bias: None, layout: Layout::OutIn }.forward(&out),
-                // The original T5 scales the output before its tied head.
-                None => Linear { weight: self.shared.clone(), bias: None, layout: Layout::OutIn }
-                    .forward(&(out * (d as f64).powf(-0.5))?),
-            }
+            self.head(&self.decoder.final_norm.forward(&h)?)
         };
         run().ctx(|| "T5 decoder".into())
+    }
+
+    /// The decoder's normed output (B, T, D) to logits (B, T, vocab).
+    fn head(&self, out: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.lm_head {
+            Some(head) => Linear { weight: head.clone(), bias: None, layout: Layout::OutIn }.forward(out),
+            // The original T5 scales the output before its tied head.
+            None => Linear { weight: self.shared.clone(), bias: None, layout: Layout::OutIn }
+                .forward(&(out * (self.config.d_model as f64).powf(-0.5))?),
+        }
+    }
+
+    /// Continue every prompt (all at once) as `config` says: the encoder runs once over the
+    /// prompts (right-padded, the padding masked), each cross-attention's keys and values are
+    /// computed once, and the decoder feeds one token per row a step from the start token,
+    /// keeping its self-attention keys and values. Each row draws from its own generator, as
+    /// the decoders' `generate` does, and stops on a stop token.
+    pub fn generate(&self, prompts: &[Vec<u32>], config: &SamplingConfig) -> Result<Vec<Generated>, ModelError> {
+        config.validate()?;
+        let vocab = self.config.vocab_size;
+        for (row, prompt) in prompts.iter().enumerate() {
+            if prompt.is_empty() {
+                return Err(ModelError::Input(format!("prompt {row} is empty")));
+            }
+            if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab) {
+                return Err(ModelError::Input(format!(
+                    "prompt {row} holds token {id}, outside the vocabulary of {vocab}"
+                )));
+            }
+        }
+        let Some(longest) = prompts.iter().map(Vec::len).max() else { return Ok(Vec::new()) };
+        let (b, device) = (prompts.len(), self.device().clone());
+        let ids: Vec<u32> =
+            prompts.iter().flat_map(|p| p.iter().copied().chain(std::iter::repeat_n(0, longest - p.len()))).collect();
+        let mask: Vec<u32> = prompts
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(1, p.len()).chain(std::iter::repeat_n(0, longest - p.len())))
+            .collect();
+        let ids = Tensor::from_vec(ids, (b, longest), &device).ctx(|| "prompt batch".into())?;
+        let mask = Tensor::from_vec(mask, (b, longest), &device).ctx(|| "prompt mask".into())?;
+        let encoded = self.encode(&ids, Some(&mask))?;
+        let mut rngs: Vec<rand::rngs::StdRng> =
+            (0..b).map(|row| init::stream(config.seed, &format!("generate row {row}"))).collect();
+        let mut out: Vec<Generated> = prompts
+            .iter()
+            .map(|p| Generated { prompt_len: p.len(), tokens: Vec::new(), logprobs: Vec::new(), stopped: false })
+            .collect();
+        let run = |out: &mut Vec<Generated>, rngs: &mut Vec<rand::rngs::StdRng>| -> candle_core::Result<()> {
+            let cross_bias = key_mask(Some(&mask), b, longest, &device)?;
+            let cross: Vec<(Tensor, Tensor)> = self
+                .decoder
+                .blocks
+                .iter()
+                .map(|block| match &block.cross {
+                    Some((_, attention)) => attention.keys_values(&encoded),
+                    None => candle_core::bail!("a decoder block without cross-attention"),
+                })
+                .collect::<candle_core::Result<_>>()?;
+            let mut cache: Vec<Option<(Tensor, Tensor)>> = vec![None; self.decoder.blocks.len()];
+            let mut next = vec![self.config.decoder_start_token_id; b];
+            for step in 0..config.max_new_tokens {
+                let input = Tensor::from_vec(next.clone(), (b, 1), &device)?;
+                let mut h = self.shared.embedding(&input.flatten_all()?)?.reshape((b, 1, self.config.d_model))?;
+                let self_bias = self.decoder.position_bias(step, 1, step + 1, &self.config)?;
+                for (block, (cached, (cross_k, cross_v))) in
+                    self.decoder.blocks.iter().zip(cache.iter_mut().zip(&cross))
+                {
+                    let x = block.self_norm.forward(&h)?;
+                    let (k, v) = block.self_attention.keys_values(&x)?;
+                    let (k, v) = match cached.take() {
+                        Some((ck, cv)) => (Tensor::cat(&[&ck, &k], 2)?, Tensor::cat(&[&cv, &v], 2)?),
+                        None => (k, v),
+                    };
+                    h = (&h + block.self_attention.attend(&x, &k, &v, &self_bias)?)?;
+                    *cached = Some((k, v));
+                    if let Some((norm, attention)) = &block.cross {
+                        h = (&h + attention.attend(&norm.forward(&h)?, cross_k, cross_v, &cross_bias)?)?;
+                    }
+                    h = block.feed_forward(&h)?;
+                }
+                let logits = self.head(&self.decoder.final_norm.forward(&h)?)?.squeeze(1)?.to_vec2::<f32>()?;
+                for (row, (generated, rng)) in out.iter_mut().zip(rngs.iter_mut()).enumerate() {
+                    if generated.stopped {
+                        continue;
+                    }
+                    let (token, logprob) = next_token(&logits[row], step, config, rng);
+                    generated.tokens.push(token);
+                    generated.logprobs.push(logprob);
+                    generated.stopped = config.stop_tokens.contains(&token);
+                    next[row] = token;
+                }
+                if out.iter().all(|g| g.stopped) {
+                    break;
+                }
+                // A row that stopped is fed the pad token; its outputs are ignored.
+                for (row, generated) in out.iter().enumerate() {
+                    if generated.stopped {
+                        next[row] = 0;
+                    }
+                }
+            }
+            Ok(())
+        };
+        run(&mut out, &mut rngs).ctx(|| "T5 generation".into())?;
+        Ok(out)
     }
 
     /// The mean cross-entropy of `labels` (B, T) under the logits of `decoder_ids` (B, T):

@@ -177,6 +177,11 @@ enum BenchCommand {
         /// (bench/train_pretrained_reference.py).
         #[arg(long, conflicts_with = "profile")]
         pretrained: Option<String>,
+        /// `t5`: train a T5 v1.1 (width 256, 4 + 4 blocks, source and target of 128 tokens, batch
+        /// 8) against transformers' T5ForConditionalGeneration on the same weights and batches
+        /// (bench/train_t5_reference.py).
+        #[arg(long, conflicts_with_all = ["profile", "pretrained"], value_parser = ["t5"])]
+        model: Option<String>,
     },
     /// Generation tokens/s (batched, greedy, KV cache) on the reference model, against PyTorch
     /// (bench/generate_reference.py).
@@ -381,6 +386,9 @@ fn run() -> Result<()> {
             }
             Ok(())
         }
+        Command::Bench(BenchCommand::Train { python, steps, threads, model: Some(_), .. }) => {
+            bench_train_t5(python, steps, threads)
+        }
         Command::Bench(BenchCommand::Train {
             python,
             steps,
@@ -388,10 +396,17 @@ fn run() -> Result<()> {
             threads,
             profile: _,
             pretrained: Some(name),
+            model: None,
         }) => bench_train_pretrained(python, &name, steps, peak_gflops, threads),
-        Command::Bench(BenchCommand::Train { python, steps, peak_gflops, threads, profile, pretrained: None }) => {
-            bench_train(python, steps, peak_gflops, threads, profile)
-        }
+        Command::Bench(BenchCommand::Train {
+            python,
+            steps,
+            peak_gflops,
+            threads,
+            profile,
+            pretrained: None,
+            model: None,
+        }) => bench_train(python, steps, peak_gflops, threads, profile),
         Command::Bench(BenchCommand::Generate { python, repeats, threads }) => bench_generate(python, repeats, threads),
         Command::Bench(BenchCommand::Grpo { python, steps, threads }) => bench_grpo(python, steps, threads),
         Command::Bench(BenchCommand::Plugins { passes }) => bench_plugins(passes),
@@ -573,6 +588,43 @@ fn machine_peak(given: Option<f64>, threads: usize) -> f64 {
     let plural = if threads == 1 { "" } else { "s" };
     println!("peak: {peak:.0} GFLOP/s f32, measured (an {isa} loop on {threads} thread{plural})");
     peak
+}
+
+fn bench_train_t5(python: Option<PathBuf>, steps: usize, threads: usize) -> Result<()> {
+    use triad::bench::t5::{T5BenchConfig, bench_t5};
+    let config = T5BenchConfig::reference(steps, threads);
+    let m = &config.model;
+    println!(
+        "workload: T5 v1.1 (gated GELU, untied head) vocab {} width {} heads {} x {} ff {} blocks {} + {}, source {} and \
+         target {} tokens, batch {}, AdamW, clipping 1.0, same weights and batches on both sides; median of {steps} \
+         steps after {}; {threads} threads",
+        m.vocab_size,
+        m.d_model,
+        m.num_heads,
+        m.d_kv,
+        m.d_ff,
+        m.num_layers,
+        m.num_decoder_layers,
+        config.source,
+        config.target,
+        config.batch,
+        config.warmup
+    );
+    let (python, script) = reference_script(python, "train_t5_reference.py")?;
+    let (ours, reference) =
+        bench_t5(&config, &python, &script, &candle_core::Device::Cpu).with_context(|| reference_help(&python))?;
+    println!("| implementation | tokens/s | first-step loss | peak RSS MiB |\n|---|---|---|---|");
+    for r in [&ours, &reference] {
+        println!(
+            "| {} | {:.0} | {:.6} | {:.0} |",
+            r.implementation,
+            r.tokens_per_s,
+            r.first_loss.unwrap_or(f64::NAN),
+            r.peak_rss_mib
+        );
+    }
+    println!("\ntriad / PyTorch = {:.2}x tokens/s", ours.tokens_per_s / reference.tokens_per_s);
+    Ok(())
 }
 
 fn print_train_results(ours: &triad::bench::BenchResult, reference: &triad::bench::BenchResult) {

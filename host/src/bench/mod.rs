@@ -23,6 +23,7 @@ pub mod grpo;
 pub mod peak;
 pub mod plugins;
 pub mod profile;
+pub mod t5;
 
 use crate::model::{GptConfig, Model, ModelConfig, decays};
 use crate::train::TrainError;

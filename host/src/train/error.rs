@@ -7,6 +7,8 @@ use crate::util::atomic::FileError;
 pub enum TrainError {
     #[error("at step {step}: {source}")]
     Tensor { step: u64, source: candle_core::Error },
+    #[error("at step {step}: {source}")]
+    Model { step: u64, source: crate::model::ModelError },
     #[error("at step {step}: the loss is {value}: training diverged (lower the learning rate?)")]
     Diverged { step: u64, value: f64 },
     #[error(

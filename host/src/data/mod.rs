@@ -12,7 +12,8 @@
 //! 5. [`blocks`]: token streams and language-model batches whose random offsets are a pure
 //!    function of (seed, step, side), so a resumed run sees exactly the batches it would have.
 //!
-//! [`registry`] fetches packaged data once into a local cache.
+//! [`registry`] fetches packaged data once into a local cache; [`span_corruption`] makes an
+//! encoder-decoder's pretraining pairs (T5's objective) from token sequences.
 //!
 //! The spec types ([`SourceSpec`], [`TokenizerSpec`], [`Split`]) are what an experiment file
 //! embeds: serde, RON-friendly, unknown fields rejected.
@@ -22,6 +23,7 @@ pub mod blocks;
 pub mod filter;
 pub mod formats;
 pub mod source;
+pub mod span_corruption;
 pub mod split;
 pub mod tokenizer;
 

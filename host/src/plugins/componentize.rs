@@ -57,6 +57,14 @@ impl Script {
         }
     }
 
+    /// The tool that builds it, its pinned version, and the SDK's folder for the language.
+    fn tool(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Script::Python => ("componentize-py", COMPONENTIZE_PY, "python"),
+            Script::JavaScript => ("componentize-js", COMPONENTIZE_JS, "js"),
+        }
+    }
+
     /// How a plugin of each kind declares it, as a user would write it. Loss plugins are Rust
     /// only (the Rust SDK derives their gradients); the word is known so as to say so.
     fn declarations(self) -> [(&'static str, PluginKind); 4] {
@@ -141,10 +149,7 @@ pub fn build(dir: &Path, script: Script) -> Result<PathBuf, Problem> {
     let sdk = sdk::sdk_dir().map_err(|e| fail(e.to_string()))?;
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "plugin".into());
 
-    let (tool_version, sdk_part) = match script {
-        Script::Python => (COMPONENTIZE_PY, "python"),
-        Script::JavaScript => (COMPONENTIZE_JS, "js"),
-    };
+    let (tool, tool_version, sdk_part) = script.tool();
     let key = build_key(&dir, &sdk, &[script.name(), tool_version, world(kind), &name]).map_err(fail)?;
     let out_dir = cache_dir().join("plugin-build").join(script.name()).join(&key[..24]);
     let wasm = out_dir.join(format!("{name}.wasm"));
@@ -220,11 +225,7 @@ pub fn build(dir: &Path, script: Script) -> Result<PathBuf, Problem> {
         base_env: vec![("PATH".to_string(), "/usr/local/bin:/usr/bin:/bin".to_string())],
     };
     let mut command = jail.command(&dir, &program, &args).map_err(|m| fail(m.into()))?;
-    tracing::info!(plugin = name, "building a {} plugin ({kind}) with componentize", script.name());
-    let tool = match script {
-        Script::Python => "componentize-py",
-        Script::JavaScript => "componentize-js",
-    };
+    tracing::info!(plugin = name, "building a {} plugin ({kind}) with {tool}", script.name());
     isolate::run(&mut command, &format!("{tool} (building {})", script.entry())).map_err(fail)?;
     if !out.is_file() {
         return Err(fail(format!("the build wrote no {}", out.display())));

@@ -9,7 +9,8 @@
 //! writable, no network. WASI is stubbed out, so the component imports only `host.log`, as a
 //! Rust plugin does. A build is kept in triad's cache under the sha256 of everything it read
 //! (the folder's files, the SDK, the tool's version, the world), so an unchanged plugin is
-//! built once.
+//! built once; that sha256, not the component's, identifies the plugin in run manifests, stage
+//! keys and `sha256` pins, since neither tool reproduces a component's bytes.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -153,13 +154,13 @@ pub fn build(dir: &Path, script: Script) -> Result<PathBuf, Problem> {
     let key = build_key(&dir, &sdk, &[script.name(), tool_version, world(kind), &name]).map_err(fail)?;
     let out_dir = cache_dir().join("plugin-build").join(script.name()).join(&key[..24]);
     let wasm = out_dir.join(format!("{name}.wasm"));
-    if wasm.is_file() {
+    if wasm.is_file() && sources_sha256(&wasm).is_some() {
         return Ok(wasm);
     }
     // One build of a plugin at a time on the machine: stages ask for it from several threads,
     // tests from several processes.
     let _one = lock_file(&out_dir.with_extension("lock")).map_err(fail)?;
-    if wasm.is_file() {
+    if wasm.is_file() && sources_sha256(&wasm).is_some() {
         return Ok(wasm);
     }
     let tools = match script {
@@ -170,6 +171,8 @@ pub fn build(dir: &Path, script: Script) -> Result<PathBuf, Problem> {
 
     let partial = out_dir.with_extension("partial");
     let _ = std::fs::remove_dir_all(&partial);
+    // A build from before its sources' sha256 was kept beside it: made again.
+    let _ = std::fs::remove_dir_all(&out_dir);
     std::fs::create_dir_all(&partial).map_err(|e| fail(format!("cannot create {}: {e}", partial.display())))?;
     // The plugin's name, known to the host only: the SDK reads it as its default `name`.
     let generated = partial.join("generated");
@@ -230,9 +233,24 @@ pub fn build(dir: &Path, script: Script) -> Result<PathBuf, Problem> {
     if !out.is_file() {
         return Err(fail(format!("the build wrote no {}", out.display())));
     }
+    std::fs::write(partial.join(SOURCES_SHA256), &key)
+        .map_err(|e| fail(format!("cannot write into {}: {e}", partial.display())))?;
     std::fs::rename(&partial, &out_dir)
         .map_err(|e| fail(format!("cannot move the build to {}: {e}", out_dir.display())))?;
     Ok(wasm)
+}
+
+/// The file beside a built component that holds the sha256 of what its build read.
+const SOURCES_SHA256: &str = "sources.sha256";
+
+/// The sha256 that identifies the Python or JavaScript plugin built into `wasm`: that of what its
+/// build read (the folder's files, the SDK, the tool and its version, the world), not of the
+/// component, whose bytes componentize-py and componentize-js do not reproduce from build to
+/// build. `None` for a component this module did not build.
+pub fn sources_sha256(wasm: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(wasm.with_file_name(SOURCES_SHA256)).ok()?;
+    let sha = text.trim();
+    (sha.len() == 64 && sha.chars().all(|c| c.is_ascii_hexdigit())).then(|| sha.to_string())
 }
 
 /// sha256 of the plugin folder's files (their paths and bytes; bytecode caches, `node_modules`

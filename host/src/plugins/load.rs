@@ -18,7 +18,8 @@ pub const HOST_INTERFACE: &str = "triad:plugin/host@0.1.0";
 pub struct CompiledPlugin {
     /// A name for messages until the plugin's own `info` is read: the file or crate name.
     pub label: String,
-    /// sha256 of the wasm as built, hex; goes into run manifests.
+    /// sha256 of the wasm as built (of what the build read, for a Python or JavaScript plugin:
+    /// see `componentize`), hex; goes into run manifests.
     pub sha256: String,
     pub component: Component,
 }
@@ -35,7 +36,13 @@ pub fn compile(sandbox: &Sandbox, path: &Path) -> Result<CompiledPlugin, PluginE
     };
     let bytes = std::fs::read(&wasm_path)
         .map_err(|source| PluginError::new(&label, None, "load", Problem::Io { path: wasm_path.clone(), source }))?;
-    compile_bytes(sandbox, &label, &bytes)
+    let mut compiled = compile_bytes(sandbox, &label, &bytes)?;
+    if path.is_dir()
+        && let Some(sha) = super::componentize::sources_sha256(&wasm_path)
+    {
+        compiled.sha256 = sha;
+    }
+    Ok(compiled)
 }
 
 /// Compile wasm bytes (a core module or a component) as a plugin.

@@ -31,7 +31,8 @@ pub struct Manifest {
     pub device: String,
     /// Data sources read, by sha256.
     pub data: BTreeMap<String, String>,
-    /// Plugins run, by the sha256 of their wasm.
+    /// Plugins run, by the sha256 of their wasm (of their sources, for Python and JavaScript
+    /// plugins, whose builds are not byte-for-byte reproducible).
     pub plugins: BTreeMap<String, String>,
     /// Stage names in the order they run.
     pub stages: Vec<String>,

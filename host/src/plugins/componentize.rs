@@ -386,6 +386,26 @@ mod tests {
         assert!(two.contains("declares 2 plugin kinds") && two.contains("`@triad.metric`"), "{two}");
     }
 
+    /// The key of a build is what it read: the same sources in another folder of the same name
+    /// give the same key, a changed byte or another tool version another.
+    #[test]
+    fn a_build_is_known_by_its_sources() {
+        let root = std::env::temp_dir().join(format!("triad-build-key-{}", std::process::id()));
+        let (a, b) = (root.join("a/plugin"), root.join("b/plugin"));
+        for dir in [&a, &b] {
+            std::fs::create_dir_all(dir.join("__pycache__")).unwrap();
+            std::fs::write(dir.join("plugin.py"), "import triad\n").unwrap();
+        }
+        std::fs::write(b.join("__pycache__/plugin.cpython-311.pyc"), "bytecode").unwrap();
+        let sdk = Path::new("/sdk/0123456789abcdef");
+        let key = |dir: &Path, version: &str| build_key(dir, sdk, &["python", version, "reward"]).unwrap();
+        assert_eq!(key(&a, COMPONENTIZE_PY), key(&b, COMPONENTIZE_PY));
+        assert_ne!(key(&a, COMPONENTIZE_PY), key(&a, "0.0.0"));
+        std::fs::write(b.join("plugin.py"), "import triad \n").unwrap();
+        assert_ne!(key(&a, COMPONENTIZE_PY), key(&b, COMPONENTIZE_PY));
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
     #[test]
     fn a_javascript_plugin_declares_exactly_one_kind() {
         let kind = |source: &str| Script::JavaScript.kind(source);

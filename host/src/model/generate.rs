@@ -227,15 +227,7 @@ fn decode(
     let mut rows = Rows::left_padded(&pads, 0, longest, longest, device)?;
     for step in 0..new_tokens {
         let logits = last_logits(model, &input, &mut cache, &rows)?;
-        for (row, (generated, rng)) in out.iter_mut().zip(&mut rngs).enumerate() {
-            if generated.stopped {
-                continue;
-            }
-            let (token, logprob) = next_token(&logits[row], step, config, rng);
-            generated.tokens.push(token);
-            generated.logprobs.push(logprob);
-            generated.stopped = config.stop_tokens.contains(&token);
-        }
+        draw_step(&mut out, &logits, step, config, &mut rngs);
         if step + 1 == new_tokens || out.iter().all(|g| g.stopped) {
             break;
         }
@@ -261,10 +253,30 @@ fn last_logits(model: &Model, input: &Tensor, cache: &mut KvCache, rows: &Rows) 
     logits.squeeze(1).and_then(|l| l.to_vec2::<f32>()).ctx(|| "logits to the host".into())
 }
 
+/// Each row that has not stopped draws its token of decoding `step` from its logits and its own
+/// generator; a stop token ends the row.
+pub(crate) fn draw_step(
+    out: &mut [Generated],
+    logits: &[Vec<f32>],
+    step: usize,
+    config: &SamplingConfig,
+    rngs: &mut [StdRng],
+) {
+    for ((generated, rng), logits) in out.iter_mut().zip(rngs.iter_mut()).zip(logits) {
+        if generated.stopped {
+            continue;
+        }
+        let (token, logprob) = next_token(logits, step, config, rng);
+        generated.tokens.push(token);
+        generated.logprobs.push(logprob);
+        generated.stopped = config.stop_tokens.contains(&token);
+    }
+}
+
 /// The token a row draws at decoding `step` from its logits, and its log-probability at
 /// temperature 1: before `min_new_tokens`, drawn as if the stop tokens did not exist (the
 /// log-probability stays the model's own).
-pub(crate) fn next_token(logits: &[f32], step: usize, config: &SamplingConfig, rng: &mut StdRng) -> (u32, f32) {
+fn next_token(logits: &[f32], step: usize, config: &SamplingConfig, rng: &mut StdRng) -> (u32, f32) {
     if step < config.min_new_tokens && !config.stop_tokens.is_empty() {
         let mut allowed = logits.to_vec();
         for &stop in &config.stop_tokens {

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::attention::softmax_last_dim;
 use super::checkpoint::{load_tensors, save_tensors_atomically};
-use super::generate::{Generated, SamplingConfig, next_token};
+use super::generate::{Generated, SamplingConfig, draw_step};
 use super::init::{self, Init, ParamSpec};
 use super::kernels;
 use super::linear::{Layout, Linear};
@@ -663,25 +663,12 @@ impl T5 {
                     h = block.feed_forward(&h)?;
                 }
                 let logits = self.head(&self.decoder.final_norm.forward(&h)?)?.squeeze(1)?.to_vec2::<f32>()?;
-                for (row, (generated, rng)) in out.iter_mut().zip(rngs.iter_mut()).enumerate() {
-                    if generated.stopped {
-                        continue;
-                    }
-                    let (token, logprob) = next_token(&logits[row], step, config, rng);
-                    generated.tokens.push(token);
-                    generated.logprobs.push(logprob);
-                    generated.stopped = config.stop_tokens.contains(&token);
-                    next[row] = token;
-                }
+                draw_step(out, &logits, step, config, rngs);
                 if out.iter().all(|g| g.stopped) {
                     break;
                 }
                 // A row that stopped is fed the pad token; its outputs are ignored.
-                for (row, generated) in out.iter().enumerate() {
-                    if generated.stopped {
-                        next[row] = 0;
-                    }
-                }
+                next = out.iter().map(|g| if g.stopped { 0 } else { g.tokens[step] }).collect();
             }
             Ok(())
         };

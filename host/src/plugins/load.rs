@@ -37,9 +37,9 @@ pub fn compile(sandbox: &Sandbox, path: &Path) -> Result<CompiledPlugin, PluginE
     let bytes = std::fs::read(&wasm_path)
         .map_err(|source| PluginError::new(&label, None, "load", Problem::Io { path: wasm_path.clone(), source }))?;
     let mut compiled = compile_bytes(sandbox, &label, &bytes)?;
-    if path.is_dir()
-        && let Some(sha) = super::componentize::sources_sha256(&wasm_path)
-    {
+    // A Python or JavaScript plugin triad built (named by its folder or by the component in
+    // triad's cache) is known by its sources.
+    if let Some(sha) = super::componentize::sources_sha256(&wasm_path) {
         compiled.sha256 = sha;
     }
     Ok(compiled)

@@ -34,15 +34,21 @@ fn loss_curve(config: &ModelConfig, steps: usize, kernels: Kernels) -> Vec<f32> 
             let inputs = Tensor::from_vec(inputs, (batch, context), &device).expect("inputs");
             let targets = Tensor::from_vec(targets, (batch, context), &device).expect("targets");
             let loss = lm_loss(&model, &inputs, &targets, true).expect("a loss");
-            losses.push(loss.to_scalar::<f32>().expect("a scalar"));
-            let store = loss.backward().expect("gradients");
-            let grads: HashMap<String, Tensor> =
-                vars.iter().filter_map(|(n, v)| store.get(v.as_tensor()).map(|g| (n.clone(), g.clone()))).collect();
-            assert_eq!(grads.len(), vars.len(), "every variable gets a gradient");
-            optimizer.step(&grads, 3e-3, Some(1.0)).expect("a step");
+            losses.push(step(&loss, &vars, &mut optimizer));
         }
         losses
     })
+}
+
+/// Backpropagates `loss`, checks that every variable got a gradient and takes an AdamW step;
+/// returns the loss.
+fn step(loss: &Tensor, vars: &[(String, candle_core::Var)], optimizer: &mut AdamW) -> f32 {
+    let store = loss.backward().expect("gradients");
+    let grads: HashMap<String, Tensor> =
+        vars.iter().filter_map(|(n, v)| store.get(v.as_tensor()).map(|g| (n.clone(), g.clone()))).collect();
+    assert_eq!(grads.len(), vars.len(), "every variable gets a gradient");
+    optimizer.step(&grads, 3e-3, Some(1.0)).expect("a step");
+    loss.to_scalar::<f32>().expect("a scalar")
 }
 
 fn assert_same_curve(config: &ModelConfig) {
@@ -122,12 +128,7 @@ fn t5_loss_curve(feed_forward: triad::model::t5::FeedForward, tied: bool, steps:
                 .collect();
             let tensor = |v: Vec<u32>| Tensor::from_vec(v, (batch, length), &device).expect("ids");
             let loss = model.loss(&tensor(source), None, &tensor(decoder), &tensor(labels)).expect("a loss");
-            losses.push(loss.to_scalar::<f32>().expect("a scalar"));
-            let store = loss.backward().expect("gradients");
-            let grads: HashMap<String, Tensor> =
-                vars.iter().filter_map(|(n, v)| store.get(v.as_tensor()).map(|g| (n.clone(), g.clone()))).collect();
-            assert_eq!(grads.len(), vars.len(), "every variable gets a gradient");
-            optimizer.step(&grads, 3e-3, Some(1.0)).expect("a step");
+            losses.push(step(&loss, &vars, &mut optimizer));
         }
         losses
     })

@@ -193,6 +193,27 @@ fn kernels_label() -> &'static str {
     }
 }
 
+/// Writes the model's weights with `save` into a scratch folder, runs the reference script on
+/// them (`--weights DIR` and `args`) and reads its JSON line; the folder is removed whatever
+/// happened there.
+fn run_reference_on_weights(
+    save: impl FnOnce(&Path) -> Result<(), crate::model::ModelError>,
+    python: &Path,
+    script: &Path,
+    args: &[(&str, String)],
+) -> Result<BenchResult, BenchError> {
+    let weights_dir = std::env::temp_dir().join(format!("triad-bench-weights-{}", std::process::id()));
+    save(&weights_dir)?;
+    let mut command = Command::new(python);
+    command.arg(script).arg("--weights").arg(&weights_dir);
+    for (flag, value) in args {
+        command.args([flag, value.as_str()]);
+    }
+    let reference = run_reference(&mut command, script);
+    let _ = std::fs::remove_dir_all(&weights_dir);
+    reference
+}
+
 /// Runs a reference script and reads the JSON line it ends with.
 fn run_reference<T: serde::de::DeserializeOwned>(command: &mut Command, script: &Path) -> Result<T, BenchError> {
     let output = command.output().map_err(|e| format!("cannot run {:?}: {e}", command.get_program()))?;
@@ -386,20 +407,15 @@ pub fn bench_pretrained(
             return Err(format!("no benchmark for pretrained model `{other}` (known: smollm2-135m-instruct)").into());
         }
     };
-    let weights_dir = std::env::temp_dir().join(format!("triad-bench-{}", std::process::id()));
-    model.save(&weights_dir)?;
-    let mut command = Command::new(python);
-    command
-        .arg(script)
-        .arg("--weights")
-        .arg(&weights_dir)
-        .args(["--batch", &config.batch.to_string(), "--context", &config.context.to_string()])
-        .args(["--steps", &config.steps.to_string(), "--warmup", &config.warmup.to_string()])
-        .args(["--threads", &config.threads.to_string(), "--peak-gflops", &config.peak_gflops.to_string()]);
-    let reference = run_reference(&mut command, script);
-    // The copy is only the reference's input: gone whatever happened there.
-    let _ = std::fs::remove_dir_all(&weights_dir);
-    let reference = reference?;
+    let args = [
+        ("--batch", config.batch.to_string()),
+        ("--context", config.context.to_string()),
+        ("--steps", config.steps.to_string()),
+        ("--warmup", config.warmup.to_string()),
+        ("--threads", config.threads.to_string()),
+        ("--peak-gflops", config.peak_gflops.to_string()),
+    ];
+    let reference = run_reference_on_weights(|dir| model.save(dir), python, script, &args)?;
 
     let (vocab, shape) = (model.config().vocab_size(), (config.batch, config.context));
     let batch = |step| -> Result<(Tensor, Tensor), BenchError> {

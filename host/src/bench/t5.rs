@@ -8,12 +8,11 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 
-use super::{BenchError, BenchResult, kernels_label, peak_rss_mib, run_reference};
+use super::{BenchError, BenchResult, kernels_label, peak_rss_mib, run_reference_on_weights};
 use crate::model::t5::{FeedForward, T5, T5Config};
 use crate::train::TrainError;
 use crate::train::optimizer::{AdamW, AdamWConfig};
@@ -83,20 +82,16 @@ pub fn bench_t5(
     device: &Device,
 ) -> Result<(BenchResult, BenchResult), BenchError> {
     let model = T5::new(config.model.clone(), 0, device)?;
-    let weights_dir = std::env::temp_dir().join(format!("triad-bench-t5-{}", std::process::id()));
-    model.save(&weights_dir)?;
-    let mut command = Command::new(python);
-    command
-        .arg(script)
-        .arg("--weights")
-        .arg(&weights_dir)
-        .args(["--batch", &config.batch.to_string(), "--source", &config.source.to_string()])
-        .args(["--target", &config.target.to_string(), "--lr", &config.lr.to_string()])
-        .args(["--steps", &config.steps.to_string(), "--warmup", &config.warmup.to_string()])
-        .args(["--threads", &config.threads.to_string()]);
-    let reference = run_reference(&mut command, script);
-    let _ = std::fs::remove_dir_all(&weights_dir);
-    let reference = reference?;
+    let args = [
+        ("--batch", config.batch.to_string()),
+        ("--source", config.source.to_string()),
+        ("--target", config.target.to_string()),
+        ("--lr", config.lr.to_string()),
+        ("--steps", config.steps.to_string()),
+        ("--warmup", config.warmup.to_string()),
+        ("--threads", config.threads.to_string()),
+    ];
+    let reference = run_reference_on_weights(|dir| model.save(dir), python, script, &args)?;
 
     let vars = model.vars();
     // Decay on matrices, not on the norms' gains (the reference does the same).

@@ -100,6 +100,7 @@ fn t5_loss_curve(feed_forward: triad::model::t5::FeedForward, tied: bool, steps:
         let device = Device::Cpu;
         let config = T5Config {
             vocab_size: 96,
+            context: 64,
             d_model: 32,
             d_kv: 8,
             d_ff: 64,

@@ -292,6 +292,19 @@ fn assert_transformers_keys(name: &str, hf: &Value, config: &ModelConfig) {
                 ("tie_word_embeddings", json!(c.tie_embeddings)),
             ],
         ),
+        ModelConfig::T5(c) => (
+            "t5",
+            "T5ForConditionalGeneration",
+            vec![
+                ("d_model", json!(c.d_model)),
+                ("d_kv", json!(c.d_kv)),
+                ("d_ff", json!(c.d_ff)),
+                ("num_layers", json!(c.num_layers)),
+                ("num_decoder_layers", json!(c.num_decoder_layers)),
+                ("num_heads", json!(c.num_heads)),
+                ("tie_word_embeddings", json!(c.tie_word_embeddings)),
+            ],
+        ),
     };
     assert_eq!(hf["model_type"], json!(model_type), "{name}");
     assert_eq!(hf["architectures"], json!([architecture]), "{name}");

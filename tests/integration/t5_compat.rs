@@ -118,6 +118,7 @@ fn a_fresh_t5_trains_every_parameter_and_saves_a_folder_it_loads_again() {
     {
         let config = T5Config {
             vocab_size: 96,
+            context: 64,
             d_model: 32,
             d_kv: 8,
             d_ff: 48,

@@ -37,6 +37,7 @@ impl T5BenchConfig {
         T5BenchConfig {
             model: T5Config {
                 vocab_size: 4096,
+                context: 128,
                 d_model: 256,
                 d_kv: 64,
                 d_ff: 1024,

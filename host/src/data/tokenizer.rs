@@ -4,6 +4,7 @@
 //! In an experiment file:
 //! ```ron
 //! tokenizer: TrainBpe(vocab_size: 4096, on: "reviews"),
+//! tokenizer: TrainBpe(vocab_size: 4096, on: "reviews", sentinels: 100),   // for T5's span corruption
 //! tokenizer: Char(on: "shakespeare"),
 //! tokenizer: File(path: "tokenizers/qwen3.json"),
 //! ```
@@ -15,7 +16,9 @@
 //!   initial alphabet is all 256 byte symbols (unseen bytes still encode), then
 //!   `<|endoftext|>` = 0 and `<|pad|>` = 1 come first. Training is deterministic: the trainer
 //!   sorts its alphabet and breaks ties between equally frequent pairs by token id, so the same
-//!   texts give the same `tokenizer.json` byte for byte (a test checks it).
+//!   texts give the same `tokenizer.json` byte for byte (a test checks it). `sentinels: n` adds
+//!   T5's `<extra_id_0>` .. `<extra_id_{n-1}>` after the trained vocabulary, as special tokens
+//!   (span corruption marks the spans it cuts out with them).
 //! - `Char`: one token per character of the corpus, ids in code-point order, exactly
 //!   nanoGPT's `shakespeare_char` (65 tokens for tiny-shakespeare). Built as a WordLevel model
 //!   over a one-character Split pre-tokenizer with a Fuse decoder. It has no end-of-text token
@@ -46,6 +49,15 @@ fn default_min_frequency() -> u64 {
     2
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// The text of sentinel `i`, T5's name for it.
+pub fn sentinel_token(i: usize) -> String {
+    format!("<extra_id_{i}>")
+}
+
 /// How an experiment gets its tokenizer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,6 +70,9 @@ pub enum TokenizerSpec {
         /// Pairs seen fewer times are not merged (default 2: a pair seen once is noise).
         #[serde(default = "default_min_frequency")]
         min_frequency: u64,
+        /// T5's sentinel tokens to add after the vocabulary (`<extra_id_0>`, ...; default none).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        sentinels: usize,
     },
     /// One token per character of the data source named `on`.
     Char {
@@ -105,8 +120,17 @@ impl TokenizerSpec {
     /// load it from its file (resolved against `base`; `texts` are not read).
     pub fn build<S: AsRef<str> + Sync>(&self, texts: &[S], base: &Path) -> Result<Tokenizer, TokenizerError> {
         match self {
-            TokenizerSpec::TrainBpe { vocab_size, min_frequency, .. } => {
-                Tokenizer::train_bpe(texts, *vocab_size, *min_frequency)
+            TokenizerSpec::TrainBpe { vocab_size, min_frequency, sentinels, .. } => {
+                let mut tokenizer = Tokenizer::train_bpe(texts, *vocab_size, *min_frequency)?;
+                if *sentinels > 0 {
+                    let tokens: Vec<AddedToken> =
+                        (0..*sentinels).map(|i| AddedToken::from(sentinel_token(i), true)).collect();
+                    tokenizer
+                        .inner
+                        .add_special_tokens(tokens)
+                        .map_err(|e| TokenizerError::Spec(format!("adding {sentinels} sentinel tokens: {e}")))?;
+                }
+                Ok(tokenizer)
             }
             TokenizerSpec::Char { eos, .. } => Tokenizer::char_level(texts, *eos),
             TokenizerSpec::File { path, eos } => {
@@ -311,6 +335,12 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// The ids of T5's sentinel tokens `<extra_id_0>`, `<extra_id_1>`, ... as far as the
+    /// vocabulary has them, in order.
+    pub fn sentinel_ids(&self) -> Vec<u32> {
+        (0..).map_while(|i| self.inner.token_to_id(&sentinel_token(i))).collect()
+    }
+
     /// The underlying `tokenizers::Tokenizer`.
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
@@ -339,7 +369,10 @@ mod tests {
     #[test]
     fn specs_in_ron() {
         let spec: TokenizerSpec = ron::from_str(r#"TrainBpe(vocab_size: 4096, on: "reviews")"#).expect("parses");
-        assert_eq!(spec, TokenizerSpec::TrainBpe { vocab_size: 4096, on: "reviews".into(), min_frequency: 2 });
+        assert_eq!(
+            spec,
+            TokenizerSpec::TrainBpe { vocab_size: 4096, on: "reviews".into(), min_frequency: 2, sentinels: 0 }
+        );
         assert_eq!(spec.corpus(), Some("reviews"));
         let spec: TokenizerSpec = ron::from_str(r#"Char(on: "shakespeare")"#).expect("parses");
         assert_eq!(spec, TokenizerSpec::Char { on: "shakespeare".into(), eos: false });
@@ -348,5 +381,22 @@ mod tests {
         assert!(ron::from_str::<TokenizerSpec>(r#"TrainBpe(vocab: 4096, on: "x")"#).is_err());
         let err = Tokenizer::train_bpe(&["some text"], 200, 2).expect_err("too small").to_string();
         assert!(err.contains("larger than the 258"), "{err}");
+    }
+
+    #[test]
+    fn sentinels_follow_the_trained_vocabulary_and_encode_whole() {
+        let texts = ["the cat sat on the mat", "the dog sat on the log"];
+        let plain = TokenizerSpec::TrainBpe { vocab_size: 270, on: "x".into(), min_frequency: 1, sentinels: 0 };
+        let marked = TokenizerSpec::TrainBpe { vocab_size: 270, on: "x".into(), min_frequency: 1, sentinels: 3 };
+        let plain = plain.build(&texts, Path::new(".")).expect("trains");
+        let marked = marked.build(&texts, Path::new(".")).expect("trains");
+        let n = plain.vocab_size() as u32;
+        assert_eq!(marked.sentinel_ids(), vec![n, n + 1, n + 2]);
+        assert!(plain.sentinel_ids().is_empty());
+        // The same merges: ordinary text encodes alike.
+        assert_eq!(marked.encode("the cat").expect("encodes"), plain.encode("the cat").expect("encodes"));
+        let ids = marked.encode("the <extra_id_1> mat").expect("encodes");
+        assert!(ids.contains(&(n + 1)), "{ids:?}");
+        assert_eq!(marked.decode(&ids).expect("decodes"), "the <extra_id_1> mat");
     }
 }

@@ -4,6 +4,8 @@
 //! model: Gpt(layers: 4, heads: 4, d_model: 128, context: 64, vocab_size: 65, dropout: 0.0),
 //! model: Llama(layers: 30, heads: 9, kv_heads: 3, d_model: 576, ffn_hidden: 1536, context: 2048,
 //!              vocab_size: 49152, rope_theta: 100000.0),
+//! model: T5(d_model: 128, d_kv: 32, d_ff: 384, num_layers: 2, num_decoder_layers: 2, num_heads: 4,
+//!           context: 64),
 //! ```
 //!
 //! `vocab_size` may be left out (it defaults to 0, "unset"): the tokenizer fills it in through
@@ -26,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ModelError;
 use super::init::ParamSpec;
+pub use super::t5::T5Config;
 
 /// A GPT-2 style decoder: learned positions, pre-LayerNorm, GELU MLP, tied embeddings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,6 +91,8 @@ fn default_rms_eps() -> f64 {
 pub enum ModelConfig {
     Gpt(GptConfig),
     Llama(LlamaConfig),
+    /// The encoder-decoder: the stages give it the prompt to encode and the response to decode.
+    T5(T5Config),
 }
 
 impl GptConfig {
@@ -209,6 +214,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Gpt(c) => c.validate(),
             ModelConfig::Llama(c) => c.validate(),
+            ModelConfig::T5(c) => c.validate(),
         }
     }
 
@@ -217,30 +223,40 @@ impl ModelConfig {
         match &mut self {
             ModelConfig::Gpt(c) => c.vocab_size = n,
             ModelConfig::Llama(c) => c.vocab_size = n,
+            ModelConfig::T5(c) => c.vocab_size = n,
         }
         self
     }
 
-    /// `"gpt"` or `"llama"`.
+    /// `"gpt"`, `"llama"` or `"t5"`.
     pub fn family(&self) -> &'static str {
         match self {
             ModelConfig::Gpt(_) => "gpt",
             ModelConfig::Llama(_) => "llama",
+            ModelConfig::T5(_) => "t5",
         }
+    }
+
+    /// Whether the model reads the prompt with an encoder and writes the response with a
+    /// decoder (T5), rather than continuing one sequence.
+    pub fn is_encoder_decoder(&self) -> bool {
+        matches!(self, ModelConfig::T5(_))
     }
 
     pub fn vocab_size(&self) -> usize {
         match self {
             ModelConfig::Gpt(c) => c.vocab_size,
             ModelConfig::Llama(c) => c.vocab_size,
+            ModelConfig::T5(c) => c.vocab_size,
         }
     }
 
-    /// Maximum sequence length.
+    /// Maximum sequence length (T5: of the encoder's input, and of the decoder's).
     pub fn context(&self) -> usize {
         match self {
             ModelConfig::Gpt(c) => c.context,
             ModelConfig::Llama(c) => c.context,
+            ModelConfig::T5(c) => c.context,
         }
     }
 
@@ -249,13 +265,16 @@ impl ModelConfig {
         match self {
             ModelConfig::Gpt(c) => c.d_model,
             ModelConfig::Llama(c) => c.d_model,
+            ModelConfig::T5(c) => c.d_model,
         }
     }
 
+    /// Transformer blocks (T5: the decoder's, which the KV cache of generation holds).
     pub fn layers(&self) -> usize {
         match self {
             ModelConfig::Gpt(c) => c.layers,
             ModelConfig::Llama(c) => c.layers,
+            ModelConfig::T5(c) => c.num_decoder_layers,
         }
     }
 
@@ -265,8 +284,8 @@ impl ModelConfig {
         self.param_specs().iter().map(ParamSpec::numel).sum()
     }
 
-    /// A `config.json` that Hugging Face `transformers` understands (GPT2LMHeadModel or
-    /// LlamaForCausalLM), with this config under the extra key `triad_config` so that
+    /// A `config.json` that Hugging Face `transformers` understands (GPT2LMHeadModel,
+    /// LlamaForCausalLM or T5ForConditionalGeneration), with this config under the extra key `triad_config` so that
     /// [`ModelConfig::from_hf_json`] reads it back exactly.
     pub fn to_hf_json(&self) -> serde_json::Value {
         let mut hf = match self {
@@ -312,13 +331,14 @@ impl ModelConfig {
                 "initializer_range": super::init::INIT_STD,
                 "torch_dtype": "float32",
             }),
+            ModelConfig::T5(c) => c.to_hf_json(),
         };
         hf["triad_config"] = serde_json::to_value(self).expect("a ModelConfig always serializes");
         hf
     }
 
-    /// Reads a `config.json`: ours (with `triad_config`), or a plain Hugging Face GPT-2 or Llama
-    /// config.
+    /// Reads a `config.json`: ours (with `triad_config`), or a plain Hugging Face GPT-2, Llama or
+    /// T5 config.
     pub fn from_hf_json(json: &serde_json::Value) -> Result<ModelConfig, String> {
         if let Some(ours) = json.get("triad_config") {
             return serde_json::from_value(ours.clone()).map_err(|e| format!("triad_config: {e}"));
@@ -397,13 +417,14 @@ impl ModelConfig {
                         .unwrap_or(true),
                 }))
             }
-            Some(other) => Err(format!("model_type `{other}` is not supported (gpt2 or llama)")),
+            Some("t5") => T5Config::from_hf_json(json).map(ModelConfig::T5),
+            Some(other) => Err(format!("model_type `{other}` is not supported (gpt2, llama or t5)")),
             None => Err("neither `triad_config` nor `model_type` present".into()),
         }
     }
 }
 
-const VARIANTS: &[&str] = &["Gpt", "Llama"];
+const VARIANTS: &[&str] = &["Gpt", "Llama", "T5"];
 const GPT_FIELDS: &[&str] = &["vocab_size", "context", "layers", "heads", "d_model", "dropout", "bias"];
 const LLAMA_FIELDS: &[&str] = &[
     "vocab_size",
@@ -416,6 +437,22 @@ const LLAMA_FIELDS: &[&str] = &[
     "rope_theta",
     "rms_eps",
     "tie_embeddings",
+];
+const T5_FIELDS: &[&str] = &[
+    "vocab_size",
+    "context",
+    "d_model",
+    "d_kv",
+    "d_ff",
+    "num_layers",
+    "num_decoder_layers",
+    "num_heads",
+    "relative_attention_num_buckets",
+    "relative_attention_max_distance",
+    "layer_norm_epsilon",
+    "feed_forward",
+    "tie_word_embeddings",
+    "decoder_start_token_id",
 ];
 
 impl Serialize for ModelConfig {
@@ -446,6 +483,24 @@ impl Serialize for ModelConfig {
                 v.serialize_field("tie_embeddings", &c.tie_embeddings)?;
                 v.end()
             }
+            ModelConfig::T5(c) => {
+                let mut v = s.serialize_struct_variant("ModelConfig", 2, "T5", T5_FIELDS.len())?;
+                v.serialize_field("vocab_size", &c.vocab_size)?;
+                v.serialize_field("context", &c.context)?;
+                v.serialize_field("d_model", &c.d_model)?;
+                v.serialize_field("d_kv", &c.d_kv)?;
+                v.serialize_field("d_ff", &c.d_ff)?;
+                v.serialize_field("num_layers", &c.num_layers)?;
+                v.serialize_field("num_decoder_layers", &c.num_decoder_layers)?;
+                v.serialize_field("num_heads", &c.num_heads)?;
+                v.serialize_field("relative_attention_num_buckets", &c.relative_attention_num_buckets)?;
+                v.serialize_field("relative_attention_max_distance", &c.relative_attention_max_distance)?;
+                v.serialize_field("layer_norm_epsilon", &c.layer_norm_epsilon)?;
+                v.serialize_field("feed_forward", &c.feed_forward)?;
+                v.serialize_field("tie_word_embeddings", &c.tie_word_embeddings)?;
+                v.serialize_field("decoder_start_token_id", &c.decoder_start_token_id)?;
+                v.end()
+            }
         }
     }
 }
@@ -453,6 +508,7 @@ impl Serialize for ModelConfig {
 enum Family {
     Gpt,
     Llama,
+    T5,
 }
 
 impl<'de> Deserialize<'de> for Family {
@@ -461,12 +517,13 @@ impl<'de> Deserialize<'de> for Family {
         impl Visitor<'_> for Tag {
             type Value = Family;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a model family (Gpt or Llama)")
+                f.write_str("a model family (Gpt, Llama or T5)")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Family, E> {
                 match v {
                     "Gpt" => Ok(Family::Gpt),
                     "Llama" => Ok(Family::Llama),
+                    "T5" => Ok(Family::T5),
                     other => Err(E::unknown_variant(other, VARIANTS)),
                 }
             }
@@ -494,13 +551,14 @@ impl<'de> Deserialize<'de> for ModelConfig {
         impl<'de> Visitor<'de> for Config {
             type Value = ModelConfig;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("Gpt(...) or Llama(...)")
+                f.write_str("Gpt(...), Llama(...) or T5(...)")
             }
             fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<ModelConfig, A::Error> {
                 let (family, fields) = data.variant::<Family>()?;
                 match family {
                     Family::Gpt => fields.struct_variant(GPT_FIELDS, Fields(PhantomData)).map(ModelConfig::Gpt),
                     Family::Llama => fields.struct_variant(LLAMA_FIELDS, Fields(PhantomData)).map(ModelConfig::Llama),
+                    Family::T5 => fields.struct_variant(T5_FIELDS, Fields(PhantomData)).map(ModelConfig::T5),
                 }
             }
         }
@@ -597,17 +655,45 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("n_embd"), "{e}");
-        let e = ron::from_str::<ModelConfig>("T5(layers: 4)").unwrap_err().to_string();
-        assert!(e.contains("T5"), "{e}");
+        let e = ron::from_str::<ModelConfig>("T5(d_model: 8, layers: 4)").unwrap_err().to_string();
+        assert!(e.contains("layers"), "{e}");
+        let e = ron::from_str::<ModelConfig>("Bert(layers: 4)").unwrap_err().to_string();
+        assert!(e.contains("Bert"), "{e}");
         let e = serde_json::from_str::<ModelConfig>(r#"{"Llama": {"layers": 1, "bogus": 2}}"#).unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
     }
 
+    /// A T5 written in RON with only its sizes: v1.1's defaults for the rest.
+    fn small_t5() -> ModelConfig {
+        ron::from_str(
+            "T5(vocab_size: 50, d_model: 16, d_kv: 4, d_ff: 32, num_layers: 2, num_decoder_layers: 1, num_heads: 4, \
+             context: 24)",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn t5_takes_v1_1_defaults_and_refuses_what_it_cannot_build() {
+        let ModelConfig::T5(c) = small_t5() else { panic!("not a T5") };
+        assert_eq!((c.relative_attention_num_buckets, c.relative_attention_max_distance), (32, 128));
+        assert_eq!(c.feed_forward, super::super::t5::FeedForward::GatedGelu);
+        assert!(!c.tie_word_embeddings);
+        small_t5().validate().unwrap();
+        let odd = ModelConfig::T5(super::super::t5::T5Config { relative_attention_num_buckets: 7, ..c.clone() });
+        assert!(odd.validate().unwrap_err().to_string().contains("relative_attention_num_buckets"));
+        let start = ModelConfig::T5(super::super::t5::T5Config { decoder_start_token_id: 50, ..c });
+        assert!(start.validate().unwrap_err().to_string().contains("decoder_start_token_id"));
+    }
+
     #[test]
     fn ron_and_json_round_trip() {
-        for c in [gpt2_124m(), tiny_llama(500.0, false)] {
+        for c in [gpt2_124m(), tiny_llama(500.0, false), small_t5()] {
             let ron_text = ron::to_string(&c).unwrap();
-            let variant = if c.family() == "gpt" { "Gpt(" } else { "Llama(" };
+            let variant = match c.family() {
+                "gpt" => "Gpt(",
+                "llama" => "Llama(",
+                _ => "T5(",
+            };
             assert!(ron_text.starts_with(variant), "{ron_text}");
             assert_eq!(ron::from_str::<ModelConfig>(&ron_text).unwrap(), c);
             let json = serde_json::to_string(&c).unwrap();
@@ -618,9 +704,11 @@ mod tests {
 
     #[test]
     fn plain_hf_configs_are_understood() {
-        let mut hf = gpt2_124m().to_hf_json();
-        hf.as_object_mut().unwrap().remove("triad_config");
-        assert_eq!(ModelConfig::from_hf_json(&hf).unwrap(), gpt2_124m());
+        for c in [gpt2_124m(), small_t5()] {
+            let mut hf = c.to_hf_json();
+            hf.as_object_mut().unwrap().remove("triad_config");
+            assert_eq!(ModelConfig::from_hf_json(&hf).unwrap(), c);
+        }
     }
 
     #[test]

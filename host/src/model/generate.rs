@@ -167,6 +167,11 @@ pub fn generate(model: &Model, prompts: &[Vec<u32>], config: &SamplingConfig) ->
             return Err(ModelError::Input(format!("prompt {row} holds token {id}, outside the vocabulary of {vocab}")));
         }
     }
+    if let Some(t5) = model.as_t5() {
+        // The decoder starts over at its start token: the whole context is the answer's.
+        let config = SamplingConfig { max_new_tokens: config.max_new_tokens.min(context), ..config.clone() };
+        return t5.generate(prompts, &config);
+    }
     let Some(longest) = prompts.iter().map(Vec::len).max() else { return Ok(Vec::new()) };
     // The last new token is never fed back, so it may sit one past the context.
     let new_tokens = config.max_new_tokens.min(context + 1 - longest);

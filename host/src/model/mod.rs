@@ -12,8 +12,12 @@
 //! The model code follows the math (nanoGPT style): `gpt.rs` and `llama.rs` hold the two trunks,
 //! `attention.rs` the causal attention they share (grouped-query heads, KV cache), `norm.rs`,
 //! `mlp.rs`, `rope.rs` and `linear.rs` the pieces, `init.rs` the seeded GPT-2 initialisation.
-//! `t5.rs` holds the encoder-decoder (T5), on its own so far: it loads, trains and saves
-//! Hugging Face T5 folders, but is no [`Model`] family yet, so no stage takes it.
+//! `t5.rs` holds the encoder-decoder (T5), a [`Model`] family too: the decoders read a prompt
+//! and its response as one sequence, T5 reads the prompt with its encoder and the response with
+//! its decoder. What the stages ask of both is [`Model::response_states`] (the states that
+//! predict each response token: the LM head, the fused cross-entropy or a value head reads
+//! them), [`Model::sequence_hidden`] (a reward model's view of a whole text), [`generate()`],
+//! and, for T5's own pretraining, [`Model::seq2seq_hidden`].
 //!
 //! Everything in a training path is built from differentiable tensor ops: candle's fused
 //! LayerNorm, RmsNorm and `softmax_last_dim` kernels have no backward pass and would silently
@@ -56,6 +60,7 @@ use attention::{CausalMasks, KEY_PAD, Pass, pass_mask};
 use dropout::DropoutRng;
 use gpt::Gpt;
 use llama::Llama;
+use t5::T5;
 
 /// A failure to build, run, save or load a model, with what it was doing.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +99,7 @@ impl ModelConfig {
         let mut specs = match self {
             ModelConfig::Gpt(c) => gpt::param_specs(c),
             ModelConfig::Llama(c) => llama::param_specs(c),
+            ModelConfig::T5(c) => c.param_specs(),
         };
         specs.sort_by(|a, b| a.name.cmp(&b.name));
         specs
@@ -127,9 +133,10 @@ impl Params<'_> {
 enum Trunk {
     Gpt(Gpt),
     Llama(Llama),
+    T5(Box<T5>),
 }
 
-/// A decoder-only language model of either family.
+/// A language model of any family: a decoder (GPT-2, Llama) or an encoder-decoder (T5).
 #[derive(Debug)]
 pub struct Model {
     config: ModelConfig,
@@ -173,6 +180,12 @@ impl Model {
                 })
                 .collect(),
             ModelConfig::Llama(_) => weights,
+            // `T5ForConditionalGeneration` files may hold each stack's copy of the shared
+            // embedding (the same tensor); only `shared.weight` is a parameter.
+            ModelConfig::T5(_) => weights
+                .into_iter()
+                .filter(|(name, _)| name != "encoder.embed_tokens.weight" && name != "decoder.embed_tokens.weight")
+                .collect(),
         };
         let mut params = BTreeMap::new();
         for spec in config.param_specs() {
@@ -215,6 +228,7 @@ impl Model {
         let trunk = match &config {
             ModelConfig::Gpt(c) => Gpt::new(c, &p).map(Trunk::Gpt),
             ModelConfig::Llama(c) => Llama::new(c, &p, device).map(Trunk::Llama),
+            ModelConfig::T5(c) => Ok(Trunk::T5(Box::new(T5::build(c.clone(), params.clone())?))),
         }
         .ctx(|| format!("assembling the {} model", config.family()))?;
         Ok(Model {
@@ -272,7 +286,7 @@ impl Model {
     fn dropout_probability(&self) -> f64 {
         match &self.config {
             ModelConfig::Gpt(c) => c.dropout,
-            ModelConfig::Llama(_) => 0.0,
+            ModelConfig::Llama(_) | ModelConfig::T5(_) => 0.0,
         }
     }
 
@@ -299,6 +313,13 @@ impl Model {
         cache: Option<&mut KvCache>,
         rows: Option<&Rows>,
     ) -> Result<Tensor, ModelError> {
+        if self.config.is_encoder_decoder() {
+            return Err(ModelError::Input(
+                "T5 reads a prompt and a response apart, not one sequence: use response_states, sequence_hidden \
+                 or seq2seq_hidden"
+                    .into(),
+            ));
+        }
         let past = cache.as_ref().map_or(0, |c| c.len);
         let (b, t) = self.check_tokens(tokens, past)?;
         if let Some(rows) = rows {
@@ -315,6 +336,7 @@ impl Model {
                 let (kv_heads, head_dim) = match &self.config {
                     ModelConfig::Gpt(c) => (c.heads, c.head_dim()),
                     ModelConfig::Llama(c) => (c.kv_heads, c.head_dim()),
+                    ModelConfig::T5(c) => (c.num_heads, c.d_kv),
                 };
                 let (layers, context) = (self.config.layers(), self.config.context());
                 cache
@@ -340,6 +362,7 @@ impl Model {
         match &self.trunk {
             Trunk::Gpt(m) => m.hidden(tokens, pass, cache),
             Trunk::Llama(m) => m.hidden(tokens, pass, cache),
+            Trunk::T5(_) => candle_core::bail!("internal: T5 has no single-sequence trunk"),
         }
     }
 
@@ -372,28 +395,190 @@ impl Model {
         self.run_trunk(tokens, false, Some(cache), Some(rows))
     }
 
+    /// The LM head's weight (V, D), and the states (B, T, D) it reads: the original T5
+    /// rescales them before its tied head.
+    fn head_input(&self, hidden: &Tensor) -> Result<(Tensor, Tensor), ModelError> {
+        match &self.trunk {
+            Trunk::Gpt(m) => Ok((m.lm_head().clone(), hidden.clone())),
+            Trunk::Llama(m) => Ok((m.lm_head().clone(), hidden.clone())),
+            Trunk::T5(m) => match m.lm_head() {
+                (weight, Some(scale)) => Ok((weight.clone(), (hidden * scale).ctx(|| "T5 output rescale".into())?)),
+                (weight, None) => Ok((weight.clone(), hidden.clone())),
+            },
+        }
+    }
+
     /// LM logits (B, T, V) from hidden states (B, T, D).
     pub fn lm_logits(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
-        let weight = match &self.trunk {
-            Trunk::Gpt(m) => m.lm_head(),
-            Trunk::Llama(m) => m.lm_head(),
-        };
-        let head = linear::Linear { weight: weight.clone(), bias: None, layout: linear::Layout::OutIn };
-        head.forward(hidden).ctx(|| "LM head".into())
+        let (weight, hidden) = self.head_input(hidden)?;
+        let head = linear::Linear { weight, bias: None, layout: linear::Layout::OutIn };
+        head.forward(&hidden).ctx(|| "LM head".into())
     }
 
     /// -log p(target) per position, (B, T), from hidden states (B, T, D) and u32 targets
     /// (B, T): the LM head and the cross-entropy, fused into one op on the CPU (see
     /// `kernels::lm_head_cross_entropy`), else the logits and `kernels::cross_entropy_rows`.
     pub fn token_nll(&self, hidden: &Tensor, targets: &Tensor) -> Result<Tensor, ModelError> {
-        let weight = match &self.trunk {
-            Trunk::Gpt(m) => m.lm_head(),
-            Trunk::Llama(m) => m.lm_head(),
-        };
-        if kernels::fused(&[hidden, weight]) {
-            return kernels::lm_head_cross_entropy(hidden, weight, targets).ctx(|| "LM head and loss".into());
+        let (weight, input) = self.head_input(hidden)?;
+        if kernels::fused(&[&input, &weight]) {
+            return kernels::lm_head_cross_entropy(&input, &weight, targets).ctx(|| "LM head and loss".into());
         }
         kernels::cross_entropy_rows(&self.lm_logits(hidden)?, targets).ctx(|| "cross-entropy".into())
+    }
+
+    /// The states that predict each row's response tokens, flat over them, (N, D), and those
+    /// tokens, (N) u32, row after row. Row r of `rows` is a prompt followed by its response of
+    /// `response_lens[r]` tokens. A decoder reads each whole row (right-padded with `pad`) and
+    /// response token j is predicted at position `prompt + j - 1`; T5's encoder reads the
+    /// prompts, its decoder the responses behind the start token, and token j is predicted at
+    /// decoder position j. Differentiable; `train` turns dropout on.
+    pub fn response_states(
+        &self,
+        rows: &[Vec<u32>],
+        response_lens: &[usize],
+        pad: u32,
+        train: bool,
+    ) -> Result<(Tensor, Tensor), ModelError> {
+        if rows.len() != response_lens.len() {
+            return Err(ModelError::Input(format!(
+                "{} rows with {} response lengths",
+                rows.len(),
+                response_lens.len()
+            )));
+        }
+        for (r, (row, &len)) in rows.iter().zip(response_lens).enumerate() {
+            let least = if self.config.is_encoder_decoder() { len } else { len + 1 };
+            if row.len() < least {
+                return Err(ModelError::Input(format!(
+                    "row {r} has {} tokens, too few for a response of {len} after a prompt",
+                    row.len()
+                )));
+            }
+        }
+        let targets: Vec<u32> =
+            rows.iter().zip(response_lens).flat_map(|(row, &len)| row[row.len() - len..].iter().copied()).collect();
+        let n = targets.len();
+        let targets = Tensor::from_vec(targets, n, &self.device).ctx(|| "response tokens".into())?;
+        let (hidden, index) = match &self.trunk {
+            Trunk::T5(t5) => {
+                let prompts: Vec<&[u32]> =
+                    rows.iter().zip(response_lens).map(|(row, &len)| &row[..row.len() - len]).collect();
+                let start = t5.config.decoder_start_token_id;
+                let decoder: Vec<Vec<u32>> = rows
+                    .iter()
+                    .zip(response_lens)
+                    .map(|(row, &len)| {
+                        std::iter::once(start).chain(row[row.len() - len..].iter().copied()).take(len.max(1)).collect()
+                    })
+                    .collect();
+                let width = decoder.iter().map(Vec::len).max().unwrap_or(1);
+                let positions: Vec<u32> = response_lens
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(r, &len)| (0..len).map(move |j| (r * width + j) as u32))
+                    .collect();
+                let hidden = self.seq2seq_rows(&prompts, &decoder, pad, train)?;
+                (hidden, positions)
+            }
+            _ => {
+                let (tokens, _) = reward::pad_rows(rows, pad, &self.device)?;
+                let width = tokens.dim(1).ctx(|| "padded rows".into())?;
+                (self.hidden(&tokens, train)?, prediction_positions(rows, response_lens, width))
+            }
+        };
+        let index = Tensor::from_vec(index, n, &self.device).ctx(|| "response positions".into())?;
+        let run = || -> candle_core::Result<Tensor> {
+            let (b, t, d) = hidden.dims3()?;
+            hidden.reshape((b * t, d))?.index_select(&index, 0)
+        };
+        Ok((run().ctx(|| "states at the response positions".into())?, targets))
+    }
+
+    /// T5 over prompts (right-padded with `pad`, masked) and decoder inputs (right-padded with
+    /// `pad`; causal, so the padding never reaches a real position): the decoder's states (B,
+    /// T, D).
+    fn seq2seq_rows(
+        &self,
+        prompts: &[&[u32]],
+        decoder: &[Vec<u32>],
+        pad: u32,
+        train: bool,
+    ) -> Result<Tensor, ModelError> {
+        let (b, device) = (prompts.len(), &self.device);
+        let s = prompts.iter().map(|p| p.len()).max().unwrap_or(0).max(1);
+        let t = decoder.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let mut ids = vec![pad; b * s];
+        let mut mask = vec![0u32; b * s];
+        let mut dec = vec![pad; b * t];
+        for (r, (prompt, d)) in prompts.iter().zip(decoder).enumerate() {
+            ids[r * s..r * s + prompt.len()].copy_from_slice(prompt);
+            mask[r * s..r * s + prompt.len()].fill(1);
+            dec[r * t..r * t + d.len()].copy_from_slice(d);
+        }
+        let ids = Tensor::from_vec(ids, (b, s), device).ctx(|| "encoder inputs".into())?;
+        let mask = Tensor::from_vec(mask, (b, s), device).ctx(|| "encoder mask".into())?;
+        let dec = Tensor::from_vec(dec, (b, t), device).ctx(|| "decoder inputs".into())?;
+        self.seq2seq_hidden(&ids, Some(&mask), &dec, train)
+    }
+
+    /// T5: the encoder over `inputs` (B, S) (`mask` (B, S): 1 real, 0 padding), then the
+    /// decoder over `decoder_inputs` (B, T): its normed states (B, T, D). A decoder-only
+    /// model has no encoder and refuses.
+    pub fn seq2seq_hidden(
+        &self,
+        inputs: &Tensor,
+        mask: Option<&Tensor>,
+        decoder_inputs: &Tensor,
+        _train: bool,
+    ) -> Result<Tensor, ModelError> {
+        let Trunk::T5(t5) = &self.trunk else {
+            return Err(ModelError::Input(format!("a {} model has no encoder", self.config.family())));
+        };
+        let context = self.config.context();
+        let (s, t) = (inputs.dim(1).unwrap_or(0), decoder_inputs.dim(1).unwrap_or(0));
+        if s > context || t > context {
+            return Err(ModelError::Input(format!(
+                "{s} encoder and {t} decoder positions do not fit the context of {context}"
+            )));
+        }
+        for (what, ids) in [("encoder", inputs), ("decoder", decoder_inputs)] {
+            let max = ids.max_all().and_then(|m| m.to_scalar::<u32>()).ctx(|| format!("{what} token ids"))?;
+            if max as usize >= self.config.vocab_size() {
+                return Err(ModelError::Input(format!(
+                    "{what} token {max} lies outside the vocabulary of {}",
+                    self.config.vocab_size()
+                )));
+            }
+        }
+        let encoded = t5.encode(inputs, mask)?;
+        t5.decoder_hidden(decoder_inputs, &encoded, mask)
+    }
+
+    /// States (B, T, D) of right-padded whole texts `tokens` (B, T) whose real lengths are
+    /// `lengths`, where state i has read tokens ..=i: what a reward model's scalar head reads
+    /// at a text's last token. A decoder reads the text causally; T5 reads it with its encoder
+    /// and again, shifted right behind the start token, with its decoder
+    /// (`T5ForSequenceClassification`'s view).
+    pub fn sequence_hidden(&self, tokens: &Tensor, lengths: &[usize], train: bool) -> Result<Tensor, ModelError> {
+        let Trunk::T5(t5) = &self.trunk else { return self.hidden(tokens, train) };
+        let (b, t) = tokens.dims2().ctx(|| "texts must be (batch, length)".into())?;
+        if lengths.len() != b || lengths.iter().any(|&l| l == 0 || l > t) {
+            return Err(ModelError::Input(format!("lengths {lengths:?} for {b} rows of {t} tokens")));
+        }
+        let mask: Vec<u32> = lengths.iter().flat_map(|&l| (0..t).map(move |j| u32::from(j < l))).collect();
+        let mask = Tensor::from_vec(mask, (b, t), &self.device).ctx(|| "text mask".into())?;
+        let start = Tensor::full(t5.config.decoder_start_token_id, (b, 1), &self.device).ctx(|| "start".into())?;
+        let shifted =
+            Tensor::cat(&[&start, &tokens.narrow(1, 0, t - 1).ctx(|| "shift".into())?], 1).ctx(|| "shift".into())?;
+        self.seq2seq_hidden(tokens, Some(&mask), &shifted, train)
+    }
+
+    /// The T5 inside, when the model is one: its generation runs over the encoder's output.
+    pub(crate) fn as_t5(&self) -> Option<&T5> {
+        match &self.trunk {
+            Trunk::T5(t5) => Some(t5),
+            _ => None,
+        }
     }
 
     /// Logits (B, T, V) for u32 tokens (B, T).
@@ -454,11 +639,28 @@ impl Rows {
     }
 }
 
+/// Flat indices (row * width + position) of the positions whose next token is a response
+/// token in a decoder's (rows, width) grid, row after row: response token j of a row with
+/// prompt length p is predicted at p + j - 1.
+pub fn prediction_positions(rows: &[Vec<u32>], response_lens: &[usize], width: usize) -> Vec<u32> {
+    let mut positions = Vec::new();
+    for (r, (row, &len)) in rows.iter().zip(response_lens).enumerate() {
+        let prompt = row.len() - len;
+        for j in 0..len {
+            positions.push((r * width + prompt + j - 1) as u32);
+        }
+    }
+    positions
+}
+
 /// Whether weight decay applies to the parameter `name`: true for the matrices of matmuls
 /// (projections, untied LM head, scalar head), false for norms, biases and embeddings (including
 /// the tied `wte`/`embed_tokens` and `wpe`).
 pub fn decays(name: &str) -> bool {
-    let is_embedding = ["wte.weight", "wpe.weight", "embed_tokens.weight"].iter().any(|e| name.ends_with(e));
+    let is_embedding =
+        ["wte.weight", "wpe.weight", "embed_tokens.weight", "shared.weight", "relative_attention_bias.weight"]
+            .iter()
+            .any(|e| name.ends_with(e));
     let is_norm = name.contains("ln_") || name.contains("norm.") || name.contains("layernorm.");
     name.ends_with(".weight") && !is_embedding && !is_norm
 }

@@ -1,6 +1,7 @@
-//! A reward model: a decoder trunk with a scalar head, whose score for a text is the head's
-//! value at the text's last token (the end-of-text token appended to every scored text, so the
-//! score has read the whole text).
+//! A reward model: a trunk with a scalar head, whose score for a text is the head's value at the
+//! text's last token (the end-of-text token appended to every scored text, so the score has
+//! read the whole text). A T5 trunk reads the text with its encoder and, shifted right, with its
+//! decoder; the head reads the decoder's last state (`T5ForSequenceClassification`'s view).
 
 use std::path::Path;
 
@@ -29,7 +30,7 @@ impl RewardModel {
     /// Scores (B) of right-padded token rows `tokens` (B, T) whose real lengths are `lengths`.
     /// Differentiable; `train` turns dropout on.
     pub fn forward(&self, tokens: &Tensor, lengths: &[usize], train: bool) -> Result<Tensor, ModelError> {
-        let values = self.head.forward(&self.trunk.hidden(tokens, train)?)?;
+        let values = self.head.forward(&self.trunk.sequence_hidden(tokens, lengths, train)?)?;
         last_token_values(&values, lengths)
     }
 

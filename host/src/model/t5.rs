@@ -46,11 +46,25 @@ pub enum FeedForward {
     Relu,
 }
 
-/// The shape of a T5 model; the fields are Hugging Face's `T5Config` names.
+/// The shape of a T5 model; the fields are Hugging Face's `T5Config` names. In an experiment
+/// file:
+///
+/// ```ron
+/// model: T5(d_model: 128, d_kv: 32, d_ff: 384, num_layers: 2, num_decoder_layers: 2, num_heads: 4, context: 64),
+/// ```
+///
+/// with T5 v1.1's defaults for the rest (32 buckets up to distance 128, gated GELU, untied
+/// head, epsilon 1e-6, the vocabulary size from the tokenizer).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct T5Config {
+    /// Vocabulary size; 0 means "take it from the tokenizer".
+    #[serde(default)]
     pub vocab_size: usize,
+    /// The longest encoder input and the longest decoder input the stages lay out (T5 itself
+    /// has no position table; Hugging Face's `n_positions`).
+    #[serde(default = "default_context")]
+    pub context: usize,
     /// Width of the residual stream.
     pub d_model: usize,
     /// Width of one attention head's queries, keys and values.
@@ -63,15 +77,38 @@ pub struct T5Config {
     pub num_decoder_layers: usize,
     pub num_heads: usize,
     /// Relative-position buckets (half of them per direction in the encoder).
+    #[serde(default = "default_buckets")]
     pub relative_attention_num_buckets: usize,
     /// Distances from here on share the last bucket.
+    #[serde(default = "default_max_distance")]
     pub relative_attention_max_distance: usize,
+    #[serde(default = "default_epsilon")]
     pub layer_norm_epsilon: f64,
+    #[serde(default = "default_feed_forward")]
     pub feed_forward: FeedForward,
     /// The LM head is the embedding (the original T5) or a matrix of its own (v1.1).
+    #[serde(default)]
     pub tie_word_embeddings: bool,
-    /// The token the decoder starts from (the pad token, 0, in every released T5).
+    /// The token the decoder starts from (the pad token, 0, in every released T5; the
+    /// end-of-text token, 0, in a tokenizer trained here).
+    #[serde(default)]
     pub decoder_start_token_id: u32,
+}
+
+fn default_context() -> usize {
+    512
+}
+fn default_buckets() -> usize {
+    32
+}
+fn default_max_distance() -> usize {
+    128
+}
+fn default_epsilon() -> f64 {
+    1e-6
+}
+fn default_feed_forward() -> FeedForward {
+    FeedForward::GatedGelu
 }
 
 impl T5Config {
@@ -113,6 +150,10 @@ impl T5Config {
         let num_layers = int("num_layers")?;
         Ok(T5Config {
             vocab_size: int("vocab_size")?,
+            context: json
+                .get("n_positions")
+                .and_then(serde_json::Value::as_u64)
+                .map_or(default_context(), |v| v as usize),
             d_model: int("d_model")?,
             d_kv: int("d_kv")?,
             d_ff: int("d_ff")?,
@@ -133,6 +174,44 @@ impl T5Config {
             decoder_start_token_id: json.get("decoder_start_token_id").and_then(serde_json::Value::as_u64).unwrap_or(0)
                 as u32,
         })
+    }
+
+    /// Refuses sizes the model cannot be built with, naming the field.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("context", self.context),
+            ("d_model", self.d_model),
+            ("d_kv", self.d_kv),
+            ("d_ff", self.d_ff),
+            ("num_layers", self.num_layers),
+            ("num_decoder_layers", self.num_decoder_layers),
+            ("num_heads", self.num_heads),
+            ("relative_attention_max_distance", self.relative_attention_max_distance),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(ModelError::Config(format!("T5 `{name}` must be at least 1")));
+        }
+        // Each direction needs at least one exact bucket and one logarithmic one.
+        if self.relative_attention_num_buckets < 4 || self.relative_attention_num_buckets % 2 != 0 {
+            return Err(ModelError::Config(format!(
+                "T5 `relative_attention_num_buckets` must be even and at least 4, got {}",
+                self.relative_attention_num_buckets
+            )));
+        }
+        if !(self.layer_norm_epsilon > 0.0 && self.layer_norm_epsilon.is_finite()) {
+            return Err(ModelError::Config(format!(
+                "T5 `layer_norm_epsilon` must be a positive number, got {}",
+                self.layer_norm_epsilon
+            )));
+        }
+        if self.decoder_start_token_id as usize >= self.vocab_size {
+            return Err(ModelError::Config(format!(
+                "T5 `decoder_start_token_id` {} lies outside the vocabulary of {}",
+                self.decoder_start_token_id, self.vocab_size
+            )));
+        }
+        Ok(())
     }
 
     /// Width of all heads together.
@@ -202,6 +281,7 @@ impl T5Config {
             "model_type": "t5",
             "is_encoder_decoder": true,
             "vocab_size": self.vocab_size,
+            "n_positions": self.context,
             "d_model": self.d_model,
             "d_kv": self.d_kv,
             "d_ff": self.d_ff,
@@ -218,8 +298,10 @@ impl T5Config {
             "scale_decoder_outputs": self.tie_word_embeddings,
             "dropout_rate": 0.0,
             "decoder_start_token_id": self.decoder_start_token_id,
-            "pad_token_id": 0,
-            "eos_token_id": 1,
+            // transformers pads decoder inputs with the start token; the end token is the
+            // tokenizer's, which the config does not know.
+            "pad_token_id": self.decoder_start_token_id,
+            "eos_token_id": null,
             "dtype": "float32",
         })
     }
@@ -473,7 +555,7 @@ impl T5 {
     }
 
     /// The modules over `vars` (every parameter of `config.param_specs()`, checked).
-    fn build(config: T5Config, vars: BTreeMap<String, Var>) -> Result<T5, ModelError> {
+    pub(crate) fn build(config: T5Config, vars: BTreeMap<String, Var>) -> Result<T5, ModelError> {
         let get = |name: &str| -> Result<Tensor, ModelError> {
             vars.get(name)
                 .map(|var| var.as_tensor().clone())
@@ -566,6 +648,18 @@ impl T5 {
     /// (B, T) decoder token ids (starting with `decoder_start_token_id`), the encoder's output
     /// (B, S, D) and its mask to the logits (B, T, vocab) of each next token.
     pub fn decode(&self, decoder_ids: &Tensor, encoded: &Tensor, mask: Option<&Tensor>) -> Result<Tensor, ModelError> {
+        let out = self.decoder_hidden(decoder_ids, encoded, mask)?;
+        self.head(&out).ctx(|| "T5 LM head".into())
+    }
+
+    /// The decoder's normed output (B, T, D) for (B, T) decoder token ids over the encoder's
+    /// output (B, S, D) and its mask: what the LM head (or a scalar head) reads.
+    pub fn decoder_hidden(
+        &self,
+        decoder_ids: &Tensor,
+        encoded: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor, ModelError> {
         let (b, t) = decoder_ids.dims2().ctx(|| "decoder input ids must be (batch, length)".into())?;
         let run = || -> candle_core::Result<Tensor> {
             let s = encoded.dim(1)?;
@@ -579,18 +673,27 @@ impl T5 {
             for block in &self.decoder.blocks {
                 h = block.forward(&h, &self_bias, Some((encoded, &cross_bias)))?;
             }
-            self.head(&self.decoder.final_norm.forward(&h)?)
+            self.decoder.final_norm.forward(&h)
         };
         run().ctx(|| "T5 decoder".into())
     }
 
+    /// The LM head's weight (vocab, D) and the scale the decoder's output is multiplied by
+    /// before it: the original T5 rescales by `d_model^-0.5` before its tied head.
+    pub fn lm_head(&self) -> (&Tensor, Option<f64>) {
+        match &self.lm_head {
+            Some(head) => (head, None),
+            None => (&self.shared, Some((self.config.d_model as f64).powf(-0.5))),
+        }
+    }
+
     /// The decoder's normed output (B, T, D) to logits (B, T, vocab).
     fn head(&self, out: &Tensor) -> candle_core::Result<Tensor> {
-        match &self.lm_head {
-            Some(head) => Linear { weight: head.clone(), bias: None, layout: Layout::OutIn }.forward(out),
-            // The original T5 scales the output before its tied head.
-            None => Linear { weight: self.shared.clone(), bias: None, layout: Layout::OutIn }
-                .forward(&(out * (self.config.d_model as f64).powf(-0.5))?),
+        let (weight, scale) = self.lm_head();
+        let head = Linear { weight: weight.clone(), bias: None, layout: Layout::OutIn };
+        match scale {
+            Some(scale) => head.forward(&(out * scale)?),
+            None => head.forward(out),
         }
     }
 

@@ -16,19 +16,18 @@
 
 use std::path::Path;
 
-use candle_core::{D, Tensor};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::StageOutput;
 use super::context::{RunContext, StageError};
 use super::layout::{Encoded, Layout, Template};
 use super::pairs::{self, PairSource};
-use super::sft::SftBatch;
 use crate::data::blocks::draw_indices;
 use crate::experiment::{StageSpec, TrainSettings};
 use crate::model::Model;
 use crate::plugins::{Feature, LossPlugin, PluginKind};
-use crate::train::dpo::{DpoConfig, DpoLossType, PreferenceStats, dpo_loss, response_logprobs};
+use crate::train::dpo::{DpoConfig, DpoLossType, PreferenceStats, dpo_loss, response_logprobs, sums_per_row};
 use crate::train::plugin_loss::{Features, plugin_loss};
 use crate::train::{Objective, SplitLoss, TrainError, part_rows, train};
 
@@ -182,16 +181,15 @@ pub fn preference_loss(
 ) -> Result<(Tensor, Vec<(String, f64)>), TrainError> {
     let tensor = |source| TrainError::Tensor { step: 0, source };
     let model = |e: crate::model::ModelError| TrainError::Objective(e.to_string());
-    let device = policy.device();
-    let rows: Vec<&Encoded> = pairs.iter().flat_map(|(c, r)| [c, r]).collect();
-    let batch = SftBatch::from_rows(&rows, pad);
-    let (inputs, targets, mask) = batch.to_tensors(device).map_err(tensor)?;
-    // (2P, T): log p of each scored token, 0 elsewhere.
-    let policy_tokens = response_logprobs(policy, &inputs, &targets, &mask, train).map_err(model)?;
-    let reference_tokens = response_logprobs(reference, &inputs, &targets, &mask, false).map_err(model)?.detach();
+    let encoded: Vec<&Encoded> = pairs.iter().flat_map(|(c, r)| [c, r]).collect();
+    let rows: Vec<Vec<u32>> = encoded.iter().map(|e| e.tokens.clone()).collect();
+    let lens: Vec<usize> = encoded.iter().map(|e| e.response_len()).collect();
+    // (N): log p of each response token, chosen and rejected rows interleaved.
+    let policy_tokens = response_logprobs(policy, &rows, &lens, pad, train).map_err(model)?;
+    let reference_tokens = response_logprobs(reference, &rows, &lens, pad, false).map_err(model)?.detach();
     // (2P): summed over each response.
-    let sequence = policy_tokens.sum(D::Minus1).map_err(tensor)?;
-    let ref_sequence = reference_tokens.sum(D::Minus1).map_err(tensor)?;
+    let sequence = sums_per_row(&policy_tokens, &lens).map_err(tensor)?;
+    let ref_sequence = sums_per_row(&reference_tokens, &lens).map_err(tensor)?;
     let stats = PreferenceStats::of(
         config.beta,
         &sequence.to_vec1::<f32>().map_err(tensor)?,
@@ -201,10 +199,13 @@ pub fn preference_loss(
     let Some(plugin) = plugin else {
         return Ok((dpo_loss(&sequence, &ref_sequence, config).map_err(tensor)?, metrics));
     };
-    let (scored, offsets) = batch.scored_positions();
-    let index = Tensor::from_vec(scored.clone(), scored.len(), device).map_err(tensor)?;
-    let flat = |x: &Tensor| x.flatten_all().and_then(|x| x.index_select(&index, 0)).map_err(tensor);
-    let (logprob, ref_logprob) = (flat(&policy_tokens)?, flat(&reference_tokens)?);
+    let offsets: Vec<u32> = std::iter::once(0)
+        .chain(lens.iter().scan(0u32, |at, &len| {
+            *at += len as u32;
+            Some(*at)
+        }))
+        .collect();
+    let (logprob, ref_logprob) = (policy_tokens, reference_tokens);
     let ones = logprob.ones_like().map_err(tensor)?;
     let features = Features {
         offsets,

@@ -575,16 +575,15 @@ pub fn run(ctx: &RunContext, stage: &EvalStage, dir: &Path) -> Result<StageOutpu
     for model_name in &stage.models {
         let model = eval_model(ctx, model_name)?;
         if let Some((p, blocks)) = &perplexity_text {
+            // Each model on its own objective (T5: the span-corruption targets), as its
+            // pretraining measured it.
             let context = p.context.unwrap_or(model.config().context()).min(model.config().context());
-            let loss = super::pretrain::validation_loss(
-                &model,
-                blocks,
-                p.train.batch,
-                context,
-                p.train.eval_batches,
-                &ctx.device,
-            )
-            .map_err(|source| StageError::Train { stage: name.into(), source })?;
+            let sentinels = tokenizer.sentinel_ids();
+            let windows = super::pretrain::windows_for(p, &model, context, &sentinels, tokenizer.pad_id())
+                .map_err(|message| config_error(format!("perplexity_of `{}`: {message}", p.name)))?;
+            let sizes = (p.train.batch, context, p.train.eval_batches, ctx.experiment.seed);
+            let loss = super::pretrain::validation_loss(&model, blocks, &windows, sizes, &ctx.device)
+                .map_err(|source| StageError::Train { stage: name.into(), source })?;
             metrics.insert(format!("{model_name}/perplexity"), loss.exp());
         }
         if let Some((spec, prepared)) = &passages {

@@ -31,6 +31,14 @@ pub struct Encoded {
     pub prompt_len: usize,
 }
 
+impl Encoded {
+    /// The response tokens a model is scored on: all after the prompt, but never the first
+    /// token of the sequence (a decoder has nothing before it to predict it from).
+    pub fn response_len(&self) -> usize {
+        self.tokens.len() - self.prompt_len.clamp(1, self.tokens.len())
+    }
+}
+
 /// Why prompts and responses cannot be laid out as tokens for a model.
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {

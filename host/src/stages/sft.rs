@@ -245,9 +245,45 @@ pub fn sft_plugin_loss(
     }
     let index = Tensor::from_vec(scored.clone(), scored.len(), device).map_err(text)?;
     let flat = logits.reshape((b * t, v)).and_then(|l| l.index_select(&index, 0)).map_err(text)?;
-    let logp = candle_nn::ops::log_softmax(&flat, candle_core::D::Minus1).map_err(text)?;
-    let chosen =
-        targets.reshape(b * t).and_then(|x| x.index_select(&index, 0)).and_then(|x| x.unsqueeze(1)).map_err(text)?;
+    let chosen = targets.reshape(b * t).and_then(|x| x.index_select(&index, 0)).map_err(text)?;
+    plugin_loss_of_logits(plugin, &flat, &chosen, offsets)
+}
+
+/// [`sft_plugin_loss`] for an encoder-decoder: prompts to the encoder, responses to the
+/// decoder, the same features.
+fn seq2seq_plugin_loss(
+    plugin: &LossPlugin,
+    model: &Model,
+    rows: &[&Encoded],
+    pad: u32,
+    train: bool,
+) -> Result<(Tensor, Vec<(String, f64)>), PluginLossError> {
+    let (tokens, lens) = response_rows(rows);
+    if lens.iter().all(|&l| l == 0) {
+        return Err(PluginLossError::NothingToScore { plugin: plugin.name().to_string() });
+    }
+    let (states, targets) = model.response_states(&tokens, &lens, pad, train)?;
+    let logits = model.lm_logits(&states)?;
+    let offsets = std::iter::once(0)
+        .chain(lens.iter().scan(0u32, |at, &len| {
+            *at += len as u32;
+            Some(*at)
+        }))
+        .collect();
+    plugin_loss_of_logits(plugin, &logits, &targets, offsets)
+}
+
+/// The plugin's loss from the logits (N, V) at the scored positions, the tokens (N) they
+/// score, and where each row starts among them.
+fn plugin_loss_of_logits(
+    plugin: &LossPlugin,
+    flat: &Tensor,
+    targets: &Tensor,
+    offsets: Vec<u32>,
+) -> Result<(Tensor, Vec<(String, f64)>), PluginLossError> {
+    let text = |source| PluginLossError::Tensor { plugin: plugin.name().to_string(), source };
+    let logp = candle_nn::ops::log_softmax(flat, candle_core::D::Minus1).map_err(text)?;
+    let chosen = targets.unsqueeze(1).map_err(text)?;
     let logprob = logp.gather(&chosen, 1).and_then(|l| l.squeeze(1)).map_err(text)?;
     let mean_logprob = logp.mean(candle_core::D::Minus1).map_err(text)?;
     let entropy = (logp.exp().map_err(text)? * &logp)
@@ -270,6 +306,19 @@ pub fn sft_plugin_loss(
     Ok((surrogate, metrics))
 }
 
+/// Examples as the rows and response lengths [`Model::response_states`] reads.
+fn response_rows(rows: &[&Encoded]) -> (Vec<Vec<u32>>, Vec<usize>) {
+    (rows.iter().map(|e| e.tokens.clone()).collect(), rows.iter().map(|e| e.response_len()).collect())
+}
+
+/// -log p of every response token of `rows`, flat (N), for an encoder-decoder: its prompt
+/// through the encoder, its response through the decoder.
+fn seq2seq_nll(model: &Model, rows: &[&Encoded], pad: u32, train: bool) -> Result<Tensor, crate::model::ModelError> {
+    let (tokens, lens) = response_rows(rows);
+    let (states, targets) = model.response_states(&tokens, &lens, pad, train)?;
+    model.token_nll(&states, &targets)
+}
+
 struct Sft<'a> {
     model: &'a Model,
     loss_plugin: Option<LossPlugin>,
@@ -290,10 +339,42 @@ impl Sft<'_> {
         let indices = draw_indices(draw, self.batch, self.rows.len(), self.seed);
         (draw, self.rows.batch(&indices, self.pad))
     }
+
+    /// The examples of micro-batch `micro` of step `step` (an encoder-decoder's rows are
+    /// never packed).
+    fn micro_examples(&self, step: u64, micro: usize) -> Vec<&Encoded> {
+        let draw = step * self.accumulation as u64 + micro as u64;
+        let Rows::Examples(encoded) = &self.rows else { return Vec::new() };
+        draw_indices(draw, self.batch, encoded.len(), self.seed).into_iter().map(|i| &encoded[i]).collect()
+    }
+
+    /// An encoder-decoder's loss of micro-batch `micro`: the mean over its response tokens, or
+    /// the plugin's.
+    fn seq2seq_loss(&self, step: u64, micro: usize) -> Result<(Tensor, Vec<(String, f64)>), TrainError> {
+        let rows = self.micro_examples(step, micro);
+        let tokens: usize = rows.iter().map(|e| e.response_len()).sum();
+        let mut metrics = vec![("response_tokens".into(), tokens as f64)];
+        let loss = match &self.loss_plugin {
+            None => seq2seq_nll(self.model, &rows, self.pad, true)
+                .map_err(|source| TrainError::Model { step, source })?
+                .mean_all()
+                .map_err(|source| TrainError::Tensor { step, source })?,
+            Some(plugin) => {
+                let (surrogate, extra) = seq2seq_plugin_loss(plugin, self.model, &rows, self.pad, true)
+                    .map_err(|source| TrainError::PluginLoss { step, source })?;
+                metrics.extend(extra);
+                surrogate
+            }
+        };
+        Ok((loss, metrics))
+    }
 }
 
 impl Objective for Sft<'_> {
     fn loss(&self, step: u64, micro: usize) -> Result<(Tensor, Vec<(String, f64)>), TrainError> {
+        if self.model.config().is_encoder_decoder() {
+            return self.seq2seq_loss(step, micro);
+        }
         let tensor = |source| TrainError::Tensor { step, source };
         let (draw, batch) = self.micro_batch(step, micro);
         let (inputs, targets, mask) = batch.to_tensors(self.device).map_err(tensor)?;
@@ -316,6 +397,13 @@ impl Objective for Sft<'_> {
         let (mut total, mut count) = (0.0f64, 0.0f64);
         for chunk in self.valid.chunks(self.batch).take(self.eval_batches) {
             let rows: Vec<&Encoded> = chunk.iter().collect();
+            if self.model.config().is_encoder_decoder() {
+                let nll = seq2seq_nll(self.model, &rows, self.pad, false)
+                    .map_err(|source| TrainError::Model { step: 0, source })?;
+                total += nll.sum_all().and_then(|s| s.to_scalar::<f32>()).map_err(tensor)? as f64;
+                count += nll.elem_count() as f64;
+                continue;
+            }
             let batch = SftBatch::from_rows(&rows, self.pad);
             let (inputs, targets, mask) = batch.to_tensors(self.device).map_err(tensor)?;
             let logits = self.model.forward(&inputs, false).map_err(|e| TrainError::Objective(e.to_string()))?;
@@ -352,6 +440,17 @@ impl SplitLoss for Sft<'_> {
         parts: usize,
     ) -> Result<(Tensor, Vec<(String, f64)>), TrainError> {
         let tensor = |source| TrainError::Tensor { step, source };
+        if self.model.config().is_encoder_decoder() {
+            // This part's share of the batch's mean: its sum over all the batch's tokens.
+            let rows = self.micro_examples(step, micro);
+            let total: usize = rows.iter().map(|e| e.response_len()).sum();
+            let part = &rows[part_rows(rows.len(), part, parts)];
+            let scored: usize = part.iter().map(|e| e.response_len()).sum();
+            let nll =
+                seq2seq_nll(self.model, part, self.pad, true).map_err(|source| TrainError::Model { step, source })?;
+            let loss = nll.sum_all().and_then(|s| s.affine(1.0 / total.max(1) as f64, 0.0)).map_err(tensor)?;
+            return Ok((loss, vec![("response_tokens".into(), scored as f64)]));
+        }
         let (_, batch) = self.micro_batch(step, micro);
         let (inputs, targets, mask) = batch.to_tensors(self.device).map_err(tensor)?;
         let rows = part_rows(batch.rows, part, parts);
@@ -377,6 +476,13 @@ pub fn run(ctx: &RunContext, stage: &SftStage, dir: &Path) -> Result<(Model, Sta
     let valid = encode_all(&layout, &examples.valid, max_len).map_err(config_error)?;
     if train_rows.is_empty() {
         return Err(config_error(format!("every training prompt fills the {max_len}-token window: raise max_len")));
+    }
+    if stage.packing && model.config().is_encoder_decoder() {
+        return Err(config_error(
+            "packing puts several examples in one decoder row; an encoder-decoder reads each prompt apart: \
+             remove `packing: true`"
+                .into(),
+        ));
     }
     let pad = tokenizer.pad_id().or(tokenizer.eos_id()).unwrap_or(0);
     let seed = ctx.experiment.seed;

@@ -60,21 +60,35 @@ impl DpoConfig {
     }
 }
 
-/// log p of each row's scored tokens, (B, T), 0 where `mask` (B, T, 0/1) is 0: the model reads
-/// `inputs` (B, T) and is scored on `targets` (B, T). Summed over T, a response's
-/// log-probability. Differentiable; on the CPU the LM head and the log-softmax are one fused op.
+/// log p of each row's response tokens, flat over them, (N), row after row: row r is a prompt
+/// followed by a response of `response_lens[r]` tokens (see [`Model::response_states`]).
+/// Differentiable; on the CPU the LM head and the log-softmax are one fused op.
 pub fn response_logprobs(
     model: &Model,
-    inputs: &Tensor,
-    targets: &Tensor,
-    mask: &Tensor,
+    rows: &[Vec<u32>],
+    response_lens: &[usize],
+    pad: u32,
     train: bool,
 ) -> Result<Tensor, ModelError> {
-    let hidden = model.hidden(inputs, train)?;
-    let nll = model.token_nll(&hidden, targets)?; // (B, T)
-    (nll * mask)
-        .and_then(|x| x.neg())
+    let (states, targets) = model.response_states(rows, response_lens, pad, train)?;
+    model
+        .token_nll(&states, &targets)?
+        .neg()
         .map_err(|source| ModelError::Tensor { context: "response log-probabilities".into(), source })
+}
+
+/// The sums (B) of consecutive runs of `lens[r]` values of `flat` (N): each response's
+/// log-probability from its tokens'. Differentiable.
+pub fn sums_per_row(flat: &Tensor, lens: &[usize]) -> candle_core::Result<Tensor> {
+    let n: usize = lens.iter().sum();
+    let mut membership = vec![0f32; lens.len() * n];
+    let mut at = 0;
+    for (r, &len) in lens.iter().enumerate() {
+        membership[r * n + at..r * n + at + len].fill(1.0);
+        at += len;
+    }
+    let membership = Tensor::from_vec(membership, (lens.len(), n), flat.device())?;
+    membership.matmul(&flat.reshape((n, 1))?)?.squeeze(1)
 }
 
 /// Mean implicit rewards of a batch of pairs, as TRL logs them.

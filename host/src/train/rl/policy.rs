@@ -2,11 +2,10 @@
 //! trunk) and what it predicts at the positions that produced the response tokens; the frozen
 //! reference's log-probs at the same positions.
 
-use candle_core::{D, Device, Tensor, Var};
+use candle_core::{D, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::{RlError, model, tensor};
-use crate::model::reward::pad_rows;
 use crate::model::{Model, ScalarHead};
 
 /// Where the value estimate comes from.
@@ -49,15 +48,13 @@ impl Learner {
 
     /// Log-probs, values and entropies at the positions predicting each row's response.
     pub fn predict(&self, rows: &[Vec<u32>], response_lens: &[usize], pad: u32) -> Result<Predicted, RlError> {
-        let t_err = tensor("predicting values");
         let m_err = model("predicting values");
         let pass = policy_pass(&self.policy, rows, response_lens, pad)?;
-        let value_hidden = match &self.critic {
-            Some(critic) => critic.hidden(&pass.tokens, false).map_err(&m_err)?,
-            None => pass.hidden,
+        let value_states = match &self.critic {
+            Some(critic) => critic.response_states(rows, response_lens, pad, false).map_err(&m_err)?.0,
+            None => pass.states,
         };
-        let values = self.value_head.forward(&value_hidden).map_err(&m_err)?;
-        let value = values.flatten_all().and_then(|v| v.index_select(&pass.index, 0)).map_err(&t_err)?;
+        let value = self.value_head.forward(&value_states).map_err(&m_err)?;
         Ok(Predicted { logprob: pass.logprob, value, entropy: pass.entropy })
     }
 
@@ -80,18 +77,14 @@ impl Learner {
     }
 }
 
-/// One differentiable forward pass of a policy over padded rows, at the positions predicting
-/// response tokens.
+/// One differentiable forward pass of a policy at the positions predicting response tokens.
 pub struct PolicyPass {
     /// log π of each response token, (N).
     pub logprob: Tensor,
     /// The entropy of π at each of those positions, (N).
     pub entropy: Tensor,
-    /// The padded rows, (B, T), and the trunk's states over them, (B, T, D).
-    pub tokens: Tensor,
-    pub hidden: Tensor,
-    /// The flat (row * T + position) indices of the N positions.
-    pub index: Tensor,
+    /// The trunk's states there, (N, D): what a value head reads.
+    pub states: Tensor,
 }
 
 /// Log-probs and entropies of `policy` at the positions predicting each row's response.
@@ -103,65 +96,20 @@ pub fn policy_pass(
 ) -> Result<PolicyPass, RlError> {
     let t_err = tensor("predicting log-probs");
     let m_err = model("predicting log-probs");
-    let device = policy.device();
-    let (tokens, _) = pad_rows(rows, pad, device).map_err(&m_err)?;
-    let (b, t) = tokens.dims2().map_err(&t_err)?;
-    let index = response_index(rows, response_lens, t, device).map_err(&t_err)?;
-    let hidden = policy.hidden(&tokens, false).map_err(&m_err)?;
-    // The LM head only where a response token is predicted: (B, T, D) -> (1, N, D) -> (N, V).
-    // Prompts and padding are about half of a batch, and (B, T, V) logits its largest tensor.
-    let at_response = response_states(&hidden, &index).map_err(&t_err)?;
-    let flat_logits = policy.lm_logits(&at_response).map_err(&m_err)?.squeeze(0).map_err(&t_err)?;
-    let next = Tensor::from_vec(next_tokens(rows, t, pad), b * t, device).map_err(&t_err)?;
+    // The LM head only where a response token is predicted: prompts and padding are about half
+    // of a batch, and (B, T, V) logits its largest tensor.
+    let (states, targets) = policy.response_states(rows, response_lens, pad, false).map_err(&m_err)?;
+    let flat_logits = policy.lm_logits(&states).map_err(&m_err)?; // (N, V)
     let logp = candle_nn::ops::log_softmax(&flat_logits, D::Minus1).map_err(&t_err)?;
-    let targets = next.index_select(&index, 0).map_err(&t_err)?;
     let logprob = targets.unsqueeze(1).and_then(|t| logp.gather(&t, 1)).and_then(|l| l.squeeze(1)).map_err(&t_err)?;
     // H = -Σ_v p log p
     let entropy =
         logp.exp().and_then(|p| p * &logp).and_then(|x| x.sum(D::Minus1)).and_then(|x| x.neg()).map_err(&t_err)?;
-    Ok(PolicyPass { logprob, entropy, tokens, hidden, index })
-}
-
-/// [`prediction_positions`] as a (N) u32 tensor on `device`.
-fn response_index(rows: &[Vec<u32>], lens: &[usize], width: usize, device: &Device) -> candle_core::Result<Tensor> {
-    let positions = prediction_positions(rows, lens, width);
-    let n = positions.len();
-    Tensor::from_vec(positions, n, device)
-}
-
-/// The states (1, N, D) at flat positions `index` (N) of `hidden` (B, T, D).
-fn response_states(hidden: &Tensor, index: &Tensor) -> candle_core::Result<Tensor> {
-    let (b, t, d) = hidden.dims3()?;
-    hidden.reshape((b * t, d))?.index_select(index, 0)?.unsqueeze(0)
-}
-
-/// Flat indices (row * T + position) of the positions whose next token is a response token,
-/// row after row: response token j of a row with prompt length p is predicted at p + j - 1.
-pub fn prediction_positions(rows: &[Vec<u32>], response_lens: &[usize], width: usize) -> Vec<u32> {
-    let mut positions = Vec::new();
-    for (r, (row, &len)) in rows.iter().zip(response_lens).enumerate() {
-        let prompt = row.len() - len;
-        for j in 0..len {
-            positions.push((r * width + prompt + j - 1) as u32);
-        }
-    }
-    positions
-}
-
-/// Each row's next token at every position of a (rows, width) grid, row after row; `pad` where
-/// there is none (the last position, padding).
-fn next_tokens(rows: &[Vec<u32>], width: usize, pad: u32) -> Vec<u32> {
-    let mut next = vec![pad; rows.len() * width];
-    for (r, row) in rows.iter().enumerate() {
-        if row.len() > 1 {
-            next[r * width..r * width + row.len() - 1].copy_from_slice(&row[1..]);
-        }
-    }
-    next
+    Ok(PolicyPass { logprob, entropy, states })
 }
 
 /// Log-probs of the response tokens under a frozen model (no value head), flat like
-/// [`prediction_positions`], `chunk` rows at a time; only those values leave the device.
+/// [`Model::response_states`], `chunk` rows at a time; only those values leave the device.
 pub fn reference_logprobs(
     reference: &Model,
     rows: &[Vec<u32>],
@@ -171,20 +119,12 @@ pub fn reference_logprobs(
 ) -> Result<Vec<f32>, RlError> {
     let t_err = tensor("reference log-probs");
     let m_err = model("reference log-probs");
-    let device = reference.device();
     let mut out = Vec::new();
     for (rows, lens) in rows.chunks(chunk).zip(lens.chunks(chunk)) {
-        let (tokens, _) = pad_rows(rows, pad, device).map_err(&m_err)?;
-        let (b, t) = tokens.dims2().map_err(&t_err)?;
-        let index = response_index(rows, lens, t, device).map_err(&t_err)?;
-        let next = Tensor::from_vec(next_tokens(rows, t, pad), b * t, device)
-            .and_then(|n| n.index_select(&index, 0)?.unsqueeze(0))
-            .map_err(&t_err)?;
         // The fused LM head and cross-entropy at the response positions: no logits are made.
-        let hidden = reference.hidden(&tokens, false).map_err(&m_err)?;
-        let at_response = response_states(&hidden, &index).map_err(&t_err)?;
-        let nll = reference.token_nll(&at_response, &next).map_err(&m_err)?;
-        out.extend(nll.neg().and_then(|l| l.flatten_all()?.to_vec1::<f32>()).map_err(&t_err)?);
+        let (states, targets) = reference.response_states(rows, lens, pad, false).map_err(&m_err)?;
+        let nll = reference.token_nll(&states.unsqueeze(0).map_err(&t_err)?, &targets.unsqueeze(0).map_err(&t_err)?);
+        out.extend(nll.map_err(&m_err)?.neg().and_then(|l| l.flatten_all()?.to_vec1::<f32>()).map_err(&t_err)?);
     }
     Ok(out)
 }
@@ -205,18 +145,13 @@ pub fn sequence_kl(
 ) -> Result<Vec<f64>, RlError> {
     let t_err = tensor("KL to the reference");
     let m_err = model("KL to the reference");
-    let device = policy.device();
     let mut out = Vec::with_capacity(rows.len());
     for (rows, lens) in rows.chunks(chunk.max(1)).zip(lens.chunks(chunk.max(1))) {
-        let (tokens, _) = pad_rows(rows, pad, device).map_err(&m_err)?;
-        let t = tokens.dim(1).map_err(&t_err)?;
-        let index = response_index(rows, lens, t, device).map_err(&t_err)?;
         // (N, V) log-probs at the positions predicting response tokens.
         let at_positions = |model: &Model| -> Result<Tensor, RlError> {
-            let hidden = model.hidden(&tokens, false).map_err(&m_err)?;
-            let at_response = response_states(&hidden, &index).map_err(&t_err)?;
-            let logits = model.lm_logits(&at_response).map_err(&m_err)?;
-            logits.squeeze(0).and_then(|l| candle_nn::ops::log_softmax(&l, D::Minus1)).map_err(&t_err)
+            let (states, _) = model.response_states(rows, lens, pad, false).map_err(&m_err)?;
+            let logits = model.lm_logits(&states).map_err(&m_err)?;
+            candle_nn::ops::log_softmax(&logits, D::Minus1).map_err(&t_err)
         };
         let (logp, logq) = (at_positions(policy)?, at_positions(reference)?);
         let per_token = (logp.exp().map_err(&t_err)? * (logp - logq).map_err(&t_err)?)
@@ -235,6 +170,18 @@ pub fn sequence_kl(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::prediction_positions;
+    use crate::model::reward::pad_rows;
+
+    /// Each row's next token at every position of a (rows, width) grid, row after row; `pad`
+    /// where there is none.
+    fn next_tokens(rows: &[Vec<u32>], width: usize, pad: u32) -> Vec<u32> {
+        let mut next = vec![pad; rows.len() * width];
+        for (r, row) in rows.iter().enumerate() {
+            next[r * width..r * width + row.len() - 1].copy_from_slice(&row[1..]);
+        }
+        next
+    }
 
     /// log_softmax of the full (B, T, V) logits, read at the positions predicting responses:
     /// what the passes compute, the long way.
@@ -274,6 +221,42 @@ mod tests {
         assert!(to_itself.iter().all(|k| k.abs() < 1e-5), "{to_itself:?}");
         let to_other = sequence_kl(&model, &reference, &rows, &lens, 2, 0).unwrap();
         assert!(to_other.iter().all(|&k| k > 0.0), "{to_other:?}");
+    }
+
+    /// T5's passes read the prompt with the encoder and the response with the decoder: each
+    /// row alone, through `T5::forward` (start token, then the response), is the long way.
+    #[test]
+    fn t5_response_logprobs_are_its_decoders_over_the_encoded_prompt() {
+        let config: crate::model::ModelConfig = ron::from_str(
+            "T5(vocab_size: 61, d_model: 16, d_kv: 4, d_ff: 24, num_layers: 2, num_decoder_layers: 2, num_heads: 4, \
+             context: 16, decoder_start_token_id: 1)",
+        )
+        .unwrap();
+        let device = candle_core::Device::Cpu;
+        let model = Model::new(&config, &device, 5).unwrap();
+        let t5 = model.as_t5().unwrap();
+        let rows = vec![vec![1, 2, 3, 40, 41, 42, 43], vec![7, 8, 9], vec![5, 60, 59, 58, 57, 56]];
+        let lens = [4usize, 2, 5];
+        let mut expected = Vec::new();
+        for (row, &len) in rows.iter().zip(&lens) {
+            let (prompt, response) = row.split_at(row.len() - len);
+            let ids = Tensor::new(prompt, &device).unwrap().unsqueeze(0).unwrap();
+            let mut dec = vec![1u32];
+            dec.extend(&response[..len - 1]);
+            let dec = Tensor::new(dec.as_slice(), &device).unwrap().unsqueeze(0).unwrap();
+            let logp = candle_nn::ops::log_softmax(&t5.forward(&ids, None, &dec).unwrap(), D::Minus1).unwrap();
+            let logp: Vec<Vec<f32>> = logp.squeeze(0).unwrap().to_vec2().unwrap();
+            expected.extend(response.iter().enumerate().map(|(j, &tok)| logp[j][tok as usize]));
+        }
+        let pass = policy_pass(&model, &rows, &lens, 0).unwrap().logprob.to_vec1::<f32>().unwrap();
+        let fused = reference_logprobs(&model, &rows, &lens, 2, 0).unwrap();
+        assert_eq!(expected.len(), 11);
+        for (i, e) in expected.iter().enumerate() {
+            assert!((pass[i] - e).abs() < 1e-5, "policy pass at {i}: {} vs {e}", pass[i]);
+            assert!((fused[i] - e).abs() < 1e-5, "reference log-probs at {i}: {} vs {e}", fused[i]);
+        }
+        let to_itself = sequence_kl(&model, &model, &rows, &lens, 2, 0).unwrap();
+        assert!(to_itself.iter().all(|k| k.abs() < 1e-5), "{to_itself:?}");
     }
 
     #[test]

@@ -24,3 +24,4 @@ mod script_plugins;
 mod smollm2;
 mod sweep;
 mod t5_compat;
+mod t5_pipeline;

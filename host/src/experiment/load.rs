@@ -174,6 +174,9 @@ fn check<S: StageSpec>(experiment: &Experiment<S>) -> Result<(), String> {
                     model = model.with_vocab_size(vocab);
                 }
                 check_fits_in_memory(&model)?;
+                for stage in &experiment.stages {
+                    stage.check_model(&model, tokenizer).map_err(|e| format!("stage `{}`: {e}", stage.name()))?;
+                }
             }
         }
     }

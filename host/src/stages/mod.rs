@@ -30,7 +30,9 @@ use serde::{Deserialize, Serialize};
 pub use context::{RunContext, StageError};
 pub use pipeline::{RunOptions, RunOutcome, StageOutcome, run_experiment};
 
+use crate::data::tokenizer::TokenizerSpec;
 use crate::experiment::{ExperimentError, StageSpec};
+use crate::model::ModelConfig;
 use crate::plugins::{Feature, PluginKind};
 use crate::runs::report::write_training_report;
 use crate::train::TrainSummary;
@@ -104,6 +106,9 @@ impl StageSpec for Stage {
     }
     fn validate(&self) -> Result<(), String> {
         delegate!(self, s => s.validate())
+    }
+    fn check_model(&self, model: &ModelConfig, tokenizer: &TokenizerSpec) -> Result<(), String> {
+        delegate!(self, s => s.check_model(model, tokenizer))
     }
     fn describe(&self) -> String {
         delegate!(self, s => s.describe())

@@ -25,8 +25,9 @@ use rand::Rng;
 use crate::data::blocks::{Batch, Blocks, Side};
 use crate::data::span_corruption::SpanCorruption;
 use crate::data::split::Split;
+use crate::data::tokenizer::TokenizerSpec;
 use crate::experiment::{StageSpec, TrainSettings};
-use crate::model::Model;
+use crate::model::{Model, ModelConfig};
 use crate::plugins::PluginKind;
 use crate::train::{Objective, SplitLoss, TrainError, lm_loss, lm_loss_rows, part_rows, train};
 
@@ -70,8 +71,8 @@ pub struct PretrainStage {
 impl PretrainStage {
     /// The objective for `model`: the one written, or the model family's own; refused when the
     /// model cannot learn it.
-    pub fn objective_for(&self, model: &Model) -> Result<PretrainObjective, String> {
-        let seq2seq = model.config().is_encoder_decoder();
+    pub fn objective_for(&self, model: &ModelConfig) -> Result<PretrainObjective, String> {
+        let seq2seq = model.is_encoder_decoder();
         let objective = self.objective.unwrap_or(if seq2seq {
             PretrainObjective::SpanCorruption(SpanCorruption::default())
         } else {
@@ -83,8 +84,9 @@ impl PretrainStage {
                     .into())
             }
             (PretrainObjective::SpanCorruption(_) | PretrainObjective::PrefixLm, false) => Err(format!(
-                "{objective:?} needs an encoder-decoder (T5); a {} decoder pretrains with CausalLm",
-                model.config().family()
+                "{} needs an encoder-decoder (T5); a {} decoder pretrains with CausalLm",
+                objective.name(),
+                model.family()
             )),
             _ => Ok(objective),
         }
@@ -124,9 +126,43 @@ impl StageSpec for PretrainStage {
             _ => Ok(()),
         }
     }
-    fn describe(&self) -> String {
-        format!("on `{}`: {}", self.data, self.train.describe())
+    fn check_model(&self, model: &ModelConfig, tokenizer: &TokenizerSpec) -> Result<(), String> {
+        let objective = self.objective_for(model)?;
+        if let (PretrainObjective::SpanCorruption(corruption), TokenizerSpec::TrainBpe { sentinels, .. }) =
+            (objective, tokenizer)
+        {
+            check_sentinels(&corruption, self.context.unwrap_or(model.context()), *sentinels)?;
+        }
+        Ok(())
     }
+    fn describe(&self) -> String {
+        let objective = self.objective.map(|o| format!(" ({})", o.name())).unwrap_or_default();
+        format!("on `{}`{objective}: {}", self.data, self.train.describe())
+    }
+}
+
+impl PretrainObjective {
+    /// The objective's name as experiment files write it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PretrainObjective::CausalLm => "CausalLm",
+            PretrainObjective::SpanCorruption(_) => "SpanCorruption",
+            PretrainObjective::PrefixLm => "PrefixLm",
+        }
+    }
+}
+
+/// Refuses a tokenizer with fewer sentinel tokens than span corruption of `context`-token
+/// windows marks spans with.
+fn check_sentinels(corruption: &SpanCorruption, context: usize, sentinels: usize) -> Result<(), String> {
+    let needed = corruption.sentinels_needed(context);
+    if sentinels < needed {
+        return Err(format!(
+            "span corruption of {context}-token windows needs {needed} sentinel tokens (one per span, one to end the \
+             targets), and the tokenizer has {sentinels}: add `sentinels: {needed}` (or more) to TrainBpe"
+        ));
+    }
+    Ok(())
 }
 
 /// A pretraining objective over a token stream.
@@ -357,16 +393,9 @@ pub fn windows_for<'a>(
     sentinels: &'a [u32],
     pad: Option<u32>,
 ) -> Result<Windows<'a>, String> {
-    let objective = stage.objective_for(model)?;
+    let objective = stage.objective_for(model.config())?;
     if let PretrainObjective::SpanCorruption(corruption) = objective {
-        let needed = corruption.sentinels_needed(context);
-        if sentinels.len() < needed {
-            return Err(format!(
-                "span corruption of {context}-token windows marks up to {needed} spans with sentinel tokens, and the \
-                 tokenizer has {}: add `sentinels: {needed}` (or more) to TrainBpe",
-                sentinels.len()
-            ));
-        }
+        check_sentinels(&corruption, context, sentinels.len())?;
     }
     Ok(Windows { objective, sentinels, pad: pad.unwrap_or(0) })
 }

@@ -23,8 +23,9 @@ use super::context::{RunContext, StageError};
 use super::examples::{self, ExampleSet};
 use super::layout::{Encoded, Layout, Template};
 use crate::data::blocks::{draw_indices, permutation};
+use crate::data::tokenizer::TokenizerSpec;
 use crate::experiment::{StageSpec, TrainSettings};
-use crate::model::Model;
+use crate::model::{Model, ModelConfig};
 use crate::plugins::{Feature, LossPlugin, PluginKind};
 use crate::train::plugin_loss::{Features, PluginLossError, plugin_loss};
 use crate::train::{
@@ -87,11 +88,20 @@ impl StageSpec for SftStage {
             _ => Ok(()),
         }
     }
+    fn check_model(&self, model: &ModelConfig, _tokenizer: &TokenizerSpec) -> Result<(), String> {
+        if self.packing && model.is_encoder_decoder() {
+            return Err(PACKING_SEQ2SEQ.into());
+        }
+        Ok(())
+    }
     fn describe(&self) -> String {
         let from = self.from.as_deref().unwrap_or("the experiment's model");
         format!("from `{from}` on `{}`: {}", self.examples.data, self.train.describe())
     }
 }
+
+const PACKING_SEQ2SEQ: &str = "packing puts several examples in one decoder row; an encoder-decoder (T5) reads each \
+                               prompt apart: remove `packing: true`";
 
 /// One micro-batch: inputs, targets and the loss mask, each (B, T).
 #[derive(Debug, Clone, PartialEq)]
@@ -478,11 +488,7 @@ pub fn run(ctx: &RunContext, stage: &SftStage, dir: &Path) -> Result<(Model, Sta
         return Err(config_error(format!("every training prompt fills the {max_len}-token window: raise max_len")));
     }
     if stage.packing && model.config().is_encoder_decoder() {
-        return Err(config_error(
-            "packing puts several examples in one decoder row; an encoder-decoder reads each prompt apart: \
-             remove `packing: true`"
-                .into(),
-        ));
+        return Err(config_error(PACKING_SEQ2SEQ.into()));
     }
     let pad = tokenizer.pad_id().or(tokenizer.eos_id()).unwrap_or(0);
     let seed = ctx.experiment.seed;

@@ -395,33 +395,34 @@ impl Model {
         self.run_trunk(tokens, false, Some(cache), Some(rows))
     }
 
-    /// The LM head's weight (V, D), and the states (B, T, D) it reads: the original T5
-    /// rescales them before its tied head.
-    fn head_input(&self, hidden: &Tensor) -> Result<(Tensor, Tensor), ModelError> {
+    /// The decoders' LM head weight (V, D); T5 has its own head (see [`T5::lm_head`]).
+    fn decoder_lm_head(&self) -> &Tensor {
         match &self.trunk {
-            Trunk::Gpt(m) => Ok((m.lm_head().clone(), hidden.clone())),
-            Trunk::Llama(m) => Ok((m.lm_head().clone(), hidden.clone())),
-            Trunk::T5(m) => match m.lm_head() {
-                (weight, Some(scale)) => Ok((weight.clone(), (hidden * scale).ctx(|| "T5 output rescale".into())?)),
-                (weight, None) => Ok((weight.clone(), hidden.clone())),
-            },
+            Trunk::Gpt(m) => m.lm_head(),
+            Trunk::Llama(m) => m.lm_head(),
+            Trunk::T5(m) => m.lm_head().0,
         }
     }
 
     /// LM logits (B, T, V) from hidden states (B, T, D).
     pub fn lm_logits(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
-        let (weight, hidden) = self.head_input(hidden)?;
-        let head = linear::Linear { weight, bias: None, layout: linear::Layout::OutIn };
-        head.forward(&hidden).ctx(|| "LM head".into())
+        if let Trunk::T5(t5) = &self.trunk {
+            return t5.head(hidden).ctx(|| "T5 LM head".into());
+        }
+        let head = linear::Linear { weight: self.decoder_lm_head().clone(), bias: None, layout: linear::Layout::OutIn };
+        head.forward(hidden).ctx(|| "LM head".into())
     }
 
     /// -log p(target) per position, (B, T), from hidden states (B, T, D) and u32 targets
     /// (B, T): the LM head and the cross-entropy, fused into one op on the CPU (see
     /// `kernels::lm_head_cross_entropy`), else the logits and `kernels::cross_entropy_rows`.
     pub fn token_nll(&self, hidden: &Tensor, targets: &Tensor) -> Result<Tensor, ModelError> {
-        let (weight, input) = self.head_input(hidden)?;
-        if kernels::fused(&[&input, &weight]) {
-            return kernels::lm_head_cross_entropy(&input, &weight, targets).ctx(|| "LM head and loss".into());
+        if let Trunk::T5(t5) = &self.trunk {
+            return t5.token_nll(hidden, targets);
+        }
+        let weight = self.decoder_lm_head();
+        if kernels::fused(&[hidden, weight]) {
+            return kernels::lm_head_cross_entropy(hidden, weight, targets).ctx(|| "LM head and loss".into());
         }
         kernels::cross_entropy_rows(&self.lm_logits(hidden)?, targets).ctx(|| "cross-entropy".into())
     }

@@ -687,8 +687,27 @@ impl T5 {
         }
     }
 
+    /// -log p(label) per position, (B, T), from the decoder's output (B, T, D) and u32 labels
+    /// (B, T): the head and the cross-entropy fused into one op on the CPU (the logits never
+    /// made), else the logits and `kernels::cross_entropy_rows`.
+    pub fn token_nll(&self, out: &Tensor, labels: &Tensor) -> Result<Tensor, ModelError> {
+        let run = || -> candle_core::Result<Tensor> {
+            let (weight, scale) = self.lm_head();
+            let out = match scale {
+                Some(scale) => (out * scale)?,
+                None => out.clone(),
+            };
+            if kernels::fused(&[&out, weight]) {
+                return kernels::lm_head_cross_entropy(&out, weight, labels);
+            }
+            let head = Linear { weight: weight.clone(), bias: None, layout: Layout::OutIn };
+            kernels::cross_entropy_rows(&head.forward(&out)?, labels)
+        };
+        run().ctx(|| "T5 LM head and loss".into())
+    }
+
     /// The decoder's normed output (B, T, D) to logits (B, T, vocab).
-    fn head(&self, out: &Tensor) -> candle_core::Result<Tensor> {
+    pub(crate) fn head(&self, out: &Tensor) -> candle_core::Result<Tensor> {
         let (weight, scale) = self.lm_head();
         let head = Linear { weight: weight.clone(), bias: None, layout: Layout::OutIn };
         match scale {
@@ -788,9 +807,9 @@ impl T5 {
         decoder_ids: &Tensor,
         labels: &Tensor,
     ) -> Result<Tensor, ModelError> {
-        let logits = self.forward(input_ids, mask, decoder_ids)?;
-        let run = || kernels::cross_entropy_rows(&logits, labels)?.mean_all();
-        run().ctx(|| "T5 cross-entropy".into())
+        let encoded = self.encode(input_ids, mask)?;
+        let out = self.decoder_hidden(decoder_ids, &encoded, mask)?;
+        self.token_nll(&out, labels)?.mean_all().ctx(|| "T5 mean cross-entropy".into())
     }
 
     /// Encode, then decode: the logits (B, T, vocab) of `decoder_ids`' next tokens.

@@ -50,6 +50,10 @@ pub enum PretrainObjective {
 #[serde(deny_unknown_fields)]
 pub struct PretrainStage {
     pub name: String,
+    /// The stage whose model this one continues (T5's LM adaptation: prefix LM after span
+    /// corruption); absent: the experiment's model. Left out of the stage's key when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
     /// The data source to train on.
     pub data: String,
     /// Filter plugins applied in order before tokenizing.
@@ -105,7 +109,7 @@ impl StageSpec for PretrainStage {
         "Pretrain"
     }
     fn inputs(&self) -> Vec<&str> {
-        Vec::new()
+        self.from.iter().map(String::as_str).collect()
     }
     fn data(&self) -> Vec<&str> {
         vec![&self.data]
@@ -137,7 +141,8 @@ impl StageSpec for PretrainStage {
     }
     fn describe(&self) -> String {
         let objective = self.objective.map(|o| format!(" ({})", o.name())).unwrap_or_default();
-        format!("on `{}`{objective}: {}", self.data, self.train.describe())
+        let from = self.from.as_deref().map(|f| format!("from `{f}` ")).unwrap_or_default();
+        format!("{from}on `{}`{objective}: {}", self.data, self.train.describe())
     }
 }
 
@@ -404,7 +409,7 @@ pub fn windows_for<'a>(
 pub fn run(ctx: &RunContext, stage: &PretrainStage, dir: &Path) -> Result<(Model, StageOutput), StageError> {
     let name = stage.name.as_str();
     let (train_blocks, valid_blocks) = streams(ctx, stage, dir)?;
-    let model = ctx.starting_model(None)?;
+    let model = ctx.starting_model(stage.from.as_deref())?;
     let context = stage.context.unwrap_or_else(|| model.config().context());
     if context > model.config().context() {
         return Err(StageError::Config {

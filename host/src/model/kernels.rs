@@ -24,7 +24,8 @@
 //! - [`causal_attention`] and [`causal_attention_qkv`] (ops in `kernels/attention_op.rs`, the
 //!   tiled online-softmax math in `kernels/attention.rs`): scaled
 //!   scores, causal mask, softmax and the product with v in one op, masked keys never computed,
-//!   backward straight to dq, dk, dv.
+//!   backward straight to dq, dk, dv; [`t5_attention`] the same for T5 (unscaled, causal or not,
+//!   a learned position bias with its gradient).
 //!
 //! Each op runs only on contiguous f32 CPU tensors; on any other device or dtype, or when
 //! [`Kernels::Plain`] is in force, callers use the plain tensor-op composition instead (which is
@@ -46,7 +47,7 @@ mod linear;
 mod lm_head;
 mod norm;
 pub use adamw::{AdamWStep, adamw_update, sum_of_squares};
-pub use attention_op::{causal_attention, causal_attention_qkv};
+pub use attention_op::{causal_attention, causal_attention_qkv, t5_attention};
 pub use linear::{linear, linear_gelu};
 pub use lm_head::lm_head_cross_entropy;
 pub use norm::{layer_norm, rms_norm};

@@ -19,8 +19,10 @@
 //! scores `q·kᵀ` (T5 folds `1/sqrt(d_kv)` into its initialisation) plus a learned bias per head
 //! and relative-position bucket, made by the first block of a stack and shared by all its blocks
 //! (cross-attention has none). On the CPU the fused kernels of `kernels` run the linear maps,
-//! norms, softmax, GELU and cross-entropy (with their own backward passes); `TRIAD_KERNELS=plain`
-//! keeps the plain differentiable tensor ops.
+//! norms, GELU, the LM head with its cross-entropy, and attention (`kernels::t5_attention`: the
+//! position bias inside the flash-style kernel, keys and values from one product, no head
+//! transposes), each with its own backward pass; `TRIAD_KERNELS=plain` keeps the plain
+//! differentiable tensor ops.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -331,6 +333,51 @@ pub fn relative_position_bucket(relative: i64, bidirectional: bool, num_buckets:
     bucket + large.min(buckets - 1)
 }
 
+/// What an attention adds to its scores (B, H, Tq, Tk) before the softmax.
+struct ScoreBias {
+    /// (H, Tq, Tk): the learned position bias (self-attention only).
+    position: Option<Tensor>,
+    /// (B, Tk): 0 on real keys, `MASKED` on padding.
+    keys: Option<Tensor>,
+    /// Keys after a query's position are hidden (the decoder's self-attention).
+    causal: bool,
+    /// All of it as one tensor broadcasting to (B, H, Tq, Tk), for the plain path; `None`
+    /// when the fused kernel runs.
+    full: Option<Tensor>,
+}
+
+impl ScoreBias {
+    /// The bias of `tq` queries over `tk` keys of `b` rows; `fused` skips the plain path's
+    /// full tensor.
+    fn new(
+        position: Option<Tensor>,
+        keys: Option<Tensor>,
+        causal: bool,
+        (b, tq, tk): (usize, usize, usize),
+        fused: bool,
+    ) -> candle_core::Result<ScoreBias> {
+        let full = if fused {
+            None
+        } else {
+            let device = position.as_ref().or(keys.as_ref()).map_or(Device::Cpu, |t| t.device().clone());
+            let mut full = Tensor::zeros((1, 1, tq, tk), DType::F32, &device)?;
+            if let Some(position) = &position {
+                full = full.broadcast_add(&position.unsqueeze(0)?)?;
+            }
+            if causal {
+                let mask: Vec<f32> =
+                    (0..tq).flat_map(|q| (0..tk).map(move |k| if k > q { MASKED as f32 } else { 0.0 })).collect();
+                full = full.broadcast_add(&Tensor::from_vec(mask, (1, 1, tq, tk), &device)?)?;
+            }
+            if let Some(keys) = &keys {
+                full = full.broadcast_add(&keys.reshape((b, 1, 1, tk))?)?;
+            }
+            Some(full)
+        };
+        Ok(ScoreBias { position, keys, causal, full })
+    }
+}
+
 /// Multi-head attention without biases or score scaling.
 #[derive(Debug, Clone)]
 struct Attention {
@@ -343,11 +390,25 @@ struct Attention {
 }
 
 impl Attention {
-    /// x (B, Tq, D) attends to kv (B, Tk, D) with `bias` (broadcast to (B, H, Tq, Tk)) added to
-    /// the scores; (B, Tq, D).
-    fn forward(&self, x: &Tensor, kv: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
-        let (k, v) = self.keys_values(kv)?;
-        self.attend(x, &k, &v, bias)
+    /// x (B, Tq, D) attends to kv (B, Tk, D) with `bias` added to the scores; (B, Tq, D).
+    fn forward(&self, x: &Tensor, kv: &Tensor, bias: &ScoreBias) -> candle_core::Result<Tensor> {
+        if let Some(full) = &bias.full {
+            let (k, v) = self.keys_values(kv)?;
+            return self.attend(x, &k, &v, full);
+        }
+        // Keys and values from one product over the stacked weights, (B, Tk, 2C), read in place
+        // by the kernel, which writes (B, Tq, C) as `o` reads it.
+        let weight = Tensor::cat(&[&self.k.weight, &self.v.weight], 0)?;
+        let kv = Linear { weight, bias: None, layout: Layout::OutIn }.forward(kv)?;
+        let y = kernels::t5_attention(
+            &self.q.forward(x)?,
+            &kv,
+            self.heads,
+            bias.position.as_ref(),
+            bias.keys.as_ref(),
+            bias.causal,
+        )?;
+        self.o.forward(&y)
     }
 
     /// (B, T, D) -> `linear(x)` split into heads, (B, H, T, d_kv).
@@ -390,8 +451,8 @@ impl Block {
     fn forward(
         &self,
         h: &Tensor,
-        self_bias: &Tensor,
-        cross: Option<(&Tensor, &Tensor)>,
+        self_bias: &ScoreBias,
+        cross: Option<(&Tensor, &ScoreBias)>,
     ) -> candle_core::Result<Tensor> {
         let x = self.self_norm.forward(h)?;
         let mut h = (h + self.self_attention.forward(&x, &x, self_bias)?)?;
@@ -424,7 +485,7 @@ struct Stack {
 }
 
 impl Stack {
-    /// The position bias (1, H, Tq, Tk) of queries `first_query..first_query + tq` over keys
+    /// The position bias (H, Tq, Tk) of queries `first_query..first_query + tq` over keys
     /// 0..tk.
     fn position_bias(
         &self,
@@ -447,7 +508,7 @@ impl Stack {
             .collect();
         let buckets = Tensor::from_vec(buckets, tq * tk, self.relative_bias.device())?;
         let heads = self.relative_bias.dim(1)?;
-        self.relative_bias.index_select(&buckets, 0)?.reshape((tq, tk, heads))?.permute((2, 0, 1))?.unsqueeze(0)
+        self.relative_bias.index_select(&buckets, 0)?.reshape((tq, tk, heads))?.permute((2, 0, 1))?.contiguous()
     }
 }
 
@@ -630,13 +691,13 @@ impl T5 {
         let (b, s) = input_ids.dims2().ctx(|| "encoder input ids must be (batch, length)".into())?;
         let run = || -> candle_core::Result<Tensor> {
             let mut h = self.shared.embedding(&input_ids.flatten_all()?)?.reshape((b, s, self.config.d_model))?;
-            // (1, H, S, S) + (B, 1, 1, S)
-            let bias = self.encoder.position_bias(0, s, s, &self.config)?.broadcast_add(&key_mask(
-                mask,
-                b,
-                s,
-                self.device(),
-            )?)?;
+            let bias = ScoreBias::new(
+                Some(self.encoder.position_bias(0, s, s, &self.config)?),
+                key_bias(mask)?,
+                false,
+                (b, s, s),
+                kernels::fused(&[&h]),
+            )?;
             for block in &self.encoder.blocks {
                 h = block.forward(&h, &bias, None)?;
             }
@@ -665,11 +726,10 @@ impl T5 {
             let s = encoded.dim(1)?;
             let d = self.config.d_model;
             let mut h = self.shared.embedding(&decoder_ids.flatten_all()?)?.reshape((b, t, d))?;
-            let causal: Vec<f32> =
-                (0..t).flat_map(|q| (0..t).map(move |k| if k > q { MASKED as f32 } else { 0.0 })).collect();
-            let causal = Tensor::from_vec(causal, (1, 1, t, t), self.device())?;
-            let self_bias = self.decoder.position_bias(0, t, t, &self.config)?.broadcast_add(&causal)?;
-            let cross_bias = key_mask(mask, b, s, self.device())?;
+            let fused = kernels::fused(&[&h, encoded]);
+            let position = self.decoder.position_bias(0, t, t, &self.config)?;
+            let self_bias = ScoreBias::new(Some(position), None, true, (b, t, t), fused)?;
+            let cross_bias = ScoreBias::new(None, key_bias(mask)?, false, (b, t, s), fused)?;
             for block in &self.decoder.blocks {
                 h = block.forward(&h, &self_bias, Some((encoded, &cross_bias)))?;
             }
@@ -752,7 +812,7 @@ impl T5 {
             .map(|p| Generated { prompt_len: p.len(), tokens: Vec::new(), logprobs: Vec::new(), stopped: false })
             .collect();
         let run = |out: &mut Vec<Generated>, rngs: &mut Vec<rand::rngs::StdRng>| -> candle_core::Result<()> {
-            let cross_bias = key_mask(Some(&mask), b, longest, &device)?;
+            let cross_bias = masked_keys(&mask)?.reshape((b, 1, 1, longest))?;
             let cross: Vec<(Tensor, Tensor)> = self
                 .decoder
                 .blocks
@@ -767,7 +827,7 @@ impl T5 {
             for step in 0..config.max_new_tokens {
                 let input = Tensor::from_vec(next.clone(), (b, 1), &device)?;
                 let mut h = self.shared.embedding(&input.flatten_all()?)?.reshape((b, 1, self.config.d_model))?;
-                let self_bias = self.decoder.position_bias(step, 1, step + 1, &self.config)?;
+                let self_bias = self.decoder.position_bias(step, 1, step + 1, &self.config)?.unsqueeze(0)?;
                 for (block, (cached, (cross_k, cross_v))) in
                     self.decoder.blocks.iter().zip(cache.iter_mut().zip(&cross))
                 {
@@ -824,12 +884,15 @@ impl T5 {
     }
 }
 
-/// The additive key mask (B, 1, 1, S): 0 on real keys, `MASKED` on padding.
-fn key_mask(mask: Option<&Tensor>, b: usize, s: usize, device: &Device) -> candle_core::Result<Tensor> {
-    match mask {
-        Some(mask) => ((mask.to_dtype(DType::F32)?.affine(-1.0, 1.0)? * MASKED)?).reshape((b, 1, 1, s)),
-        None => Tensor::zeros((b, 1, 1, s), DType::F32, device),
-    }
+/// The additive key bias (B, S) of a (B, S) mask (1 real, 0 padding): 0 on real keys, `MASKED`
+/// on padding.
+fn key_bias(mask: Option<&Tensor>) -> candle_core::Result<Option<Tensor>> {
+    mask.map(masked_keys).transpose()
+}
+
+/// [`key_bias`] of a mask that is there.
+fn masked_keys(mask: &Tensor) -> candle_core::Result<Tensor> {
+    mask.to_dtype(DType::F32)?.affine(-1.0, 1.0)? * MASKED
 }
 
 #[cfg(test)]

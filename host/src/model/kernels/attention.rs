@@ -30,6 +30,10 @@
 //! The optional key bias (B, S) is the per-row mask of left-padded batches: [`KEY_PAD`] on pad
 //! keys, 0 elsewhere, added to the scaled scores before the softmax, as the plain path adds it.
 //!
+//! T5's attention runs on the same kernel: unscaled scores, every key visible (the encoder and
+//! cross-attention) or causal (the decoder), and a learned position bias (H, T, S) added to the
+//! scores, whose gradient is the scores' gradient `dS` summed over the batch.
+//!
 //! Two entry points share the kernel: [`causal_attention`] for q (B, H, T, d) and k, v
 //! (B, KV, S, d) in any strides whose last one is 1 (views into a KV cache included), and
 //! [`causal_attention_qkv`] for GPT-2's fused projection, which reads q, k and v straight out of
@@ -125,12 +129,9 @@ impl Dims {
     }
 
     pub(super) fn check(&self) -> Result<()> {
-        let Dims { h, kv, t, s, .. } = *self;
+        let Dims { h, kv, .. } = *self;
         if kv == 0 || h % kv != 0 {
             bail!("fused attention: {h} query heads do not split into groups over {kv} kv heads");
-        }
-        if t > s {
-            bail!("fused attention: {t} queries over only {s} keys");
         }
         Ok(())
     }
@@ -200,19 +201,28 @@ pub(super) unsafe fn product(
     }
 }
 
-/// One call's inputs: q, k and v with their layouts, the per-row key bias (B, S), and the sizes.
+/// One call's inputs: q, k and v with their layouts, the per-row key bias (B, S), the position
+/// bias (H, T, S), the sizes, whether keys after a query's position are hidden, and the scores'
+/// scale.
 pub(super) struct Inputs<'a> {
     pub(super) q: (&'a [f32], Heads),
     pub(super) k: (&'a [f32], Heads),
     pub(super) v: (&'a [f32], Heads),
     pub(super) key_bias: Option<&'a [f32]>,
+    pub(super) position_bias: Option<&'a [f32]>,
     pub(super) dims: Dims,
+    pub(super) causal: bool,
+    pub(super) scale: f32,
 }
 
 impl Inputs<'_> {
     pub(super) fn check(&self) -> Result<()> {
         let Dims { b, h, kv, t, s, d } = self.dims;
         self.dims.check()?;
+        // Causal query i sits at position S - T + i: there must be that many keys.
+        if self.causal && t > s {
+            bail!("fused attention: {t} causal queries over only {s} keys");
+        }
         self.q.1.check((b, h, t, d), self.q.0.len(), "q")?;
         self.k.1.check((b, kv, s, d), self.k.0.len(), "k")?;
         self.v.1.check((b, kv, s, d), self.v.0.len(), "v")?;
@@ -221,7 +231,27 @@ impl Inputs<'_> {
         {
             bail!("fused attention: a key mask of {} values for {b} rows of {s} keys", bias.len());
         }
+        if let Some(bias) = self.position_bias
+            && bias.len() != h * t * s
+        {
+            bail!("fused attention: a position bias of {} values for {h} heads of {t} x {s} scores", bias.len());
+        }
         Ok(())
+    }
+
+    /// How many keys query row `row` sees: all of them, or up to its position when causal.
+    fn seen(&self, row: usize) -> usize {
+        if self.causal { self.dims.past() + row + 1 } else { self.dims.s }
+    }
+
+    /// Adds the position bias of query `row` of head `h` over keys `j0..j0 + x.len()` to `x`.
+    #[inline(always)]
+    fn add_position_bias(&self, x: &mut [f32], h: usize, row: usize, j0: usize) {
+        if let Some(bias) = self.position_bias {
+            let Dims { t, s, .. } = self.dims;
+            let (at, n) = ((h * t + row) * s + j0, x.len());
+            x.iter_mut().zip(&bias[at..at + n]).for_each(|(x, b)| *x += b);
+        }
     }
 
     pub(super) fn ptr(&self, which: (&[f32], Heads), b: usize, h: usize, row: usize) -> *const f32 {
@@ -249,7 +279,7 @@ pub(super) fn for_groups(dims: &Dims, task: impl Fn(usize, usize) + Sync + Send)
 pub(super) fn forward(inputs: &Inputs, out: Ptr, out_at: Heads, stats: Option<Ptr>) {
     let dims = inputs.dims;
     let Dims { t, s, d, .. } = dims;
-    let (groups, past) = (dims.groups(), dims.past());
+    let groups = dims.groups();
     let width = KEY_BLOCK.min(s);
     for_groups(&dims, |b, kv| {
         let mut p = vec![0f32; BLOCK.min(t) * width];
@@ -258,7 +288,7 @@ pub(super) fn forward(inputs: &Inputs, out: Ptr, out_at: Heads, stats: Option<Pt
         for h in kv * groups..(kv + 1) * groups {
             for r0 in (0..t).step_by(BLOCK) {
                 let r1 = (r0 + BLOCK).min(t);
-                let (rows, seen) = (r1 - r0, past + r1);
+                let (rows, seen) = (r1 - r0, inputs.seen(r1 - 1));
                 let row_stats = &mut row_stats[..rows];
                 row_stats.fill(RowStats::EMPTY);
                 let o_row = |i: usize| out.at(out_at.start(b, h) + (r0 + i) * out_at.row);
@@ -267,12 +297,13 @@ pub(super) fn forward(inputs: &Inputs, out: Ptr, out_at: Heads, stats: Option<Pt
                     // SAFETY: q, k checked by `Inputs::check`; p is rows × width.
                     unsafe { scores(inputs, (b, h, kv), (r0, rows), (j0, cols), &mut p) };
                     for (i, stats) in row_stats.iter_mut().enumerate() {
-                        let visible = (past + r0 + i + 1).saturating_sub(j0).min(cols);
+                        let visible = inputs.seen(r0 + i).saturating_sub(j0).min(cols);
                         let row = &mut p[i * width..i * width + cols];
                         row[visible..].fill(0.0);
                         if visible == 0 {
                             continue;
                         }
+                        inputs.add_position_bias(&mut row[..visible], h, r0 + i, j0);
                         let alpha = wide(
                             #[inline(always)]
                             || stats.absorb(&mut row[..visible], bias.map(|bias| &bias[j0..j0 + visible])),
@@ -343,7 +374,7 @@ unsafe fn scores(
             (inputs.ptr(inputs.q, b, h, r0), inputs.q.1.row, 1),
             // kᵀ: (d, cols), element (e, j) at row j0 + j of k.
             (inputs.ptr(inputs.k, b, kv, j0), 1, inputs.k.1.row),
-            inputs.dims.scale(),
+            inputs.scale,
         )
     }
 }
@@ -404,11 +435,13 @@ pub(super) fn run_forward(inputs: &Inputs, len: usize, out_at: Heads, keep: bool
 }
 
 /// Where the backward pass writes dq, dk and dv (zeroed beforehand: dk and dv accumulate over
-/// blocks and grouped heads), each laid out like its input.
+/// blocks and grouped heads), each laid out like its input, and the position bias's gradient
+/// per batch row, (B, H, T, S), zeroed beforehand (the caller sums it over B).
 pub(super) struct Grads {
     pub(super) dq: (Ptr, Heads),
     pub(super) dk: (Ptr, Heads),
     pub(super) dv: (Ptr, Heads),
+    pub(super) dbias: Option<Ptr>,
 }
 
 /// The backward pass from the forward's row stats `stats` (B, H, T, 2), its output `o` and the
@@ -417,7 +450,7 @@ pub(super) struct Grads {
 pub(super) fn backward(inputs: &Inputs, stats: &[f32], o: &[f32], go: &[f32], o_at: Heads, grads: &Grads) {
     let dims = inputs.dims;
     let Dims { t, s, d, .. } = dims;
-    let (groups, past, scale) = (dims.groups(), dims.past(), dims.scale());
+    let (groups, scale) = (dims.groups(), inputs.scale);
     let width = KEY_BLOCK.min(s);
     for_groups(&dims, |b, kv| {
         let (mut p, mut ds) = (vec![0f32; BLOCK.min(t) * width], vec![0f32; BLOCK.min(t) * width]);
@@ -427,7 +460,7 @@ pub(super) fn backward(inputs: &Inputs, stats: &[f32], o: &[f32], go: &[f32], o_
             let head_stats = &stats[(b * dims.h + h) * t * 2..(b * dims.h + h + 1) * t * 2];
             for r0 in (0..t).step_by(BLOCK) {
                 let r1 = (r0 + BLOCK).min(t);
-                let (rows, seen) = (r1 - r0, past + r1);
+                let (rows, seen) = (r1 - r0, inputs.seen(r1 - 1));
                 let go_rows = &go[o_at.start(b, h) + r0 * o_at.row..];
                 for (i, dot) in dots[..rows].iter_mut().enumerate() {
                     let at = o_at.start(b, h) + (r0 + i) * o_at.row;
@@ -453,11 +486,12 @@ pub(super) fn backward(inputs: &Inputs, stats: &[f32], o: &[f32], go: &[f32], o_
                         );
                     }
                     for i in 0..rows {
-                        let visible = (past + r0 + i + 1).saturating_sub(j0).min(cols);
+                        let visible = inputs.seen(r0 + i).saturating_sub(j0).min(cols);
                         let (max, inv_sum) = (head_stats[(r0 + i) * 2], head_stats[(r0 + i) * 2 + 1]);
                         let (p_row, ds_row) =
                             (&mut p[i * width..i * width + cols], &mut ds[i * width..i * width + cols]);
                         let (bias, dot) = (bias.map(|bias| &bias[j0..j0 + visible]), dots[i]);
+                        inputs.add_position_bias(&mut p_row[..visible], h, r0 + i, j0);
                         wide(
                             #[inline(always)]
                             || {
@@ -474,6 +508,13 @@ pub(super) fn backward(inputs: &Inputs, stats: &[f32], o: &[f32], go: &[f32], o_
                         );
                         p_row[visible..].fill(0.0);
                         ds_row[visible..].fill(0.0);
+                        if let Some(dbias) = grads.dbias {
+                            let at = ((b * dims.h + h) * t + r0 + i) * s + j0;
+                            // SAFETY: row r0 + i of (b, h) is this task's alone; the buffer holds
+                            // B * H * T * S values (the caller's).
+                            let out = unsafe { std::slice::from_raw_parts_mut(dbias.at(at), visible) };
+                            out.copy_from_slice(&ds_row[..visible]);
+                        }
                     }
                     // SAFETY: as above; dq rows r0..r1 of (b, h) and dk, dv of (b, kv) are
                     // written by this task only. The first tile overwrites dq's rows.

@@ -1,7 +1,8 @@
-//! The fused attention kernels as candle ops: on separate q, k and v, and on GPT's fused
-//! `c_attn` output read in place. The math they run is in `attention.rs`.
+//! The fused attention kernels as candle ops: on separate q, k and v, on GPT's fused `c_attn`
+//! output read in place, and T5's (q, then k and v side by side, with a learned position bias).
+//! The math they run is in `attention.rs`.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Storage, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor, bail};
 
 use std::sync::Mutex;
 
@@ -62,7 +63,10 @@ impl Attention {
             k: (k.0, heads(k.1)?),
             v: (v.0, heads(v.1)?),
             key_bias: self.key_bias.as_deref(),
+            position_bias: None,
             dims: Dims { b, h, kv, t, s, d },
+            causal: true,
+            scale: 1.0 / (d as f32).sqrt(),
         };
         inputs.check()?;
         Ok(inputs)
@@ -131,6 +135,7 @@ impl CustomOp3 for Attention {
                     dq: (Ptr(dq), Heads::contiguous(h, t, d)),
                     dk: (Ptr(dk.as_mut_ptr()), Heads::contiguous(kv, s, d)),
                     dv: (Ptr(dv.as_mut_ptr()), Heads::contiguous(kv, s, d)),
+                    dbias: None,
                 };
                 backward(&inputs, stats, o, go, o_at, &grads);
             })
@@ -180,8 +185,16 @@ impl AttentionQkv {
     }
 
     fn inputs<'a>(&'a self, data: &'a [f32], dims: Dims, [q, k, v]: [Heads; 3]) -> Result<Inputs<'a>> {
-        let inputs =
-            Inputs { q: (data, q), k: (data, k), v: (data, v), key_bias: self.inner.key_bias.as_deref(), dims };
+        let inputs = Inputs {
+            q: (data, q),
+            k: (data, k),
+            v: (data, v),
+            key_bias: self.inner.key_bias.as_deref(),
+            position_bias: None,
+            dims,
+            causal: true,
+            scale: dims.scale(),
+        };
         inputs.check()?;
         Ok(inputs)
     }
@@ -230,7 +243,203 @@ impl CustomOp1 for AttentionQkv {
         // The gradient has the projection's layout, from offset 0.
         let [q, k, v] = self.layouts(x_l.shape(), 0)?.1;
         let ptr = Ptr(dqkv.as_mut_ptr());
-        backward(&inputs, stats, o, go, out_at, &Grads { dq: (ptr, q), dk: (ptr, k), dv: (ptr, v) });
+        backward(&inputs, stats, o, go, out_at, &Grads { dq: (ptr, q), dk: (ptr, k), dv: (ptr, v), dbias: None });
         Ok(Some(Tensor::from_vec(dqkv, x_l.shape().clone(), &candle_core::Device::Cpu)?))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// T5: unscaled scores, a learned position bias, causal or not.
+
+/// T5's attention: `softmax(q kᵀ + position_bias + key_bias [causal]) v` for q (B, T, C) and
+/// `kv` (B, S, 2C) (k then v, each `heads` heads of width C / heads side by side), with an
+/// optional position bias (H, T, S) (differentiable) and key bias (B, S) (a padding mask).
+/// Returns (B, T, C), heads side by side: what T5's output projection reads, without a head
+/// transpose on either side. CPU f32 only (the caller checks with `kernels::fused`).
+pub fn t5_attention(
+    q: &Tensor,
+    kv: &Tensor,
+    heads: usize,
+    position_bias: Option<&Tensor>,
+    key_bias: Option<&Tensor>,
+    causal: bool,
+) -> Result<Tensor> {
+    let keep = q.track_op() || kv.track_op() || position_bias.is_some_and(Tensor::track_op);
+    let op = T5Attention {
+        heads,
+        causal,
+        inner: Attention { key_bias: bias_values(key_bias)?, keep, stats: Mutex::new(None) },
+    };
+    let (q, kv) = (q.contiguous()?, kv.contiguous()?);
+    match position_bias {
+        Some(bias) => q.apply_op3(&kv, &bias.contiguous()?, op),
+        None => q.apply_op2(&kv, op),
+    }
+}
+
+struct T5Attention {
+    heads: usize,
+    causal: bool,
+    inner: Attention,
+}
+
+impl T5Attention {
+    /// The sizes and the layouts of q in (B, T, C) and of k and v in (B, S, 2C), each from the
+    /// start of its buffer, and of the (B, T, C) output.
+    fn layouts(&self, q: &Shape, kv: &Shape) -> Result<(Dims, [Heads; 3], Heads)> {
+        let (b, t, c) = q.dims3()?;
+        let (kb, s, c2) = kv.dims3()?;
+        let h = self.heads;
+        if h == 0 || c % h != 0 || kb != b || c2 != 2 * c {
+            bail!("fused T5 attention: q {q:?} and kv {kv:?} do not split into {h} heads");
+        }
+        let d = c / h;
+        let q_at = Heads { offset: 0, batch: t * c, head: d, row: c };
+        let k_at = Heads { offset: 0, batch: s * c2, head: d, row: c2 };
+        let v_at = Heads { offset: c, ..k_at };
+        Ok((Dims { b, h, kv: h, t, s, d }, [q_at, k_at, v_at], q_at))
+    }
+
+    fn inputs<'a>(
+        &'a self,
+        (q, kv, bias): (&'a [f32], &'a [f32], Option<&'a [f32]>),
+        dims: Dims,
+        [q_at, k_at, v_at]: [Heads; 3],
+    ) -> Result<Inputs<'a>> {
+        let inputs = Inputs {
+            q: (q, q_at),
+            k: (kv, k_at),
+            v: (kv, v_at),
+            key_bias: self.inner.key_bias.as_deref(),
+            position_bias: bias,
+            dims,
+            causal: self.causal,
+            scale: 1.0,
+        };
+        if self.causal && dims.t != dims.s {
+            bail!("fused T5 attention: causal over {} queries and {} keys", dims.t, dims.s);
+        }
+        inputs.check()?;
+        Ok(inputs)
+    }
+
+    fn forward(
+        &self,
+        (q, ql): (&[f32], &Layout),
+        (kv, kvl): (&[f32], &Layout),
+        bias: Option<&[f32]>,
+    ) -> Result<(CpuStorage, Shape)> {
+        if !ql.is_contiguous() || !kvl.is_contiguous() || ql.start_offset() != 0 || kvl.start_offset() != 0 {
+            bail!("fused T5 attention: contiguous inputs only");
+        }
+        let (dims, at, out_at) = self.layouts(ql.shape(), kvl.shape())?;
+        let inputs = self.inputs((q, kv, bias), dims, at)?;
+        let Dims { b, h, t, d, .. } = dims;
+        let (out, stats) = run_forward(&inputs, b * t * h * d, out_at, self.inner.keep);
+        if let Some(stats) = stats {
+            *self.inner.stats.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, t, h * d))))
+    }
+
+    /// dq (B, T, C), dkv (B, S, 2C) and, with a position bias, its gradient (H, T, S).
+    fn backward(
+        &self,
+        q: &Tensor,
+        kv: &Tensor,
+        bias: Option<&Tensor>,
+        out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        let stats = self.inner.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(stats) = stats.as_ref() else { bail!("fused T5 attention: no row stats kept for the backward pass") };
+        let (q, kv, grad, out) = (q.contiguous()?, kv.contiguous()?, grad.contiguous()?, out.contiguous()?);
+        let bias = bias.map(Tensor::contiguous).transpose()?;
+        let (dims, at, out_at) = self.layouts(q.shape(), kv.shape())?;
+        let bias_values = bias.as_ref().map(|b| b.flatten_all()?.to_vec1::<f32>()).transpose()?;
+        let (q_v, kv_v) = (q.flatten_all()?.to_vec1::<f32>()?, kv.flatten_all()?.to_vec1::<f32>()?);
+        let (o, go) = (out.flatten_all()?.to_vec1::<f32>()?, grad.flatten_all()?.to_vec1::<f32>()?);
+        let inputs = self.inputs((&q_v, &kv_v, bias_values.as_deref()), dims, at)?;
+        let Dims { b, h, t, s, d, .. } = dims;
+        out_at.check((b, h, t, d), o.len(), "the output")?;
+        out_at.check((b, h, t, d), go.len(), "the output's gradient")?;
+        let mut dq = vec![0f32; q_v.len()];
+        let mut dkv = vec![0f32; kv_v.len()];
+        let mut dbias = bias.as_ref().map(|_| vec![0f32; b * h * t * s]);
+        let [q_at, k_at, v_at] = at;
+        let (q_ptr, kv_ptr) = (Ptr(dq.as_mut_ptr()), Ptr(dkv.as_mut_ptr()));
+        let grads = Grads {
+            dq: (q_ptr, q_at),
+            dk: (kv_ptr, k_at),
+            dv: (kv_ptr, v_at),
+            dbias: dbias.as_mut().map(|g| Ptr(g.as_mut_ptr())),
+        };
+        backward(&inputs, stats, &o, &go, out_at, &grads);
+        let device = candle_core::Device::Cpu;
+        let dbias = match dbias {
+            // Σ over the batch rows: the bias is shared by all of them.
+            Some(per_row) => {
+                let mut sum = vec![0f32; h * t * s];
+                for row in per_row.chunks(h * t * s) {
+                    sum.iter_mut().zip(row).for_each(|(a, b)| *a += b);
+                }
+                Some(Tensor::from_vec(sum, (h, t, s), &device)?)
+            }
+            None => None,
+        };
+        Ok((
+            Tensor::from_vec(dq, q.shape().clone(), &device)?,
+            Tensor::from_vec(dkv, kv.shape().clone(), &device)?,
+            dbias,
+        ))
+    }
+}
+
+impl CustomOp2 for T5Attention {
+    fn name(&self) -> &'static str {
+        "fused-t5-attention"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.forward((cpu(s1, "fused-t5-attention")?, l1), (cpu(s2, "fused-t5-attention")?, l2), None)
+    }
+
+    fn bwd(&self, q: &Tensor, kv: &Tensor, out: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dq, dkv, _) = self.backward(q, kv, None, out, grad)?;
+        Ok((Some(dq), Some(dkv)))
+    }
+}
+
+impl CustomOp3 for T5Attention {
+    fn name(&self) -> &'static str {
+        "fused-t5-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if !l3.is_contiguous() {
+            bail!("fused T5 attention: a contiguous position bias only");
+        }
+        let bias = &cpu(s3, "fused-t5-attention")?[l3.start_offset()..l3.start_offset() + l3.shape().elem_count()];
+        self.forward((cpu(s1, "fused-t5-attention")?, l1), (cpu(s2, "fused-t5-attention")?, l2), Some(bias))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        kv: &Tensor,
+        bias: &Tensor,
+        out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dq, dkv, dbias) = self.backward(q, kv, Some(bias), out, grad)?;
+        Ok((Some(dq), Some(dkv), dbias))
     }
 }

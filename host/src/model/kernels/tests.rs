@@ -363,6 +363,75 @@ fn fused_qkv_attention_matches_the_gpt_composition() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn fused_t5_attention_matches_the_composition_with_its_position_bias() -> Result<()> {
+    // The plain T5 path: heads apart, unscaled scores plus the position bias, the causal mask
+    // and the key bias, softmax, heads side by side.
+    fn plain_t5(
+        q: &Tensor,
+        kv: &Tensor,
+        bias: Option<&Tensor>,
+        keys: Option<&Tensor>,
+        causal: bool,
+        heads: usize,
+    ) -> Result<Tensor> {
+        let (b, t, c) = q.dims3()?;
+        let s = kv.dim(1)?;
+        let d = c / heads;
+        let split = |x: &Tensor, n: usize| x.reshape((b, n, heads, d))?.transpose(1, 2)?.contiguous();
+        let (q, k, v) = (split(q, t)?, split(&kv.narrow(2, 0, c)?, s)?, split(&kv.narrow(2, c, c)?, s)?);
+        let mut scores = q.matmul(&k.t()?)?;
+        if let Some(bias) = bias {
+            scores = scores.broadcast_add(&bias.unsqueeze(0)?)?;
+        }
+        if causal {
+            let mask: Vec<f32> = (0..t).flat_map(|i| (0..s).map(move |j| if j > i { -1e9 } else { 0.0 })).collect();
+            scores = scores.broadcast_add(&tensor(mask, &[1, 1, t, s]))?;
+        }
+        if let Some(keys) = keys {
+            scores = scores.broadcast_add(&keys.reshape((b, 1, 1, s))?)?;
+        }
+        let y = softmax_last_dim(&scores)?.matmul(&v)?;
+        y.transpose(1, 2)?.reshape((b, t, c))
+    }
+    // (name, b, t, s, heads, d, causal, position bias, pads of the keys)
+    type Case = (&'static str, usize, usize, usize, usize, usize, bool, bool, Option<Vec<usize>>);
+    let cases: Vec<Case> = vec![
+        ("encoder", 2, 9, 9, 4, 8, false, true, None),
+        ("encoder, right-padded", 3, 7, 7, 2, 8, false, true, Some(vec![0, 3, 6])),
+        ("decoder", 2, 11, 11, 4, 4, true, true, None),
+        ("cross-attention, more queries than keys", 2, 12, 5, 2, 8, false, false, Some(vec![0, 2])),
+        ("decoder over three tiles", 1, 290, 290, 2, 8, true, true, None),
+        ("encoder over three tiles", 1, 270, 270, 2, 8, false, true, Some(vec![100])),
+    ];
+    for (name, b, t, s, heads, d, causal, with_bias, pads) in cases {
+        let c = heads * d;
+        let mut inputs = vec![
+            tensor(random(70, &[b, t, c], 1.0), &[b, t, c]),
+            tensor(random(71, &[b, s, 2 * c], 1.0), &[b, s, 2 * c]),
+        ];
+        if with_bias {
+            inputs.push(tensor(random(72, &[heads, t, s], 1.0), &[heads, t, s]));
+        }
+        // Padding at the end of each row, as T5's batches are padded: `pads[r]` pad keys.
+        let keys = pads.map(|pads| {
+            let values =
+                pads.iter().flat_map(|&pad| (0..s).map(move |j| if j >= s - pad { -1e9 } else { 0.0 })).collect();
+            tensor(values, &[b, s])
+        });
+        let [fused_run, plain] = both(&inputs, |x| {
+            if fused(&[&x[0]]) {
+                t5_attention(&x[0], &x[1], heads, x.get(2), keys.as_ref(), causal)
+            } else {
+                plain_t5(&x[0], &x[1], x.get(2), keys.as_ref(), causal, heads)
+            }
+        })?;
+        let names: &[&str] = if with_bias { &["q", "kv", "position bias"] } else { &["q", "kv"] };
+        assert_attention_close(name, &fused_run, &plain, names);
+    }
+    Ok(())
+}
+
 /// x (lead..., d_in) of the given spread, a weight stored in `layout`, and a bias when asked,
 /// all random from `seed` on.
 fn linear_inputs(

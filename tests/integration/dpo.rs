@@ -11,7 +11,6 @@ use crate::support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use triad::plugins::Episode;
 use triad::runs::metrics::read_rows;
@@ -63,17 +62,8 @@ const JUDGED: &str = r#"
 )
 "#;
 
-fn triad(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_triad"))
-        .current_dir(dir)
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("running triad")
-}
-
 fn succeed(dir: &Path, args: &[&str]) {
-    let out = triad(dir, args);
+    let out = support::triad(dir, args);
     assert!(out.status.success(), "triad {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -189,7 +179,7 @@ fn a_loss_plugin_reading_a_feature_its_stage_lacks_is_refused_before_anything_ru
 "#;
     std::fs::write(dir.join("bad.ron"), head("bad").replace("DATA", "") + stages).expect("write");
     for args in [&["validate", "bad.ron"][..], &["run", "bad.ron", "--dry-run"]] {
-        let out = triad(&dir, args);
+        let out = support::triad(&dir, args);
         assert!(!out.status.success(), "{args:?} refuses it");
         let stderr = String::from_utf8_lossy(&out.stderr);
         let want = "loss plugin `dpo-loss` reads the feature `sequence-logprob`, which a Sft stage does not provide \

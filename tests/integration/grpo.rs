@@ -12,7 +12,6 @@ use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use triad::runs::metrics::read_rows;
 
@@ -52,15 +51,6 @@ Experiment(
     .replace("{CLIP}", &support::plugin_dir("ppo-clip"))
 }
 
-fn triad(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_triad"))
-        .current_dir(dir)
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("running triad")
-}
-
 /// A stage's metrics by step, then name.
 fn metrics(stage_dir: &Path) -> BTreeMap<u64, BTreeMap<String, f64>> {
     let mut by_step: BTreeMap<u64, BTreeMap<String, f64>> = BTreeMap::new();
@@ -78,7 +68,7 @@ fn stage_json(stage_dir: &Path) -> serde_json::Value {
 fn grpo_and_rloo_train_on_a_verifiable_reward_and_log_every_diagnostic() {
     let dir = scratch("run");
     std::fs::write(dir.join("g.ron"), experiment()).expect("write");
-    let out = triad(&dir, &["run", "g.ron"]);
+    let out = support::triad(&dir, &["run", "g.ron"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let run = dir.join("runs/grpo-test/seed3");
 
@@ -169,7 +159,7 @@ fn bad_group_settings_are_refused_before_anything_trains() {
         ("kl_coef: 0.05", "kl_coef: -0.1", "kl_coef must be a number >= 0"),
     ] {
         std::fs::write(dir.join("bad.ron"), experiment().replacen(from, to, 1)).expect("write");
-        let out = triad(&dir, &["validate", "bad.ron"]);
+        let out = support::triad(&dir, &["validate", "bad.ron"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains(expected), "{to}: {stderr}");
         assert_eq!(stderr.matches(expected).count(), 1, "said once: {stderr}");
@@ -179,7 +169,7 @@ fn bad_group_settings_are_refused_before_anything_trains() {
         r#"accuracy: (reward: "maths"), group: 4, kl_coef"#,
     );
     std::fs::write(dir.join("bad.ron"), text).expect("write");
-    let out = triad(&dir, &["validate", "bad.ron"]);
+    let out = support::triad(&dir, &["validate", "bad.ron"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("accuracy reads reward `maths`, which is not a term of the reward (terms: math)"),

@@ -1,8 +1,9 @@
-//! Shared by the integration tests: where the workspace is, scratch folders, and every plugin
-//! crate built once.
+//! Shared by the integration tests: where the workspace is, scratch folders, the `triad` binary,
+//! and every plugin crate built once.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use triad::plugins::componentize::Script;
@@ -19,6 +20,16 @@ pub fn scratch(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch folder");
     dir
+}
+
+/// The `triad` binary run in `dir` with `args` (without backtraces): its status and output.
+pub fn triad(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_triad"))
+        .current_dir(dir)
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("running triad")
 }
 
 /// The folder of bundled plugin `name`, as an experiment file names it.

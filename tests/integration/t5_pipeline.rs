@@ -7,8 +7,7 @@
 
 use crate::support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
 
 use triad::runs::metrics::{MetricRow, read_rows};
 
@@ -75,15 +74,6 @@ const EVERY_STAGE: &str = r#"
              win_rate: [(a: "ppo", b: "sft", judge: Plugin("vader"))]),
 "#;
 
-fn triad(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_triad"))
-        .current_dir(dir)
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("running triad")
-}
-
 /// The values of `metric` in a stage's metrics, in step order.
 fn series(rows: &[MetricRow], metric: &str) -> Vec<f64> {
     rows.iter().filter(|r| r.metric == metric).map(|r| r.value).collect()
@@ -93,7 +83,7 @@ fn series(rows: &[MetricRow], metric: &str) -> Vec<f64> {
 fn t5_runs_every_stage_kind_on_real_reviews() {
     let dir = scratch("every-stage");
     std::fs::write(dir.join("e.ron"), experiment(TOKENIZER, EVERY_STAGE)).expect("write");
-    let out = triad(&dir, &["run", "e.ron"]);
+    let out = support::triad(&dir, &["run", "e.ron"]);
     assert!(out.status.success(), "triad run failed:\n{}", String::from_utf8_lossy(&out.stderr));
     let run = dir.join("runs/t5/seed3");
     let rows = |stage: &str| read_rows(&run.join(stage).join("metrics.jsonl")).expect("metrics");
@@ -177,7 +167,7 @@ fn settings_a_model_family_cannot_take_are_refused_before_training() {
     ];
     for (text, expected) in cases {
         std::fs::write(dir.join("e.ron"), &text).expect("write");
-        let out = triad(&dir, &["validate", "e.ron"]);
+        let out = support::triad(&dir, &["validate", "e.ron"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains(expected), "expected `{expected}`:\n{stderr}");
         assert!(!dir.join("runs").exists(), "nothing ran");

@@ -195,7 +195,7 @@ impl T5Config {
             return Err(ModelError::Config(format!("T5 `{name}` must be at least 1")));
         }
         // Each direction needs at least one exact bucket and one logarithmic one.
-        if self.relative_attention_num_buckets < 4 || self.relative_attention_num_buckets % 2 != 0 {
+        if self.relative_attention_num_buckets < 4 || !self.relative_attention_num_buckets.is_multiple_of(2) {
             return Err(ModelError::Config(format!(
                 "T5 `relative_attention_num_buckets` must be even and at least 4, got {}",
                 self.relative_attention_num_buckets

@@ -43,6 +43,16 @@ fn cpu<'a>(storage: &'a CpuStorage, name: &str) -> Result<&'a [f32]> {
 }
 
 impl Attention {
+    /// The forward pass into a fresh (len) buffer laid out as `out_at`, keeping the row stats
+    /// for the backward when asked to.
+    fn run(&self, inputs: &Inputs, len: usize, out_at: Heads) -> Vec<f32> {
+        let (out, stats) = run_forward(inputs, len, out_at, self.keep);
+        if let Some(stats) = stats {
+            *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
+        }
+        out
+    }
+
     fn inputs<'a>(
         &'a self,
         q: (&'a [f32], &Layout),
@@ -90,10 +100,7 @@ impl CustomOp3 for Attention {
         let inputs =
             self.inputs((cpu(s1, self.name())?, l1), (cpu(s2, self.name())?, l2), (cpu(s3, self.name())?, l3))?;
         let Dims { b, h, t, d, .. } = inputs.dims;
-        let (out, stats) = run_forward(&inputs, b * h * t * d, Heads::contiguous(h, t, d), self.keep);
-        if let Some(stats) = stats {
-            *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
-        }
+        let out = self.run(&inputs, b * h * t * d, Heads::contiguous(h, t, d));
         Ok((CpuStorage::F32(out), Shape::from((b, h, t, d))))
     }
 
@@ -212,10 +219,7 @@ impl CustomOp1 for AttentionQkv {
         let (dims, thirds, out_at) = self.layouts(layout.shape(), layout.start_offset())?;
         let inputs = self.inputs(cpu(storage, self.name())?, dims, thirds)?;
         let Dims { b, h, t, d, .. } = dims;
-        let (out, stats) = run_forward(&inputs, b * t * h * d, out_at, self.inner.keep);
-        if let Some(stats) = stats {
-            *self.inner.stats.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
-        }
+        let out = self.inner.run(&inputs, b * t * h * d, out_at);
         Ok((CpuStorage::F32(out), Shape::from((b, t, h * d))))
     }
 
@@ -335,10 +339,7 @@ impl T5Attention {
         let (dims, at, out_at) = self.layouts(ql.shape(), kvl.shape())?;
         let inputs = self.inputs((q, kv, bias), dims, at)?;
         let Dims { b, h, t, d, .. } = dims;
-        let (out, stats) = run_forward(&inputs, b * t * h * d, out_at, self.inner.keep);
-        if let Some(stats) = stats {
-            *self.inner.stats.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
-        }
+        let out = self.inner.run(&inputs, b * t * h * d, out_at);
         Ok((CpuStorage::F32(out), Shape::from((b, t, h * d))))
     }
 

@@ -200,6 +200,20 @@ mod tests {
             .collect()
     }
 
+    /// The policy's pass and the reference's fused log-probs give `expected` (11 values); the
+    /// KL of the model to itself is 0.
+    fn assert_passes_give(model: &Model, rows: &[Vec<u32>], lens: &[usize], expected: &[f32]) {
+        let pass = policy_pass(model, rows, lens, 0).unwrap().logprob.to_vec1::<f32>().unwrap();
+        let fused = reference_logprobs(model, rows, lens, 2, 0).unwrap();
+        assert_eq!(expected.len(), 11);
+        for (i, e) in expected.iter().enumerate() {
+            assert!((pass[i] - e).abs() < 1e-5, "policy pass at {i}: {} vs {e}", pass[i]);
+            assert!((fused[i] - e).abs() < 1e-5, "reference log-probs at {i}: {} vs {e}", fused[i]);
+        }
+        let to_itself = sequence_kl(model, model, rows, lens, 2, 0).unwrap();
+        assert!(to_itself.iter().all(|k| k.abs() < 1e-5), "{to_itself:?}");
+    }
+
     #[test]
     fn response_logprobs_equal_the_full_logits_long_way() {
         let config = crate::model::ModelConfig::tiny_gpt(61);
@@ -208,17 +222,8 @@ mod tests {
         // Rows of different lengths (padding), prompts of 3 and 1 tokens.
         let rows = vec![vec![1, 2, 3, 40, 41, 42, 43], vec![7, 8, 9], vec![5, 60, 59, 58, 57, 56]];
         let lens = [4, 2, 5];
-        let expected = plain_logprobs(&model, &rows, &lens, 0);
-        let pass = policy_pass(&model, &rows, &lens, 0).unwrap().logprob.to_vec1::<f32>().unwrap();
-        let fused = reference_logprobs(&model, &rows, &lens, 2, 0).unwrap();
-        assert_eq!(expected.len(), 11);
-        for (i, e) in expected.iter().enumerate() {
-            assert!((pass[i] - e).abs() < 1e-5, "policy pass at {i}: {} vs {e}", pass[i]);
-            assert!((fused[i] - e).abs() < 1e-5, "reference log-probs at {i}: {} vs {e}", fused[i]);
-        }
-        // KL of a model to itself is 0; to another model, positive.
-        let to_itself = sequence_kl(&model, &model, &rows, &lens, 2, 0).unwrap();
-        assert!(to_itself.iter().all(|k| k.abs() < 1e-5), "{to_itself:?}");
+        assert_passes_give(&model, &rows, &lens, &plain_logprobs(&model, &rows, &lens, 0));
+        // KL to another model is positive.
         let to_other = sequence_kl(&model, &reference, &rows, &lens, 2, 0).unwrap();
         assert!(to_other.iter().all(|&k| k > 0.0), "{to_other:?}");
     }
@@ -248,15 +253,7 @@ mod tests {
             let logp: Vec<Vec<f32>> = logp.squeeze(0).unwrap().to_vec2().unwrap();
             expected.extend(response.iter().enumerate().map(|(j, &tok)| logp[j][tok as usize]));
         }
-        let pass = policy_pass(&model, &rows, &lens, 0).unwrap().logprob.to_vec1::<f32>().unwrap();
-        let fused = reference_logprobs(&model, &rows, &lens, 2, 0).unwrap();
-        assert_eq!(expected.len(), 11);
-        for (i, e) in expected.iter().enumerate() {
-            assert!((pass[i] - e).abs() < 1e-5, "policy pass at {i}: {} vs {e}", pass[i]);
-            assert!((fused[i] - e).abs() < 1e-5, "reference log-probs at {i}: {} vs {e}", fused[i]);
-        }
-        let to_itself = sequence_kl(&model, &model, &rows, &lens, 2, 0).unwrap();
-        assert!(to_itself.iter().all(|k| k.abs() < 1e-5), "{to_itself:?}");
+        assert_passes_give(&model, &rows, &lens, &expected);
     }
 
     #[test]

@@ -40,5 +40,12 @@ fn main() {
             println!("cargo:rerun-if-changed={}", git_dir.join(file).display());
         }
     }
+    if revision == "unknown" {
+        // A file that never exists: cargo runs this script again on every build, so that a
+        // revision git could not give once (a lock, a checkout in the making) is asked for again.
+        if let Ok(out) = std::env::var("OUT_DIR") {
+            println!("cargo:rerun-if-changed={}", std::path::Path::new(&out).join("ask-git-again").display());
+        }
+    }
     println!("cargo:rerun-if-changed=build.rs");
 }

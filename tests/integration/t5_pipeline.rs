@@ -1,6 +1,6 @@
 //! An encoder-decoder (T5) through every stage kind, end to end through the `triad` binary on the
 //! real review snippets: span-corruption and prefix-LM pretraining, SFT (prompt to the encoder,
-//! response to the decoder), a reward model, PPO with a value head on the decoder's states, DPO
+//! response to the decoder), reward models (from pairs and from ratings), PPO with a value head on the decoder's states, DPO
 //! and GRPO from the SFT model, and an evaluation with every measure (perplexity of the span
 //! targets, ROUGE, KL to SFT, the reward model's score, a win-rate). Settings the model family
 //! cannot take are refused by `triad validate`, before anything trains.
@@ -57,6 +57,8 @@ const EVERY_STAGE: &str = r#"
             train: (steps: 60, batch: 8, lr: 3e-3, eval_every: 30, eval_batches: 2)),
         RewardModel(name: "rm", from: "base", data: "reviews", filters: ["length"], split: Hash(valid_fraction: 0.1),
             objective: Pairwise(rating: "rating", min_gap: 1.5), train: (steps: 30, batch: 8, lr: 1e-3, eval_every: 30)),
+        RewardModel(name: "rm-ratings", from: "base", data: "reviews", filters: ["length"], split: Hash(valid_fraction: 0.1),
+            objective: Ratings(field: "rating"), train: (steps: 30, batch: 8, lr: 1e-3, eval_every: 30)),
         Ppo(name: "ppo", policy: "sft",
             prompts: (data: "reviews", filters: ["length"], split: Hash(valid_fraction: 0.1), format: Continuation(words: 4)),
             reward: [Model(stage: "rm")], generation: (max_new_tokens: 8),
@@ -96,9 +98,12 @@ fn t5_runs_every_stage_kind_on_real_reviews() {
     // SFT learns the responses from the encoded prompts.
     let sft = series(&rows("sft"), "eval/loss");
     assert!(sft[sft.len() - 1] < sft[0] - 0.5, "SFT held-out loss {sft:?}");
-    // The reward model is measured on held-out pairs.
-    let accuracy = series(&rows("rm"), "eval/pair_accuracy");
-    assert!(accuracy.iter().all(|a| (0.0..=1.0).contains(a)) && !accuracy.is_empty(), "{accuracy:?}");
+    // Reward models from pairs and from ratings, measured on held-out pairs.
+    for stage in ["rm", "rm-ratings"] {
+        let accuracy = series(&rows(stage), "eval/pair_accuracy");
+        assert!(accuracy.iter().all(|a| (0.0..=1.0).contains(a)) && !accuracy.is_empty(), "{stage}: {accuracy:?}");
+        assert!(series(&rows(stage), "eval/spearman").iter().all(|r| r.is_finite()), "{stage}");
+    }
     // PPO: a value head on the decoder's states, a KL to the frozen SFT model.
     let ppo = rows("ppo");
     assert_eq!(series(&ppo, "train/reward").len(), 3);

@@ -1,7 +1,8 @@
 //! Evaluation of any model on any data: an Eval stage measures the experiment's own model
 //! (`"model"`) beside a trained stage's on a data source's texts and prompts, trains nothing and
 //! writes no model; a stage's model folder, named as `Pretrained("<folder>")` in another
-//! experiment, loads with its tokenizer and gives the same perplexity on the same texts.
+//! experiment, loads with its tokenizer and gives the same perplexity on the same texts, and
+//! `triad eval` answers a JSONL file's prompts under their own field names.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -109,4 +110,17 @@ fn eval_measures_any_model_on_any_source_and_a_saved_stage_loads_as_a_pretrained
     let again = direct["eval"].0["model/perplexity"];
     assert!((again - base).abs() < 1e-6 * base, "loaded folder {again} vs trained stage {base}");
     assert_eq!(files_ending(&dir, ".safetensors").len(), before, "an Eval-only experiment wrote weights");
+
+    // `triad eval` on a JSONL file whose prompts and references have their own field names.
+    let qa = dir.join("qa.jsonl");
+    let lines =
+        [r#"{"question": "The movie is a", "answer": "mess."}"#, r#"{"question": "A thoughtful,", "answer": "film."}"#];
+    std::fs::write(&qa, lines.join("\n")).expect("write qa.jsonl");
+    let model = model_dir.display().to_string();
+    let (qa, rouge) = (qa.display().to_string(), support::plugin_dir("rouge"));
+    let args = ["eval", "--model", &model, "--prompts", &qa, "--fields", "question", "answer", "--metric", &rouge];
+    let out = support::triad(&dir, &args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "triad eval failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("2 prompts of data `prompts`") && stdout.contains("| model | rougeL |"), "{stdout}");
 }

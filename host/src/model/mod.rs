@@ -16,8 +16,8 @@
 //! and its response as one sequence, T5 reads the prompt with its encoder and the response with
 //! its decoder. What the stages ask of both is [`Model::response_states`] (the states that
 //! predict each response token: the LM head, the fused cross-entropy or a value head reads
-//! them), [`Model::sequence_hidden`] (a reward model's view of a whole text), [`generate()`],
-//! and, for T5's own pretraining, [`Model::seq2seq_hidden`].
+//! them; T5's pretraining objectives are prompts and responses too), [`Model::sequence_hidden`]
+//! (a reward model's view of a whole text) and [`generate()`].
 //!
 //! Everything in a training path is built from differentiable tensor ops: candle's fused
 //! LayerNorm, RmsNorm and `softmax_last_dim` kernels have no backward pass and would silently
@@ -315,8 +315,7 @@ impl Model {
     ) -> Result<Tensor, ModelError> {
         if self.config.is_encoder_decoder() {
             return Err(ModelError::Input(
-                "T5 reads a prompt and a response apart, not one sequence: use response_states, sequence_hidden \
-                 or seq2seq_hidden"
+                "T5 reads a prompt and a response apart, not one sequence: use response_states or sequence_hidden"
                     .into(),
             ));
         }
@@ -478,7 +477,8 @@ impl Model {
                     .enumerate()
                     .flat_map(|(r, &len)| (0..len).map(move |j| (r * width + j) as u32))
                     .collect();
-                let hidden = self.seq2seq_rows(&prompts, &decoder, pad, train)?;
+                // T5 has no dropout: `train` changes nothing.
+                let hidden = self.seq2seq_rows(&prompts, &decoder, pad)?;
                 (hidden, positions)
             }
             _ => {
@@ -498,13 +498,7 @@ impl Model {
     /// T5 over prompts (right-padded with `pad`, masked) and decoder inputs (right-padded with
     /// `pad`; causal, so the padding never reaches a real position): the decoder's states (B,
     /// T, D).
-    fn seq2seq_rows(
-        &self,
-        prompts: &[&[u32]],
-        decoder: &[Vec<u32>],
-        pad: u32,
-        train: bool,
-    ) -> Result<Tensor, ModelError> {
+    fn seq2seq_rows(&self, prompts: &[&[u32]], decoder: &[Vec<u32>], pad: u32) -> Result<Tensor, ModelError> {
         let (b, device) = (prompts.len(), &self.device);
         let s = prompts.iter().map(|p| p.len()).max().unwrap_or(0).max(1);
         let t = decoder.iter().map(Vec::len).max().unwrap_or(0).max(1);
@@ -519,18 +513,17 @@ impl Model {
         let ids = Tensor::from_vec(ids, (b, s), device).ctx(|| "encoder inputs".into())?;
         let mask = Tensor::from_vec(mask, (b, s), device).ctx(|| "encoder mask".into())?;
         let dec = Tensor::from_vec(dec, (b, t), device).ctx(|| "decoder inputs".into())?;
-        self.seq2seq_hidden(&ids, Some(&mask), &dec, train)
+        self.seq2seq_hidden(&ids, Some(&mask), &dec)
     }
 
     /// T5: the encoder over `inputs` (B, S) (`mask` (B, S): 1 real, 0 padding), then the
     /// decoder over `decoder_inputs` (B, T): its normed states (B, T, D). A decoder-only
     /// model has no encoder and refuses.
-    pub fn seq2seq_hidden(
+    fn seq2seq_hidden(
         &self,
         inputs: &Tensor,
         mask: Option<&Tensor>,
         decoder_inputs: &Tensor,
-        _train: bool,
     ) -> Result<Tensor, ModelError> {
         let Trunk::T5(t5) = &self.trunk else {
             return Err(ModelError::Input(format!("a {} model has no encoder", self.config.family())));
@@ -571,7 +564,7 @@ impl Model {
         let start = Tensor::full(t5.config.decoder_start_token_id, (b, 1), &self.device).ctx(|| "start".into())?;
         let shifted =
             Tensor::cat(&[&start, &tokens.narrow(1, 0, t - 1).ctx(|| "shift".into())?], 1).ctx(|| "shift".into())?;
-        self.seq2seq_hidden(tokens, Some(&mask), &shifted, train)
+        self.seq2seq_hidden(tokens, Some(&mask), &shifted)
     }
 
     /// The T5 inside, when the model is one: its generation runs over the encoder's output.

@@ -354,20 +354,19 @@ impl ScoreBias {
         keys: Option<Tensor>,
         causal: bool,
         (b, tq, tk): (usize, usize, usize),
-        fused: bool,
+        (fused, device): (bool, &Device),
     ) -> candle_core::Result<ScoreBias> {
         let full = if fused {
             None
         } else {
-            let device = position.as_ref().or(keys.as_ref()).map_or(Device::Cpu, |t| t.device().clone());
-            let mut full = Tensor::zeros((1, 1, tq, tk), DType::F32, &device)?;
+            let mut full = Tensor::zeros((1, 1, tq, tk), DType::F32, device)?;
             if let Some(position) = &position {
                 full = full.broadcast_add(&position.unsqueeze(0)?)?;
             }
             if causal {
                 let mask: Vec<f32> =
                     (0..tq).flat_map(|q| (0..tk).map(move |k| if k > q { MASKED as f32 } else { 0.0 })).collect();
-                full = full.broadcast_add(&Tensor::from_vec(mask, (1, 1, tq, tk), &device)?)?;
+                full = full.broadcast_add(&Tensor::from_vec(mask, (1, 1, tq, tk), device)?)?;
             }
             if let Some(keys) = &keys {
                 full = full.broadcast_add(&keys.reshape((b, 1, 1, tk))?)?;
@@ -696,7 +695,7 @@ impl T5 {
                 key_bias(mask)?,
                 false,
                 (b, s, s),
-                kernels::fused(&[&h]),
+                (kernels::fused(&[&h]), self.device()),
             )?;
             for block in &self.encoder.blocks {
                 h = block.forward(&h, &bias, None)?;
@@ -726,7 +725,7 @@ impl T5 {
             let s = encoded.dim(1)?;
             let d = self.config.d_model;
             let mut h = self.shared.embedding(&decoder_ids.flatten_all()?)?.reshape((b, t, d))?;
-            let fused = kernels::fused(&[&h, encoded]);
+            let fused = (kernels::fused(&[&h, encoded]), self.device());
             let position = self.decoder.position_bias(0, t, t, &self.config)?;
             let self_bias = ScoreBias::new(Some(position), None, true, (b, t, t), fused)?;
             let cross_bias = ScoreBias::new(None, key_bias(mask)?, false, (b, t, s), fused)?;

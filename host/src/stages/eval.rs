@@ -811,8 +811,9 @@ impl Question {
         if let Some((path, prompt, reference)) = &self.prompts {
             let path = absolute(path).display().to_string();
             data.push(format!("\"prompts\": Jsonl(path: {path:?}, text_field: {prompt:?})"));
+            // The prompt field is the records' text now.
             stage.push(format!(
-                "prompts: (data: \"prompts\", format: Fields(prompt: {prompt:?}, response: {reference:?}))"
+                "prompts: (data: \"prompts\", format: Fields(prompt: \"text\", response: {reference:?}))"
             ));
             if self.chat {
                 stage.push("template: Chat()".to_string());

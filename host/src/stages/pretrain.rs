@@ -232,8 +232,8 @@ impl Windows<'_> {
         model.token_nll(&states, &targets)
     }
 
-    /// The mean loss of `batch` (the sum and the number of predicted tokens), without
-    /// gradients when `train` is false.
+    /// The summed loss of `batch` and the number of tokens it predicts, as evaluation sees it
+    /// (dropout off).
     fn batch_loss(
         &self,
         model: &Model,

@@ -19,8 +19,8 @@
 use rand::Rng;
 use rand::seq::SliceRandom;
 
-/// How much of a sequence to corrupt: `span_corruption: (noise_density: 0.15,
-/// mean_span_length: 3.0)` in an experiment file (T5's defaults).
+/// How much of a sequence to corrupt: a Pretrain stage's `objective: SpanCorruption(noise_density:
+/// 0.15, mean_span_length: 3.0)` in an experiment file (T5's defaults).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpanCorruption {

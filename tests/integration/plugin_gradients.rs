@@ -1,9 +1,10 @@
 //! A loss plugin in training gives the same parameter gradients as the host's native loss on the
 //! same batch: `ppo-clip` against native PPO (policy, clipped value and entropy terms),
-//! `label-smoothed-ce` (epsilon 0) against native SFT cross-entropy, and `dpo` against the DPO
-//! stage's native DPO, IPO and conservative DPO losses, and `ppo-clip` against native GRPO (token
-//! and sequence normalisation: the weights reach the plugin as its mask). Both run a real model
-//! forward and backward; the plugin runs in the sandbox through the surrogate-gradient contract.
+//! `label-smoothed-ce` (epsilon 0) against native SFT cross-entropy (a GPT's and a T5's), and
+//! `dpo` against the DPO stage's native DPO, IPO and conservative DPO losses, and `ppo-clip`
+//! against native GRPO (token and sequence normalisation: the weights reach the plugin as its
+//! mask). Both run a real model forward and backward; the plugin runs in the sandbox through the
+//! surrogate-gradient contract.
 
 use crate::support;
 
@@ -13,7 +14,7 @@ use candle_core::{D, Device, Tensor};
 use triad::model::{GptConfig, Model, ModelConfig, ScalarHead};
 use triad::stages::dpo::{EncodedPair, preference_loss};
 use triad::stages::layout::Encoded;
-use triad::stages::sft::{SftBatch, sft_plugin_loss};
+use triad::stages::sft::{SftBatch, seq2seq_nll, seq2seq_plugin_loss, sft_plugin_loss};
 use triad::train::dpo::{DpoConfig, DpoLossType};
 use triad::train::masked_lm_loss;
 use triad::train::ppo::{PpoBatch, PpoLossConfig, ppo_loss};
@@ -130,6 +131,26 @@ fn a_cross_entropy_plugin_and_native_sft_loss_give_the_same_parameter_gradients(
     let native_loss = masked_lm_loss(&model, &inputs, &targets, &mask, false).expect("native loss");
     let native = gradients(&native_loss, &vars);
     let (surrogate, _) = sft_plugin_loss(&plugin, &model, &batch, false).expect("plugin loss");
+    let (value, want) = (surrogate.to_scalar::<f32>().expect("value"), native_loss.to_scalar::<f32>().expect("native"));
+    assert!((value - want).abs() < 1e-5, "plugin loss {value} vs native {want}");
+    assert_same_gradients(&native, &gradients(&surrogate, &vars), vars.len());
+}
+
+#[test]
+fn a_cross_entropy_plugin_and_native_sft_loss_agree_on_an_encoder_decoder_too() {
+    let config: ModelConfig = ron::from_str(
+        "T5(vocab_size: 64, d_model: 16, d_kv: 4, d_ff: 32, num_layers: 1, num_decoder_layers: 1, num_heads: 4, \
+         context: 16)",
+    )
+    .expect("a T5 config");
+    let model = Model::new(&config, &Device::Cpu, 3).expect("T5");
+    let vars = model.vars();
+    let plugin = support::load("label-smoothed-ce", r#"{"epsilon": 0.0}"#).into_loss().expect("a loss plugin");
+    let a = Encoded { tokens: vec![1, 2, 3, 4, 30, 31, 32, 33, 63], prompt_len: 4 };
+    let b = Encoded { tokens: vec![7, 8, 40, 41, 63], prompt_len: 2 };
+    let native_loss = seq2seq_nll(&model, &[&a, &b], 0, false).expect("native NLL").mean_all().expect("mean");
+    let native = gradients(&native_loss, &vars);
+    let (surrogate, _) = seq2seq_plugin_loss(&plugin, &model, &[&a, &b], 0, false).expect("plugin loss");
     let (value, want) = (surrogate.to_scalar::<f32>().expect("value"), native_loss.to_scalar::<f32>().expect("native"));
     assert!((value - want).abs() < 1e-5, "plugin loss {value} vs native {want}");
     assert_same_gradients(&native, &gradients(&surrogate, &vars), vars.len());

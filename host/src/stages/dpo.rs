@@ -199,16 +199,10 @@ pub fn preference_loss(
     let Some(plugin) = plugin else {
         return Ok((dpo_loss(&sequence, &ref_sequence, config).map_err(tensor)?, metrics));
     };
-    let offsets: Vec<u32> = std::iter::once(0)
-        .chain(lens.iter().scan(0u32, |at, &len| {
-            *at += len as u32;
-            Some(*at)
-        }))
-        .collect();
     let (logprob, ref_logprob) = (policy_tokens, reference_tokens);
     let ones = logprob.ones_like().map_err(tensor)?;
     let features = Features {
-        offsets,
+        offsets: Features::offsets_of(&lens),
         values: vec![
             (Feature::SequenceLogprob, &sequence),
             (Feature::SequenceRefLogprob, &ref_sequence),

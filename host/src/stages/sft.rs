@@ -261,7 +261,7 @@ pub fn sft_plugin_loss(
 
 /// [`sft_plugin_loss`] for an encoder-decoder: prompts to the encoder, responses to the
 /// decoder, the same features.
-fn seq2seq_plugin_loss(
+pub fn seq2seq_plugin_loss(
     plugin: &LossPlugin,
     model: &Model,
     rows: &[&Encoded],
@@ -274,13 +274,7 @@ fn seq2seq_plugin_loss(
     }
     let (states, targets) = model.response_states(&tokens, &lens, pad, train)?;
     let logits = model.lm_logits(&states)?;
-    let offsets = std::iter::once(0)
-        .chain(lens.iter().scan(0u32, |at, &len| {
-            *at += len as u32;
-            Some(*at)
-        }))
-        .collect();
-    plugin_loss_of_logits(plugin, &logits, &targets, offsets)
+    plugin_loss_of_logits(plugin, &logits, &targets, Features::offsets_of(&lens))
 }
 
 /// The plugin's loss from the logits (N, V) at the scored positions, the tokens (N) they
@@ -323,7 +317,12 @@ fn response_rows(rows: &[&Encoded]) -> (Vec<Vec<u32>>, Vec<usize>) {
 
 /// -log p of every response token of `rows`, flat (N), for an encoder-decoder: its prompt
 /// through the encoder, its response through the decoder.
-fn seq2seq_nll(model: &Model, rows: &[&Encoded], pad: u32, train: bool) -> Result<Tensor, crate::model::ModelError> {
+pub fn seq2seq_nll(
+    model: &Model,
+    rows: &[&Encoded],
+    pad: u32,
+    train: bool,
+) -> Result<Tensor, crate::model::ModelError> {
     let (tokens, lens) = response_rows(rows);
     let (states, targets) = model.response_states(&tokens, &lens, pad, train)?;
     model.token_nll(&states, &targets)

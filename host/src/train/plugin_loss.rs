@@ -24,6 +24,18 @@ pub struct Features<'a> {
     pub values: Vec<(Feature, &'a Tensor)>,
 }
 
+impl Features<'_> {
+    /// The offsets of sequences of `lens` tokens each: 0, then each sequence's end.
+    pub fn offsets_of(lens: &[usize]) -> Vec<u32> {
+        std::iter::once(0)
+            .chain(lens.iter().scan(0u32, |at, &len| {
+                *at += len as u32;
+                Some(*at)
+            }))
+            .collect()
+    }
+}
+
 /// Why a plugin loss could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginLossError {

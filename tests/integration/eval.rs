@@ -11,11 +11,7 @@ use crate::support;
 use triad::experiment::parse_experiment;
 use triad::stages::{RunOptions, run_experiment};
 
-/// Real review snippets (PyPI vadersentiment 3.3.2), as an experiment's data block.
-const REVIEWS: &str = r#""reviews": Package(pip: "vadersentiment==3.3.2", sdist: true,
-            file: "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz",
-            inner: "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt",
-            format: Tsv(columns: ["id", "rating", "text"], text_column: "text"))"#;
+use support::REVIEWS;
 
 /// Run the experiment `text` (written to `dir/name.ron`); each stage's final metrics and folder.
 fn run(dir: &Path, name: &str, text: &str) -> BTreeMap<String, (BTreeMap<String, f64>, PathBuf)> {

@@ -22,6 +22,12 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// Real review snippets (PyPI vadersentiment 3.3.2), as an experiment's data block entry.
+pub const REVIEWS: &str = r#""reviews": Package(pip: "vadersentiment==3.3.2", sdist: true,
+            file: "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz",
+            inner: "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt",
+            format: Tsv(columns: ["id", "rating", "text"], text_column: "text"))"#;
+
 /// The `triad` binary run in `dir` with `args` (without backtraces): its status and output.
 pub fn triad(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_triad"))

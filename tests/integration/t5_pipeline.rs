@@ -21,12 +21,7 @@ fn experiment(tokenizer: &str, stages: &str) -> String {
 Experiment(
     name: "t5",
     seed: 3,
-    data: {
-        "reviews": Package(pip: "vadersentiment==3.3.2", sdist: true,
-            file: "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz",
-            inner: "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt",
-            format: Tsv(columns: ["id", "rating", "text"], text_column: "text")),
-    },
+    data: { REVIEWS },
     plugins: {
         "length": (path: "{LENGTH}", config: (min_chars: 20, max_chars: 300)),
         "vader": (path: "{VADER}"),
@@ -41,6 +36,7 @@ Experiment(
     .replace("{LENGTH}", &support::plugin_dir("length-filter"))
     .replace("{VADER}", &support::plugin_dir("lexicon-sentiment"))
     .replace("{ROUGE}", &support::plugin_dir("rouge"))
+    .replace("REVIEWS", support::REVIEWS)
     .replace("TOKENIZER", tokenizer)
     .replace("STAGES", stages)
 }

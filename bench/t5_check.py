@@ -3,7 +3,7 @@
 
 The integration test `t5_compat::a_fresh_t5_trains_every_parameter_and_saves_a_folder_it_loads_again`
 trains a T5 v1.1 (gated GELU, untied head) and an original T5 (ReLU, tied and rescaled head) a
-few AdamW steps and saves each with `T5::save`; with `TRIAD_HF_EXPORT=DIR` it also writes triad's
+few AdamW steps and saves each with `Model::save`; with `TRIAD_HF_EXPORT=DIR` it also writes triad's
 logits on a padded batch to `DIR/<name>/triad_logits.json`. This script loads each `DIR/<name>`
 with `T5ForConditionalGeneration` (eager attention, float32), runs the same batch and prints the
 largest |triad - transformers| per model; it fails above 1e-4.

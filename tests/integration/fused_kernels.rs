@@ -95,7 +95,7 @@ fn llama_trains_on_the_same_loss_curve_with_fused_kernels() {
 /// T5's losses of `steps` teacher-forced steps on the same batches: a learnable pattern (the
 /// decoder copies the encoder's tokens, each plus one).
 fn t5_loss_curve(feed_forward: triad::model::t5::FeedForward, tied: bool, steps: usize, kernels: Kernels) -> Vec<f32> {
-    use triad::model::t5::{T5, T5Config};
+    use triad::model::t5::T5Config;
     with_kernels(kernels, || {
         let device = Device::Cpu;
         let config = T5Config {
@@ -114,8 +114,9 @@ fn t5_loss_curve(feed_forward: triad::model::t5::FeedForward, tied: bool, steps:
             tie_word_embeddings: tied,
             decoder_start_token_id: 0,
         };
-        let model = T5::new(config, 7, &device).expect("a model");
+        let model = Model::new(&ModelConfig::T5(config), &device, 7).expect("a model");
         let vars = model.vars();
+        let t5 = model.as_t5().expect("a T5");
         let mut optimizer = AdamW::new(&vars, |_| true, AdamWConfig::default()).expect("an optimizer");
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         let (batch, length) = (4, 16);
@@ -128,7 +129,7 @@ fn t5_loss_curve(feed_forward: triad::model::t5::FeedForward, tied: bool, steps:
                 .flat_map(|row| std::iter::once(0).chain(row[..length - 1].iter().copied()))
                 .collect();
             let tensor = |v: Vec<u32>| Tensor::from_vec(v, (batch, length), &device).expect("ids");
-            let loss = model.loss(&tensor(source), None, &tensor(decoder), &tensor(labels)).expect("a loss");
+            let loss = t5.loss(&tensor(source), None, &tensor(decoder), &tensor(labels)).expect("a loss");
             losses.push(step(&loss, &vars, &mut optimizer));
         }
         losses

@@ -5,14 +5,14 @@
 //! GELU, untied head) and the original T5 (ReLU, tied head with its rescale, an encoder and a
 //! decoder of different depths, heads narrower than the model), with `transformers`' logits on
 //! a sequence long enough to reach the logarithmic position buckets and on a batch whose shorter
-//! row is padded. triad's `T5` reads the folder and gives the same logits to 1e-4.
+//! row is padded. `Model::load` reads the folder as a T5 and gives the same logits to 1e-4.
 
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
 use serde_json::Value;
-use triad::model::load_tensors;
 use triad::model::t5::{FeedForward, T5, T5Config};
+use triad::model::{Model, ModelConfig};
 
 use crate::support;
 
@@ -43,16 +43,22 @@ fn floats(v: &Value) -> Vec<f32> {
     }
 }
 
-fn load(name: &str) -> (T5, Value) {
+/// The fixture folder `name` as a triad model (a T5, checked), and its expected logits.
+fn load(name: &str) -> (Model, Value) {
     let dir = support::workspace().join("tests/fixtures/hf").join(name);
-    let config = T5Config::from_hf_json(&read_json(&dir.join("config.json"))).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let tensors: HashMap<String, Tensor> = load_tensors(&dir.join("model.safetensors"), &Device::Cpu).expect("weights");
-    let model = T5::from_weights(config, &tensors).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let model = Model::load(&dir, &Device::Cpu).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert!(model.as_t5().is_some(), "{name} loads as a T5");
     (model, read_json(&dir.join("expected.json")))
 }
 
+/// The T5 inside a model known to be one.
+fn t5(model: &Model) -> &T5 {
+    model.as_t5().expect("a T5")
+}
+
 fn logits_match(name: &str) {
-    let (model, expected) = load(name);
+    let (loaded, expected) = load(name);
+    let model = t5(&loaded);
     for case in expected["cases"].as_array().expect("cases") {
         let label = format!("{name} {}", case["name"]);
         let mask = ids(&case["attention_mask"]);
@@ -71,7 +77,8 @@ fn logits_match(name: &str) {
 
 #[test]
 fn a_t5_v1_1_folder_from_transformers_gives_its_logits() {
-    let (model, _) = load("t5");
+    let (loaded, _) = load("t5");
+    let model = t5(&loaded);
     assert_eq!(model.config.feed_forward, FeedForward::GatedGelu);
     assert!(!model.config.tie_word_embeddings);
     logits_match("t5");
@@ -79,7 +86,8 @@ fn a_t5_v1_1_folder_from_transformers_gives_its_logits() {
 
 #[test]
 fn an_original_t5_folder_with_a_tied_head_gives_its_logits() {
-    let (model, _) = load("t5-tied");
+    let (loaded, _) = load("t5-tied");
+    let model = t5(&loaded);
     assert_eq!(model.config.feed_forward, FeedForward::Relu);
     assert!(model.config.tie_word_embeddings);
     assert_ne!(model.config.num_layers, model.config.num_decoder_layers);
@@ -132,13 +140,13 @@ fn a_fresh_t5_trains_every_parameter_and_saves_a_folder_it_loads_again() {
             tie_word_embeddings: tied,
             decoder_start_token_id: 0,
         };
-        let model = T5::new(config.clone(), 5, &Device::Cpu).expect("a model");
+        let model = Model::new(&ModelConfig::T5(config.clone()), &Device::Cpu, 5).expect("a model");
         let vars = model.vars();
         assert_eq!(vars.len(), config.param_specs().len());
         let mut optimizer = AdamW::new(&vars, |_| true, AdamWConfig::default()).expect("an optimizer");
         let mut losses = Vec::new();
         for step in 0..4 {
-            let loss = model.loss(&input_ids, Some(&mask), &decoder_ids, &labels).expect("a loss");
+            let loss = t5(&model).loss(&input_ids, Some(&mask), &decoder_ids, &labels).expect("a loss");
             losses.push(loss.to_scalar::<f32>().expect("a scalar"));
             let store = loss.backward().expect("gradients");
             let grads: HashMap<String, Tensor> =
@@ -156,10 +164,10 @@ fn a_fresh_t5_trains_every_parameter_and_saves_a_folder_it_loads_again() {
 
         let dir = root.join(name);
         model.save(&dir).expect("save");
-        let loaded = T5::load(&dir, &Device::Cpu).expect("load what was saved");
-        assert_eq!(loaded.config, config);
-        let logits = |m: &T5| -> Vec<f32> {
-            let logits = m.forward(&input_ids, Some(&mask), &decoder_ids).expect("logits");
+        let loaded = Model::load(&dir, &Device::Cpu).expect("load what was saved");
+        assert_eq!(loaded.config(), &ModelConfig::T5(config.clone()));
+        let logits = |m: &Model| -> Vec<f32> {
+            let logits = t5(m).forward(&input_ids, Some(&mask), &decoder_ids).expect("logits");
             logits.flatten_all().and_then(|t| t.to_vec1()).expect("values")
         };
         let ours = logits(&model);
@@ -182,7 +190,8 @@ fn a_fresh_t5_trains_every_parameter_and_saves_a_folder_it_loads_again() {
 #[test]
 fn t5_generation_with_its_caches_follows_the_full_decoder() {
     use triad::model::SamplingConfig;
-    let (model, expected) = load("t5");
+    let (loaded, expected) = load("t5");
+    let model = t5(&loaded);
     let rows: Vec<Vec<u32>> = expected["cases"][1]["input_ids"]
         .as_array()
         .expect("rows")

@@ -13,7 +13,8 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 
 use super::{BenchError, BenchResult, kernels_label, peak_rss_mib, run_reference_on_weights};
-use crate::model::t5::{FeedForward, T5, T5Config};
+use crate::model::t5::{FeedForward, T5Config};
+use crate::model::{Model, ModelConfig};
 use crate::train::TrainError;
 use crate::train::optimizer::{AdamW, AdamWConfig};
 use crate::train::trainer::{data_parallel_grads, part_rows};
@@ -82,7 +83,8 @@ pub fn bench_t5(
     script: &Path,
     device: &Device,
 ) -> Result<(BenchResult, BenchResult), BenchError> {
-    let model = T5::new(config.model.clone(), 0, device)?;
+    let model = Model::new(&ModelConfig::T5(config.model.clone()), device, 0)?;
+    let t5 = model.as_t5().ok_or_else(|| BenchError::Failed("the T5 workload built another model".into()))?;
     let args = [
         ("--batch", config.batch.to_string()),
         ("--source", config.source.to_string()),
@@ -110,7 +112,7 @@ pub fn bench_t5(
             let rows = part_rows(b, part, parts);
             let tensor_error = |source| TrainError::Tensor { step: step as u64, source };
             let rows_of = |x: &Tensor| x.narrow(0, rows.start, rows.len()).map_err(tensor_error);
-            let loss = model
+            let loss = t5
                 .loss(&rows_of(&source)?, None, &rows_of(&decoder)?, &rows_of(&labels)?)
                 .map_err(|source| TrainError::Model { step: step as u64, source })?;
             // The part's mean, weighted by its share of the rows: the parts add up to the mean.

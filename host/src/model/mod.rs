@@ -211,6 +211,9 @@ impl Model {
                 (ModelConfig::Llama(c), "lm_head.weight") if c.tie_embeddings => {
                     " (the config ties the LM head to the embedding: set tie_embeddings: false to use it)".to_string()
                 }
+                (ModelConfig::T5(c), "lm_head.weight") if c.tie_word_embeddings => {
+                    " (the config ties the LM head to the embedding: tie_word_embeddings)".to_string()
+                }
                 _ => String::new(),
             };
             return Err(ModelError::UnexpectedTensor { name, shape: t.dims().to_vec(), hint });
@@ -228,7 +231,7 @@ impl Model {
         let trunk = match &config {
             ModelConfig::Gpt(c) => Gpt::new(c, &p).map(Trunk::Gpt),
             ModelConfig::Llama(c) => Llama::new(c, &p, device).map(Trunk::Llama),
-            ModelConfig::T5(c) => Ok(Trunk::T5(Box::new(T5::build(c.clone(), params.clone())?))),
+            ModelConfig::T5(c) => Ok(Trunk::T5(Box::new(T5::build(c.clone(), &params)?))),
         }
         .ctx(|| format!("assembling the {} model", config.family()))?;
         Ok(Model {
@@ -567,8 +570,9 @@ impl Model {
         self.seq2seq_hidden(tokens, Some(&mask), &shifted)
     }
 
-    /// The T5 inside, when the model is one: its generation runs over the encoder's output.
-    pub(crate) fn as_t5(&self) -> Option<&T5> {
+    /// The T5 inside, when the model is one: its encoder, decoder and generation by
+    /// themselves (`Model` owns its parameters, loads and saves it).
+    pub fn as_t5(&self) -> Option<&T5> {
         match &self.trunk {
             Trunk::T5(t5) => Some(t5),
             _ => None,

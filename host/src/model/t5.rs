@@ -24,14 +24,12 @@
 //! transposes), each with its own backward pass; `TRIAD_KERNELS=plain` keeps the plain
 //! differentiable tensor ops.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::attention::softmax_last_dim;
-use super::checkpoint::{load_tensors, save_tensors_atomically};
 use super::generate::{Generated, SamplingConfig, draw_step};
 use super::init::{self, Init, ParamSpec};
 use super::kernels;
@@ -511,12 +509,11 @@ impl Stack {
     }
 }
 
-/// A T5 model with its LM head.
+/// A T5 model with its LM head, over the parameters of a [`Model`](super::Model)
+/// (`Model::as_t5`).
 #[derive(Debug, Clone)]
 pub struct T5 {
     pub config: T5Config,
-    /// Every parameter by its Hugging Face name, trainable.
-    vars: BTreeMap<String, Var>,
     /// (vocab, D): the embedding of both stacks (and the head, when tied).
     shared: Tensor,
     encoder: Stack,
@@ -530,92 +527,9 @@ pub struct T5 {
 const MASKED: f64 = -1e9;
 
 impl T5 {
-    /// A model from tensors under Hugging Face's names (a `model.safetensors` of
-    /// `T5ForConditionalGeneration`). The stacks' own copies of the embedding
-    /// (`encoder.embed_tokens.weight`, `decoder.embed_tokens.weight`), where a file holds them,
-    /// must equal `shared.weight`'s shape and are not read.
-    pub fn from_weights(config: T5Config, tensors: &HashMap<String, Tensor>) -> Result<T5, ModelError> {
-        let shapes: BTreeMap<String, Vec<usize>> =
-            config.param_specs().into_iter().map(|spec| (spec.name, spec.shape)).collect();
-        for (name, tensor) in tensors {
-            let expected = shapes.get(name).cloned().or_else(|| {
-                let copy = name == "encoder.embed_tokens.weight" || name == "decoder.embed_tokens.weight";
-                copy.then(|| vec![config.vocab_size, config.d_model])
-            });
-            match expected {
-                Some(expected) if tensor.dims() != expected.as_slice() => {
-                    return Err(ModelError::ShapeMismatch {
-                        name: name.clone(),
-                        expected,
-                        actual: tensor.dims().to_vec(),
-                    });
-                }
-                Some(_) => {}
-                None => {
-                    let hint = if name == "lm_head.weight" && config.tie_word_embeddings {
-                        ": the config ties the LM head to the embedding (`tie_word_embeddings`)".to_string()
-                    } else {
-                        String::new()
-                    };
-                    return Err(ModelError::UnexpectedTensor {
-                        name: name.clone(),
-                        shape: tensor.dims().to_vec(),
-                        hint,
-                    });
-                }
-            }
-        }
-        let mut vars = BTreeMap::new();
-        for (name, shape) in &shapes {
-            let tensor = tensors
-                .get(name)
-                .ok_or_else(|| ModelError::MissingTensor { name: name.clone(), expected: shape.clone() })?;
-            let tensor = tensor.to_dtype(DType::F32).ctx(|| format!("reading `{name}` as f32"))?;
-            vars.insert(name.clone(), Var::from_tensor(&tensor).ctx(|| format!("`{name}` as a variable"))?);
-        }
-        T5::build(config, vars)
-    }
-
-    /// A new model, initialised as T5 is, deterministic from `seed`.
-    pub fn new(config: T5Config, seed: u64, device: &Device) -> Result<T5, ModelError> {
-        let mut vars = BTreeMap::new();
-        for spec in config.param_specs() {
-            let var = init::init_var(&spec, seed, device).ctx(|| format!("initialising `{}`", spec.name))?;
-            vars.insert(spec.name, var);
-        }
-        T5::build(config, vars)
-    }
-
-    /// The model read from a Hugging Face folder (`config.json`, `model.safetensors`).
-    pub fn load(dir: &Path, device: &Device) -> Result<T5, ModelError> {
-        let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| ModelError::Format { path: path.clone(), message: e.to_string() })?;
-        let config = T5Config::from_hf_json(&json).map_err(|message| ModelError::Format { path, message })?;
-        T5::from_weights(config, &load_tensors(&dir.join("model.safetensors"), device)?)
-    }
-
-    /// Write the model as a Hugging Face folder `transformers` loads
-    /// (`T5ForConditionalGeneration.from_pretrained(dir)`).
-    pub fn save(&self, dir: &Path) -> Result<(), ModelError> {
-        std::fs::create_dir_all(dir).map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
-        let tensors: HashMap<String, Tensor> =
-            self.vars.iter().map(|(name, var)| (name.clone(), var.as_tensor().clone())).collect();
-        save_tensors_atomically(&dir.join("model.safetensors"), &tensors)?;
-        let path = dir.join("config.json");
-        let text = serde_json::to_string_pretty(&self.config.to_hf_json()).unwrap_or_default();
-        crate::util::atomic::write_atomically(&path, text.as_bytes())
-            .map_err(|e| ModelError::Format { path, message: e.to_string() })
-    }
-
-    /// Every parameter by name, for an optimizer.
-    pub fn vars(&self) -> Vec<(String, Var)> {
-        self.vars.iter().map(|(name, var)| (name.clone(), var.clone())).collect()
-    }
-
-    /// The modules over `vars` (every parameter of `config.param_specs()`, checked).
-    pub(crate) fn build(config: T5Config, vars: BTreeMap<String, Var>) -> Result<T5, ModelError> {
+    /// The modules over `vars` (every parameter of `config.param_specs()`, checked): `Model`
+    /// makes, loads and saves the parameters, as for every family.
+    pub(crate) fn build(config: T5Config, vars: &BTreeMap<String, Var>) -> Result<T5, ModelError> {
         let get = |name: &str| -> Result<Tensor, ModelError> {
             vars.get(name)
                 .map(|var| var.as_tensor().clone())
@@ -675,7 +589,6 @@ impl T5 {
             decoder: stack("decoder", config.num_decoder_layers)?,
             lm_head: if config.tie_word_embeddings { None } else { Some(get("lm_head.weight")?) },
             config,
-            vars,
         })
     }
 

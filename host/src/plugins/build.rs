@@ -97,16 +97,38 @@ fn build_now(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, Problem> {
             .command(root, &cargo, &args)
             .map_err(|message| Problem::Build { dir: root.clone(), message: message.into() })?;
         tracing::info!(plugins = packages.join(", "), "building plugin crates for {TARGET}");
+        let _registry = registry_read_lock(root)?;
         run(&mut cargo, root, &format!("cargo {}", args.join(" ")))?;
     }
     Ok(outputs)
+}
+
+/// Hold cargo's package-cache lock (`$CARGO_HOME/.package-cache`), shared, while a jailed build
+/// reads the registry. The jailed cargo's own lock lives in its scratch home, and a cargo outside
+/// rewrites index cache files in place under that lock: a concurrent `cargo fetch` would otherwise
+/// show the jailed build a half-written index entry ("no matching package named ...").
+fn registry_read_lock(dir: &Path) -> Result<std::fs::File, Problem> {
+    let path = cargo_home().join(".package-cache");
+    let fail = |e: std::io::Error| Problem::Build {
+        dir: dir.to_path_buf(),
+        message: format!("cannot lock cargo's package cache {}: {e}", path.display()),
+    };
+    let file =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(fail)?;
+    file.lock_shared().map_err(fail)?;
+    Ok(file)
+}
+
+fn cargo_home() -> PathBuf {
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    std::env::var_os("CARGO_HOME").map(PathBuf::from).unwrap_or_else(|| home.join(".cargo"))
 }
 
 /// The jail a cargo build runs in: the toolchain, cargo's registry cache and the sources
 /// read-only, the plugin target folder writable.
 fn jail(metadata: &Metadata, env: &[(&str, String)]) -> Jail {
     let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
-    let cargo_home = std::env::var_os("CARGO_HOME").map(PathBuf::from).unwrap_or_else(|| home.join(".cargo"));
+    let cargo_home = cargo_home();
     let rustup_home = std::env::var_os("RUSTUP_HOME").map(PathBuf::from).unwrap_or_else(|| home.join(".rustup"));
     // cargo's home: scratch (its package-cache lock) over read-only registry cache and binaries.
     let mut read_only: Vec<PathBuf> =

@@ -5,7 +5,10 @@
 use std::process::Command;
 
 fn main() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // Read when the script runs, not when it was compiled: cargo reuses a compiled build script
+    // for a checkout at another path that shares the target folder (CI's clone and a work tree).
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(std::path::PathBuf::from).unwrap_or_default();
+    let root = manifest_dir.join("..");
     let git = |args: &[&str]| {
         Command::new("git")
             .args(args)

@@ -93,7 +93,7 @@ fn build_now(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, Problem> {
         // As found, not resolved: rustup's proxies are links whose name says what to run.
         let cargo = which(&cargo_bin())
             .ok_or_else(|| Problem::Build { dir: root.clone(), message: format!("no `{}` on PATH", cargo_bin()) })?;
-        let mut cargo = jail(metadata, &env)
+        let mut cargo = jail(metadata, &cargo, &env)
             .command(root, &cargo, &args)
             .map_err(|message| Problem::Build { dir: root.clone(), message: message.into() })?;
         tracing::info!(plugins = packages.join(", "), "building plugin crates for {TARGET}");
@@ -125,8 +125,10 @@ fn cargo_home() -> PathBuf {
 }
 
 /// The jail a cargo build runs in: the toolchain, cargo's registry cache and the sources
-/// read-only, the plugin target folder writable.
-fn jail(metadata: &Metadata, env: &[(&str, String)]) -> Jail {
+/// read-only, the plugin target folder writable. `cargo` is the cargo to run: its folder comes
+/// first on the jail's PATH, since rustc lies beside it (a toolchain's `bin`, or rustup's
+/// proxies, which need not be in `$CARGO_HOME/bin`).
+fn jail(metadata: &Metadata, cargo: &Path, env: &[(&str, String)]) -> Jail {
     let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
     let cargo_home = cargo_home();
     let rustup_home = std::env::var_os("RUSTUP_HOME").map(PathBuf::from).unwrap_or_else(|| home.join(".rustup"));
@@ -134,10 +136,16 @@ fn jail(metadata: &Metadata, env: &[(&str, String)]) -> Jail {
     let mut read_only: Vec<PathBuf> =
         ["registry", "git", "bin"].iter().map(|part| cargo_home.join(part)).filter(|dir| dir.is_dir()).collect();
     read_only.push(rustup_home.clone());
+    let cargo_dir = cargo.parent().filter(|dir| !dir.as_os_str().is_empty()).map(Path::to_path_buf);
+    if let Some(dir) = cargo_dir.as_ref().filter(|dir| !read_only.iter().any(|ro| dir.starts_with(ro))) {
+        read_only.push(dir.clone());
+    }
     read_only.push(metadata.workspace_root.clone());
     read_only.extend(metadata.local_dirs.iter().cloned());
+    let tools: Vec<PathBuf> = cargo_dir.into_iter().chain([cargo_home.join("bin")]).collect();
+    let tools: Vec<String> = tools.iter().map(|dir| dir.display().to_string()).collect();
     let mut base_env = vec![
-        ("PATH".to_string(), format!("{}:/usr/local/bin:/usr/bin:/bin", cargo_home.join("bin").display())),
+        ("PATH".to_string(), format!("{}:/usr/local/bin:/usr/bin:/bin", tools.join(":"))),
         ("CARGO_HOME".to_string(), cargo_home.display().to_string()),
         ("RUSTUP_HOME".to_string(), rustup_home.display().to_string()),
     ];

@@ -119,6 +119,7 @@ fn registry_read_lock(dir: &Path) -> Result<std::fs::File, Problem> {
     Ok(file)
 }
 
+/// cargo's home folder, found as cargo finds it.
 fn cargo_home() -> PathBuf {
     let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
     std::env::var_os("CARGO_HOME").map(PathBuf::from).unwrap_or_else(|| home.join(".cargo"))
